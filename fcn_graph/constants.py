@@ -1,0 +1,30 @@
+"""Conventions shared by data, loss, metrics, inference and output."""
+
+import numpy as np
+
+# Label value that the loss and the metrics skip (VOC object boundaries).
+IGNORE_LABEL = 255
+
+# Mean pixel of the ImageNet VGG models, RGB order, 0..255 scale.
+VGG_MEAN_RGB = (123.68, 116.779, 103.939)
+
+# The network downsamples by 32 before conv6; scores come back at stride 8.
+OUTPUT_STRIDE = 8
+
+
+def voc_palette(num_entries=256):
+    """The PASCAL VOC colour map: entry i is the RGB colour of class i.
+
+    Bits of the class id are spread over the high bits of R, G and B, as in
+    the VOC development kit (`VOClabelcolormap.m`). Returns uint8 [num_entries, 3].
+    """
+    palette = np.zeros((num_entries, 3), dtype=np.uint8)
+    for index in range(num_entries):
+        c, r, g, b = index, 0, 0, 0
+        for shift in range(7, -1, -1):
+            r |= (c & 1) << shift
+            g |= ((c >> 1) & 1) << shift
+            b |= ((c >> 2) & 1) << shift
+            c >>= 3
+        palette[index] = (r, g, b)
+    return palette

@@ -1,0 +1,20 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="fcn_graph",
+    version="0.1.0",
+    description="FCN-8s semantic segmentation as a TF1-style graph on tf.compat.v1",
+    packages=find_packages(include=["fcn_graph", "fcn_graph.*"]),
+    python_requires=">=3.9",
+    install_requires=[
+        "tensorflow>=2.16,<2.22",
+        "numpy>=1.23",
+        "scipy>=1.9",
+        "opencv-python-headless>=4.6",
+        "commentjson>=0.9",
+        "Pillow>=9.0",
+    ],
+    extras_require={
+        "dev": ["pytest>=7", "ruff>=0.4"],
+    },
+)
