@@ -1,0 +1,25 @@
+"""Shared fixtures: tiny VGG19-shaped weights and `.mat` files in both layouts."""
+
+import os
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from tinyvgg import TINY_MEAN, TINY_WIDTHS, make_fc_layers, make_vgg_layers  # noqa: E402
+
+from fcn_graph.matconvnet import write_vgg_mat  # noqa: E402
+
+
+@pytest.fixture
+def vgg_layers():
+    return make_vgg_layers()
+
+
+@pytest.fixture(params=["old", "new"])
+def tiny_mat(request, tmp_path, vgg_layers):
+    """A tiny VGG19-shaped `.mat` in the old or the new MatConvNet layout."""
+    path = str(tmp_path / f"vgg_{request.param}.mat")
+    fc = make_fc_layers(TINY_WIDTHS["conv5_4"])
+    write_vgg_mat(path, vgg_layers, TINY_MEAN, fc=fc, layout=request.param)
+    return path
