@@ -170,13 +170,16 @@ def restore_model(sess, prefix, variables=None, saver=None):
     from `model_saver` when the graph is already finalised."""
     variables = variables if variables is not None else fcn_model.model_variables(sess.graph)
     check_variables(prefix, variables)
-    (saver or model_saver(variables)).restore(sess, prefix)
+    with sess.graph.as_default():  # outside a graph context, Saver would restore eagerly
+        (saver or model_saver(variables)).restore(sess, prefix)
 
 
-def assign_arrays(sess, values):
+def assign_arrays(sess, variables, values):
     """Load numpy arrays into variables through their initializers' feeds, so the
-    arrays never become graph constants. `values`: variable -> array."""
-    for variable, value in values.items():
+    arrays never become graph constants. `variables`: name -> variable;
+    `values`: name -> array (a subset of the names)."""
+    for name, value in values.items():
+        variable = variables[name]
         expected = tuple(variable.shape.as_list())
         if tuple(np.shape(value)) != expected:
             raise UserError(f"{variable.op.name}: got shape {list(np.shape(value))}, "
@@ -198,8 +201,8 @@ def assign_vgg(sess, vgg, variables=None):
             if tuple(variable.shape.as_list()) != array.shape:
                 raise UserError(f"{vgg.path}: layer '{name}' has shape {list(array.shape)} but "
                                 f"the graph's {key} is {variable.shape.as_list()}")
-            values[variable] = array
-    assign_arrays(sess, values)
+            values[key] = array
+    assign_arrays(sess, variables, values)
 
 
 def model_saver(variables, **kwargs):
@@ -215,7 +218,8 @@ def save_model(sess, saver, prefix, spec, *, global_step=None, **sidecar_extra):
     os.makedirs(directory, exist_ok=True)
     # Saver writes the data and index files under temporary names and renames
     # them when complete; the sidecar goes last, also by rename.
-    written = saver.save(sess, prefix, global_step=global_step, write_meta_graph=False,
-                         write_state=False)
+    with sess.graph.as_default():
+        written = saver.save(sess, prefix, global_step=global_step, write_meta_graph=False,
+                             write_state=False)
     write_sidecar(written, spec, **sidecar_extra)
     return written
