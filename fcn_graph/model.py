@@ -154,10 +154,60 @@ def upsample(net, kernel, bias, output_shape, stride):
     (in - 1) * stride + k output rows to exactly H', dropping pad // 2 rows at
     the top and the rest at the bottom, where pad = (in - 1) * stride + k - H'.
     `kernel` is [k, k, C', C_in], as tf.nn.conv2d_transpose wants.
+
+    Computed as one dense convolution that yields all stride x stride output
+    phases at once, then depth_to_space and the crop (`upsample_by_phases`);
+    the result equals tf.nn.conv2d_transpose's (`upsample_transposed`) up to
+    float rounding, and is several times faster on CPU.
     """
+    return upsample_by_phases(net, kernel, bias, output_shape, stride)
+
+
+def upsample_transposed(net, kernel, bias, output_shape, stride):
+    """`upsample` as a plain tf.nn.conv2d_transpose (the reference formulation)."""
     net = tf.nn.conv2d_transpose(net, kernel, output_shape, strides=[1, stride, stride, 1],
                                  padding="SAME")
     return tf.nn.bias_add(net, bias)
+
+
+def phase_kernel(kernel, stride):
+    """[k, k, C', C_in] transposed-conv kernel -> [T, T, C_in, s*s*C'] conv kernel,
+    T = ceil(k / s), for `upsample_by_phases`.
+
+    Output row o of a stride-s transposed conv, written as o + pad = q*s + r
+    (0 <= r < s), sums x[q - t] * w[r + t*s] over t = 0 .. T-1 (taps past k
+    are zero). So phase r of block q is a T-tap correlation over the input
+    padded by T - 1, with taps w[r + (T-1-j)*s] for j = 0 .. T-1; output
+    channel (r_y*s + r_x)*C' + c, the order depth_to_space reads.
+    """
+    k_h, k_w, c_out, c_in = kernel.shape.as_list()
+    assert k_h == k_w, f"square kernels only, got {k_h}x{k_w}"
+    taps = -(-k_h // stride)
+    extra = taps * stride - k_h
+    kernel = tf.pad(kernel, [[0, extra], [0, extra], [0, 0], [0, 0]])
+    kernel = tf.reshape(kernel, [taps, stride, taps, stride, c_out, c_in])  # [t_y, r_y, t_x, r_x, o, i]
+    kernel = tf.reverse(kernel, axis=[0, 2])                                # tap j = T-1-t
+    kernel = tf.transpose(kernel, [0, 2, 5, 1, 3, 4])                       # [j_y, j_x, i, r_y, r_x, o]
+    return tf.reshape(kernel, [taps, taps, c_in, stride * stride * c_out])
+
+
+def upsample_by_phases(net, kernel, bias, output_shape, stride):
+    """`upsample` as conv (all phases) + depth_to_space + crop; same rule and
+    result as `upsample_transposed`."""
+    k = kernel.shape.as_list()[0]
+    taps = -(-k // stride)
+    in_shape = tf.shape(net)
+    net = tf.pad(net, [[0, 0], [taps - 1, taps - 1], [taps - 1, taps - 1], [0, 0]])
+    net = tf.nn.conv2d(net, phase_kernel(kernel, stride), strides=[1, 1, 1, 1],
+                       padding="VALID")                         # [N, h+T-1, w+T-1, s*s*C']
+    net = tf.nn.bias_add(net, tf.tile(bias, [stride * stride]))
+    net = tf.nn.depth_to_space(net, stride)                     # [N, (h+T-1)*s, (w+T-1)*s, C']
+    output_shape = tf.convert_to_tensor(output_shape)
+    out_h, out_w = output_shape[1], output_shape[2]
+    # SAME padding's leading crop: max((in - 1) * s + k - out, 0) // 2
+    top = tf.maximum((in_shape[1] - 1) * stride + k - out_h, 0) // 2
+    left = tf.maximum((in_shape[2] - 1) * stride + k - out_w, 0) // 2
+    return tf.slice(net, tf.stack([0, top, left, 0]), tf.stack([-1, out_h, out_w, -1]))
 
 
 def vgg19_body(net, vgg_widths, *, pool_method="avg"):
