@@ -21,10 +21,11 @@ from fcn_graph import model as fcn_model
 from fcn_graph.constants import VGG_MEAN_RGB
 from fcn_graph.errors import UserError, run_cli
 from fcn_graph.progress import Progress
-from fcn_graph.session import session_config
+from fcn_graph.session import PRECISIONS, onednn_enabled, session_config
 
 tf1 = tf.compat.v1
 
+ENGINES = ("tf", "onnxruntime")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
@@ -52,19 +53,30 @@ class Segmenter:
     run through the same finalised graph.
     """
 
-    def __init__(self, prefix, *, mean_pixel=None, threads=None):
+    def __init__(self, prefix, *, mean_pixel=None, threads=None, xla=False,
+                 precision="float32"):
+        if precision == "bfloat16" and not onednn_enabled():
+            raise UserError("--precision bfloat16: TensorFlow's oneDNN kernels are off; set "
+                            "TF_ENABLE_ONEDNN_OPTS=1 in the environment")
+        if precision == "float16" and not tf.config.list_physical_devices("GPU"):
+            raise UserError("--precision float16: needs a GPU (none is visible)")
         self.prefix = prefix
         self.spec = checkpoint.model_spec_from_checkpoint(prefix)
         self.mean_pixel = self.spec.mean_pixel or mean_pixel or VGG_MEAN_RGB
         self.graph = tf.Graph()
         with self.graph.as_default():
             self.images = tf1.placeholder(tf.float32, [None, None, None, 3], name="images")
-            self.logits, self.prediction, _ = fcn_model.build(self.images, self.spec,
-                                                               mean_pixel=self.mean_pixel)
+            self.logits, self.prediction, self.end_points = fcn_model.build(
+                self.images, self.spec, mean_pixel=self.mean_pixel)
             variables = fcn_model.model_variables(self.graph)
             saver = checkpoint.model_saver(variables)
             self.graph.finalize()
-        self.session = tf1.Session(graph=self.graph, config=session_config(threads))
+        # The weights stay variables: freezing them into constants bought no
+        # speed (grappler fuses conv + bias + ReLU either way) and made the
+        # first run take ~1 min and ~8 GB while grappler folded 0.5 GB of
+        # constants (docs/performance.md).
+        self.session = tf1.Session(graph=self.graph,
+                                   config=session_config(threads, xla=xla, precision=precision))
         checkpoint.restore_model(self.session, prefix, variables, saver=saver)
 
     def run(self, batch_rgb, *, scores=False):
@@ -78,6 +90,22 @@ class Segmenter:
 
     def close(self):
         self.session.close()
+
+
+def make_segmenter(prefix, *, engine="tf", mean_pixel=None, threads=None, xla=False,
+                   precision="float32"):
+    """A `Segmenter` (engine "tf", the reference) or an `onnx_engine.OnnxSegmenter`
+    (engine "onnxruntime", float32 only) for checkpoint `prefix`; both have
+    `.run(batch_uint8, scores=False) -> (labels, scores)` and `.close()`."""
+    if engine == "tf":
+        return Segmenter(prefix, mean_pixel=mean_pixel, threads=threads, xla=xla,
+                         precision=precision)
+    if engine != "onnxruntime":
+        raise UserError(f"--engine: expected one of {', '.join(ENGINES)}, found {engine!r}")
+    if xla or precision != "float32":
+        raise UserError("--engine onnxruntime runs float32 without XLA; drop --xla/--precision")
+    from fcn_graph.onnx_engine import OnnxSegmenter
+    return OnnxSegmenter(prefix, threads=threads, mean_pixel=mean_pixel)
 
 
 def _batches(paths, batch_size, on_error):
@@ -123,6 +151,15 @@ def build_parser():
                         help="opacity of the mask in the overlay (default 0.5)")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads per op (default: every core)")
+    parser.add_argument("--engine", choices=ENGINES, default="tf",
+                        help="tf (default, the reference) or onnxruntime (the checkpoint "
+                             "converted to ONNX in memory; faster on CPU)")
+    parser.add_argument("--xla", action="store_true",
+                        help="compile the TensorFlow graph with XLA (engine tf)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="float32",
+                        help="float32 (default); bfloat16 through oneDNN (needs "
+                             "TF_ENABLE_ONEDNN_OPTS=1; slow on CPUs without bf16 units); "
+                             "float16 on a GPU")
     return parser
 
 
@@ -135,12 +172,16 @@ def main(argv=None):
         parser.error(f"--alpha: expected a value in [0, 1], found {args.alpha}")
     paths = list_images(args.inputs)
     prefix = checkpoint.resolve_checkpoint(args.checkpoint)
-    segmenter = Segmenter(prefix, mean_pixel=args.mean, threads=args.threads)
-    if args.mean is not None and segmenter.spec.mean_pixel is not None:
+    spec = checkpoint.model_spec_from_checkpoint(prefix)
+    if args.mean is not None and spec.mean_pixel is not None:
         print(f"note: --mean ignored; {prefix}.json gives the mean pixel "
-              f"{list(segmenter.spec.mean_pixel)}", file=sys.stderr)
-    print(f"checkpoint {prefix}: {segmenter.spec.num_classes} classes, "
-          f"mean pixel {[round(v, 3) for v in segmenter.mean_pixel]}", file=sys.stderr)
+              f"{list(spec.mean_pixel)}", file=sys.stderr)
+    segmenter = make_segmenter(prefix, engine=args.engine, mean_pixel=args.mean,
+                               threads=args.threads, xla=args.xla, precision=args.precision)
+    mean_pixel = spec.mean_pixel or args.mean or VGG_MEAN_RGB
+    print(f"checkpoint {prefix}: {spec.num_classes} classes, "
+          f"mean pixel {[round(v, 3) for v in mean_pixel]}, engine {args.engine}",
+          file=sys.stderr)
     os.makedirs(args.output_dir, exist_ok=True)
 
     failures = []

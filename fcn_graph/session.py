@@ -4,6 +4,8 @@ import os
 
 import tensorflow as tf
 
+PRECISIONS = ("float32", "bfloat16", "float16")
+
 
 def cpu_count():
     """Cores this process may run on."""
@@ -13,14 +15,43 @@ def cpu_count():
         return os.cpu_count() or 1
 
 
-def session_config(threads=None):
+def onednn_enabled():
+    """Whether TensorFlow runs its oneDNN kernels (TF_ENABLE_ONEDNN_OPTS, read
+    when TensorFlow is first imported; off by default on AMD CPUs)."""
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+    except ImportError:  # a build without the flag
+        return False
+    return bool(_pywrap_util_port.IsMklEnabled())
+
+
+def session_config(threads=None, *, xla=False, precision="float32"):
     """A ConfigProto that uses every core inside each op and runs ops one at a time.
 
     On a few cores, letting independent ops run side by side (inter-op > 1)
     makes them fight for the same cores; one op at a time with all cores
-    inside it is faster for this chain-shaped network.
+    inside it is faster for this chain-shaped network (about 2x at 224x224).
+
+    xla: compile clusters of the graph with XLA (global JIT, level ON_1).
+    precision: "float32"; "bfloat16" lets grappler run the convolutions in
+        bfloat16 through oneDNN (auto mixed precision: needs
+        TF_ENABLE_ONEDNN_OPTS=1 in the environment before TensorFlow is
+        imported); "float16" uses grappler's auto mixed precision on a GPU.
+        Variables, inputs and outputs stay float32.
+    Nothing here names a device: ops go to a GPU when one is visible.
     """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision: expected one of {', '.join(PRECISIONS)}, found {precision!r}")
     threads = threads or cpu_count()
-    return tf.compat.v1.ConfigProto(intra_op_parallelism_threads=threads,
-                                    inter_op_parallelism_threads=1,
-                                    allow_soft_placement=True)
+    config = tf.compat.v1.ConfigProto(intra_op_parallelism_threads=threads,
+                                      inter_op_parallelism_threads=1,
+                                      allow_soft_placement=True)
+    if xla:
+        config.graph_options.optimizer_options.global_jit_level = (
+            tf.compat.v1.OptimizerOptions.ON_1)
+    rewrite = config.graph_options.rewrite_options
+    if precision == "bfloat16":
+        rewrite.auto_mixed_precision_onednn_bfloat16 = rewrite.ON
+    elif precision == "float16":
+        rewrite.auto_mixed_precision = rewrite.ON
+    return config
