@@ -21,7 +21,7 @@ from fcn_graph import model as fcn_model
 from fcn_graph.constants import VGG_MEAN_RGB
 from fcn_graph.errors import UserError, run_cli
 from fcn_graph.progress import Progress
-from fcn_graph.session import PRECISIONS, onednn_enabled, session_config
+from fcn_graph.session import PRECISIONS, onednn_enabled, session_config, xla_scope
 
 tf1 = tf.compat.v1
 
@@ -50,11 +50,12 @@ class Segmenter:
     """One graph and session for any number of images of any sizes.
 
     The input placeholder is [None, None, None, 3]; images of different sizes
-    run through the same finalised graph.
+    run through the same finalised graph. `xla` and `precision` go to
+    `session.session_config`; `config` (a ConfigProto) replaces it outright.
     """
 
     def __init__(self, prefix, *, mean_pixel=None, threads=None, xla=False,
-                 precision="float32"):
+                 precision="float32", config=None):
         if precision == "bfloat16" and not onednn_enabled():
             raise UserError("--precision bfloat16: TensorFlow's oneDNN kernels are off; set "
                             "TF_ENABLE_ONEDNN_OPTS=1 in the environment")
@@ -66,8 +67,11 @@ class Segmenter:
         self.graph = tf.Graph()
         with self.graph.as_default():
             self.images = tf1.placeholder(tf.float32, [None, None, None, 3], name="images")
-            self.logits, self.prediction, self.end_points = fcn_model.build(
-                self.images, self.spec, mean_pixel=self.mean_pixel)
+            # XLA: an explicit JIT scope, because TensorFlow's automatic
+            # clustering (global_jit_level) is off on CPUs.
+            with xla_scope(xla):
+                self.logits, self.prediction, self.end_points = fcn_model.build(
+                    self.images, self.spec, mean_pixel=self.mean_pixel)
             variables = fcn_model.model_variables(self.graph)
             saver = checkpoint.model_saver(variables)
             self.graph.finalize()
@@ -75,8 +79,9 @@ class Segmenter:
         # speed (grappler fuses conv + bias + ReLU either way) and made the
         # first run take ~1 min and ~8 GB while grappler folded 0.5 GB of
         # constants (docs/performance.md).
-        self.session = tf1.Session(graph=self.graph,
-                                   config=session_config(threads, xla=xla, precision=precision))
+        if config is None:
+            config = session_config(threads, xla=xla, precision=precision)
+        self.session = tf1.Session(graph=self.graph, config=config)
         checkpoint.restore_model(self.session, prefix, variables, saver=saver)
 
     def run(self, batch_rgb, *, scores=False):

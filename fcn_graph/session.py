@@ -1,5 +1,6 @@
 """Session settings shared by every command."""
 
+import contextlib
 import os
 
 import tensorflow as tf
@@ -55,3 +56,11 @@ def session_config(threads=None, *, xla=False, precision="float32"):
     elif precision == "float16":
         rewrite.auto_mixed_precision = rewrite.ON
     return config
+
+
+def xla_scope(enabled):
+    """A context in which the ops built are compiled with XLA (when `enabled`),
+    on CPUs too, where `global_jit_level` alone clusters nothing."""
+    if not enabled:
+        return contextlib.nullcontext()
+    return tf.xla.experimental.jit_scope(compile_ops=True, separate_compiled_gradients=False)

@@ -1,0 +1,50 @@
+"""Smoke test of the benchmark's pieces on a tiny-width network (not a timing test)."""
+
+import argparse
+
+import numpy as np
+import pytest
+
+from fcn_graph import bench
+
+
+def _args(tmp_path, **kwargs):
+    values = dict(prefix=str(tmp_path / "w"), threads=2, warmup=1, repeats=2, min_seconds=0.0,
+                  variant="tf", save_logits=None, profile=True)
+    values.update(kwargs)
+    return argparse.Namespace(**values)
+
+
+def test_inference_case_profile_and_rows(tmp_path, monkeypatch):
+    monkeypatch.setitem(bench.CASES, "tiny", (1, 37, 45, False))
+    args = _args(tmp_path)
+    bench.make_weights(args.prefix, num_classes=3, width_multiplier=1 / 64, fc_width=8)
+    result = bench.run_inference_case(args, "tiny")
+    assert len(result["times_s"]) == 2 and result["first_call_s"] > 0
+    profile = result["profile"]
+    layers = profile["layers_ms"]
+    # every layer of the graph that runs is found, conv5_4 is not among them
+    for name in ("conv1_1", "pool4", "conv5_3", "pool5", "conv6", "conv_t1", "conv_t3"):
+        assert name in layers, name
+    assert "conv5_4" not in layers
+    assert any(kind.startswith("_FusedConv2D") for kind in profile["fused_kinds"])
+    row = bench.format_row({"variant": "tf", "case": "tiny", "gflop": 1.0,
+                            "median_ms_per_image": 2.0, "min_ms_per_image": 1.5,
+                            "images_per_s": 500.0, "gflops": 0.5, "run_peak_mib": 100.0,
+                            "fraction_of_sgemm": 0.25})
+    assert "25%" in row and "tiny" in row
+
+
+def test_training_case_lowers_the_loss(tmp_path, monkeypatch):
+    monkeypatch.setitem(bench.CASES, "tiny_train", (2, 32, 32, True))
+    args = _args(tmp_path, repeats=3, profile=False)
+    bench.make_weights(args.prefix, num_classes=3, width_multiplier=1 / 64, fc_width=8)
+    result = bench.run_training_case(args, "tiny_train")
+    assert len(result["times_s"]) == 3
+    assert np.isfinite(result["loss_first"]) and result["loss_last"] != result["loss_first"]
+
+
+def test_relative_error_and_lists():
+    assert bench.max_relative_error(np.array([1.0, 2.1]), np.array([1.0, 2.0])) == pytest.approx(0.05)
+    with pytest.raises(bench.UserError, match="--cases"):
+        bench._parse_list("224_b1,nope", bench.CASES, "--cases")
