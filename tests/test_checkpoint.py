@@ -19,7 +19,7 @@ def tiny_spec(num_classes=4, mean_pixel=None):
                                vgg_widths=tuple(TINY_WIDTHS.values()), mean_pixel=mean_pixel)
 
 
-def write_legacy_checkpoint(prefix, spec, seed=0):
+def write_legacy_checkpoint(prefix, spec, seed=0, height=9, width=11):
     """A checkpoint as FCN.tensorflow's training wrote it: the 44 model variables,
     Adam slots for the 42 that get gradients, beta1_power/beta2_power, no global
     step and no sidecar. Returns the model values by name."""
@@ -34,8 +34,9 @@ def write_legacy_checkpoint(prefix, spec, seed=0):
         with tf1.Session(graph=graph) as sess:
             sess.run(tf1.global_variables_initializer())
             checkpoint.assign_arrays(sess, variables, values)
-            x = np.random.default_rng(seed).uniform(0, 255, (1, 9, 11, 3)).astype(np.float32)
-            sess.run(train_op, {images: x, labels: np.zeros((1, 9, 11), np.int32)})
+            x = np.random.default_rng(seed).uniform(0, 255, (1, height, width, 3))
+            sess.run(train_op, {images: x.astype(np.float32),
+                                labels: np.zeros((1, height, width), np.int32)})
             values = dict(zip(variables, sess.run(list(variables.values()))))
             saver.save(sess, prefix, write_meta_graph=True)
     return values
