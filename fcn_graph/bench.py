@@ -36,7 +36,6 @@ import time
 
 import numpy as np
 
-from fcn_graph import flops
 from fcn_graph.errors import UserError, run_cli
 from fcn_graph.fileio import write_json_atomic
 
@@ -49,17 +48,32 @@ CASES = collections.OrderedDict([
     ("train_b2", (2, 224, 224, True)),
     ("train_b8", (8, 224, 224, True)),
 ])
-# variant -> (engine, options, extra environment); "tf" is the default path
-VARIANTS = collections.OrderedDict([
-    ("tf", ("tf", {}, {})),
-    ("onnxruntime", ("onnxruntime", {}, {})),
-    ("tf-transposed", ("tf", {"upsample": "transposed"}, {})),
-    ("tf-xla", ("tf", {"xla": True}, {})),
-    ("tf-onednn", ("tf", {}, {"TF_ENABLE_ONEDNN_OPTS": "1"})),
-    ("tf-bf16", ("tf", {"precision": "bfloat16"}, {"TF_ENABLE_ONEDNN_OPTS": "1"})),
-    ("tf-inter2", ("tf", {"inter_op": 2}, {})),
+# A variant is an engine ("tf", the default path, or "onnxruntime") plus
+# "-"-joined modifiers of the tf engine, e.g. "tf-onednn-transposed":
+MODIFIERS = collections.OrderedDict([
+    ("transposed", ({"upsample": "transposed"}, {})),   # tf.nn.conv2d_transpose (before)
+    ("xla", ({"xla": True}, {})),                       # XLA JIT scope
+    ("onednn", ({}, {"TF_ENABLE_ONEDNN_OPTS": "1"})),   # TF's oneDNN kernels
+    ("bf16", ({"precision": "bfloat16"}, {"TF_ENABLE_ONEDNN_OPTS": "1"})),
+    ("inter2", ({"inter_op": 2}, {})),                  # inter-op threads 2 instead of 1
 ])
-TRAIN_VARIANTS = ("tf", "tf-transposed", "tf-xla", "tf-onednn")
+ENGINES = ("tf", "onnxruntime")
+
+
+def variant_settings(name):
+    """variant name -> (engine, options, extra environment); ValueError if unknown."""
+    engine, *mods = name.split("-")
+    if engine not in ENGINES or (engine == "onnxruntime" and mods):
+        raise ValueError(name)
+    options, env = {}, {}
+    for mod in mods:
+        if mod not in MODIFIERS:
+            raise ValueError(name)
+        options.update(MODIFIERS[mod][0])
+        env.update(MODIFIERS[mod][1])
+    return engine, options, env
+
+
 NUM_CLASSES = 21
 RESULTS_DIR = os.path.join("bench", "results")
 
@@ -124,6 +138,8 @@ def max_relative_error(got, want):
 
 
 # ---------------------------------------------------------------- worker side
+# Workers import TensorFlow only where they use it, so that an onnxruntime
+# worker's memory is ONNX Runtime's alone.
 
 def make_weights(prefix, *, num_classes, width_multiplier, fc_width, seed=0):
     """Write a checkpoint of random full-size (or scaled) weights to `prefix`."""
@@ -149,8 +165,8 @@ def make_weights(prefix, *, num_classes, width_multiplier, fc_width, seed=0):
 
 def _use_upsample(name):
     # Benchmark-only switch between the two formulations of model.upsample.
-    from fcn_graph import model as fcn_model
     if name == "transposed":
+        from fcn_graph import model as fcn_model
         fcn_model.upsample = fcn_model.upsample_transposed
 
 
@@ -214,12 +230,14 @@ def profile_step_stats(run_metadata, owner):
 
 def run_inference_case(args, case):
     batch, height, width, _ = CASES[case]
-    engine, options, _ = VARIANTS[args.variant]
+    engine, options, _ = variant_settings(args.variant)
     images = case_images(batch, height, width)
     _use_upsample(options.get("upsample", "phases"))
     if engine == "onnxruntime":
         from fcn_graph.onnx_engine import OnnxSegmenter
-        segmenter = OnnxSegmenter(args.prefix, threads=args.threads)
+        # converted once by the parent ("make-onnx"), so this process never
+        # imports TensorFlow, as in a deployment that ships the .onnx file
+        segmenter = OnnxSegmenter(args.prefix + ".onnx", threads=args.threads)
     else:
         from fcn_graph.infer import Segmenter
         config = None
@@ -270,7 +288,7 @@ def run_training_case(args, case):
     from fcn_graph.session import session_config, xla_scope
     tf1 = tf.compat.v1
     batch, height, width, _ = CASES[case]
-    _, options, _ = VARIANTS[args.variant]
+    _, options, _ = variant_settings(args.variant)
     _use_upsample(options.get("upsample", "phases"))
     spec = checkpoint.model_spec_from_checkpoint(args.prefix)
     images = case_images(batch, height, width)
@@ -311,6 +329,11 @@ def worker_main(args):
     if case == "make-weights":
         make_weights(args.prefix, num_classes=args.num_classes,
                      width_multiplier=args.width_multiplier, fc_width=args.fc_width)
+        return 0
+    if case == "make-onnx":
+        from fcn_graph.onnx_engine import build_onnx_model
+        with open(args.prefix + ".onnx", "wb") as handle:
+            handle.write(build_onnx_model(args.prefix).SerializeToString())
         return 0
     if case == "sgemm":
         median, best = sgemm_gflops(args.sgemm_size, repeats=args.sgemm_repeats)
@@ -355,7 +378,7 @@ def run_benchmark(args):
     from fcn_graph.session import cpu_count
     args.threads = args.threads or cpu_count()
     cases = _parse_list(args.cases, CASES, "--cases")
-    variants = _parse_list(args.variants, VARIANTS, "--variants")
+    variants = _parse_variants(args.variants)
     started = time.time()
     work = tempfile.mkdtemp(prefix="fcn_bench_")
     prefix = os.path.join(work, "weights")
@@ -369,6 +392,11 @@ def run_benchmark(args):
                                           "make-weights"))
         if error:
             raise UserError(f"could not write the benchmark weights: {error}")
+        if "onnxruntime" in variants:
+            error = _spawn(args, _worker_args(args, prefix, os.path.join(work, "o.json"), "tf",
+                                              "make-onnx"))
+            if error:
+                raise UserError(f"could not convert the benchmark weights to ONNX: {error}")
         sgemm_file = os.path.join(work, "sgemm.json")
         error = _spawn(args, _worker_args(args, prefix, sgemm_file, "tf", "sgemm"))
         sgemm = None if error else json.load(open(sgemm_file, encoding="utf-8"))
@@ -381,7 +409,7 @@ def run_benchmark(args):
         for case in cases:
             batch, height, width, training = CASES[case]
             for variant in variants:
-                if training and variant not in TRAIN_VARIANTS:
+                if training and (variant_settings(variant)[0] != "tf" or "inter2" in variant):
                     continue
                 record = _run_one(args, work, prefix, variant, case, peak)
                 if not training and record.get("logits_file"):
@@ -404,14 +432,15 @@ def run_benchmark(args):
 
 
 def _run_one(args, work, prefix, variant, case, peak):
+    from fcn_graph import flops  # imports TensorFlow: parent side only
     batch, height, width, training = CASES[case]
     result = os.path.join(work, f"{variant}-{case}.json")
     extra = _worker_args(args, prefix, result, variant, case)
     logits_file = None
-    if not training and len(_parse_list(args.variants, VARIANTS, "--variants")) > 1:
+    if not training and len(_parse_variants(args.variants)) > 1:
         logits_file = os.path.join(work, f"{variant}-{case}.npy")
         extra += ["--save-logits", logits_file]
-    error = _spawn(args, extra, VARIANTS[variant][2])
+    error = _spawn(args, extra, variant_settings(variant)[2])
     record = {"variant": variant, "case": case, "batch": batch, "height": height,
               "width": width, "training": training}
     if error:
@@ -442,6 +471,7 @@ def _run_one(args, work, prefix, variant, case, peak):
 
 
 def _run_profile(args, work, prefix):
+    from fcn_graph import flops
     case = args.profile_case
     batch, height, width, training = CASES[case]
     result = os.path.join(work, "profile.json")
@@ -481,6 +511,19 @@ def _parse_list(text, known, flag):
     return items
 
 
+def _parse_variants(text):
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    for item in items:
+        try:
+            variant_settings(item)
+        except ValueError:
+            raise UserError(f"--variants: unknown variant {item!r}; expected onnxruntime or tf "
+                            f"with any of -{', -'.join(MODIFIERS)} (e.g. tf-onednn-xla)") from None
+    if not items:
+        raise UserError("--variants: empty list")
+    return items
+
+
 def _machine():
     model = ""
     try:
@@ -497,16 +540,17 @@ def _machine():
 
 # ---------------------------------------------------------------- output
 
-HEADER = (f"{'variant':<14}{'case':<10}{'GFLOP':>8}{'median ms/img':>15}{'min ms/img':>12}"
+HEADER = (f"{'variant':<22}{'case':<10}{'GFLOP':>8}{'ms/call':>9}{'median ms/img':>15}{'min ms/img':>12}"
           f"{'img/s':>8}{'GFLOP/s':>9}{'% sgemm':>9}{'peak MiB':>10}{'rel err':>9}")
 
 
 def format_row(r):
     if "error" in r:
-        return f"{r['variant']:<14}{r['case']:<10}  failed: {r['error']}"
+        return f"{r['variant']:<22}{r['case']:<10}  failed: {r['error']}"
     frac = f"{100 * r['fraction_of_sgemm']:.0f}%" if "fraction_of_sgemm" in r else "-"
     err = f"{r['max_rel_error_vs_tf']:.1e}" if "max_rel_error_vs_tf" in r else "-"
-    return (f"{r['variant']:<14}{r['case']:<10}{r['gflop']:>8.1f}{r['median_ms_per_image']:>15.1f}"
+    return (f"{r['variant']:<22}{r['case']:<10}{r['gflop']:>8.1f}{r['median_ms_per_call']:>9.0f}"
+            f"{r['median_ms_per_image']:>15.1f}"
             f"{r['min_ms_per_image']:>12.1f}{r['images_per_s']:>8.2f}{r['gflops']:>9.1f}"
             f"{frac:>9}{r['run_peak_mib']:>10.0f}{err:>9}")
 
@@ -544,9 +588,9 @@ def build_parser():
     parser.add_argument("--cases", default=",".join(CASES),
                         help=f"comma-separated cases (default all: {','.join(CASES)})")
     parser.add_argument("--variants", default="tf,onnxruntime",
-                        help="comma-separated variants (default tf,onnxruntime; also "
-                             + ", ".join(v for v in VARIANTS if v not in ("tf", "onnxruntime"))
-                             + "); training cases run the tf* variants only")
+                        help="comma-separated variants (default tf,onnxruntime): onnxruntime, "
+                             "or tf plus any of " + ", ".join("-" + m for m in MODIFIERS)
+                             + " (e.g. tf-onednn-transposed); training cases run tf* only")
     parser.add_argument("--repeats", type=int, default=5,
                         help="timed calls per case, at least (default 5)")
     parser.add_argument("--warmup", type=int, default=2,

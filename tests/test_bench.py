@@ -29,7 +29,7 @@ def test_inference_case_profile_and_rows(tmp_path, monkeypatch):
     assert "conv5_4" not in layers
     assert any(kind.startswith("_FusedConv2D") for kind in profile["fused_kinds"])
     row = bench.format_row({"variant": "tf", "case": "tiny", "gflop": 1.0,
-                            "median_ms_per_image": 2.0, "min_ms_per_image": 1.5,
+                            "median_ms_per_image": 2.0, "median_ms_per_call": 2.0, "min_ms_per_image": 1.5,
                             "images_per_s": 500.0, "gflops": 0.5, "run_peak_mib": 100.0,
                             "fraction_of_sgemm": 0.25})
     assert "25%" in row and "tiny" in row
@@ -48,3 +48,6 @@ def test_relative_error_and_lists():
     assert bench.max_relative_error(np.array([1.0, 2.1]), np.array([1.0, 2.0])) == pytest.approx(0.05)
     with pytest.raises(bench.UserError, match="--cases"):
         bench._parse_list("224_b1,nope", bench.CASES, "--cases")
+    with pytest.raises(bench.UserError, match="--variants"):
+        bench._parse_variants("tf,tf-fast")
+    assert bench.variant_settings("tf-onednn-transposed")[1] == {"upsample": "transposed"}
