@@ -12,7 +12,7 @@ from fcn_graph.kerash5 import KERAS_CONV_LAYERS, KERAS_FC_LAYERS
 tf1 = tf.compat.v1
 
 
-def write_legacy_checkpoint(prefix, spec, seed=0):
+def write_legacy_checkpoint(prefix, spec, seed=0, height=9, width=11):
     """A checkpoint as FCN.tensorflow's training wrote it: the 44 model variables,
     Adam slots for the 42 that get gradients, beta1_power/beta2_power, no global
     step and no sidecar. Returns the model values by name."""
@@ -27,8 +27,9 @@ def write_legacy_checkpoint(prefix, spec, seed=0):
         with tf1.Session(graph=graph) as sess:
             sess.run(tf1.global_variables_initializer())
             checkpoint.assign_arrays(sess, variables, values)
-            x = np.random.default_rng(seed).uniform(0, 255, (1, 9, 11, 3)).astype(np.float32)
-            sess.run(train_op, {images: x, labels: np.zeros((1, 9, 11), np.int32)})
+            x = np.random.default_rng(seed).uniform(0, 255, (1, height, width, 3))
+            sess.run(train_op, {images: x.astype(np.float32),
+                                labels: np.zeros((1, height, width), np.int32)})
             values = dict(zip(variables, sess.run(list(variables.values()))))
             saver.save(sess, prefix, write_meta_graph=True)
     return values
