@@ -403,13 +403,13 @@ def _inspect_onnx(path):
 
     opsets = ", ".join(f"{o.domain or 'ai.onnx'} {o.version}" for o in proto.opset_import)
     print(f"{path}: ONNX model ({opsets}; producer {proto.producer_name} "
-          f"{proto.producer_version}); {len(proto.graph.node)} nodes")
+          f"{proto.producer_version or ''}".rstrip() + f"); {len(proto.graph.node)} nodes")
     for value in proto.graph.input:
         print(f"  input  {describe(value)}")
     for value in proto.graph.output:
         print(f"  output {describe(value)}")
     return OrderedDict((t.name, tuple(t.dims)) for t in proto.graph.initializer
-                       if int(np.prod(t.dims)) > 1)
+                       if t.data_type == onnx.TensorProto.FLOAT and int(np.prod(t.dims)) > 1)
 
 
 def inspect(args):
