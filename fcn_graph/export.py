@@ -35,6 +35,7 @@ import os
 import shutil
 import sys
 import uuid
+from collections import OrderedDict
 
 import numpy as np
 import tensorflow as tf
@@ -60,11 +61,12 @@ class VerificationError(UserError):
     """An export whose scores differ from the checkpoint's."""
 
 
-def serving_graph(spec):
+def serving_graph(spec, *, custom_getter=None):
     """The serving graph of a `ModelSpec`: (graph, images, labels, scores).
 
     images: uint8 [N, H, W, 3] RGB placeholder named "images";
     labels: int32 [N, H, W] named "labels"; scores: float32 [N, H, W, K] named "scores".
+    custom_getter: optional variable getter for the model's variables.
     """
     graph = tf.Graph()
     with graph.as_default():
@@ -72,10 +74,30 @@ def serving_graph(spec):
         net = tf.cast(images, tf.float32)                             # [N, H, W, 3] RGB
         if spec.channel_order == "bgr":
             net = tf.reverse(net, axis=[3])                           # [N, H, W, 3] BGR
-        logits, prediction, _ = fcn_model.build(net, spec)            # [N, H, W, K]
+        if custom_getter is None:
+            logits, prediction, _ = fcn_model.build(net, spec)        # [N, H, W, K]
+        else:
+            with tf1.variable_scope(tf1.get_variable_scope(), custom_getter=custom_getter):
+                logits, prediction, _ = fcn_model.build(net, spec)    # [N, H, W, K]
         scores = tf.identity(logits, name="scores")                   # [N, H, W, K]
         labels = tf.cast(prediction, tf.int32, name="labels")         # [N, H, W]
     return graph, images, labels, scores
+
+
+def _weights_as_inputs(spec):
+    """The serving graph with every model variable replaced by a placeholder of
+    the same name and shape: (graph_def, name -> placeholder). Converting this
+    graph instead of a frozen one keeps the weights out of tf2onnx, which
+    copies every constant many times over (tens of GB for VGG19)."""
+    weights = OrderedDict()
+
+    def placeholder_getter(getter, name, shape=None, dtype=None, **kwargs):
+        with tf1.get_default_graph().name_scope(None):
+            weights[name] = tf1.placeholder(tf.float32, shape, name=name)
+        return weights[name]
+
+    graph, *_ = serving_graph(spec, custom_getter=placeholder_getter)
+    return graph.as_graph_def(), weights
 
 
 class _Restored:
@@ -100,6 +122,15 @@ class _Restored:
 
     def close(self):
         self.session.close()
+
+
+def frozen_session_config(threads=None):
+    """Session settings for running a frozen graph: Grappler off. Its passes
+    copy every large constant several times (for VGG19, 35 s and 4 GB more
+    on the first run); the graph is already final."""
+    config = session_config(threads)
+    config.graph_options.rewrite_options.disable_meta_optimizer = True
+    return config
 
 
 def verification_image(seed=0):
@@ -136,10 +167,9 @@ def _compare(what, path, labels, scores, want_labels, want_scores):
     return {"max_rel_error": error, "labels_agree": agree}
 
 
-def _report(restored, fmt, path, **extra):
-    spec = restored.spec
+def _report(prefix, spec, fmt, path, **extra):
     report = {
-        "format": fmt, "path": path, "checkpoint": restored.prefix,
+        "format": fmt, "path": path, "checkpoint": prefix,
         "inputs": {INPUT_NAME: "uint8 [N, H, W, 3] RGB"},
         "outputs": {"labels": "int32 [N, H, W]", "scores": f"float32 [N, H, W, {spec.num_classes}]"},
         "num_classes": spec.num_classes, "architecture": spec.architecture, "skips": spec.skips,
@@ -172,7 +202,7 @@ def export_frozen(prefix, out_path, *, verify=True):
     restored = _Restored(prefix)
     try:
         graph_def = restored.frozen_graph_def()
-        report = _report(restored, "frozen", out_path,
+        report = _report(restored.prefix, restored.spec, "frozen", out_path,
                          tensors={"images": "images:0", "labels": "labels:0",
                                   "scores": "scores:0"})
     finally:
@@ -189,7 +219,7 @@ def export_frozen(prefix, out_path, *, verify=True):
             graph = tf.Graph()
             with graph.as_default():
                 tf.import_graph_def(loaded, name="")
-            with tf1.Session(graph=graph, config=session_config()) as sess:
+            with tf1.Session(graph=graph, config=frozen_session_config()) as sess:
                 labels, scores = sess.run(["labels:0", "scores:0"], {"images:0": image})
             report.update(_compare("TensorFlow (frozen graph)", out_path, labels, scores, *want))
     report["bytes"] = _size(out_path)
@@ -206,7 +236,7 @@ def export_savedmodel(prefix, out_dir, *, verify=True):
     tmp = os.path.join(parent, f".{base}.{uuid.uuid4().hex[:12]}.tmp")
     restored = _Restored(prefix)
     try:
-        report = _report(restored, "savedmodel", out_dir, signature=SIGNATURE_KEY,
+        report = _report(restored.prefix, restored.spec, "savedmodel", out_dir, signature=SIGNATURE_KEY,
                          tags=[tf1.saved_model.tag_constants.SERVING])
         with restored.graph.as_default():
             signature = tf1.saved_model.signature_def_utils.predict_signature_def(
@@ -245,6 +275,39 @@ def export_savedmodel(prefix, out_dir, *, verify=True):
     return report
 
 
+def _attach_weights(proto, values):
+    """Turn the graph inputs named after model variables ("inference/W6:0") into
+    initializers holding the checkpoint's arrays, fold the Transposes tf2onnx
+    put on them (HWIO -> OIHW kernels), and drop initializers nothing reads
+    (the legacy conv5_4)."""
+    from onnx import numpy_helper
+
+    graph = proto.graph
+    arrays = {}
+    for value in list(graph.input):
+        name = value.name[:-2] if value.name.endswith(":0") else value.name
+        if name in values:
+            arrays[value.name] = values[name]
+            graph.input.remove(value)
+    readers = {}
+    for node in graph.node:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+    for node in list(graph.node):
+        if node.op_type == "Transpose" and node.input[0] in arrays \
+                and readers[node.input[0]] == 1:
+            (perm,) = [list(a.ints) for a in node.attribute if a.name == "perm"] or [None]
+            arrays[node.output[0]] = np.ascontiguousarray(
+                np.transpose(arrays.pop(node.input[0]), perm))
+            graph.node.remove(node)
+    used = {name for node in graph.node for name in node.input}
+    for name in list(arrays):
+        if name in used:
+            graph.initializer.append(numpy_helper.from_array(arrays.pop(name), name))
+        else:
+            del arrays[name]
+
+
 def _name_onnx_io(proto):
     """tf2onnx names the graph's inputs/outputs after TF tensors ("images:0");
     rename them to images/labels/scores and name the dynamic dimensions."""
@@ -262,8 +325,9 @@ def _name_onnx_io(proto):
 def export_onnx(prefix, out_path, *, opset=17, verify=True):
     """Write an ONNX model: input `images` uint8 [N, H, W, 3] RGB, outputs
     `labels` int32 [N, H, W] and `scores` float32 [N, H, W, K], N, H and W
-    dynamic; converted by tf2onnx from the frozen graph. Verified with
-    onnxruntime before it replaces `out_path` (unless verify=False).
+    dynamic. tf2onnx converts the serving graph with the weights as inputs;
+    the checkpoint's arrays then become the model's initializers. Verified
+    with onnxruntime before it replaces `out_path` (unless verify=False).
 
     Returns a dict: format, path, checkpoint, inputs, outputs, num_classes,
     architecture, skips, channel_order, mean_pixel, opset, max_rel_error and
@@ -279,29 +343,34 @@ def export_onnx(prefix, out_path, *, opset=17, verify=True):
         raise UserError(f"--format onnx needs tf2onnx and onnx ({err}); install them with "
                         "pip install -e '.[export]'") from None
 
-    restored = _Restored(prefix)
-    try:
-        graph_def = restored.frozen_graph_def()
-        report = _report(restored, "onnx", out_path, opset=opset)
-    finally:
-        restored.close()
+    prefix = checkpoint.resolve_checkpoint(prefix)
+    spec = checkpoint.model_spec_from_checkpoint(prefix)
+    graph_def, weights = _weights_as_inputs(spec)
+    stored = checkpoint.read_variable_shapes(prefix)
+    for name, placeholder in weights.items():
+        if stored.get(name) != tuple(placeholder.shape.as_list()):
+            raise UserError(f"{prefix}: variable {name} is {stored.get(name, 'missing')}, "
+                            f"expected {placeholder.shape.as_list()}")
     proto, _ = tf2onnx.convert.from_graph_def(
-        graph_def, input_names=[f"{INPUT_NAME}:0"],
+        graph_def, input_names=[f"{INPUT_NAME}:0"] + [f"{name}:0" for name in weights],
         output_names=[f"{name}:0" for name in OUTPUT_NAMES], opset=opset)
-    del graph_def
+    _attach_weights(proto, checkpoint.read_variables(prefix, list(weights)))
     _name_onnx_io(proto)
     if proto.ByteSize() > PROTOBUF_LIMIT:
         raise UserError(f"{out_path}: the ONNX model would be {proto.ByteSize() / 2**30:.2f} GiB; "
                         "a single ONNX file must stay below 2 GB")
+    report = _report(prefix, spec, "onnx", out_path, opset=opset)
     with atomic_write(out_path) as tmp:
         onnx.save(proto, tmp)
+        del proto
         if verify:
             import onnxruntime
 
             image = verification_image()
-            want = _reference(report["checkpoint"], image)
+            want = _reference(prefix, image)
             session = onnxruntime.InferenceSession(tmp, providers=["CPUExecutionProvider"])
             labels, scores = session.run(list(OUTPUT_NAMES), {INPUT_NAME: image})
+            del session
             report.update(_compare("onnxruntime", out_path, labels, scores, *want))
     report["bytes"] = _size(out_path)
     return report
@@ -336,7 +405,7 @@ def main(argv=None):
     spec = checkpoint.model_spec_from_checkpoint(prefix)
     print(f"read {prefix}: {spec.name}, {spec.num_classes} classes, "
           f"{spec.channel_order.upper()} weights, mean pixel "
-          f"{list(spec.mean_pixel) if spec.mean_pixel else 'unknown (the VGG mean is used)'} "
+          f"{[round(v, 3) for v in spec.mean_pixel] if spec.mean_pixel else 'unknown (the VGG mean is used)'} "
           "(subtracted inside the graph)", flush=True)
     kwargs = {"opset": args.opset} if args.format == "onnx" else {}
     report = EXPORTERS[args.format](prefix, args.out, verify=not args.no_verify, **kwargs)

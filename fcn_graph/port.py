@@ -402,8 +402,10 @@ def _inspect_onnx(path):
         return f"{value.name} {np.dtype(dtype).name} {dims}"
 
     opsets = ", ".join(f"{o.domain or 'ai.onnx'} {o.version}" for o in proto.opset_import)
-    print(f"{path}: ONNX model ({opsets}; producer {proto.producer_name} "
-          f"{proto.producer_version or ''}".rstrip() + f"); {len(proto.graph.node)} nodes")
+    producer = " ".join(v for v in (proto.producer_name, proto.producer_version)
+                        if v and v != "None")
+    print(f"{path}: ONNX model ({opsets}; producer {producer or 'unknown'}); "
+          f"{len(proto.graph.node)} nodes")
     for value in proto.graph.input:
         print(f"  input  {describe(value)}")
     for value in proto.graph.output:
