@@ -3,7 +3,8 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
-from tfutil import LEGACY_NAMES, build_graph, random_values
+from portfiles import write_legacy_checkpoint
+from tfutil import LEGACY_NAMES, build_graph
 from tinyvgg import TINY_MEAN, TINY_WIDTHS
 
 from fcn_graph import checkpoint, port
@@ -17,29 +18,6 @@ tf1 = tf.compat.v1
 def tiny_spec(num_classes=4, mean_pixel=None):
     return fcn_model.ModelSpec(num_classes=num_classes, fc_width=6,
                                vgg_widths=tuple(TINY_WIDTHS.values()), mean_pixel=mean_pixel)
-
-
-def write_legacy_checkpoint(prefix, spec, seed=0, height=9, width=11):
-    """A checkpoint as FCN.tensorflow's training wrote it: the 44 model variables,
-    Adam slots for the 42 that get gradients, beta1_power/beta2_power, no global
-    step and no sidecar. Returns the model values by name."""
-    graph, images, logits, *_, variables = build_graph(spec)
-    with graph.as_default():
-        labels = tf1.placeholder(tf.int32, [None, None, None])
-        loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
-            labels=labels, logits=logits))
-        train_op = tf1.train.AdamOptimizer(1e-4).minimize(loss)
-        saver = tf1.train.Saver()
-        values = random_values(variables, seed=seed)
-        with tf1.Session(graph=graph) as sess:
-            sess.run(tf1.global_variables_initializer())
-            checkpoint.assign_arrays(sess, variables, values)
-            x = np.random.default_rng(seed).uniform(0, 255, (1, height, width, 3))
-            sess.run(train_op, {images: x.astype(np.float32),
-                                labels: np.zeros((1, height, width), np.int32)})
-            values = dict(zip(variables, sess.run(list(variables.values()))))
-            saver.save(sess, prefix, write_meta_graph=True)
-    return values
 
 
 def test_legacy_checkpoint_has_the_expected_layout(tmp_path):
