@@ -261,7 +261,8 @@ def upsample(net, kernel, bias, output_shape, stride):
     Computed as one dense convolution that yields all stride x stride output
     phases at once, then depth_to_space and the crop (`upsample_by_phases`);
     the result equals tf.nn.conv2d_transpose's (`upsample_transposed`) up to
-    float rounding, and is several times faster on CPU.
+    float rounding, and takes about half its time on CPU
+    (docs/performance.md).
     """
     return upsample_by_phases(net, kernel, bias, output_shape, stride)
 
@@ -309,7 +310,8 @@ def upsample_by_phases(net, kernel, bias, output_shape, stride):
     net = tf.pad(net, [[0, 0], [taps - 1, taps - 1], [taps - 1, taps - 1], [0, 0]])
     net = tf.nn.conv2d(net, phase_kernel(kernel, stride), strides=[1, 1, 1, 1],
                        padding="VALID")                         # [N, h+T-1, w+T-1, s*s*C']
-    net = tf.nn.bias_add(net, tf.tile(bias, [stride * stride]))
+    if bias is not None:
+        net = tf.nn.bias_add(net, tf.tile(bias, [stride * stride]))
     net = tf.nn.depth_to_space(net, stride)                     # [N, (h+T-1)*s, (w+T-1)*s, C']
     output_shape = tf.convert_to_tensor(output_shape)
     out_h, out_w = output_shape[1], output_shape[2]

@@ -78,3 +78,14 @@ def test_gradients_flow_through_phases():
         gd = tf.gradients(tf.reduce_sum(d * d), [x, w])
         for got, want in zip(sess.run(ga), sess.run(gd)):
             np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_phases_without_bias():
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((1, 3, 5, 2)).astype(np.float32)
+    w = rng.standard_normal((4, 4, 3, 2)).astype(np.float32)
+    with tf.Graph().as_default(), tf1.Session() as sess:
+        got = sess.run(fcn_model.upsample_by_phases(tf.constant(x), tf.constant(w), None,
+                                                    [1, 6, 9, 3], 2))
+    want = conv2d_transpose_same(x, w, (1, 6, 9, 3), 2)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
