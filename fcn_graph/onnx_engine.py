@@ -2,7 +2,8 @@
 
 `build_onnx_model(prefix)` writes the legacy graph as an ONNX model directly
 from the checkpoint's arrays (no TensorFlow graph conversion): NCHW `Conv`s
-that ONNX Runtime pre-packs once, average pools that skip padded cells, and the
+that ONNX Runtime pre-packs once (conv6 as im2col + a 1x1 Conv), average pools
+that skip padded cells, and the
 three transposed convolutions in the same phase form as `model.upsample` (one
 dense `Conv` yielding all stride x stride phases, `DepthToSpace`, a crop
 computed from the run-time shapes), so any input size works.
@@ -75,6 +76,27 @@ class _Builder:
         b = self.const(hint + "_b", bias.astype(np.float32))
         return self.op("Conv", [net, w, b], hint, kernel_shape=[k, k], pads=pads)
 
+    def conv_im2col(self, net, kernel_hwio, bias, hint):
+        """Stride-1 SAME k x k conv as im2col (k*k shifted slices, concatenated
+        over channels) and one 1x1 conv: a single GEMM with pre-packed weights."""
+        k, _, c_in, c_out = kernel_hwio.shape
+        half = (k - 1) // 2
+        padded = self.op("Pad", [net, self.const("pads", np.array(
+            [0, 0, half, half, 0, 0, k - 1 - half, k - 1 - half], np.int64))], hint + "_pad")
+        height, width = self.dim(net, 2), self.dim(net, 3)
+        columns = []
+        for dy in range(k):
+            for dx in range(k):
+                start = self.const("start", np.array([dy, dx], np.int64))
+                end = self.op("Concat", [self.op("Add", [height, self.const(
+                    "dy", np.array([dy], np.int64))]), self.op("Add", [width, self.const(
+                        "dx", np.array([dx], np.int64))])], axis=0)
+                columns.append(self.op("Slice", [padded, start, end, self.const(
+                    "axes", np.array([2, 3], np.int64))], hint + "_tap"))
+        net = self.op("Concat", columns, hint + "_columns", axis=1)   # [N, k*k*Cin, H, W]
+        kernel = kernel_hwio.reshape(1, 1, k * k * c_in, c_out)    # (dy, dx, c) order
+        return self.conv(net, kernel, bias, hint)
+
     def dim(self, tensor, axis):
         """A 1-element int64 tensor: tensor.shape[axis]."""
         shape = self.op("Shape", [tensor], "shape")
@@ -107,10 +129,12 @@ class _Builder:
                        hint)
 
 
-def build_onnx_model(prefix, *, opset=DEFAULT_OPSET, mean_pixel=None):
+def build_onnx_model(prefix, *, opset=DEFAULT_OPSET, mean_pixel=None, conv6_im2col=True):
     """The legacy FCN-8s of checkpoint `prefix` as an `onnx.ModelProto`
     (weights inside the model, float32). The mean pixel is the sidecar's, else
-    `mean_pixel`, else the VGG mean (as in `model.build`)."""
+    `mean_pixel`, else the VGG mean (as in `model.build`). `conv6_im2col`
+    writes the 7x7 conv6 as im2col + a 1x1 Conv (one pre-packed GEMM; 0-5 %
+    faster overall in ONNX Runtime than its 7x7 Conv) instead of one Conv."""
     from fcn_graph import checkpoint
     from fcn_graph import model as fcn_model
     spec = checkpoint.model_spec_from_checkpoint(prefix)
@@ -144,7 +168,8 @@ def build_onnx_model(prefix, *, opset=DEFAULT_OPSET, mean_pixel=None):
                                       strides=[2, 2], auto_pad="SAME_UPPER", count_include_pad=0)
     net = b.op("MaxPool", [points["conv5_3"]], "pool5", kernel_shape=[2, 2], strides=[2, 2],
                auto_pad="SAME_UPPER")                                       # [N, C5, H/32, W/32]
-    net = b.op("Relu", [b.conv(net, arrays["W6"], arrays["b6"], "conv6")], "relu6")
+    conv6 = b.conv_im2col if conv6_im2col else b.conv
+    net = b.op("Relu", [conv6(net, arrays["W6"], arrays["b6"], "conv6")], "relu6")
     net = b.op("Relu", [b.conv(net, arrays["W7"], arrays["b7"], "conv7")], "relu7")
     net = b.conv(net, arrays["W8"], arrays["b8"], "conv8")                  # [N, K, H/32, W/32]
     net = b.upsample(net, arrays["W_t1"], arrays["b_t1"], points["pool4"], 2, "conv_t1")

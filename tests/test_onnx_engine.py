@@ -96,3 +96,17 @@ def test_infer_cli_onnxruntime_engine_matches_tf(tmp_path):
     np.testing.assert_allclose(outs["onnxruntime"], outs["tf"], rtol=1e-4, atol=1e-4 * scale)
     with pytest.raises(infer.UserError, match="--engine onnxruntime"):
         infer.make_segmenter(prefix, engine="onnxruntime", xla=True)
+
+
+def test_conv6_forms_agree(tmp_path):
+    prefix = _tiny_checkpoint(tmp_path)
+    import onnxruntime as ort
+    batch = np.random.default_rng(6).integers(0, 256, (2, 45, 37, 3), dtype=np.uint8)
+    scores = []
+    for im2col in (True, False):
+        model = onnx_engine.build_onnx_model(prefix, conv6_im2col=im2col)
+        session = ort.InferenceSession(model.SerializeToString(),
+                                       providers=["CPUExecutionProvider"])
+        scores.append(session.run(["scores"], {"images": batch})[0])
+    np.testing.assert_allclose(scores[0], scores[1], rtol=1e-5,
+                               atol=1e-5 * np.abs(scores[1]).max())
