@@ -3,10 +3,10 @@
 `build_onnx_model(prefix)` writes the legacy graph as an ONNX model directly
 from the checkpoint's arrays (no TensorFlow graph conversion): NCHW `Conv`s
 that ONNX Runtime pre-packs once (conv6 as im2col + a 1x1 Conv), average pools
-that skip padded cells, and the
-three transposed convolutions in the same phase form as `model.upsample` (one
-dense `Conv` yielding all stride x stride phases, `DepthToSpace`, a crop
-computed from the run-time shapes), so any input size works.
+that skip padded cells, and the three transposed convolutions in the same
+phase form as `model.upsample` (one dense `Conv` yielding all stride x stride
+phases, `DepthToSpace`, a crop computed from the run-time shapes), so any
+input size works.
 
     input  images  uint8   [N, H, W, 3]  RGB (the checkpoint's channel order
                                          is handled inside the model)
