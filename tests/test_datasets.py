@@ -3,7 +3,7 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import H, W, block_label, random_image, write_gray, write_list, write_rgb
+from datafixtures import H, W, block_label, random_image, write_gray, write_list, write_rgb
 from PIL import Image
 
 from fcn_graph import datasets, shapes

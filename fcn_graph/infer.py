@@ -1,0 +1,191 @@
+"""Segment images with an FCN-8s checkpoint.
+
+    python -m fcn_graph.infer photo.jpg more_photos/ --checkpoint runs/voc --output-dir out
+
+For each image (at its own size) writes OUT/<stem>.png, a palette PNG whose
+pixel values are the class ids (VOC colours), OUT/<stem>_overlay.png, the
+image blended with the coloured mask, and with --save-scores
+OUT/<stem>_scores.npy, float32 [H, W, K] logits.
+"""
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from fcn_graph import checkpoint, imageio
+from fcn_graph import model as fcn_model
+from fcn_graph.constants import VGG_MEAN_RGB
+from fcn_graph.errors import UserError, run_cli
+from fcn_graph.progress import Progress
+from fcn_graph.session import session_config
+
+tf1 = tf.compat.v1
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+def list_images(inputs):
+    """Files as given; directories expanded to their image files, sorted."""
+    paths = []
+    for item in inputs:
+        if os.path.isdir(item):
+            found = sorted(os.path.join(item, name) for name in os.listdir(item)
+                           if name.lower().endswith(IMAGE_EXTENSIONS)
+                           and os.path.isfile(os.path.join(item, name)))
+            if not found:
+                raise UserError(f"{item}: directory holds no images (expected files ending in "
+                                f"{', '.join(IMAGE_EXTENSIONS)})")
+            paths.extend(found)
+        else:
+            paths.append(item)
+    return paths
+
+
+class Segmenter:
+    """One graph and session for any number of images of any sizes.
+
+    The input placeholder is [None, None, None, 3]; images of different sizes
+    run through the same finalised graph.
+    """
+
+    def __init__(self, prefix, *, mean_pixel=None, threads=None):
+        self.prefix = prefix
+        self.spec = checkpoint.model_spec_from_checkpoint(prefix)
+        self.mean_pixel = self.spec.mean_pixel or mean_pixel or VGG_MEAN_RGB
+        self.graph = tf.Graph()
+        with self.graph.as_default():
+            self.images = tf1.placeholder(tf.float32, [None, None, None, 3], name="images")
+            self.logits, self.prediction, _ = fcn_model.build(self.images, self.spec,
+                                                               mean_pixel=self.mean_pixel)
+            variables = fcn_model.model_variables(self.graph)
+            saver = checkpoint.model_saver(variables)
+            self.graph.finalize()
+        self.session = tf1.Session(graph=self.graph, config=session_config(threads))
+        checkpoint.restore_model(self.session, prefix, variables, saver=saver)
+
+    def run(self, batch_rgb, *, scores=False):
+        """uint8 [N, H, W, 3] RGB -> (labels uint8/int [N, H, W], logits or None)."""
+        batch = np.asarray(batch_rgb, dtype=np.float32)
+        if self.spec.channel_order == "bgr":
+            batch = batch[..., ::-1]
+        fetches = [self.prediction, self.logits] if scores else [self.prediction]
+        out = self.session.run(fetches, {self.images: batch})
+        return out[0], (out[1] if scores else None)
+
+    def close(self):
+        self.session.close()
+
+
+def _batches(paths, batch_size, on_error):
+    """Yield lists of (path, image) of one size, up to batch_size long."""
+    pending = []
+    for path in paths:
+        try:
+            image = imageio.read_image(path)
+        except UserError as err:
+            on_error(path, err)
+            continue
+        if pending and (len(pending) == batch_size or pending[0][1].shape != image.shape):
+            yield pending
+            pending = []
+        pending.append((path, image))
+    if pending:
+        yield pending
+
+
+def output_paths(output_dir, path):
+    stem = os.path.splitext(os.path.basename(path))[0]
+    base = os.path.join(output_dir, stem)
+    return base + ".png", base + "_overlay.png", base + "_scores.npy"
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="python -m fcn_graph.infer", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR",
+                        help="image files and/or directories of images")
+    parser.add_argument("--checkpoint", required=True,
+                        help="checkpoint prefix, or a directory (its latest checkpoint)")
+    parser.add_argument("--output-dir", default="predictions",
+                        help="where to write the outputs (default: predictions)")
+    parser.add_argument("--save-scores", action="store_true",
+                        help="also write <stem>_scores.npy, float32 [H, W, K] logits")
+    parser.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"),
+                        help="mean pixel for checkpoints without a sidecar "
+                             f"(default: the VGG mean {list(VGG_MEAN_RGB)})")
+    parser.add_argument("--batch", type=int, default=1,
+                        help="run up to N consecutive same-sized images together (default 1)")
+    parser.add_argument("--alpha", type=float, default=0.5,
+                        help="opacity of the mask in the overlay (default 0.5)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads per op (default: every core)")
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.batch < 1:
+        parser.error(f"--batch: expected a positive integer, found {args.batch}")
+    if not 0.0 <= args.alpha <= 1.0:
+        parser.error(f"--alpha: expected a value in [0, 1], found {args.alpha}")
+    paths = list_images(args.inputs)
+    prefix = checkpoint.resolve_checkpoint(args.checkpoint)
+    segmenter = Segmenter(prefix, mean_pixel=args.mean, threads=args.threads)
+    if args.mean is not None and segmenter.spec.mean_pixel is not None:
+        print(f"note: --mean ignored; {prefix}.json gives the mean pixel "
+              f"{list(segmenter.spec.mean_pixel)}", file=sys.stderr)
+    print(f"checkpoint {prefix}: {segmenter.spec.num_classes} classes, "
+          f"mean pixel {[round(v, 3) for v in segmenter.mean_pixel]}", file=sys.stderr)
+    os.makedirs(args.output_dir, exist_ok=True)
+
+    failures = []
+    progress = Progress(len(paths), label="images", unit="img") if len(paths) > 1 else None
+
+    def on_error(path, err):
+        failures.append(path)
+        message = f"error: {err}"
+        if progress:
+            progress.write(message)
+        else:
+            print(message, file=sys.stderr)
+
+    done = 0
+    try:
+        for batch in _batches(paths, args.batch, on_error):
+            start = time.perf_counter()
+            labels, scores = segmenter.run(np.stack([image for _, image in batch]),
+                                           scores=args.save_scores)
+            seconds = (time.perf_counter() - start) / len(batch)
+            for index, (path, image) in enumerate(batch):
+                label = labels[index].astype(np.uint8)
+                label_path, overlay_path, scores_path = output_paths(args.output_dir, path)
+                imageio.write_label_png(label_path, label)
+                imageio.write_image(overlay_path, imageio.overlay(image, label, alpha=args.alpha))
+                if args.save_scores:
+                    imageio.save_npy_atomic(scores_path, scores[index].astype(np.float32))
+                height, width = image.shape[:2]
+                line = f"{path}: {width}x{height}, {seconds * 1000:.0f} ms -> {label_path}"
+                if progress:
+                    progress.write(line)
+                else:
+                    print(line, flush=True)
+            done += len(batch)
+            if progress:
+                progress.update(done + len(failures))
+    finally:
+        if progress:
+            progress.close()
+        segmenter.close()
+    if failures:
+        print(f"{len(failures)} of {len(paths)} images failed", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main, prog="fcn_graph.infer"))

@@ -1,0 +1,312 @@
+"""Read and write MatConvNet VGG19 `.mat` files (`imagenet-vgg-verydeep-19.mat`).
+
+Two layouts exist. The old one (MatConvNet beta16 and earlier) has top-level
+`layers`, `classes` and `normalization`, conv structs with `weights` as their
+first field and biases of shape 1 x Cout. The new one has `layers` and `meta`
+(mean under `meta.normalization`), fields in another order and biases of shape
+Cout x 1. Both are parsed here once, by field name, into `VggWeights`.
+"""
+
+import dataclasses
+import os
+from collections import OrderedDict
+
+import numpy as np
+import scipy.io
+
+from fcn_graph.errors import UserError
+from fcn_graph.fileio import atomic_write
+
+# The 16 conv layers of VGG19 in order. The network body is built from this list;
+# the widths come from the file.
+VGG19_CONV_NAMES = (
+    "conv1_1", "conv1_2",
+    "conv2_1", "conv2_2",
+    "conv3_1", "conv3_2", "conv3_3", "conv3_4",
+    "conv4_1", "conv4_2", "conv4_3", "conv4_4",
+    "conv5_1", "conv5_2", "conv5_3", "conv5_4",
+)
+FC_NAMES = ("fc6", "fc7", "fc8")
+
+# The full MatConvNet layer list of imagenet-vgg-verydeep-19 (43 layers).
+VGG19_MAT_LAYERS = (
+    "conv1_1", "relu1_1", "conv1_2", "relu1_2", "pool1",
+    "conv2_1", "relu2_1", "conv2_2", "relu2_2", "pool2",
+    "conv3_1", "relu3_1", "conv3_2", "relu3_2", "conv3_3", "relu3_3", "conv3_4", "relu3_4", "pool3",
+    "conv4_1", "relu4_1", "conv4_2", "relu4_2", "conv4_3", "relu4_3", "conv4_4", "relu4_4", "pool4",
+    "conv5_1", "relu5_1", "conv5_2", "relu5_2", "conv5_3", "relu5_3", "conv5_4", "relu5_4", "pool5",
+    "fc6", "relu6", "fc7", "relu7", "fc8", "prob",
+)
+
+
+@dataclasses.dataclass
+class VggWeights:
+    """VGG19 weights parsed from a `.mat` file.
+
+    layers: conv name -> (kernel [kh, kw, Cin, Cout] float32, bias [Cout] float32),
+        for the 16 conv layers in order.
+    fc: "fc6"/"fc7"/"fc8" -> (kernel, bias) in the same layout, when the file has them
+        (fc6 is 7x7xCx4096, fc7 1x1x4096x4096, fc8 1x1x4096x1000).
+    mean_pixel: float64 [3], RGB, 0..255 scale.
+    layout: "old" or "new".
+    transposed: whether kernels were swapped from MatConvNet's to TensorFlow's order.
+    """
+
+    path: str
+    layers: "OrderedDict[str, tuple]"
+    fc: dict
+    mean_pixel: np.ndarray
+    layout: str
+    transposed: bool
+    class_names: tuple = ()
+
+    @property
+    def widths(self):
+        """conv name -> output channels."""
+        return OrderedDict((name, kernel.shape[3]) for name, (kernel, _) in self.layers.items())
+
+
+def _field(struct, name):
+    """A field of a MATLAB struct as loaded by scipy (record array), or None."""
+    names = struct.dtype.names or ()
+    if name not in names:
+        return None
+    value = struct[name]
+    # scipy wraps every field in a (1, 1) object array.
+    while isinstance(value, np.ndarray) and value.dtype == object and value.size == 1:
+        value = value.flat[0]
+    return value
+
+
+def _string(value):
+    if value is None:
+        return None
+    if isinstance(value, np.ndarray):
+        if value.size == 0:
+            return ""
+        return str(value.flat[0]) if value.dtype.kind in "US" and value.ndim > 0 and value.size == 1 \
+            else "".join(str(v) for v in value.ravel())
+    return str(value)
+
+
+def _struct(value):
+    """Unwrap a cell holding one struct into the struct record."""
+    while isinstance(value, np.ndarray) and value.dtype == object and value.size == 1:
+        value = value.flat[0]
+    if isinstance(value, np.ndarray) and value.dtype.names is not None:
+        return value.flat[0]
+    if isinstance(value, np.void) and value.dtype.names is not None:
+        return value
+    return None
+
+
+def _load(path):
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: file not found (expected a MatConvNet VGG19 .mat, "
+                        "e.g. imagenet-vgg-verydeep-19.mat; see weights/README.md)")
+    try:
+        return scipy.io.loadmat(path)
+    except NotImplementedError as err:
+        raise UserError(f"{path}: MATLAB v7.3 (HDF5) .mat files are not supported ({err}); "
+                        "re-save it with save(..., '-v7')") from None
+    except Exception as err:  # scipy raises several types for foreign files
+        raise UserError(f"{path}: not a readable MATLAB .mat file ({type(err).__name__}: {err})") from None
+
+
+def _mean_pixel(path, mat):
+    """The RGB mean pixel, from either layout; the VGG mean when absent."""
+    normalization = None
+    if "normalization" in mat:
+        normalization = _struct(mat["normalization"])
+    elif "meta" in mat:
+        meta = _struct(mat["meta"])
+        if meta is not None:
+            normalization = _struct(_field(meta, "normalization"))
+    if normalization is None:
+        return None
+    average = _field(normalization, "averageImage")
+    if average is None:
+        return None
+    average = np.asarray(average, dtype=np.float64)
+    if average.size == 3:
+        return average.reshape(3)
+    if average.ndim == 3 and average.shape[2] == 3:
+        # Old layout: a 224x224x3 mean image; its mean over height and width.
+        return average.mean(axis=(0, 1))
+    raise UserError(f"{path}: averageImage has shape {average.shape}; expected 3 values or HxWx3")
+
+
+def _class_names(mat):
+    holder = None
+    if "classes" in mat:
+        holder = _struct(mat["classes"])
+    elif "meta" in mat:
+        meta = _struct(mat["meta"])
+        holder = _struct(_field(meta, "classes")) if meta is not None else None
+    if holder is None:
+        return ()
+    desc = _field(holder, "description")
+    if not isinstance(desc, np.ndarray) or desc.dtype != object:
+        return ()
+    return tuple(_string(d) for d in desc.ravel())
+
+
+def load_vgg_mat(path, *, transpose=True, require_fc=False):
+    """Parse a MatConvNet VGG19 `.mat` into a validated `VggWeights`.
+
+    transpose: swap the two spatial kernel axes with (1, 0, 2, 3).
+        FCN.tensorflow does this because it reads MatConvNet kernels as
+        [width, height, Cin, Cout]; its checkpoints were trained with it, so it
+        is the default. Pass False to keep the file's order.
+    require_fc: raise if fc6/fc7 are missing (the paper variant initialises
+        conv6/conv7 from them).
+    """
+    mat = _load(path)
+    if "layers" not in mat:
+        keys = ", ".join(sorted(k for k in mat if not k.startswith("__"))) or "none"
+        raise UserError(f"{path}: no 'layers' variable; expected a MatConvNet model (found: {keys})")
+    cells = np.asarray(mat["layers"]).ravel()
+    raw = OrderedDict()
+    for index, cell in enumerate(cells):
+        layer = _struct(cell)
+        if layer is None:
+            raise UserError(f"{path}: layers{{{index + 1}}} is not a struct; expected a MatConvNet simplenn layer")
+        name = _string(_field(layer, "name"))
+        kind = _string(_field(layer, "type"))
+        if not name:
+            raise UserError(f"{path}: layers{{{index + 1}}} has no name")
+        raw[name] = (kind, layer)
+    first = next(iter(raw.values()), (None, None))[1]
+    layout = "old" if first is not None and first.dtype.names[0] == "weights" else "new"
+
+    def conv_weights(name):
+        kind, layer = raw[name]
+        if kind != "conv":
+            raise UserError(f"{path}: layer '{name}' has type '{kind}'; expected 'conv'")
+        weights = np.asarray(_field(layer, "weights"), dtype=object).ravel()
+        if weights.size != 2:
+            raise UserError(f"{path}: layer '{name}': weights holds {weights.size} arrays; "
+                            "expected 2 (kernel, bias)")
+        kernel = np.asarray(weights[0], dtype=np.float32)
+        bias = np.asarray(weights[1], dtype=np.float32)
+        if kernel.ndim == 2:  # MATLAB drops trailing singleton dims: [kh, kw] means Cin = Cout = 1
+            kernel = kernel[:, :, None, None]
+        elif kernel.ndim == 3:
+            kernel = kernel[:, :, :, None]
+        if kernel.ndim != 4:
+            raise UserError(f"{path}: layer '{name}': kernel has shape {kernel.shape}; "
+                            "expected [kh, kw, Cin, Cout]")
+        if bias.size != kernel.shape[3] or max(bias.shape) != bias.size:
+            raise UserError(f"{path}: layer '{name}': bias has shape {bias.shape} but the kernel "
+                            f"{kernel.shape} has {kernel.shape[3]} output channels")
+        if transpose:
+            # MatConvNet kernels were read as [width, height, Cin, Cout] by the
+            # legacy code; TensorFlow wants [height, width, Cin, Cout].
+            kernel = np.transpose(kernel, (1, 0, 2, 3))
+        return np.ascontiguousarray(kernel), bias.reshape(-1)
+
+    layers = OrderedDict()
+    previous, cin = None, 3
+    for name in VGG19_CONV_NAMES:
+        if name not in raw:
+            hint = "; is this VGG16?" if name.endswith("_4") else ""
+            raise UserError(f"{path}: layer '{name}' not found{hint} (expected the 16 conv layers "
+                            "of imagenet-vgg-verydeep-19)")
+        kernel, bias = conv_weights(name)
+        if kernel.shape[2] != cin:
+            source = f"'{previous}' gives {cin}" if previous else "the image has 3"
+            raise UserError(f"{path}: layer '{name}': kernel has {kernel.shape[2]} input channels "
+                            f"but {source}")
+        layers[name] = (kernel, bias)
+        previous, cin = name, kernel.shape[3]
+
+    fc = {}
+    for name in FC_NAMES:
+        if name in raw:
+            kernel, bias = conv_weights(name)
+            if kernel.shape[2] != cin:
+                raise UserError(f"{path}: layer '{name}': kernel has {kernel.shape[2]} input "
+                                f"channels but '{previous}' gives {cin}")
+            fc[name] = (kernel, bias)
+            previous, cin = name, kernel.shape[3]
+        elif require_fc and name != "fc8":
+            raise UserError(f"{path}: layer '{name}' not found; the paper variant needs fc6 and fc7")
+
+    mean_pixel = _mean_pixel(path, mat)
+    if mean_pixel is None:
+        raise UserError(f"{path}: no normalization.averageImage (old layout) or "
+                        "meta.normalization.averageImage (new layout); cannot tell the mean pixel")
+    return VggWeights(path=path, layers=layers, fc=fc, mean_pixel=mean_pixel, layout=layout,
+                      transposed=transpose, class_names=_class_names(mat))
+
+
+def write_vgg_mat(path, layers, mean_pixel, *, fc=None, layout="new", transposed=True,
+                  class_names=()):
+    """Write VGG weights as a MatConvNet simplenn `.mat` in the old or new layout.
+
+    layers: conv name -> (kernel, bias) in the order of VGG19_CONV_NAMES, kernels in
+        TensorFlow order when `transposed` (they are swapped back, the inverse of
+        `load_vgg_mat(transpose=True)`), else in the file's order.
+    fc: optional "fc6"/"fc7"/"fc8" -> (kernel, bias).
+    The file round-trips through `load_vgg_mat` without loss.
+    """
+    fc = fc or {}
+    mean_pixel = np.asarray(mean_pixel, dtype=np.float64).reshape(3)
+    names = [n for n in VGG19_MAT_LAYERS if n in layers or n in fc or not n.startswith(("conv", "fc"))]
+    if not fc:
+        names = names[:names.index("pool5") + 1]
+    cells = np.empty((1, len(names)), dtype=object)
+    for index, name in enumerate(names):
+        if name.startswith(("conv", "fc")):
+            kernel, bias = layers[name] if name in layers else fc[name]
+            kernel = np.asarray(kernel, dtype=np.float32)
+            if transposed:
+                kernel = np.transpose(kernel, (1, 0, 2, 3))
+            bias = np.asarray(bias, dtype=np.float32)
+            bias = bias.reshape(1, -1) if layout == "old" else bias.reshape(-1, 1)
+            weights = np.empty((1, 2), dtype=object)
+            weights[0, 0], weights[0, 1] = kernel, bias
+            pad = 0 if name.startswith("fc") else 1
+            if layout == "old":
+                struct = {"weights": weights, "pad": np.full((1, 4), pad, float),
+                          "type": "conv", "name": name, "stride": np.ones((1, 2))}
+            else:
+                struct = {"name": name, "type": "conv", "weights": weights,
+                          "size": np.asarray(kernel.shape, float).reshape(1, 4),
+                          "pad": np.full((1, 4), pad, float), "stride": np.ones((1, 2)),
+                          "precious": False, "dilate": np.ones((1, 2)), "opts": np.empty((0, 0), object)}
+        elif name.startswith("relu"):
+            struct = {"type": "relu", "name": name} if layout == "old" else \
+                {"name": name, "type": "relu", "weights": np.empty((0, 0), object), "leak": 0.0,
+                 "precious": False}
+        elif name.startswith("pool"):
+            struct = {"type": "pool", "name": name, "method": "max", "pool": np.full((1, 2), 2.0),
+                      "stride": np.full((1, 2), 2.0), "pad": np.zeros((1, 4))}
+            if layout == "new":
+                struct = {"name": name, "type": "pool", "weights": np.empty((0, 0), object),
+                          "method": "max", "pool": np.full((1, 2), 2.0),
+                          "stride": np.full((1, 2), 2.0), "pad": np.zeros((1, 4)),
+                          "precious": False, "opts": np.empty((0, 0), object)}
+        else:  # prob
+            struct = {"type": "softmax", "name": name} if layout == "old" else \
+                {"name": name, "type": "softmax", "weights": np.empty((0, 0), object),
+                 "precious": False}
+        cells[0, index] = struct
+    description = np.empty((1, len(class_names)), dtype=object)
+    for index, text in enumerate(class_names):
+        description[0, index] = text
+    classes = {"name": description, "description": description}
+    if layout == "old":
+        average = np.broadcast_to(mean_pixel.astype(np.float32), (224, 224, 3)).copy()
+        contents = {"layers": cells, "classes": classes,
+                    "normalization": {"averageImage": average, "keepAspect": 1,
+                                      "imageSize": np.asarray([[224.0, 224.0, 3.0]])}}
+    else:
+        average = mean_pixel.astype(np.float32).reshape(1, 1, 3)
+        contents = {"layers": cells,
+                    "meta": {"inputs": {"name": "data"}, "classes": classes,
+                             "normalization": {"averageImage": average,
+                                               "imageSize": np.asarray([[224.0, 224.0, 3.0, 10.0]])}}}
+    with atomic_write(path) as tmp:
+        with open(tmp, "wb") as handle:
+            scipy.io.savemat(handle, contents, do_compression=False, oned_as="row")

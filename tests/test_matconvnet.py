@@ -1,0 +1,166 @@
+import numpy as np
+import pytest
+import scipy.io
+from tinyvgg import TINY_MEAN, TINY_WIDTHS, make_fc_layers, make_vgg_layers
+
+from fcn_graph.errors import UserError
+from fcn_graph.matconvnet import VGG19_CONV_NAMES, load_vgg_mat, write_vgg_mat
+
+
+def test_both_layouts_load_by_name(tiny_mat, vgg_layers):
+    vgg = load_vgg_mat(tiny_mat)
+    assert vgg.layout in tiny_mat
+    assert list(vgg.layers) == list(VGG19_CONV_NAMES)
+    assert dict(vgg.widths) == dict(TINY_WIDTHS)
+    np.testing.assert_allclose(vgg.mean_pixel, TINY_MEAN, rtol=1e-6)
+    for name, (kernel, bias) in vgg_layers.items():
+        np.testing.assert_array_equal(vgg.layers[name][0], kernel)
+        np.testing.assert_array_equal(vgg.layers[name][1], bias)
+        assert vgg.layers[name][1].shape == (kernel.shape[3],)
+    assert sorted(vgg.fc) == ["fc6", "fc7", "fc8"]
+    assert vgg.fc["fc6"][0].shape == (7, 7, TINY_WIDTHS["conv5_4"], 6)
+
+
+def test_transpose_option_swaps_spatial_axes(tiny_mat):
+    swapped = load_vgg_mat(tiny_mat)
+    raw = load_vgg_mat(tiny_mat, transpose=False)
+    for name in VGG19_CONV_NAMES:
+        np.testing.assert_array_equal(swapped.layers[name][0],
+                                      np.transpose(raw.layers[name][0], (1, 0, 2, 3)))
+    assert swapped.transposed and not raw.transposed
+
+
+def _hand_built_old_layout(path, layers, mean_image):
+    """The old layout written directly with scipy, independent of write_vgg_mat:
+    struct fields in the beta16 order, biases 1 x Cout, a 224x224x3-style mean image."""
+    names = []
+    for name in VGG19_CONV_NAMES:
+        names += [name, "relu" + name[4:]]
+        if name.endswith(("1_2", "2_2", "3_4", "4_4", "5_4")):
+            names.append("pool" + name[4])
+    cells = np.empty((1, len(names)), dtype=object)
+    for index, name in enumerate(names):
+        if name.startswith("conv"):
+            weights = np.empty((1, 2), dtype=object)
+            kernel, bias = layers[name]
+            # In the file, kernels are in MatConvNet's order: the loader swaps axes 0 and 1.
+            weights[0, 0] = np.transpose(kernel, (1, 0, 2, 3))
+            weights[0, 1] = bias.reshape(1, -1)
+            cells[0, index] = {"weights": weights, "pad": np.ones((1, 4)), "type": "conv",
+                               "name": name, "stride": np.ones((1, 2))}
+        elif name.startswith("relu"):
+            cells[0, index] = {"type": "relu", "name": name}
+        else:
+            cells[0, index] = {"type": "pool", "name": name, "method": "max",
+                               "pool": np.full((1, 2), 2.0), "stride": np.full((1, 2), 2.0),
+                               "pad": np.zeros((1, 4))}
+    scipy.io.savemat(path, {"layers": cells, "classes": {"description": np.array(["x"], object)},
+                            "normalization": {"averageImage": mean_image}})
+
+
+def test_hand_built_old_layout_mean_image_is_averaged(tmp_path):
+    layers = make_vgg_layers(seed=3)
+    rng = np.random.default_rng(0)
+    mean_image = rng.uniform(0, 255, (6, 5, 3)).astype(np.float32)
+    path = str(tmp_path / "hand.mat")
+    _hand_built_old_layout(path, layers, mean_image)
+    vgg = load_vgg_mat(path)
+    assert vgg.layout == "old"
+    assert vgg.fc == {}
+    np.testing.assert_allclose(vgg.mean_pixel, mean_image.astype(np.float64).mean(axis=(0, 1)),
+                               rtol=1e-6)
+    for name, (kernel, bias) in layers.items():
+        np.testing.assert_array_equal(vgg.layers[name][0], kernel)
+        np.testing.assert_array_equal(vgg.layers[name][1], bias)
+
+
+def test_new_layout_bias_is_column(tmp_path, vgg_layers):
+    path = str(tmp_path / "new.mat")
+    write_vgg_mat(path, vgg_layers, TINY_MEAN, layout="new")
+    raw = scipy.io.loadmat(path)
+    first = raw["layers"][0, 0][0, 0]
+    assert first.dtype.names[0] == "name"
+    assert first["weights"][0, 1].shape == (TINY_WIDTHS["conv1_1"], 1)
+    assert "meta" in raw and "normalization" not in raw
+
+
+def test_round_trip_is_lossless(tmp_path, vgg_layers):
+    fc = make_fc_layers(TINY_WIDTHS["conv5_4"])
+    for layout in ("old", "new"):
+        first, second = str(tmp_path / f"a_{layout}.mat"), str(tmp_path / f"b_{layout}.mat")
+        write_vgg_mat(first, vgg_layers, TINY_MEAN, fc=fc, layout=layout)
+        vgg = load_vgg_mat(first)
+        write_vgg_mat(second, vgg.layers, vgg.mean_pixel, fc=vgg.fc, layout=layout)
+        again = load_vgg_mat(second)
+        for name in VGG19_CONV_NAMES:
+            np.testing.assert_array_equal(again.layers[name][0], vgg_layers[name][0])
+        for name in fc:
+            np.testing.assert_array_equal(again.fc[name][0], vgg.fc[name][0])
+
+
+# ---- bad inputs: one line naming the file and the layer ----
+
+def _error(path, **kwargs):
+    with pytest.raises(UserError) as info:
+        load_vgg_mat(path, **kwargs)
+    message = str(info.value)
+    assert "\n" not in message
+    assert str(path) in message
+    return message
+
+
+def test_missing_file(tmp_path):
+    assert "file not found" in _error(str(tmp_path / "nope.mat"))
+
+
+def test_not_a_mat_file(tmp_path):
+    path = tmp_path / "fake.mat"
+    path.write_bytes(b"this is a text file, not MATLAB\n" * 10)
+    assert "not a readable MATLAB .mat file" in _error(str(path))
+
+
+def test_mat_without_layers(tmp_path):
+    path = str(tmp_path / "empty.mat")
+    scipy.io.savemat(path, {"something": np.zeros(3)})
+    message = _error(path)
+    assert "no 'layers'" in message and "something" in message
+
+
+def test_missing_layer_suggests_vgg16(tmp_path, vgg_layers):
+    del vgg_layers["conv5_4"]
+    path = str(tmp_path / "vgg16ish.mat")
+    write_vgg_mat(path, vgg_layers, TINY_MEAN, layout="new")
+    message = _error(path)
+    assert "'conv5_4' not found" in message and "VGG16" in message
+
+
+def test_misnamed_layer(tmp_path, vgg_layers):
+    vgg_layers["conv3_x"] = vgg_layers.pop("conv3_2")
+    path = str(tmp_path / "misnamed.mat")
+    write_vgg_mat(path, vgg_layers, TINY_MEAN, layout="old")
+    assert "'conv3_2' not found" in _error(path)
+
+
+def test_bias_shape_mismatch(tmp_path, vgg_layers):
+    kernel, bias = vgg_layers["conv2_1"]
+    vgg_layers["conv2_1"] = (kernel, np.zeros(bias.size + 1, np.float32))
+    path = str(tmp_path / "bias.mat")
+    write_vgg_mat(path, vgg_layers, TINY_MEAN, layout="new")
+    message = _error(path)
+    assert "'conv2_1'" in message and "bias" in message
+
+
+def test_broken_channel_chain(tmp_path, vgg_layers):
+    kernel, bias = vgg_layers["conv4_2"]
+    vgg_layers["conv4_2"] = (np.zeros(kernel.shape[:2] + (kernel.shape[2] + 2, kernel.shape[3]),
+                                      np.float32), bias)
+    path = str(tmp_path / "chain.mat")
+    write_vgg_mat(path, vgg_layers, TINY_MEAN, layout="old")
+    message = _error(path)
+    assert "'conv4_2'" in message and "'conv4_1'" in message
+
+
+def test_fc_required_for_paper_variant(tmp_path, vgg_layers):
+    path = str(tmp_path / "nofc.mat")
+    write_vgg_mat(path, vgg_layers, TINY_MEAN, layout="new")
+    assert "'fc6' not found" in _error(path, require_fc=True)

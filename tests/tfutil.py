@@ -1,0 +1,32 @@
+"""Small helpers for building and running graphs in tests."""
+
+import numpy as np
+import tensorflow as tf
+
+from fcn_graph import model as fcn_model
+
+tf1 = tf.compat.v1
+
+# Names and shapes FCN.tensorflow's checkpoints use, written out by hand.
+LEGACY_NAMES = [f"inference/conv{b}_{i}_{s}"
+                for b, n in ((1, 2), (2, 2), (3, 4), (4, 4), (5, 4))
+                for i in range(1, n + 1) for s in ("w", "b")] + [
+    "inference/" + n for n in ("W6", "b6", "W7", "b7", "W8", "b8",
+                               "W_t1", "b_t1", "W_t2", "b_t2", "W_t3", "b_t3")]
+
+
+def build_graph(spec, *, seed=0):
+    """(graph, images placeholder, logits, prediction, end_points, variables)."""
+    graph = tf.Graph()
+    with graph.as_default():
+        tf1.set_random_seed(seed)
+        images = tf1.placeholder(tf.float32, [None, None, None, 3], name="images")
+        logits, prediction, end_points = fcn_model.build(images, spec)
+    return graph, images, logits, prediction, end_points, fcn_model.model_variables(graph)
+
+
+def random_values(variables, seed=0, scale=0.3):
+    """variable -> random array of its shape (non-zero biases too)."""
+    rng = np.random.default_rng(seed)
+    return {v: (rng.standard_normal(v.shape.as_list()) * scale).astype(np.float32)
+            for v in variables.values()}
