@@ -13,12 +13,12 @@ Relative paths in the config are taken relative to the current directory.
 import dataclasses
 import json
 import os
-import tempfile
 import typing
 from dataclasses import dataclass, field
 from typing import List, Optional
 
 from fcn_graph.errors import UserError
+from fcn_graph.fileio import write_json_atomic
 
 DATASET_KINDS = ("voc", "ade20k", "pets", "folder", "shapes")
 ARCHITECTURES = ("legacy", "paper")
@@ -187,23 +187,8 @@ def save_resolved_config(config, log_dir):
     """Write the resolved config as `log_dir/config.json`, atomically; return the path."""
     os.makedirs(log_dir, exist_ok=True)
     path = os.path.join(log_dir, RESOLVED_CONFIG_NAME)
-    text = json.dumps(config_to_dict(config), indent=2) + "\n"
-    atomic_write_text(path, text)
+    write_json_atomic(path, config_to_dict(config))
     return path
-
-
-def atomic_write_text(path, text):
-    """Write `text` to `path` through a temporary file in the same directory."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=directory)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def _read_config_file(path):

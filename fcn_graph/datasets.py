@@ -33,7 +33,7 @@ from typing import Tuple
 import numpy as np
 import tensorflow as tf
 
-from fcn_graph import shapes
+from fcn_graph import imageio, shapes
 from fcn_graph.config import dataset_root
 from fcn_graph.constants import IGNORE_LABEL, VGG_MEAN_RGB
 from fcn_graph.errors import UserError
@@ -95,16 +95,20 @@ def open_split(kind, root, split, *, seed=0, val_fraction=0.1):
 
 def splits_from_config(config):
     """(train SplitFiles, val SplitFiles, num_classes) for a config; generates shapes."""
+    train = open_config_split(config, config.data.train_split)
+    val = open_config_split(config, config.data.val_split)
+    num_classes = resolve_num_classes(config.model.num_classes, train)
+    return train, val, num_classes
+
+
+def open_config_split(config, split):
+    """SplitFiles of one split of the config's dataset (generating shapes if needed)."""
     d = config.data
     root = dataset_root(config)
     if d.kind == "shapes":
         shapes.ensure_shapes(root, num_train=d.shapes_train_images, num_val=d.shapes_val_images,
                              image_size=d.shapes_image_size, seed=config.train.seed)
-    common = dict(seed=config.train.seed, val_fraction=d.val_fraction)
-    train = open_split(d.kind, root, d.train_split, **common)
-    val = open_split(d.kind, root, d.val_split, **common)
-    num_classes = resolve_num_classes(config.model.num_classes, train)
-    return train, val, num_classes
+    return open_split(d.kind, root, split, seed=config.train.seed, val_fraction=d.val_fraction)
 
 
 def resolve_num_classes(configured, files):
@@ -301,41 +305,29 @@ def read_label(label_path, num_classes, offset=0, image_path=None, image_hw=None
     """A label PNG as uint8 [H, W] of class ids (palette indices for palette PNGs).
 
     `offset` is subtracted from every value except IGNORE_LABEL. Raises
-    `LabelFileError` naming the file when the mode is not gray/palette, the size
-    differs from `image_hw`, or a value is outside [0, num_classes) and not
-    IGNORE_LABEL.
+    `LabelFileError` naming the file when it is unreadable or a colour image,
+    its size differs from `image_hw`, or a value is outside [0, num_classes)
+    and not IGNORE_LABEL.
     """
-    from PIL import Image
-
     try:
-        with Image.open(label_path) as im:
-            mode = im.mode
-            if mode not in ("P", "L"):
-                raise LabelFileError(
-                    f"{label_path}: expected a gray or palette label PNG (pixel value = class "
-                    f"id), found mode {mode}")
-            label = np.array(im)  # palette images give their indices
-    except OSError as err:
-        raise LabelFileError(f"{label_path}: cannot read label: {err}") from None
+        label = imageio.read_label(label_path)
+    except UserError as err:
+        raise LabelFileError(str(err)) from None
     if image_hw is not None and tuple(label.shape) != tuple(int(v) for v in image_hw):
         raise LabelFileError(
             f"{label_path}: label is {label.shape[1]}x{label.shape[0]} (WxH) but its image "
             f"{image_path} is {int(image_hw[1])}x{int(image_hw[0])}")
+    values = label.astype(np.int16)
     if offset:
-        values = label.astype(np.int16)
-        keep = values != IGNORE_LABEL
-        values[keep] -= offset
-        label_checked = values
-    else:
-        label_checked = label
-    bad = (label_checked != IGNORE_LABEL) & ((label_checked < 0) | (label_checked >= num_classes))
+        values[values != IGNORE_LABEL] -= offset
+    bad = (values != IGNORE_LABEL) & ((values < 0) | (values >= num_classes))
     if bad.any():
         found = np.unique(label[bad])[:8].tolist()
         shown = f"stored values {found} (minus {offset})" if offset else f"values {found}"
         raise LabelFileError(
             f"{label_path}: {shown} outside [0, {num_classes}) and not {IGNORE_LABEL} "
             f"(model.num_classes = {num_classes})")
-    return label_checked.astype(np.uint8)
+    return values.astype(np.uint8)
 
 
 def _load_pair(image_path, label_path, *, num_classes, offset):

@@ -11,8 +11,8 @@ Generated deterministically from a seed into a directory laid out like the
 
 Generation writes into a temporary sibling directory and renames it to `root`
 when complete, so an interrupted generation leaves no half dataset behind and
-is simply redone on the next run. Shape colours are random, so the classes can
-only be told apart by their geometry.
+is simply redone on the next run. Shapes do not overlap and their colours are
+random, so the classes can only be told apart by their geometry.
 """
 
 import glob
@@ -29,7 +29,7 @@ from fcn_graph.errors import UserError
 
 CLASS_NAMES = ("background", "circle", "rectangle", "triangle")
 MANIFEST_NAME = "shapes.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _SPLIT_STREAMS = {"train": 1, "val": 2}
 
 
@@ -124,9 +124,16 @@ def render_sample(rng, size):
     image = _background(rng, size)
     label = np.zeros((size, size), dtype=np.uint8)
     background_mean = image.reshape(-1, 3).mean(0)
+    occupied = np.zeros((size, size), dtype=bool)
     for _ in range(rng.integers(1, 4)):
         class_id = int(rng.integers(1, len(CLASS_NAMES)))
-        mask = _shape_mask(rng, size, CLASS_NAMES[class_id])
+        for _attempt in range(10):  # shapes do not overlap; give up after 10 tries
+            mask = _shape_mask(rng, size, CLASS_NAMES[class_id])
+            if not (mask & occupied).any():
+                break
+        else:
+            continue
+        occupied |= mask
         colour = _contrasting_colour(rng, background_mean)
         shade = rng.normal(0.0, 6.0, size=(size, size, 1))
         image[mask] = np.clip(colour + shade[mask], 0, 255)

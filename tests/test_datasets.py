@@ -157,7 +157,7 @@ def test_label_checks_inside_the_pipeline(folder_root):
     assert message.startswith(bad) and "label is 30x21 (WxH) but its image" in message
 
     write_rgb(bad, np.zeros((H, W, 3)))
-    with pytest.raises(LabelFileError, match="expected a gray or palette label PNG"):
+    with pytest.raises(LabelFileError, match="found a RGB image"):
         read_label(bad, 3)
 
 
