@@ -13,8 +13,11 @@ setup(
         "opencv-python-headless>=4.6",
         "commentjson>=0.9",
         "Pillow>=9.0",
+        "h5py>=3.8",  # port keras-h5
     ],
     extras_require={
-        "dev": ["pytest>=7", "ruff>=0.4"],
+        # python -m fcn_graph.export --format onnx (SavedModel and frozen need only TensorFlow)
+        "export": ["tf2onnx>=1.16", "onnx>=1.15", "onnxruntime>=1.17"],
+        "dev": ["pytest>=7", "ruff>=0.4", "tf2onnx>=1.16", "onnx>=1.15", "onnxruntime>=1.17"],
     },
 )

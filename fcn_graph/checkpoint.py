@@ -3,8 +3,9 @@
 A checkpoint is a TensorFlow V2 checkpoint prefix (`PREFIX.index` plus
 `PREFIX.data-*`). Beside it, `PREFIX.json` (the sidecar) records what the
 variable shapes cannot tell: the mean pixel, the channel order and the
-architecture. FCN.tensorflow checkpoints have no sidecar; their class count
-and widths are read from the variable shapes and the VGG mean is assumed.
+architecture. FCN.tensorflow checkpoints have no sidecar; their architecture
+is read from the variable names, their class count and widths from the
+variable shapes, and the VGG mean is assumed.
 """
 
 import dataclasses
@@ -109,37 +110,59 @@ def prune_sidecars(directory):
             os.remove(path)
 
 
+def _variant_name(variant):
+    architecture, skips = variant
+    return f"{architecture} FCN-{skips}"
+
+
 def model_spec_from_checkpoint(prefix, *, num_classes=None, fc_width=None):
-    """The `ModelSpec` of a checkpoint: class count and widths from the variable
-    shapes (checked against `num_classes`/`fc_width` when given), mean pixel,
-    channel order and architecture from the sidecar when there is one."""
+    """The `ModelSpec` of a checkpoint: architecture and skips from the
+    variable names, class count and widths from their shapes (checked against
+    `num_classes`/`fc_width` when given), mean pixel, channel order and
+    train_upsampling from the sidecar when there is one (a sidecar that names
+    another architecture than the variables show is an error)."""
     shapes = read_variable_shapes(prefix)
     scope = fcn_model.SCOPE
+    variant = fcn_model.detect_architecture(shapes, scope)
+    if variant is None:
+        raise UserError(f"{prefix}: neither '{scope}/W8' (legacy FCN-8s) nor "
+                        f"'{scope}/score_fr_w' (paper FCN) found; not an FCN checkpoint "
+                        f"(it has {len(shapes)} variables"
+                        + (f", e.g. '{sorted(shapes)[0]}')" if shapes else ")"))
+    architecture, skips = variant
 
     def shape_of(name):
         key = f"{scope}/{name}"
         if key not in shapes:
-            raise UserError(f"{prefix}: variable '{key}' not found; not an FCN-8s checkpoint "
-                            f"(it has {len(shapes)} variables"
-                            + (f", e.g. '{sorted(shapes)[0]}')" if shapes else ")"))
+            raise UserError(f"{prefix}: variable '{key}' not found; an incomplete "
+                            f"{_variant_name(variant)} checkpoint")
         return shapes[key]
 
-    found_classes = shape_of("b8")[0]
+    classes_name = "b8" if architecture == "legacy" else "score_fr_b"
+    found_classes = shape_of(classes_name)[0]
     found_fc = shape_of("b6")[0]
     widths = tuple(shape_of(name + "_b")[0] for name in fcn_model.VGG19_CONVS)
     if num_classes is not None and num_classes != found_classes:
         raise UserError(f"{prefix}: the checkpoint has {found_classes} classes "
-                        f"(inference/b8), not {num_classes}")
+                        f"({scope}/{classes_name}), not {num_classes}")
     if fc_width is not None and fc_width != found_fc:
-        raise UserError(f"{prefix}: the checkpoint has fc width {found_fc} (inference/b6), "
+        raise UserError(f"{prefix}: the checkpoint has fc width {found_fc} ({scope}/b6), "
                         f"not {fc_width}")
-    spec = fcn_model.ModelSpec(num_classes=found_classes, fc_width=found_fc, vgg_widths=widths)
+    spec = fcn_model.ModelSpec(num_classes=found_classes, fc_width=found_fc, vgg_widths=widths,
+                               architecture=architecture, skips=skips)
     sidecar = read_sidecar(prefix)
     if sidecar is not None:
+        recorded = (sidecar.get("architecture", "legacy"), sidecar.get("skips", "8s"))
+        if recorded != variant:
+            raise UserError(f"{sidecar_path(prefix)}: says {_variant_name(recorded)} but the "
+                            f"checkpoint's variables are a {_variant_name(variant)}")
         if sidecar.get("mean_pixel") is not None:
             spec.mean_pixel = tuple(float(v) for v in sidecar["mean_pixel"])
         spec.channel_order = sidecar.get("channel_order", "rgb")
-        spec.architecture = sidecar.get("architecture", "legacy")
+        if spec.channel_order not in ("rgb", "bgr"):
+            raise UserError(f"{sidecar_path(prefix)}: channel_order {spec.channel_order!r}; "
+                            "expected 'rgb' or 'bgr'")
+        spec.train_upsampling = bool(sidecar.get("train_upsampling", False))
     return spec
 
 
@@ -147,6 +170,12 @@ def check_variables(prefix, variables):
     """Raise a UserError naming every model variable that the checkpoint lacks
     or holds with another shape."""
     shapes = read_variable_shapes(prefix)
+    stored = fcn_model.detect_architecture(shapes)
+    wanted = fcn_model.detect_architecture(variables)
+    if stored is not None and wanted is not None and stored != wanted:
+        raise UserError(f"{prefix}: holds a {_variant_name(stored)} model but the graph is a "
+                        f"{_variant_name(wanted)}; build the graph from the checkpoint's own "
+                        "spec (model_spec_from_checkpoint) or convert the weights")
     missing, wrong = [], []
     for name, variable in variables.items():
         expected = tuple(variable.shape.as_list())
@@ -170,13 +199,16 @@ def restore_model(sess, prefix, variables=None, saver=None):
     from `model_saver` when the graph is already finalised."""
     variables = variables if variables is not None else fcn_model.model_variables(sess.graph)
     check_variables(prefix, variables)
-    (saver or model_saver(variables)).restore(sess, prefix)
+    with sess.graph.as_default():  # outside a graph context, Saver would restore eagerly
+        (saver or model_saver(variables)).restore(sess, prefix)
 
 
-def assign_arrays(sess, values):
+def assign_arrays(sess, variables, values):
     """Load numpy arrays into variables through their initializers' feeds, so the
-    arrays never become graph constants. `values`: variable -> array."""
-    for variable, value in values.items():
+    arrays never become graph constants. `variables`: name -> variable;
+    `values`: name -> array (a subset of the names)."""
+    for name, value in values.items():
+        variable = variables[name]
         expected = tuple(variable.shape.as_list())
         if tuple(np.shape(value)) != expected:
             raise UserError(f"{variable.op.name}: got shape {list(np.shape(value))}, "
@@ -198,8 +230,8 @@ def assign_vgg(sess, vgg, variables=None):
             if tuple(variable.shape.as_list()) != array.shape:
                 raise UserError(f"{vgg.path}: layer '{name}' has shape {list(array.shape)} but "
                                 f"the graph's {key} is {variable.shape.as_list()}")
-            values[variable] = array
-    assign_arrays(sess, values)
+            values[key] = array
+    assign_arrays(sess, variables, values)
 
 
 def model_saver(variables, **kwargs):
@@ -215,7 +247,8 @@ def save_model(sess, saver, prefix, spec, *, global_step=None, **sidecar_extra):
     os.makedirs(directory, exist_ok=True)
     # Saver writes the data and index files under temporary names and renames
     # them when complete; the sidecar goes last, also by rename.
-    written = saver.save(sess, prefix, global_step=global_step, write_meta_graph=False,
-                         write_state=False)
+    with sess.graph.as_default():
+        written = saver.save(sess, prefix, global_step=global_step, write_meta_graph=False,
+                             write_state=False)
     write_sidecar(written, spec, **sidecar_extra)
     return written

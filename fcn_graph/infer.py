@@ -150,7 +150,7 @@ def main(argv=None):
         failures.append(path)
         message = f"error: {err}"
         if progress:
-            progress.write(message)
+            progress.write(message, file=sys.stderr)
         else:
             print(message, file=sys.stderr)
 

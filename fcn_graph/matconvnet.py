@@ -47,9 +47,10 @@ class VggWeights:
         for the 16 conv layers in order.
     fc: "fc6"/"fc7"/"fc8" -> (kernel, bias) in the same layout, when the file has them
         (fc6 is 7x7xCx4096, fc7 1x1x4096x4096, fc8 1x1x4096x1000).
-    mean_pixel: float64 [3], RGB, 0..255 scale.
-    layout: "old" or "new".
+    mean_pixel: float64 [3], 0..255 scale, in `channel_order` (RGB for `.mat` files).
+    layout: "old" or "new" (or "keras-h5" for weights read by fcn_graph.kerash5).
     transposed: whether kernels were swapped from MatConvNet's to TensorFlow's order.
+    channel_order: "rgb", or "bgr" for weights that expect BGR input.
     """
 
     path: str
@@ -59,6 +60,7 @@ class VggWeights:
     layout: str
     transposed: bool
     class_names: tuple = ()
+    channel_order: str = "rgb"
 
     @property
     def widths(self):

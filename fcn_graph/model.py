@@ -1,7 +1,10 @@
-"""The FCN-8s graph on a VGG19 body, in tf.compat.v1, NHWC.
+"""FCN on a VGG19 body, in tf.compat.v1, NHWC: FCN.tensorflow's graph and the paper's.
 
-The default graph reproduces FCN.tensorflow layer by layer, quirks included,
-with its variable names, so that its checkpoints restore unchanged:
+One builder, `fcn`, shares the VGG19 body (a table and one loop) and writes
+each head out line by line. `architecture` picks the head:
+
+"legacy" (the default) reproduces FCN.tensorflow layer by layer, quirks
+included, with its variable names, so that its checkpoints restore unchanged:
 
 - pool1..pool4 are *average* pools; pool5 is a max pool of conv5_3 taken
   before its ReLU; conv5_4 has variables but feeds nothing;
@@ -10,16 +13,35 @@ with its variable names, so that its checkpoints restore unchanged:
 - the upsampling filters are learned from a truncated-normal start and carry
   biases.
 
-Any input size works. Every conv is stride 1 `SAME` and every pool 2x2/2
-`SAME`, so pool_k has ceil(H / 2^k) rows. Each transposed convolution takes
-its output shape from `tf.shape` of the tensor it is fused with (pool4, pool3,
-then the input), and SAME padding makes ceil(out / stride) == in hold for
-those shapes, so the logits always have the input's height and width.
+"paper" is FCN-32s/16s/8s of Long, Shelhamer and Darrell (`skips`): max
+pooling throughout, pool5 after relu5_4, conv6/conv7 (the convolutionalised
+fc6/fc7), class scores from pool5 (score_fr), pool4 (score_pool4) and pool3
+(score_pool3), fused after each upsampling; the upsampling filters have no
+bias, start as bilinear interpolation and are frozen unless
+`train_upsampling`. Its variables, under scope "inference":
+
+    conv1_1_w ... conv5_4_b            the VGG19 body, as in the legacy graph
+    W6 [7, 7, C5, F], b6 [F]           conv6 (fc6)
+    W7 [1, 1, F, F], b7 [F]            conv7 (fc7)
+    score_fr_w [1, 1, F, K], score_fr_b [K]
+    32s: upscore32_w [64, 64, K, K]
+    16s: upscore2_w [4, 4, K, K], score_pool4_w [1, 1, C4, K], score_pool4_b [K],
+         upscore16_w [32, 32, K, K]
+    8s:  upscore2_w, score_pool4_w, score_pool4_b, upscore_pool4_w [4, 4, K, K],
+         score_pool3_w [1, 1, C3, K], score_pool3_b [K], upscore8_w [16, 16, K, K]
+
+Any input size works for every head. Every conv is stride 1 `SAME` and every
+pool 2x2/2 `SAME`, so pool_k has ceil(H / 2^k) rows. Each transposed
+convolution (`upsample`) takes its output shape from `tf.shape` of the tensor
+it is fused with (pool4, pool3, then the input), and SAME padding makes
+ceil(out / stride) == in hold for those shapes (ceil(ceil(H/16)/2) =
+ceil(H/32)), so the logits always have the input's height and width.
 """
 
 import dataclasses
 from collections import OrderedDict
 
+import numpy as np
 import tensorflow as tf
 
 from fcn_graph.constants import VGG_MEAN_RGB
@@ -49,6 +71,12 @@ VGG19_WIDTHS = OrderedDict(
 FC_WIDTH = 4096
 SCOPE = "inference"
 
+ARCHITECTURES = ("legacy", "paper")
+SKIPS = ("32s", "16s", "8s")  # paper: FCN-32s, FCN-16s, FCN-8s; legacy is always 8s
+# Dropout keep probability for training (inference uses 1.0): FCN.tensorflow's
+# 0.85, the paper's 0.5.
+TRAIN_KEEP_PROB = {"legacy": 0.85, "paper": 0.5}
+
 # Head variable names of FCN.tensorflow, in creation order.
 HEAD_VARIABLES = ("W6", "b6", "W7", "b7", "W8", "b8",
                   "W_t1", "b_t1", "W_t2", "b_t2", "W_t3", "b_t3")
@@ -61,8 +89,21 @@ def scaled_vgg_widths(multiplier):
                        for name, width in VGG19_WIDTHS.items())
 
 
-def variable_shapes(num_classes, *, vgg_widths=None, fc_width=FC_WIDTH):
+def _check_variant(architecture, skips):
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {architecture!r}; expected one of "
+                         f"{', '.join(ARCHITECTURES)}")
+    if skips not in SKIPS:
+        raise ValueError(f"unknown skips {skips!r}; expected one of {', '.join(SKIPS)}")
+    if architecture == "legacy" and skips != "8s":
+        raise ValueError(f"the legacy architecture is FCN-8s only; skips {skips!r} needs "
+                         "architecture 'paper'")
+
+
+def variable_shapes(num_classes, *, vgg_widths=None, fc_width=FC_WIDTH, architecture="legacy",
+                    skips="8s"):
     """name (without scope) -> shape of every model variable, in creation order."""
+    _check_variant(architecture, skips)
     widths = VGG19_WIDTHS if vgg_widths is None else vgg_widths
     shapes = OrderedDict()
     cin = 3
@@ -70,15 +111,34 @@ def variable_shapes(num_classes, *, vgg_widths=None, fc_width=FC_WIDTH):
         shapes[name + "_w"] = (3, 3, cin, widths[name])
         shapes[name + "_b"] = (widths[name],)
         cin = widths[name]
+    k = num_classes
     c5, c4, c3 = widths["conv5_3"], widths["conv4_4"], widths["conv3_4"]
+    if architecture == "legacy":
+        shapes.update([
+            ("W6", (7, 7, c5, fc_width)), ("b6", (fc_width,)),
+            ("W7", (1, 1, fc_width, fc_width)), ("b7", (fc_width,)),
+            ("W8", (1, 1, fc_width, k)), ("b8", (k,)),
+            ("W_t1", (4, 4, c4, k)), ("b_t1", (c4,)),
+            ("W_t2", (4, 4, c3, c4)), ("b_t2", (c3,)),
+            ("W_t3", (16, 16, k, c3)), ("b_t3", (k,)),
+        ])
+        return shapes
     shapes.update([
-        ("W6", (7, 7, c5, fc_width)), ("b6", (fc_width,)),
+        ("W6", (7, 7, widths["conv5_4"], fc_width)), ("b6", (fc_width,)),
         ("W7", (1, 1, fc_width, fc_width)), ("b7", (fc_width,)),
-        ("W8", (1, 1, fc_width, num_classes)), ("b8", (num_classes,)),
-        ("W_t1", (4, 4, c4, num_classes)), ("b_t1", (c4,)),
-        ("W_t2", (4, 4, c3, c4)), ("b_t2", (c3,)),
-        ("W_t3", (16, 16, num_classes, c3)), ("b_t3", (num_classes,)),
+        ("score_fr_w", (1, 1, fc_width, k)), ("score_fr_b", (k,)),
     ])
+    if skips == "32s":
+        shapes["upscore32_w"] = (64, 64, k, k)
+        return shapes
+    shapes.update([("upscore2_w", (4, 4, k, k)),
+                   ("score_pool4_w", (1, 1, c4, k)), ("score_pool4_b", (k,))])
+    if skips == "16s":
+        shapes["upscore16_w"] = (32, 32, k, k)
+        return shapes
+    shapes.update([("upscore_pool4_w", (4, 4, k, k)),
+                   ("score_pool3_w", (1, 1, c3, k)), ("score_pool3_b", (k,)),
+                   ("upscore8_w", (16, 16, k, k))])
     return shapes
 
 
@@ -87,8 +147,15 @@ class ModelSpec:
     """Everything needed to rebuild a model's graph; stored beside checkpoints.
 
     vgg_widths: output channels of the 16 VGG convs, in VGG19_CONVS order.
-    mean_pixel: RGB mean subtracted inside the graph, or None if unknown.
-    channel_order: "rgb", or "bgr" for weights that expect BGR input.
+    mean_pixel: mean subtracted inside the graph, in the network's channel
+        order (RGB, or BGR when channel_order is "bgr"), or None if unknown.
+    architecture: "legacy" (FCN.tensorflow's graph) or "paper".
+    channel_order: "rgb", or "bgr" for weights that expect BGR input (callers
+        reverse the channels of RGB images before the graph).
+    skips: "8s", "16s" or "32s" (paper only; the legacy graph is 8s).
+    train_upsampling: paper only: whether the bilinear upsampling filters are
+        trainable (the reference code freezes them). The legacy filters are
+        always trained.
     """
 
     num_classes: int
@@ -97,22 +164,44 @@ class ModelSpec:
     mean_pixel: tuple = None
     architecture: str = "legacy"
     channel_order: str = "rgb"
+    skips: str = "8s"
+    train_upsampling: bool = False
 
     @property
     def widths(self):
         return OrderedDict(zip(VGG19_CONVS, self.vgg_widths))
 
+    @property
+    def name(self):
+        """"legacy FCN-8s", "paper FCN-16s", ..."""
+        return f"{self.architecture} FCN-{self.skips}"
+
 
 def build(images, spec, *, keep_prob=1.0, mean_pixel=None):
     """Build the graph a `ModelSpec` describes; returns (logits, prediction, end_points).
 
-    The mean pixel is the spec's, else `mean_pixel`, else the VGG mean.
+    Dispatches on spec.architecture and spec.skips. The mean pixel is the
+    spec's, else `mean_pixel`, else the VGG mean.
     """
-    if spec.architecture != "legacy":
-        raise ValueError(f"unknown architecture {spec.architecture!r}; expected 'legacy'")
     mean = spec.mean_pixel or mean_pixel or VGG_MEAN_RGB
-    return fcn8s(images, spec.num_classes, vgg_widths=spec.widths, fc_width=spec.fc_width,
-                 keep_prob=keep_prob, mean_pixel=mean)
+    return fcn(images, spec.num_classes, architecture=spec.architecture, skips=spec.skips,
+               vgg_widths=spec.widths, fc_width=spec.fc_width, keep_prob=keep_prob,
+               mean_pixel=mean, train_upsampling=spec.train_upsampling)
+
+
+def bilinear_kernel(size, channels):
+    """Transposed-conv filter [size, size, channels, channels] (float32) that
+    upsamples each channel by bilinear interpolation, as in the FCN reference
+    code: factor = (size + 1) // 2, center = factor - 1 for odd sizes and
+    factor - 0.5 for even ones, weight(i, j) = (1 - |i - center| / factor) *
+    (1 - |j - center| / factor), on the channel diagonal (zero elsewhere).
+    """
+    factor = (size + 1) // 2
+    center = factor - 1 if size % 2 == 1 else factor - 0.5
+    taps = 1.0 - np.abs(np.arange(size) - center) / factor   # [size]
+    kernel = np.zeros((size, size, channels, channels), dtype=np.float32)
+    kernel[:, :, np.arange(channels), np.arange(channels)] = np.outer(taps, taps)[:, :, None]
+    return kernel
 
 
 def _vgg_initializer():
@@ -127,8 +216,21 @@ def _head_initializer():
     return tf1.initializers.truncated_normal(stddev=0.02)
 
 
-def _variable(name, shape, initializer):
-    return tf1.get_variable(name, shape=shape, dtype=tf.float32, initializer=initializer)
+def _bilinear_initializer(size):
+    # Built in the graph from the [size, size] taps times an identity, so that
+    # a 64x64xKxK filter never becomes a graph constant.
+    taps = bilinear_kernel(size, 1)[:, :, 0, 0]
+
+    def initializer(shape, dtype=tf.float32, partition_info=None):
+        assert tuple(shape[:2]) == (size, size) and shape[2] == shape[3], shape
+        return tf.constant(taps, dtype)[:, :, None, None] * tf.eye(int(shape[2]), dtype=dtype)
+
+    return initializer
+
+
+def _variable(name, shape, initializer, trainable=True):
+    return tf1.get_variable(name, shape=shape, dtype=tf.float32, initializer=initializer,
+                            trainable=trainable)
 
 
 def conv2d(net, kernel, bias):
@@ -147,7 +249,8 @@ def pool2x2(net, method):
 
 
 def upsample(net, kernel, bias, output_shape, stride):
-    """Transposed convolution to a shape computed at run time.
+    """Transposed convolution to a shape computed at run time (plus `bias`
+    unless it is None).
 
     Rule: `output_shape` is [N, H', W', C'] with ceil(H'/stride) equal to the
     input's height (and likewise for width); SAME padding then crops the
@@ -157,12 +260,18 @@ def upsample(net, kernel, bias, output_shape, stride):
     """
     net = tf.nn.conv2d_transpose(net, kernel, output_shape, strides=[1, stride, stride, 1],
                                  padding="SAME")
-    return tf.nn.bias_add(net, bias)
+    return net if bias is None else tf.nn.bias_add(net, bias)
+
+
+def _shape_with_channels(tensor, channels):
+    """[N, H, W] of `tensor` at run time, with `channels` as the last dimension."""
+    shape = tf.shape(tensor)
+    return tf.stack([shape[0], shape[1], shape[2], channels])
 
 
 def vgg19_body(net, vgg_widths, *, pool_method="avg"):
     """VGG19 convs, ReLUs and pools 1-4 from the table; every output goes into
-    end_points[name]. The input is mean-subtracted RGB [N, H, W, 3]."""
+    end_points[name]. The input is mean-subtracted [N, H, W, 3]."""
     end_points = OrderedDict()
     cin = net.shape[-1]
     for name, kind in VGG19_BODY:
@@ -180,84 +289,193 @@ def vgg19_body(net, vgg_widths, *, pool_method="avg"):
     return end_points
 
 
-def fcn8s(images, num_classes, *, vgg_widths=None, fc_width=FC_WIDTH, keep_prob=1.0,
-          mean_pixel=VGG_MEAN_RGB):
-    """FCN-8s as FCN.tensorflow builds it.
+def fcn(images, num_classes, *, architecture="legacy", skips="8s", vgg_widths=None,
+        fc_width=FC_WIDTH, keep_prob=1.0, mean_pixel=VGG_MEAN_RGB, train_upsampling=False):
+    """FCN on VGG19: FCN.tensorflow's FCN-8s ("legacy") or the paper's
+    FCN-32s/16s/8s ("paper", `skips`).
 
-    images: float32 [N, H, W, 3], RGB, 0..255; any N, H, W >= 1.
+    images: float32 [N, H, W, 3] in the network's channel order, 0..255; any
+        N, H, W >= 1.
     num_classes: K, the number of output classes.
     vgg_widths: conv name -> output channels (default: VGG19's).
     fc_width: channels of conv6 and conv7 (4096 in VGG19).
     keep_prob: dropout keep probability after conv6 and conv7 (a float or a
-        scalar tensor; 1.0 for inference).
-    mean_pixel: RGB mean subtracted from the images inside the graph.
+        scalar tensor; 1.0 for inference, TRAIN_KEEP_PROB for training).
+    mean_pixel: mean subtracted from the images inside the graph.
+    train_upsampling: paper only: make the bilinear upsampling filters trainable.
 
     Variables are created (or reused, under AUTO_REUSE) in variable scope
-    "inference" with FCN.tensorflow's names; calling this twice in one graph
-    shares them.
+    "inference" (names in the module docstring); calling this twice in one
+    graph shares them.
 
     Returns (logits, prediction, end_points):
-      logits: float32 [N, H, W, K] (conv_t3);
+      logits: float32 [N, H, W, K];
       prediction: int64 [N, H, W], the argmax over K;
       end_points: name -> tensor for every layer: conv1_1 ... relu5_4,
         pool1 [N, H/2, W/2, C1] ... pool4 [N, H/16, W/16, C4] (ceil everywhere),
-        pool5 [N, H/32, W/32, C5], conv6, conv7, conv8 [N, H/32, W/32, K],
-        conv_t1 and fuse_1 [N, H/16, W/16, C4], conv_t2 and fuse_2
-        [N, H/8, W/8, C3], conv_t3 [N, H, W, K], prediction.
+        pool5 [N, H/32, W/32, C5], conv6, conv7 [N, H/32, W/32, F], then
+        legacy: conv8 [N, H/32, W/32, K], conv_t1 and fuse_1 [N, H/16, W/16, C4],
+          conv_t2 and fuse_2 [N, H/8, W/8, C3], conv_t3 [N, H, W, K];
+        paper: score_fr [N, H/32, W/32, K], then
+          32s: upscore32 [N, H, W, K];
+          16s: upscore2, score_pool4, fuse_pool4 [N, H/16, W/16, K], upscore16;
+          8s: those, then upscore_pool4, score_pool3, fuse_pool3
+            [N, H/8, W/8, K], upscore8 [N, H, W, K];
+        and prediction.
     """
+    _check_variant(architecture, skips)
     widths = VGG19_WIDTHS if vgg_widths is None else vgg_widths
     with tf1.variable_scope(SCOPE, reuse=tf1.AUTO_REUSE):
         mean = tf.constant(list(mean_pixel), dtype=tf.float32, name="mean_pixel")
         net = images - mean                                           # [N, H, W, 3]
-        end_points = vgg19_body(net, widths, pool_method="avg")
-        pool3, pool4 = end_points["pool3"], end_points["pool4"]
-        c3, c4 = widths["conv3_4"], widths["conv4_4"]
-
-        net = pool2x2(end_points["conv5_3"], "max")                   # [N, H/32, W/32, C5]
-        end_points["pool5"] = net
-
-        w6 = _variable("W6", (7, 7, widths["conv5_3"], fc_width), _head_initializer())
-        b6 = _variable("b6", (fc_width,), tf1.zeros_initializer())
-        net = tf.nn.relu(conv2d(net, w6, b6), name="relu6")           # [N, H/32, W/32, F]
-        net = tf.nn.dropout(net, rate=1.0 - keep_prob)
-        end_points["conv6"] = net
-
-        w7 = _variable("W7", (1, 1, fc_width, fc_width), _head_initializer())
-        b7 = _variable("b7", (fc_width,), tf1.zeros_initializer())
-        net = tf.nn.relu(conv2d(net, w7, b7), name="relu7")           # [N, H/32, W/32, F]
-        net = tf.nn.dropout(net, rate=1.0 - keep_prob)
-        end_points["conv7"] = net
-
-        w8 = _variable("W8", (1, 1, fc_width, num_classes), _head_initializer())
-        b8 = _variable("b8", (num_classes,), tf1.zeros_initializer())
-        net = conv2d(net, w8, b8)                                     # [N, H/32, W/32, K]
-        end_points["conv8"] = net
-
-        w_t1 = _variable("W_t1", (4, 4, c4, num_classes), _head_initializer())
-        b_t1 = _variable("b_t1", (c4,), tf1.zeros_initializer())
-        net = upsample(net, w_t1, b_t1, tf.shape(pool4), 2)           # [N, H/16, W/16, C4]
-        end_points["conv_t1"] = net
-        net = tf.add(net, pool4, name="fuse_1")
-        end_points["fuse_1"] = net
-
-        w_t2 = _variable("W_t2", (4, 4, c3, c4), _head_initializer())
-        b_t2 = _variable("b_t2", (c3,), tf1.zeros_initializer())
-        net = upsample(net, w_t2, b_t2, tf.shape(pool3), 2)           # [N, H/8, W/8, C3]
-        end_points["conv_t2"] = net
-        net = tf.add(net, pool3, name="fuse_2")
-        end_points["fuse_2"] = net
-
-        shape = tf.shape(images)
-        w_t3 = _variable("W_t3", (16, 16, num_classes, c3), _head_initializer())
-        b_t3 = _variable("b_t3", (num_classes,), tf1.zeros_initializer())
-        logits = upsample(net, w_t3, b_t3, tf.stack([shape[0], shape[1], shape[2], num_classes]),
-                          8)                                          # [N, H, W, K]
-        logits = tf.identity(logits, name="logits")
-        end_points["conv_t3"] = logits
-
+        pool_method = "avg" if architecture == "legacy" else "max"
+        end_points = vgg19_body(net, widths, pool_method=pool_method)
+        if architecture == "legacy":
+            net, last = _legacy_head(images, end_points, num_classes, widths, fc_width,
+                                     keep_prob)
+        else:
+            net, last = _paper_head(images, end_points, num_classes, widths, fc_width,
+                                    keep_prob, skips, train_upsampling)
+        logits = tf.identity(net, name="logits")                      # [N, H, W, K]
+        end_points[last] = logits
         prediction = tf.argmax(logits, axis=3, name="prediction")     # [N, H, W]
         end_points["prediction"] = prediction
     return logits, prediction, end_points
+
+
+def fcn8s(images, num_classes, **kwargs):
+    """FCN.tensorflow's FCN-8s: `fcn(..., architecture="legacy")`."""
+    return fcn(images, num_classes, architecture="legacy", **kwargs)
+
+
+def _legacy_head(images, end_points, num_classes, widths, fc_width, keep_prob):
+    """FCN.tensorflow's head; returns (conv_t3 [N, H, W, K], "conv_t3")."""
+    pool3, pool4 = end_points["pool3"], end_points["pool4"]
+    c3, c4 = widths["conv3_4"], widths["conv4_4"]
+
+    net = pool2x2(end_points["conv5_3"], "max")                       # [N, H/32, W/32, C5]
+    end_points["pool5"] = net
+
+    w6 = _variable("W6", (7, 7, widths["conv5_3"], fc_width), _head_initializer())
+    b6 = _variable("b6", (fc_width,), tf1.zeros_initializer())
+    net = tf.nn.relu(conv2d(net, w6, b6), name="relu6")               # [N, H/32, W/32, F]
+    net = tf.nn.dropout(net, rate=1.0 - keep_prob)
+    end_points["conv6"] = net
+
+    w7 = _variable("W7", (1, 1, fc_width, fc_width), _head_initializer())
+    b7 = _variable("b7", (fc_width,), tf1.zeros_initializer())
+    net = tf.nn.relu(conv2d(net, w7, b7), name="relu7")               # [N, H/32, W/32, F]
+    net = tf.nn.dropout(net, rate=1.0 - keep_prob)
+    end_points["conv7"] = net
+
+    w8 = _variable("W8", (1, 1, fc_width, num_classes), _head_initializer())
+    b8 = _variable("b8", (num_classes,), tf1.zeros_initializer())
+    net = conv2d(net, w8, b8)                                         # [N, H/32, W/32, K]
+    end_points["conv8"] = net
+
+    w_t1 = _variable("W_t1", (4, 4, c4, num_classes), _head_initializer())
+    b_t1 = _variable("b_t1", (c4,), tf1.zeros_initializer())
+    net = upsample(net, w_t1, b_t1, tf.shape(pool4), 2)               # [N, H/16, W/16, C4]
+    end_points["conv_t1"] = net
+    net = tf.add(net, pool4, name="fuse_1")
+    end_points["fuse_1"] = net
+
+    w_t2 = _variable("W_t2", (4, 4, c3, c4), _head_initializer())
+    b_t2 = _variable("b_t2", (c3,), tf1.zeros_initializer())
+    net = upsample(net, w_t2, b_t2, tf.shape(pool3), 2)               # [N, H/8, W/8, C3]
+    end_points["conv_t2"] = net
+    net = tf.add(net, pool3, name="fuse_2")
+    end_points["fuse_2"] = net
+
+    shape = tf.shape(images)
+    w_t3 = _variable("W_t3", (16, 16, num_classes, c3), _head_initializer())
+    b_t3 = _variable("b_t3", (num_classes,), tf1.zeros_initializer())
+    net = upsample(net, w_t3, b_t3, tf.stack([shape[0], shape[1], shape[2], num_classes]),
+                   8)                                                 # [N, H, W, K]
+    return net, "conv_t3"
+
+
+def _paper_head(images, end_points, num_classes, widths, fc_width, keep_prob, skips,
+                train_upsampling):
+    """The paper's FCN-32s/16s/8s head; returns (logits [N, H, W, K], end-point name).
+
+    Score layers start at zero as in the reference code; conv6/conv7 start
+    He-normal here and take fc6/fc7 from the weights when converted.
+    """
+    k = num_classes
+
+    def score(net, name, cin):                                        # 1x1 conv to K
+        w = _variable(name + "_w", (1, 1, cin, k), tf1.zeros_initializer())
+        b = _variable(name + "_b", (k,), tf1.zeros_initializer())
+        return conv2d(net, w, b)
+
+    def upsampling_filter(name, size):                                # bilinear, no bias
+        return _variable(name + "_w", (size, size, k, k), _bilinear_initializer(size),
+                         trainable=train_upsampling)
+
+    net = pool2x2(end_points["relu5_4"], "max")                       # [N, H/32, W/32, C5]
+    end_points["pool5"] = net
+
+    w6 = _variable("W6", (7, 7, widths["conv5_4"], fc_width), _vgg_initializer())
+    b6 = _variable("b6", (fc_width,), tf1.zeros_initializer())
+    net = tf.nn.relu(conv2d(net, w6, b6), name="relu6")               # [N, H/32, W/32, F]
+    net = tf.nn.dropout(net, rate=1.0 - keep_prob)
+    end_points["conv6"] = net
+
+    w7 = _variable("W7", (1, 1, fc_width, fc_width), _vgg_initializer())
+    b7 = _variable("b7", (fc_width,), tf1.zeros_initializer())
+    net = tf.nn.relu(conv2d(net, w7, b7), name="relu7")               # [N, H/32, W/32, F]
+    net = tf.nn.dropout(net, rate=1.0 - keep_prob)
+    end_points["conv7"] = net
+
+    net = score(net, "score_fr", fc_width)                            # [N, H/32, W/32, K]
+    end_points["score_fr"] = net
+    output_shape = _shape_with_channels(images, k)                    # [N, H, W, K]
+
+    if skips == "32s":
+        net = upsample(net, upsampling_filter("upscore32", 64), None, output_shape,
+                       32)                                            # [N, H, W, K]
+        return net, "upscore32"
+
+    pool4 = end_points["pool4"]
+    net = upsample(net, upsampling_filter("upscore2", 4), None,
+                   _shape_with_channels(pool4, k), 2)                 # [N, H/16, W/16, K]
+    end_points["upscore2"] = net
+    end_points["score_pool4"] = score(pool4, "score_pool4", widths["conv4_4"])
+    net = tf.add(net, end_points["score_pool4"], name="fuse_pool4")  # [N, H/16, W/16, K]
+    end_points["fuse_pool4"] = net
+
+    if skips == "16s":
+        net = upsample(net, upsampling_filter("upscore16", 32), None, output_shape,
+                       16)                                            # [N, H, W, K]
+        return net, "upscore16"
+
+    pool3 = end_points["pool3"]
+    net = upsample(net, upsampling_filter("upscore_pool4", 4), None,
+                   _shape_with_channels(pool3, k), 2)                 # [N, H/8, W/8, K]
+    end_points["upscore_pool4"] = net
+    end_points["score_pool3"] = score(pool3, "score_pool3", widths["conv3_4"])
+    net = tf.add(net, end_points["score_pool3"], name="fuse_pool3")  # [N, H/8, W/8, K]
+    end_points["fuse_pool3"] = net
+
+    net = upsample(net, upsampling_filter("upscore8", 16), None, output_shape,
+                   8)                                                 # [N, H, W, K]
+    return net, "upscore8"
+
+
+def detect_architecture(names, scope=SCOPE):
+    """(architecture, skips) from checkpoint or graph variable names, or None
+    when they are neither head."""
+    names = set(names)
+    if f"{scope}/W8" in names or f"{scope}/W_t3" in names:
+        return "legacy", "8s"
+    if f"{scope}/score_fr_w" in names:
+        if f"{scope}/score_pool3_w" in names or f"{scope}/upscore8_w" in names:
+            return "paper", "8s"
+        if f"{scope}/score_pool4_w" in names or f"{scope}/upscore16_w" in names:
+            return "paper", "16s"
+        return "paper", "32s"
+    return None
 
 
 def model_variables(graph=None, scope=SCOPE):

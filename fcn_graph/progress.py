@@ -53,11 +53,13 @@ class Progress:
             self.stream.flush()
             self.last_print = now
 
-    def write(self, text):
-        """Print a message line without garbling the progress line."""
+    def write(self, text, file=None):
+        """Print a message line (to stdout unless `file`) without garbling the
+        progress line."""
         if self.line_open:
             self.stream.write("\r\033[K")
-        print(text, file=sys.stdout, flush=True)
+            self.stream.flush()
+        print(text, file=file or sys.stdout, flush=True)
 
     def close(self):
         if self.line_open:

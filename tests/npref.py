@@ -23,6 +23,7 @@ __all__ = [
     "max_pool_same",
     "conv2d_transpose_same",
     "fcn8s_legacy_forward",
+    "fcn_paper_forward",
     "VGG_CONV_LAYERS",
 ]
 
@@ -214,3 +215,51 @@ def fcn8s_legacy_forward(image_rgb, weights, mean_pixel):
     net = conv2d_transpose_same(net, weights["W_t3"], (n, h, w, num_classes), 8)
     net = end_points["conv_t3"] = net + weights["b_t3"]  # [N, H, W, K]
     return net, end_points
+
+
+def fcn_paper_forward(image, weights, mean_pixel, skips="8s"):
+    """The paper's FCN-32s/16s/8s (Long, Shelhamer, Darrell) in float64, inference.
+
+    image: [N, H, W, 3], 0..255, in the weights' channel order; mean_pixel in
+    the same order, subtracted first. weights: arrays keyed by the paper
+    variant's variable names without the `inference/` scope: conv1_1_w ...
+    conv5_4_b, W6, b6, W7, b7, score_fr_w, score_fr_b, and per skips
+    upscore32_w (32s); upscore2_w, score_pool4_w/b, upscore16_w (16s);
+    upscore2_w, score_pool4_w/b, upscore_pool4_w, score_pool3_w/b,
+    upscore8_w (8s). Upsampling filters have no bias.
+
+    Graph: all 16 conv + ReLU layers, a 2x2/2 SAME max pool after each block
+    (pool5 after relu5_4); conv6, conv7 with ReLU; score_fr (1x1, no ReLU);
+    32s: upsample x32 to [N, H, W, K];
+    16s: upsample x2 to pool4's size, add score_pool4 (1x1 on pool4),
+         upsample x16 to [N, H, W, K];
+    8s: as 16s to fuse_pool4, upsample x2 to pool3's size, add score_pool3,
+        upsample x8 to [N, H, W, K].
+
+    Returns (logits [N, H, W, K] float64, end_points).
+    """
+    net = np.asarray(image, np.float64) - np.asarray(mean_pixel, np.float64)
+    n, h, w, _ = net.shape
+    end_points = {}
+    for block, names in enumerate(VGG_CONV_LAYERS, start=1):
+        for name in names:
+            conv = end_points[name] = conv2d_same(net, weights[name + "_w"], weights[name + "_b"])
+            net = end_points["relu" + name[4:]] = _relu(conv)
+        net = end_points[f"pool{block}"] = max_pool_same(net)  # 1/2 ... 1/32
+    net = end_points["relu6"] = _relu(conv2d_same(net, weights["W6"], weights["b6"]))
+    net = end_points["relu7"] = _relu(conv2d_same(net, weights["W7"], weights["b7"]))
+    net = end_points["score_fr"] = conv2d_same(net, weights["score_fr_w"], weights["score_fr_b"])
+    k = net.shape[3]
+    if skips == "32s":
+        return conv2d_transpose_same(net, weights["upscore32_w"], (n, h, w, k), 32), end_points
+    pool4 = end_points["pool4"]
+    net = conv2d_transpose_same(net, weights["upscore2_w"], pool4.shape[:3] + (k,), 2)
+    score_pool4 = conv2d_same(pool4, weights["score_pool4_w"], weights["score_pool4_b"])
+    net = end_points["fuse_pool4"] = net + score_pool4  # [N, H/16, W/16, K]
+    if skips == "16s":
+        return conv2d_transpose_same(net, weights["upscore16_w"], (n, h, w, k), 16), end_points
+    pool3 = end_points["pool3"]
+    net = conv2d_transpose_same(net, weights["upscore_pool4_w"], pool3.shape[:3] + (k,), 2)
+    score_pool3 = conv2d_same(pool3, weights["score_pool3_w"], weights["score_pool3_b"])
+    net = end_points["fuse_pool3"] = net + score_pool3  # [N, H/8, W/8, K]
+    return conv2d_transpose_same(net, weights["upscore8_w"], (n, h, w, k), 8), end_points

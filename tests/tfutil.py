@@ -26,7 +26,7 @@ def build_graph(spec, *, seed=0):
 
 
 def random_values(variables, seed=0, scale=0.3):
-    """variable -> random array of its shape (non-zero biases too)."""
+    """name -> random array of the variable's shape (non-zero biases too)."""
     rng = np.random.default_rng(seed)
-    return {v: (rng.standard_normal(v.shape.as_list()) * scale).astype(np.float32)
-            for v in variables.values()}
+    return {name: (rng.standard_normal(v.shape.as_list()) * scale).astype(np.float32)
+            for name, v in variables.items()}

@@ -1,0 +1,170 @@
+"""`python -m fcn_graph.export`: each format written, loaded back and compared
+with the checkpoint on tiny weights; the ONNX contract; refusals."""
+
+import os
+
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+import tensorflow as tf
+from tfutil import build_graph, random_values
+from tinyvgg import TINY_MEAN, TINY_WIDTHS, make_fc_layers, make_vgg_layers
+
+from fcn_graph import checkpoint, export, port
+from fcn_graph import model as fcn_model
+from fcn_graph.errors import UserError, run_cli
+from fcn_graph.infer import Segmenter
+from fcn_graph.matconvnet import write_vgg_mat
+
+tf1 = tf.compat.v1
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """A legacy RGB checkpoint from mat2ckpt, and a paper FCN-16s BGR checkpoint
+    with random non-zero weights everywhere (score layers included)."""
+    root = tmp_path_factory.mktemp("export")
+    mat = str(root / "vgg.mat")
+    write_vgg_mat(mat, make_vgg_layers(), TINY_MEAN, fc=make_fc_layers(TINY_WIDTHS["conv5_4"]))
+    legacy = str(root / "legacy")
+    assert port.main(["mat2ckpt", mat, "--num-classes", "4", "--fc-width", "6",
+                      "--out", legacy]) == 0
+    spec = fcn_model.ModelSpec(num_classes=3, fc_width=6, vgg_widths=tuple(TINY_WIDTHS.values()),
+                               mean_pixel=(103.9, 116.8, 123.7), architecture="paper",
+                               skips="16s", channel_order="bgr")
+    graph, *_, variables = build_graph(spec)
+    with graph.as_default(), tf1.Session(graph=graph) as sess:
+        checkpoint.assign_arrays(sess, variables, random_values(variables, seed=4))
+        paper = checkpoint.save_model(sess, checkpoint.model_saver(variables),
+                                      str(root / "paper"), spec)
+    return {"legacy": legacy, "paper": paper}
+
+
+def _reference(prefix, batch):
+    segmenter = Segmenter(prefix)
+    labels, scores = segmenter.run(batch, scores=True)
+    segmenter.close()
+    return labels, scores
+
+
+def _batches():
+    rng = np.random.default_rng(9)
+    return [rng.integers(0, 256, shape, dtype=np.uint8) for shape in ((2, 20, 31, 3),
+                                                                      (1, 1, 1, 3))]
+
+
+def _close(got_labels, got_scores, want_labels, want_scores):
+    assert got_scores.shape == want_scores.shape and got_scores.dtype == np.float32
+    assert got_labels.shape == want_labels.shape and got_labels.dtype == np.int32
+    np.testing.assert_allclose(got_scores, want_scores, rtol=1e-4,
+                               atol=1e-5 * np.abs(want_scores).max())
+    np.testing.assert_array_equal(got_labels, got_scores.argmax(axis=3))
+
+
+@pytest.mark.parametrize("which", ["legacy", "paper"])
+def test_savedmodel(checkpoints, tmp_path, capsys, which):
+    out = str(tmp_path / "saved")
+    for _ in range(2):  # the second export replaces the first
+        assert export.main(["--checkpoint", checkpoints[which], "--format", "savedmodel",
+                            "--out", out]) == 0
+    printed = capsys.readouterr().out
+    assert "verified with TensorFlow (SavedModel signature) on a 93x67 image" in printed
+    assert "signature 'serving_default'" in printed
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".")], "temporary left behind"
+    serve = tf.saved_model.load(out).signatures["serving_default"]
+    for batch in _batches():
+        got = serve(images=tf.constant(batch))
+        _close(got["labels"].numpy(), got["scores"].numpy(), *_reference(checkpoints[which], batch))
+
+
+def test_frozen_graph(checkpoints, tmp_path, capsys):
+    out = str(tmp_path / "model.pb")
+    assert export.main(["--checkpoint", checkpoints["paper"], "--format", "frozen",
+                        "--out", out]) == 0
+    assert "input images:0 uint8 [N, H, W, 3] RGB; outputs labels:0" in capsys.readouterr().out
+    graph_def = tf1.GraphDef()
+    with open(out, "rb") as handle:
+        graph_def.ParseFromString(handle.read())
+    assert not [n for n in graph_def.node if n.op in ("VariableV2", "VarHandleOp")]
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.import_graph_def(graph_def, name="")
+    with tf1.Session(graph=graph) as sess:
+        for batch in _batches():
+            labels, scores = sess.run(["labels:0", "scores:0"], {"images:0": batch})
+            _close(labels, scores, *_reference(checkpoints["paper"], batch))
+
+
+@pytest.mark.parametrize("which", ["legacy", "paper"])
+def test_export_onnx_contract(checkpoints, tmp_path, which):
+    out = str(tmp_path / "model.onnx")
+    report = export.export_onnx(checkpoints[which], out, opset=13 if which == "paper" else 17)
+    assert report["max_rel_error"] < 1e-4 and report["labels_agree"] > 0.99
+    assert report["inputs"] == {"images": "uint8 [N, H, W, 3] RGB"}
+    assert set(report["outputs"]) == {"labels", "scores"}
+    assert report["num_classes"] == (4 if which == "legacy" else 3)
+    assert report["channel_order"] == ("rgb" if which == "legacy" else "bgr")
+    proto = onnx.load(out)
+    assert [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")] == \
+        [report["opset"]]
+    (value,) = proto.graph.input
+    assert value.name == "images" and value.type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim] == \
+        ["N", "H", "W", 3]
+    assert [o.name for o in proto.graph.output] == ["labels", "scores"]
+    session = onnxruntime.InferenceSession(out, providers=["CPUExecutionProvider"])
+    for batch in _batches():
+        labels, scores = session.run(["labels", "scores"], {"images": batch})
+        _close(labels, scores, *_reference(checkpoints[which], batch))
+
+
+def test_inspect_reads_the_exports(checkpoints, tmp_path, capsys):
+    paths = {"savedmodel": str(tmp_path / "sm"), "frozen": str(tmp_path / "m.pb"),
+             "onnx": str(tmp_path / "m.onnx")}
+    for fmt, path in paths.items():
+        export.EXPORTERS[fmt](checkpoints["legacy"], path, verify=False)
+    capsys.readouterr()
+    expect = {"savedmodel": "input  images: uint8 [None, None, None, 3] (images:0)",
+              "frozen": "inputs images:0 uint8; outputs",
+              "onnx": "input  images uint8 ['N', 'H', 'W', 3]"}
+    params = sum(int(np.prod(s)) for s in checkpoint.read_variable_shapes(
+        checkpoints["legacy"]).values())
+    for fmt, path in paths.items():
+        assert port.main(["inspect", path]) == 0
+        out = capsys.readouterr().out
+        assert expect[fmt] in out, out
+        assert out.rstrip().endswith("parameters")
+        if fmt == "savedmodel":  # the variables, as in the checkpoint
+            assert f"44 arrays, {params:,} parameters" in out
+
+
+def test_failed_verification_writes_nothing(checkpoints, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(export, "TOLERANCE", -1.0)
+    for fmt, name in (("frozen", "m.pb"), ("onnx", "m.onnx"), ("savedmodel", "sm")):
+        code = run_cli(export.main, ["--checkpoint", checkpoints["legacy"], "--format", fmt,
+                                     "--out", str(tmp_path / name)], prog="fcn_graph.export")
+        err = capsys.readouterr().err
+        assert code == 2 and "scores differ from the checkpoint's" in err, err
+        assert err.count("\n") == 1
+    assert os.listdir(tmp_path) == []
+
+
+def test_export_refusals(checkpoints, tmp_path, capsys):
+    def error(*argv):
+        code = run_cli(export.main, [str(a) for a in argv], prog="fcn_graph.export")
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1, err
+        return err
+
+    assert "expected 13 or later" in error("--checkpoint", checkpoints["legacy"], "--format",
+                                           "onnx", "--opset", 11, "--out", tmp_path / "m.onnx")
+    assert "no checkpoint here" in error("--checkpoint", tmp_path / "nothing", "--format",
+                                         "frozen", "--out", tmp_path / "m.pb")
+    assert "does not exist" in error("--checkpoint", checkpoints["legacy"], "--format", "frozen",
+                                     "--out", tmp_path / "no" / "m.pb")
+    (tmp_path / "busy").mkdir()
+    assert "is not a SavedModel" in error("--checkpoint", checkpoints["legacy"], "--format",
+                                          "savedmodel", "--out", tmp_path / "busy")
+    with pytest.raises(UserError, match="is not a SavedModel"):
+        export.export_savedmodel(checkpoints["legacy"], str(tmp_path / "busy"))

@@ -1,0 +1,36 @@
+"""The TensorFlow graph against an independent float64 NumPy forward pass."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from npref import fcn8s_legacy_forward
+from tfutil import build_graph, random_values
+from tinyvgg import TINY_MEAN, TINY_WIDTHS
+
+from fcn_graph import checkpoint
+from fcn_graph import model as fcn_model
+
+tf1 = tf.compat.v1
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1), (2, 37, 45), (1, 70, 33)])
+def test_graph_matches_numpy_forward(shape):
+    spec = fcn_model.ModelSpec(num_classes=4, fc_width=6, vgg_widths=tuple(TINY_WIDTHS.values()),
+                               mean_pixel=TINY_MEAN)
+    graph, images, logits, _, end_points, variables = build_graph(spec)
+    values = random_values(variables, seed=sum(shape))
+    x = np.random.default_rng(1).uniform(0, 255, shape + (3,)).astype(np.float32)
+    with tf1.Session(graph=graph) as sess:
+        checkpoint.assign_arrays(sess, variables, values)
+        got, pool5, fuse_2 = sess.run([logits, end_points["pool5"], end_points["fuse_2"]],
+                                      {images: x})
+    weights = {name.split("/")[1]: a.astype(np.float64) for name, a in values.items()}
+    want, ref_points = fcn8s_legacy_forward(x.astype(np.float64), weights, TINY_MEAN)
+    assert got.shape == want.shape
+    scale = np.abs(want).max()
+    assert scale > 1e-3
+    np.testing.assert_allclose(pool5, ref_points["pool5"], rtol=1e-4,
+                               atol=1e-5 * np.abs(ref_points["pool5"]).max())
+    np.testing.assert_allclose(fuse_2, ref_points["fuse_2"], rtol=1e-4,
+                               atol=1e-5 * np.abs(ref_points["fuse_2"]).max())
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * scale)

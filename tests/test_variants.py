@@ -1,0 +1,177 @@
+"""The paper's FCN-32s/16s/8s: bilinear upsampling, variable names, shapes at any
+size, and the forward pass against the float64 NumPy reference."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from npref import fcn_paper_forward
+from tfutil import build_graph, random_values
+from tinyvgg import TINY_MEAN, TINY_WIDTHS
+
+from fcn_graph import checkpoint
+from fcn_graph import model as fcn_model
+
+tf1 = tf.compat.v1
+
+PAPER_HEADS = {
+    "32s": {"W6", "b6", "W7", "b7", "score_fr_w", "score_fr_b", "upscore32_w"},
+    "16s": {"W6", "b6", "W7", "b7", "score_fr_w", "score_fr_b", "upscore2_w",
+            "score_pool4_w", "score_pool4_b", "upscore16_w"},
+    "8s": {"W6", "b6", "W7", "b7", "score_fr_w", "score_fr_b", "upscore2_w",
+           "score_pool4_w", "score_pool4_b", "upscore_pool4_w", "score_pool3_w",
+           "score_pool3_b", "upscore8_w"},
+}
+BODY = {f"{name}_{s}" for name in fcn_model.VGG19_CONVS for s in ("w", "b")}
+
+
+def paper_spec(skips, num_classes=3, train_upsampling=False):
+    return fcn_model.ModelSpec(num_classes=num_classes, fc_width=6,
+                               vgg_widths=tuple(TINY_WIDTHS.values()), mean_pixel=TINY_MEAN,
+                               architecture="paper", skips=skips,
+                               train_upsampling=train_upsampling)
+
+
+@pytest.fixture(scope="module", params=["32s", "16s", "8s"])
+def paper_graph(request):
+    """One graph per skips setting, shared by the tests of this module."""
+    spec = paper_spec(request.param)
+    return (spec,) + build_graph(spec)
+
+
+# -- the bilinear kernel ----------------------------------------------------------
+
+def test_bilinear_kernel_hand_worked():
+    # size 4: factor = (4 + 1) // 2 = 2, center = 2 - 0.5 = 1.5, so the 1-D taps are
+    # 1 - |i - 1.5| / 2 = 0.25, 0.75, 0.75, 0.25 and the 2-D kernel is their outer product:
+    #   0.0625 0.1875 0.1875 0.0625
+    #   0.1875 0.5625 0.5625 0.1875
+    #   0.1875 0.5625 0.5625 0.1875
+    #   0.0625 0.1875 0.1875 0.0625
+    want = np.array([[0.0625, 0.1875, 0.1875, 0.0625],
+                     [0.1875, 0.5625, 0.5625, 0.1875],
+                     [0.1875, 0.5625, 0.5625, 0.1875],
+                     [0.0625, 0.1875, 0.1875, 0.0625]])
+    kernel = fcn_model.bilinear_kernel(4, 3)
+    assert kernel.shape == (4, 4, 3, 3) and kernel.dtype == np.float32
+    for c in range(3):
+        np.testing.assert_array_equal(kernel[:, :, c, c], want)
+    off_diagonal = kernel * (1 - np.eye(3))[None, None]
+    assert not off_diagonal.any()
+    # size 3 (odd): factor 2, center 1 -> taps 0.5, 1, 0.5.
+    np.testing.assert_array_equal(fcn_model.bilinear_kernel(3, 1)[1, :, 0, 0], [0.5, 1.0, 0.5])
+
+
+@pytest.mark.parametrize("size", [1, 2, 5, 16, 32, 64])
+def test_bilinear_kernel_matches_the_reference_formula(size):
+    factor = (size + 1) // 2
+    center = factor - 1 if size % 2 == 1 else factor - 0.5
+    og = np.ogrid[:size, :size]
+    want = (1 - abs(og[0] - center) / factor) * (1 - abs(og[1] - center) / factor)
+    np.testing.assert_allclose(fcn_model.bilinear_kernel(size, 2)[:, :, 1, 1], want, rtol=1e-7)
+
+
+@pytest.mark.parametrize("stride", [2, 8])
+def test_bilinear_upsampling_interpolates(stride):
+    """A bilinear-initialised layer through upsample(): a constant stays exactly
+    constant and a ramp stays linear (half-pixel-centred) away from the borders."""
+    size, h, w = 2 * stride, 6, 5
+    kernel = tf.constant(fcn_model.bilinear_kernel(size, 2))
+    margin = stride // 2
+
+    constant = np.full((1, h, w, 2), 3.0, np.float32)
+    for out_h, out_w in ((h * stride, w * stride), (h * stride - 1, (w - 1) * stride + 1)):
+        y = fcn_model.upsample(tf.constant(constant), kernel, None, [1, out_h, out_w, 2],
+                               stride).numpy()
+        assert y.shape == (1, out_h, out_w, 2)
+        np.testing.assert_array_equal(y[0, margin:out_h - margin, margin:out_w - margin], 3.0)
+
+    rows = np.arange(h, dtype=np.float32)[:, None] * 4.0 - 1.0      # x[j] = 4 j - 1
+    ramp = np.broadcast_to(rows[None, :, :, None], (1, h, w, 2)).copy()
+    y = fcn_model.upsample(tf.constant(ramp), kernel, None, [1, h * stride, w * stride, 2],
+                           stride).numpy()
+    i = np.arange(h * stride)
+    want = 4.0 * ((i + 0.5) / stride - 0.5) - 1.0                    # input position of row i
+    inner = slice(margin, h * stride - margin)
+    np.testing.assert_allclose(y[0, inner, w * stride // 2, 0], want[inner], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(y[0, inner, margin:w * stride - margin, 1],
+                               np.broadcast_to(want[inner, None],
+                                               (len(want[inner]), w * stride - 2 * margin)),
+                               atol=1e-5)
+
+
+# -- the paper graph ---------------------------------------------------------------
+
+def test_paper_variable_names_and_shapes(paper_graph):
+    spec, graph, *_, variables = paper_graph
+    names = {name.split("/")[1] for name in variables}
+    assert names == BODY | PAPER_HEADS[spec.skips]
+    shapes = fcn_model.variable_shapes(3, vgg_widths=TINY_WIDTHS, fc_width=6,
+                                       architecture="paper", skips=spec.skips)
+    assert list(shapes) == [name.split("/")[1] for name in variables]
+    for name, variable in variables.items():
+        assert tuple(variable.shape.as_list()) == shapes[name.split("/")[1]], name
+    assert fcn_model.detect_architecture(variables) == ("paper", spec.skips)
+    trainable = {v.op.name for v in graph.get_collection(tf1.GraphKeys.TRAINABLE_VARIABLES)}
+    assert {n for n in variables if "upscore" in n}.isdisjoint(trainable)
+    assert len(trainable) == len(variables) - len([n for n in names if "upscore" in n])
+
+
+def test_paper_initial_values(paper_graph):
+    spec, graph, *_, variables = paper_graph
+    with tf1.Session(graph=graph) as sess:
+        sess.run(tf1.variables_initializer(list(variables.values())))
+        values = dict(zip(variables, sess.run(list(variables.values()))))
+    for name, value in values.items():
+        short = name.split("/")[1]
+        if short.startswith("score_"):
+            assert not value.any(), f"{name} should start at zero"
+        elif short.startswith("upscore"):
+            np.testing.assert_array_equal(value, fcn_model.bilinear_kernel(value.shape[0], 3))
+    assert values["inference/W6"].std() > 0
+
+
+def test_paper_logits_have_the_input_size(paper_graph):
+    spec, graph, images, logits, prediction, end_points, variables = paper_graph
+    with tf1.Session(graph=graph) as sess:
+        sess.run(tf1.variables_initializer(list(variables.values())))
+        for n, h, w in ((1, 1, 1), (1, 37, 45), (2, 17, 6), (3, 33, 1), (1, 64, 64)):
+            x = np.random.default_rng(h).uniform(0, 255, (n, h, w, 3)).astype(np.float32)
+            out, pred = sess.run([logits, prediction], {images: x})
+            assert out.shape == (n, h, w, 3) and pred.shape == (n, h, w)
+
+
+def test_paper_matches_numpy_forward(paper_graph):
+    spec, graph, images, logits, _, end_points, variables = paper_graph
+    values = random_values(variables, seed=3)
+    x = np.random.default_rng(2).uniform(0, 255, (2, 37, 45, 3)).astype(np.float32)
+    with tf1.Session(graph=graph) as sess:
+        checkpoint.assign_arrays(sess, variables, values)
+        got, pool5 = sess.run([logits, end_points["pool5"]], {images: x})
+    weights = {name.split("/")[1]: a.astype(np.float64) for name, a in values.items()}
+    want, ref = fcn_paper_forward(x, weights, TINY_MEAN, skips=spec.skips)
+    scale = np.abs(want).max()
+    assert got.shape == want.shape and scale > 1e-3
+    np.testing.assert_allclose(pool5, ref["pool5"], rtol=1e-4,
+                               atol=1e-5 * np.abs(ref["pool5"]).max())
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * scale)
+
+
+def test_train_upsampling_makes_filters_trainable():
+    graph, *_, variables = build_graph(paper_spec("16s", train_upsampling=True))
+    trainable = {v.op.name for v in graph.get_collection(tf1.GraphKeys.TRAINABLE_VARIABLES)}
+    assert {"inference/upscore2_w", "inference/upscore16_w"} <= trainable
+
+
+def test_bad_variants_are_refused():
+    with pytest.raises(ValueError, match="FCN-8s only"):
+        fcn_model.variable_shapes(3, architecture="legacy", skips="16s")
+    with pytest.raises(ValueError, match="unknown architecture 'caffe'"):
+        fcn_model.variable_shapes(3, architecture="caffe")
+    with pytest.raises(ValueError, match="unknown skips '4s'"):
+        fcn_model.variable_shapes(3, architecture="paper", skips="4s")
+
+
+def test_detect_architecture_of_legacy_names():
+    names = ["inference/" + n for n in fcn_model.variable_shapes(3)]
+    assert fcn_model.detect_architecture(names) == ("legacy", "8s")
+    assert fcn_model.detect_architecture(["inference/conv1_1_w"]) is None
