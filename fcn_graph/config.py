@@ -19,9 +19,9 @@ from typing import List, Optional
 
 from fcn_graph.errors import UserError
 from fcn_graph.fileio import write_json_atomic
+from fcn_graph.model import ARCHITECTURES, SKIPS, TRAIN_KEEP_PROB
 
 DATASET_KINDS = ("voc", "ade20k", "pets", "folder", "shapes")
-ARCHITECTURES = ("legacy", "paper")
 OPTIMIZERS = ("adam", "sgd")
 LR_SCHEDULES = ("constant", "poly")
 
@@ -60,8 +60,12 @@ class ModelConfig:
     fc_width: int = 4096
     # Width multiplier of a randomly initialised VGG body; 1.0 = the real VGG19.
     vgg_width: float = 1.0
-    # Graph variant: legacy (FCN.tensorflow) or paper (the reference FCN-8s).
+    # Graph variant: legacy (FCN.tensorflow) or paper (the reference FCN-32s/16s/8s).
     architecture: str = "legacy"
+    # paper only: 32s, 16s or 8s (FCN-32s/16s/8s); legacy is always 8s.
+    skips: str = "8s"
+    # paper only: learn the bilinear-initialised upsampling filters (frozen by default).
+    train_upsampling: bool = False
 
 
 @dataclass
@@ -74,8 +78,9 @@ class TrainConfig:
     max_steps: int = 100000
     # Initial learning rate.
     learning_rate: float = 1e-4
-    # Dropout keep probability of conv6/conv7 while training (1.0 = no dropout).
-    keep_prob: float = 0.85
+    # Dropout keep probability of conv6/conv7 while training (1.0 = no dropout);
+    # null = the architecture's own: 0.85 legacy (FCN.tensorflow), 0.5 paper.
+    keep_prob: Optional[float] = None
     # Checkpoints, TensorBoard summaries and the resolved config go here.
     log_dir: str = "runs/fcn8s"
     # Seed of the initialisation, the shuffling and the augmentation.
@@ -328,6 +333,10 @@ def _validate(config, sources, default_source="config"):
                                 f"widths), found {m.vgg_width}; set model.vgg_mat to null for a "
                                 f"narrower randomly initialised VGG")
     one_of("model.architecture", m.architecture, ARCHITECTURES)
+    one_of("model.skips", m.skips, SKIPS)
+    if m.architecture == "legacy" and m.skips != "8s":
+        fail("model.skips", f"the legacy architecture is FCN-8s only, found {m.skips!r}; "
+                            "set model.architecture to \"paper\" for FCN-32s/16s")
 
     positive("train.batch_size", t.batch_size)
     if t.image_size < 1:
@@ -335,6 +344,8 @@ def _validate(config, sources, default_source="config"):
     positive("train.max_steps", t.max_steps)
     if not t.learning_rate > 0:
         fail("train.learning_rate", f"expected a positive number, found {t.learning_rate}")
+    if t.keep_prob is None:
+        t.keep_prob = TRAIN_KEEP_PROB[m.architecture]
     if not 0.0 < t.keep_prob <= 1.0:
         fail("train.keep_prob", f"expected a number in (0, 1], found {t.keep_prob}")
     one_of("train.optimizer", t.optimizer, OPTIMIZERS)

@@ -110,15 +110,20 @@ def _model_spec(config, num_classes):
     if m.vgg_mat:
         from fcn_graph.matconvnet import load_vgg_mat
 
-        vgg = load_vgg_mat(m.vgg_mat)
+        vgg = load_vgg_mat(m.vgg_mat, require_fc=m.architecture == "paper")
         widths, mean = vgg.widths, tuple(float(v) for v in vgg.mean_pixel)
+        if m.architecture == "paper" and vgg.fc["fc6"][0].shape[3] != m.fc_width:
+            raise UserError(f"model.fc_width: the paper architecture takes conv6/conv7 from "
+                            f"{m.vgg_mat}'s fc6/fc7, which have width "
+                            f"{vgg.fc['fc6'][0].shape[3]}; found {m.fc_width}")
     else:
         print("warning: model.vgg_mat is null: the VGG body starts from random weights "
               f"(He-normal, width x{m.vgg_width:g})", file=sys.stderr)
         vgg, widths, mean = None, fcn_model.scaled_vgg_widths(m.vgg_width), VGG_MEAN_RGB
     spec = fcn_model.ModelSpec(num_classes=num_classes, fc_width=m.fc_width,
                                vgg_widths=tuple(widths[name] for name in fcn_model.VGG19_CONVS),
-                               mean_pixel=tuple(mean), architecture=m.architecture)
+                               mean_pixel=tuple(mean), architecture=m.architecture,
+                               skips=m.skips, train_upsampling=m.train_upsampling)
     return spec, vgg
 
 
@@ -128,7 +133,7 @@ def _resume_point(log_dir, spec):
     if prefix is None:
         return None, 0
     found = checkpoint.model_spec_from_checkpoint(prefix)
-    for field in ("num_classes", "fc_width", "vgg_widths", "architecture"):
+    for field in ("num_classes", "fc_width", "vgg_widths", "architecture", "skips"):
         if getattr(found, field) != getattr(spec, field):
             raise UserError(
                 f"{prefix}: train.log_dir holds a checkpoint of another model ({field} "
@@ -233,7 +238,7 @@ def train(config):
                 saver.restore(sess, resume_prefix)
                 print(f"resuming from {resume_prefix} at step {start_step}", file=sys.stderr)
             elif vgg is not None:
-                checkpoint.assign_vgg(sess, vgg, variables)
+                checkpoint.assign_vgg(sess, vgg, variables, spec.architecture)
             print(f"training on {len(train_files)} {train_files.kind} images ({num_classes} "
                   f"classes), validating on {len(val_files)}; logs in {t.log_dir}",
                   file=sys.stderr)

@@ -193,3 +193,53 @@ def test_bad_inputs_give_one_line_errors(tmp_path, folder_root, capsys):
                   "--set", f"train.log_dir={tmp_path / 'run'}", "--set", "train.max_steps=30",
                   *[arg for a in TINY for arg in ("--set", a)], "--set", "train.eval_every=0")
     assert bad in message and "values [9] outside [0, 3)" in message
+
+
+@pytest.mark.parametrize("skips", ["32s", "8s"])
+def test_paper_variant_trains_from_a_mat_and_evaluates(tmp_path, tiny_mat, skips, capsys):
+    """The paper architecture from a `.mat` with fc6/fc7; infer and evaluate rebuild it
+    from the sidecar alone."""
+    from tinyvgg import TINY_WIDTHS
+
+    from fcn_graph import infer
+    from fcn_graph.matconvnet import load_vgg_mat
+
+    args = shapes_args(tmp_path, "train.max_steps=2", f"model.vgg_mat={tiny_mat}",
+                       "model.vgg_width=1.0", "model.fc_width=6", "model.architecture=paper",
+                       f"model.skips={skips}")
+    train_module.train(load_config(None, args))
+    prefix, step = latest_step(tmp_path / "run")
+    spec = restore_and_check_finite(prefix)
+    assert (spec.architecture, spec.skips, step) == ("paper", skips, 2)
+    assert spec.vgg_widths == tuple(TINY_WIDTHS.values())
+    stored = checkpoint.read_variables(prefix, ["inference/conv4_2_w", "inference/upscore8_w"
+                                                if skips == "8s" else "inference/upscore32_w"])
+    vgg = load_vgg_mat(tiny_mat)
+    # The body moved from its .mat start by training, but stayed close; the frozen
+    # bilinear upsampling did not move at all.
+    assert np.abs(stored["inference/conv4_2_w"] - vgg.layers["conv4_2"][0]).max() < 0.1
+    up = [v for k, v in stored.items() if "upscore" in k][0]
+    np.testing.assert_array_equal(up[..., 0, 0], fcn_model.bilinear_kernel(up.shape[0], 1)[..., 0, 0])
+
+    json_path = tmp_path / "metrics.json"
+    code = run_cli(evaluate.main, ["--config", str(tmp_path / "run" / "config.json"),
+                                   "--json", str(json_path)])
+    assert code == 0 and json_path.exists()
+    image = np.random.default_rng(0).integers(0, 256, (1, 13, 21, 3), dtype=np.uint8)
+    segmenter = infer.Segmenter(prefix)
+    try:
+        labels, scores = segmenter.run(image, scores=True)
+    finally:
+        segmenter.close()
+    assert labels.shape == (1, 13, 21) and scores.shape == (1, 13, 21, 4)
+
+
+def test_paper_variant_config_errors(tmp_path):
+    from fcn_graph.errors import UserError
+
+    with pytest.raises(UserError, match="model.skips: the legacy architecture is FCN-8s only"):
+        load_config(None, shapes_args(tmp_path, "model.skips=16s"))
+    with pytest.raises(UserError, match="model.skips"):
+        load_config(None, shapes_args(tmp_path, "model.architecture=paper", "model.skips=4s"))
+    config = load_config(None, shapes_args(tmp_path, "model.architecture=paper"))
+    assert config.train.keep_prob == 0.5
