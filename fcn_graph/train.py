@@ -26,6 +26,7 @@ from fcn_graph import checkpoint, datasets, imageio
 from fcn_graph import model as fcn_model
 from fcn_graph.config import add_config_args, load_config, save_resolved_config
 from fcn_graph.constants import IGNORE_LABEL, VGG_MEAN_RGB
+from fcn_graph.curves import CURVES_NAME, append_history, plot_curves, read_history
 from fcn_graph.errors import UserError, run_cli
 from fcn_graph.evaluate import Evaluator, build_model, metrics_record
 from fcn_graph.fileio import write_json_atomic
@@ -203,6 +204,7 @@ def train(config):
             checkpoint.write_sidecar(prefix, spec, global_step=int(step))  # before the data
             saver.save(sess, base, global_step=step, write_meta_graph=False)
             checkpoint.prune_sidecars(t.log_dir)
+            plot_curves(read_history(t.log_dir), os.path.join(t.log_dir, CURVES_NAME))
             state.update(saved=prefix, saved_step=step)
             return prefix
 
@@ -222,6 +224,10 @@ def train(config):
             if panels:
                 writer.add_summary(panel_summary("val/image_prediction_truth", panels), step)
             writer.flush()
+            append_history(t.log_dir, {"step": int(step), **{
+                key: metrics[key] for key in ("mean_iou", "pixel_accuracy", "mean_accuracy",
+                                              "frequency_weighted_iou")}})
+            plot_curves(read_history(t.log_dir), os.path.join(t.log_dir, CURVES_NAME))
             progress.write(
                 f"step {step}: validation mean IU {metrics['mean_iou']:.4f}, pixel accuracy "
                 f"{metrics['pixel_accuracy']:.4f} ({count} images, "
@@ -262,6 +268,7 @@ def train(config):
                     speed = (step - last_step) * t.batch_size / max(now - last_time, 1e-9)
                     last_time, last_step = now, step
                     writer.add_summary(out["summary"], step)
+                    append_history(t.log_dir, {"step": step, "loss": float(out["loss"])})
                     progress.update(step, loss=f"{out['loss']:.4f}", **{"img/s": f"{speed:.1f}"})
                 if step % t.checkpoint_every == 0 or step == t.max_steps:
                     save(step)

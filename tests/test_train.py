@@ -56,7 +56,8 @@ def test_train_writes_checkpoints_and_resumes(tmp_path, capsys):
     assert 0.0 <= metrics["mean_iou"] <= 1.0 and metrics["num_images"] == 2
     prefix, step = latest_step(run)
     assert step == 4 and prefix.endswith("model.ckpt-4")
-    for name in ("config.json", "val_metrics.json", "model.ckpt-4.json", "model.ckpt-2.index"):
+    for name in ("config.json", "val_metrics.json", "model.ckpt-4.json", "model.ckpt-2.index",
+                 "history.jsonl", "training_curves.png"):
         assert (run / name).exists(), name
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(run))
     spec = restore_and_check_finite(prefix)
