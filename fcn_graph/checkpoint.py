@@ -12,6 +12,7 @@ import dataclasses
 import glob
 import json
 import os
+from collections import OrderedDict
 
 import numpy as np
 import tensorflow as tf
@@ -216,21 +217,35 @@ def assign_arrays(sess, variables, values):
         sess.run(variable.initializer, feed_dict={variable.initial_value: value})
 
 
-def assign_vgg(sess, vgg, variables=None):
-    """Copy the 16 VGG conv layers of a `VggWeights` into the model variables."""
-    variables = variables if variables is not None else fcn_model.model_variables(sess.graph)
+def vgg_values(vgg, architecture="legacy"):
+    """Checkpoint name -> array for the VGG body of a `VggWeights` (and conv6/conv7
+    from fc6/fc7 for the paper architecture)."""
     scope = fcn_model.SCOPE
-    values = {}
+    values = OrderedDict()
     for name, (kernel, bias) in vgg.layers.items():
-        for suffix, array in (("_w", kernel), ("_b", bias)):
-            key = f"{scope}/{name}{suffix}"
-            if key not in variables:
-                raise UserError(f"{vgg.path}: the graph has no variable '{key}'")
-            variable = variables[key]
-            if tuple(variable.shape.as_list()) != array.shape:
-                raise UserError(f"{vgg.path}: layer '{name}' has shape {list(array.shape)} but "
-                                f"the graph's {key} is {variable.shape.as_list()}")
-            values[key] = array
+        values[f"{scope}/{name}_w"], values[f"{scope}/{name}_b"] = kernel, bias
+    if architecture == "paper":
+        for fc, (w, b) in (("fc6", ("W6", "b6")), ("fc7", ("W7", "b7"))):
+            if fc not in vgg.fc:
+                raise UserError(f"{vgg.path}: layer '{fc}' not found; the paper architecture "
+                                "initialises conv6/conv7 from fc6/fc7")
+            kernel, bias = vgg.fc[fc]
+            values[f"{scope}/{w}"], values[f"{scope}/{b}"] = kernel, bias
+    return values
+
+
+def assign_vgg(sess, vgg, variables=None, architecture="legacy"):
+    """Copy the VGG body of a `VggWeights` (and fc6/fc7 for the paper
+    architecture) into the model variables, checking every shape."""
+    variables = variables if variables is not None else fcn_model.model_variables(sess.graph)
+    values = vgg_values(vgg, architecture)
+    for key, array in values.items():
+        if key not in variables:
+            raise UserError(f"{vgg.path}: the graph has no variable '{key}'")
+        expected = tuple(variables[key].shape.as_list())
+        if expected != array.shape:
+            raise UserError(f"{vgg.path}: {key.split('/')[-1]} has shape {list(array.shape)} "
+                            f"but the graph's {key} is {list(expected)}")
     assign_arrays(sess, variables, values)
 
 

@@ -1,6 +1,7 @@
 """Segment images with an FCN-8s checkpoint.
 
     python -m fcn_graph.infer photo.jpg more_photos/ --checkpoint runs/voc --output-dir out
+    python -m fcn_graph.infer photo.jpg --config config.json   # latest checkpoint in train.log_dir
 
 For each image (at its own size) writes OUT/<stem>.png, a palette PNG whose
 pixel values are the class ids (VOC colours), OUT/<stem>_overlay.png, the
@@ -18,6 +19,7 @@ import tensorflow as tf
 
 from fcn_graph import checkpoint, imageio
 from fcn_graph import model as fcn_model
+from fcn_graph.config import add_config_args, load_config
 from fcn_graph.constants import VGG_MEAN_RGB
 from fcn_graph.errors import UserError, run_cli
 from fcn_graph.progress import Progress
@@ -170,8 +172,10 @@ def build_parser():
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR",
                         help="image files and/or directories of images")
-    parser.add_argument("--checkpoint", required=True,
-                        help="checkpoint prefix, or a directory (its latest checkpoint)")
+    parser.add_argument("--checkpoint", default=None,
+                        help="checkpoint prefix, or a directory (its latest checkpoint); "
+                             "default with --config: the latest in train.log_dir")
+    add_config_args(parser)
     parser.add_argument("--output-dir", default="predictions",
                         help="where to write the outputs (default: predictions)")
     parser.add_argument("--save-scores", action="store_true",
@@ -204,8 +208,15 @@ def main(argv=None):
         parser.error(f"--batch: expected a positive integer, found {args.batch}")
     if not 0.0 <= args.alpha <= 1.0:
         parser.error(f"--alpha: expected a value in [0, 1], found {args.alpha}")
+    if args.checkpoint is None and args.config is None:
+        parser.error("--checkpoint: required unless --config names a train.log_dir")
+    source = args.checkpoint
+    if args.config is not None:
+        config = load_config(args.config, args.overrides)
+        source = source or config.train.log_dir
+        args.threads = args.threads or config.train.threads
     paths = list_images(args.inputs)
-    prefix = checkpoint.resolve_checkpoint(args.checkpoint)
+    prefix = checkpoint.resolve_checkpoint(source)
     spec = checkpoint.model_spec_from_checkpoint(prefix)
     if args.mean is not None and spec.mean_pixel is not None:
         print(f"note: --mean ignored; {prefix}.json gives the mean pixel "

@@ -78,19 +78,6 @@ def _write_checkpoint(spec, values, out, *, seed=0, verbose=False, **sidecar_ext
     return prefix
 
 
-def _vgg_values(vgg, architecture):
-    """Checkpoint name -> array for the body (and conv6/conv7 from fc6/fc7 for
-    the paper architecture)."""
-    values = OrderedDict()
-    for name, (kernel, bias) in vgg.layers.items():
-        values[f"{SCOPE}/{name}_w"], values[f"{SCOPE}/{name}_b"] = kernel, bias
-    if architecture == "paper":
-        for fc, (w, b) in (("fc6", ("W6", "b6")), ("fc7", ("W7", "b7"))):
-            kernel, bias = vgg.fc[fc]
-            values[f"{SCOPE}/{w}"], values[f"{SCOPE}/{b}"] = kernel, bias
-    return values
-
-
 def _check_start_args(args):
     if args.num_classes < 1:
         raise UserError(f"--num-classes: expected a positive integer, found {args.num_classes}")
@@ -126,7 +113,7 @@ def _convert_vgg(vgg, args, source):
     heads = ("conv6/conv7 from fc6/fc7, score layers zero, bilinear upsampling"
              if args.architecture == "paper" else "heads truncated normal 0.02, biases zero")
     print(f"building {spec.name}: {heads}")
-    return _write_checkpoint(spec, _vgg_values(vgg, args.architecture), args.out, seed=args.seed,
+    return _write_checkpoint(spec, checkpoint.vgg_values(vgg, args.architecture), args.out, seed=args.seed,
                              verbose=args.verbose, source=source,
                              kernels_transposed=vgg.transposed)
 

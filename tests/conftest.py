@@ -23,3 +23,5 @@ def tiny_mat(request, tmp_path, vgg_layers):
     fc = make_fc_layers(TINY_WIDTHS["conv5_4"])
     write_vgg_mat(path, vgg_layers, TINY_MEAN, fc=fc, layout=request.param)
     return path
+
+from datafixtures import ade_root, folder_root, pets_root, voc_root  # noqa: E402, F401

@@ -120,3 +120,15 @@ def test_cli_errors_are_one_line(tmp_path, tiny_checkpoint):
     errors = [line for line in run.stderr.splitlines() if line.startswith("fcn_graph.infer: error")]
     assert len(errors) == 1 and "no_ckpt" in errors[0]
     assert "Traceback" not in run.stderr
+
+
+def test_config_names_the_checkpoint_directory(tmp_path, tiny_checkpoint):
+    config = tmp_path / "run.json"
+    config.write_text('// comments allowed\n{"train": {"log_dir": "%s"}}\n'
+                      % os.path.dirname(tiny_checkpoint))
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((5, 7, 3), np.uint8))
+    out = str(tmp_path / "out")
+    assert infer.main([str(tmp_path / "a.png"), "--config", str(config), "--output-dir", out]) == 0
+    assert os.path.exists(os.path.join(out, "a.png"))
+    with pytest.raises(SystemExit):
+        infer.main([str(tmp_path / "a.png")])  # neither --checkpoint nor --config

@@ -1,0 +1,379 @@
+"""One strict configuration for train, evaluate and infer.
+
+The defaults live here, in code, one commented field each. A JSON file with
+comments (read with `commentjson`) overrides them, and `--set section.key=value`
+on the command line overrides the file. Unknown sections or keys, wrong types
+and impossible values are `UserError`s naming the key and where it came from:
+
+    config.json: train.batch_size: expected a positive integer, found -2
+
+Relative paths in the config are taken relative to the current directory.
+"""
+
+import dataclasses
+import json
+import os
+import typing
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+from fcn_graph.errors import UserError
+from fcn_graph.fileio import write_json_atomic
+from fcn_graph.model import ARCHITECTURES, SKIPS, TRAIN_KEEP_PROB
+
+DATASET_KINDS = ("voc", "ade20k", "pets", "folder", "shapes")
+OPTIMIZERS = ("adam", "sgd")
+LR_SCHEDULES = ("constant", "poly")
+
+# Name of the resolved config that every run writes into its log directory.
+RESOLVED_CONFIG_NAME = "config.json"
+
+
+@dataclass
+class DataConfig:
+    # Dataset layout: voc, ade20k, pets, folder or shapes (generated on first use).
+    kind: str = "shapes"
+    # Dataset directory. Required for every kind but shapes (default data/shapes).
+    root: Optional[str] = None
+    # Split used for training: a list file name (voc, folder, shapes), training/train
+    # (ade20k) or trainval/train (pets).
+    train_split: str = "train"
+    # Split used for validation during training and by evaluate.
+    val_split: str = "val"
+    # pets/folder without list files: fraction of the images held out for validation.
+    val_fraction: float = 0.1
+    # shapes: number of generated training images.
+    shapes_train_images: int = 800
+    # shapes: number of generated validation images.
+    shapes_val_images: int = 100
+    # shapes: height and width of the generated images, in pixels.
+    shapes_image_size: int = 96
+
+
+@dataclass
+class ModelConfig:
+    # Number of classes, including background; null = the dataset's own count.
+    num_classes: Optional[int] = None
+    # MatConvNet VGG19 weights (.mat) for the VGG body; null = random initialisation.
+    vgg_mat: Optional[str] = None
+    # Channels of conv6 and conv7 (the convolutionalized fc6/fc7); VGG19 uses 4096.
+    fc_width: int = 4096
+    # Width multiplier of a randomly initialised VGG body; 1.0 = the real VGG19.
+    vgg_width: float = 1.0
+    # Graph variant: legacy (FCN.tensorflow) or paper (the reference FCN-32s/16s/8s).
+    architecture: str = "legacy"
+    # paper only: 32s, 16s or 8s (FCN-32s/16s/8s); legacy is always 8s.
+    skips: str = "8s"
+    # paper only: learn the bilinear-initialised upsampling filters (frozen by default).
+    train_upsampling: bool = False
+
+
+@dataclass
+class TrainConfig:
+    # Images per training step.
+    batch_size: int = 2
+    # Side of the square training crops, in pixels.
+    image_size: int = 224
+    # Total number of training steps (a resumed run stops at the same step).
+    max_steps: int = 100000
+    # Initial learning rate.
+    learning_rate: float = 1e-4
+    # Dropout keep probability of conv6/conv7 while training (1.0 = no dropout);
+    # null = the architecture's own: 0.85 legacy (FCN.tensorflow), 0.5 paper.
+    keep_prob: Optional[float] = None
+    # Checkpoints, TensorBoard summaries and the resolved config go here.
+    log_dir: str = "runs/fcn8s"
+    # Seed of the initialisation, the shuffling and the augmentation.
+    seed: int = 0
+    # adam or sgd (with momentum).
+    optimizer: str = "adam"
+    # Momentum of sgd (ignored by adam).
+    momentum: float = 0.9
+    # L2 penalty on the convolution kernels (0 = none), added to the loss.
+    weight_decay: float = 0.0
+    # Learning rate schedule: constant, or poly: lr * (1 - step / max_steps) ** lr_power.
+    lr_schedule: str = "constant"
+    # Exponent of the poly schedule.
+    lr_power: float = 0.9
+    # Random scale range of the training augmentation: [min, max], 1.0 = unchanged.
+    scale_range: List[float] = field(default_factory=lambda: [0.5, 2.0])
+    # Random horizontal flips during training.
+    flip: bool = True
+    # Save a checkpoint every this many steps (and always at the end).
+    checkpoint_every: int = 1000
+    # Number of recent checkpoints kept on disk.
+    keep_checkpoints: int = 5
+    # Evaluate on the validation split every this many steps (0 = only at the end).
+    eval_every: int = 5000
+    # Validation images used by the periodic evaluation; null = the whole split.
+    eval_max_images: Optional[int] = None
+    # Print the progress line and write scalar summaries every this many steps.
+    log_every: int = 10
+    # Number of image / prediction / ground-truth panels written per evaluation.
+    summary_images: int = 3
+    # Threads for TensorFlow ops; null = the number of CPU cores.
+    threads: Optional[int] = None
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+SECTIONS = {f.name: f.default_factory for f in dataclasses.fields(Config)}
+
+
+def add_config_args(parser):
+    """Add `--config FILE` and repeatable `--set section.key=value` to `parser`."""
+    parser.add_argument(
+        "--config", default=None, metavar="FILE",
+        help="JSON config (comments allowed); its keys override the defaults",
+    )
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+        help="override one config key, e.g. --set train.batch_size=4 "
+             "(value parsed as JSON where it parses, else taken as a string); repeatable",
+    )
+    return parser
+
+
+def load_config(path=None, overrides=()):
+    """Defaults, then the file at `path` (if any), then `overrides`; validated.
+
+    `overrides` are strings `section.key=value`. Returns a `Config`.
+    """
+    config = Config()
+    sources = {}
+    if path is not None:
+        data = _read_config_file(path)
+        for section, values in data.items():
+            if section not in SECTIONS:
+                raise UserError(
+                    f"{path}: unknown config section {section!r}; "
+                    f"expected one of {', '.join(SECTIONS)}"
+                )
+            if not isinstance(values, dict):
+                raise UserError(
+                    f"{path}: {section}: expected an object of keys, found {_show(values)}"
+                )
+            for key, value in values.items():
+                _set(config, f"{section}.{key}", value, path)
+                sources[f"{section}.{key}"] = path
+    for text in overrides:
+        dotted, value = _parse_override(text)
+        _set(config, dotted, value, "--set")
+        sources[dotted] = "--set"
+    _validate(config, sources, default_source=path or "config")
+    return config
+
+
+def config_to_dict(config):
+    """The config as nested plain dicts (JSON-serialisable)."""
+    return dataclasses.asdict(config)
+
+
+def config_from_dict(data, source="config"):
+    """Rebuild a validated `Config` from `config_to_dict` output."""
+    config = Config()
+    sources = {}
+    for section, values in data.items():
+        if section not in SECTIONS or not isinstance(values, dict):
+            raise UserError(f"{source}: unknown config section {section!r}")
+        for key, value in values.items():
+            _set(config, f"{section}.{key}", value, source)
+            sources[f"{section}.{key}"] = source
+    _validate(config, sources)
+    return config
+
+
+def save_resolved_config(config, log_dir):
+    """Write the resolved config as `log_dir/config.json`, atomically; return the path."""
+    os.makedirs(log_dir, exist_ok=True)
+    path = os.path.join(log_dir, RESOLVED_CONFIG_NAME)
+    write_json_atomic(path, config_to_dict(config))
+    return path
+
+
+def _read_config_file(path):
+    import commentjson
+
+    try:
+        with open(path) as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise UserError(f"{path}: config file not found") from None
+    except OSError as err:
+        raise UserError(f"{path}: cannot read config file: {err.strerror}") from None
+    try:
+        data = commentjson.loads(text)
+    except Exception as err:  # commentjson raises several lark and json error types
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"{path}: not valid JSON (comments allowed): {first_line}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a JSON object of sections, found {_show(data)}")
+    return data
+
+
+def _parse_override(text):
+    if "=" not in text:
+        raise UserError(f"--set {text}: expected section.key=value")
+    dotted, raw = text.split("=", 1)
+    dotted = dotted.strip()
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = raw
+    return dotted, value
+
+
+def _set(config, dotted, value, source):
+    parts = dotted.split(".")
+    if len(parts) != 2 or parts[0] not in SECTIONS:
+        raise UserError(
+            f"{source}: unknown config key {dotted!r}; keys look like section.key "
+            f"with section one of {', '.join(SECTIONS)}"
+        )
+    section_name, key = parts
+    section = getattr(config, section_name)
+    hints = typing.get_type_hints(type(section))
+    if key not in hints:
+        known = ", ".join(f"{section_name}.{k}" for k in hints)
+        raise UserError(f"{source}: unknown config key {dotted!r}; known keys: {known}")
+    setattr(section, key, _coerce(value, hints[key], f"{source}: {dotted}"))
+
+
+def _coerce(value, hint, where):
+    """Check `value` against the annotation `hint`; return it (ints widened to float)."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is typing.Union and type(None) in args:
+        if value is None:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(value, inner, where)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise UserError(f"{where}: expected true or false, found {_show(value)}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise UserError(f"{where}: expected an integer, found {_show(value)}")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise UserError(f"{where}: expected a number, found {_show(value)}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise UserError(f"{where}: expected a string, found {_show(value)}")
+    if origin in (list, List):
+        (inner,) = args
+        if not isinstance(value, list):
+            raise UserError(f"{where}: expected a list, found {_show(value)}")
+        return [_coerce(v, inner, where) for v in value]
+    raise AssertionError(f"unsupported annotation {hint!r} for {where}")
+
+
+def _show(value):
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (dict, list)):
+        return f"{type(value).__name__} {json.dumps(value)}"
+    if isinstance(value, str):
+        return f"string {value!r}"
+    return repr(value)
+
+
+def _validate(config, sources, default_source="config"):
+    """Checks beyond the types; errors name the key and where its value came from."""
+
+    def fail(dotted, message):
+        source = sources.get(dotted, default_source)
+        raise UserError(f"{source}: {dotted}: {message}")
+
+    def positive(dotted, value, allow_zero=False):
+        if value < 0 or (value == 0 and not allow_zero):
+            kind = "a non-negative integer" if allow_zero else "a positive integer"
+            fail(dotted, f"expected {kind}, found {value}")
+
+    def one_of(dotted, value, choices):
+        if value not in choices:
+            fail(dotted, f"expected one of {', '.join(choices)}, found {value!r}")
+
+    d, m, t = config.data, config.model, config.train
+    one_of("data.kind", d.kind, DATASET_KINDS)
+    if d.kind != "shapes" and not d.root:
+        fail("data.root", f"required for data.kind {d.kind!r}: the dataset directory")
+    if not 0.0 < d.val_fraction < 1.0:
+        fail("data.val_fraction", f"expected a number in (0, 1), found {d.val_fraction}")
+    for key in ("shapes_train_images", "shapes_val_images"):
+        positive(f"data.{key}", getattr(d, key))
+    if d.shapes_image_size < 16:
+        fail("data.shapes_image_size", f"expected an integer >= 16, found {d.shapes_image_size}")
+    if not d.train_split:
+        fail("data.train_split", "expected a split name, found an empty string")
+    if not d.val_split:
+        fail("data.val_split", "expected a split name, found an empty string")
+
+    if m.num_classes is not None and m.num_classes < 2:
+        fail("model.num_classes", f"expected an integer >= 2 or null, found {m.num_classes}")
+    if m.num_classes is not None and m.num_classes > 255:
+        fail("model.num_classes", f"expected at most 255 (255 is the ignore label), "
+                                  f"found {m.num_classes}")
+    positive("model.fc_width", m.fc_width)
+    if not m.vgg_width > 0:
+        fail("model.vgg_width", f"expected a positive number, found {m.vgg_width}")
+    if m.vgg_mat is not None and m.vgg_width != 1.0:
+        fail("model.vgg_width", f"must be 1.0 when model.vgg_mat is given (the .mat fixes the "
+                                f"widths), found {m.vgg_width}; set model.vgg_mat to null for a "
+                                f"narrower randomly initialised VGG")
+    one_of("model.architecture", m.architecture, ARCHITECTURES)
+    one_of("model.skips", m.skips, SKIPS)
+    if m.architecture == "legacy" and m.skips != "8s":
+        fail("model.skips", f"the legacy architecture is FCN-8s only, found {m.skips!r}; "
+                            "set model.architecture to \"paper\" for FCN-32s/16s")
+
+    positive("train.batch_size", t.batch_size)
+    if t.image_size < 1:
+        fail("train.image_size", f"expected an integer >= 1, found {t.image_size}")
+    positive("train.max_steps", t.max_steps)
+    if not t.learning_rate > 0:
+        fail("train.learning_rate", f"expected a positive number, found {t.learning_rate}")
+    if t.keep_prob is None:
+        t.keep_prob = TRAIN_KEEP_PROB[m.architecture]
+    if not 0.0 < t.keep_prob <= 1.0:
+        fail("train.keep_prob", f"expected a number in (0, 1], found {t.keep_prob}")
+    one_of("train.optimizer", t.optimizer, OPTIMIZERS)
+    if not 0.0 <= t.momentum < 1.0:
+        fail("train.momentum", f"expected a number in [0, 1), found {t.momentum}")
+    if t.weight_decay < 0:
+        fail("train.weight_decay", f"expected a number >= 0, found {t.weight_decay}")
+    one_of("train.lr_schedule", t.lr_schedule, LR_SCHEDULES)
+    if not t.lr_power > 0:
+        fail("train.lr_power", f"expected a positive number, found {t.lr_power}")
+    if len(t.scale_range) != 2 or not 0 < t.scale_range[0] <= t.scale_range[1]:
+        fail("train.scale_range", f"expected [min, max] with 0 < min <= max, "
+                                  f"found {t.scale_range}")
+    positive("train.checkpoint_every", t.checkpoint_every)
+    positive("train.keep_checkpoints", t.keep_checkpoints)
+    positive("train.eval_every", t.eval_every, allow_zero=True)
+    if t.eval_max_images is not None:
+        positive("train.eval_max_images", t.eval_max_images)
+    positive("train.log_every", t.log_every)
+    positive("train.summary_images", t.summary_images, allow_zero=True)
+    if t.threads is not None:
+        positive("train.threads", t.threads)
+    if not t.log_dir:
+        fail("train.log_dir", "expected a directory, found an empty string")
+
+
+def dataset_root(config):
+    """`data.root`, or the default directory of the generated shapes dataset."""
+    if config.data.root:
+        return config.data.root
+    return os.path.join("data", "shapes")

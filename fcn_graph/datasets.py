@@ -1,0 +1,448 @@
+"""Segmentation datasets: file lists in Python, decoding and augmentation in tf.data.
+
+Layouts (`data.kind`):
+
+    voc     JPEGImages/<id>.jpg, SegmentationClass/<id>.png (8-bit palette PNGs whose
+            palette indices are the class ids, 255 = boundary, ignored),
+            ImageSets/Segmentation/<split>.txt. 21 classes.
+    ade20k  images/{training,validation}/*.jpg, annotations/{training,validation}/*.png
+            (gray, 0..150, 0 = "other" trained as a class). 151 classes.
+    pets    images/*.jpg, annotations/trimaps/<stem>.png (1 pet, 2 background,
+            3 border -> 0, 1, 2); splits from annotations/{trainval,test}.txt, else a
+            seeded split. 3 classes.
+    folder  images/<stem>.{jpg,jpeg,png,bmp}, labels/<stem>.png (gray or palette,
+            value = class id, 255 ignored), optional classes.txt; splits from
+            <split>.txt, else images/<split>/ and labels/<split>/, else a seeded split.
+    shapes  generated on first use (see fcn_graph.shapes), then read as `folder`.
+
+`open_split` scans a split before training starts (missing split files, empty
+splits and images without labels are `UserError`s naming the file). Each label
+is checked when the pipeline first reads it (size equal to its image, values in
+[0, num_classes) or IGNORE_LABEL); a failure raises `LabelFileError` inside the
+pipeline, which `data_error_message` turns back into a one-line message.
+
+Labels are read with Pillow, never with `tf.io.decode_png`: for palette PNGs
+the latter returns the palette colours instead of the indices.
+"""
+
+import os
+import re
+from dataclasses import dataclass
+from typing import Tuple
+
+import numpy as np
+import tensorflow as tf
+
+from fcn_graph import imageio, shapes
+from fcn_graph.config import dataset_root
+from fcn_graph.constants import IGNORE_LABEL, VGG_MEAN_RGB
+from fcn_graph.errors import UserError
+
+VOC_CLASSES = (
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
+    "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
+    "sheep", "sofa", "train", "tvmonitor",
+)
+PETS_CLASSES = ("pet", "background", "border")
+ADE20K_NUM_CLASSES = 151  # 150 object classes and 0 = "other"
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+
+_ADE_SPLITS = {"train": "training", "training": "training",
+               "val": "validation", "validation": "validation"}
+_PETS_SPLITS = {"train": "trainval", "trainval": "trainval", "val": "test", "test": "test"}
+
+
+@dataclass(frozen=True)
+class SplitFiles:
+    """The checked file list of one split."""
+
+    kind: str
+    split: str
+    image_paths: Tuple[str, ...]
+    label_paths: Tuple[str, ...]
+    class_names: Tuple[str, ...]  # empty when the dataset does not name its classes
+    label_offset: int = 0  # subtracted from stored label values (pets trimaps: 1)
+
+    def __len__(self):
+        return len(self.image_paths)
+
+    @property
+    def names(self):
+        return tuple(os.path.splitext(os.path.basename(p))[0] for p in self.image_paths)
+
+
+class LabelFileError(Exception):
+    """A label file that cannot be used; raised inside the tf.data pipeline."""
+
+
+# --------------------------------------------------------------------------- file lists
+
+
+def open_split(kind, root, split, *, seed=0, val_fraction=0.1):
+    """List and check the files of `split` of the dataset of `kind` at `root`."""
+    if not os.path.isdir(root):
+        raise UserError(f"{root}: dataset directory not found (data.root, data.kind {kind!r})")
+    if kind == "voc":
+        return _voc(root, split)
+    if kind == "ade20k":
+        return _ade20k(root, split)
+    if kind == "pets":
+        return _pets(root, split, seed, val_fraction)
+    if kind in ("folder", "shapes"):
+        return _folder(root, split, seed, val_fraction, kind)
+    raise UserError(f"data.kind: expected one of voc, ade20k, pets, folder, shapes, found {kind!r}")
+
+
+def splits_from_config(config):
+    """(train SplitFiles, val SplitFiles, num_classes) for a config; generates shapes."""
+    train = open_config_split(config, config.data.train_split)
+    val = open_config_split(config, config.data.val_split)
+    num_classes = resolve_num_classes(config.model.num_classes, train)
+    return train, val, num_classes
+
+
+def open_config_split(config, split):
+    """SplitFiles of one split of the config's dataset (generating shapes if needed)."""
+    d = config.data
+    root = dataset_root(config)
+    if d.kind == "shapes":
+        shapes.ensure_shapes(root, num_train=d.shapes_train_images, num_val=d.shapes_val_images,
+                             image_size=d.shapes_image_size, seed=config.train.seed)
+    return open_split(d.kind, root, split, seed=config.train.seed, val_fraction=d.val_fraction)
+
+
+def resolve_num_classes(configured, files):
+    """`model.num_classes`, checked against (or taken from) the dataset's classes."""
+    known = len(files.class_names)
+    if configured is None:
+        if not known:
+            raise UserError(
+                f"model.num_classes: required for this {files.kind} dataset, which has no "
+                f"classes.txt naming its classes"
+            )
+        return known
+    if known and configured != known:
+        raise UserError(
+            f"model.num_classes: the {files.kind} dataset has {known} classes, found {configured}; "
+            f"set model.num_classes to {known} or null"
+        )
+    return configured
+
+
+def class_names_for(files, num_classes):
+    """Class names of length `num_classes`, numbered where the dataset names none."""
+    names = list(files.class_names[:num_classes])
+    return names + [f"class_{i}" for i in range(len(names), num_classes)]
+
+
+def _read_list(path, what):
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: split file not found ({what})")
+    with open(path) as f:
+        stems = [line.split()[0] for line in f if line.strip() and not line.startswith("#")]
+    if not stems:
+        raise UserError(f"{path}: split file is empty ({what})")
+    return stems
+
+
+def _pair(image_paths, label_dir, label_ext=".png", listed_in=None):
+    labels = []
+    for image in image_paths:
+        stem = os.path.splitext(os.path.basename(image))[0]
+        label = os.path.join(label_dir, stem + label_ext)
+        if not os.path.isfile(image):
+            where = f" (listed in {listed_in})" if listed_in else ""
+            raise UserError(f"{image}: image not found{where}")
+        if not os.path.isfile(label):
+            raise UserError(f"{image}: no label; expected {label}")
+        labels.append(label)
+    return tuple(labels)
+
+
+def _voc(root, split):
+    base = root
+    for sub in ("VOC2012", os.path.join("VOCdevkit", "VOC2012")):
+        if not os.path.isdir(os.path.join(base, "JPEGImages")) and os.path.isdir(
+            os.path.join(root, sub, "JPEGImages")
+        ):
+            base = os.path.join(root, sub)
+    list_file = os.path.join(base, "ImageSets", "Segmentation", f"{split}.txt")
+    stems = _read_list(list_file, f"VOC split {split!r}")
+    images = tuple(os.path.join(base, "JPEGImages", s + ".jpg") for s in stems)
+    labels = _pair(images, os.path.join(base, "SegmentationClass"), listed_in=list_file)
+    return SplitFiles("voc", split, images, labels, VOC_CLASSES)
+
+
+def _ade20k(root, split):
+    base = root
+    if not os.path.isdir(os.path.join(base, "images")) and os.path.isdir(
+        os.path.join(root, "ADEChallengeData2016", "images")
+    ):
+        base = os.path.join(root, "ADEChallengeData2016")
+    if split not in _ADE_SPLITS:
+        raise UserError(f"data split {split!r}: ade20k splits are training (train) and "
+                        f"validation (val)")
+    folder = _ADE_SPLITS[split]
+    image_dir = os.path.join(base, "images", folder)
+    if not os.path.isdir(image_dir):
+        raise UserError(f"{image_dir}: ADE20K image directory not found")
+    images = tuple(_list_images(image_dir, (".jpg",)))
+    if not images:
+        raise UserError(f"{image_dir}: no .jpg images in ADE20K split {split!r}")
+    labels = _pair(images, os.path.join(base, "annotations", folder))
+    return SplitFiles("ade20k", split, images, labels, _ade20k_class_names(base))
+
+
+def _ade20k_class_names(base):
+    """Names from objectInfo150.txt when present (index 0 is "other")."""
+    names = ["other"] + [f"class_{i}" for i in range(1, ADE20K_NUM_CLASSES)]
+    info = os.path.join(base, "objectInfo150.txt")
+    if os.path.isfile(info):
+        with open(info) as f:
+            for line in f.readlines()[1:]:
+                fields = line.rstrip("\n").split("\t")
+                if len(fields) >= 5 and fields[0].strip().isdigit():
+                    index = int(fields[0])
+                    if 0 < index < ADE20K_NUM_CLASSES:
+                        names[index] = fields[4].split(",")[0].strip()
+    return tuple(names)
+
+
+def _pets(root, split, seed, val_fraction):
+    image_dir = os.path.join(root, "images")
+    label_dir = os.path.join(root, "annotations", "trimaps")
+    for d in (image_dir, label_dir):
+        if not os.path.isdir(d):
+            raise UserError(f"{d}: Oxford-IIIT Pet directory not found")
+    if split not in _PETS_SPLITS:
+        raise UserError(f"data split {split!r}: pets splits are trainval (train) and test (val)")
+    list_file = os.path.join(root, "annotations", _PETS_SPLITS[split] + ".txt")
+    if os.path.isfile(list_file):
+        stems = _read_list(list_file, f"pets split {split!r}")
+        images = tuple(os.path.join(image_dir, s + ".jpg") for s in stems)
+        labels = _pair(images, label_dir, listed_in=list_file)
+    else:
+        everything = _list_images(image_dir, (".jpg",))
+        images = tuple(_seeded_split(everything, split, seed, val_fraction, image_dir))
+        labels = _pair(images, label_dir)
+    return SplitFiles("pets", split, images, labels, PETS_CLASSES, label_offset=1)
+
+
+def _folder(root, split, seed, val_fraction, kind):
+    image_dir = os.path.join(root, "images")
+    label_dir = os.path.join(root, "labels")
+    for d in (image_dir, label_dir):
+        if not os.path.isdir(d):
+            raise UserError(f"{d}: directory not found ({kind} datasets hold images/ and labels/)")
+    class_names = ()
+    classes_file = os.path.join(root, "classes.txt")
+    if os.path.isfile(classes_file):
+        with open(classes_file) as f:
+            class_names = tuple(line.strip() for line in f if line.strip())
+        if not class_names:
+            raise UserError(f"{classes_file}: empty; expected one class name per line")
+    list_file = os.path.join(root, f"{split}.txt")
+    if os.path.isfile(list_file):
+        by_stem = _images_by_stem(image_dir)
+        stems = _read_list(list_file, f"{kind} split {split!r}")
+        images = []
+        for stem in stems:
+            if stem not in by_stem:
+                raise UserError(f"{list_file}: lists {stem!r} but {image_dir} has no "
+                                f"{stem}{{{','.join(IMAGE_EXTENSIONS)}}}")
+            images.append(by_stem[stem])
+        labels = _pair(images, label_dir, listed_in=list_file)
+    elif os.path.isdir(os.path.join(image_dir, split)):
+        images = _list_images(os.path.join(image_dir, split), IMAGE_EXTENSIONS)
+        if not images:
+            raise UserError(f"{os.path.join(image_dir, split)}: no images in split {split!r}")
+        labels = _pair(images, os.path.join(label_dir, split))
+    else:
+        everything = list(_images_by_stem(image_dir).values())
+        images = _seeded_split(everything, split, seed, val_fraction, image_dir,
+                               missing=list_file)
+        labels = _pair(images, label_dir)
+    return SplitFiles(kind, split, tuple(images), labels, class_names)
+
+
+def _list_images(directory, extensions):
+    return sorted(
+        os.path.join(directory, name) for name in os.listdir(directory)
+        if name.lower().endswith(extensions) and not name.startswith(".")
+    )
+
+
+def _images_by_stem(image_dir):
+    by_stem = {}
+    for path in _list_images(image_dir, IMAGE_EXTENSIONS):
+        stem = os.path.splitext(os.path.basename(path))[0]
+        if stem in by_stem:
+            raise UserError(f"{path}: two images share the stem {stem!r} "
+                            f"({os.path.basename(by_stem[stem])})")
+        by_stem[stem] = path
+    return by_stem
+
+
+def _seeded_split(paths, split, seed, val_fraction, where, missing=None):
+    """Deterministic train/val split of `paths` (a sorted list) from `seed`."""
+    if split not in ("train", "val"):
+        hint = f"{missing} not found and " if missing else ""
+        raise UserError(f"{where}: {hint}split {split!r} is neither train nor val, so it "
+                        f"cannot be drawn at random; provide a list file")
+    paths = sorted(paths)
+    if len(paths) < 2:
+        raise UserError(f"{where}: {len(paths)} image(s); a train/val split needs at least 2")
+    order = np.random.default_rng(seed).permutation(len(paths))
+    num_val = min(len(paths) - 1, max(1, int(round(len(paths) * val_fraction))))
+    chosen = order[:num_val] if split == "val" else order[num_val:]
+    return [paths[i] for i in sorted(chosen)]
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def read_label(label_path, num_classes, offset=0, image_path=None, image_hw=None):
+    """A label PNG as uint8 [H, W] of class ids (palette indices for palette PNGs).
+
+    `offset` is subtracted from every value except IGNORE_LABEL. Raises
+    `LabelFileError` naming the file when it is unreadable or a colour image,
+    its size differs from `image_hw`, or a value is outside [0, num_classes)
+    and not IGNORE_LABEL.
+    """
+    try:
+        label = imageio.read_label(label_path)
+    except UserError as err:
+        raise LabelFileError(str(err)) from None
+    if image_hw is not None and tuple(label.shape) != tuple(int(v) for v in image_hw):
+        raise LabelFileError(
+            f"{label_path}: label is {label.shape[1]}x{label.shape[0]} (WxH) but its image "
+            f"{image_path} is {int(image_hw[1])}x{int(image_hw[0])}")
+    values = label.astype(np.int16)
+    if offset:
+        values[values != IGNORE_LABEL] -= offset
+    bad = (values != IGNORE_LABEL) & ((values < 0) | (values >= num_classes))
+    if bad.any():
+        found = np.unique(label[bad])[:8].tolist()
+        shown = f"stored values {found} (minus {offset})" if offset else f"values {found}"
+        raise LabelFileError(
+            f"{label_path}: {shown} outside [0, {num_classes}) and not {IGNORE_LABEL} "
+            f"(model.num_classes = {num_classes})")
+    return values.astype(np.uint8)
+
+
+def _load_pair(image_path, label_path, *, num_classes, offset):
+    """Decode one (image float32 [H, W, 3], label uint8 [H, W]) pair, in the graph."""
+    image = tf.io.decode_image(tf.io.read_file(image_path), channels=3, expand_animations=False)
+    image_hw = tf.shape(image)[:2]
+
+    def load(label_path_bytes, image_path_bytes, hw):
+        return read_label(label_path_bytes.decode(), num_classes, offset,
+                          image_path_bytes.decode(), hw)
+
+    label = tf.numpy_function(load, [label_path, image_path, image_hw], tf.uint8,
+                              stateful=False, name="read_label")
+    label = tf.reshape(label, image_hw)
+    return tf.cast(image, tf.float32), label
+
+
+def data_error_message(err):
+    """One line describing a tf.data failure (`tf.errors.OpError`), naming the file."""
+    text = getattr(err, "message", str(err))
+    match = re.search(r"LabelFileError: ([^\n]*)", text)
+    if match:
+        return match.group(1)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for line in lines:
+        if "transformation with iterator" in line:
+            return "cannot decode an input image: " + line.split(": ", 2)[-1]
+    return lines[-1] if lines else type(err).__name__
+
+
+# --------------------------------------------------------------------------- pipelines
+
+
+def train_dataset(files, *, num_classes, batch_size, image_size, scale_range=(1.0, 1.0),
+                  flip=True, seed=0, mean_pixel=VGG_MEAN_RGB):
+    """An endless, shuffled, augmented dataset of (images, labels) batches.
+
+    images float32 [B, S, S, 3] RGB 0..255, labels int32 [B, S, S], S = image_size.
+    Every element draws its augmentation from a stateless seed (seed, element
+    index), so a run is reproducible whatever the parallelism.
+    """
+    paths = tf.data.Dataset.from_tensor_slices(
+        (list(files.image_paths), list(files.label_paths)))
+    paths = paths.shuffle(len(files), seed=seed, reshuffle_each_iteration=True).repeat()
+    paths = paths.enumerate()
+
+    def load_and_augment(index, pair):
+        image_path, label_path = pair
+        image, label = _load_pair(image_path, label_path, num_classes=num_classes,
+                                  offset=files.label_offset)
+        return augment(image, label, tf.stack([tf.constant(seed, tf.int64), index]),
+                       image_size=image_size, scale_range=scale_range, flip=flip,
+                       mean_pixel=mean_pixel)
+
+    data = paths.map(load_and_augment, num_parallel_calls=tf.data.AUTOTUNE)
+    data = data.batch(batch_size, drop_remainder=True)
+    return data.prefetch(tf.data.AUTOTUNE)
+
+
+def eval_dataset(files, *, num_classes, max_images=None):
+    """Each image at full size, batch 1: dicts of image float32 [1, H, W, 3],
+    label int32 [1, H, W] and name string [1] (the file stem)."""
+    count = len(files) if max_images is None else min(len(files), max_images)
+    data = tf.data.Dataset.from_tensor_slices((
+        list(files.image_paths[:count]), list(files.label_paths[:count]),
+        list(files.names[:count])))
+
+    def load(image_path, label_path, name):
+        image, label = _load_pair(image_path, label_path, num_classes=num_classes,
+                                  offset=files.label_offset)
+        return {"image": image, "label": tf.cast(label, tf.int32), "name": name}
+
+    data = data.map(load, num_parallel_calls=tf.data.AUTOTUNE)
+    return data.batch(1).prefetch(tf.data.AUTOTUNE)
+
+
+def augment(image, label, seed, *, image_size, scale_range=(1.0, 1.0), flip=True,
+            mean_pixel=VGG_MEAN_RGB):
+    """Random scale, pad, crop to image_size x image_size and horizontal flip.
+
+    image float32 [H, W, 3], label uint8 [H, W] -> float32 [S, S, 3], int32 [S, S].
+    The image is resized bilinearly, the label with nearest neighbour only (no
+    new values). Where the scaled image is smaller than S it is padded with
+    `mean_pixel` (zero after mean subtraction) and the label with IGNORE_LABEL.
+    `seed` is an int64 [2] stateless seed.
+    """
+    size = image_size
+    draws = tf.random.stateless_uniform([6], seed=seed)
+    low, high = float(scale_range[0]), float(scale_range[1])
+    scale = low + draws[0] * (high - low)
+    hw = tf.cast(tf.shape(image)[:2], tf.float32)
+    new_hw = tf.maximum(tf.cast(tf.round(hw * scale), tf.int32), 1)
+    image = tf.image.resize(image, new_hw, method="bilinear")  # [h, w, 3]
+    label = tf.image.resize(label[..., None], new_hw, method="nearest")  # [h, w, 1]
+
+    # Pad to at least S x S at a random offset: image with the mean, label with ignore.
+    pad = tf.maximum(size - new_hw, 0)
+    before = tf.cast(tf.floor(draws[1:3] * tf.cast(pad + 1, tf.float32)), tf.int32)
+    before = tf.minimum(before, pad)
+    paddings = tf.stack([before, pad - before], axis=1)  # [2, 2]
+    mean = tf.constant(mean_pixel, tf.float32)
+    image = tf.pad(image - mean, tf.concat([paddings, [[0, 0]]], 0)) + mean
+    label = tf.pad(label, tf.concat([paddings, [[0, 0]]], 0), constant_values=IGNORE_LABEL)
+
+    # Crop S x S at a random offset.
+    room = tf.shape(image)[:2] - size
+    offset = tf.cast(tf.floor(draws[3:5] * tf.cast(room + 1, tf.float32)), tf.int32)
+    offset = tf.minimum(offset, room)
+    image = image[offset[0]:offset[0] + size, offset[1]:offset[1] + size]
+    label = label[offset[0]:offset[0] + size, offset[1]:offset[1] + size]
+
+    if flip:
+        mirror = draws[5] < 0.5
+        image = tf.cond(mirror, lambda: image[:, ::-1], lambda: image)
+        label = tf.cond(mirror, lambda: label[:, ::-1], lambda: label)
+    image = tf.ensure_shape(image, [size, size, 3])
+    label = tf.ensure_shape(tf.cast(label[..., 0], tf.int32), [size, size])
+    return image, label

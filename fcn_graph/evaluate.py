@@ -1,0 +1,172 @@
+"""Evaluate a checkpoint on a dataset split: pixel accuracy, mean accuracy, mean IU,
+frequency-weighted IU and the IoU of every class, from one confusion matrix.
+
+    python -m fcn_graph.evaluate --config config.json
+    python -m fcn_graph.evaluate --config config.json --checkpoint runs/shapes \\
+        --split val --json val.json --save-predictions out/val
+
+Each image runs at its full size, one at a time, through one graph. The model
+is rebuilt from the checkpoint (class count and widths from its variables, the
+mean pixel from its sidecar); the dataset comes from the config.
+"""
+
+import argparse
+import os
+import sys
+
+import numpy as np
+import tensorflow as tf
+
+from fcn_graph import checkpoint, datasets, imageio
+from fcn_graph import model as fcn_model
+from fcn_graph.config import add_config_args, load_config
+from fcn_graph.errors import UserError, run_cli
+from fcn_graph.fileio import write_json_atomic
+from fcn_graph.metrics import ConfusionMatrix, format_metrics
+from fcn_graph.progress import Progress
+from fcn_graph.session import session_config
+
+tf1 = tf.compat.v1
+
+
+class Evaluator:
+    """The evaluation part of a graph, built into the current default graph:
+    an initializable full-size, batch-1 dataset of `files` and a model branch
+    on an image placeholder (sharing the model variables of the graph).
+    """
+
+    def __init__(self, files, spec, *, num_classes, max_images=None):
+        self.files = files
+        self.num_classes = num_classes
+        data = datasets.eval_dataset(files, num_classes=num_classes, max_images=max_images)
+        self.iterator = tf1.data.make_initializable_iterator(data)
+        self.next_item = self.iterator.get_next()
+        self.images = tf1.placeholder(tf.float32, [None, None, None, 3], name="eval_images")
+        net = self.images[..., ::-1] if spec.channel_order == "bgr" else self.images
+        _, self.prediction, _ = build_model(net, spec, keep_prob=1.0)
+
+    def run(self, sess, *, on_image=None, progress=None):
+        """Run every image; returns (metrics dict, number of images).
+
+        on_image(name, image uint8 [H, W, 3], label [H, W], prediction [H, W]) is
+        called for each image. Data errors become one-line UserErrors.
+        """
+        matrix = ConfusionMatrix(self.num_classes)
+        sess.run(self.iterator.initializer)
+        count = 0
+        while True:
+            try:
+                item = sess.run(self.next_item)
+            except tf.errors.OutOfRangeError:
+                break
+            except tf.errors.OpError as err:
+                raise UserError(datasets.data_error_message(err)) from None
+            prediction = sess.run(self.prediction, {self.images: item["image"]})
+            name = item["name"][0].decode()
+            matrix.update(item["label"], prediction)
+            count += 1
+            if on_image is not None:
+                on_image(name, item["image"][0].astype(np.uint8), item["label"][0],
+                         prediction[0])
+            if progress is not None:
+                progress.update(count)
+        metrics = matrix.compute()
+        metrics["num_images"] = count
+        return metrics, count
+
+
+def build_model(images, spec, *, keep_prob):
+    """`model.build`, with an unavailable architecture reported as a config error."""
+    try:
+        return fcn_model.build(images, spec, keep_prob=keep_prob)
+    except ValueError as err:
+        if spec.architecture == "legacy":
+            raise
+        raise UserError(f"model.architecture: {err}") from None
+
+
+def metrics_record(metrics, class_names, **extra):
+    """The JSON record of an evaluation."""
+    record = {key: metrics[key] for key in (
+        "pixel_accuracy", "mean_accuracy", "mean_iou", "frequency_weighted_iou",
+        "per_class_iou", "num_images")}
+    record["class_names"] = list(class_names)
+    record.update(extra)
+    return record
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="python -m fcn_graph.evaluate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(parser)
+    parser.add_argument("--checkpoint", default=None,
+                        help="checkpoint prefix or directory (default: the latest in "
+                             "train.log_dir)")
+    parser.add_argument("--split", default=None,
+                        help="dataset split to evaluate (default: data.val_split)")
+    parser.add_argument("--json", default=None, metavar="FILE",
+                        help="also write the metrics to FILE as JSON")
+    parser.add_argument("--save-predictions", default=None, metavar="DIR",
+                        help="write each prediction as DIR/<stem>.png, a palette PNG of "
+                             "class ids")
+    parser.add_argument("--max-images", type=int, default=None,
+                        help="evaluate only the first N images of the split")
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.max_images is not None and args.max_images < 1:
+        parser.error(f"--max-images: expected a positive integer, found {args.max_images}")
+    config = load_config(args.config, args.overrides)
+    source = args.checkpoint or config.train.log_dir
+    if args.checkpoint is None and not os.path.isdir(source):
+        raise UserError(f"{source}: no such directory (train.log_dir); train first or pass "
+                        f"--checkpoint")
+    prefix = checkpoint.resolve_checkpoint(source)
+    spec = checkpoint.model_spec_from_checkpoint(prefix)
+    split = args.split or config.data.val_split
+    files = datasets.open_config_split(config, split)
+    num_classes = spec.num_classes
+    if config.model.num_classes is not None and config.model.num_classes != num_classes:
+        raise UserError(f"model.num_classes: is {config.model.num_classes} but the checkpoint "
+                        f"{prefix} has {num_classes} classes")
+    if files.class_names and len(files.class_names) != num_classes:
+        raise UserError(f"{prefix}: the checkpoint has {num_classes} classes but the "
+                        f"{files.kind} dataset has {len(files.class_names)}")
+    class_names = datasets.class_names_for(files, num_classes)
+
+    graph = tf.Graph()
+    with graph.as_default():
+        evaluator = Evaluator(files, spec, num_classes=num_classes, max_images=args.max_images)
+        variables = fcn_model.model_variables(graph)
+        saver = checkpoint.model_saver(variables)
+        graph.finalize()
+    if args.save_predictions:
+        os.makedirs(args.save_predictions, exist_ok=True)
+
+    def save(name, image, label, prediction):
+        imageio.write_label_png(os.path.join(args.save_predictions, name + ".png"),
+                                prediction.astype(np.uint8))
+
+    total = len(files) if args.max_images is None else min(len(files), args.max_images)
+    print(f"evaluating {prefix} on {files.kind} split {split!r} ({total} images)",
+          file=sys.stderr)
+    progress = Progress(total, label="images", unit="img")
+    with tf1.Session(graph=graph, config=session_config(config.train.threads)) as sess:
+        checkpoint.restore_model(sess, prefix, variables, saver=saver)
+        try:
+            metrics, _ = evaluator.run(sess, progress=progress,
+                                       on_image=save if args.save_predictions else None)
+        finally:
+            progress.close()
+    print(format_metrics(metrics, class_names))
+    if args.json:
+        write_json_atomic(args.json, metrics_record(metrics, class_names, checkpoint=prefix,
+                                                    split=split))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main, prog="fcn_graph.evaluate"))

@@ -1,0 +1,340 @@
+"""Train FCN-8s from a config.
+
+    python train.py --config config.json [--set section.key=value ...]
+
+Reads the dataset with tf.data straight into the graph, checkpoints into
+`train.log_dir` every `train.checkpoint_every` steps and at the end (with a
+sidecar describing the model and the resolved config beside them), evaluates
+on the validation split every `train.eval_every` steps and at the end, and
+writes TensorBoard summaries there. Running the same command again resumes
+from the latest checkpoint. Ctrl-C or SIGTERM saves a checkpoint and exits; a
+non-finite loss stops the run without saving, keeping the last good checkpoint.
+"""
+
+import argparse
+import io
+import os
+import signal
+import sys
+import threading
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from fcn_graph import checkpoint, datasets, imageio
+from fcn_graph import model as fcn_model
+from fcn_graph.config import add_config_args, load_config, save_resolved_config
+from fcn_graph.constants import IGNORE_LABEL, VGG_MEAN_RGB
+from fcn_graph.curves import CURVES_NAME, append_history, plot_curves, read_history
+from fcn_graph.errors import UserError, run_cli
+from fcn_graph.evaluate import Evaluator, build_model, metrics_record
+from fcn_graph.fileio import write_json_atomic
+from fcn_graph.metrics import format_metrics
+from fcn_graph.progress import Progress
+from fcn_graph.session import session_config
+
+tf1 = tf.compat.v1
+
+CHECKPOINT_BASENAME = "model.ckpt"
+METRICS_NAME = "val_metrics.json"
+
+
+class TrainingDiverged(UserError):
+    """The loss or the weights became NaN or infinite."""
+
+
+# --------------------------------------------------------------------------- graph pieces
+
+
+def segmentation_loss(logits, labels):
+    """Mean softmax cross-entropy over the pixels not labelled IGNORE_LABEL.
+
+    logits float32 [N, H, W, K], labels int32 [N, H, W] -> scalar; 0 when every
+    pixel is ignored.
+    """
+    valid = tf.not_equal(labels, IGNORE_LABEL)                        # [N, H, W]
+    safe = tf.where(valid, labels, tf.zeros_like(labels))
+    xent = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=safe, logits=logits)
+    weights = tf.cast(valid, tf.float32)
+    return tf.reduce_sum(xent * weights) / tf.maximum(tf.reduce_sum(weights), 1.0)
+
+
+def kernel_l2(variables):
+    """Sum of tf.nn.l2_loss (half the squared norm) over the convolution kernels."""
+    kernels = [v for name, v in variables.items()
+               if name.endswith("_w") or name.split("/")[-1].startswith("W")]
+    return tf.add_n([tf.nn.l2_loss(k) for k in kernels])
+
+
+def learning_rate(base, global_step, *, schedule="constant", max_steps=1, power=0.9):
+    """constant: base; poly: base * (1 - step / max_steps) ** power."""
+    if schedule == "constant":
+        return tf.constant(base, tf.float32)
+    return tf1.train.polynomial_decay(base, global_step, max_steps, end_learning_rate=0.0,
+                                      power=power)
+
+
+def make_optimizer(name, rate, *, momentum=0.9):
+    if name == "adam":
+        return tf1.train.AdamOptimizer(rate)
+    return tf1.train.MomentumOptimizer(rate, momentum)
+
+
+def panel_summary(tag, panels):
+    """A TensorBoard image summary of [image | prediction | ground truth] rows."""
+    from PIL import Image
+
+    values = []
+    for name, image, label, prediction in panels:
+        row = np.concatenate([image, imageio.colorize(prediction.astype(np.int64)),
+                              imageio.colorize(label.astype(np.int64))], axis=1)
+        buffer = io.BytesIO()
+        Image.fromarray(row).save(buffer, format="PNG")
+        values.append(tf1.Summary.Value(tag=f"{tag}/{name}", image=tf1.Summary.Image(
+            height=row.shape[0], width=row.shape[1], colorspace=3,
+            encoded_image_string=buffer.getvalue())))
+    return tf1.Summary(value=values)
+
+
+def scalar_summary(values):
+    return tf1.Summary(value=[tf1.Summary.Value(tag=k, simple_value=float(v))
+                              for k, v in values.items()])
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def _model_spec(config, num_classes):
+    """(ModelSpec, VggWeights or None) for the config."""
+    m = config.model
+    if m.vgg_mat:
+        from fcn_graph.matconvnet import load_vgg_mat
+
+        vgg = load_vgg_mat(m.vgg_mat, require_fc=m.architecture == "paper")
+        widths, mean = vgg.widths, tuple(float(v) for v in vgg.mean_pixel)
+        if m.architecture == "paper" and vgg.fc["fc6"][0].shape[3] != m.fc_width:
+            raise UserError(f"model.fc_width: the paper architecture takes conv6/conv7 from "
+                            f"{m.vgg_mat}'s fc6/fc7, which have width "
+                            f"{vgg.fc['fc6'][0].shape[3]}; found {m.fc_width}")
+    else:
+        print("warning: model.vgg_mat is null: the VGG body starts from random weights "
+              f"(He-normal, width x{m.vgg_width:g})", file=sys.stderr)
+        vgg, widths, mean = None, fcn_model.scaled_vgg_widths(m.vgg_width), VGG_MEAN_RGB
+    spec = fcn_model.ModelSpec(num_classes=num_classes, fc_width=m.fc_width,
+                               vgg_widths=tuple(widths[name] for name in fcn_model.VGG19_CONVS),
+                               mean_pixel=tuple(mean), architecture=m.architecture,
+                               skips=m.skips, train_upsampling=m.train_upsampling)
+    return spec, vgg
+
+
+def _resume_point(log_dir, spec):
+    """(latest checkpoint prefix, its global step), or (None, 0)."""
+    prefix = tf.train.latest_checkpoint(log_dir) if os.path.isdir(log_dir) else None
+    if prefix is None:
+        return None, 0
+    found = checkpoint.model_spec_from_checkpoint(prefix)
+    for field in ("num_classes", "fc_width", "vgg_widths", "architecture", "skips"):
+        if getattr(found, field) != getattr(spec, field):
+            raise UserError(
+                f"{prefix}: train.log_dir holds a checkpoint of another model ({field} "
+                f"{getattr(found, field)}, the config asks {getattr(spec, field)}); set "
+                f"train.log_dir to a new directory or delete {log_dir}")
+    shapes = checkpoint.read_variable_shapes(prefix)
+    if "global_step" not in shapes:
+        raise UserError(f"{prefix}: no global_step in this checkpoint, so it cannot be "
+                        f"resumed; set train.log_dir to a new directory")
+    step = int(tf.train.load_checkpoint(prefix).get_tensor("global_step"))
+    return prefix, step
+
+
+def train(config):
+    """Run the training a config describes; returns the final validation metrics."""
+    t = config.train
+    train_files, val_files, num_classes = datasets.splits_from_config(config)
+    class_names = datasets.class_names_for(train_files, num_classes)
+    spec, vgg = _model_spec(config, num_classes)
+    resume_prefix, start_step = _resume_point(t.log_dir, spec)
+    os.makedirs(t.log_dir, exist_ok=True)
+    save_resolved_config(config, t.log_dir)
+    base = os.path.join(t.log_dir, CHECKPOINT_BASENAME)
+
+    graph = tf.Graph()
+    with graph.as_default():
+        tf1.set_random_seed(t.seed)
+        global_step = tf1.train.get_or_create_global_step()
+        data = datasets.train_dataset(
+            train_files, num_classes=num_classes, batch_size=t.batch_size,
+            image_size=t.image_size, scale_range=tuple(t.scale_range), flip=t.flip,
+            seed=t.seed + start_step, mean_pixel=spec.mean_pixel)
+        images, labels = tf1.data.make_one_shot_iterator(data).get_next()
+        logits, _, _ = build_model(images, spec, keep_prob=t.keep_prob)  # [B, S, S, K]
+        variables = fcn_model.model_variables(graph)
+        loss = segmentation_loss(logits, labels)
+        total_loss = loss
+        if t.weight_decay > 0:
+            total_loss = loss + t.weight_decay * kernel_l2(variables)
+        rate = learning_rate(t.learning_rate, global_step, schedule=t.lr_schedule,
+                             max_steps=t.max_steps, power=t.lr_power)
+        train_op = make_optimizer(t.optimizer, rate, momentum=t.momentum).minimize(
+            total_loss, global_step=global_step)
+        all_finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(v))
+                                    for v in variables.values()])
+        tf1.summary.scalar("train/loss", loss)
+        tf1.summary.scalar("train/learning_rate", rate)
+        summaries = tf1.summary.merge_all()
+        evaluator = Evaluator(val_files, spec, num_classes=num_classes,
+                              max_images=t.eval_max_images)
+        saver = tf1.train.Saver(max_to_keep=t.keep_checkpoints, save_relative_paths=True)
+        init = tf1.global_variables_initializer()
+        graph.finalize()
+
+    with graph.as_default():  # Saver and FileWriter need the graph context
+        sess = tf1.Session(graph=graph, config=session_config(t.threads))
+        writer = tf1.summary.FileWriter(t.log_dir)
+        progress = Progress(t.max_steps, label="step", unit="step", start=start_step)
+        state = {"saved": resume_prefix, "saved_step": start_step if resume_prefix else -1}
+
+        def save(step):
+            if not sess.run(all_finite):
+                raise TrainingDiverged(
+                    f"step {step}: the weights are no longer finite; not saving. "
+                    f"{_last_good(state)}")
+            prefix = f"{base}-{step}"
+            checkpoint.write_sidecar(prefix, spec, global_step=int(step))  # before the data
+            saver.save(sess, base, global_step=step, write_meta_graph=False)
+            checkpoint.prune_sidecars(t.log_dir)
+            plot_curves(read_history(t.log_dir), os.path.join(t.log_dir, CURVES_NAME))
+            state.update(saved=prefix, saved_step=step)
+            return prefix
+
+        def evaluate(step):
+            panels = []
+
+            def keep_panel(name, image, label, prediction):
+                if len(panels) < t.summary_images:
+                    panels.append((name, image, label, prediction))
+
+            start = time.perf_counter()
+            metrics, count = evaluator.run(sess, on_image=keep_panel)
+            writer.add_summary(scalar_summary({
+                "val/mean_iou": metrics["mean_iou"], "val/pixel_accuracy": metrics["pixel_accuracy"],
+                "val/mean_accuracy": metrics["mean_accuracy"],
+                "val/frequency_weighted_iou": metrics["frequency_weighted_iou"]}), step)
+            if panels:
+                writer.add_summary(panel_summary("val/image_prediction_truth", panels), step)
+            writer.flush()
+            append_history(t.log_dir, {"step": int(step), **{
+                key: metrics[key] for key in ("mean_iou", "pixel_accuracy", "mean_accuracy",
+                                              "frequency_weighted_iou")}})
+            plot_curves(read_history(t.log_dir), os.path.join(t.log_dir, CURVES_NAME))
+            progress.write(
+                f"step {step}: validation mean IU {metrics['mean_iou']:.4f}, pixel accuracy "
+                f"{metrics['pixel_accuracy']:.4f} ({count} images, "
+                f"{time.perf_counter() - start:.1f} s)")
+            return metrics
+
+        previous_handler = _raise_keyboard_interrupt_on_sigterm()
+        step = start_step
+        try:
+            sess.run(init)
+            if resume_prefix:
+                checkpoint.check_variables(resume_prefix, {v.op.name: v for v in
+                                                           graph.get_collection("variables")})
+                saver.restore(sess, resume_prefix)
+                print(f"resuming from {resume_prefix} at step {start_step}", file=sys.stderr)
+            elif vgg is not None:
+                checkpoint.assign_vgg(sess, vgg, variables, spec.architecture)
+            print(f"training on {len(train_files)} {train_files.kind} images ({num_classes} "
+                  f"classes), validating on {len(val_files)}; logs in {t.log_dir}",
+                  file=sys.stderr)
+            last_time, last_step = time.perf_counter(), step
+            while step < t.max_steps:
+                log_now = (step + 1) % t.log_every == 0 or step + 1 == t.max_steps
+                fetches = {"train": train_op, "loss": loss}
+                if log_now:
+                    fetches["summary"] = summaries
+                try:
+                    out = sess.run(fetches)
+                except tf.errors.OpError as err:
+                    raise UserError(datasets.data_error_message(err)) from None
+                step += 1
+                if not np.isfinite(out["loss"]):
+                    raise TrainingDiverged(
+                        f"step {step}: the loss is {out['loss']}; stopping without saving this "
+                        f"state. {_last_good(state)} Try a lower train.learning_rate.")
+                if log_now:
+                    now = time.perf_counter()
+                    speed = (step - last_step) * t.batch_size / max(now - last_time, 1e-9)
+                    last_time, last_step = now, step
+                    writer.add_summary(out["summary"], step)
+                    append_history(t.log_dir, {"step": step, "loss": float(out["loss"])})
+                    progress.update(step, loss=f"{out['loss']:.4f}", **{"img/s": f"{speed:.1f}"})
+                if step % t.checkpoint_every == 0 or step == t.max_steps:
+                    save(step)
+                if t.eval_every and step % t.eval_every == 0 and step < t.max_steps:
+                    evaluate(step)
+            progress.close()
+            if state["saved_step"] != step:
+                save(step)
+            metrics = evaluate(step)
+        except KeyboardInterrupt:
+            progress.close()
+            step = int(sess.run(global_step))
+            if step > state["saved_step"]:
+                save(step)
+            print(f"interrupted at step {step}; checkpoint {state['saved']}. Run the same command "
+                  f"again to resume.", file=sys.stderr)
+            raise
+        finally:
+            progress.close()
+            _restore_sigterm(previous_handler)
+            writer.close()
+            sess.close()
+
+    print(format_metrics(metrics, class_names))
+    write_json_atomic(os.path.join(t.log_dir, METRICS_NAME),
+                      metrics_record(metrics, class_names, checkpoint=state["saved"],
+                                     split=val_files.split, global_step=int(step)))
+    print(f"step {step}: validation mean IU {metrics['mean_iou']:.4f} "
+          f"({metrics['num_images']} images); checkpoint {state['saved']}")
+    return metrics
+
+
+def _last_good(state):
+    if state["saved"]:
+        return f"The last good checkpoint is {state['saved']} (step {state['saved_step']})."
+    return "No checkpoint was written."
+
+
+def _raise_keyboard_interrupt_on_sigterm():
+    """Make SIGTERM behave like Ctrl-C (save and exit); returns the old handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, handler)
+
+
+def _restore_sigterm(previous):
+    if previous is not None:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="train.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    return add_config_args(parser)
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    config = load_config(args.config, args.overrides)
+    train(config)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main, prog="fcn_graph.train"))
