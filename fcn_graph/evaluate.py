@@ -22,6 +22,7 @@ from fcn_graph import model as fcn_model
 from fcn_graph.config import add_config_args, load_config
 from fcn_graph.errors import UserError, run_cli
 from fcn_graph.fileio import write_json_atomic
+from fcn_graph.infer import make_segmenter
 from fcn_graph.metrics import ConfusionMatrix, format_metrics
 from fcn_graph.progress import Progress
 from fcn_graph.session import session_config
@@ -45,8 +46,11 @@ class Evaluator:
         net = self.images[..., ::-1] if spec.channel_order == "bgr" else self.images
         _, self.prediction, _ = build_model(net, spec, keep_prob=1.0)
 
-    def run(self, sess, *, on_image=None, progress=None):
+    def run(self, sess, *, on_image=None, progress=None, predict=None):
         """Run every image; returns (metrics dict, number of images).
+
+        predict(image uint8 [1, H, W, 3]) -> labels [1, H, W] replaces the graph's
+        model branch (another engine); the dataset still streams through `sess`.
 
         on_image(name, image uint8 [H, W, 3], label [H, W], prediction [H, W]) is
         called for each image. Data errors become one-line UserErrors.
@@ -61,7 +65,10 @@ class Evaluator:
                 break
             except tf.errors.OpError as err:
                 raise UserError(datasets.data_error_message(err)) from None
-            prediction = sess.run(self.prediction, {self.images: item["image"]})
+            if predict is None:
+                prediction = sess.run(self.prediction, {self.images: item["image"]})
+            else:
+                prediction = predict(item["image"].astype(np.uint8))
             name = item["name"][0].decode()
             matrix.update(item["label"], prediction)
             count += 1
@@ -109,6 +116,9 @@ def build_parser():
     parser.add_argument("--save-predictions", default=None, metavar="DIR",
                         help="write each prediction as DIR/<stem>.png, a palette PNG of "
                              "class ids")
+    parser.add_argument("--engine", choices=("tf", "onnxruntime"), default="tf",
+                        help="tf (default, the reference) or onnxruntime (the same network "
+                             "converted to ONNX; scores agree to 1e-4)")
     parser.add_argument("--max-images", type=int, default=None,
                         help="evaluate only the first N images of the split")
     return parser
@@ -154,13 +164,23 @@ def main(argv=None):
     print(f"evaluating {prefix} on {files.kind} split {split!r} ({total} images)",
           file=sys.stderr)
     progress = Progress(total, label="images", unit="img")
+    predict, segmenter = None, None
+    if args.engine != "tf":
+        segmenter = make_segmenter(prefix, engine=args.engine, threads=config.train.threads)
+
+        def predict(image):
+            return segmenter.run(image)[0]
+
     with tf1.Session(graph=graph, config=session_config(config.train.threads)) as sess:
-        checkpoint.restore_model(sess, prefix, variables, saver=saver)
+        if segmenter is None:
+            checkpoint.restore_model(sess, prefix, variables, saver=saver)
         try:
-            metrics, _ = evaluator.run(sess, progress=progress,
+            metrics, _ = evaluator.run(sess, progress=progress, predict=predict,
                                        on_image=save if args.save_predictions else None)
         finally:
             progress.close()
+            if segmenter is not None:
+                segmenter.close()
     print(format_metrics(metrics, class_names))
     if args.json:
         write_json_atomic(args.json, metrics_record(metrics, class_names, checkpoint=prefix,

@@ -169,6 +169,18 @@ def test_evaluate_matches_numpy_metrics_of_saved_predictions(tmp_path, voc_root,
     for got, want in zip(record["per_class_iou"], iu):
         assert (got is None and np.isnan(want)) or got == pytest.approx(want, abs=1e-6)
 
+    # The ONNX Runtime engine predicts (nearly) the same labels, so the same metrics.
+    onnx_json, onnx_dir = tmp_path / "onnx.json", tmp_path / "onnx_pred"
+    assert evaluate.main([arg for a in base for arg in ("--set", a)] + [
+        "--engine", "onnxruntime", "--json", str(onnx_json),
+        "--save-predictions", str(onnx_dir)]) == 0
+    onnx_record = json.loads(onnx_json.read_text())
+    agree = np.mean([np.mean(np.array(Image.open(out_dir / f"{stem}.png"))
+                             == np.array(Image.open(onnx_dir / f"{stem}.png")))
+                     for stem in ("2007_000003", "2007_000004")])
+    assert agree > 0.99 and onnx_record["num_images"] == 2
+    assert onnx_record["pixel_accuracy"] == pytest.approx(record["pixel_accuracy"], abs=0.01)
+
 
 def test_bad_inputs_give_one_line_errors(tmp_path, folder_root, capsys):
     def run(main, *args):
