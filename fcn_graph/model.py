@@ -400,6 +400,23 @@ def fcn8s(images, num_classes, **kwargs):
     return fcn(images, num_classes, architecture="legacy", **kwargs)
 
 
+def _conv6_conv7(net, end_points, fc_width, keep_prob, initializer):
+    """The convolutionalised fc6 (7x7) and fc7 (1x1), each with ReLU and dropout:
+    [N, h, w, C5] -> [N, h, w, F]. Both heads share them; only the start differs."""
+    w6 = _variable("W6", (7, 7, net.shape[-1], fc_width), initializer)
+    b6 = _variable("b6", (fc_width,), tf1.zeros_initializer())
+    net = tf.nn.relu(conv2d(net, w6, b6), name="relu6")
+    net = tf.nn.dropout(net, rate=1.0 - keep_prob)
+    end_points["conv6"] = net
+
+    w7 = _variable("W7", (1, 1, fc_width, fc_width), initializer)
+    b7 = _variable("b7", (fc_width,), tf1.zeros_initializer())
+    net = tf.nn.relu(conv2d(net, w7, b7), name="relu7")
+    net = tf.nn.dropout(net, rate=1.0 - keep_prob)
+    end_points["conv7"] = net
+    return net
+
+
 def _legacy_head(images, end_points, num_classes, widths, fc_width, keep_prob):
     """FCN.tensorflow's head; returns (conv_t3 [N, H, W, K], "conv_t3")."""
     pool3, pool4 = end_points["pool3"], end_points["pool4"]
@@ -408,17 +425,8 @@ def _legacy_head(images, end_points, num_classes, widths, fc_width, keep_prob):
     net = pool2x2(end_points["conv5_3"], "max")                       # [N, H/32, W/32, C5]
     end_points["pool5"] = net
 
-    w6 = _variable("W6", (7, 7, widths["conv5_3"], fc_width), _head_initializer())
-    b6 = _variable("b6", (fc_width,), tf1.zeros_initializer())
-    net = tf.nn.relu(conv2d(net, w6, b6), name="relu6")               # [N, H/32, W/32, F]
-    net = tf.nn.dropout(net, rate=1.0 - keep_prob)
-    end_points["conv6"] = net
-
-    w7 = _variable("W7", (1, 1, fc_width, fc_width), _head_initializer())
-    b7 = _variable("b7", (fc_width,), tf1.zeros_initializer())
-    net = tf.nn.relu(conv2d(net, w7, b7), name="relu7")               # [N, H/32, W/32, F]
-    net = tf.nn.dropout(net, rate=1.0 - keep_prob)
-    end_points["conv7"] = net
+    net = _conv6_conv7(net, end_points, fc_width, keep_prob,
+                       _head_initializer())                           # [N, H/32, W/32, F]
 
     w8 = _variable("W8", (1, 1, fc_width, num_classes), _head_initializer())
     b8 = _variable("b8", (num_classes,), tf1.zeros_initializer())
@@ -468,17 +476,8 @@ def _paper_head(images, end_points, num_classes, widths, fc_width, keep_prob, sk
     net = pool2x2(end_points["relu5_4"], "max")                       # [N, H/32, W/32, C5]
     end_points["pool5"] = net
 
-    w6 = _variable("W6", (7, 7, widths["conv5_4"], fc_width), _vgg_initializer())
-    b6 = _variable("b6", (fc_width,), tf1.zeros_initializer())
-    net = tf.nn.relu(conv2d(net, w6, b6), name="relu6")               # [N, H/32, W/32, F]
-    net = tf.nn.dropout(net, rate=1.0 - keep_prob)
-    end_points["conv6"] = net
-
-    w7 = _variable("W7", (1, 1, fc_width, fc_width), _vgg_initializer())
-    b7 = _variable("b7", (fc_width,), tf1.zeros_initializer())
-    net = tf.nn.relu(conv2d(net, w7, b7), name="relu7")               # [N, H/32, W/32, F]
-    net = tf.nn.dropout(net, rate=1.0 - keep_prob)
-    end_points["conv7"] = net
+    net = _conv6_conv7(net, end_points, fc_width, keep_prob,
+                       _vgg_initializer())                            # [N, H/32, W/32, F]
 
     net = score(net, "score_fr", fc_width)                            # [N, H/32, W/32, K]
     end_points["score_fr"] = net
