@@ -43,8 +43,7 @@ class Evaluator:
         self.iterator = tf1.data.make_initializable_iterator(data)
         self.next_item = self.iterator.get_next()
         self.images = tf1.placeholder(tf.float32, [None, None, None, 3], name="eval_images")
-        net = self.images[..., ::-1] if spec.channel_order == "bgr" else self.images
-        _, self.prediction, _ = build_model(net, spec, keep_prob=1.0)
+        _, self.prediction, _ = build_model(self.images, spec, keep_prob=1.0)
 
     def run(self, sess, *, on_image=None, progress=None, predict=None):
         """Run every image; returns (metrics dict, number of images).

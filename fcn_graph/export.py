@@ -72,8 +72,6 @@ def serving_graph(spec, *, custom_getter=None):
     with graph.as_default():
         images = tf1.placeholder(tf.uint8, [None, None, None, 3], name=INPUT_NAME)
         net = tf.cast(images, tf.float32)                             # [N, H, W, 3] RGB
-        if spec.channel_order == "bgr":
-            net = tf.reverse(net, axis=[3])                           # [N, H, W, 3] BGR
         if custom_getter is None:
             logits, prediction, _ = fcn_model.build(net, spec)        # [N, H, W, K]
         else:

@@ -118,8 +118,6 @@ class Segmenter:
     def run(self, batch_rgb, *, scores=False):
         """uint8 [N, H, W, 3] RGB -> (labels uint8/int [N, H, W], logits or None)."""
         batch = np.asarray(batch_rgb, dtype=np.float32)
-        if self.spec.channel_order == "bgr":
-            batch = batch[..., ::-1]
         fetches = [self.prediction, self.logits] if scores else [self.prediction]
         out = self.session.run(fetches, {self.images: batch})
         return out[0], (out[1] if scores else None)

@@ -150,8 +150,8 @@ class ModelSpec:
     mean_pixel: mean subtracted inside the graph, in the network's channel
         order (RGB, or BGR when channel_order is "bgr"), or None if unknown.
     architecture: "legacy" (FCN.tensorflow's graph) or "paper".
-    channel_order: "rgb", or "bgr" for weights that expect BGR input (callers
-        reverse the channels of RGB images before the graph).
+    channel_order: "rgb", or "bgr" for weights that expect BGR input (`build`
+        reverses the channels of the RGB images it is given).
     skips: "8s", "16s" or "32s" (paper only; the legacy graph is 8s).
     train_upsampling: paper only: whether the bilinear upsampling filters are
         trainable (the reference code freezes them). The legacy filters are
@@ -180,9 +180,13 @@ class ModelSpec:
 def build(images, spec, *, keep_prob=1.0, mean_pixel=None):
     """Build the graph a `ModelSpec` describes; returns (logits, prediction, end_points).
 
+    images: float32 [N, H, W, 3] RGB, 0..255, whatever the weights expect: for
+    BGR weights (spec.channel_order "bgr") the channels are reversed here.
     Dispatches on spec.architecture and spec.skips. The mean pixel is the
     spec's, else `mean_pixel`, else the VGG mean.
     """
+    if spec.channel_order == "bgr":
+        images = tf.reverse(images, axis=[3])                         # [N, H, W, 3] BGR
     mean = spec.mean_pixel or mean_pixel or VGG_MEAN_RGB
     return fcn(images, spec.num_classes, architecture=spec.architecture, skips=spec.skips,
                vgg_widths=spec.widths, fc_width=spec.fc_width, keep_prob=keep_prob,
