@@ -81,10 +81,12 @@ class Segmenter:
     The input placeholder is [None, None, None, 3]; images of different sizes
     run through the same finalised graph. `xla` and `precision` go to
     `session.session_config`; `config` (a ConfigProto) replaces it outright.
+    conv6/conv7 are stored in parts of `fc_part_width` output channels
+    (`model.split_fc_getter`; 0 keeps them whole).
     """
 
     def __init__(self, prefix, *, mean_pixel=None, threads=None, xla=False,
-                 precision="float32", config=None):
+                 precision="float32", config=None, fc_part_width=fcn_model.FC_PART_WIDTH):
         if precision == "bfloat16" and not onednn_enabled():
             raise UserError("--precision bfloat16: TensorFlow's oneDNN kernels are off; set "
                             "TF_ENABLE_ONEDNN_OPTS=1 in the environment")
@@ -100,11 +102,13 @@ class Segmenter:
             # clustering (global_jit_level) is off on CPUs.
             with xla_scope(xla), tf1.variable_scope(
                     tf1.get_variable_scope(), custom_getter=_constant_getter(
-                        _read_upsampling_kernels(prefix))):
+                        _read_upsampling_kernels(prefix))), tf1.variable_scope(
+                    tf1.get_variable_scope(),
+                    custom_getter=fcn_model.split_fc_getter(fc_part_width)):
                 self.logits, self.prediction, self.end_points = fcn_model.build(
                     self.images, self.spec, mean_pixel=self.mean_pixel)
             variables = fcn_model.model_variables(self.graph)
-            saver = checkpoint.model_saver(variables)
+            self.saver = checkpoint.model_saver(variables)
             self.graph.finalize()
         # The weights stay variables: freezing them into constants bought no
         # speed (grappler fuses conv + bias + ReLU either way) and made the
@@ -113,7 +117,7 @@ class Segmenter:
         if config is None:
             config = session_config(threads, xla=xla, precision=precision)
         self.session = tf1.Session(graph=self.graph, config=config)
-        checkpoint.restore_model(self.session, prefix, variables, saver=saver)
+        checkpoint.restore_model(self.session, prefix, variables, saver=self.saver)
 
     def run(self, batch_rgb, *, scores=False):
         """uint8 [N, H, W, 3] RGB -> (labels uint8/int [N, H, W], logits or None)."""

@@ -44,6 +44,9 @@ from collections import OrderedDict
 import numpy as np
 import tensorflow as tf
 
+# What tf1.get_variable returns for a partitioner; tf.compat.v1 does not export the class.
+from tensorflow.python.ops.variables import PartitionedVariable
+
 from fcn_graph.constants import VGG_MEAN_RGB
 
 tf1 = tf.compat.v1
@@ -238,9 +241,35 @@ def _variable(name, shape, initializer, trainable=True):
 
 
 def conv2d(net, kernel, bias):
-    """Stride-1 SAME convolution plus bias (the same spatial size out)."""
+    """Stride-1 SAME convolution plus bias (the same spatial size out).
+
+    A kernel and bias stored in parts along the output channels (see
+    `split_fc_getter`) run as one convolution per part, concatenated.
+    """
+    if isinstance(kernel, PartitionedVariable):
+        return tf.concat([conv2d(net, k, b) for k, b in zip(kernel, bias)], axis=3)
     net = tf.nn.conv2d(net, kernel, strides=[1, 1, 1, 1], padding="SAME")
     return tf.nn.bias_add(net, bias)
+
+
+# conv6/conv7 in parts of this many output channels: with 4096 output channels
+# TensorFlow's CPU convolution runs at about half its speed once the layer has
+# a few hundred output positions (512x512 images, batches); eight parts of 512
+# run near the speed of the 3x3 convolutions (docs/performance.md).
+FC_PART_WIDTH = 512
+
+
+def split_fc_getter(part_width=FC_PART_WIDTH):
+    """A custom getter (for `tf1.variable_scope(custom_getter=...)`) that
+    stores conv6's and conv7's kernels and biases as variables of `part_width`
+    output channels each. A Saver restores and saves them as slices of the
+    whole tensors, under the same checkpoint names (`model_variables`)."""
+    def getter(getter, name, *args, shape=None, **kwargs):
+        parts = (shape[-1] // part_width) if shape and part_width else 0
+        if name.rsplit("/", 1)[-1] in ("W6", "b6", "W7", "b7") and parts > 1:
+            kwargs["partitioner"] = tf1.fixed_size_partitioner(parts, axis=len(shape) - 1)
+        return getter(name, *args, shape=shape, **kwargs)
+    return getter
 
 
 def pool2x2(net, method):
@@ -537,6 +566,29 @@ def model_variables(graph=None, scope=SCOPE):
     """The model's global variables (not optimizer slots or the global step),
     keyed by their checkpoint names."""
     graph = graph or tf1.get_default_graph()
-    variables = graph.get_collection(tf1.GraphKeys.GLOBAL_VARIABLES, scope=scope + "/")
-    # Optimizer slots live one level deeper ("inference/W6/Adam").
-    return OrderedDict((v.op.name, v) for v in variables if v.op.name.count("/") == 1)
+    found = OrderedDict()
+    for variable in graph.get_collection(tf1.GraphKeys.GLOBAL_VARIABLES, scope=scope + "/"):
+        part = getattr(variable, "_save_slice_info", None)
+        if part is not None:  # one part of a variable stored in parts
+            found.setdefault(part.full_name, []).append(variable)
+        elif variable.op.name.count("/") == 1:  # not an optimizer slot ("inference/W6/Adam")
+            found[variable.op.name] = variable
+    return OrderedDict(
+        (name, PartedVariable(name, value) if isinstance(value, list) else value)
+        for name, value in found.items())
+
+
+def flat_variables(variables):
+    """The tf.Variables of a `model_variables` dict, parts included."""
+    for value in variables.values():
+        yield from (value if isinstance(value, PartedVariable) else [value])
+
+
+class PartedVariable(list):
+    """The parts of one variable (in offset order), with the whole `shape`;
+    `Saver(var_list={name: parts})` saves and restores them as slices."""
+
+    def __init__(self, name, parts):
+        super().__init__(sorted(parts, key=lambda p: p._save_slice_info.var_offset))
+        self.name = name
+        self.shape = tf.TensorShape(self[0]._save_slice_info.full_shape)
