@@ -369,11 +369,12 @@ def main(argv=None):
         where = f"signature '{SIGNATURE_KEY}', tag 'serve': "
     elif args.format == "onnx":
         where = f"opset {report['opset']}: "
-        if report["external_data"]:
-            where = f"weights in {report['external_data']}, {where}"
     else:
         where = ""
-    print(f"wrote {report['path']} ({report['bytes'] / 2**20:.1f} MiB), {where}"
+    written = report["path"]
+    if report.get("external_data"):
+        written += f" and its weights {report['external_data']}"
+    print(f"wrote {written} ({report['bytes'] / 2**20:.1f} MiB), {where}"
           f"input {names[INPUT_NAME]} {report['inputs'][INPUT_NAME]}; outputs "
           + ", ".join(f"{names[n]} {report['outputs'][n]}" for n in OUTPUT_NAMES))
     return 0

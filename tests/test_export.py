@@ -173,7 +173,7 @@ def test_export_onnx_external_data(checkpoints, tmp_path, capsys):
                             "--external-data", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "verified with onnxruntime on a 93x67 image" in printed
-    assert f"weights in {out}.data, opset 17" in printed
+    assert f"wrote {out} and its weights {out}.data (" in printed and "opset 17" in printed
     assert sorted(os.listdir(tmp_path)) == ["voc.onnx", "voc.onnx.data"], "temporary left behind"
     stored = onnx.load(str(out), load_external_data=False)
     external = [t for t in stored.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
