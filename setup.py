@@ -16,8 +16,9 @@ setup(
         "h5py>=3.8",  # port keras-h5
     ],
     extras_require={
-        # python -m fcn_graph.export --format onnx (SavedModel and frozen need only TensorFlow)
-        "export": ["tf2onnx>=1.16", "onnx>=1.15", "onnxruntime>=1.17"],
-        "dev": ["pytest>=7", "ruff>=0.4", "tf2onnx>=1.16", "onnx>=1.15", "onnxruntime>=1.17"],
+        # python -m fcn_graph.export --format onnx and --engine onnxruntime (SavedModel and
+        # frozen exports need only TensorFlow)
+        "export": ["onnx>=1.15", "onnxruntime>=1.17"],
+        "dev": ["pytest>=7", "ruff>=0.4", "onnx>=1.15", "onnxruntime>=1.17"],
     },
 )

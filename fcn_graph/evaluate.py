@@ -117,7 +117,7 @@ def build_parser():
                              "class ids")
     parser.add_argument("--engine", choices=("tf", "onnxruntime"), default="tf",
                         help="tf (default, the reference) or onnxruntime (the same network "
-                             "converted to ONNX; scores agree to 1e-4)")
+                             "as export --format onnx writes it; scores agree to 1e-4)")
     parser.add_argument("--max-images", type=int, default=None,
                         help="evaluate only the first N images of the split")
     return parser

@@ -2,12 +2,12 @@
 
     python -m fcn_graph.export --checkpoint ckpt/voc --format savedmodel --out export/voc
     python -m fcn_graph.export --checkpoint ckpt/voc --format frozen --out export/voc.pb
-    python -m fcn_graph.export --checkpoint ckpt/voc --format onnx --out export/voc.onnx
+    python -m fcn_graph.export --checkpoint ckpt/voc --format onnx --out export/voc.onnx [--external-data]
 
 Every format has the same contract:
 
     input   images  uint8   [N, H, W, 3]  RGB, any N, H, W >= 1
-    output  labels  int32   [N, H, W]     argmax of scores over K
+    output  labels  int32   [N, H, W]     argmax of scores over K (int64 in ONNX)
     output  scores  float32 [N, H, W, K]  the logits
 
 The mean subtraction (and, for BGR checkpoints such as the Keras VGG19 ones,
@@ -22,6 +22,12 @@ variables (in `variables/`), the graph is the serving graph. Load it with
 `tf.saved_model.load(path).signatures["serving_default"]` in TF2 or
 `tf.compat.v1.saved_model.loader.load(sess, ["serve"], path)`.
 
+The ONNX model is `onnx_engine.build_onnx_model`'s, written from the
+checkpoint's arrays: the same model `--engine onnxruntime` runs. With
+`--external-data` the weights go to a second file beside it, OUT.data
+(export/voc.onnx.data), which must stay next to the `.onnx`; ONNX Runtime
+loads such a pair with a lower memory peak, and no 2 GB limit applies.
+
 Each export is checked before it replaces the target: the written file is
 loaded back (TensorFlow for SavedModel and frozen graphs, onnxruntime for
 ONNX), run on a seeded random 67x93 image, and its scores compared with the
@@ -35,12 +41,11 @@ import os
 import shutil
 import sys
 import uuid
-from collections import OrderedDict
 
 import numpy as np
 import tensorflow as tf
 
-from fcn_graph import checkpoint
+from fcn_graph import checkpoint, onnx_engine
 from fcn_graph import model as fcn_model
 from fcn_graph.errors import UserError, run_cli
 from fcn_graph.fileio import atomic_write
@@ -55,47 +60,27 @@ SIGNATURE_KEY = "serving_default"
 TOLERANCE = 1e-4                 # largest accepted max relative error of the scores
 VERIFY_SIZE = (67, 93)           # odd sizes: every SAME-padding corner case on the way
 PROTOBUF_LIMIT = 2 ** 31 - 2 ** 24  # a GraphDef or ONNX file must stay below 2 GB
+LABELS_DTYPE = {"savedmodel": "int32", "frozen": "int32", "onnx": "int64"}  # ONNX: ArgMax's own
 
 
 class VerificationError(UserError):
     """An export whose scores differ from the checkpoint's."""
 
 
-def serving_graph(spec, *, custom_getter=None):
+def serving_graph(spec):
     """The serving graph of a `ModelSpec`: (graph, images, labels, scores).
 
     images: uint8 [N, H, W, 3] RGB placeholder named "images";
     labels: int32 [N, H, W] named "labels"; scores: float32 [N, H, W, K] named "scores".
-    custom_getter: optional variable getter for the model's variables.
     """
     graph = tf.Graph()
     with graph.as_default():
         images = tf1.placeholder(tf.uint8, [None, None, None, 3], name=INPUT_NAME)
         net = tf.cast(images, tf.float32)                             # [N, H, W, 3] RGB
-        if custom_getter is None:
-            logits, prediction, _ = fcn_model.build(net, spec)        # [N, H, W, K]
-        else:
-            with tf1.variable_scope(tf1.get_variable_scope(), custom_getter=custom_getter):
-                logits, prediction, _ = fcn_model.build(net, spec)    # [N, H, W, K]
+        logits, prediction, _ = fcn_model.build(net, spec)            # [N, H, W, K]
         scores = tf.identity(logits, name="scores")                   # [N, H, W, K]
         labels = tf.cast(prediction, tf.int32, name="labels")         # [N, H, W]
     return graph, images, labels, scores
-
-
-def _weights_as_inputs(spec):
-    """The serving graph with every model variable replaced by a placeholder of
-    the same name and shape: (graph_def, name -> placeholder). Converting this
-    graph instead of a frozen one keeps the weights out of tf2onnx, which
-    copies every constant many times over (tens of GB for VGG19)."""
-    weights = OrderedDict()
-
-    def placeholder_getter(getter, name, shape=None, dtype=None, **kwargs):
-        with tf1.get_default_graph().name_scope(None):
-            weights[name] = tf1.placeholder(tf.float32, shape, name=name)
-        return weights[name]
-
-    graph, *_ = serving_graph(spec, custom_getter=placeholder_getter)
-    return graph.as_graph_def(), weights
 
 
 class _Restored:
@@ -169,7 +154,8 @@ def _report(prefix, spec, fmt, path, **extra):
     report = {
         "format": fmt, "path": path, "checkpoint": prefix,
         "inputs": {INPUT_NAME: "uint8 [N, H, W, 3] RGB"},
-        "outputs": {"labels": "int32 [N, H, W]", "scores": f"float32 [N, H, W, {spec.num_classes}]"},
+        "outputs": {"labels": f"{LABELS_DTYPE[fmt]} [N, H, W]",
+                    "scores": f"float32 [N, H, W, {spec.num_classes}]"},
         "num_classes": spec.num_classes, "architecture": spec.architecture, "skips": spec.skips,
         "channel_order": spec.channel_order,
         "mean_pixel": list(spec.mean_pixel) if spec.mean_pixel else None,
@@ -273,104 +259,65 @@ def export_savedmodel(prefix, out_dir, *, verify=True):
     return report
 
 
-def _attach_weights(proto, values):
-    """Turn the graph inputs named after model variables ("inference/W6:0") into
-    initializers holding the checkpoint's arrays, fold the Transposes tf2onnx
-    put on them (HWIO -> OIHW kernels), and drop initializers nothing reads
-    (the legacy conv5_4)."""
-    from onnx import numpy_helper
+def export_onnx(prefix, out_path, *, opset=onnx_engine.DEFAULT_OPSET, verify=True,
+                external_data=False):
+    """Write `onnx_engine.build_onnx_model`'s model of the checkpoint (the one
+    `--engine onnxruntime` runs): input `images` uint8 [N, H, W, 3] RGB,
+    outputs `labels` int64 [N, H, W] and `scores` float32 [N, H, W, K], N, H
+    and W dynamic. With `external_data`, the weights go to `out_path + ".data"`
+    and `out_path` holds the graph (`onnx_engine.save_model`).
 
-    graph = proto.graph
-    arrays = {}
-    for value in list(graph.input):
-        name = value.name[:-2] if value.name.endswith(":0") else value.name
-        if name in values:
-            arrays[value.name] = values[name]
-            graph.input.remove(value)
-    readers = {}
-    for node in graph.node:
-        for name in node.input:
-            readers[name] = readers.get(name, 0) + 1
-    for node in list(graph.node):
-        if node.op_type == "Transpose" and node.input[0] in arrays \
-                and readers[node.input[0]] == 1:
-            (perm,) = [list(a.ints) for a in node.attribute if a.name == "perm"] or [None]
-            arrays[node.output[0]] = np.ascontiguousarray(
-                np.transpose(arrays.pop(node.input[0]), perm))
-            graph.node.remove(node)
-    used = {name for node in graph.node for name in node.input}
-    for name in list(arrays):
-        if name in used:
-            graph.initializer.append(numpy_helper.from_array(arrays.pop(name), name))
-        else:
-            del arrays[name]
-
-
-def _name_onnx_io(proto):
-    """tf2onnx names the graph's inputs/outputs after TF tensors ("images:0");
-    rename them to images/labels/scores and name the dynamic dimensions."""
-    renames = {f"{name}:0": name for name in (INPUT_NAME,) + OUTPUT_NAMES}
-    for node in proto.graph.node:
-        node.input[:] = [renames.get(n, n) for n in node.input]
-        node.output[:] = [renames.get(n, n) for n in node.output]
-    for value in list(proto.graph.input) + list(proto.graph.output):
-        value.name = renames.get(value.name, value.name)
-        for dim, label in zip(value.type.tensor_type.shape.dim, ("N", "H", "W")):
-            if not dim.HasField("dim_value"):
-                dim.dim_param = label
-
-
-def export_onnx(prefix, out_path, *, opset=17, verify=True):
-    """Write an ONNX model: input `images` uint8 [N, H, W, 3] RGB, outputs
-    `labels` int32 [N, H, W] and `scores` float32 [N, H, W, K], N, H and W
-    dynamic. tf2onnx converts the serving graph with the weights as inputs;
-    the checkpoint's arrays then become the model's initializers. Verified
-    with onnxruntime before it replaces `out_path` (unless verify=False).
+    The file(s) are written in a temporary directory beside `out_path`,
+    verified there with onnxruntime (unless verify=False), then renamed into
+    place, the `.onnx` last; a failure leaves `out_path` as it was.
 
     Returns a dict: format, path, checkpoint, inputs, outputs, num_classes,
-    architecture, skips, channel_order, mean_pixel, opset, max_rel_error and
-    labels_agree (None without verification), bytes.
+    architecture, skips, channel_order, mean_pixel, opset, external_data (the
+    data file, or None), max_rel_error and labels_agree (None without
+    verification), bytes (both files).
     """
-    if opset < 13:
-        raise UserError(f"--opset {opset}: expected 13 or later")
-    _check_target(out_path)
     try:
-        import onnx
-        import tf2onnx
+        import onnx  # noqa: F401  (build_onnx_model and save_model)
+        if verify:
+            import onnxruntime  # noqa: F401
     except ImportError as err:
-        raise UserError(f"--format onnx needs tf2onnx and onnx ({err}); install them with "
+        raise UserError(f"--format onnx needs onnx and onnxruntime ({err}); install them with "
                         "pip install -e '.[export]'") from None
+    onnx_engine.check_opset(opset)
+    _check_target(out_path)
+    data_path = onnx_engine.external_data_path(out_path) if external_data else None
+    for path in filter(None, (out_path, data_path)):
+        if os.path.isdir(path):
+            raise UserError(f"{path}: cannot write a file; a directory of that name exists")
 
     prefix = checkpoint.resolve_checkpoint(prefix)
     spec = checkpoint.model_spec_from_checkpoint(prefix)
-    graph_def, weights = _weights_as_inputs(spec)
-    stored = checkpoint.read_variable_shapes(prefix)
-    for name, placeholder in weights.items():
-        if stored.get(name) != tuple(placeholder.shape.as_list()):
-            raise UserError(f"{prefix}: variable {name} is {stored.get(name, 'missing')}, "
-                            f"expected {placeholder.shape.as_list()}")
-    proto, _ = tf2onnx.convert.from_graph_def(
-        graph_def, input_names=[f"{INPUT_NAME}:0"] + [f"{name}:0" for name in weights],
-        output_names=[f"{name}:0" for name in OUTPUT_NAMES], opset=opset)
-    _attach_weights(proto, checkpoint.read_variables(prefix, list(weights)))
-    _name_onnx_io(proto)
-    if proto.ByteSize() > PROTOBUF_LIMIT:
-        raise UserError(f"{out_path}: the ONNX model would be {proto.ByteSize() / 2**30:.2f} GiB; "
-                        "a single ONNX file must stay below 2 GB")
-    report = _report(prefix, spec, "onnx", out_path, opset=opset)
-    with atomic_write(out_path) as tmp:
-        onnx.save(proto, tmp)
-        del proto
+    model = onnx_engine.build_onnx_model(prefix, opset=opset)
+    if not external_data and model.ByteSize() > PROTOBUF_LIMIT:
+        raise UserError(f"{out_path}: the ONNX model would be {model.ByteSize() / 2**30:.2f} GiB; "
+                        "a single ONNX file must stay below 2 GB (add --external-data)")
+    report = _report(prefix, spec, "onnx", out_path, opset=opset, external_data=data_path)
+    parent, base = os.path.split(os.path.abspath(out_path))
+    work = os.path.join(parent, f".{base}.{uuid.uuid4().hex[:12]}.tmp")
+    os.mkdir(work)
+    try:
+        tmp = os.path.join(work, base)   # the same name: the model names its data file
+        onnx_engine.save_model(model, tmp, external_data=external_data)
+        del model
         if verify:
-            import onnxruntime
-
             image = verification_image()
             want = _reference(prefix, image)
-            session = onnxruntime.InferenceSession(tmp, providers=["CPUExecutionProvider"])
+            session = onnx_engine.load_session(tmp, onnx_engine.session_options(),
+                                               ["CPUExecutionProvider"])
             labels, scores = session.run(list(OUTPUT_NAMES), {INPUT_NAME: image})
             del session
             report.update(_compare("onnxruntime", out_path, labels, scores, *want))
-    report["bytes"] = _size(out_path)
+        if external_data:
+            os.replace(onnx_engine.external_data_path(tmp), data_path)
+        os.replace(tmp, out_path)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    report["bytes"] = sum(_size(path) for path in filter(None, (out_path, data_path)))
     return report
 
 
@@ -385,7 +332,12 @@ def build_parser():
     parser.add_argument("--format", required=True, choices=FORMATS, help="what to write")
     parser.add_argument("--out", required=True,
                         help="SavedModel directory, or the .pb / .onnx file to write")
-    parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17, >= 13)")
+    parser.add_argument("--opset", type=int, default=None,
+                        help=f"ONNX opset (default {onnx_engine.DEFAULT_OPSET}, >= "
+                             f"{onnx_engine.MIN_OPSET})")
+    parser.add_argument("--external-data", action="store_true",
+                        help="ONNX: write the weights to OUT.data beside the .onnx (loads with "
+                             "less memory; keep the two files together)")
     parser.add_argument("--no-verify", action="store_true",
                         help="skip loading the export back and comparing its scores")
     return parser
@@ -394,18 +346,23 @@ def build_parser():
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.opset != 17 and args.format != "onnx":
-        parser.error("--opset applies to --format onnx only")
-    # TF1 deprecation notices and tf2onnx's progress log are noise on this command line.
+    if args.format != "onnx":
+        for flag, given in (("--opset", args.opset is not None),
+                            ("--external-data", args.external_data)):
+            if given:
+                parser.error(f"{flag} applies to --format onnx only")
+    # TF1 deprecation notices are noise on this command line.
     tf.get_logger().setLevel(logging.ERROR)
-    logging.getLogger("tf2onnx").setLevel(logging.WARNING)
     prefix = checkpoint.resolve_checkpoint(args.checkpoint)
     spec = checkpoint.model_spec_from_checkpoint(prefix)
     print(f"read {prefix}: {spec.name}, {spec.num_classes} classes, "
           f"{spec.channel_order.upper()} weights, mean pixel "
           f"{[round(v, 3) for v in spec.mean_pixel] if spec.mean_pixel else 'unknown (the VGG mean is used)'} "
           "(subtracted inside the graph)", flush=True)
-    kwargs = {"opset": args.opset} if args.format == "onnx" else {}
+    kwargs = {}
+    if args.format == "onnx":
+        opset = onnx_engine.DEFAULT_OPSET if args.opset is None else args.opset
+        kwargs = {"opset": opset, "external_data": args.external_data}
     report = EXPORTERS[args.format](prefix, args.out, verify=not args.no_verify, **kwargs)
     names = report.get("tensors") or {INPUT_NAME: INPUT_NAME, **{n: n for n in OUTPUT_NAMES}}
     if args.format == "savedmodel":
@@ -414,7 +371,10 @@ def main(argv=None):
         where = f"opset {report['opset']}: "
     else:
         where = ""
-    print(f"wrote {report['path']} ({report['bytes'] / 2**20:.1f} MiB), {where}"
+    written = report["path"]
+    if report.get("external_data"):
+        written += f" and its weights {report['external_data']}"
+    print(f"wrote {written} ({report['bytes'] / 2**20:.1f} MiB), {where}"
           f"input {names[INPUT_NAME]} {report['inputs'][INPUT_NAME]}; outputs "
           + ", ".join(f"{names[n]} {report['outputs'][n]}" for n in OUTPUT_NAMES))
     return 0

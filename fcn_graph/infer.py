@@ -193,7 +193,8 @@ def build_parser():
                         help="CPU threads per op (default: every core)")
     parser.add_argument("--engine", choices=ENGINES, default="tf",
                         help="tf (default, the reference) or onnxruntime (the checkpoint "
-                             "converted to ONNX in memory; faster on CPU)")
+                             "converted on the fly to the model export --format onnx "
+                             "writes; faster on CPU)")
     parser.add_argument("--xla", action="store_true",
                         help="compile the TensorFlow graph with XLA (engine tf)")
     parser.add_argument("--precision", choices=PRECISIONS, default="float32",
