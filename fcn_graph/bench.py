@@ -58,6 +58,7 @@ MODIFIERS = collections.OrderedDict([
     ("inter2", ({"inter_op": 2}, {})),                  # inter-op threads 2 instead of 1
     ("whole", ({"fc_part_width": 0}, {})),              # conv6/conv7 kernels in one piece
     ("parts", ({"fc_part_width": 512}, {})),            # ... in parts of 512 channels
+    ("heap", ({"heap": True}, {})),                     # freed memory kept in glibc's heap
 ])
 ENGINES = ("tf", "onnxruntime")
 
@@ -235,6 +236,9 @@ def run_inference_case(args, case):
     engine, options, _ = variant_settings(args.variant)
     images = case_images(batch, height, width)
     _use_upsample(options.get("upsample", "phases"))
+    if not options.get("heap"):
+        from fcn_graph.memory import return_freed_memory  # as infer and evaluate do
+        return_freed_memory()
     if engine == "onnxruntime":
         from fcn_graph.onnx_engine import OnnxSegmenter
         # converted once by the parent ("make-onnx"), so this process never

@@ -23,6 +23,7 @@ from fcn_graph.config import add_config_args, load_config
 from fcn_graph.errors import UserError, run_cli
 from fcn_graph.fileio import write_json_atomic
 from fcn_graph.infer import make_segmenter
+from fcn_graph.memory import return_freed_memory
 from fcn_graph.metrics import ConfusionMatrix, format_metrics
 from fcn_graph.progress import Progress
 from fcn_graph.session import session_config
@@ -146,8 +147,10 @@ def main(argv=None):
                         f"{files.kind} dataset has {len(files.class_names)}")
     class_names = datasets.class_names_for(files, num_classes)
 
+    return_freed_memory()
     graph = tf.Graph()
-    with graph.as_default():
+    with graph.as_default(), tf1.variable_scope(  # conv6/conv7 in parts, as in infer
+            tf1.get_variable_scope(), custom_getter=fcn_model.split_fc_getter()):
         evaluator = Evaluator(files, spec, num_classes=num_classes, max_images=args.max_images)
         variables = fcn_model.model_variables(graph)
         saver = checkpoint.model_saver(variables)

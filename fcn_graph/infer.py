@@ -22,6 +22,7 @@ from fcn_graph import model as fcn_model
 from fcn_graph.config import add_config_args, load_config
 from fcn_graph.constants import VGG_MEAN_RGB
 from fcn_graph.errors import UserError, run_cli
+from fcn_graph.memory import return_freed_memory
 from fcn_graph.progress import Progress
 from fcn_graph.session import PRECISIONS, onednn_enabled, session_config, xla_scope
 
@@ -108,7 +109,7 @@ class Segmenter:
                 self.logits, self.prediction, self.end_points = fcn_model.build(
                     self.images, self.spec, mean_pixel=self.mean_pixel)
             variables = fcn_model.model_variables(self.graph)
-            self.saver = checkpoint.model_saver(variables)
+            saver = checkpoint.model_saver(variables)
             self.graph.finalize()
         # The weights stay variables: freezing them into constants bought no
         # speed (grappler fuses conv + bias + ReLU either way) and made the
@@ -117,7 +118,7 @@ class Segmenter:
         if config is None:
             config = session_config(threads, xla=xla, precision=precision)
         self.session = tf1.Session(graph=self.graph, config=config)
-        checkpoint.restore_model(self.session, prefix, variables, saver=self.saver)
+        checkpoint.restore_model(self.session, prefix, variables, saver=saver)
 
     def run(self, batch_rgb, *, scores=False):
         """uint8 [N, H, W, 3] RGB -> (labels uint8/int [N, H, W], logits or None)."""
@@ -224,6 +225,7 @@ def main(argv=None):
     if args.mean is not None and spec.mean_pixel is not None:
         print(f"note: --mean ignored; {prefix}.json gives the mean pixel "
               f"{list(spec.mean_pixel)}", file=sys.stderr)
+    return_freed_memory()
     segmenter = make_segmenter(prefix, engine=args.engine, mean_pixel=args.mean,
                                threads=args.threads, xla=args.xla, precision=args.precision)
     mean_pixel = spec.mean_pixel or args.mean or VGG_MEAN_RGB
