@@ -54,6 +54,7 @@ MODIFIERS = collections.OrderedDict([
     ("transposed", ({"upsample": "transposed"}, {})),   # tf.nn.conv2d_transpose (before)
     ("xla", ({"xla": True}, {})),                       # XLA JIT scope
     ("onednn", ({}, {"TF_ENABLE_ONEDNN_OPTS": "1"})),   # TF's oneDNN kernels
+    ("eigen", ({}, {"TF_ENABLE_ONEDNN_OPTS": "0"})),    # TF's default CPU kernels
     ("bf16", ({"precision": "bfloat16"}, {"TF_ENABLE_ONEDNN_OPTS": "1"})),
     ("inter2", ({"inter_op": 2}, {})),                  # inter-op threads 2 instead of 1
     ("whole", ({"fc_part_width": 0}, {})),              # conv6/conv7 kernels in one piece
@@ -61,6 +62,7 @@ MODIFIERS = collections.OrderedDict([
     ("heap", ({"heap": True}, {})),                     # freed memory kept in glibc's heap
 ])
 ENGINES = ("tf", "onnxruntime")
+TRAIN_ENV = {"TF_ENABLE_ONEDNN_OPTS": "1"}  # what train.py sets unless told otherwise
 
 
 def variant_settings(name):
@@ -452,7 +454,9 @@ def _run_one(args, work, prefix, variant, case, peak):
     if not training and len(_parse_variants(args.variants)) > 1:
         logits_file = os.path.join(work, f"{variant}-{case}.npy")
         extra += ["--save-logits", logits_file]
-    error = _spawn(args, extra, variant_settings(variant)[2])
+    # Training runs with oneDNN unless the variant says otherwise, as train.py does.
+    env = dict(TRAIN_ENV if training else {}, **variant_settings(variant)[2])
+    error = _spawn(args, extra, env)
     record = {"variant": variant, "case": case, "batch": batch, "height": height,
               "width": width, "training": training}
     if error:

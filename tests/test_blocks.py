@@ -13,6 +13,8 @@ from npref import (
     same_padding,
 )
 
+from fcn_graph import model as fcn_model
+
 ODD_SIZES = [(1, 1), (3, 5), (7, 9), (13, 11), (37, 45)]
 
 
@@ -145,6 +147,24 @@ def test_conv2d_same_matches_tf(size, k, s, cin, cout):
     b = _rand(rng, cout)
     ref = conv2d_same(x, w, b, stride=s)
     _assert_close(tf.nn.conv2d(_tf(x), _tf(w), s, "SAME") + _tf(b), ref)
+
+
+@pytest.mark.parametrize("size", ODD_SIZES)
+@pytest.mark.parametrize("k,cin,cout", [(7, 3, 5), (1, 6, 4), (3, 2, 3)])
+def test_dense_conv2d_matches_reference_and_conv_gradients(size, k, cin, cout):
+    rng = np.random.default_rng(sum(size) * k + cin)
+    x, w, b = _rand(rng, 2, *size, cin), _rand(rng, k, k, cin, cout), _rand(rng, cout)
+    _assert_close(fcn_model.dense_conv2d(_tf(x), _tf(w), _tf(b)), conv2d_same(x, w, b))
+    # Its gradients (im2col's included) equal the convolution's.
+    weights = rng.standard_normal((2, *size, cout))
+    grads = []
+    for op in (fcn_model.dense_conv2d, fcn_model.conv2d):
+        tx, tw = tf.Variable(_tf(x)), tf.Variable(_tf(w))
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(op(tx, tw, _tf(b)) * _tf(weights))
+        grads.append([g.numpy().astype(np.float64) for g in tape.gradient(loss, [tx, tw])])
+    for got, want in zip(*grads):
+        _assert_close(got, want)
 
 
 @pytest.mark.parametrize("size", ODD_SIZES)
