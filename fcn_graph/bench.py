@@ -57,8 +57,6 @@ MODIFIERS = collections.OrderedDict([
     ("eigen", ({}, {"TF_ENABLE_ONEDNN_OPTS": "0"})),    # TF's default CPU kernels
     ("bf16", ({"precision": "bfloat16"}, {"TF_ENABLE_ONEDNN_OPTS": "1"})),
     ("inter2", ({"inter_op": 2}, {})),                  # inter-op threads 2 instead of 1
-    ("whole", ({"fc_part_width": 0}, {})),              # conv6/conv7 kernels in one piece
-    ("parts", ({"fc_part_width": 512}, {})),            # ... in parts of 512 channels
     ("heap", ({"heap": True}, {})),                     # freed memory kept in glibc's heap
 ])
 ENGINES = ("tf", "onnxruntime")
@@ -248,15 +246,13 @@ def run_inference_case(args, case):
         segmenter = OnnxSegmenter(args.prefix + ".onnx", threads=args.threads)
     else:
         from fcn_graph.infer import Segmenter
-        from fcn_graph.model import FC_PART_WIDTH
         config = None
         if "inter_op" in options:
             from fcn_graph.session import session_config
             config = session_config(args.threads)
             config.inter_op_parallelism_threads = options["inter_op"]
         segmenter = Segmenter(args.prefix, threads=args.threads, xla=options.get("xla", False),
-                              precision=options.get("precision", "float32"), config=config,
-                              fc_part_width=options.get("fc_part_width", FC_PART_WIDTH))
+                              precision=options.get("precision", "float32"), config=config)
     result = {"load_peak_mib": reset_peak_memory()}
     first, times = time_calls(lambda: segmenter.run(images), warmup=args.warmup,
                               repeats=args.repeats, min_seconds=args.min_seconds)
@@ -308,17 +304,14 @@ def run_training_case(args, case):
         dataset = tf.data.Dataset.from_tensors((images, labels)).repeat()
         dataset = dataset.map(lambda x, y: (tf.cast(x, tf.float32), y)).prefetch(1)
         image_batch, label_batch = tf1.data.make_one_shot_iterator(dataset).get_next()
-        with xla_scope(options.get("xla", False)), tf1.variable_scope(
-                tf1.get_variable_scope(), custom_getter=fcn_model.split_fc_getter(
-                    options.get("fc_part_width", 0))):
+        with xla_scope(options.get("xla", False)):
             logits, _, _ = fcn_model.build(image_batch, spec, keep_prob=0.85)
             loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
                 labels=label_batch, logits=logits))
             train_op = tf1.train.AdamOptimizer(1e-4).minimize(loss)
         variables = fcn_model.model_variables(graph)
         saver = checkpoint.model_saver(variables)
-        restored = set(fcn_model.flat_variables(variables))
-        others = [v for v in tf1.global_variables() if v not in restored]
+        others = [v for v in tf1.global_variables() if v.op.name not in variables]
         init_others = tf1.variables_initializer(others)
         graph.finalize()
     session = tf1.Session(graph=graph, config=session_config(args.threads,

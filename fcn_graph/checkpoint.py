@@ -202,11 +202,6 @@ def restore_model(sess, prefix, variables=None, saver=None):
     check_variables(prefix, variables)
     with sess.graph.as_default():  # outside a graph context, Saver would restore eagerly
         (saver or model_saver(variables)).restore(sess, prefix)
-        # Variables stored in parts: each whole tensor read once and sliced
-        # here (a Saver would read the whole tensor again for every part).
-        for name, parts in variables.items():
-            if isinstance(parts, fcn_model.PartedVariable):
-                assign_arrays(sess, {name: parts}, read_variables(prefix, [name]))
 
 
 def assign_arrays(sess, variables, values):
@@ -217,16 +212,9 @@ def assign_arrays(sess, variables, values):
         variable = variables[name]
         expected = tuple(variable.shape.as_list())
         if tuple(np.shape(value)) != expected:
-            raise UserError(f"{name}: got shape {list(np.shape(value))}, "
+            raise UserError(f"{variable.op.name}: got shape {list(np.shape(value))}, "
                             f"expected {list(expected)}")
-        if isinstance(variable, fcn_model.PartedVariable):
-            for part in variable:
-                info = part._save_slice_info
-                where = tuple(slice(start, start + size)
-                              for start, size in zip(info.var_offset, info.var_shape))
-                sess.run(part.initializer, feed_dict={part.initial_value: value[where]})
-        else:
-            sess.run(variable.initializer, feed_dict={variable.initial_value: value})
+        sess.run(variable.initializer, feed_dict={variable.initial_value: value})
 
 
 def vgg_values(vgg, architecture="legacy"):
@@ -263,12 +251,8 @@ def assign_vgg(sess, vgg, variables=None, architecture="legacy"):
 
 def model_saver(variables, **kwargs):
     """A Saver for the model variables under their checkpoint names (build it
-    before the graph is finalised). Variables stored in parts
-    (`model.split_fc_getter`, inference graphs) are left out: `restore_model`
-    loads them."""
-    whole = {name: variable for name, variable in variables.items()
-             if not isinstance(variable, fcn_model.PartedVariable)}
-    return tf1.train.Saver(var_list=whole, save_relative_paths=True, **kwargs)
+    before the graph is finalised)."""
+    return tf1.train.Saver(var_list=dict(variables), save_relative_paths=True, **kwargs)
 
 
 def save_model(sess, saver, prefix, spec, *, global_step=None, **sidecar_extra):

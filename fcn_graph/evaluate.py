@@ -149,8 +149,7 @@ def main(argv=None):
 
     return_freed_memory()
     graph = tf.Graph()
-    with graph.as_default(), tf1.variable_scope(  # conv6/conv7 in parts, as in infer
-            tf1.get_variable_scope(), custom_getter=fcn_model.split_fc_getter()):
+    with graph.as_default():
         evaluator = Evaluator(files, spec, num_classes=num_classes, max_images=args.max_images)
         variables = fcn_model.model_variables(graph)
         saver = checkpoint.model_saver(variables)

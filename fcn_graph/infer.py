@@ -82,12 +82,10 @@ class Segmenter:
     The input placeholder is [None, None, None, 3]; images of different sizes
     run through the same finalised graph. `xla` and `precision` go to
     `session.session_config`; `config` (a ConfigProto) replaces it outright.
-    conv6/conv7 are stored in parts of `fc_part_width` output channels
-    (`model.split_fc_getter`; 0 keeps them whole).
     """
 
     def __init__(self, prefix, *, mean_pixel=None, threads=None, xla=False,
-                 precision="float32", config=None, fc_part_width=fcn_model.FC_PART_WIDTH):
+                 precision="float32", config=None):
         if precision == "bfloat16" and not onednn_enabled():
             raise UserError("--precision bfloat16: TensorFlow's oneDNN kernels are off; set "
                             "TF_ENABLE_ONEDNN_OPTS=1 in the environment")
@@ -103,9 +101,7 @@ class Segmenter:
             # clustering (global_jit_level) is off on CPUs.
             with xla_scope(xla), tf1.variable_scope(
                     tf1.get_variable_scope(), custom_getter=_constant_getter(
-                        _read_upsampling_kernels(prefix))), tf1.variable_scope(
-                    tf1.get_variable_scope(),
-                    custom_getter=fcn_model.split_fc_getter(fc_part_width)):
+                        _read_upsampling_kernels(prefix))):
                 self.logits, self.prediction, self.end_points = fcn_model.build(
                     self.images, self.spec, mean_pixel=self.mean_pixel)
             variables = fcn_model.model_variables(self.graph)

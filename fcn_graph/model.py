@@ -44,9 +44,6 @@ from collections import OrderedDict
 import numpy as np
 import tensorflow as tf
 
-# What tf1.get_variable returns for a partitioner; tf.compat.v1 does not export the class.
-from tensorflow.python.ops.variables import PartitionedVariable
-
 from fcn_graph.constants import VGG_MEAN_RGB
 
 tf1 = tf.compat.v1
@@ -246,50 +243,59 @@ def conv2d(net, kernel, bias):
     return tf.nn.bias_add(net, bias)
 
 
+# Rows per matrix product in `dense_conv2d`. TensorFlow's CPU matmul with a
+# 25088 x 4096 (conv6) or 4096 x 4096 (conv7) matrix runs at ~140 GFLOP/s up to
+# ~100 rows and at ~80 from 128 rows on (AVX2, 2 cores; docs/performance.md),
+# so a 512x512 image (256 rows) or a batch of eight 224x224 (392) goes through
+# in blocks of at most this many rows.
+MATMUL_ROW_BLOCK = 100
+
+
 def dense_conv2d(net, kernel, bias):
-    """`conv2d` for an odd k x k kernel as one matrix product: the k x k
-    patches of `net` (im2col; SAME pads (k - 1) / 2 on every side, as conv2d
-    does for odd k) times the kernel as a [k*k*Cin, Cout] matrix.
+    """`conv2d` for an odd k x k kernel as a matrix product: the k x k patches
+    of `net` (im2col; SAME pads (k - 1) / 2 on every side, as conv2d does for
+    odd k) times the kernel as a [k*k*Cin, Cout] matrix, `MATMUL_ROW_BLOCK`
+    rows at a time.
 
     conv6 and conv7 use it: with thousands of output channels TensorFlow's CPU
     convolution gradients run at a fifth of the matmul's speed (a training
-    step at 224x224 spends 1.5 s of 4.3 in conv6 alone), while the forward
-    pass is as fast either way. A kernel and bias stored in parts along the
-    output channels (`split_fc_getter`) give one product per part.
+    step at 224x224 spent 1.5 s of 4.3 in conv6 alone), and its forward pass
+    slows down by half for large inputs, as the plain matmul does.
     """
-    parts = list(zip(kernel, bias)) if isinstance(kernel, PartitionedVariable) \
-        else [(kernel, bias)]
-    size, _, c_in, _ = parts[0][0].shape.as_list()
+    size, _, c_in, c_out = kernel.shape.as_list()
     shape = tf.shape(net)
     if size > 1:
         net = tf.image.extract_patches(net, sizes=[1, size, size, 1], strides=[1, 1, 1, 1],
                                        rates=[1, 1, 1, 1], padding="SAME")  # [N, H, W, k*k*Cin]
     rows = tf.reshape(net, [-1, size * size * c_in])                      # [N*H*W, k*k*Cin]
-    outs = [tf.nn.bias_add(tf.matmul(rows, tf.reshape(k, [size * size * c_in, -1])), b)
-            for k, b in parts]
-    out = tf.concat(outs, axis=1) if len(outs) > 1 else outs[0]           # [N*H*W, Cout]
-    c_out = sum(int(k.shape[-1]) for k, _ in parts)
+    out = matmul_in_row_blocks(rows, tf.reshape(kernel, [size * size * c_in, c_out]))
+    out = tf.nn.bias_add(out, bias)                                       # [N*H*W, Cout]
     return tf.reshape(out, tf.concat([shape[:3], [c_out]], axis=0))
 
 
-# conv6/conv7 in parts of this many output channels: with 4096 output channels
-# TensorFlow's CPU matrix products run at about half speed once the layer has a
-# few hundred output positions (512x512 images, batches of 224x224); eight
-# parts of 512 run near the speed of the 3x3 convolutions (docs/performance.md).
-FC_PART_WIDTH = 512
+def matmul_in_row_blocks(rows, matrix, block=MATMUL_ROW_BLOCK):
+    """rows [M, K] @ matrix [K, N], computed in ceil(M / block) blocks of
+    ceil(M / blocks) rows (the last one may be shorter), one after another.
+    Its gradient is the plain product's (two matmuls over all rows)."""
+    @tf.custom_gradient
+    def product(rows, matrix):
+        count = tf.shape(rows)[0]
+        blocks = tf.maximum((count + block - 1) // block, 1)
+        step = (count + blocks - 1) // blocks
 
+        def body(i, outputs):
+            return i + 1, outputs.write(i, tf.matmul(rows[i * step:(i + 1) * step], matrix))
 
-def split_fc_getter(part_width=FC_PART_WIDTH):
-    """A custom getter (for `tf1.variable_scope(custom_getter=...)`) that
-    stores conv6's and conv7's kernels and biases as variables of `part_width`
-    output channels each. A Saver restores and saves them as slices of the
-    whole tensors, under the same checkpoint names (`model_variables`)."""
-    def getter(getter, name, *args, shape=None, **kwargs):
-        parts = (shape[-1] // part_width) if shape and part_width else 0
-        if name.rsplit("/", 1)[-1] in ("W6", "b6", "W7", "b7") and parts > 1:
-            kwargs["partitioner"] = tf1.fixed_size_partitioner(parts, axis=len(shape) - 1)
-        return getter(name, *args, shape=shape, **kwargs)
-    return getter
+        outputs = tf.TensorArray(rows.dtype, size=blocks, infer_shape=False,
+                                 element_shape=tf.TensorShape([None, matrix.shape[1]]))
+        _, outputs = tf.while_loop(lambda i, _: i < blocks, body, [0, outputs],
+                                   parallel_iterations=1)
+
+        def grad(upstream):
+            return (tf.matmul(upstream, matrix, transpose_b=True),
+                    tf.matmul(rows, upstream, transpose_a=True))
+        return outputs.concat(), grad
+    return product(rows, matrix)
 
 
 def pool2x2(net, method):
@@ -586,29 +592,6 @@ def model_variables(graph=None, scope=SCOPE):
     """The model's global variables (not optimizer slots or the global step),
     keyed by their checkpoint names."""
     graph = graph or tf1.get_default_graph()
-    found = OrderedDict()
-    for variable in graph.get_collection(tf1.GraphKeys.GLOBAL_VARIABLES, scope=scope + "/"):
-        part = getattr(variable, "_save_slice_info", None)
-        if part is not None:  # one part of a variable stored in parts
-            found.setdefault(part.full_name, []).append(variable)
-        elif variable.op.name.count("/") == 1:  # not an optimizer slot ("inference/W6/Adam")
-            found[variable.op.name] = variable
-    return OrderedDict(
-        (name, PartedVariable(name, value) if isinstance(value, list) else value)
-        for name, value in found.items())
-
-
-def flat_variables(variables):
-    """The tf.Variables of a `model_variables` dict, parts included."""
-    for value in variables.values():
-        yield from (value if isinstance(value, PartedVariable) else [value])
-
-
-class PartedVariable(list):
-    """The parts of one variable (in offset order), with the whole `shape`;
-    `Saver(var_list={name: parts})` saves and restores them as slices."""
-
-    def __init__(self, name, parts):
-        super().__init__(sorted(parts, key=lambda p: p._save_slice_info.var_offset))
-        self.name = name
-        self.shape = tf.TensorShape(self[0]._save_slice_info.full_shape)
+    variables = graph.get_collection(tf1.GraphKeys.GLOBAL_VARIABLES, scope=scope + "/")
+    # Optimizer slots live one level deeper ("inference/W6/Adam").
+    return OrderedDict((v.op.name, v) for v in variables if v.op.name.count("/") == 1)

@@ -167,6 +167,35 @@ def test_dense_conv2d_matches_reference_and_conv_gradients(size, k, cin, cout):
         _assert_close(got, want)
 
 
+@pytest.mark.parametrize("rows,block", [(1, 3), (7, 3), (9, 3), (10, 4), (5, 100), (0, 3)])
+def test_matmul_in_row_blocks_matches_numpy_with_plain_gradients(rows, block):
+    rng = np.random.default_rng(rows * 10 + block)
+    a, m = _rand(rng, rows, 6), _rand(rng, 6, 5)
+    upstream = rng.standard_normal((rows, 5))
+    ta, tm = tf.Variable(_tf(a)), tf.Variable(_tf(m))
+    with tf.GradientTape() as tape:
+        out = fcn_model.matmul_in_row_blocks(ta, tm, block=block)
+        loss = tf.reduce_sum(out * _tf(upstream))
+    if rows == 0:  # an empty batch gives an empty product
+        assert out.shape == (0, 5)
+        return
+    _assert_close(out, a @ m)
+    got_a, got_m = tape.gradient(loss, [ta, tm])
+    _assert_close(got_a, upstream @ m.T)
+    _assert_close(got_m, a.T @ upstream)
+
+
+def test_matmul_in_row_blocks_in_a_graph_with_unknown_rows():
+    rng = np.random.default_rng(5)
+    m = _rand(rng, 4, 3)
+    with tf.Graph().as_default(), tf.compat.v1.Session() as sess:
+        rows = tf.compat.v1.placeholder(tf.float32, [None, 4])
+        out = fcn_model.matmul_in_row_blocks(rows, _tf(m), block=4)
+        for count in (1, 4, 5, 13):
+            a = _rand(rng, count, 4)
+            _assert_close(sess.run(out, {rows: a}), a @ m)
+
+
 @pytest.mark.parametrize("size", ODD_SIZES)
 @pytest.mark.parametrize("channels", [1, 5])
 def test_pools_match_tf(size, channels):

@@ -133,26 +133,3 @@ def test_config_names_the_checkpoint_directory(tmp_path, tiny_checkpoint):
     with pytest.raises(SystemExit):
         infer.main([str(tmp_path / "a.png")])  # neither --checkpoint nor --config
 
-
-def test_conv6_conv7_in_parts_match_whole(tmp_path, tiny_mat):
-    # fc width 37 in parts of 8: four parts of 10, 9, 9, 9 output channels.
-    prefix = str(tmp_path / "ckpt" / "odd")
-    assert port.main(["mat2ckpt", tiny_mat, "--num-classes", "5", "--fc-width", "37",
-                      "--out", prefix]) == 0
-    rgb = np.random.default_rng(3).integers(0, 256, (2, 41, 29, 3), dtype=np.uint8)
-    parted = infer.Segmenter(prefix, fc_part_width=8)
-    whole = infer.Segmenter(prefix, fc_part_width=0)
-    variables = infer.fcn_model.model_variables(parted.graph)
-    assert [p.shape.as_list()[-1] for p in variables["inference/W6"]] == [10, 9, 9, 9]
-    assert [p.shape.as_list() for p in variables["inference/b7"]] == [[10], [9], [9], [9]]
-    assert variables["inference/W6"].shape.as_list()[-1] == 37
-    labels, scores = parted.run(rgb, scores=True)
-    want_labels, want_scores = whole.run(rgb, scores=True)
-    for image, got in zip(rgb, scores):
-        want = _reference_logits(prefix, image)
-        assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
-    assert np.abs(scores - want_scores).max() <= 1e-6 * np.abs(want_scores).max()
-    np.testing.assert_array_equal(labels, want_labels)
-
-    parted.close()
-    whole.close()
