@@ -337,9 +337,9 @@ def worker_main(args):
                      width_multiplier=args.width_multiplier, fc_width=args.fc_width)
         return 0
     if case == "make-onnx":
-        from fcn_graph.onnx_engine import build_onnx_model
-        with open(args.prefix + ".onnx", "wb") as handle:
-            handle.write(build_onnx_model(args.prefix).SerializeToString())
+        from fcn_graph.onnx_engine import build_onnx_model, save_model
+        # as `export --format onnx --external-data` writes it (lower load peak)
+        save_model(build_onnx_model(args.prefix), args.prefix + ".onnx", external_data=True)
         return 0
     if case == "sgemm":
         median, best = sgemm_gflops(args.sgemm_size, repeats=args.sgemm_repeats)
