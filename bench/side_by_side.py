@@ -122,7 +122,7 @@ def main(argv=None):
     parser.add_argument("--peer-onnx", default="/tmp/peer_bench_work/fcn8s_vgg19.onnx")
     parser.add_argument("--onnx", help="torch: our ONNX model (written by the other modes)")
     args = parser.parse_args(argv)
-    sys.path.insert(0, PEERS_DIR)
+    sys.path[:0] = [os.path.join(HERE, ".."), PEERS_DIR]  # fcn_graph without installing it
     os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
     prefix, onnx_path = None, args.onnx
     if args.engine == "tf":
