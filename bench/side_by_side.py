@@ -22,10 +22,13 @@ import statistics
 import sys
 import time
 
-import numpy as np
-
 HERE = os.path.dirname(os.path.abspath(__file__))
 PEERS_DIR = os.path.join(HERE, "..", "..", "shared", "bench-peers")
+sys.path.insert(0, os.path.join(HERE, ".."))  # fcn_graph without installing it
+
+from fcn_graph.bench import case_images  # noqa: E402
+from fcn_graph.errors import run_cli  # noqa: E402
+
 THREADS = 2
 
 
@@ -41,12 +44,17 @@ def ours_weights(work):
     return prefix, onnx_path
 
 
-def ort_session(path):
-    import onnxruntime as ort
+def peer_onnx_session(path):
+    """The peers' ONNX model under our engine's session options."""
+    from fcn_graph.onnx_engine import load_session, session_options
+    return load_session(path, session_options(THREADS), ["CPUExecutionProvider"])
 
-    from fcn_graph.onnx_engine import session_options
-    return ort.InferenceSession(path, session_options(THREADS),
-                                providers=["CPUExecutionProvider"])
+
+def ours_onnx(onnx_path, batch, size):
+    """A call of our ONNX Runtime engine on a `batch` of `size` x `size` images."""
+    from fcn_graph.onnx_engine import OnnxSegmenter
+    segmenter, images = OnnxSegmenter(onnx_path, threads=THREADS), case_images(batch, size, size)
+    return lambda: segmenter.run(images)[0]
 
 
 def contenders_tf(args, batch, size, prefix, _onnx):
@@ -58,7 +66,7 @@ def contenders_tf(args, batch, size, prefix, _onnx):
         args.segmenter = Segmenter(prefix, threads=THREADS)
     _, pred_model = peer_tf.build(batch, size, size)
     x = tf.constant(fcn_spec.make_input(batch, size, size, layout="NHWC"))
-    images = _images(batch, size)
+    images = case_images(batch, size, size)
     found = {"fcn_graph tf": lambda: args.segmenter.run(images)[0]}
     for name, jit in (("peer tf-function", False), ("peer tf-xla", True)):
         function = tf.function(lambda t: pred_model(t, training=False), jit_compile=jit)
@@ -68,10 +76,9 @@ def contenders_tf(args, batch, size, prefix, _onnx):
 
 def contenders_onnxruntime(args, batch, size, _prefix, onnx_path):
     import fcn_spec
-    ours, peer = ort_session(onnx_path), ort_session(args.peer_onnx)
-    images = _images(batch, size)
+    peer = peer_onnx_session(args.peer_onnx)
     x = fcn_spec.make_input(batch, size, size, layout="NCHW")
-    return {"fcn_graph onnxruntime": lambda: ours.run(["labels"], {"images": images})[0],
+    return {"fcn_graph onnxruntime": ours_onnx(onnx_path, batch, size),
             "peer onnxruntime": lambda: peer.run(["pred"], {"x": x})[0]}
 
 
@@ -84,18 +91,12 @@ def contenders_torch(args, batch, size, _prefix, onnx_path):
     inductor_config.freezing = True  # the peers' fastest variant: torch-compile-freeze
     model = torch.compile(torch_model.build(seed=0).eval())
     x = torch.from_numpy(fcn_spec.make_input(batch, size, size, layout="NCHW"))
-    ours = ort_session(onnx_path)
-    images = _images(batch, size)
 
     def peer():
         with torch.inference_mode():
             return model(x).argmax(1).numpy()
-    return {"fcn_graph onnxruntime": lambda: ours.run(["labels"], {"images": images})[0],
+    return {"fcn_graph onnxruntime": ours_onnx(onnx_path, batch, size),
             "peer torch-compile-freeze": peer}
-
-
-def _images(batch, size):
-    return np.random.default_rng(0).integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
 
 
 def interleave(calls, rounds, warmup=3):
@@ -122,7 +123,9 @@ def main(argv=None):
     parser.add_argument("--peer-onnx", default="/tmp/peer_bench_work/fcn8s_vgg19.onnx")
     parser.add_argument("--onnx", help="torch: our ONNX model (written by the other modes)")
     args = parser.parse_args(argv)
-    sys.path[:0] = [os.path.join(HERE, ".."), PEERS_DIR]  # fcn_graph without installing it
+    if not os.path.isfile(os.path.join(PEERS_DIR, "fcn_spec.py")):
+        parser.error(f"{os.path.normpath(PEERS_DIR)}: the peers' benchmark (fcn_spec.py) is not there")
+    sys.path.insert(0, PEERS_DIR)
     os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
     prefix, onnx_path = None, args.onnx
     if args.engine == "tf":
@@ -148,4 +151,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main, prog="bench/side_by_side.py"))

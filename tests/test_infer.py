@@ -132,4 +132,3 @@ def test_config_names_the_checkpoint_directory(tmp_path, tiny_checkpoint):
     assert os.path.exists(os.path.join(out, "a.png"))
     with pytest.raises(SystemExit):
         infer.main([str(tmp_path / "a.png")])  # neither --checkpoint nor --config
-
