@@ -123,6 +123,14 @@ def main(argv=None):
     parser.add_argument("--peer-onnx", default="/tmp/peer_bench_work/fcn8s_vgg19.onnx")
     parser.add_argument("--onnx", help="torch: our ONNX model (written by the other modes)")
     args = parser.parse_args(argv)
+    cases = []
+    for case in args.cases.split(","):
+        size, _, batch = case.partition("x")
+        if not (size.isdigit() and batch.isdigit() and int(size) > 0 and int(batch) > 0):
+            parser.error(f"--cases: expected SIZExBATCH like 224x1, found {case!r}")
+        cases.append((int(size), int(batch)))
+    if args.rounds < 1:
+        parser.error(f"--rounds: expected a positive integer, found {args.rounds}")
     if not os.path.isfile(os.path.join(PEERS_DIR, "fcn_spec.py")):
         parser.error(f"{os.path.normpath(PEERS_DIR)}: the peers' benchmark (fcn_spec.py) is not there")
     sys.path.insert(0, PEERS_DIR)
@@ -141,8 +149,7 @@ def main(argv=None):
     return_freed_memory()
     build = {"tf": contenders_tf, "onnxruntime": contenders_onnxruntime,
              "torch": contenders_torch}[args.engine]
-    for case in args.cases.split(","):
-        size, batch = (int(v) for v in case.split("x"))
+    for size, batch in cases:
         times = interleave(build(args, batch, size, prefix, onnx_path), args.rounds)
         print(f"{size}x{size} batch {batch}: " + "; ".join(
             f"{name} {statistics.median(t) * 1e3:.0f} / {min(t) * 1e3:.0f} ms"
