@@ -136,6 +136,7 @@ def main(argv=None):
                         f"--checkpoint")
     prefix = checkpoint.resolve_checkpoint(source)
     spec = checkpoint.model_spec_from_checkpoint(prefix)
+    imageio.check_num_classes(spec.num_classes, f"{prefix} (checkpoint)")
     split = args.split or config.data.val_split
     files = datasets.open_config_split(config, split)
     num_classes = spec.num_classes
