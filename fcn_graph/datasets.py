@@ -142,11 +142,22 @@ def class_names_for(files, num_classes):
     return names + [f"class_{i}" for i in range(len(names), num_classes)]
 
 
+def _read_lines(path, what):
+    """The lines of a UTF-8 text file, or a UserError naming it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().splitlines()
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not UTF-8 text (byte {err.start}; expected {what})") from None
+    except OSError as err:
+        raise UserError(f"{path}: cannot read ({err.strerror or err}; expected {what})") from None
+
+
 def _read_list(path, what):
     if not os.path.isfile(path):
         raise UserError(f"{path}: split file not found ({what})")
-    with open(path) as f:
-        stems = [line.split()[0] for line in f if line.strip() and not line.startswith("#")]
+    stems = [line.split()[0] for line in _read_lines(path, f"a split file, {what}")
+             if line.strip() and not line.startswith("#")]
     if not stems:
         raise UserError(f"{path}: split file is empty ({what})")
     return stems
@@ -205,13 +216,12 @@ def _ade20k_class_names(base):
     names = ["other"] + [f"class_{i}" for i in range(1, ADE20K_NUM_CLASSES)]
     info = os.path.join(base, "objectInfo150.txt")
     if os.path.isfile(info):
-        with open(info) as f:
-            for line in f.readlines()[1:]:
-                fields = line.rstrip("\n").split("\t")
-                if len(fields) >= 5 and fields[0].strip().isdigit():
-                    index = int(fields[0])
-                    if 0 < index < ADE20K_NUM_CLASSES:
-                        names[index] = fields[4].split(",")[0].strip()
+        for line in _read_lines(info, "ADE20K's tab-separated class list")[1:]:
+            fields = line.split("\t")
+            if len(fields) >= 5 and fields[0].strip().isdigit():
+                index = int(fields[0])
+                if 0 < index < ADE20K_NUM_CLASSES:
+                    names[index] = fields[4].split(",")[0].strip()
     return tuple(names)
 
 
@@ -244,8 +254,8 @@ def _folder(root, split, seed, val_fraction, kind):
     class_names = ()
     classes_file = os.path.join(root, "classes.txt")
     if os.path.isfile(classes_file):
-        with open(classes_file) as f:
-            class_names = tuple(line.strip() for line in f if line.strip())
+        class_names = tuple(line.strip() for line in
+                            _read_lines(classes_file, "one class name per line") if line.strip())
         if not class_names:
             raise UserError(f"{classes_file}: empty; expected one class name per line")
         imageio.check_num_classes(len(class_names), classes_file)
