@@ -2,9 +2,10 @@
 
 `history.jsonl` in the log directory gets one record per logged step
 (`{"step": 120, "loss": 0.41}`) and per evaluation (`{"step": 1000, "mean_iou": 0.83,
-...}`). Appending is not atomic, so the reader skips a torn last line; after a
-resume, records past the resumed step (written after the last checkpoint) are
-superseded by the new ones.
+...}`), as strict JSON (an undefined metric is null, never NaN). Appending is
+not atomic, so the reader skips a torn last line; after a resume, records past
+the resumed step (written after the last checkpoint) are superseded by the new
+ones.
 """
 
 import json
@@ -13,6 +14,8 @@ import os
 import cv2
 import numpy as np
 
+from fcn_graph.errors import UserError
+from fcn_graph.fileio import json_text
 from fcn_graph.imageio import write_image
 
 HISTORY_NAME = "history.jsonl"
@@ -20,45 +23,67 @@ CURVES_NAME = "training_curves.png"
 
 
 def append_history(log_dir, record):
+    """Append `record` as one line of strict JSON (NaN or infinity raise ValueError;
+    undefined values are None, written as null)."""
     path = os.path.join(log_dir, HISTORY_NAME)
-    torn = False
-    if os.path.exists(path) and os.path.getsize(path):
-        with open(path, "rb") as handle:
-            handle.seek(-1, os.SEEK_END)
-            torn = handle.read(1) != b"\n"  # the last write was cut short
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(("\n" if torn else "") + json.dumps(record) + "\n")
+    line = json_text(record, where=path) + "\n"
+    try:
+        torn = False
+        if os.path.exists(path) and os.path.getsize(path):
+            with open(path, "rb") as handle:
+                handle.seek(-1, os.SEEK_END)
+                torn = handle.read(1) != b"\n"  # the last write was cut short
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(("\n" if torn else "") + line)
+    except OSError as err:
+        raise UserError(f"{path}: cannot append to the training history "
+                        f"({err.strerror or err})") from None
 
 
 def read_history(log_dir):
     """The records, sorted by step. Loss records and evaluation records are
     followed separately; a record whose step is not after the previous one of its
-    kind marks a resumed run, and the stale records from that step on are dropped."""
+    kind marks a resumed run, and the stale records from that step on are dropped.
+    Lines that are not a JSON object with an integer step (a line torn by a
+    killed write, bytes that are not UTF-8) are skipped; values may be null.
+    A history path that is not a regular file is a UserError."""
     path = os.path.join(log_dir, HISTORY_NAME)
     kinds = {True: [], False: []}
-    if not os.path.exists(path):
+    if not os.path.lexists(path):
         return []
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue  # a line torn by a crash
-            if not isinstance(record, dict) or not isinstance(record.get("step"), int):
-                continue
-            same = kinds["loss" in record]
-            while same and same[-1]["step"] >= record["step"]:
-                same.pop()
-            same.append(record)
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: expected the training history, a JSON-lines file; found "
+                        f"something that is not a regular file")
+    try:
+        with open(path, "rb") as handle:
+            lines = handle.read().split(b"\n")
+    except OSError as err:
+        raise UserError(f"{path}: cannot read the training history ({err.strerror or err})") \
+            from None
+    for line in lines:
+        try:
+            record = json.loads(line.decode("utf-8"))
+        except ValueError:
+            continue  # a line torn by a crash (UnicodeDecodeError is a ValueError)
+        step = record.get("step") if isinstance(record, dict) else None
+        if not isinstance(step, int) or isinstance(step, bool):
+            continue
+        same = kinds["loss" in record]
+        while same and same[-1]["step"] >= step:
+            same.pop()
+        same.append(record)
     return sorted(kinds[True] + kinds[False], key=lambda record: record["step"])
 
 
 def series(records, key):
-    """(steps, values) of the records that have `key`, sorted by step, one per step."""
+    """(steps, values) of the records whose `key` is a finite number, sorted by
+    step, one per step; null (undefined) values are left out."""
     points = {}
     for record in records:
-        if key in record and record[key] is not None and np.isfinite(record[key]):
-            points[int(record["step"])] = float(record[key])
+        value = record.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) \
+                and np.isfinite(value):
+            points[int(record["step"])] = float(value)
     steps = sorted(points)
     return np.asarray(steps, float), np.asarray([points[s] for s in steps], float)
 

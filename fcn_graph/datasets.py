@@ -16,13 +16,16 @@ Layouts (`data.kind`):
     shapes  generated on first use (see fcn_graph.shapes), then read as `folder`.
 
 `open_split` scans a split before training starts (missing split files, empty
-splits and images without labels are `UserError`s naming the file). Each label
-is checked when the pipeline first reads it (size equal to its image, values in
-[0, num_classes) or IGNORE_LABEL); a failure raises `LabelFileError` inside the
-pipeline, which `data_error_message` turns back into a one-line message.
+splits and images without labels are `UserError`s naming the file). Each image
+and label is checked when the pipeline first reads it (the image decodable, the
+label the size of its image with values in [0, num_classes) or IGNORE_LABEL); a
+failure raises `ImageFileError` or `LabelFileError` inside the pipeline, which
+`data_error_message` turns back into a one-line message naming the file.
 
-Labels are read with Pillow, never with `tf.io.decode_png`: for palette PNGs
-the latter returns the palette colours instead of the indices.
+Images are decoded by `imageio.read_image` (OpenCV, accurate IDCT), the reader
+infer uses, so training, evaluation and inference see the same pixels. Labels
+are read with Pillow, never with `tf.io.decode_png`: for palette PNGs the latter
+returns the palette colours instead of the indices.
 """
 
 import os
@@ -73,6 +76,10 @@ class SplitFiles:
 
 class LabelFileError(Exception):
     """A label file that cannot be used; raised inside the tf.data pipeline."""
+
+
+class ImageFileError(Exception):
+    """An image file that cannot be decoded; raised inside the tf.data pipeline."""
 
 
 # --------------------------------------------------------------------------- file lists
@@ -135,11 +142,22 @@ def class_names_for(files, num_classes):
     return names + [f"class_{i}" for i in range(len(names), num_classes)]
 
 
+def _read_lines(path, what):
+    """The lines of a UTF-8 text file, or a UserError naming it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().splitlines()
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not UTF-8 text (byte {err.start}; expected {what})") from None
+    except OSError as err:
+        raise UserError(f"{path}: cannot read ({err.strerror or err}; expected {what})") from None
+
+
 def _read_list(path, what):
     if not os.path.isfile(path):
         raise UserError(f"{path}: split file not found ({what})")
-    with open(path) as f:
-        stems = [line.split()[0] for line in f if line.strip() and not line.startswith("#")]
+    stems = [line.split()[0] for line in _read_lines(path, f"a split file, {what}")
+             if line.strip() and not line.startswith("#")]
     if not stems:
         raise UserError(f"{path}: split file is empty ({what})")
     return stems
@@ -198,13 +216,12 @@ def _ade20k_class_names(base):
     names = ["other"] + [f"class_{i}" for i in range(1, ADE20K_NUM_CLASSES)]
     info = os.path.join(base, "objectInfo150.txt")
     if os.path.isfile(info):
-        with open(info) as f:
-            for line in f.readlines()[1:]:
-                fields = line.rstrip("\n").split("\t")
-                if len(fields) >= 5 and fields[0].strip().isdigit():
-                    index = int(fields[0])
-                    if 0 < index < ADE20K_NUM_CLASSES:
-                        names[index] = fields[4].split(",")[0].strip()
+        for line in _read_lines(info, "ADE20K's tab-separated class list")[1:]:
+            fields = line.split("\t")
+            if len(fields) >= 5 and fields[0].strip().isdigit():
+                index = int(fields[0])
+                if 0 < index < ADE20K_NUM_CLASSES:
+                    names[index] = fields[4].split(",")[0].strip()
     return tuple(names)
 
 
@@ -237,10 +254,11 @@ def _folder(root, split, seed, val_fraction, kind):
     class_names = ()
     classes_file = os.path.join(root, "classes.txt")
     if os.path.isfile(classes_file):
-        with open(classes_file) as f:
-            class_names = tuple(line.strip() for line in f if line.strip())
+        class_names = tuple(line.strip() for line in
+                            _read_lines(classes_file, "one class name per line") if line.strip())
         if not class_names:
             raise UserError(f"{classes_file}: empty; expected one class name per line")
+        imageio.check_num_classes(len(class_names), classes_file)
     list_file = os.path.join(root, f"{split}.txt")
     if os.path.isfile(list_file):
         by_stem = _images_by_stem(image_dir)
@@ -330,25 +348,41 @@ def read_label(label_path, num_classes, offset=0, image_path=None, image_hw=None
     return values.astype(np.uint8)
 
 
+def read_pair(image_path, label_path, num_classes, offset=0):
+    """Decode one (image uint8 [H, W, 3], label uint8 [H, W]) pair with the readers
+    that infer uses (`imageio.read_image`, `read_label`), so that every command
+    sees the same pixels of a file. Raises `ImageFileError` naming an image that
+    cannot be decoded and `LabelFileError` for a label `read_label` refuses."""
+    try:
+        image = imageio.read_image(image_path)
+    except UserError as err:
+        raise ImageFileError(str(err)) from None
+    label = read_label(label_path, num_classes, offset, image_path, image.shape[:2])
+    return image, label
+
+
 def _load_pair(image_path, label_path, *, num_classes, offset):
-    """Decode one (image float32 [H, W, 3], label uint8 [H, W]) pair, in the graph."""
-    image = tf.io.decode_image(tf.io.read_file(image_path), channels=3, expand_animations=False)
-    image_hw = tf.shape(image)[:2]
+    """Decode one (image float32 [H, W, 3], label uint8 [H, W]) pair, in the graph.
 
-    def load(label_path_bytes, image_path_bytes, hw):
-        return read_label(label_path_bytes.decode(), num_classes, offset,
-                          image_path_bytes.decode(), hw)
+    Decoding runs in Python through `read_pair` rather than `tf.io.decode_image`,
+    whose JPEG decoder uses a faster, less accurate IDCT than OpenCV's and
+    Pillow's and whose errors do not name the file.
+    """
+    def load(image_path_bytes, label_path_bytes):
+        return read_pair(image_path_bytes.decode(), label_path_bytes.decode(), num_classes,
+                         offset)
 
-    label = tf.numpy_function(load, [label_path, image_path, image_hw], tf.uint8,
-                              stateful=False, name="read_label")
-    label = tf.reshape(label, image_hw)
+    image, label = tf.numpy_function(load, [image_path, label_path], (tf.uint8, tf.uint8),
+                                     stateful=False, name="read_pair")
+    image = tf.ensure_shape(image, [None, None, 3])  # [H, W, 3]
+    label = tf.reshape(label, tf.shape(image)[:2])  # [H, W]
     return tf.cast(image, tf.float32), label
 
 
 def data_error_message(err):
     """One line describing a tf.data failure (`tf.errors.OpError`), naming the file."""
     text = getattr(err, "message", str(err))
-    match = re.search(r"LabelFileError: ([^\n]*)", text)
+    match = re.search(r"(?:LabelFileError|ImageFileError): ([^\n]*)", text)
     if match:
         return match.group(1)
     lines = [line.strip() for line in text.splitlines() if line.strip()]

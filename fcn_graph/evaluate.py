@@ -20,6 +20,7 @@ import tensorflow as tf
 from fcn_graph import checkpoint, datasets, imageio
 from fcn_graph import model as fcn_model
 from fcn_graph.config import add_config_args, load_config
+from fcn_graph.constants import IGNORE_LABEL
 from fcn_graph.errors import UserError, run_cli
 from fcn_graph.fileio import write_json_atomic
 from fcn_graph.infer import make_segmenter
@@ -136,6 +137,7 @@ def main(argv=None):
                         f"--checkpoint")
     prefix = checkpoint.resolve_checkpoint(source)
     spec = checkpoint.model_spec_from_checkpoint(prefix)
+    imageio.check_num_classes(spec.num_classes, f"{prefix} (checkpoint)")
     split = args.split or config.data.val_split
     files = datasets.open_config_split(config, split)
     num_classes = spec.num_classes
@@ -182,6 +184,10 @@ def main(argv=None):
             progress.close()
             if segmenter is not None:
                 segmenter.close()
+    if not metrics["labelled_pixels"]:
+        raise UserError(f"{files.kind} split {split!r}: no pixel is labelled in the "
+                        f"{metrics['num_images']} images evaluated (every label value is "
+                        f"{IGNORE_LABEL}, the ignore label), so no metric is defined")
     print(format_metrics(metrics, class_names))
     if args.json:
         write_json_atomic(args.json, metrics_record(metrics, class_names, checkpoint=prefix,

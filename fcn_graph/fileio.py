@@ -63,13 +63,25 @@ def _json_default(obj):
     raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
 
 
+def json_text(obj, *, indent=None, where="JSON"):
+    """`obj` as strict JSON text: NaN and infinite numbers raise ValueError
+    naming `where` (standard JSON has no such values; write None instead)."""
+    try:
+        return json.dumps(obj, indent=indent, ensure_ascii=False, allow_nan=False,
+                          default=_json_default)
+    except ValueError as err:
+        raise ValueError(f"{where}: {err} (NaN and infinite numbers have no strict JSON "
+                         "form; undefined values are written as null)") from None
+
+
 def write_json_atomic(path, obj, *, indent=2):
     """Write `obj` as UTF-8 JSON (keys in insertion order, trailing newline), atomically.
 
-    NumPy scalars and arrays are written as numbers and lists; anything else
-    that json cannot write raises TypeError before `path` is touched.
+    NumPy scalars and arrays are written as numbers and lists. The JSON is
+    strict: NaN and infinite numbers raise ValueError naming `path`, and anything
+    else that json cannot write raises TypeError, both before `path` is touched.
     """
-    text = json.dumps(obj, indent=indent, ensure_ascii=False, default=_json_default) + "\n"
+    text = json_text(obj, indent=indent, where=path) + "\n"
     with atomic_write(path) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)

@@ -17,11 +17,25 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from fcn_graph.constants import voc_palette
+from fcn_graph.constants import IGNORE_LABEL, voc_palette
 from fcn_graph.errors import UserError
 from fcn_graph.fileio import atomic_write
 
 _IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+
+# Label PNGs hold one byte per pixel and IGNORE_LABEL (255) marks ignored pixels,
+# so class ids are 0..254: at most 255 classes.
+MAX_CLASSES = IGNORE_LABEL
+
+
+def check_num_classes(num_classes, where):
+    """Raise UserError naming `where` (a flag, key or checkpoint) when
+    `num_classes` is more than MAX_CLASSES."""
+    if num_classes > MAX_CLASSES:
+        raise UserError(
+            f"{where}: expected at most {MAX_CLASSES} classes (label PNGs store class ids "
+            f"0..{MAX_CLASSES - 1}; {IGNORE_LABEL} is the ignore label), found {num_classes}"
+        )
 
 
 def _read_bytes(path, expected):

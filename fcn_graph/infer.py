@@ -218,6 +218,7 @@ def main(argv=None):
     paths = list_images(args.inputs)
     prefix = checkpoint.resolve_checkpoint(source)
     spec = checkpoint.model_spec_from_checkpoint(prefix)
+    imageio.check_num_classes(spec.num_classes, f"{prefix} (checkpoint)")
     if args.mean is not None and spec.mean_pixel is not None:
         print(f"note: --mean ignored; {prefix}.json gives the mean pixel "
               f"{list(spec.mean_pixel)}", file=sys.stderr)

@@ -9,7 +9,10 @@ accumulated over a whole split. From it:
     freq            = hist.sum(1) / hist.sum()
     frequency-weighted IU = (freq[freq > 0] * IU[freq > 0]).sum()
 
-Pixels labelled IGNORE_LABEL are left out of the matrix.
+Pixels labelled IGNORE_LABEL are left out of the matrix. A value that is
+undefined (no labelled pixel at all; a class absent from both labels and
+predictions) is None, never NaN, so that it is written as JSON null and printed
+as "n/a"; the means are taken over the classes whose value is defined.
 """
 
 import numpy as np
@@ -62,8 +65,9 @@ class ConfusionMatrix:
 
     def compute(self):
         """Return a dict of pixel_accuracy, mean_accuracy, mean_iou,
-        frequency_weighted_iou (floats; nan when nothing was counted) and
-        per_class_iou (a list; None for classes absent from labels and predictions).
+        frequency_weighted_iou (floats; None when nothing was counted),
+        per_class_iou (a list; None for classes absent from labels and predictions)
+        and labelled_pixels (the number of pixels counted).
         """
         return compute_metrics(self.hist)
 
@@ -76,39 +80,47 @@ def compute_metrics(hist):
     label_counts = hist.sum(1)
     union = label_counts + hist.sum(0) - diag
     with np.errstate(divide="ignore", invalid="ignore"):
-        pixel_accuracy = diag.sum() / total if total else float("nan")
         class_accuracy = diag / label_counts
         iu = diag / union
-        freq = label_counts / total if total else np.zeros_like(label_counts)
-    mean_accuracy = _nanmean(class_accuracy)
-    mean_iou = _nanmean(iu)
-    fw_iou = float((freq[freq > 0] * iu[freq > 0]).sum()) if total else float("nan")
+    if total:
+        freq = label_counts / total
+        pixel_accuracy = float(diag.sum() / total)
+        fw_iou = float((freq[freq > 0] * iu[freq > 0]).sum())
+    else:
+        pixel_accuracy = fw_iou = None
     return {
-        "pixel_accuracy": float(pixel_accuracy),
-        "mean_accuracy": mean_accuracy,
-        "mean_iou": mean_iou,
+        "pixel_accuracy": pixel_accuracy,
+        "mean_accuracy": _nanmean(class_accuracy),
+        "mean_iou": _nanmean(iu),
         "frequency_weighted_iou": fw_iou,
         "per_class_iou": [None if np.isnan(v) else float(v) for v in iu],
+        "labelled_pixels": int(total),
     }
 
 
 def _nanmean(values):
+    """The mean of the defined (non-NaN) values; None when there are none."""
     values = values[~np.isnan(values)]
-    return float(values.mean()) if values.size else float("nan")
+    return float(values.mean()) if values.size else None
+
+
+def format_value(value):
+    """A metric as text: four decimals, or "n/a" when it is undefined (None)."""
+    return "n/a" if value is None else f"{value:.4f}"
 
 
 def format_metrics(metrics, class_names=None):
     """A text report: the four metrics, then one line per class with its IoU."""
     lines = [
-        f"pixel accuracy          {metrics['pixel_accuracy']:.4f}",
-        f"mean accuracy           {metrics['mean_accuracy']:.4f}",
-        f"mean IU                 {metrics['mean_iou']:.4f}",
-        f"frequency weighted IU   {metrics['frequency_weighted_iou']:.4f}",
+        f"pixel accuracy          {format_value(metrics['pixel_accuracy'])}",
+        f"mean accuracy           {format_value(metrics['mean_accuracy'])}",
+        f"mean IU                 {format_value(metrics['mean_iou'])}",
+        f"frequency weighted IU   {format_value(metrics['frequency_weighted_iou'])}",
         "",
         f"{'class':>5}  {'name':<24} IoU",
     ]
     for index, value in enumerate(metrics["per_class_iou"]):
         name = class_names[index] if class_names and index < len(class_names) else ""
-        shown = "   -  (absent)" if value is None else f"{value:.4f}"
+        shown = "n/a (absent)" if value is None else f"{value:.4f}"
         lines.append(f"{index:>5}  {name:<24} {shown}")
     return "\n".join(lines)

@@ -30,7 +30,7 @@ from fcn_graph.curves import CURVES_NAME, append_history, plot_curves, read_hist
 from fcn_graph.errors import UserError, run_cli
 from fcn_graph.evaluate import Evaluator, build_model, metrics_record
 from fcn_graph.fileio import write_json_atomic
-from fcn_graph.metrics import format_metrics
+from fcn_graph.metrics import format_metrics, format_value
 from fcn_graph.progress import Progress
 from fcn_graph.session import session_config
 
@@ -99,7 +99,7 @@ def panel_summary(tag, panels):
 
 def scalar_summary(values):
     return tf1.Summary(value=[tf1.Summary.Value(tag=k, simple_value=float(v))
-                              for k, v in values.items()])
+                              for k, v in values.items() if v is not None])
 
 
 # --------------------------------------------------------------------------- the run
@@ -229,8 +229,8 @@ def train(config):
                                               "frequency_weighted_iou")}})
             plot_curves(read_history(t.log_dir), os.path.join(t.log_dir, CURVES_NAME))
             progress.write(
-                f"step {step}: validation mean IU {metrics['mean_iou']:.4f}, pixel accuracy "
-                f"{metrics['pixel_accuracy']:.4f} ({count} images, "
+                f"step {step}: validation mean IU {format_value(metrics['mean_iou'])}, pixel "
+                f"accuracy {format_value(metrics['pixel_accuracy'])} ({count} images, "
                 f"{time.perf_counter() - start:.1f} s)")
             return metrics
 
@@ -296,7 +296,7 @@ def train(config):
     write_json_atomic(os.path.join(t.log_dir, METRICS_NAME),
                       metrics_record(metrics, class_names, checkpoint=state["saved"],
                                      split=val_files.split, global_step=int(step)))
-    print(f"step {step}: validation mean IU {metrics['mean_iou']:.4f} "
+    print(f"step {step}: validation mean IU {format_value(metrics['mean_iou'])} "
           f"({metrics['num_images']} images); checkpoint {state['saved']}")
     return metrics
 

@@ -1,5 +1,3 @@
-import math
-
 import numpy as np
 import pytest
 
@@ -76,9 +74,11 @@ def test_out_of_range_labels_and_predictions_are_errors():
     assert cm.hist.sum() == 0
 
 
-def test_empty_matrix_gives_nan_not_errors():
+def test_empty_matrix_gives_none_not_nan():
     m = compute_metrics(np.zeros((2, 2)))
-    assert math.isnan(m["mean_iou"]) and m["per_class_iou"] == [None, None]
+    assert m["labelled_pixels"] == 0 and m["per_class_iou"] == [None, None]
+    for key in ("pixel_accuracy", "mean_accuracy", "mean_iou", "frequency_weighted_iou"):
+        assert m[key] is None, key
 
 
 def test_format_names_classes():
