@@ -408,8 +408,11 @@ def main(argv=None):
     if args.format == "onnx":
         opset = onnx_engine.DEFAULT_OPSET if args.opset is None else args.opset
         kwargs = {"opset": opset, "external_data": args.external_data}
-    report = EXPORTERS[args.format](prefix, args.out, verify=not args.no_verify,
-                                    force=args.force, **kwargs)
+    try:
+        report = EXPORTERS[args.format](prefix, args.out, verify=not args.no_verify,
+                                        force=args.force, **kwargs)
+    except OSError as err:  # a full disk, a folder made read-only meanwhile
+        raise UserError(f"{err.filename or args.out}: cannot write ({err.strerror})") from None
     names = report.get("tensors") or {INPUT_NAME: INPUT_NAME, **{n: n for n in OUTPUT_NAMES}}
     if args.format == "savedmodel":
         where = f"signature '{SIGNATURE_KEY}', tag 'serve': "

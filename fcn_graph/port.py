@@ -509,7 +509,11 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except OSError as err:  # a full disk, a folder made read-only meanwhile
+        where = err.filename or getattr(args, "out", None) or args.path
+        raise UserError(f"{where}: {err.strerror}") from None
 
 
 if __name__ == "__main__":

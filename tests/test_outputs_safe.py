@@ -2,6 +2,7 @@
 with a one-line error, and inputs that are not regular files are refused
 without blocking: infer, evaluate, export, port and bench."""
 
+import errno
 import os
 import threading
 
@@ -29,14 +30,18 @@ def weights(tmp_path_factory):
     return found
 
 
-def _error(capsys, main, *argv, prog="prog"):
-    """Run a command as `python -m` would; return its one-line error."""
+def _error(capsys, main, *argv, prog="prog", early=True):
+    """Run a command as `python -m` would; return its one-line error. `early`:
+    the error comes before the command starts its work (nothing but notes
+    printed before it)."""
     code = run_cli(main, [str(a) for a in argv], prog=prog)
     err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if not line.startswith("note: ")]
-    assert code == 2 and len(lines) == 1 and lines[0].startswith(f"{prog}: error: "), err
+    lines = [line for line in err.splitlines() if not (early and line.startswith("note: "))]
+    errors = [line for line in lines if line.startswith(f"{prog}: error: ")]
+    assert code == 2 and len(errors) == 1 and lines[-1] == errors[0], err
+    assert not early or len(lines) == 1, err
     assert "Traceback" not in err
-    return lines[0]
+    return errors[0]
 
 
 def _within(seconds, fn, *args):
@@ -170,6 +175,25 @@ def test_infer_overwrites_only_the_files_it_wrote(tmp_path, weights, capsys):
     err = _error(capsys, infer.main, images / "a.png", "--checkpoint", weights["ckpt"],
                  "--output-dir", mine)
     assert f"{mine / fileio.OUTPUT_RECORD}: not a readable record" in err
+
+
+def test_a_full_disk_while_writing_is_one_line_and_resumable(tmp_path, weights, capsys,
+                                                             monkeypatch):
+    images = tmp_path / "images"
+    _image(images / "a.png")
+    out = tmp_path / "out"
+    argv = [images, "--checkpoint", weights["ckpt"], "--output-dir", out]
+
+    def full(path, value):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(imageio, "write_image", full)
+        err = _error(capsys, infer.main, *argv, early=False)
+    assert f"{out / 'a_overlay.png'}: cannot write (No space left on device)" in err
+    assert fileio.OutputFolder(out, "--output-dir").owns("a.png")
+    assert infer.main([str(a) for a in argv]) == 0  # the next run replaces its own file
+    assert (out / "a_overlay.png").exists()
 
 
 def test_a_killed_runs_claimed_files_stay_its_own(tmp_path):
