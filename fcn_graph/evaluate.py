@@ -118,10 +118,12 @@ def build_parser():
     parser.add_argument("--split", default=None,
                         help="dataset split to evaluate (default: data.val_split)")
     parser.add_argument("--json", default=None, metavar="FILE",
-                        help="also write the metrics to FILE as JSON")
+                        help="also write the metrics to FILE as JSON (an existing FILE is "
+                             "replaced only if it holds metrics evaluate wrote)")
     parser.add_argument("--save-predictions", default=None, metavar="DIR",
                         help="write each prediction as DIR/<stem>.png, a palette PNG of "
-                             "class ids")
+                             "class ids (DIR is created; a file there that fcn_graph did not "
+                             "write, or one of the dataset's, is never replaced)")
     parser.add_argument("--engine", choices=("tf", "onnxruntime"), default="tf",
                         help="tf (default, the reference) or onnxruntime (the same network "
                              "as export --format onnx writes it; scores agree to 1e-4)")
