@@ -37,7 +37,7 @@ import time
 import numpy as np
 
 from fcn_graph.errors import UserError, run_cli
-from fcn_graph.fileio import write_json_atomic
+from fcn_graph.fileio import check_output_file, json_written_with, write_json_atomic
 
 # case -> (batch, height, width, training)
 CASES = collections.OrderedDict([
@@ -79,6 +79,7 @@ def variant_settings(name):
 
 NUM_CLASSES = 21
 RESULTS_DIR = os.path.join("bench", "results")
+REPORT_KEYS = ("started_utc", "results")  # held by every report run_benchmark returns
 
 
 # ---------------------------------------------------------------- helpers
@@ -645,12 +646,19 @@ def main(argv=None):
         parser.error("--profile-case: pick an inference case")
     if args.worker:
         return worker_main(args)
-    report = run_benchmark(args)
-    print(format_report(report))
     out = args.out or os.path.join(RESULTS_DIR, time.strftime("bench-%Y%m%dT%H%M%SZ.json",
                                                               time.gmtime()))
-    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
-    write_json_atomic(out, report)
+    # Checked before the (long) run: the folder made and writable, and an
+    # existing file replaced only when it is an earlier bench report.
+    if check_output_file(out, "--out") and not json_written_with(out, REPORT_KEYS):
+        raise UserError(f"--out {out}: exists and is not a report bench wrote; refusing to "
+                        "overwrite it (choose another --out)")
+    report = run_benchmark(args)
+    print(format_report(report))
+    try:
+        write_json_atomic(out, report)
+    except OSError as err:
+        raise UserError(f"--out {out}: cannot write ({err.strerror})") from None
     print(f"wrote {out}", file=sys.stderr)
     return 0
 

@@ -22,7 +22,7 @@ from fcn_graph import model as fcn_model
 from fcn_graph.config import add_config_args, load_config
 from fcn_graph.constants import IGNORE_LABEL
 from fcn_graph.errors import UserError, run_cli
-from fcn_graph.fileio import write_json_atomic
+from fcn_graph.fileio import OutputFolder, check_output_file, json_written_with, write_json_atomic
 from fcn_graph.infer import make_segmenter
 from fcn_graph.memory import return_freed_memory
 from fcn_graph.metrics import ConfusionMatrix, format_metrics
@@ -93,6 +93,12 @@ def build_model(images, spec, *, keep_prob):
         raise UserError(f"model.architecture: {err}") from None
 
 
+# Keys every metrics file evaluate writes holds: an existing --json file with
+# them is an earlier output that may be replaced.
+METRICS_KEYS = ("pixel_accuracy", "mean_iou", "per_class_iou", "class_names", "checkpoint",
+                "split")
+
+
 def metrics_record(metrics, class_names, **extra):
     """The JSON record of an evaluation."""
     record = {key: metrics[key] for key in (
@@ -113,10 +119,12 @@ def build_parser():
     parser.add_argument("--split", default=None,
                         help="dataset split to evaluate (default: data.val_split)")
     parser.add_argument("--json", default=None, metavar="FILE",
-                        help="also write the metrics to FILE as JSON")
+                        help="also write the metrics to FILE as JSON (an existing FILE is "
+                             "replaced only if it holds metrics evaluate wrote)")
     parser.add_argument("--save-predictions", default=None, metavar="DIR",
                         help="write each prediction as DIR/<stem>.png, a palette PNG of "
-                             "class ids")
+                             "class ids (DIR is created; a file there that fcn_graph did not "
+                             "write, or one of the dataset's, is never replaced)")
     parser.add_argument("--engine", choices=("tf", "onnxruntime"), default="tf",
                         help="tf (default, the reference) or onnxruntime (the same network "
                              "as export --format onnx writes it; scores agree to 1e-4)")
@@ -131,6 +139,10 @@ def main(argv=None):
     if args.max_images is not None and args.max_images < 1:
         parser.error(f"--max-images: expected a positive integer, found {args.max_images}")
     config = load_config(args.config, args.overrides)
+    if args.json and check_output_file(args.json, "--json") and not json_written_with(
+            args.json, METRICS_KEYS):
+        raise UserError(f"--json {args.json}: exists and is not a metrics file evaluate wrote; "
+                        "refusing to overwrite it (choose another --json)")
     source = args.checkpoint or config.train.log_dir
     if args.checkpoint is None and not os.path.isdir(source):
         raise UserError(f"{source}: no such directory (train.log_dir); train first or pass "
@@ -156,14 +168,22 @@ def main(argv=None):
         variables = fcn_model.model_variables(graph)
         saver = checkpoint.model_saver(variables)
         graph.finalize()
+    total = len(files) if args.max_images is None else min(len(files), args.max_images)
+    folder = None
     if args.save_predictions:
-        os.makedirs(args.save_predictions, exist_ok=True)
+        # Never over the dataset's own files, nor a file fcn_graph did not write there.
+        folder = OutputFolder(args.save_predictions, "--save-predictions")
+        folder.claim([name + ".png" for name in files.names[:total]],
+                     inputs=files.image_paths[:total] + files.label_paths[:total])
 
     def save(name, image, label, prediction):
-        imageio.write_label_png(os.path.join(args.save_predictions, name + ".png"),
-                                prediction.astype(np.uint8))
+        path = os.path.join(args.save_predictions, name + ".png")
+        try:
+            imageio.write_label_png(path, prediction.astype(np.uint8))
+        except OSError as err:
+            raise UserError(f"{path}: cannot write ({err.strerror})") from None
+        folder.wrote(name + ".png")
 
-    total = len(files) if args.max_images is None else min(len(files), args.max_images)
     print(f"evaluating {prefix} on {files.kind} split {split!r} ({total} images)",
           file=sys.stderr)
     progress = Progress(total, label="images", unit="img")
@@ -184,14 +204,19 @@ def main(argv=None):
             progress.close()
             if segmenter is not None:
                 segmenter.close()
+            if folder is not None:
+                folder.flush()
     if not metrics["labelled_pixels"]:
         raise UserError(f"{files.kind} split {split!r}: no pixel is labelled in the "
                         f"{metrics['num_images']} images evaluated (every label value is "
                         f"{IGNORE_LABEL}, the ignore label), so no metric is defined")
     print(format_metrics(metrics, class_names))
     if args.json:
-        write_json_atomic(args.json, metrics_record(metrics, class_names, checkpoint=prefix,
-                                                    split=split))
+        try:
+            write_json_atomic(args.json, metrics_record(metrics, class_names, checkpoint=prefix,
+                                                        split=split))
+        except OSError as err:
+            raise UserError(f"--json {args.json}: cannot write ({err.strerror})") from None
     return 0
 
 

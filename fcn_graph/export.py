@@ -33,6 +33,11 @@ loaded back (TensorFlow for SavedModel and frozen graphs, onnxruntime for
 ONNX), run on a seeded random 67x93 image, and its scores compared with the
 checkpoint's (`fcn_graph.infer.Segmenter`). A maximum relative error of
 1e-4 or more is an error and nothing is written.
+
+The folder of --out is created where missing. An existing --out is refused;
+with --force, an earlier export of the same format (a SavedModel folder, a
+.pb, an .onnx and its .onnx.data) is replaced, but a checkpoint's files
+never are.
 """
 
 import argparse
@@ -48,7 +53,7 @@ import tensorflow as tf
 from fcn_graph import checkpoint, imageio, onnx_engine
 from fcn_graph import model as fcn_model
 from fcn_graph.errors import UserError, run_cli
-from fcn_graph.fileio import atomic_write
+from fcn_graph.fileio import atomic_write, check_output_file, ensure_output_dir, kind_of
 from fcn_graph.session import session_config
 
 tf1 = tf.compat.v1
@@ -172,17 +177,59 @@ def _size(path):
     return os.path.getsize(path)
 
 
-def _check_target(out_path):
-    directory = os.path.dirname(os.path.abspath(out_path))
-    if not os.path.isdir(directory):
-        raise UserError(f"{out_path}: cannot write; directory {directory!r} does not exist "
-                        "(create it first)")
+def is_checkpoint_file(path):
+    """Whether `path` names a file of a TensorFlow checkpoint: PREFIX.index,
+    PREFIX.data-*, PREFIX.meta, the sidecar PREFIX.json, or the state file
+    `checkpoint`."""
+    base = os.path.basename(os.path.normpath(path))
+    if base == "checkpoint" or base.endswith((".index", ".meta")) or ".data-" in base:
+        return True
+    return base.endswith(checkpoint.SIDECAR_SUFFIX) and os.path.exists(
+        path[:-len(checkpoint.SIDECAR_SUFFIX)] + ".index")
 
 
-def export_frozen(prefix, out_path, *, verify=True):
+def _is_export(path, fmt):
+    """Whether existing `path` looks like an earlier export of format `fmt`."""
+    if fmt == "savedmodel":
+        return os.path.isfile(os.path.join(path, "saved_model.pb"))
+    suffixes = {"frozen": (".pb",), "onnx": (".onnx", ".onnx" + onnx_engine.EXTERNAL_DATA_SUFFIX)}
+    return os.path.isfile(path) and path.lower().endswith(suffixes[fmt])
+
+
+_KIND = {"savedmodel": "a SavedModel", "frozen": "a frozen graph (.pb)", "onnx": "an ONNX export"}
+
+
+def _check_target(out_path, fmt, *, force=False, extra=()):
+    """Prepare to write `out_path` (and the files in `extra`): create the
+    folder where missing and check that it can be written. An existing target
+    is refused unless `force` is given and it is an earlier export of the same
+    format; a checkpoint's file is never replaced."""
+    for path in (out_path, *extra):
+        if fmt == "savedmodel" and path == out_path:
+            if os.path.lexists(path) and not os.path.isdir(path):
+                raise UserError(f"--out {path}: is {kind_of(os.lstat(path).st_mode)}; expected "
+                                "a SavedModel folder to write")
+            ensure_output_dir(os.path.dirname(os.path.abspath(path)), f"--out {path}: folder")
+            exists = os.path.exists(path)
+        else:
+            exists = check_output_file(path, "--out")
+        if not exists:
+            continue
+        if is_checkpoint_file(path):
+            raise UserError(f"--out {path}: is a file of a checkpoint; export never replaces "
+                            "one (choose another --out)")
+        if not _is_export(path, fmt):
+            raise UserError(f"--out {path}: exists and is not {_KIND[fmt]}; refusing to "
+                            "replace it (choose another --out)")
+        if not force:
+            raise UserError(f"--out {path}: exists; refusing to replace it (pass --force to "
+                            f"replace an earlier export)")
+
+
+def export_frozen(prefix, out_path, *, verify=True, force=False):
     """Write a frozen GraphDef (`.pb`, weights as constants) with tensors
     images:0, labels:0 and scores:0. Returns a report dict."""
-    _check_target(out_path)
+    _check_target(out_path, "frozen", force=force)
     restored = _Restored(prefix)
     try:
         graph_def = restored.frozen_graph_def()
@@ -210,12 +257,10 @@ def export_frozen(prefix, out_path, *, verify=True):
     return report
 
 
-def export_savedmodel(prefix, out_dir, *, verify=True):
+def export_savedmodel(prefix, out_dir, *, verify=True, force=False):
     """Write a SavedModel directory (tag "serve", signature "serving_default":
     images -> labels, scores). Returns a report dict."""
-    _check_target(out_dir)
-    if os.path.exists(out_dir) and not os.path.exists(os.path.join(out_dir, "saved_model.pb")):
-        raise UserError(f"{out_dir}: exists and is not a SavedModel; refusing to replace it")
+    _check_target(out_dir, "savedmodel", force=force)
     parent, base = os.path.split(os.path.abspath(out_dir))
     tmp = os.path.join(parent, f".{base}.{uuid.uuid4().hex[:12]}.tmp")
     restored = _Restored(prefix)
@@ -260,7 +305,7 @@ def export_savedmodel(prefix, out_dir, *, verify=True):
 
 
 def export_onnx(prefix, out_path, *, opset=onnx_engine.DEFAULT_OPSET, verify=True,
-                external_data=False):
+                external_data=False, force=False):
     """Write `onnx_engine.build_onnx_model`'s model of the checkpoint (the one
     `--engine onnxruntime` runs): input `images` uint8 [N, H, W, 3] RGB,
     outputs `labels` int64 [N, H, W] and `scores` float32 [N, H, W, K], N, H
@@ -284,11 +329,8 @@ def export_onnx(prefix, out_path, *, opset=onnx_engine.DEFAULT_OPSET, verify=Tru
         raise UserError(f"--format onnx needs onnx and onnxruntime ({err}); install them with "
                         "pip install -e '.[export]'") from None
     onnx_engine.check_opset(opset)
-    _check_target(out_path)
     data_path = onnx_engine.external_data_path(out_path) if external_data else None
-    for path in filter(None, (out_path, data_path)):
-        if os.path.isdir(path):
-            raise UserError(f"{path}: cannot write a file; a directory of that name exists")
+    _check_target(out_path, "onnx", force=force, extra=[data_path] if data_path else [])
 
     prefix = checkpoint.resolve_checkpoint(prefix)
     spec = checkpoint.model_spec_from_checkpoint(prefix)
@@ -338,6 +380,9 @@ def build_parser():
     parser.add_argument("--external-data", action="store_true",
                         help="ONNX: write the weights to OUT.data beside the .onnx (loads with "
                              "less memory; keep the two files together)")
+    parser.add_argument("--force", action="store_true",
+                        help="replace an existing --out that is an earlier export of the same "
+                             "format (never a checkpoint's file)")
     parser.add_argument("--no-verify", action="store_true",
                         help="skip loading the export back and comparing its scores")
     return parser
@@ -364,7 +409,11 @@ def main(argv=None):
     if args.format == "onnx":
         opset = onnx_engine.DEFAULT_OPSET if args.opset is None else args.opset
         kwargs = {"opset": opset, "external_data": args.external_data}
-    report = EXPORTERS[args.format](prefix, args.out, verify=not args.no_verify, **kwargs)
+    try:
+        report = EXPORTERS[args.format](prefix, args.out, verify=not args.no_verify,
+                                        force=args.force, **kwargs)
+    except OSError as err:  # a full disk, a folder made read-only meanwhile
+        raise UserError(f"{err.filename or args.out}: cannot write ({err.strerror})") from None
     names = report.get("tensors") or {INPUT_NAME: INPUT_NAME, **{n: n for n in OUTPUT_NAMES}}
     if args.format == "savedmodel":
         where = f"signature '{SIGNATURE_KEY}', tag 'serve': "

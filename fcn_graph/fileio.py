@@ -3,6 +3,9 @@
 import contextlib
 import json
 import os
+import stat
+import tempfile
+import time
 import uuid
 
 import numpy as np
@@ -85,3 +88,211 @@ def write_json_atomic(path, obj, *, indent=2):
     with atomic_write(path) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
+
+
+# -- output paths ------------------------------------------------------------------
+
+def kind_of(mode):
+    """What a file of `st_mode` is, in words: "a directory", "a FIFO", ..."""
+    for test, words in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+                        (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                        (stat.S_ISBLK, "a block device"), (stat.S_ISLNK, "a symbolic link"),
+                        (stat.S_ISREG, "a regular file")):
+        if test(mode):
+            return words
+    return "not a regular file"
+
+
+def _file_above(path):
+    """The nearest existing ancestor of `path` that is not a directory, or None."""
+    path = os.path.abspath(path)
+    while True:
+        parent = os.path.dirname(path)
+        if parent == path:
+            return None
+        path = parent
+        if os.path.lexists(path) and not os.path.isdir(path):
+            return path
+
+
+def ensure_output_dir(path, flag):
+    """Create folder `path` and its parents where missing, and check that files
+    can be created in it (by creating an unnamed temporary file).
+
+    Raises UserError naming `flag` and `path` when `path` is not a directory,
+    lies under a file, or cannot be created or written.
+    """
+    path = os.fspath(path)
+    where = f"{flag} {path}" if flag else path
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise UserError(f"{where}: is {kind_of(os.lstat(path).st_mode)}; expected a folder "
+                        "(or a path to create one at)")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as err:
+        above = _file_above(path)
+        if above is not None:
+            raise UserError(f"{where}: cannot create this folder; {above} is "
+                            f"{kind_of(os.lstat(above).st_mode)}, not a folder") from None
+        raise UserError(f"{where}: cannot create this folder ({err.strerror})") from None
+    try:
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        raise UserError(f"{where}: cannot write in this folder ({err.strerror})") from None
+
+
+def check_output_file(path, flag):
+    """Prepare to write file `path`: create its folder where missing and check
+    that it can be written there. Returns True when `path` already exists (a
+    regular file; what may replace it is the caller's rule).
+
+    Raises UserError naming `flag` and `path` when `path` is a directory or
+    another non-regular file, or its folder cannot be created or written.
+    """
+    path = os.fspath(path)
+    where = f"{flag} {path}" if flag else path
+    directory = os.path.dirname(os.path.abspath(path))
+    if os.path.lexists(path):
+        mode = os.lstat(path).st_mode
+        if not stat.S_ISREG(mode):
+            raise UserError(f"{where}: is {kind_of(mode)}; expected a file to write")
+    ensure_output_dir(directory, f"{flag} {path}: folder" if flag else f"{path}: folder")
+    return os.path.exists(path)
+
+
+def json_written_with(path, keys):
+    """Whether file `path` is a JSON object holding every key in `keys`: an
+    earlier output of the writer that puts those keys there."""
+    try:
+        with open(path, "rb") as handle:
+            record = json.loads(handle.read(1 << 24).decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(record, dict) and all(key in record for key in keys)
+
+
+OUTPUT_RECORD = ".fcn_graph-outputs.json"
+RECORD_FORMAT = "fcn_graph.outputs"
+
+
+class OutputFolder:
+    """A folder that a command writes many files into, and the record of the
+    files fcn_graph wrote there, FOLDER/.fcn_graph-outputs.json.
+
+    The record maps each file name written to its size and modification time.
+    A file counts as fcn_graph's own while both still match, or while it is
+    claimed by a run that has not recorded it yet (a run that was killed).
+    `claim` refuses to let a run write over any other existing file: a user's
+    file, or one of fcn_graph's that was edited since, is never replaced, and
+    neither is an input of the run.
+    """
+
+    def __init__(self, directory, flag):
+        ensure_output_dir(directory, flag)
+        self.directory = os.fspath(directory)
+        self.flag = flag
+        self.path = os.path.join(self.directory, OUTPUT_RECORD)
+        self.files = self._load()
+        self._changed = False
+        self._flushed = time.monotonic()
+
+    def _load(self):
+        if not os.path.lexists(self.path):
+            return {}
+        problem = None
+        try:
+            if not os.path.isfile(self.path):
+                raise OSError(0, f"it is {kind_of(os.lstat(self.path).st_mode)}")
+            with open(self.path, "rb") as handle:
+                record = json.loads(handle.read().decode("utf-8"))
+            if not (isinstance(record, dict) and record.get("format") == RECORD_FORMAT
+                    and isinstance(record.get("files"), dict)
+                    and all(isinstance(v, dict) for v in record["files"].values())):
+                problem = f"expected a JSON object with format {RECORD_FORMAT!r} and files"
+            else:
+                files = record["files"]
+        except OSError as err:
+            problem = err.strerror
+        except (UnicodeDecodeError, ValueError) as err:
+            problem = f"not JSON: {err}"
+        if problem is not None:
+            raise UserError(f"{self.path}: not a readable record of the files fcn_graph wrote "
+                            f"in {self.directory} ({problem}); move it away (existing files "
+                            "there will then be refused) or choose another "
+                            f"{self.flag or 'folder'}")
+        return {name: entry for name, entry in files.items()
+                if os.path.lexists(os.path.join(self.directory, name))}
+
+    def owns(self, name):
+        """Whether existing file `name` is one that fcn_graph wrote here."""
+        entry = self.files.get(name)
+        if entry is None:
+            return False
+        if entry.get("pending"):
+            return True
+        info = os.lstat(os.path.join(self.directory, name))
+        return (stat.S_ISREG(info.st_mode) and entry.get("size") == info.st_size
+                and entry.get("mtime_ns") == info.st_mtime_ns)
+
+    def claim(self, names, inputs=()):
+        """Check that this run may write every file in `names` (names within the
+        folder), then record them as claimed.
+
+        `inputs` are the paths this run reads; an output that is the same file
+        as one of them (by its directory entry or the file it links to) is
+        refused, naming both. Any other existing file that fcn_graph did not
+        write here, a directory or a link is refused too.
+        """
+        protected = {}
+        for path in inputs:
+            for fn in (os.lstat, os.stat):
+                with contextlib.suppress(OSError):
+                    info = fn(path)
+                    protected.setdefault((info.st_dev, info.st_ino), path)
+        for name in names:
+            path = os.path.join(self.directory, name)
+            try:
+                info = os.lstat(path)
+            except FileNotFoundError:
+                continue
+            where = f"{self.flag} {self.directory}" if self.flag else self.directory
+            source = protected.get((info.st_dev, info.st_ino))
+            if source is not None:
+                raise UserError(f"{path}: is the input {source}; refusing to write an output "
+                                f"over an input (choose another {self.flag or 'folder'})")
+            if not stat.S_ISREG(info.st_mode):
+                raise UserError(f"{path}: is {kind_of(info.st_mode)}; expected to write a file "
+                                f"there (move it or choose another {self.flag or 'folder'})")
+            if not self.owns(name):
+                raise UserError(f"{path}: exists and was not written by fcn_graph into {where} "
+                                f"(or was changed since; see {OUTPUT_RECORD}); refusing to "
+                                f"overwrite it: move it or choose another "
+                                f"{self.flag or 'folder'}")
+        for name in names:
+            self.files[name] = {"pending": True}
+        self._changed = True
+        self.flush()
+
+    def wrote(self, name):
+        """Record that file `name` has been written; the record is saved every
+        few seconds and by `flush`."""
+        info = os.stat(os.path.join(self.directory, name))
+        self.files[name] = {"size": info.st_size, "mtime_ns": info.st_mtime_ns}
+        self._changed = True
+        if time.monotonic() - self._flushed > 5.0:
+            self.flush()
+
+    def flush(self):
+        """Save the record (atomically) if it changed."""
+        if not self._changed:
+            return
+        record = {"format": RECORD_FORMAT,
+                  "note": "files fcn_graph wrote in this folder; it overwrites only these",
+                  "files": dict(sorted(self.files.items()))}
+        try:
+            write_json_atomic(self.path, record)
+        except OSError as err:
+            raise UserError(f"{self.path}: cannot write ({err.strerror})") from None
+        self._changed = False
+        self._flushed = time.monotonic()

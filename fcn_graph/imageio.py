@@ -12,6 +12,7 @@ Conventions:
 """
 
 import os
+import stat
 
 import cv2
 import numpy as np
@@ -19,7 +20,7 @@ from PIL import Image
 
 from fcn_graph.constants import IGNORE_LABEL, voc_palette
 from fcn_graph.errors import UserError
-from fcn_graph.fileio import atomic_write
+from fcn_graph.fileio import atomic_write, kind_of
 
 _IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 
@@ -39,9 +40,21 @@ def check_num_classes(num_classes, where):
 
 
 def _read_bytes(path, expected):
-    """The bytes of `path`, or a UserError saying why the file could not be read."""
+    """The bytes of `path`, or a UserError saying why the file could not be read.
+
+    Only regular files are read: the file is opened without blocking and
+    checked before any read, so a FIFO, a device or a socket is refused
+    instead of blocking or reading forever.
+    """
     try:
-        with open(path, "rb") as f:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as f:
+            mode = os.fstat(f.fileno()).st_mode
+            if stat.S_ISDIR(mode):
+                raise IsADirectoryError
+            if not stat.S_ISREG(mode):
+                raise UserError(f"{path}: is {kind_of(mode)}, not a regular file "
+                                f"(expected {expected})")
             return f.read()
     except FileNotFoundError:
         raise UserError(f"{path}: no such file (expected {expected})") from None

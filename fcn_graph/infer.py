@@ -6,11 +6,20 @@
 For each image (at its own size) writes OUT/<stem>.png, a palette PNG whose
 pixel values are the class ids (VOC colours), OUT/<stem>_overlay.png, the
 image blended with the coloured mask, and with --save-scores
-OUT/<stem>_scores.npy, float32 [H, W, K] logits.
+OUT/<stem>_scores.npy, float32 [H, W, K] logits. When several inputs share
+a stem (a.jpg and a.png), their outputs keep the extension: a_jpg.png,
+a_png.png.
+
+infer creates OUT where missing and overwrites only files it wrote there
+before (listed in OUT/.fcn_graph-outputs.json and unchanged since); it
+refuses, before loading the model, to write over any other file, and never
+over one of its inputs.
 """
 
 import argparse
+import collections
 import os
+import stat
 import sys
 import time
 
@@ -22,6 +31,7 @@ from fcn_graph import model as fcn_model
 from fcn_graph.config import add_config_args, load_config
 from fcn_graph.constants import VGG_MEAN_RGB
 from fcn_graph.errors import UserError, run_cli
+from fcn_graph.fileio import OutputFolder, kind_of
 from fcn_graph.memory import return_freed_memory
 from fcn_graph.progress import Progress
 from fcn_graph.session import PRECISIONS, onednn_enabled, session_config, xla_scope
@@ -33,20 +43,88 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", "
 
 
 def list_images(inputs):
-    """Files as given; directories expanded to their image files, sorted."""
-    paths = []
+    """Files as given; directories expanded to their image files, sorted.
+
+    A directory's entries that carry an image extension but are not regular
+    files (folders, FIFOs, devices, broken links) are skipped with a note; an
+    input named on the command line that is such a thing is refused. A file
+    given twice is read once.
+    """
+    paths, seen = [], set()
+
+    def add(path):
+        key = os.path.abspath(path)
+        if key not in seen:
+            seen.add(key)
+            paths.append(path)
+
     for item in inputs:
         if os.path.isdir(item):
-            found = sorted(os.path.join(item, name) for name in os.listdir(item)
-                           if name.lower().endswith(IMAGE_EXTENSIONS)
-                           and os.path.isfile(os.path.join(item, name)))
+            try:
+                names = sorted(os.listdir(item))
+            except OSError as err:
+                raise UserError(f"{item}: cannot list this folder ({err.strerror})") from None
+            found = 0
+            for name in names:
+                if not name.lower().endswith(IMAGE_EXTENSIONS):
+                    continue
+                path = os.path.join(item, name)
+                try:
+                    mode = os.stat(path).st_mode
+                except OSError as err:
+                    print(f"note: skipping {path}: {err.strerror}", file=sys.stderr)
+                    continue
+                if not stat.S_ISREG(mode):
+                    print(f"note: skipping {path}: {kind_of(mode)}, not an image file",
+                          file=sys.stderr)
+                    continue
+                add(path)
+                found += 1
             if not found:
                 raise UserError(f"{item}: directory holds no images (expected files ending in "
                                 f"{', '.join(IMAGE_EXTENSIONS)})")
-            paths.extend(found)
         else:
-            paths.append(item)
+            if os.path.exists(item):
+                mode = os.stat(item).st_mode
+                if not stat.S_ISREG(mode):
+                    raise UserError(f"{item}: is {kind_of(mode)}; expected an image file or a "
+                                    "folder of images")
+            add(item)
     return paths
+
+
+OUTPUT_SUFFIXES = (".png", "_overlay.png", "_scores.npy")  # labels, overlay, --save-scores
+
+
+def output_stems(paths):
+    """The output stem of each input path, by one rule: the file name without
+    its extension (photo.jpg -> photo); when several inputs share that stem
+    (compared case-insensitively), each of them keeps its extension in it
+    (a.jpg -> a_jpg, a.png -> a_png). Returns (stems, notes).
+
+    Raises UserError when two inputs would still write the same file (x/a.jpg
+    and y/a.jpg, or a.png and a_overlay.png), naming both.
+    """
+    split = [os.path.splitext(os.path.basename(path)) for path in paths]
+    count = collections.Counter(stem.casefold() for stem, _ in split)
+    stems, groups = [], collections.defaultdict(list)
+    for path, (stem, ext) in zip(paths, split):
+        if count[stem.casefold()] > 1 and ext:
+            groups[stem.casefold()].append((path, f"{stem}_{ext[1:]}"))
+            stem = f"{stem}_{ext[1:]}"
+        stems.append(stem)
+    owner = {}
+    for path, stem in zip(paths, stems):
+        for suffix in OUTPUT_SUFFIXES:
+            key = (stem + suffix).casefold()
+            if key in owner:
+                raise UserError(f"{owner[key]} and {path}: both would write {stem + suffix}; "
+                                "rename one of them or segment them in separate runs")
+            owner[key] = path
+    notes = [f"note: {', '.join(p for p, _ in group)} share a name; their outputs keep the "
+             f"extension: {', '.join(s + '.png' for _, s in group)}"
+             for group in groups.values()]
+    return stems, notes
 
 
 # The transposed-conv kernels (a few MB) enter the inference graph as
@@ -160,10 +238,9 @@ def _batches(paths, batch_size, on_error):
         yield pending
 
 
-def output_paths(output_dir, path):
-    stem = os.path.splitext(os.path.basename(path))[0]
-    base = os.path.join(output_dir, stem)
-    return base + ".png", base + "_overlay.png", base + "_scores.npy"
+def output_paths(output_dir, stem):
+    """(labels, overlay, scores) paths of the output stem `stem`."""
+    return tuple(os.path.join(output_dir, stem + suffix) for suffix in OUTPUT_SUFFIXES)
 
 
 def build_parser():
@@ -216,9 +293,18 @@ def main(argv=None):
         source = source or config.train.log_dir
         args.threads = args.threads or config.train.threads
     paths = list_images(args.inputs)
+    stems, notes = output_stems(paths)
     prefix = checkpoint.resolve_checkpoint(source)
     spec = checkpoint.model_spec_from_checkpoint(prefix)
     imageio.check_num_classes(spec.num_classes, f"{prefix} (checkpoint)")
+    # Every output is checked before the model loads: the folder made and
+    # writable, no output over an input or over a file fcn_graph did not write.
+    folder = OutputFolder(args.output_dir, "--output-dir")
+    kinds = OUTPUT_SUFFIXES if args.save_scores else OUTPUT_SUFFIXES[:2]
+    folder.claim([stem + suffix for stem in stems for suffix in kinds], inputs=paths)
+    stem_of = dict(zip(paths, stems))
+    for note in notes:
+        print(note, file=sys.stderr)
     if args.mean is not None and spec.mean_pixel is not None:
         print(f"note: --mean ignored; {prefix}.json gives the mean pixel "
               f"{list(spec.mean_pixel)}", file=sys.stderr)
@@ -229,7 +315,6 @@ def main(argv=None):
     print(f"checkpoint {prefix}: {spec.num_classes} classes, "
           f"mean pixel {[round(v, 3) for v in mean_pixel]}, engine {args.engine}",
           file=sys.stderr)
-    os.makedirs(args.output_dir, exist_ok=True)
 
     failures = []
     progress = Progress(len(paths), label="images", unit="img") if len(paths) > 1 else None
@@ -251,11 +336,20 @@ def main(argv=None):
             seconds = (time.perf_counter() - start) / len(batch)
             for index, (path, image) in enumerate(batch):
                 label = labels[index].astype(np.uint8)
-                label_path, overlay_path, scores_path = output_paths(args.output_dir, path)
-                imageio.write_label_png(label_path, label)
-                imageio.write_image(overlay_path, imageio.overlay(image, label, alpha=args.alpha))
+                label_path, overlay_path, scores_path = output_paths(args.output_dir,
+                                                                     stem_of[path])
+                writes = [(label_path, imageio.write_label_png, label),
+                          (overlay_path, imageio.write_image,
+                           imageio.overlay(image, label, alpha=args.alpha))]
                 if args.save_scores:
-                    imageio.save_npy_atomic(scores_path, scores[index].astype(np.float32))
+                    writes.append((scores_path, imageio.save_npy_atomic,
+                                   scores[index].astype(np.float32)))
+                for out_path, write, value in writes:
+                    try:
+                        write(out_path, value)
+                    except OSError as err:
+                        raise UserError(f"{out_path}: cannot write ({err.strerror})") from None
+                    folder.wrote(os.path.basename(out_path))
                 height, width = image.shape[:2]
                 line = f"{path}: {width}x{height}, {seconds * 1000:.0f} ms -> {label_path}"
                 if progress:
@@ -269,6 +363,7 @@ def main(argv=None):
         if progress:
             progress.close()
         segmenter.close()
+        folder.flush()
     if failures:
         print(f"{len(failures)} of {len(paths)} images failed", file=sys.stderr)
         return 1

@@ -11,10 +11,13 @@
 
 Each verb prints what it read and what it wrote (variables, shapes with -v,
 parameter counts) and refuses anything it does not recognise with a one-line
-error.
+error. The folder of --out is created where missing; an --out whose files
+exist (a checkpoint prefix's .index, .data-*, .meta or .json, or the .mat) is
+refused before anything is read: port never replaces a file.
 """
 
 import argparse
+import glob
 import os
 import re
 import sys
@@ -27,6 +30,7 @@ from fcn_graph import checkpoint, imageio, kerash5, matconvnet
 from fcn_graph import model as fcn_model
 from fcn_graph.constants import VGG_MEAN_RGB
 from fcn_graph.errors import UserError, run_cli
+from fcn_graph.fileio import check_output_file, ensure_output_dir
 from fcn_graph.session import session_config
 
 tf1 = tf.compat.v1
@@ -78,6 +82,31 @@ def _write_checkpoint(spec, values, out, *, seed=0, verbose=False, **sidecar_ext
     return prefix
 
 
+def _check_prefix_out(out):
+    """Prepare --out, a checkpoint prefix to write: create its folder where
+    missing and check that it can be written. Refuse a prefix that names a
+    folder, or whose files (PREFIX, .index, .data-*, .meta, .json) exist: port
+    never replaces a checkpoint or another file."""
+    if os.path.isdir(out):
+        raise UserError(f"--out {out}: is a directory; expected a checkpoint prefix to write, "
+                        f"such as {os.path.join(out, 'start')}")
+    existing = [path for path in (out, out + ".index", out + ".meta",
+                                  out + checkpoint.SIDECAR_SUFFIX) if os.path.lexists(path)]
+    existing += sorted(glob.glob(glob.escape(out) + ".data-*"))
+    if existing:
+        raise UserError(f"--out {out}: {existing[0]} exists; port never replaces a checkpoint "
+                        "or any other file (remove it or choose another --out)")
+    ensure_output_dir(os.path.dirname(os.path.abspath(out)), f"--out {out}: folder")
+
+
+def _check_file_out(out):
+    """Prepare --out, a file to write: its folder created and writable; an
+    existing file refused."""
+    if check_output_file(out, "--out"):
+        raise UserError(f"--out {out}: exists; port never replaces a file (remove it or choose "
+                        "another --out)")
+
+
 def _check_start_args(args):
     if args.num_classes < 1:
         raise UserError(f"--num-classes: expected a positive integer, found {args.num_classes}")
@@ -85,6 +114,7 @@ def _check_start_args(args):
     if args.architecture == "legacy" and args.skips != "8s":
         raise UserError(f"--skips {args.skips}: the legacy architecture is FCN-8s only "
                         "(use --architecture paper)")
+    _check_prefix_out(args.out)
 
 
 def _convert_vgg(vgg, args, source):
@@ -153,6 +183,7 @@ def keras_h5(args):
 def legacy(args):
     """An FCN.tensorflow training checkpoint -> a clean fcn_graph checkpoint:
     the 44 model variables only, with a sidecar."""
+    _check_prefix_out(args.out)
     prefix = checkpoint.resolve_checkpoint(args.checkpoint)
     if checkpoint.read_sidecar(prefix) is not None:
         raise UserError(f"{prefix}: already an fcn_graph checkpoint ({prefix}.json exists); "
@@ -194,6 +225,7 @@ def legacy(args):
 def ckpt2mat(args):
     """The VGG body of a checkpoint (and fc6/fc7 for the paper architecture)
     as a MatConvNet `.mat` that mat2ckpt reads back unchanged."""
+    _check_file_out(args.out)
     prefix = checkpoint.resolve_checkpoint(args.checkpoint)
     spec = checkpoint.model_spec_from_checkpoint(prefix)
     sidecar = checkpoint.read_sidecar(prefix) or {}
@@ -478,7 +510,11 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except OSError as err:  # a full disk, a folder made read-only meanwhile
+        where = err.filename or getattr(args, "out", None) or args.path
+        raise UserError(f"{where}: {err.strerror}") from None
 
 
 if __name__ == "__main__":

@@ -136,8 +136,9 @@ def test_legacy_to_clean_checkpoint_keeps_outputs(legacy_ckpt, tmp_path, capsys)
     x = np.random.default_rng(5).integers(0, 256, (2, 19, 27, 3), dtype=np.uint8)
     labels_before, scores_before = before.run(x, scores=True)
     before.close()
-    for source in (legacy_ckpt, os.path.dirname(legacy_ckpt), legacy_ckpt + ".index"):
-        prefix = str(tmp_path / "clean")
+    for index, source in enumerate((legacy_ckpt, os.path.dirname(legacy_ckpt),
+                                    legacy_ckpt + ".index")):
+        prefix = str(tmp_path / f"clean{index}")  # port never replaces a checkpoint
         _port("legacy", source, "--out", prefix)
         out = capsys.readouterr().out
         assert "44 model variables" in out and "dropping 84 optimizer slots" in out
@@ -150,6 +151,7 @@ def test_legacy_to_clean_checkpoint_keeps_outputs(legacy_ckpt, tmp_path, capsys)
     np.testing.assert_array_equal(scores_after, scores_before)
     np.testing.assert_array_equal(labels_after, labels_before)
 
+    prefix = str(tmp_path / "clean_mean")
     _port("legacy", legacy_ckpt, "--out", prefix, "--mean", 1, 2, 3)
     assert checkpoint.model_spec_from_checkpoint(prefix).mean_pixel == (1.0, 2.0, 3.0)
     err = _error_line(capsys, "legacy", prefix, "--out", tmp_path / "again")
