@@ -10,7 +10,6 @@ from tinyvgg import TINY_MEAN, TINY_WIDTHS, make_fc_layers, make_vgg_layers  # n
 
 from fcn_graph.matconvnet import write_vgg_mat  # noqa: E402
 
-
 # Test files that run TensorFlow's convolution, pooling and upsampling kernels
 # and compare their results (or errors) with a reference: marked `kernels`, so
 # that .ci/run runs them under both kernel sets, Eigen (TF_ENABLE_ONEDNN_OPTS=0)
