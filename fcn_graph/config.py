@@ -17,9 +17,9 @@ import typing
 from dataclasses import dataclass, field
 from typing import List, Optional
 
+from fcn_graph.constants import ARCHITECTURES, SKIPS, TRAIN_KEEP_PROB
 from fcn_graph.errors import UserError
 from fcn_graph.fileio import write_json_atomic
-from fcn_graph.model import ARCHITECTURES, SKIPS, TRAIN_KEEP_PROB
 
 DATASET_KINDS = ("voc", "ade20k", "pets", "folder", "shapes")
 OPTIMIZERS = ("adam", "sgd")
