@@ -14,6 +14,7 @@ import dataclasses
 import json
 import os
 import stat
+import sys
 import typing
 from dataclasses import dataclass, field
 from typing import List, Optional
@@ -140,10 +141,13 @@ def add_config_args(parser):
     return parser
 
 
-def load_config(path=None, overrides=()):
+def load_config(path=None, overrides=(), *, reads=None, command=None):
     """Defaults, then the file at `path` (if any), then `overrides`; validated.
 
     `overrides` are strings `section.key=value`. Returns a `Config`.
+    `reads`: the dotted keys that `command` uses with its present arguments
+    (None: every key). An override of any other key is still checked, and gets
+    a one-line warning on stderr that it is ignored, naming the key and `command`.
     """
     config = Config()
     sources = {}
@@ -167,7 +171,18 @@ def load_config(path=None, overrides=()):
         _set(config, dotted, value, "--set")
         sources[dotted] = "--set"
     _validate(config, sources, default_source=path or "config")
+    if reads is not None:
+        for dotted in unread_overrides(overrides, reads):
+            uses = f"it uses only {', '.join(reads)}" if reads else "it uses no config key"
+            print(f"{command}: warning: --set {dotted} ignored: {command} does not use "
+                  f"{dotted} ({uses} with these arguments)", file=sys.stderr)
     return config
+
+
+def unread_overrides(overrides, reads):
+    """The keys of `overrides` (`section.key=value` strings) not in `reads`, once each."""
+    keys = [_parse_override(text)[0] for text in overrides]
+    return [key for index, key in enumerate(keys) if key not in reads and key not in keys[:index]]
 
 
 def config_to_dict(config):

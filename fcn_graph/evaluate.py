@@ -129,7 +129,12 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.max_images is not None and args.max_images < 1:
         parser.error(f"--max-images: expected a positive integer, found {args.max_images}")
-    config = load_config(args.config, args.overrides)
+    reads = [*datasets.SPLIT_KEYS, "model.num_classes", "train.threads"]
+    if args.checkpoint is None:
+        reads.append("train.log_dir")
+    if not args.split:
+        reads.append("data.val_split")
+    config = load_config(args.config, args.overrides, reads=reads, command="fcn_graph.evaluate")
     source = args.checkpoint or config.train.log_dir
     if args.checkpoint is None and not os.path.isdir(source):
         raise UserError(f"{source}: no such directory (train.log_dir); train first or pass "
