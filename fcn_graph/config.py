@@ -172,6 +172,7 @@ def load_config(path=None, overrides=(), *, reads=None, command=None):
         sources[dotted] = "--set"
     _validate(config, sources, default_source=path or "config")
     if reads is not None:
+        command = command or "fcn_graph"
         for dotted in unread_overrides(overrides, reads):
             uses = f"it uses only {', '.join(reads)}" if reads else "it uses no config key"
             print(f"{command}: warning: --set {dotted} ignored: {command} does not use "
