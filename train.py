@@ -9,7 +9,11 @@ import sys
 # TF_ENABLE_ONEDNN_OPTS=0 in the environment to train without them.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
-from fcn_graph.errors import run_cli  # noqa: E402  (after the environment is set)
+from fcn_graph import tflog  # noqa: E402  (after the environment is set)
+
+tflog.import_tensorflow_quietly()  # TensorFlow's start-up lines kept out of stderr
+
+from fcn_graph.errors import run_cli  # noqa: E402
 from fcn_graph.train import main  # noqa: E402
 
 if __name__ == "__main__":

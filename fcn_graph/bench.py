@@ -267,6 +267,13 @@ def run_inference_case(args, case):
     return result
 
 
+def is_fused_kind(kind):
+    """True for the op kinds of Grappler's fusions: `_FusedConv2D`, `_FusedMatMul`
+    (Eigen kernels) and `_MklNativeFusedConv2D`, `_MklNativePadWithFusedConv2D`,
+    `_MklFusedMatMul` (oneDNN kernels, TF_ENABLE_ONEDNN_OPTS=1)."""
+    return kind.startswith("_") and "Fused" in kind
+
+
 def _profile(segmenter, images, repeats):
     import tensorflow as tf
     tf1 = tf.compat.v1
@@ -282,7 +289,7 @@ def _profile(segmenter, images, repeats):
     # the median run by total time
     runs.sort(key=lambda r: sum(r[0].values()))
     kinds, layers = runs[len(runs) // 2]
-    fused = [kind for kind in kinds if kind.startswith("_Fused")]
+    fused = [kind for kind in kinds if is_fused_kind(kind)]
     return {"op_kinds_ms": dict(kinds.most_common()), "layers_ms": dict(layers),
             "fused_kinds": fused}
 

@@ -13,13 +13,15 @@ Relative paths in the config are taken relative to the current directory.
 import dataclasses
 import json
 import os
+import stat
+import sys
 import typing
 from dataclasses import dataclass, field
 from typing import List, Optional
 
+from fcn_graph.constants import ARCHITECTURES, SKIPS, TRAIN_KEEP_PROB
 from fcn_graph.errors import UserError
 from fcn_graph.fileio import write_json_atomic
-from fcn_graph.model import ARCHITECTURES, SKIPS, TRAIN_KEEP_PROB
 
 DATASET_KINDS = ("voc", "ade20k", "pets", "folder", "shapes")
 OPTIMIZERS = ("adam", "sgd")
@@ -139,10 +141,13 @@ def add_config_args(parser):
     return parser
 
 
-def load_config(path=None, overrides=()):
+def load_config(path=None, overrides=(), *, reads=None, command=None):
     """Defaults, then the file at `path` (if any), then `overrides`; validated.
 
     `overrides` are strings `section.key=value`. Returns a `Config`.
+    `reads`: the dotted keys that `command` uses with its present arguments
+    (None: every key). An override of any other key is still checked, and gets
+    a one-line warning on stderr that it is ignored, naming the key and `command`.
     """
     config = Config()
     sources = {}
@@ -166,7 +171,19 @@ def load_config(path=None, overrides=()):
         _set(config, dotted, value, "--set")
         sources[dotted] = "--set"
     _validate(config, sources, default_source=path or "config")
+    if reads is not None:
+        command = command or "fcn_graph"
+        for dotted in unread_overrides(overrides, reads):
+            uses = f"it uses only {', '.join(reads)}" if reads else "it uses no config key"
+            print(f"{command}: warning: --set {dotted} ignored: {command} does not use "
+                  f"{dotted} ({uses} with these arguments)", file=sys.stderr)
     return config
+
+
+def unread_overrides(overrides, reads):
+    """The keys of `overrides` (`section.key=value` strings) not in `reads`, once each."""
+    keys = [_parse_override(text)[0] for text in overrides]
+    return [key for index, key in enumerate(keys) if key not in reads and key not in keys[:index]]
 
 
 def config_to_dict(config):
@@ -199,21 +216,88 @@ def save_resolved_config(config, log_dir):
 def _read_config_file(path):
     import commentjson
 
+    text = _read_text(path)
+    if not _strip_comments(text).strip():
+        raise UserError(f"{path}: empty config file; expected a JSON object of sections, "
+                        f'e.g. {{"train": {{"batch_size": 4}}}}')
     try:
-        with open(path) as f:
-            text = f.read()
-    except FileNotFoundError:
-        raise UserError(f"{path}: config file not found") from None
-    except OSError as err:
-        raise UserError(f"{path}: cannot read config file: {err.strerror}") from None
-    try:
-        data = commentjson.loads(text)
+        data = commentjson.loads(text, object_pairs_hook=_refuse_duplicates)
+    except UserError as err:
+        raise UserError(f"{path}: {err}") from None
     except Exception as err:  # commentjson raises several lark and json error types
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"{path}: not valid JSON (comments allowed): {first_line}") from None
+        raise UserError(f"{path}: not valid JSON (comments allowed): "
+                        f"{_json_error(commentjson, text, err)}") from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a JSON object of sections, found {_show(data)}")
     return data
+
+
+def _read_text(path):
+    """The file at `path` as text: UTF-8 (a leading byte-order mark allowed), from
+    a regular file only, so that a FIFO or a device never blocks the command."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise UserError(f"{path}: config file not found") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: expected a JSON config file, found a directory") from None
+    except OSError as err:
+        raise UserError(f"{path}: cannot read config file: {err.strerror}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = ("a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode)
+                    else "a special file")
+            raise UserError(f"{path}: expected a JSON config file, found {kind}")
+        with os.fdopen(fd, "rb") as f:
+            fd = None
+            raw = f.read()
+    except OSError as err:
+        raise UserError(f"{path}: cannot read config file: {err.strerror}") from None
+    finally:
+        if fd is not None:
+            os.close(fd)
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw[:err.start].count(b"\n") + 1
+        raise UserError(f"{path}: expected UTF-8 text, found byte 0x{raw[err.start]:02x} "
+                        f"at line {line} (offset {err.start}); save the file as UTF-8") from None
+
+
+def _strip_comments(text):
+    """`text` without its // and # comment lines (enough to tell an empty file)."""
+    return "\n".join(line for line in text.splitlines()
+                     if not line.lstrip().startswith(("//", "#")))
+
+
+def _refuse_duplicates(pairs):
+    keys = [key for key, _ in pairs]
+    for key in keys:
+        if keys.count(key) > 1:
+            raise UserError(f"key {key!r} appears {keys.count(key)} times in one object; "
+                            f"expected each key once")
+    return dict(pairs)
+
+
+def _json_error(commentjson, text, err):
+    """Where and what the JSON error is, on one line."""
+    import lark
+
+    try:
+        commentjson.commentjson.parser.parse(text)
+    except lark.exceptions.UnexpectedInput as parse_err:
+        token = getattr(parse_err, "token", None)
+        if getattr(token, "type", None) == "$END":
+            return "unexpected end of file; is it cut short?"
+        found = text.splitlines()[parse_err.line - 1][parse_err.column - 1:][:20] \
+            if 0 < parse_err.line <= len(text.splitlines()) else ""
+        return (f"line {parse_err.line}, column {parse_err.column}: unexpected "
+                f"{repr(found) if found else 'end of file'}")
+    except Exception:  # fall back to the loader's own message
+        pass
+    message = str(err).strip()
+    return message.splitlines()[0][:200] if message else type(err).__name__
 
 
 def _parse_override(text):

@@ -11,6 +11,13 @@ VGG_MEAN_RGB = (123.68, 116.779, 103.939)
 # The network downsamples by 32 before conv6; scores come back at stride 8.
 OUTPUT_STRIDE = 8
 
+# Graph variants of the model: legacy (FCN.tensorflow) and paper (FCN-32s/16s/8s).
+ARCHITECTURES = ("legacy", "paper")
+SKIPS = ("32s", "16s", "8s")  # paper: FCN-32s, FCN-16s, FCN-8s; legacy is always 8s
+# Dropout keep probability for training (inference uses 1.0): FCN.tensorflow's
+# 0.85, the paper's 0.5.
+TRAIN_KEEP_PROB = {"legacy": 0.85, "paper": 0.5}
+
 
 def voc_palette(num_entries=256):
     """The PASCAL VOC colour map: entry i is the RGB colour of class i.

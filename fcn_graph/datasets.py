@@ -108,6 +108,11 @@ def splits_from_config(config):
     return train, val, num_classes
 
 
+# The config keys that `open_config_split` reads, besides the split's name.
+SPLIT_KEYS = ("data.kind", "data.root", "data.val_fraction", "data.shapes_train_images",
+              "data.shapes_val_images", "data.shapes_image_size", "train.seed")
+
+
 def open_config_split(config, split):
     """SplitFiles of one split of the config's dataset (generating shapes if needed)."""
     d = config.data

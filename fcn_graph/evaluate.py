@@ -138,7 +138,12 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.max_images is not None and args.max_images < 1:
         parser.error(f"--max-images: expected a positive integer, found {args.max_images}")
-    config = load_config(args.config, args.overrides)
+    reads = [*datasets.SPLIT_KEYS, "model.num_classes", "train.threads"]
+    if args.checkpoint is None:
+        reads.append("train.log_dir")
+    if not args.split:
+        reads.append("data.val_split")
+    config = load_config(args.config, args.overrides, reads=reads, command="fcn_graph.evaluate")
     if args.json and check_output_file(args.json, "--json") and not json_written_with(
             args.json, METRICS_KEYS):
         raise UserError(f"--json {args.json}: exists and is not a metrics file evaluate wrote; "

@@ -288,8 +288,10 @@ def main(argv=None):
     if args.checkpoint is None and args.config is None:
         parser.error("--checkpoint: required unless --config names a train.log_dir")
     source = args.checkpoint
-    if args.config is not None:
-        config = load_config(args.config, args.overrides)
+    if args.config is not None or args.overrides:
+        reads = [key for key, used in (("train.log_dir", args.checkpoint is None),
+                                       ("train.threads", not args.threads)) if used]
+        config = load_config(args.config, args.overrides, reads=reads, command="fcn_graph.infer")
         source = source or config.train.log_dir
         args.threads = args.threads or config.train.threads
     paths = list_images(args.inputs)

@@ -44,7 +44,7 @@ from collections import OrderedDict
 import numpy as np
 import tensorflow as tf
 
-from fcn_graph.constants import VGG_MEAN_RGB
+from fcn_graph.constants import ARCHITECTURES, SKIPS, TRAIN_KEEP_PROB, VGG_MEAN_RGB  # noqa: F401
 
 tf1 = tf.compat.v1
 
@@ -70,12 +70,6 @@ VGG19_WIDTHS = OrderedDict(
     (name, {"1": 64, "2": 128, "3": 256, "4": 512, "5": 512}[name[4]]) for name in VGG19_CONVS)
 FC_WIDTH = 4096
 SCOPE = "inference"
-
-ARCHITECTURES = ("legacy", "paper")
-SKIPS = ("32s", "16s", "8s")  # paper: FCN-32s, FCN-16s, FCN-8s; legacy is always 8s
-# Dropout keep probability for training (inference uses 1.0): FCN.tensorflow's
-# 0.85, the paper's 0.5.
-TRAIN_KEEP_PROB = {"legacy": 0.85, "paper": 0.5}
 
 # Head variable names of FCN.tensorflow, in creation order.
 HEAD_VARIABLES = ("W6", "b6", "W7", "b7", "W8", "b8",

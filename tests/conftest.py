@@ -10,6 +10,20 @@ from tinyvgg import TINY_MEAN, TINY_WIDTHS, make_fc_layers, make_vgg_layers  # n
 
 from fcn_graph.matconvnet import write_vgg_mat  # noqa: E402
 
+# Test files that run TensorFlow's convolution, pooling and upsampling kernels
+# and compare their results (or errors) with a reference: marked `kernels`, so
+# that .ci/run runs them under both kernel sets, Eigen (TF_ENABLE_ONEDNN_OPTS=0)
+# and oneDNN (=1). A test elsewhere can carry @pytest.mark.kernels itself.
+KERNEL_TEST_FILES = ("test_bench.py", "test_blocks.py", "test_export.py", "test_forward.py",
+                     "test_model.py", "test_onnx_engine.py", "test_upsample.py",
+                     "test_variants.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name in KERNEL_TEST_FILES:
+            item.add_marker(pytest.mark.kernels)
+
 
 @pytest.fixture
 def vgg_layers():

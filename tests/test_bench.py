@@ -27,12 +27,24 @@ def test_inference_case_profile_and_rows(tmp_path, monkeypatch):
     for name in ("conv1_1", "pool4", "conv5_3", "pool5", "conv6", "conv_t1", "conv_t3"):
         assert name in layers, name
     assert "conv5_4" not in layers
-    assert any(kind.startswith("_FusedConv2D") for kind in profile["fused_kinds"])
+    # the convolutions are fused with their bias and ReLU, under either kernel set:
+    # _FusedConv2D (Eigen) or _MklNativeFusedConv2D / _MklNativePadWithFusedConv2D (oneDNN)
+    assert any(kind.endswith("FusedConv2D") for kind in profile["fused_kinds"]), profile
+    assert not any(kind in profile["op_kinds_ms"] for kind in ("Conv2D", "_MklNativeConv2D"))
     row = bench.format_row({"variant": "tf", "case": "tiny", "gflop": 1.0,
                             "median_ms_per_image": 2.0, "median_ms_per_call": 2.0, "min_ms_per_image": 1.5,
                             "images_per_s": 500.0, "gflops": 0.5, "run_peak_mib": 100.0,
                             "fraction_of_sgemm": 0.25})
     assert "25%" in row and "tiny" in row
+
+
+@pytest.mark.parametrize("kind,fused", [
+    ("_FusedConv2D", True), ("_FusedMatMul", True), ("_MklNativeFusedConv2D", True),
+    ("_MklNativePadWithFusedConv2D", True), ("_MklFusedMatMul", True),
+    ("Conv2D", False), ("_MklNativeConv2D", False), ("_MklMatMul", False), ("BiasAdd", False),
+])
+def test_fused_kinds_of_both_kernel_sets(kind, fused):
+    assert bench.is_fused_kind(kind) is fused
 
 
 def test_training_case_lowers_the_loss(tmp_path, monkeypatch):

@@ -131,8 +131,15 @@ def test_transpose_refuses_an_output_shape_tf_refuses():
     w = np.zeros((4, 4, 1, 1))
     with pytest.raises(ValueError, match="maps it to 4x4"):
         conv2d_transpose_same(x, w, (1, 8, 8, 1), 2)
-    with pytest.raises((tf.errors.InvalidArgumentError, ValueError)):
+    # TF refuses it too: InvalidArgumentError from the Eigen kernel, AbortedError
+    # from the oneDNN one (TF_ENABLE_ONEDNN_OPTS=1), ValueError from shape inference.
+    with pytest.raises((tf.errors.InvalidArgumentError, tf.errors.AbortedError, ValueError)):
         tf.nn.conv2d_transpose(_tf(x), _tf(w), (1, 8, 8, 1), 2, "SAME")
+    # and both accept the shapes that a SAME conv maps back to 3x3
+    for size in (5, 6):
+        assert conv2d_transpose_same(x, w, (1, size, size, 1), 2).shape == (1, size, size, 1)
+        out = tf.nn.conv2d_transpose(_tf(x), _tf(w), (1, size, size, 1), 2, "SAME")
+        assert tuple(out.shape) == (1, size, size, 1)
 
 
 # Against the TF ops, float32 TF vs float64 reference. ---------------------------
