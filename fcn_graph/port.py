@@ -195,6 +195,7 @@ def ckpt2mat(args):
     as a MatConvNet `.mat` that mat2ckpt reads back unchanged."""
     prefix = checkpoint.resolve_checkpoint(args.checkpoint)
     spec = checkpoint.model_spec_from_checkpoint(prefix)
+    checkpoint.check_finite(prefix)  # the whole checkpoint, not only the layers written
     sidecar = checkpoint.read_sidecar(prefix) or {}
     names = [f"{SCOPE}/{name}_{s}" for name in fcn_model.VGG19_CONVS for s in ("w", "b")]
     if spec.architecture == "paper":
