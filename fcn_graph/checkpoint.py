@@ -12,6 +12,7 @@ import dataclasses
 import glob
 import json
 import os
+import weakref
 from collections import OrderedDict
 
 import numpy as np
@@ -315,11 +316,11 @@ def restore_model(sess, prefix, variables=None, saver=None):
             (saver or model_saver(variables)).restore(sess, prefix)
         except (tf.errors.OpError, ValueError) as err:
             raise UserError(f"{prefix}: cannot restore the model: {_read_error(err)}") from None
-    # The values as restored, one variable at a time (no new ops: the graph
-    # may be finalised).
     problems = []
-    for name, variable in variables.items():
-        found = nonfinite(sess.run(variable))
+    sums = _variable_sums(variables)
+    flagged = [name for name, total in sess.run(sums).items() if not np.isfinite(total)]
+    for name in flagged + [name for name in variables if name not in sums]:
+        found = nonfinite(sess.run(variables[name]))
         if found is not None:
             problems.append((name, f"holds {found}"))
     if problems:
@@ -375,9 +376,36 @@ def assign_vgg(sess, vgg, variables=None, architecture="legacy"):
     assign_arrays(sess, variables, values)
 
 
+# Graph -> {variable name: sum tensor}, kept off the graph's collections so
+# that exported meta graphs do not carry them.
+_SUMS = weakref.WeakKeyDictionary()
+
+
+def _variable_sums(variables):
+    """Name -> a scalar tensor summing the float variable's values, built once
+    per graph while it can still take ops (model_saver builds them). A NaN or
+    an infinity makes the sum non-finite, and one sum per variable costs far
+    less than fetching 0.5 GB of weights; `restore_model` looks closer at the
+    variables whose sum is not finite (an overflow of finite values included)
+    and fetches those without a sum."""
+    if not variables:
+        return {}
+    graph = next(iter(variables.values())).graph
+    sums = _SUMS.setdefault(graph, {})
+    missing = {name: v for name, v in variables.items()
+               if name not in sums and v.dtype.base_dtype.is_floating}
+    if missing and not graph.finalized:
+        with graph.as_default(), tf1.name_scope("variable_sums"):
+            for name, variable in missing.items():
+                sums[name] = tf.reduce_sum(variable)
+    return {name: sums[name] for name in variables if name in sums}
+
+
 def model_saver(variables, **kwargs):
     """A Saver for the model variables under their checkpoint names (build it
-    before the graph is finalised)."""
+    before the graph is finalised; it also builds what `restore_model` needs
+    to check the restored values)."""
+    _variable_sums(variables)
     return tf1.train.Saver(var_list=dict(variables), save_relative_paths=True, **kwargs)
 
 

@@ -16,10 +16,18 @@ def nonfinite(array):
     was found ("12 NaN values", "1 infinite value", "3 NaN and 2 infinite
     values"). Arrays of other dtypes (integers, strings) hold no such values."""
     array = np.asarray(array)
-    if array.dtype.kind not in "fc" or np.isfinite(array).all():
+    # A NaN or an infinity makes the sum non-finite; the sum is a few times
+    # faster than isfinite over every value. A sum that overflows from finite
+    # values is caught by the exact count below.
+    if array.dtype.kind not in "fc":
         return None
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(array.sum()):
+            return None
     nans = int(np.count_nonzero(np.isnan(array)))
     infs = int(np.count_nonzero(np.isinf(array)))
+    if not nans and not infs:
+        return None
 
     def count(n, what):
         return f"{n} {what} value" + ("" if n == 1 else "s")

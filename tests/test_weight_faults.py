@@ -102,6 +102,9 @@ def test_nonfinite_counts_what_it_finds():
     assert nonfinite(np.array([np.nan, 1.0, np.nan], np.float32)) == "2 NaN values"
     assert nonfinite(np.array([-np.inf, 0.0])) == "1 infinite value"
     assert nonfinite(np.array([np.nan, np.inf, -np.inf])) == "1 NaN and 2 infinite values"
+    assert nonfinite(np.full(10, 3e38, np.float32)) is None  # finite, though its sum overflows
+    assert nonfinite(np.array([3e38, 3e38, -np.inf], np.float32)) == "1 infinite value"
+    assert nonfinite(np.zeros((0, 3))) is None
 
 
 @pytest.mark.parametrize("value, found", [
@@ -240,6 +243,14 @@ def test_checkpoint_with_nonfinite_values_is_refused_by_every_reader(ckpts):
         with graph.as_default():
             saver = checkpoint.model_saver(variables)
         graph.finalize()  # as infer and evaluate restore: no op may be added
+        with tf1.Session(graph=graph) as sess:
+            checkpoint.restore_model(sess, prefix, variables, saver=saver)
+    with pytest.raises(UserError, match="'inference/conv3_2_w' holds 12 NaN values; "
+                                        "'inference/b6' holds 1 infinite value"):
+        graph, *_, variables = build_graph(SPEC)
+        with graph.as_default():
+            saver = tf1.train.Saver(var_list=variables)  # without model_saver's sums
+        graph.finalize()
         with tf1.Session(graph=graph) as sess:
             checkpoint.restore_model(sess, prefix, variables, saver=saver)
     with pytest.raises(UserError, match=f"^{prefix}: variable 'inference/.*' holds"):
