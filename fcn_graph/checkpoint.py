@@ -204,6 +204,9 @@ def read_sidecar(prefix):
         raise UserError(f"{path}: not an fcn_graph sidecar (expected \"format\": \"{SIDECAR_FORMAT}\")")
     if record.get("mean_pixel") is not None:
         record["mean_pixel"] = list(check_mean_pixel(record["mean_pixel"], f"{path}: mean_pixel"))
+    for key in ("train_upsampling", "kernels_transposed"):
+        if key in record and not isinstance(record[key], bool):
+            raise UserError(f"{path}: {key}: expected true or false, found {record[key]!r}")
     return record
 
 

@@ -327,14 +327,27 @@ def test_sidecar_mean_pixel_is_checked(ckpts, tmp_path, capsys, text, found):
     assert f"{prefix}.json: mean_pixel" in line and found in line
 
 
-def test_null_mean_pixel_in_the_sidecar_still_means_unknown(ckpts, tmp_path):
-    prefix = _copy(ckpts["good"], tmp_path / "ckpt")
+def _edit_sidecar(prefix, **changes):
     with open(prefix + ".json", encoding="utf-8") as handle:
         record = json.load(handle)
-    record["mean_pixel"] = None
+    record.update(changes)
     with open(prefix + ".json", "w", encoding="utf-8") as handle:
         json.dump(record, handle)
+
+
+def test_null_mean_pixel_in_the_sidecar_still_means_unknown(ckpts, tmp_path):
+    prefix = _copy(ckpts["good"], tmp_path / "ckpt")
+    _edit_sidecar(prefix, mean_pixel=None)
     assert checkpoint.model_spec_from_checkpoint(prefix).mean_pixel is None
+
+
+@pytest.mark.parametrize("key", ["train_upsampling", "kernels_transposed"])
+def test_sidecar_flags_must_be_booleans(ckpts, tmp_path, key):
+    prefix = _copy(ckpts["good"], tmp_path / "ckpt")
+    _edit_sidecar(prefix, **{key: "false"})  # bool("false") would be True
+    with pytest.raises(UserError, match=f"^{prefix}.json: {key}: expected true or false, "
+                                        "found 'false'$"):
+        checkpoint.model_spec_from_checkpoint(prefix)
 
 
 def test_sidecar_that_is_a_fifo_or_directory_is_refused(ckpts, tmp_path):
