@@ -156,7 +156,7 @@ def read_variables(prefix, names=None):
 def checkpoint_problems(prefix):
     """(name, problem) for every tensor of `prefix` that cannot be read or holds
     NaN or infinite values; empty when the whole checkpoint reads and is finite.
-    Reads every tensor, one at a time (a few hundred ms for a full-size model)."""
+    Reads every tensor, one at a time."""
     return [(name, problem) for name, _, problem in _scan(prefix) if problem is not None]
 
 
@@ -311,7 +311,9 @@ def check_variables(prefix, variables):
 def restore_model(sess, prefix, variables=None, saver=None):
     """Restore the model variables from `prefix`, ignoring anything else in it
     (optimizer slots, beta1_power/beta2_power, the global step). Pass a `saver`
-    from `model_saver` when the graph is already finalised."""
+    from `model_saver` when the graph is already finalised. A checkpoint that
+    cannot be restored, or whose restored values hold NaN or infinities, is a
+    UserError naming the prefix and the variables."""
     variables = variables if variables is not None else fcn_model.model_variables(sess.graph)
     check_variables(prefix, variables)
     with sess.graph.as_default():  # outside a graph context, Saver would restore eagerly
@@ -387,10 +389,10 @@ _SUMS = weakref.WeakKeyDictionary()
 def _variable_sums(variables):
     """Name -> a scalar tensor summing the float variable's values, built once
     per graph while it can still take ops (model_saver builds them). A NaN or
-    an infinity makes the sum non-finite, and one sum per variable costs far
-    less than fetching 0.5 GB of weights; `restore_model` looks closer at the
-    variables whose sum is not finite (an overflow of finite values included)
-    and fetches those without a sum."""
+    an infinity makes the sum non-finite, and fetching one scalar per variable
+    is much cheaper than fetching the weights; `restore_model` looks closer at
+    the variables whose sum is not finite (an overflow of finite values
+    included) and fetches those without a sum."""
     if not variables:
         return {}
     graph = next(iter(variables.values())).graph

@@ -16,8 +16,8 @@ def nonfinite(array):
     was found ("12 NaN values", "1 infinite value", "3 NaN and 2 infinite
     values"). Arrays of other dtypes (integers, strings) hold no such values."""
     array = np.asarray(array)
-    # A NaN or an infinity makes the sum non-finite; the sum is a few times
-    # faster than isfinite over every value. A sum that overflows from finite
+    # A NaN or an infinity makes the sum non-finite, and a sum needs no
+    # temporary array as isfinite does. A sum that overflows from finite
     # values is caught by the exact count below.
     if array.dtype.kind not in "fc":
         return None
