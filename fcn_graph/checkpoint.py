@@ -12,6 +12,7 @@ import dataclasses
 import glob
 import json
 import os
+import weakref
 from collections import OrderedDict
 
 import numpy as np
@@ -20,6 +21,7 @@ import tensorflow as tf
 from fcn_graph import model as fcn_model
 from fcn_graph.errors import UserError
 from fcn_graph.fileio import write_json_atomic
+from fcn_graph.finite import check_mean_pixel, nonfinite
 
 tf1 = tf.compat.v1
 
@@ -50,21 +52,126 @@ def resolve_checkpoint(path):
     return path
 
 
-def read_variable_shapes(prefix):
-    """Checkpoint name -> shape of every variable stored under `prefix`."""
+def _read_error(err):
+    """What a TensorFlow checkpoint reader's exception says is wrong, in one line."""
+    text = str(err)
+    if isinstance(err, (IndexError, tf.errors.OutOfRangeError)) or "less bytes" in text:
+        return "a data file is cut short (truncated or partly written)"
+    if "Checksum does not match" in text:
+        return "a data file is corrupted (its checksum does not match)"
+    if "No such file" in text:
+        line = next(line for line in text.splitlines() if "No such file" in line)
+        return "a data file is missing (" + line.split(";")[0].strip() + ")"
+    if "sstable" in text:
+        return "the .index file is damaged or truncated (" + text.splitlines()[0].strip() + ")"
+    lines = [line for line in text.splitlines() if line.strip()]
+    first = lines[0] if lines else "no detail"
+    if first.startswith("{{function_node"):  # the wrapped op's name, before the message
+        first = first.split("}}", 1)[-1]
+    first = first.replace("[Op:RestoreV2]", "").strip()
+    return f"{type(err).__name__}: {first}"
+
+
+def _open_reader(prefix):
+    """A CheckpointReader for `prefix`, after checking that its files are
+    regular files (TensorFlow would block on a FIFO and fail obscurely on a
+    directory)."""
+    index = prefix + ".index"
+    if not os.path.exists(index):
+        raise UserError(f"{prefix}: no checkpoint here (expected {index} and {prefix}.data-*)")
+    for path in [index] + glob.glob(glob.escape(prefix) + ".data-*"):
+        if not os.path.isfile(path):
+            raise UserError(f"{path}: not a regular file; expected a file of the checkpoint "
+                            f"{prefix}")
     try:
         reader = tf.train.load_checkpoint(prefix)
-    except Exception as err:  # a truncated or foreign file
+    except Exception as err:  # a truncated or foreign file; TensorFlow raises several types
         raise UserError(f"{prefix}: not a readable TensorFlow checkpoint "
-                        f"({type(err).__name__}: {str(err).splitlines()[0]})") from None
+                        f"({_read_error(err)})") from None
+    _check_data_files(prefix, reader)
+    return reader
+
+
+def _check_data_files(prefix, reader):
+    """Raise a UserError when a data shard is missing, or when the data files
+    are shorter than the tensors the index lists (numbers are stored
+    unpadded, so a truncated file is always short)."""
+    shards = glob.glob(glob.escape(prefix) + ".data-[0-9][0-9][0-9][0-9][0-9]-of-[0-9][0-9][0-9][0-9][0-9]")
+    if not shards:
+        raise UserError(f"{prefix}: the data file is missing (expected "
+                        f"{prefix}.data-00000-of-00001 beside {prefix}.index)")
+    count = int(shards[0][-5:])
+    expected = [f"{prefix}.data-{i:05d}-of-{count:05d}" for i in range(count)]
+    missing = [path for path in expected if not os.path.isfile(path)]
+    if missing:
+        raise UserError(f"{prefix}: data file {missing[0]} is missing"
+                        + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    shapes, dtypes = reader.get_variable_to_shape_map(), reader.get_variable_to_dtype_map()
+    needed = sum(int(np.prod(shapes[name])) * dtypes[name].size for name in shapes
+                 if dtypes[name] != tf.string)
+    held = sum(os.path.getsize(path) for path in expected)
+    if held < needed:
+        raise UserError(f"{prefix}: the data is cut short: the index lists {needed:,} bytes of "
+                        f"tensors but the data file{'s hold' if count > 1 else ' holds'} "
+                        f"{held:,} (truncated or partly written)")
+
+
+def read_variable_shapes(prefix):
+    """Checkpoint name -> shape of every variable stored under `prefix` (read
+    from the .index alone; `read_variables` and `check_finite` read the data)."""
+    reader = _open_reader(prefix)
     return {name: tuple(shape) for name, shape in reader.get_variable_to_shape_map().items()}
 
 
+def _scan(prefix, names=None):
+    """Yield (name, array or None, problem or None) for each of `names`
+    (default: every tensor), reading one tensor at a time. A problem is a
+    tensor that cannot be read or holds NaN or infinite values."""
+    reader = _open_reader(prefix)
+    stored = reader.get_variable_to_shape_map()
+    for name in names if names is not None else sorted(stored):
+        if name not in stored:
+            raise UserError(f"{prefix}: variable '{name}' not found (the checkpoint has "
+                            f"{len(stored)} variables)")
+        try:
+            array = reader.get_tensor(name)
+        except Exception as err:  # DataLossError, IndexError, NotFoundError, ...
+            yield name, None, f"cannot be read: {_read_error(err)}"
+            continue
+        found = nonfinite(array)
+        yield name, array, None if found is None else f"holds {found}"
+
+
 def read_variables(prefix, names=None):
-    """Checkpoint name -> numpy array, for `names` (default: all)."""
-    reader = tf.train.load_checkpoint(prefix)
-    names = names if names is not None else sorted(reader.get_variable_to_shape_map())
-    return {name: reader.get_tensor(name) for name in names}
+    """Checkpoint name -> numpy array, for `names` (default: all). A tensor that
+    cannot be read or holds NaN or infinite values is a UserError naming it."""
+    values = {}
+    for name, array, problem in _scan(prefix, names):
+        if problem is not None:
+            raise UserError(f"{prefix}: variable '{name}' {problem}; the checkpoint is unusable")
+        values[name] = array
+    return values
+
+
+def checkpoint_problems(prefix):
+    """(name, problem) for every tensor of `prefix` that cannot be read or holds
+    NaN or infinite values; empty when the whole checkpoint reads and is finite.
+    Reads every tensor, one at a time."""
+    return [(name, problem) for name, _, problem in _scan(prefix) if problem is not None]
+
+
+def check_finite(prefix):
+    """Raise a UserError unless every tensor of `prefix` (model variables,
+    optimizer slots, global step) reads and holds finite values: the test for
+    a checkpoint that can be used or resumed."""
+    problems = checkpoint_problems(prefix)
+    if problems:
+        raise UserError(f"{prefix}: " + _problem_summary(problems) + "; the checkpoint is unusable")
+
+
+def _problem_summary(problems, shown=3):
+    text = "; ".join(f"'{name}' {problem}" for name, problem in problems[:shown])
+    return text + (f"; and {len(problems) - shown} more" if len(problems) > shown else "")
 
 
 def sidecar_path(prefix):
@@ -86,6 +193,8 @@ def read_sidecar(prefix):
     path = sidecar_path(prefix)
     if not os.path.exists(path):
         return None
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: not a regular file; expected the checkpoint's JSON sidecar")
     try:
         with open(path, encoding="utf-8") as handle:
             record = json.load(handle)
@@ -93,6 +202,11 @@ def read_sidecar(prefix):
         raise UserError(f"{path}: unreadable checkpoint sidecar ({err})") from None
     if not isinstance(record, dict) or record.get("format") != SIDECAR_FORMAT:
         raise UserError(f"{path}: not an fcn_graph sidecar (expected \"format\": \"{SIDECAR_FORMAT}\")")
+    if record.get("mean_pixel") is not None:
+        record["mean_pixel"] = list(check_mean_pixel(record["mean_pixel"], f"{path}: mean_pixel"))
+    for key in ("train_upsampling", "kernels_transposed"):
+        if key in record and not isinstance(record[key], bool):
+            raise UserError(f"{path}: {key}: expected true or false, found {record[key]!r}")
     return record
 
 
@@ -197,11 +311,25 @@ def check_variables(prefix, variables):
 def restore_model(sess, prefix, variables=None, saver=None):
     """Restore the model variables from `prefix`, ignoring anything else in it
     (optimizer slots, beta1_power/beta2_power, the global step). Pass a `saver`
-    from `model_saver` when the graph is already finalised."""
+    from `model_saver` when the graph is already finalised. A checkpoint that
+    cannot be restored, or whose restored values hold NaN or infinities, is a
+    UserError naming the prefix and the variables."""
     variables = variables if variables is not None else fcn_model.model_variables(sess.graph)
     check_variables(prefix, variables)
     with sess.graph.as_default():  # outside a graph context, Saver would restore eagerly
-        (saver or model_saver(variables)).restore(sess, prefix)
+        try:
+            (saver or model_saver(variables)).restore(sess, prefix)
+        except (tf.errors.OpError, ValueError) as err:
+            raise UserError(f"{prefix}: cannot restore the model: {_read_error(err)}") from None
+    problems = []
+    sums = _variable_sums(variables)
+    flagged = [name for name, total in sess.run(sums).items() if not np.isfinite(total)]
+    for name in flagged + [name for name in variables if name not in sums]:
+        found = nonfinite(sess.run(variables[name]))
+        if found is not None:
+            problems.append((name, f"holds {found}"))
+    if problems:
+        raise UserError(f"{prefix}: " + _problem_summary(problems) + "; the checkpoint is unusable")
 
 
 def assign_arrays(sess, variables, values):
@@ -214,6 +342,10 @@ def assign_arrays(sess, variables, values):
         if tuple(np.shape(value)) != expected:
             raise UserError(f"{variable.op.name}: got shape {list(np.shape(value))}, "
                             f"expected {list(expected)}")
+        found = nonfinite(value)
+        if found is not None:
+            raise UserError(f"{variable.op.name}: the value to load holds {found}; expected "
+                            "finite numbers")
         sess.run(variable.initializer, feed_dict={variable.initial_value: value})
 
 
@@ -249,9 +381,36 @@ def assign_vgg(sess, vgg, variables=None, architecture="legacy"):
     assign_arrays(sess, variables, values)
 
 
+# Graph -> {variable name: sum tensor}, kept off the graph's collections so
+# that exported meta graphs do not carry them.
+_SUMS = weakref.WeakKeyDictionary()
+
+
+def _variable_sums(variables):
+    """Name -> a scalar tensor summing the float variable's values, built once
+    per graph while it can still take ops (model_saver builds them). A NaN or
+    an infinity makes the sum non-finite, and fetching one scalar per variable
+    is much cheaper than fetching the weights; `restore_model` looks closer at
+    the variables whose sum is not finite (an overflow of finite values
+    included) and fetches those without a sum."""
+    if not variables:
+        return {}
+    graph = next(iter(variables.values())).graph
+    sums = _SUMS.setdefault(graph, {})
+    missing = {name: v for name, v in variables.items()
+               if name not in sums and v.dtype.base_dtype.is_floating}
+    if missing and not graph.finalized:
+        with graph.as_default(), tf1.name_scope("variable_sums"):
+            for name, variable in missing.items():
+                sums[name] = tf.reduce_sum(variable)
+    return {name: sums[name] for name in variables if name in sums}
+
+
 def model_saver(variables, **kwargs):
     """A Saver for the model variables under their checkpoint names (build it
-    before the graph is finalised)."""
+    before the graph is finalised; it also builds what `restore_model` needs
+    to check the restored values)."""
+    _variable_sums(variables)
     return tf1.train.Saver(var_list=dict(variables), save_relative_paths=True, **kwargs)
 
 

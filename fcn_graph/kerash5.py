@@ -27,6 +27,7 @@ from collections import OrderedDict
 import numpy as np
 
 from fcn_graph.errors import UserError
+from fcn_graph.finite import check_finite_array
 from fcn_graph.matconvnet import VGG19_CONV_NAMES, VggWeights
 
 # Caffe's ImageNet mean in BGR order: what keras.applications.vgg19.preprocess_input subtracts.
@@ -95,8 +96,25 @@ def read_h5_layers(path):
             group = root[layer]
             names = _attribute_list(group, "weight_names")
             if names:
-                layers[layer] = [(name, np.asarray(group[name])) for name in names]
+                layers[layer] = [(name, _read_array(path, layer, group, name)) for name in names]
         return layers
+
+
+def _read_array(path, layer, group, name):
+    """One weight array of a layer group, real-valued and finite."""
+    where = f"{path}: layer '{layer}' weight '{name}'"
+    try:
+        array = np.asarray(group[name])
+    except KeyError:
+        raise UserError(f"{where} is listed in weight_names but not stored") from None
+    except (OSError, ValueError, TypeError) as err:  # h5py on truncated or damaged files
+        raise UserError(f"{where} cannot be read ({type(err).__name__}: "
+                        f"{str(err).splitlines()[0] if str(err) else 'no detail'}); the file is "
+                        "damaged or truncated") from None
+    if array.dtype.kind not in "biuf":
+        raise UserError(f"{where} holds {array.dtype} data; expected real numbers")
+    check_finite_array(array, where)
+    return array
 
 
 def _kernel_and_bias(path, layer, weights, kernel_ndim):
@@ -108,7 +126,10 @@ def _kernel_and_bias(path, layer, weights, kernel_ndim):
         raise UserError(f"{path}: layer '{layer}': kernel {list(kernel.shape)} and bias "
                         f"{list(bias.shape)}; expected a {kernel_ndim}-D kernel whose last "
                         "dimension is the bias length")
-    return kernel.astype(np.float32), bias.astype(np.float32)
+    kernel, bias = kernel.astype(np.float32), bias.astype(np.float32)
+    check_finite_array(kernel, f"{path}: layer '{layer}': kernel as float32")
+    check_finite_array(bias, f"{path}: layer '{layer}': bias as float32")
+    return kernel, bias
 
 
 def load_keras_vgg19_h5(path, *, require_fc=False):

@@ -16,6 +16,7 @@ import scipy.io
 
 from fcn_graph.errors import UserError
 from fcn_graph.fileio import atomic_write
+from fcn_graph.finite import check_finite_array, check_mean_pixel
 
 # The 16 conv layers of VGG19 in order. The network body is built from this list;
 # the widths come from the file.
@@ -129,13 +130,27 @@ def _mean_pixel(path, mat):
     average = _field(normalization, "averageImage")
     if average is None:
         return None
-    average = np.asarray(average, dtype=np.float64)
+    where = f"{path}: averageImage"
+    average = _numeric(average, where)
+    check_finite_array(average, where)
     if average.size == 3:
-        return average.reshape(3)
-    if average.ndim == 3 and average.shape[2] == 3:
+        average = average.reshape(3)
+    elif average.ndim == 3 and average.shape[2] == 3 and average.size:
         # Old layout: a 224x224x3 mean image; its mean over height and width.
-        return average.mean(axis=(0, 1))
-    raise UserError(f"{path}: averageImage has shape {average.shape}; expected 3 values or HxWx3")
+        average = average.mean(axis=(0, 1))
+    else:
+        raise UserError(f"{where} has shape {average.shape}; expected 3 values or HxWx3")
+    return np.asarray(check_mean_pixel(average, where), dtype=np.float64)
+
+
+def _numeric(value, where, dtype=np.float64):
+    """`value` as a real-valued array of `dtype`; a UserError naming `where` when
+    it holds text, structs or complex numbers."""
+    array = np.asarray(value)
+    if array.dtype.kind not in "biuf":
+        raise UserError(f"{where} holds {array.dtype} data of shape {array.shape}; expected "
+                        "real numbers")
+    return array.astype(dtype)
 
 
 def _class_names(mat):
@@ -189,8 +204,10 @@ def load_vgg_mat(path, *, transpose=True, require_fc=False):
         if weights.size != 2:
             raise UserError(f"{path}: layer '{name}': weights holds {weights.size} arrays; "
                             "expected 2 (kernel, bias)")
-        kernel = np.asarray(weights[0], dtype=np.float32)
-        bias = np.asarray(weights[1], dtype=np.float32)
+        kernel = _numeric(weights[0], f"{path}: layer '{name}': kernel", np.float32)
+        bias = _numeric(weights[1], f"{path}: layer '{name}': bias", np.float32)
+        check_finite_array(kernel, f"{path}: layer '{name}': kernel")
+        check_finite_array(bias, f"{path}: layer '{name}': bias")
         if kernel.ndim == 2:  # MATLAB drops trailing singleton dims: [kh, kw] means Cin = Cout = 1
             kernel = kernel[:, :, None, None]
         elif kernel.ndim == 3:

@@ -228,6 +228,7 @@ def ckpt2mat(args):
     _check_file_out(args.out)
     prefix = checkpoint.resolve_checkpoint(args.checkpoint)
     spec = checkpoint.model_spec_from_checkpoint(prefix)
+    checkpoint.check_finite(prefix)  # the whole checkpoint, not only the layers written
     sidecar = checkpoint.read_sidecar(prefix) or {}
     names = [f"{SCOPE}/{name}_{s}" for name in fcn_model.VGG19_CONVS for s in ("w", "b")]
     if spec.architecture == "paper":
@@ -331,6 +332,7 @@ def _inspect_checkpoint(path):
         model = OrderedDict(sorted(shapes.items()))
         state = []
     print(f"{prefix}: {kind}")
+    _check_every_tensor(prefix)
     if state:
         print(f"  (not listed: {len(state)} optimizer/training variables, e.g. {sorted(state)[0]})")
     return model
@@ -386,6 +388,7 @@ def _inspect_savedmodel(path):
             print("\n".join(_signature_lines(signature)))
     variables = os.path.join(path, "variables", "variables")
     if os.path.exists(variables + ".index"):
+        _check_every_tensor(variables)
         return OrderedDict(sorted(checkpoint.read_variable_shapes(variables).items()))
     return _graph_constants(saved.meta_graphs[0].graph_def)
 
@@ -444,6 +447,22 @@ def inspect(args):
     what = "constants" if kind in ("frozen", "onnx") else "arrays"
     print(f"{len(shapes)} {what}, {_parameters(shapes.values()):,} parameters")
     return 0
+
+
+def _check_every_tensor(prefix):
+    """Read every tensor of a checkpoint (so that damaged data files show),
+    list those that cannot be read or hold NaN or infinite values, and end
+    with a UserError when there are any."""
+    problems = checkpoint.checkpoint_problems(prefix)
+    total = len(checkpoint.read_variable_shapes(prefix))
+    if not problems:
+        print(f"  (read all {total} tensors: every value finite)")
+        return
+    for name, problem in problems:
+        print(f"  {name}: {problem}")
+    name, problem = problems[0]
+    raise UserError(f"{prefix}: {len(problems)} of {total} tensors unusable, e.g. '{name}' "
+                    f"{problem}")
 
 
 # -- command line ----------------------------------------------------------------
