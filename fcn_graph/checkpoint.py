@@ -512,12 +512,25 @@ def save_model(sess, saver, prefix, spec, *, global_step=None, **sidecar_extra):
             saver.save(sess, prefix, write_meta_graph=False, write_state=False)
     except (OSError, tf.errors.OpError) as err:
         _remove_failed_save(prefix, before)
-        reason = _os_reason(err) if isinstance(err, OSError) else _first_line(err)
+        reason = _os_reason(err) if isinstance(err, OSError) else op_error_reason(err)
         raise UserError(f"{prefix}: cannot write the checkpoint: {reason}") from None
     except BaseException:
         _remove_failed_save(prefix, before)
         raise
     return prefix
+
+
+def op_error_reason(err):
+    """The line of a TensorFlow OpError that says what went wrong (e.g. 'PATH;
+    No space left on device'), without the graph execution preamble."""
+    for line in str(getattr(err, "message", err)).splitlines():
+        text = line.strip()
+        if (not text or text.startswith(("Graph execution error", "Detected at node", "File ",
+                                          "Node:", "[[", "Hint:"))
+                or line[:1].isspace()):
+            continue
+        return text
+    return _first_line(err)
 
 
 def _os_reason(err):

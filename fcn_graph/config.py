@@ -133,11 +133,15 @@ class Config:
 SECTIONS = {f.name: f.default_factory for f in dataclasses.fields(Config)}
 
 
-def add_config_args(parser):
-    """Add `--config FILE` and repeatable `--set section.key=value` to `parser`."""
+def add_config_args(parser, *, config_required=False):
+    """Add `--config FILE` and repeatable `--set section.key=value` to `parser`.
+
+    `config_required` only changes the help text: the command checks for
+    `--config` itself, so that a missing one is a one-line error."""
     parser.add_argument(
         "--config", default=None, metavar="FILE",
-        help="JSON config (comments allowed); its keys override the defaults",
+        help="JSON config (comments allowed); its keys override the defaults"
+             + ("; required, e.g. --config config.json" if config_required else ""),
     )
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",

@@ -415,7 +415,8 @@ class _SummaryWriter:
             return action()
         except (OSError, tf.errors.OpError) as err:
             path = self._events_path() if hasattr(self, "writer") else self.log_dir
-            reason = err.strerror if isinstance(err, OSError) else str(err).splitlines()[0]
+            reason = (err.strerror if isinstance(err, OSError)
+                      else checkpoint.op_error_reason(err))
             raise UserError(f"{path}: cannot write TensorBoard summaries: {reason}") from None
 
     def _events_path(self):
@@ -484,11 +485,7 @@ class StopSignals:
 def build_parser():
     parser = argparse.ArgumentParser(prog="train.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_args(parser)
-    for action in parser._actions:
-        if action.dest == "config":
-            action.help = "JSON config (comments allowed); required, e.g. --config config.json"
-    return parser
+    return add_config_args(parser, config_required=True)
 
 
 def main(argv=None):
