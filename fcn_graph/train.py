@@ -167,17 +167,20 @@ def _prepare_log_dir(log_dir):
         raise UserError(f"train.log_dir: cannot create {log_dir}: {err.strerror}") from None
 
 
-def train(config):
+def train(config, *, exiting=False):
     """Run the training a config describes; returns the final validation metrics.
 
     Holds the lock on train.log_dir for the whole run (a second run on the same
-    directory is refused)."""
+    directory is refused). `exiting`: the caller ends the process when this
+    returns or raises (the command line), so once a signal has stopped the run,
+    further signals stay ignored to the end instead of killing it halfway
+    through its exit."""
     _prepare_log_dir(config.train.log_dir)
     with runlock.locked_log_dir(config.train.log_dir):
-        return _train(config)
+        return _train(config, exiting)
 
 
-def _train(config):
+def _train(config, exiting):
     t = config.train
     train_files, val_files, num_classes = datasets.splits_from_config(config)
     class_names = datasets.class_names_for(train_files, num_classes)
@@ -277,7 +280,7 @@ def _train(config):
                 f"{time.perf_counter() - start:.1f} s)")
             return metrics
 
-        stop = StopSignals()
+        stop = StopSignals(keep_after_stop=exiting)
         stop.install()
         step = start_step
         steps_per_pass = -(-len(train_files) // t.batch_size)
@@ -444,9 +447,12 @@ class StopSignals:
     save is under way), signals are recorded and ignored. The decision is taken
     in the handler itself, so no signal can fall between a check and a save.
     SIGKILL cannot be caught; the next run cleans what it leaves.
+    `keep_after_stop`: after a stop, `uninstall` leaves the handlers in place
+    (they ignore signals), for a process that is about to exit.
     """
 
-    def __init__(self):
+    def __init__(self, *, keep_after_stop=False):
+        self.keep_after_stop = keep_after_stop
         self.received = []
         self.depth = 0
         self.stopping = False
@@ -466,6 +472,8 @@ class StopSignals:
             self.previous[signum] = signal.signal(signum, self.handler)
 
     def uninstall(self):
+        if self.stopping and self.keep_after_stop:
+            return
         for signum, previous in self.previous.items():
             signal.signal(signum, previous)
         self.previous = {}
@@ -494,7 +502,7 @@ def main(argv=None):
         raise UserError("--config is required (e.g. python train.py --config config.json); "
                          "training never starts from the built-in defaults alone")
     config = load_config(args.config, args.overrides)
-    train(config)
+    train(config, exiting=True)
     return 0
 
 
