@@ -87,7 +87,10 @@ def list_checkpoints(directory):
         path = os.path.join(directory, name)
         if not os.path.isfile(path) or not prefix:
             continue
-        mtime = os.stat(path).st_mtime
+        try:
+            mtime = os.stat(path).st_mtime
+        except FileNotFoundError:  # removed since the listing
+            continue
         full = os.path.join(directory, prefix)
         prefixes[full] = max(mtime, prefixes.get(full, mtime))
 

@@ -227,9 +227,9 @@ def _train(config, exiting):
 
     with graph.as_default():  # Saver and FileWriter need the graph context
         sess = tf1.Session(graph=graph, config=session_config(t.threads))
-        writer = _SummaryWriter(t.log_dir)
-        progress = Progress(t.max_steps, label="step", unit="step", start=start_step)
         state = {"saved": resume_prefix, "saved_step": start_step if resume_prefix else -1}
+        writer = _SummaryWriter(t.log_dir, state)
+        progress = Progress(t.max_steps, label="step", unit="step", start=start_step)
 
         def save(step):
             if not sess.run(all_finite):
@@ -285,6 +285,7 @@ def _train(config, exiting):
         step = start_step
         steps_per_pass = -(-len(train_files) // t.batch_size)
         seen_valid, since_check = 0, 0
+        completed = False
         try:
             sess.run(init)
             if resume_prefix:
@@ -334,6 +335,7 @@ def _train(config, exiting):
             if state["saved_step"] != step:
                 save(step)
             metrics = evaluate(step)
+            completed = True
         except KeyboardInterrupt:
             # From here on, further signals are recorded and ignored: the exit
             # save runs to its end.
@@ -353,6 +355,9 @@ def _train(config, exiting):
             progress.close()
             try:
                 writer.close()
+            except UserError:
+                if completed:  # otherwise the error on its way out says more
+                    raise
             finally:
                 sess.close()
                 stop.uninstall()
@@ -409,8 +414,8 @@ class _SummaryWriter:
     """tf1.summary.FileWriter whose write failures (its background thread's,
     reported at a later call) are one-line UserErrors naming the events file."""
 
-    def __init__(self, log_dir):
-        self.log_dir = log_dir
+    def __init__(self, log_dir, state):
+        self.log_dir, self.state = log_dir, state
         self.writer = self._call(lambda: tf1.summary.FileWriter(log_dir))
 
     def _call(self, action):
@@ -420,7 +425,8 @@ class _SummaryWriter:
             path = self._events_path() if hasattr(self, "writer") else self.log_dir
             reason = (err.strerror if isinstance(err, OSError)
                       else checkpoint.op_error_reason(err))
-            raise UserError(f"{path}: cannot write TensorBoard summaries: {reason}") from None
+            raise UserError(f"{path}: cannot write TensorBoard summaries: {reason}. "
+                            f"{_last_good(self.state)}") from None
 
     def _events_path(self):
         try:

@@ -201,6 +201,24 @@ def test_unwritable_history_is_one_line_naming_the_file(tmp_path):
     assert message.startswith(f"{run / 'history.jsonl'}: cannot write: ")
 
 
+def test_failing_summaries_are_one_line_naming_the_events_file(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    real_add = tf1.summary.FileWriter.add_summary
+
+    def add_summary(self, summary, step=None):
+        if step is not None and step >= 3:
+            raise tf.errors.ResourceExhaustedError(None, None, "No space left on device")
+        return real_add(self, summary, step)
+
+    monkeypatch.setattr(tf1.summary.FileWriter, "add_summary", add_summary)
+    with pytest.raises(UserError) as info:
+        train_module.train(load_config(None, shapes_args(tmp_path, "train.max_steps=10")))
+    message = one_line(info.value)
+    assert message.startswith(str(run / "events.out.tfevents."))
+    assert "cannot write TensorBoard summaries: No space left on device" in message
+    assert f"The last good checkpoint is {run / 'model.ckpt-2'} (step 2)" in message
+
+
 @pytest.fixture
 def tiny_tmpfs(tmp_path):
     """A 2 MiB tmpfs, or a skip where mounting is not permitted."""
