@@ -16,7 +16,6 @@ line, keeping the last good checkpoint. One run at a time per log directory.
 """
 
 import argparse
-import contextlib
 import io
 import os
 import signal
@@ -237,19 +236,17 @@ def _train(config, exiting):
                     f"step {step}: the weights are no longer finite; not saving. "
                     f"{_last_good(state)}")
             # Sidecar, data, index, pruning, state file: all of it or, on a
-            # failure, the previous checkpoints as they were; a signal during it
-            # waits until it is done.
-            with stop.deferred():
-                try:
-                    prefix = checkpoint.save_model(sess, saver, base, spec,
-                                                   global_step=int(step))
-                    state.update(saved=prefix, saved_step=step)
-                    kept = checkpoint.prune_checkpoints(t.log_dir, t.keep_checkpoints)
-                    checkpoint.write_state_file(t.log_dir, kept)
-                except OSError as err:
-                    raise UserError(_os_error_message(err, t.log_dir, state)) from None
-                except UserError as err:
-                    raise UserError(f"{err}. {_last_good(state)}") from None
+            # failure, the previous checkpoints as they were. Signals only
+            # set a flag (StopSignals), so none cuts this short.
+            try:
+                prefix = checkpoint.save_model(sess, saver, base, spec, global_step=int(step))
+                state.update(saved=prefix, saved_step=step)
+                kept = checkpoint.prune_checkpoints(t.log_dir, t.keep_checkpoints)
+                checkpoint.write_state_file(t.log_dir, kept)
+            except OSError as err:
+                raise UserError(_os_error_message(err, t.log_dir, state)) from None
+            except UserError as err:
+                raise UserError(f"{err}. {_last_good(state)}") from None
             _write_or_fail(_plot, t.log_dir, state=state)
             return prefix
 
@@ -257,6 +254,7 @@ def _train(config, exiting):
             panels = []
 
             def keep_panel(name, image, label, prediction):
+                stop.check()  # between images: a stop request ends the evaluation
                 if len(panels) < t.summary_images:
                     panels.append((name, image, label, prediction))
 
@@ -300,6 +298,7 @@ def _train(config, exiting):
                   file=sys.stderr)
             last_time, last_step = time.perf_counter(), step
             while step < t.max_steps:
+                stop.check()
                 log_now = (step + 1) % t.log_every == 0 or step + 1 == t.max_steps
                 fetches = {"train": train_op, "loss": loss, "valid": valid_pixels}
                 if log_now:
@@ -332,14 +331,13 @@ def _train(config, exiting):
                 if t.eval_every and step % t.eval_every == 0 and step < t.max_steps:
                     evaluate(step)
             progress.close()
+            stop.check()
             if state["saved_step"] != step:
                 save(step)
             metrics = evaluate(step)
             completed = True
         except KeyboardInterrupt:
-            # From here on, further signals are recorded and ignored: the exit
-            # save runs to its end.
-            stop.stopping = True
+            stop.received.append(signal.SIGINT)  # a Ctrl-C raised another way
             progress.close()
             step = int(sess.run(global_step))
             if step > state["saved_step"]:
@@ -445,31 +443,29 @@ class _SummaryWriter:
 
 
 class StopSignals:
-    """SIGINT and SIGTERM as a request to save and stop, never as a cut in a save.
+    """SIGINT and SIGTERM as a request to save and stop.
 
-    Outside `deferred()` the first signal raises KeyboardInterrupt (the run
-    saves and exits). Inside it, a signal is recorded and raises
-    KeyboardInterrupt when the section ends. Once `stopping` is set (the exit
-    save is under way), signals are recorded and ignored. The decision is taken
-    in the handler itself, so no signal can fall between a check and a save.
-    SIGKILL cannot be caught; the next run cleans what it leaves.
+    The handler only records the signal; the training loop calls `check()`
+    between steps (and the evaluation between images), which raises
+    KeyboardInterrupt so that the run saves and exits. A handler that raised
+    at once could cut a save, a file write or a lock held inside a library
+    anywhere; this one cannot, so a second signal during the exit save changes
+    nothing. SIGKILL stops at once; the next run cleans what it leaves.
     `keep_after_stop`: after a stop, `uninstall` leaves the handlers in place
-    (they ignore signals), for a process that is about to exit.
+    (still only recording), for a process that is about to exit.
     """
 
     def __init__(self, *, keep_after_stop=False):
         self.keep_after_stop = keep_after_stop
         self.received = []
-        self.depth = 0
-        self.stopping = False
         self.previous = {}
 
     def handler(self, signum, frame):
         self.received.append(signum)
-        if self.stopping or self.depth:
-            return
-        self.stopping = True
-        raise KeyboardInterrupt
+
+    def check(self):
+        if self.received:
+            raise KeyboardInterrupt
 
     def install(self):
         if threading.current_thread() is not threading.main_thread():
@@ -478,22 +474,11 @@ class StopSignals:
             self.previous[signum] = signal.signal(signum, self.handler)
 
     def uninstall(self):
-        if self.stopping and self.keep_after_stop:
+        if self.received and self.keep_after_stop:
             return
         for signum, previous in self.previous.items():
             signal.signal(signum, previous)
         self.previous = {}
-
-    @contextlib.contextmanager
-    def deferred(self):
-        self.depth += 1
-        try:
-            yield
-        finally:
-            self.depth -= 1
-        if not self.depth and self.received and not self.stopping:
-            self.stopping = True
-            raise KeyboardInterrupt
 
 
 def build_parser():
