@@ -9,12 +9,15 @@ import sys
 # TF_ENABLE_ONEDNN_OPTS=0 in the environment to train without them.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
-from fcn_graph import tflog  # noqa: E402  (after the environment is set)
+try:  # Ctrl-C while TensorFlow loads: one line, like Ctrl-C later
+    from fcn_graph import tflog  # noqa: E402  (after the environment is set)
 
-tflog.import_tensorflow_quietly()  # TensorFlow's start-up lines kept out of stderr
-
-from fcn_graph.errors import run_cli  # noqa: E402
-from fcn_graph.train import main  # noqa: E402
+    tflog.import_tensorflow_quietly()  # TensorFlow's start-up lines kept out of stderr
+    from fcn_graph.errors import run_cli  # noqa: E402
+    from fcn_graph.train import main  # noqa: E402
+except KeyboardInterrupt:
+    print("train.py: interrupted", file=sys.stderr)
+    sys.exit(130)
 
 if __name__ == "__main__":
     sys.exit(run_cli(main, prog="train.py"))

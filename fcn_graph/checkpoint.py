@@ -8,19 +8,24 @@ is read from the variable names, their class count and widths from the
 variable shapes, and the VGG mean is assumed.
 """
 
+import contextlib
 import dataclasses
 import glob
 import json
 import os
+import re
+import shutil
+import sys
 import weakref
 from collections import OrderedDict
+from typing import Optional
 
 import numpy as np
 import tensorflow as tf
 
 from fcn_graph import model as fcn_model
 from fcn_graph.errors import UserError
-from fcn_graph.fileio import write_json_atomic
+from fcn_graph.fileio import atomic_write, write_json_atomic
 from fcn_graph.finite import check_mean_pixel, nonfinite
 
 tf1 = tf.compat.v1
@@ -29,18 +34,144 @@ SIDECAR_SUFFIX = ".json"
 SIDECAR_FORMAT = "fcn_graph.checkpoint"
 
 
+DATA_SHARD = re.compile(r"\.data-(\d{5})-of-(\d{5})$")
+STEP_SUFFIX = re.compile(r"-(\d+)$")
+# Temporary files of interrupted saves: TensorFlow's bundle writer
+# (PREFIX.index.tempstateN, PREFIX.data-*.tempstateN), its sharded saver
+# (PREFIX_temp/ or PREFIX_temp_HEX/ holding part-* files) and its state file
+# writer (checkpoint.tmpHEX); and fileio.atomic_write's (.NAME.HEX12.tmpEXT).
+TEMP_FILE = re.compile(r"^(.+\.(index|data-\d{5}-of-\d{5})\.tempstate\d+"
+                       r"|checkpoint\.tmp[0-9a-f]{32}"
+                       r"|\..+\.[0-9a-f]{12}\.tmp(\.[^.]*)?)$")
+TEMP_SHARD_DIR = re.compile(r"^.+_temp(_[0-9a-f]{32})?$")
+TEMP_SHARD_PART = re.compile(r"^part-\d{5}-of-\d{5}(\.index|\.data-\d{5}-of-\d{5})?"
+                             r"(\.tempstate\d+)?$")
+STATE_FILE = "checkpoint"
+
+
+@dataclasses.dataclass
+class Found:
+    """A checkpoint found by its files: its prefix, its step (from a `-STEP`
+    suffix, else None), whether it fully reads and, when not, why."""
+    prefix: str
+    step: Optional[int]
+    problem: Optional[str] = None
+
+
+def _step_of(prefix):
+    match = STEP_SUFFIX.search(os.path.basename(prefix))
+    return int(match.group(1)) if match else None
+
+
+def list_checkpoints(directory):
+    """Every checkpoint in `directory`, newest first, found by scanning its files
+    (never by TensorFlow's `checkpoint` state file, which may be stale or garbage).
+
+    A checkpoint is a prefix with a `PREFIX.index` or `PREFIX.data-*` file
+    (temporary files of interrupted saves excluded). Newest: the highest
+    `-STEP` suffix, then the latest modification time; prefixes without a step
+    come after those with one. Returns `Found` records with `problem` unset.
+    """
+    prefixes = {}
+    try:
+        names = os.listdir(directory)
+    except OSError as err:
+        raise UserError(f"{directory}: cannot list checkpoints: {err.strerror}") from None
+    for name in names:
+        if TEMP_FILE.match(name):
+            continue
+        if name.endswith(".index"):
+            prefix = name[:-len(".index")]
+        elif DATA_SHARD.search(name):
+            prefix = name[:DATA_SHARD.search(name).start()]
+        else:
+            continue
+        path = os.path.join(directory, name)
+        if not os.path.isfile(path) or not prefix:
+            continue
+        try:
+            mtime = os.stat(path).st_mtime
+        except FileNotFoundError:  # removed since the listing
+            continue
+        full = os.path.join(directory, prefix)
+        prefixes[full] = max(mtime, prefixes.get(full, mtime))
+
+    def newest_first(prefix):
+        step = _step_of(prefix)
+        return (step is not None, -1 if step is None else step, prefixes[prefix])
+
+    return [Found(prefix, _step_of(prefix)) for prefix in sorted(prefixes, key=newest_first,
+                                                                  reverse=True)]
+
+
+def checkpoint_problem(prefix, *, full=True):
+    """None when the checkpoint at `prefix` is usable, else the reason, in a few words.
+
+    Always: its files are regular files, the index opens, every data shard is
+    present and the shards are at least as long as the tensors the index
+    lists (`_open_reader`). `full`: also every tensor reads (extent and
+    checksum) and holds finite values (`checkpoint_problems`; one pass over
+    the data, one tensor in memory at a time).
+    """
+    index = prefix + ".index"
+    if not os.path.lexists(index):
+        return f"{os.path.basename(index)} is missing"
+    try:
+        if not full:
+            _open_reader(prefix)
+            return None
+        problems = checkpoint_problems(prefix)
+    except UserError as err:
+        text = str(err)
+        return text[len(prefix) + 2:] if text.startswith(prefix + ": ") else text
+    return _problem_summary(problems) if problems else None
+
+
+def _first_line(err):
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
+
+
+def find_checkpoints(directory, *, full=True):
+    """`list_checkpoints` with each record's `problem` filled in (see
+    `checkpoint_problem`)."""
+    found = list_checkpoints(directory)
+    for record in found:
+        record.problem = checkpoint_problem(record.prefix, full=full)
+    return found
+
+
+def newest_complete(directory, *, what="checkpoint", log=None):
+    """The newest checkpoint in `directory` that fully reads, or None when the
+    directory holds no checkpoint file at all. The newer ones that do not read
+    are named with the reason on `log`; when none reads, a UserError names
+    each file and its problem."""
+    found = list_checkpoints(directory)
+    skipped = []
+    for record in found:
+        record.problem = checkpoint_problem(record.prefix, full=True)
+        if record.problem is None:
+            for bad in skipped:
+                print(f"skipping {what} {bad.prefix}: {bad.problem}", file=log or sys.stderr)
+            return record
+        skipped.append(record)
+    if skipped:
+        problems = "; ".join(f"{os.path.basename(r.prefix)}: {r.problem}" for r in skipped[:4])
+        more = f" and {len(skipped) - 4} more" if len(skipped) > 4 else ""
+        raise UserError(f"{directory}: holds {len(skipped)} checkpoint(s) but none reads "
+                        f"({problems}{more}); move them away to start over")
+    return None
+
+
 def resolve_checkpoint(path):
-    """A checkpoint prefix from a prefix, one of its files, or a directory
-    (its latest checkpoint)."""
+    """A checkpoint prefix from a prefix, one of its files, or a directory (its
+    newest checkpoint that fully reads; see `newest_complete`)."""
     if os.path.isdir(path):
-        prefix = tf.train.latest_checkpoint(path)
-        if prefix is None or not os.path.exists(prefix + ".index"):
-            indexes = sorted(glob.glob(os.path.join(path, "*.index")), key=os.path.getmtime)
-            if not indexes:
-                raise UserError(f"{path}: no checkpoint in this directory (expected a "
-                                "'checkpoint' file or PREFIX.index files)")
-            prefix = indexes[-1][:-len(".index")]
-        return prefix
+        found = newest_complete(path)
+        if found is None:
+            raise UserError(f"{path}: no checkpoint in this directory (expected "
+                            "PREFIX.index and PREFIX.data-* files)")
+        return found.prefix
     for suffix in (".index", ".meta", SIDECAR_SUFFIX):
         if path.endswith(suffix):
             path = path[:-len(suffix)]
@@ -216,13 +347,90 @@ def prune_sidecars(directory):
         prefix = path[:-len(SIDECAR_SUFFIX)]
         if os.path.exists(prefix + ".index"):
             continue
-        try:
-            with open(path, encoding="utf-8") as handle:
-                is_sidecar = json.load(handle).get("format") == SIDECAR_FORMAT
-        except (OSError, ValueError, AttributeError):
-            is_sidecar = False
-        if is_sidecar:
+        if _is_sidecar(path):
             os.remove(path)
+
+
+def _is_sidecar(path):
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle).get("format") == SIDECAR_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def remove_checkpoint(prefix):
+    """Delete a checkpoint's files: the index first (so that it stops counting
+    as a checkpoint), then its data shards, `.meta` and sidecar."""
+    directory, base = os.path.split(prefix)
+    names = os.listdir(directory or ".")
+    doomed = [base + ".index"]
+    doomed += [n for n in names if DATA_SHARD.search(n) and n[:DATA_SHARD.search(n).start()] == base]
+    doomed += [base + ".meta"]
+    if _is_sidecar(sidecar_path(prefix)):
+        doomed.append(base + SIDECAR_SUFFIX)
+    for name in doomed:
+        try:
+            os.remove(os.path.join(directory, name))
+        except FileNotFoundError:
+            pass
+
+
+def prune_checkpoints(directory, keep, *, pattern=r"model\.ckpt-\d+"):
+    """Keep the `keep` newest complete checkpoints whose names match `pattern`
+    (found by scanning, so a resumed run prunes what earlier runs wrote) and
+    delete the older ones, complete or not, with their sidecars. Checkpoints
+    newer than the newest complete one are left alone. Returns the kept
+    prefixes, newest first. Completeness here is the quick check (index, shards
+    and their lengths; `checkpoint_problem(full=False)`)."""
+    ours = [r for r in list_checkpoints(directory)
+            if r.step is not None and re.fullmatch(pattern, os.path.basename(r.prefix))]
+    kept = []
+    for record in ours:
+        if len(kept) == keep:
+            break
+        if checkpoint_problem(record.prefix, full=False) is None:
+            kept.append(record)
+    if kept:
+        for record in ours:
+            if record.step < kept[-1].step:
+                remove_checkpoint(record.prefix)
+    prune_sidecars(directory)
+    return [record.prefix for record in kept]
+
+
+def clean_temp_files(directory):
+    """Remove what interrupted saves left in `directory` (see TEMP_FILE and
+    TEMP_SHARD_DIR): only names of that form, and a shard directory only when
+    every file in it is a shard part. Returns the names removed."""
+    removed = []
+    for name in sorted(os.listdir(directory)):
+        path = os.path.join(directory, name)
+        if TEMP_FILE.match(name) and os.path.isfile(path) and not os.path.islink(path):
+            os.remove(path)
+            removed.append(name)
+        elif TEMP_SHARD_DIR.match(name) and os.path.isdir(path) and not os.path.islink(path):
+            parts = os.listdir(path)
+            if all(TEMP_SHARD_PART.match(p) and os.path.isfile(os.path.join(path, p))
+                   for p in parts):
+                for part in parts:
+                    os.remove(os.path.join(path, part))
+                os.rmdir(path)
+                removed.append(name + "/")
+    return removed
+
+
+def write_state_file(directory, prefixes):
+    """Write TensorFlow's `checkpoint` state file naming `prefixes` (newest
+    first), atomically. Only other tools read it: this package finds
+    checkpoints by their files."""
+    names = [os.path.basename(p) for p in prefixes]
+    lines = [f"model_checkpoint_path: {json.dumps(names[0])}"] if names else []
+    lines += [f"all_model_checkpoint_paths: {json.dumps(n)}" for n in reversed(names)]
+    path = os.path.join(directory, STATE_FILE)
+    with atomic_write(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write("\n".join(lines) + "\n")
 
 
 def _variant_name(variant):
@@ -416,13 +624,73 @@ def model_saver(variables, **kwargs):
 
 def save_model(sess, saver, prefix, spec, *, global_step=None, **sidecar_extra):
     """Write `saver`'s variables to `prefix` (plus `-STEP` with a global step)
-    and the sidecar; returns the prefix written."""
+    and the sidecar; returns the prefix written.
+
+    One order, always: the sidecar, then the data, then the index (TensorFlow
+    writes both under temporary names and renames the data file before the
+    index, so an index names complete data). When any of it fails (a full disk,
+    an unwritable file), the files this save created and its temporary files
+    are removed, what was there before is left as it was, and a UserError names
+    the prefix and the reason.
+    """
+    if global_step is not None:
+        prefix = f"{prefix}-{int(global_step)}"
     directory = os.path.dirname(os.path.abspath(prefix))
-    os.makedirs(directory, exist_ok=True)
-    # Saver writes the data and index files under temporary names and renames
-    # them when complete; the sidecar goes last, also by rename.
-    with sess.graph.as_default():
-        written = saver.save(sess, prefix, global_step=global_step, write_meta_graph=False,
-                             write_state=False)
-    write_sidecar(written, spec, **sidecar_extra)
-    return written
+    try:
+        os.makedirs(directory, exist_ok=True)
+        before = set(os.listdir(directory))
+    except OSError as err:
+        raise UserError(f"{prefix}: cannot write the checkpoint: {_os_reason(err)}") from None
+    try:
+        write_sidecar(prefix, spec, **sidecar_extra)
+        with sess.graph.as_default():
+            saver.save(sess, prefix, write_meta_graph=False, write_state=False)
+    except (OSError, tf.errors.OpError) as err:
+        _remove_failed_save(prefix, before)
+        reason = _os_reason(err) if isinstance(err, OSError) else op_error_reason(err)
+        raise UserError(f"{prefix}: cannot write the checkpoint: {reason}") from None
+    except BaseException:
+        _remove_failed_save(prefix, before)
+        raise
+    return prefix
+
+
+def op_error_reason(err):
+    """The line of a TensorFlow OpError that says what went wrong (e.g. 'PATH;
+    No space left on device'), without the graph execution preamble."""
+    for line in str(getattr(err, "message", err)).splitlines():
+        text = line.strip()
+        if (not text or text.startswith(("Graph execution error", "Detected at node", "File ",
+                                          "Node:", "[[", "Hint:"))
+                or line[:1].isspace()):
+            continue
+        return text
+    return _first_line(err)
+
+
+def _os_reason(err):
+    where = f" ({err.filename})" if getattr(err, "filename", None) else ""
+    return f"{err.strerror or err}{where}"
+
+
+def _remove_failed_save(prefix, before):
+    """Remove the files of `prefix` that a failed save created (not those that
+    were there before it) and the temporary files it left."""
+    directory, base = os.path.split(os.path.abspath(prefix))
+    for name in os.listdir(directory):
+        if not name.startswith(base) or name in before and not TEMP_FILE.match(name):
+            continue
+        rest = name[len(base):]
+        if not rest.startswith((".", "_temp")):
+            continue  # another checkpoint whose name starts with this one's
+        path = os.path.join(directory, name)
+        if rest in (".index", SIDECAR_SUFFIX) or DATA_SHARD.fullmatch(rest) or (
+                TEMP_FILE.match(name) and os.path.isfile(path)):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+        elif TEMP_SHARD_DIR.match(name) and os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+    for name in os.listdir(directory):  # our own atomic_write leftovers for this prefix
+        if name.startswith("." + base) and TEMP_FILE.match(name):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(directory, name))

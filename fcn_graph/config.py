@@ -27,6 +27,13 @@ DATASET_KINDS = ("voc", "ade20k", "pets", "folder", "shapes")
 OPTIMIZERS = ("adam", "sgd")
 LR_SCHEDULES = ("constant", "poly")
 
+# Upper bound of train.scale_range. Each training image is resized by its
+# scale before the crop, so its memory grows with the square of the scale: at
+# 4.0 a 2000 x 2000 image becomes 8000 x 8000 (768 MB as float32 RGB, times the
+# images decoded in parallel), the most a training machine can be assumed to
+# hold; larger scales only crop ever smaller parts of an object.
+MAX_TRAIN_SCALE = 4.0
+
 # Name of the resolved config that every run writes into its log directory.
 RESOLVED_CONFIG_NAME = "config.json"
 
@@ -97,7 +104,8 @@ class TrainConfig:
     lr_schedule: str = "constant"
     # Exponent of the poly schedule.
     lr_power: float = 0.9
-    # Random scale range of the training augmentation: [min, max], 1.0 = unchanged.
+    # Random scale range of the training augmentation: [min, max], 1.0 = unchanged,
+    # with 0 < min <= max <= MAX_TRAIN_SCALE.
     scale_range: List[float] = field(default_factory=lambda: [0.5, 2.0])
     # Random horizontal flips during training.
     flip: bool = True
@@ -127,11 +135,15 @@ class Config:
 SECTIONS = {f.name: f.default_factory for f in dataclasses.fields(Config)}
 
 
-def add_config_args(parser):
-    """Add `--config FILE` and repeatable `--set section.key=value` to `parser`."""
+def add_config_args(parser, *, config_required=False):
+    """Add `--config FILE` and repeatable `--set section.key=value` to `parser`.
+
+    `config_required` only changes the help text: the command checks for
+    `--config` itself, so that a missing one is a one-line error."""
     parser.add_argument(
         "--config", default=None, metavar="FILE",
-        help="JSON config (comments allowed); its keys override the defaults",
+        help="JSON config (comments allowed); its keys override the defaults"
+             + ("; required, e.g. --config config.json" if config_required else ""),
     )
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -440,9 +452,11 @@ def _validate(config, sources, default_source="config"):
     one_of("train.lr_schedule", t.lr_schedule, LR_SCHEDULES)
     if not t.lr_power > 0:
         fail("train.lr_power", f"expected a positive number, found {t.lr_power}")
-    if len(t.scale_range) != 2 or not 0 < t.scale_range[0] <= t.scale_range[1]:
-        fail("train.scale_range", f"expected [min, max] with 0 < min <= max, "
-                                  f"found {t.scale_range}")
+    if (len(t.scale_range) != 2
+            or not 0 < t.scale_range[0] <= t.scale_range[1] <= MAX_TRAIN_SCALE):
+        fail("train.scale_range", f"expected [min, max] with 0 < min <= max <= "
+                                  f"{MAX_TRAIN_SCALE:g} (the memory of a scaled image grows "
+                                  f"with the scale squared), found {t.scale_range}")
     positive("train.checkpoint_every", t.checkpoint_every)
     positive("train.keep_checkpoints", t.keep_checkpoints)
     positive("train.eval_every", t.eval_every, allow_zero=True)

@@ -7,8 +7,12 @@ Reads the dataset with tf.data straight into the graph, checkpoints into
 sidecar describing the model and the resolved config beside them), evaluates
 on the validation split every `train.eval_every` steps and at the end, and
 writes TensorBoard summaries there. Running the same command again resumes
-from the latest checkpoint. Ctrl-C or SIGTERM saves a checkpoint and exits; a
-non-finite loss stops the run without saving, keeping the last good checkpoint.
+from the newest checkpoint that fully reads (found by scanning the directory;
+newer ones that do not read are named and skipped; when checkpoint files are
+there but none reads, it stops rather than start over). Ctrl-C or SIGTERM
+saves a checkpoint and exits; a second signal during that save is ignored. A
+non-finite loss, a full disk or an unwritable file stops the run with one
+line, keeping the last good checkpoint. One run at a time per log directory.
 """
 
 import argparse
@@ -22,7 +26,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from fcn_graph import checkpoint, datasets, imageio
+from fcn_graph import checkpoint, datasets, imageio, runlock
 from fcn_graph import model as fcn_model
 from fcn_graph.config import add_config_args, load_config, save_resolved_config
 from fcn_graph.constants import IGNORE_LABEL, VGG_MEAN_RGB
@@ -129,16 +133,20 @@ def _model_spec(config, num_classes):
 
 
 def _resume_point(log_dir, spec):
-    """(latest checkpoint prefix, its global step), or (None, 0)."""
-    prefix = tf.train.latest_checkpoint(log_dir) if os.path.isdir(log_dir) else None
-    if prefix is None:
+    """(newest checkpoint that fully reads, its global step), or (None, 0) when
+    `log_dir` holds no checkpoint file at all. Newer checkpoints that do not
+    read are named on stderr; when none reads, a UserError (never a fresh
+    start over existing checkpoints)."""
+    found = checkpoint.newest_complete(log_dir) if os.path.isdir(log_dir) else None
+    if found is None:
         return None, 0
-    found = checkpoint.model_spec_from_checkpoint(prefix)
+    prefix = found.prefix
+    spec_found = checkpoint.model_spec_from_checkpoint(prefix)
     for field in ("num_classes", "fc_width", "vgg_widths", "architecture", "skips"):
-        if getattr(found, field) != getattr(spec, field):
+        if getattr(spec_found, field) != getattr(spec, field):
             raise UserError(
                 f"{prefix}: train.log_dir holds a checkpoint of another model ({field} "
-                f"{getattr(found, field)}, the config asks {getattr(spec, field)}); set "
+                f"{getattr(spec_found, field)}, the config asks {getattr(spec, field)}); set "
                 f"train.log_dir to a new directory or delete {log_dir}")
     shapes = checkpoint.read_variable_shapes(prefix)
     if "global_step" not in shapes:
@@ -148,15 +156,41 @@ def _resume_point(log_dir, spec):
     return prefix, step
 
 
-def train(config):
-    """Run the training a config describes; returns the final validation metrics."""
+def _prepare_log_dir(log_dir):
+    """Create `log_dir` (UserError naming it when that fails)."""
+    if os.path.exists(log_dir) and not os.path.isdir(log_dir):
+        raise UserError(f"train.log_dir: {log_dir} is a file, expected a directory")
+    try:
+        os.makedirs(log_dir, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"train.log_dir: cannot create {log_dir}: {err.strerror}") from None
+
+
+def train(config, *, exiting=False):
+    """Run the training a config describes; returns the final validation metrics.
+
+    Holds the lock on train.log_dir for the whole run (a second run on the same
+    directory is refused). `exiting`: the caller ends the process when this
+    returns or raises (the command line), so once a signal has stopped the run,
+    further signals stay ignored to the end instead of killing it halfway
+    through its exit."""
+    _prepare_log_dir(config.train.log_dir)
+    with runlock.locked_log_dir(config.train.log_dir):
+        return _train(config, exiting)
+
+
+def _train(config, exiting):
     t = config.train
     train_files, val_files, num_classes = datasets.splits_from_config(config)
     class_names = datasets.class_names_for(train_files, num_classes)
     spec, vgg = _model_spec(config, num_classes)
+    removed = checkpoint.clean_temp_files(t.log_dir)
+    if removed:
+        print(f"removed {len(removed)} temporary file(s) of an interrupted save from "
+              f"{t.log_dir}: {', '.join(removed[:5])}" + (" ..." if len(removed) > 5 else ""),
+              file=sys.stderr)
     resume_prefix, start_step = _resume_point(t.log_dir, spec)
-    os.makedirs(t.log_dir, exist_ok=True)
-    save_resolved_config(config, t.log_dir)
+    _write_or_fail(save_resolved_config, config, t.log_dir)
     base = os.path.join(t.log_dir, CHECKPOINT_BASENAME)
 
     graph = tf.Graph()
@@ -171,6 +205,7 @@ def train(config):
         logits, _, _ = build_model(images, spec, keep_prob=t.keep_prob)  # [B, S, S, K]
         variables = fcn_model.model_variables(graph)
         loss = segmentation_loss(logits, labels)
+        valid_pixels = tf.math.count_nonzero(tf.not_equal(labels, IGNORE_LABEL))
         total_loss = loss
         if t.weight_decay > 0:
             total_loss = loss + t.weight_decay * kernel_l2(variables)
@@ -185,33 +220,41 @@ def train(config):
         summaries = tf1.summary.merge_all()
         evaluator = Evaluator(val_files, spec, num_classes=num_classes,
                               max_images=t.eval_max_images)
-        saver = tf1.train.Saver(max_to_keep=t.keep_checkpoints, save_relative_paths=True)
+        saver = tf1.train.Saver(max_to_keep=None, save_relative_paths=True)
         init = tf1.global_variables_initializer()
         graph.finalize()
 
     with graph.as_default():  # Saver and FileWriter need the graph context
         sess = tf1.Session(graph=graph, config=session_config(t.threads))
-        writer = tf1.summary.FileWriter(t.log_dir)
-        progress = Progress(t.max_steps, label="step", unit="step", start=start_step)
         state = {"saved": resume_prefix, "saved_step": start_step if resume_prefix else -1}
+        writer = _SummaryWriter(t.log_dir, state)
+        progress = Progress(t.max_steps, label="step", unit="step", start=start_step)
 
         def save(step):
             if not sess.run(all_finite):
                 raise TrainingDiverged(
                     f"step {step}: the weights are no longer finite; not saving. "
                     f"{_last_good(state)}")
-            prefix = f"{base}-{step}"
-            checkpoint.write_sidecar(prefix, spec, global_step=int(step))  # before the data
-            saver.save(sess, base, global_step=step, write_meta_graph=False)
-            checkpoint.prune_sidecars(t.log_dir)
-            plot_curves(read_history(t.log_dir), os.path.join(t.log_dir, CURVES_NAME))
-            state.update(saved=prefix, saved_step=step)
+            # Sidecar, data, index, pruning, state file: all of it or, on a
+            # failure, the previous checkpoints as they were. Signals only
+            # set a flag (StopSignals), so none cuts this short.
+            try:
+                prefix = checkpoint.save_model(sess, saver, base, spec, global_step=int(step))
+                state.update(saved=prefix, saved_step=step)
+                kept = checkpoint.prune_checkpoints(t.log_dir, t.keep_checkpoints)
+                checkpoint.write_state_file(t.log_dir, kept)
+            except OSError as err:
+                raise UserError(_os_error_message(err, t.log_dir, state)) from None
+            except UserError as err:
+                raise UserError(f"{err}. {_last_good(state)}") from None
+            _write_or_fail(_plot, t.log_dir, state=state)
             return prefix
 
         def evaluate(step):
             panels = []
 
             def keep_panel(name, image, label, prediction):
+                stop.check()  # between images: a stop request ends the evaluation
                 if len(panels) < t.summary_images:
                     panels.append((name, image, label, prediction))
 
@@ -224,18 +267,23 @@ def train(config):
             if panels:
                 writer.add_summary(panel_summary("val/image_prediction_truth", panels), step)
             writer.flush()
-            append_history(t.log_dir, {"step": int(step), **{
-                key: metrics[key] for key in ("mean_iou", "pixel_accuracy", "mean_accuracy",
-                                              "frequency_weighted_iou")}})
-            plot_curves(read_history(t.log_dir), os.path.join(t.log_dir, CURVES_NAME))
+            record = {"step": int(step), **{
+                key: _finite_or_none(metrics[key]) for key in (
+                    "mean_iou", "pixel_accuracy", "mean_accuracy", "frequency_weighted_iou")}}
+            _write_or_fail(append_history, t.log_dir, record, state=state)
+            _write_or_fail(_plot, t.log_dir, state=state)
             progress.write(
                 f"step {step}: validation mean IU {format_value(metrics['mean_iou'])}, pixel "
                 f"accuracy {format_value(metrics['pixel_accuracy'])} ({count} images, "
                 f"{time.perf_counter() - start:.1f} s)")
             return metrics
 
-        previous_handler = _raise_keyboard_interrupt_on_sigterm()
+        stop = StopSignals(keep_after_stop=exiting)
+        stop.install()
         step = start_step
+        steps_per_pass = -(-len(train_files) // t.batch_size)
+        seen_valid, since_check = 0, 0
+        completed = False
         try:
             sess.run(init)
             if resume_prefix:
@@ -250,8 +298,9 @@ def train(config):
                   file=sys.stderr)
             last_time, last_step = time.perf_counter(), step
             while step < t.max_steps:
+                stop.check()
                 log_now = (step + 1) % t.log_every == 0 or step + 1 == t.max_steps
-                fetches = {"train": train_op, "loss": loss}
+                fetches = {"train": train_op, "loss": loss, "valid": valid_pixels}
                 if log_now:
                     fetches["summary"] = summaries
                 try:
@@ -259,6 +308,12 @@ def train(config):
                 except tf.errors.OpError as err:
                     raise UserError(datasets.data_error_message(err)) from None
                 step += 1
+                seen_valid, since_check = seen_valid + int(out["valid"]), since_check + 1
+                if since_check == steps_per_pass:
+                    if seen_valid == 0:
+                        raise UserError(_no_labels_message(config, train_files, steps_per_pass,
+                                                           state))
+                    seen_valid, since_check = 0, 0
                 if not np.isfinite(out["loss"]):
                     raise TrainingDiverged(
                         f"step {step}: the loss is {out['loss']}; stopping without saving this "
@@ -268,34 +323,47 @@ def train(config):
                     speed = (step - last_step) * t.batch_size / max(now - last_time, 1e-9)
                     last_time, last_step = now, step
                     writer.add_summary(out["summary"], step)
-                    append_history(t.log_dir, {"step": step, "loss": float(out["loss"])})
+                    record = {"step": step, "loss": float(out["loss"])}
+                    _write_or_fail(append_history, t.log_dir, record, state=state)
                     progress.update(step, loss=f"{out['loss']:.4f}", **{"img/s": f"{speed:.1f}"})
                 if step % t.checkpoint_every == 0 or step == t.max_steps:
                     save(step)
                 if t.eval_every and step % t.eval_every == 0 and step < t.max_steps:
                     evaluate(step)
             progress.close()
+            stop.check()
             if state["saved_step"] != step:
                 save(step)
             metrics = evaluate(step)
+            completed = True
         except KeyboardInterrupt:
+            stop.received.append(signal.SIGINT)  # a Ctrl-C raised another way
             progress.close()
             step = int(sess.run(global_step))
             if step > state["saved_step"]:
                 save(step)
-            print(f"interrupted at step {step}; checkpoint {state['saved']}. Run the same command "
-                  f"again to resume.", file=sys.stderr)
+            where = (f"checkpoint {state['saved']}" if state["saved"]
+                     else "no checkpoint was written")
+            print(f"interrupted at step {step}; {where}. Run the same command again to "
+                  f"resume.", file=sys.stderr)
             raise
+        except OSError as err:
+            raise UserError(_os_error_message(err, t.log_dir, state)) from None
         finally:
             progress.close()
-            _restore_sigterm(previous_handler)
-            writer.close()
-            sess.close()
+            try:
+                writer.close()
+            except UserError:
+                if completed:  # otherwise the error on its way out says more
+                    raise
+            finally:
+                sess.close()
+                stop.uninstall()
 
     print(format_metrics(metrics, class_names))
-    write_json_atomic(os.path.join(t.log_dir, METRICS_NAME),
-                      metrics_record(metrics, class_names, checkpoint=state["saved"],
-                                     split=val_files.split, global_step=int(step)))
+    _write_or_fail(write_json_atomic, os.path.join(t.log_dir, METRICS_NAME),
+                   metrics_record(metrics, class_names, checkpoint=state["saved"],
+                                  split=val_files.split, global_step=int(step)), state=state)
     print(f"step {step}: validation mean IU {format_value(metrics['mean_iou'])} "
           f"({metrics['num_images']} images); checkpoint {state['saved']}")
     return metrics
@@ -307,32 +375,130 @@ def _last_good(state):
     return "No checkpoint was written."
 
 
-def _raise_keyboard_interrupt_on_sigterm():
-    """Make SIGTERM behave like Ctrl-C (save and exit); returns the old handler."""
-    if threading.current_thread() is not threading.main_thread():
+def _plot(log_dir):
+    plot_curves(read_history(log_dir), os.path.join(log_dir, CURVES_NAME))
+
+
+def _finite_or_none(value):
+    if value is None:
         return None
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-
-    return signal.signal(signal.SIGTERM, handler)
+    value = float(value)
+    return value if np.isfinite(value) else None
 
 
-def _restore_sigterm(previous):
-    if previous is not None:
-        signal.signal(signal.SIGTERM, previous)
+def _no_labels_message(config, files, steps, state):
+    label_dir = os.path.dirname(files.label_paths[0]) if files.label_paths else "?"
+    return (f"data.train_split {files.split!r} ({files.kind}, labels in {label_dir}): "
+            f"{steps} steps, a whole pass over its {len(files)} images, saw no labelled "
+            f"pixel (every label value is {IGNORE_LABEL}, the ignore label, or the crops "
+            f"of train.image_size {config.train.image_size} miss them); nothing to train "
+            f"on. {_last_good(state)}")
+
+
+def _os_error_message(err, log_dir, state=None):
+    path = err.filename or log_dir
+    last = f" {_last_good(state)}" if state is not None else ""
+    return f"{path}: cannot write: {err.strerror or err}.{last}"
+
+
+def _write_or_fail(write, *args, state=None):
+    """Call `write(*args)`; an OSError (a full disk, an unwritable file) becomes a
+    one-line UserError naming the file and the last good checkpoint."""
+    try:
+        return write(*args)
+    except OSError as err:
+        raise UserError(_os_error_message(err, "train.log_dir", state)) from None
+    except UserError as err:  # a writer that names the file itself
+        last = f" {_last_good(state)}" if state is not None else ""
+        raise UserError(f"{err}.{last}") from None
+
+
+class _SummaryWriter:
+    """tf1.summary.FileWriter whose write failures (its background thread's,
+    reported at a later call) are one-line UserErrors naming the events file."""
+
+    def __init__(self, log_dir, state):
+        self.log_dir, self.state = log_dir, state
+        self.writer = self._call(lambda: tf1.summary.FileWriter(log_dir))
+
+    def _call(self, action):
+        try:
+            return action()
+        except (OSError, tf.errors.OpError) as err:
+            path = self._events_path() if hasattr(self, "writer") else self.log_dir
+            reason = (err.strerror if isinstance(err, OSError)
+                      else checkpoint.op_error_reason(err))
+            raise UserError(f"{path}: cannot write TensorBoard summaries: {reason}. "
+                            f"{_last_good(self.state)}") from None
+
+    def _events_path(self):
+        try:
+            return self.writer.event_writer._ev_writer.FileName().decode()
+        except Exception:  # the path is only for the message
+            return os.path.join(self.log_dir, "events.out.tfevents.*")
+
+    def add_summary(self, summary, step):
+        self._call(lambda: self.writer.add_summary(summary, step))
+
+    def flush(self):
+        self._call(self.writer.flush)
+
+    def close(self):
+        self._call(self.writer.close)
+
+
+class StopSignals:
+    """SIGINT and SIGTERM as a request to save and stop.
+
+    The handler only records the signal; the training loop calls `check()`
+    between steps (and the evaluation between images), which raises
+    KeyboardInterrupt so that the run saves and exits. A handler that raised
+    at once could cut a save, a file write or a lock held inside a library
+    anywhere; this one cannot, so a second signal during the exit save changes
+    nothing. SIGKILL stops at once; the next run cleans what it leaves.
+    `keep_after_stop`: after a stop, `uninstall` leaves the handlers in place
+    (still only recording), for a process that is about to exit.
+    """
+
+    def __init__(self, *, keep_after_stop=False):
+        self.keep_after_stop = keep_after_stop
+        self.received = []
+        self.previous = {}
+
+    def handler(self, signum, frame):
+        self.received.append(signum)
+
+    def check(self):
+        if self.received:
+            raise KeyboardInterrupt
+
+    def install(self):
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self.previous[signum] = signal.signal(signum, self.handler)
+
+    def uninstall(self):
+        if self.received and self.keep_after_stop:
+            return
+        for signum, previous in self.previous.items():
+            signal.signal(signum, previous)
+        self.previous = {}
 
 
 def build_parser():
     parser = argparse.ArgumentParser(prog="train.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    return add_config_args(parser)
+    return add_config_args(parser, config_required=True)
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if args.config is None:
+        raise UserError("--config is required (e.g. python train.py --config config.json); "
+                         "training never starts from the built-in defaults alone")
     config = load_config(args.config, args.overrides)
-    train(config)
+    train(config, exiting=True)
     return 0
 
 

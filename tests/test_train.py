@@ -30,6 +30,13 @@ def shapes_args(tmp_path, *extra):
             f"train.log_dir={tmp_path / 'run'}", *TINY, *extra]
 
 
+def empty_config(tmp_path):
+    """A config file with no keys (train.py requires --config)."""
+    path = tmp_path / "empty_config.json"
+    path.write_text("{}\n")
+    return str(path)
+
+
 def latest_step(log_dir):
     prefix = tf.train.latest_checkpoint(str(log_dir))
     return prefix, int(tf.train.load_checkpoint(prefix).get_tensor("global_step"))
@@ -85,8 +92,8 @@ def test_nan_loss_stops_without_saving_the_bad_state(tmp_path, capsys):
     train_module.train(load_config(None, args))
     diverging = args + ["train.max_steps=40", "train.checkpoint_every=1",
                         "train.learning_rate=1e30", "train.keep_prob=1.0"]
-    code = run_cli(train_module.main, [arg for a in diverging for arg in ("--set", a)],
-                   prog="train.py")
+    code = run_cli(train_module.main, ["--config", empty_config(tmp_path)]
+                   + [arg for a in diverging for arg in ("--set", a)], prog="train.py")
     err = capsys.readouterr().err
     assert code == 2
     line = [e for e in err.splitlines() if e.startswith("train.py: error:")]
@@ -100,7 +107,7 @@ def test_nan_loss_stops_without_saving_the_bad_state(tmp_path, capsys):
 def test_sigterm_saves_and_sigkill_leaves_a_readable_checkpoint(tmp_path):
     args = shapes_args(tmp_path, "train.max_steps=100000", "train.checkpoint_every=3",
                        "train.eval_every=0")
-    command = [sys.executable, os.path.join(REPO, "train.py")]
+    command = [sys.executable, os.path.join(REPO, "train.py"), "--config", empty_config(tmp_path)]
     command += [arg for a in args for arg in ("--set", a)]
     env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
     run = tmp_path / "run"
@@ -189,10 +196,11 @@ def test_bad_inputs_give_one_line_errors(tmp_path, folder_root, capsys):
         assert code == 2 and len(err) >= 1 and err[-1].startswith("prog: error: ")
         return err[-1]
 
+    config = empty_config(tmp_path)
     assert "train.batch_size: expected a positive integer, found -2" in run(
-        train_module.main, "--set", "train.batch_size=-2")
+        train_module.main, "--config", config, "--set", "train.batch_size=-2")
     assert "data.root: required for data.kind 'voc'" in run(
-        train_module.main, "--set", "data.kind=voc")
+        train_module.main, "--config", config, "--set", "data.kind=voc")
     assert "no such directory (train.log_dir)" in run(
         evaluate.main, "--set", f"train.log_dir={tmp_path / 'none'}")
     assert "no checkpoint here" in run(
@@ -201,7 +209,7 @@ def test_bad_inputs_give_one_line_errors(tmp_path, folder_root, capsys):
     # A label with a class id the dataset does not have, found while training.
     bad = os.path.join(folder_root, "labels", "img0.png")
     Image.fromarray(np.full((20, 30), 9, np.uint8), mode="L").save(bad)
-    message = run(train_module.main, "--set", "data.kind=folder",
+    message = run(train_module.main, "--config", config, "--set", "data.kind=folder",
                   "--set", f"data.root={folder_root}", "--set", "data.val_fraction=0.5",
                   "--set", f"train.log_dir={tmp_path / 'run'}", "--set", "train.max_steps=30",
                   *[arg for a in TINY for arg in ("--set", a)], "--set", "train.eval_every=0")

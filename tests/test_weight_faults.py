@@ -503,14 +503,12 @@ def test_infer_on_a_directory_with_a_bad_state_file(ckpts, tmp_path, capsys, sta
     _infer_from_directory(ckpts, tmp_path, capsys, state)
 
 
-@pytest.mark.xfail(strict=True, reason="needs checkpoint discovery (part A)")
 @pytest.mark.parametrize("state", [b"\xff\xfe\x00 model_checkpoint_path \x80\x81", b""],
                          ids=["not UTF-8", "empty"])
 def test_infer_on_a_directory_with_an_unreadable_state_file(ckpts, tmp_path, capsys, state):
     _infer_from_directory(ckpts, tmp_path, capsys, state)
 
 
-@pytest.mark.xfail(strict=True, reason="needs checkpoint discovery (part A)")
 @pytest.mark.parametrize("prog", ["evaluate", "export", "port"])
 def test_commands_on_a_directory_with_a_non_utf8_state_file(ckpts, tmp_path, capsys,
                                                            folder_root, prog):
