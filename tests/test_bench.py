@@ -5,8 +5,7 @@ import argparse
 import numpy as np
 import pytest
 
-from fcn_graph import bench, checkpoint
-from fcn_graph import model
+from fcn_graph import bench, checkpoint, model
 
 
 def _args(tmp_path, **kwargs):
