@@ -12,7 +12,7 @@ against one implementation of the operations:
   computed at run time from `tf.shape`. This is the "reference" kernel set.
 - `cpu_kernels.CpuLayers`: the same graph with faster CPU forms of conv6/conv7
   and of the upsampling (the "cpu" kernel set; `build(kernels=...)`).
-- `onnx_engine.OnnxLayers`: the ONNX model; `flops.MacCounter`: the FLOP count;
+- `onnx_layers.OnnxLayers`: the ONNX model; `flops.MacCounter`: the FLOP count;
   `ShapeLayers`: the variable shapes and the layer list of the profile.
 
 `architecture` picks the head:
