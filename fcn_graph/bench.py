@@ -1,7 +1,7 @@
 """Benchmark inference and training against the machine's sgemm throughput.
 
     python -m fcn_graph.bench                       # every case, tf + onnxruntime, ~6 min
-    python -m fcn_graph.bench --cases 224_b1,512_b1 --variants tf,tf-transposed --repeats 7
+    python -m fcn_graph.bench --cases 224_b1,512_b1 --variants tf,tf-reference --repeats 7
 
 Weights are random, full VGG19 size (He-normal body, FCN.tensorflow's heads), 21
 classes, written once to a temporary checkpoint. Every (variant, case) runs in
@@ -16,8 +16,10 @@ map (argmax) back in host memory. A training call is one Adam step on the
 legacy loss (mean sparse softmax cross-entropy, keep_prob 0.85), the batch
 coming from a repeated in-memory `tf.data` dataset straight into the graph.
 
-FLOPs come from `fcn_graph.flops` (what the legacy graph runs: conv5_4 is
-not counted). The same run times a 4096^3 float32 matmul through NumPy's BLAS
+The kernel set of every variant is --kernels (default auto: the CPU forms
+without a GPU); a variant's -reference or -cpu modifier overrides it. FLOPs
+come from `fcn_graph.flops` (what the legacy graph runs: conv5_4 is not
+counted); the per-layer profile's layers are `model.layer_ends`. The same run times a 4096^3 float32 matmul through NumPy's BLAS
 with the same thread count; "% sgemm" is each case's GFLOP/s against it. One
 case (default 224_b1, variant tf) is also traced with TensorFlow's step stats
 and its time split per op kind and per layer. Results go to
@@ -36,6 +38,7 @@ import time
 
 import numpy as np
 
+from fcn_graph.constants import KERNELS
 from fcn_graph.errors import UserError, run_cli
 from fcn_graph.fileio import check_output_file, json_written_with, write_json_atomic
 
@@ -49,9 +52,10 @@ CASES = collections.OrderedDict([
     ("train_b8", (8, 224, 224, True)),
 ])
 # A variant is an engine ("tf", the default path, or "onnxruntime") plus
-# "-"-joined modifiers of the tf engine, e.g. "tf-onednn-transposed":
+# "-"-joined modifiers of the tf engine, e.g. "tf-onednn-reference":
 MODIFIERS = collections.OrderedDict([
-    ("transposed", ({"upsample": "transposed"}, {})),   # tf.nn.conv2d_transpose (before)
+    ("reference", ({"kernels": "reference"}, {})),      # the plain ops (model.TFLayers)
+    ("cpu", ({"kernels": "cpu"}, {})),                  # cpu_kernels.CpuLayers
     ("xla", ({"xla": True}, {})),                       # XLA JIT scope
     ("onednn", ({}, {"TF_ENABLE_ONEDNN_OPTS": "1"})),   # TF's oneDNN kernels
     ("eigen", ({}, {"TF_ENABLE_ONEDNN_OPTS": "0"})),    # TF's default CPU kernels
@@ -167,36 +171,13 @@ def make_weights(prefix, *, num_classes, width_multiplier, fc_width, seed=0):
             checkpoint.save_model(sess, saver, prefix, spec)
 
 
-def _use_upsample(name):
-    # Benchmark-only switch between the two formulations of model.upsample.
-    if name == "transposed":
-        from fcn_graph import model as fcn_model
-        fcn_model.upsample = fcn_model.upsample_transposed
-
-
-def layer_boundaries(end_points):
+def layer_boundaries(spec, end_points):
     """(layer, tensor) in execution order: a layer is everything computed after
-    the previous boundary up to this tensor (conv + bias + ReLU together)."""
-    rows = []
-    for name in end_points:
-        if name.startswith("conv") and name[4].isdigit() and "_" in name:
-            if name in ("conv5_3", "conv5_4"):
-                continue
-            rows.append((name, end_points["relu" + name[4:]]))
-        elif name.startswith("pool") and name != "pool5":
-            rows.append((name, end_points[name]))
-    rows.append(("conv5_3", end_points["conv5_3"]))
-    rows.sort(key=lambda r: _layer_rank(r[0]))
-    for name in ("pool5", "conv6", "conv7", "conv8", "conv_t1", "fuse_1", "conv_t2", "fuse_2",
-                 "conv_t3", "prediction"):
-        rows.append((name, end_points[name]))
-    return rows
-
-
-def _layer_rank(name):
-    if name.startswith("pool"):
-        return (int(name[4]), 1, 0)
-    return (int(name[4]), 0, int(name.split("_")[1]))
+    the previous boundary up to this tensor (conv + bias + ReLU together), as
+    `model.layer_ends` lists them, then the prediction."""
+    from fcn_graph import model as fcn_model
+    rows = [(layer, end_points[end]) for layer, end in fcn_model.layer_ends(spec)]
+    return rows + [("prediction", end_points["prediction"])]
 
 
 def op_layers(boundaries):
@@ -236,7 +217,7 @@ def run_inference_case(args, case):
     batch, height, width, _ = CASES[case]
     engine, options, _ = variant_settings(args.variant)
     images = case_images(batch, height, width)
-    _use_upsample(options.get("upsample", "phases"))
+    kernels = options.get("kernels", args.kernels)
     if not options.get("heap"):
         from fcn_graph.memory import return_freed_memory  # as infer and evaluate do
         return_freed_memory()
@@ -253,7 +234,8 @@ def run_inference_case(args, case):
             config = session_config(args.threads)
             config.inter_op_parallelism_threads = options["inter_op"]
         segmenter = Segmenter(args.prefix, threads=args.threads, xla=options.get("xla", False),
-                              precision=options.get("precision", "float32"), config=config)
+                              precision=options.get("precision", "float32"), config=config,
+                              kernels=kernels)
     result = {"load_peak_mib": reset_peak_memory()}
     first, times = time_calls(lambda: segmenter.run(images), warmup=args.warmup,
                               repeats=args.repeats, min_seconds=args.min_seconds)
@@ -277,7 +259,7 @@ def is_fused_kind(kind):
 def _profile(segmenter, images, repeats):
     import tensorflow as tf
     tf1 = tf.compat.v1
-    owner = op_layers(layer_boundaries(segmenter.end_points))
+    owner = op_layers(layer_boundaries(segmenter.spec, segmenter.end_points))
     batch = images.astype(np.float32)
     runs = []
     for _ in range(repeats):
@@ -303,7 +285,6 @@ def run_training_case(args, case):
     tf1 = tf.compat.v1
     batch, height, width, _ = CASES[case]
     _, options, _ = variant_settings(args.variant)
-    _use_upsample(options.get("upsample", "phases"))
     spec = checkpoint.model_spec_from_checkpoint(args.prefix)
     images = case_images(batch, height, width)
     labels = np.random.default_rng(2).integers(0, spec.num_classes, (batch, height, width),
@@ -313,7 +294,8 @@ def run_training_case(args, case):
         dataset = dataset.map(lambda x, y: (tf.cast(x, tf.float32), y)).prefetch(1)
         image_batch, label_batch = tf1.data.make_one_shot_iterator(dataset).get_next()
         with xla_scope(options.get("xla", False)):
-            logits, _, _ = fcn_model.build(image_batch, spec, keep_prob=0.85)
+            logits, _, _ = fcn_model.build(image_batch, spec, keep_prob=0.85,
+                                           kernels=options.get("kernels", args.kernels))
             loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
                 labels=label_batch, logits=logits))
             train_op = tf1.train.AdamOptimizer(1e-4).minimize(loss)
@@ -347,7 +329,8 @@ def worker_main(args):
     if case == "make-onnx":
         from fcn_graph.onnx_engine import build_onnx_model, save_model
         # as `export --format onnx --external-data` writes it (lower load peak)
-        save_model(build_onnx_model(args.prefix), args.prefix + ".onnx", external_data=True)
+        save_model(build_onnx_model(args.prefix, kernels=args.kernels), args.prefix + ".onnx",
+                   external_data=True)
         return 0
     if case == "sgemm":
         median, best = sgemm_gflops(args.sgemm_size, repeats=args.sgemm_repeats)
@@ -384,7 +367,8 @@ def _worker_args(args, prefix, result, variant, case):
              "--repeats", str(args.repeats), "--min-seconds", str(args.min_seconds),
              "--num-classes", str(args.num_classes), "--fc-width", str(args.fc_width),
              "--width-multiplier", str(args.width_multiplier),
-             "--sgemm-size", str(args.sgemm_size), "--sgemm-repeats", str(args.sgemm_repeats)]
+             "--sgemm-size", str(args.sgemm_size), "--sgemm-repeats", str(args.sgemm_repeats),
+             "--kernels", args.kernels]
     return extra
 
 
@@ -399,6 +383,7 @@ def run_benchmark(args):
     report = {"started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
               "machine": _machine(), "threads": args.threads, "num_classes": args.num_classes,
               "width_multiplier": args.width_multiplier, "fc_width": args.fc_width,
+              "kernels": args.kernels,
               "warmup": args.warmup, "repeats": args.repeats, "results": []}
     try:
         print(f"writing random weights (width x{args.width_multiplier}) ...", file=sys.stderr)
@@ -607,7 +592,11 @@ def build_parser():
     parser.add_argument("--variants", default="tf,onnxruntime",
                         help="comma-separated variants (default tf,onnxruntime): onnxruntime, "
                              "or tf plus any of " + ", ".join("-" + m for m in MODIFIERS)
-                             + " (e.g. tf-onednn-transposed); training cases run tf* only")
+                             + " (e.g. tf-onednn-reference); training cases run tf* only")
+    parser.add_argument("--kernels", choices=KERNELS, default="auto",
+                        help="kernel set of every variant (and of the ONNX model): reference, "
+                             "cpu, or auto (default: reference when a GPU is seen, else cpu); "
+                             "-reference/-cpu in a variant override it")
     parser.add_argument("--repeats", type=int, default=5,
                         help="timed calls per case, at least (default 5)")
     parser.add_argument("--warmup", type=int, default=2,

@@ -19,7 +19,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from fcn_graph.constants import ARCHITECTURES, SKIPS, TRAIN_KEEP_PROB
+from fcn_graph.constants import ARCHITECTURES, KERNELS, SKIPS, TRAIN_KEEP_PROB
 from fcn_graph.errors import UserError
 from fcn_graph.fileio import write_json_atomic
 
@@ -75,6 +75,10 @@ class ModelConfig:
     skips: str = "8s"
     # paper only: learn the bilinear-initialised upsampling filters (frozen by default).
     train_upsampling: bool = False
+    # Kernel set of the TensorFlow graph: reference (plain conv2d and
+    # conv2d_transpose), cpu (fcn_graph.cpu_kernels' forms), or auto (reference
+    # when TensorFlow sees a GPU, cpu otherwise).
+    kernels: str = "auto"
 
 
 @dataclass
@@ -133,6 +137,16 @@ class Config:
 
 
 SECTIONS = {f.name: f.default_factory for f in dataclasses.fields(Config)}
+
+
+def add_kernels_arg(parser, default=None):
+    """Add `--kernels auto|reference|cpu` to `parser`; with default None the
+    config's model.kernels applies (auto without a config)."""
+    parser.add_argument(
+        "--kernels", choices=KERNELS, default=default,
+        help="kernel set: reference (tf.nn.conv2d, tf.nn.conv2d_transpose), cpu (faster "
+             "forms on CPUs) or auto (reference when TensorFlow sees a GPU, else cpu); "
+             f"default {default or 'model.kernels of the config, else auto'}")
 
 
 def add_config_args(parser, *, config_required=False):
@@ -430,6 +444,7 @@ def _validate(config, sources, default_source="config"):
                                 f"narrower randomly initialised VGG")
     one_of("model.architecture", m.architecture, ARCHITECTURES)
     one_of("model.skips", m.skips, SKIPS)
+    one_of("model.kernels", m.kernels, KERNELS)
     if m.architecture == "legacy" and m.skips != "8s":
         fail("model.skips", f"the legacy architecture is FCN-8s only, found {m.skips!r}; "
                             "set model.architecture to \"paper\" for FCN-32s/16s")

@@ -18,6 +18,23 @@ SKIPS = ("32s", "16s", "8s")  # paper: FCN-32s, FCN-16s, FCN-8s; legacy is alway
 # 0.85, the paper's 0.5.
 TRAIN_KEEP_PROB = {"legacy": 0.85, "paper": 0.5}
 
+# Kernel sets a graph can be built with (config key model.kernels, --kernels):
+# "reference" writes the plain operations (tf.nn.conv2d for conv6/conv7,
+# tf.nn.conv2d_transpose for the upsampling), "cpu" the forms of
+# `fcn_graph.cpu_kernels`, and "auto" picks by device (`resolve_kernels`).
+KERNELS = ("auto", "reference", "cpu")
+
+
+def resolve_kernels(kernels, has_gpu):
+    """The kernel set `kernels` asks for: "reference" or "cpu" as given; "auto"
+    is "reference" when `has_gpu()` is true (a GPU runs the plain ops as single
+    cuDNN/cuBLAS calls) and "cpu" otherwise."""
+    if kernels not in KERNELS:
+        raise ValueError(f"unknown kernels {kernels!r}; expected one of {', '.join(KERNELS)}")
+    if kernels != "auto":
+        return kernels
+    return "reference" if has_gpu() else "cpu"
+
 
 def voc_palette(num_entries=256):
     """The PASCAL VOC colour map: entry i is the RGB colour of class i.

@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from fcn_graph import checkpoint, datasets, imageio
 from fcn_graph import model as fcn_model
-from fcn_graph.config import add_config_args, load_config
+from fcn_graph.config import add_config_args, add_kernels_arg, load_config
 from fcn_graph.constants import IGNORE_LABEL
 from fcn_graph.errors import UserError, run_cli
 from fcn_graph.fileio import OutputFolder, check_output_file, json_written_with, write_json_atomic
@@ -35,17 +35,18 @@ tf1 = tf.compat.v1
 class Evaluator:
     """The evaluation part of a graph, built into the current default graph:
     an initializable full-size, batch-1 dataset of `files` and a model branch
-    on an image placeholder (sharing the model variables of the graph).
+    on an image placeholder (sharing the model variables of the graph), with
+    the kernel set `kernels`.
     """
 
-    def __init__(self, files, spec, *, num_classes, max_images=None):
+    def __init__(self, files, spec, *, num_classes, max_images=None, kernels="auto"):
         self.files = files
         self.num_classes = num_classes
         data = datasets.eval_dataset(files, num_classes=num_classes, max_images=max_images)
         self.iterator = tf1.data.make_initializable_iterator(data)
         self.next_item = self.iterator.get_next()
         self.images = tf1.placeholder(tf.float32, [None, None, None, 3], name="eval_images")
-        _, self.prediction, _ = build_model(self.images, spec, keep_prob=1.0)
+        _, self.prediction, _ = build_model(self.images, spec, keep_prob=1.0, kernels=kernels)
 
     def run(self, sess, *, on_image=None, progress=None, predict=None):
         """Run every image; returns (metrics dict, number of images).
@@ -83,10 +84,10 @@ class Evaluator:
         return metrics, count
 
 
-def build_model(images, spec, *, keep_prob):
+def build_model(images, spec, *, keep_prob, kernels="auto"):
     """`model.build`, with an unavailable architecture reported as a config error."""
     try:
-        return fcn_model.build(images, spec, keep_prob=keep_prob)
+        return fcn_model.build(images, spec, keep_prob=keep_prob, kernels=kernels)
     except ValueError as err:
         if spec.architecture == "legacy":
             raise
@@ -128,6 +129,7 @@ def build_parser():
     parser.add_argument("--engine", choices=("tf", "onnxruntime"), default="tf",
                         help="tf (default, the reference) or onnxruntime (the same network "
                              "as export --format onnx writes it; scores agree to 1e-4)")
+    add_kernels_arg(parser)
     parser.add_argument("--max-images", type=int, default=None,
                         help="evaluate only the first N images of the split")
     return parser
@@ -143,6 +145,8 @@ def main(argv=None):
         reads.append("train.log_dir")
     if not args.split:
         reads.append("data.val_split")
+    if args.kernels is None:
+        reads.append("model.kernels")
     config = load_config(args.config, args.overrides, reads=reads, command="fcn_graph.evaluate")
     if args.json and check_output_file(args.json, "--json") and not json_written_with(
             args.json, METRICS_KEYS):
@@ -156,6 +160,7 @@ def main(argv=None):
     spec = checkpoint.model_spec_from_checkpoint(prefix)
     imageio.check_num_classes(spec.num_classes, f"{prefix} (checkpoint)")
     split = args.split or config.data.val_split
+    kernels = args.kernels or config.model.kernels
     files = datasets.open_config_split(config, split)
     num_classes = spec.num_classes
     if config.model.num_classes is not None and config.model.num_classes != num_classes:
@@ -169,7 +174,8 @@ def main(argv=None):
     return_freed_memory()
     graph = tf.Graph()
     with graph.as_default():
-        evaluator = Evaluator(files, spec, num_classes=num_classes, max_images=args.max_images)
+        evaluator = Evaluator(files, spec, num_classes=num_classes, max_images=args.max_images,
+                              kernels=kernels)
         variables = fcn_model.model_variables(graph)
         saver = checkpoint.model_saver(variables)
         graph.finalize()
@@ -194,7 +200,8 @@ def main(argv=None):
     progress = Progress(total, label="images", unit="img")
     predict, segmenter = None, None
     if args.engine != "tf":
-        segmenter = make_segmenter(prefix, engine=args.engine, threads=config.train.threads)
+        segmenter = make_segmenter(prefix, engine=args.engine, threads=config.train.threads,
+                                   kernels=kernels)
 
         def predict(image):
             return segmenter.run(image)[0]

@@ -10,6 +10,12 @@ Every format has the same contract:
     output  labels  int32   [N, H, W]     argmax of scores over K (int64 in ONNX)
     output  scores  float32 [N, H, W, K]  the logits
 
+Exports carry the reference kernels by default (`--kernels reference`: plain
+conv2d for conv6/conv7 and conv2d_transpose for the three upsamplings in
+TensorFlow, Conv and ConvTranspose in ONNX), since a served model may run on a
+GPU; `--kernels cpu` writes the faster CPU forms (`fcn_graph.cpu_kernels`),
+`--kernels auto` picks by the devices of the exporting machine.
+
 The mean subtraction (and, for BGR checkpoints such as the Keras VGG19 ones,
 the RGB -> BGR swap) happens inside the exported graph. In the frozen graph
 the tensors are `images:0`, `labels:0` and `scores:0`; in the SavedModel they
@@ -52,6 +58,7 @@ import tensorflow as tf
 
 from fcn_graph import checkpoint, imageio, onnx_engine
 from fcn_graph import model as fcn_model
+from fcn_graph.constants import KERNELS
 from fcn_graph.errors import UserError, run_cli
 from fcn_graph.fileio import atomic_write, check_output_file, ensure_output_dir, kind_of
 from fcn_graph.session import session_config
@@ -72,8 +79,9 @@ class VerificationError(UserError):
     """An export whose scores differ from the checkpoint's."""
 
 
-def serving_graph(spec):
-    """The serving graph of a `ModelSpec`: (graph, images, labels, scores).
+def serving_graph(spec, kernels="reference"):
+    """The serving graph of a `ModelSpec` with the kernel set `kernels`:
+    (graph, images, labels, scores).
 
     images: uint8 [N, H, W, 3] RGB placeholder named "images";
     labels: int32 [N, H, W] named "labels"; scores: float32 [N, H, W, K] named "scores".
@@ -82,7 +90,7 @@ def serving_graph(spec):
     with graph.as_default():
         images = tf1.placeholder(tf.uint8, [None, None, None, 3], name=INPUT_NAME)
         net = tf.cast(images, tf.float32)                             # [N, H, W, 3] RGB
-        logits, prediction, _ = fcn_model.build(net, spec)            # [N, H, W, K]
+        logits, prediction, _ = fcn_model.build(net, spec, kernels=kernels)  # [N, H, W, K]
         scores = tf.identity(logits, name="scores")                   # [N, H, W, K]
         labels = tf.cast(prediction, tf.int32, name="labels")         # [N, H, W]
     return graph, images, labels, scores
@@ -91,10 +99,10 @@ def serving_graph(spec):
 class _Restored:
     """A serving graph with the checkpoint's weights in a session."""
 
-    def __init__(self, prefix):
+    def __init__(self, prefix, kernels):
         self.prefix = checkpoint.resolve_checkpoint(prefix)
         self.spec = checkpoint.model_spec_from_checkpoint(self.prefix)
-        self.graph, self.images, self.labels, self.scores = serving_graph(self.spec)
+        self.graph, self.images, self.labels, self.scores = serving_graph(self.spec, kernels)
         self.variables = fcn_model.model_variables(self.graph)
         self.session = tf1.Session(graph=self.graph, config=session_config())
         checkpoint.restore_model(self.session, self.prefix, self.variables)
@@ -226,16 +234,17 @@ def _check_target(out_path, fmt, *, force=False, extra=()):
                             f"replace an earlier export)")
 
 
-def export_frozen(prefix, out_path, *, verify=True, force=False):
+def export_frozen(prefix, out_path, *, verify=True, force=False, kernels="reference"):
     """Write a frozen GraphDef (`.pb`, weights as constants) with tensors
-    images:0, labels:0 and scores:0. Returns a report dict."""
+    images:0, labels:0 and scores:0, in the kernel set `kernels`. Returns a
+    report dict."""
     _check_target(out_path, "frozen", force=force)
-    restored = _Restored(prefix)
+    restored = _Restored(prefix, kernels)
     try:
         graph_def = restored.frozen_graph_def()
         report = _report(restored.prefix, restored.spec, "frozen", out_path,
-                         tensors={"images": "images:0", "labels": "labels:0",
-                                  "scores": "scores:0"})
+                         kernels=kernels, tensors={"images": "images:0",
+                                                   "labels": "labels:0", "scores": "scores:0"})
     finally:
         restored.close()
     with atomic_write(out_path) as tmp:
@@ -257,15 +266,16 @@ def export_frozen(prefix, out_path, *, verify=True, force=False):
     return report
 
 
-def export_savedmodel(prefix, out_dir, *, verify=True, force=False):
+def export_savedmodel(prefix, out_dir, *, verify=True, force=False, kernels="reference"):
     """Write a SavedModel directory (tag "serve", signature "serving_default":
-    images -> labels, scores). Returns a report dict."""
+    images -> labels, scores), in the kernel set `kernels`. Returns a report dict."""
     _check_target(out_dir, "savedmodel", force=force)
     parent, base = os.path.split(os.path.abspath(out_dir))
     tmp = os.path.join(parent, f".{base}.{uuid.uuid4().hex[:12]}.tmp")
-    restored = _Restored(prefix)
+    restored = _Restored(prefix, kernels)
     try:
-        report = _report(restored.prefix, restored.spec, "savedmodel", out_dir, signature=SIGNATURE_KEY,
+        report = _report(restored.prefix, restored.spec, "savedmodel", out_dir, kernels=kernels,
+                         signature=SIGNATURE_KEY,
                          tags=[tf1.saved_model.tag_constants.SERVING])
         with restored.graph.as_default():
             signature = tf1.saved_model.signature_def_utils.predict_signature_def(
@@ -305,7 +315,7 @@ def export_savedmodel(prefix, out_dir, *, verify=True, force=False):
 
 
 def export_onnx(prefix, out_path, *, opset=onnx_engine.DEFAULT_OPSET, verify=True,
-                external_data=False, force=False):
+                external_data=False, force=False, kernels="reference"):
     """Write `onnx_engine.build_onnx_model`'s model of the checkpoint (the one
     `--engine onnxruntime` runs): input `images` uint8 [N, H, W, 3] RGB,
     outputs `labels` int64 [N, H, W] and `scores` float32 [N, H, W, K], N, H
@@ -334,11 +344,12 @@ def export_onnx(prefix, out_path, *, opset=onnx_engine.DEFAULT_OPSET, verify=Tru
 
     prefix = checkpoint.resolve_checkpoint(prefix)
     spec = checkpoint.model_spec_from_checkpoint(prefix)
-    model = onnx_engine.build_onnx_model(prefix, opset=opset)
+    model = onnx_engine.build_onnx_model(prefix, opset=opset, kernels=kernels)
     if not external_data and model.ByteSize() > PROTOBUF_LIMIT:
         raise UserError(f"{out_path}: the ONNX model would be {model.ByteSize() / 2**30:.2f} GiB; "
                         "a single ONNX file must stay below 2 GB (add --external-data)")
-    report = _report(prefix, spec, "onnx", out_path, opset=opset, external_data=data_path)
+    report = _report(prefix, spec, "onnx", out_path, opset=opset, external_data=data_path,
+                     kernels=kernels)
     parent, base = os.path.split(os.path.abspath(out_path))
     work = os.path.join(parent, f".{base}.{uuid.uuid4().hex[:12]}.tmp")
     os.mkdir(work)
@@ -383,6 +394,10 @@ def build_parser():
     parser.add_argument("--force", action="store_true",
                         help="replace an existing --out that is an earlier export of the same "
                              "format (never a checkpoint's file)")
+    parser.add_argument("--kernels", choices=KERNELS, default="reference",
+                        help="kernel set written: reference (default; plain conv and "
+                             "transposed conv, for any device), cpu (faster forms on CPUs) or "
+                             "auto (by this machine's devices)")
     parser.add_argument("--no-verify", action="store_true",
                         help="skip loading the export back and comparing its scores")
     return parser
@@ -405,10 +420,10 @@ def main(argv=None):
           f"{spec.channel_order.upper()} weights, mean pixel "
           f"{[round(v, 3) for v in spec.mean_pixel] if spec.mean_pixel else 'unknown (the VGG mean is used)'} "
           "(subtracted inside the graph)", flush=True)
-    kwargs = {}
+    kwargs = {"kernels": args.kernels}
     if args.format == "onnx":
         opset = onnx_engine.DEFAULT_OPSET if args.opset is None else args.opset
-        kwargs = {"opset": opset, "external_data": args.external_data}
+        kwargs.update(opset=opset, external_data=args.external_data)
     try:
         report = EXPORTERS[args.format](prefix, args.out, verify=not args.no_verify,
                                         force=args.force, **kwargs)

@@ -1,4 +1,4 @@
-"""Analytic FLOP counts of the legacy FCN-8s graph, from the layer shapes.
+"""Analytic FLOP counts of an FCN, from `model.network` run on shapes.
 
 FLOP = 2 x multiply-adds of every convolution and transposed convolution that
 runs, SAME padding included (a padded tap still costs its multiply-add):
@@ -8,10 +8,9 @@ runs, SAME padding included (a padded tap still costs its multiply-add):
   every input cell scattering a k x k x Cout patch (the direct algorithm's cost,
   equal to the input gradient of the conv it is the transpose of).
 
-Pools, ReLUs, bias adds, the two fusing adds and the argmax are left out
-(together well under 1 %). conv5_4 is *not* counted: the legacy graph builds
-its variables but nothing reads its output, so it never runs (implementations
-that do run it count about 1.7 % more at 224x224).
+Pools, ReLUs, bias adds, the fusing adds and the argmax are left out. The
+legacy graph's conv5_4 is not counted: its variables exist, but nothing reads
+it, so it never runs.
 
 Training = forward + weight gradients (as many MACs as the forward pass) +
 input gradients (as many as the forward pass, less conv1_1, whose input needs
@@ -20,44 +19,46 @@ no gradient); the optimizer's element-wise update is left out.
 
 from collections import OrderedDict
 
-from fcn_graph.model import FC_WIDTH, VGG19_BODY, VGG19_WIDTHS
+from fcn_graph import model as fcn_model
 
 
-def _ceil_div(a, b):
-    return -(-a // b)
+class MacCounter(fcn_model.ShapeLayers):
+    """`model.ShapeLayers` that also adds up each weighted layer's multiply-adds
+    in `macs` (layer name -> MACs, in execution order)."""
+
+    def __init__(self):
+        super().__init__()
+        self.macs = OrderedDict()
+
+    def _conv(self, net, kernel, bias, name):
+        n, h, w, _ = net
+        self.macs[name] = n * h * w * kernel[0] * kernel[1] * kernel[2] * kernel[3]
+        return super()._conv(net, kernel, bias, name)
+
+    def _upsample(self, net, kernel, bias, like, channels, stride, name):
+        n, h, w, _ = net
+        self.macs[name] = n * h * w * kernel[0] * kernel[1] * kernel[2] * kernel[3]
+        return super()._upsample(net, kernel, bias, like, channels, stride, name)
 
 
-def layer_macs(batch, height, width, num_classes, *, vgg_widths=None, fc_width=FC_WIDTH):
+def _spec(num_classes, vgg_widths, fc_width, architecture, skips):
+    widths = fcn_model.VGG19_WIDTHS if vgg_widths is None else vgg_widths
+    return fcn_model.ModelSpec(num_classes=num_classes, fc_width=fc_width,
+                               vgg_widths=tuple(widths[n] for n in fcn_model.VGG19_CONVS),
+                               architecture=architecture, skips=skips)
+
+
+def layer_macs(batch, height, width, num_classes, *, vgg_widths=None,
+               fc_width=fcn_model.FC_WIDTH, architecture="legacy", skips="8s", head=None):
     """layer name -> multiply-adds of one forward pass, in execution order.
 
     vgg_widths: conv name -> output channels (default VGG19's); the names are
-    the model's (conv1_1 ... conv5_3, conv6, conv7, conv8, conv_t1, conv_t2,
-    conv_t3).
+    the model's end points (legacy: conv1_1 ... conv5_3, conv6, conv7, conv8,
+    conv_t1, conv_t2, conv_t3). head: as in `model.network`.
     """
-    widths = VGG19_WIDTHS if vgg_widths is None else vgg_widths
-    macs = OrderedDict()
-    h, w, cin = height, width, 3
-    for name, kind in VGG19_BODY:
-        if name == "conv5_4":  # built, never run
-            break
-        if kind == "conv":
-            cout = widths[name]
-            macs[name] = batch * h * w * 9 * cin * cout
-            cin = cout
-        elif kind == "pool":
-            h, w = _ceil_div(h, 2), _ceil_div(w, 2)
-    c3, c4, c5 = widths["conv3_4"], widths["conv4_4"], widths["conv5_3"]
-    h8, w8 = _ceil_div(height, 8), _ceil_div(width, 8)
-    h16, w16 = _ceil_div(h8, 2), _ceil_div(w8, 2)
-    h32, w32 = _ceil_div(h16, 2), _ceil_div(w16, 2)
-    pixels32 = batch * h32 * w32
-    macs["conv6"] = pixels32 * 49 * c5 * fc_width
-    macs["conv7"] = pixels32 * fc_width * fc_width
-    macs["conv8"] = pixels32 * fc_width * num_classes
-    macs["conv_t1"] = pixels32 * 16 * num_classes * c4           # 4x4/2, K -> C4
-    macs["conv_t2"] = batch * h16 * w16 * 16 * c4 * c3             # 4x4/2, C4 -> C3
-    macs["conv_t3"] = batch * h8 * w8 * 256 * c3 * num_classes     # 16x16/8, C3 -> K
-    return macs
+    spec = _spec(num_classes, vgg_widths, fc_width, architecture, skips)
+    return fcn_model.trace(spec, batch=batch, height=height, width=width, head=head,
+                           layers=MacCounter()).macs
 
 
 def layer_flops(batch, height, width, num_classes, **kwargs):

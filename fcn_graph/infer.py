@@ -26,9 +26,9 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from fcn_graph import checkpoint, imageio
+from fcn_graph import checkpoint, cpu_kernels, imageio
 from fcn_graph import model as fcn_model
-from fcn_graph.config import add_config_args, load_config
+from fcn_graph.config import add_config_args, add_kernels_arg, load_config
 from fcn_graph.constants import VGG_MEAN_RGB
 from fcn_graph.errors import UserError, run_cli
 from fcn_graph.fileio import OutputFolder, kind_of
@@ -127,43 +127,18 @@ def output_stems(paths):
     return stems, notes
 
 
-# The transposed-conv kernels (a few MB) enter the inference graph as
-# constants, so that grappler folds their rearrangement into phase kernels
-# (`model.phase_kernel`) once instead of redoing it on every run (~9 ms at
-# 224x224): the legacy head's W_t1..W_t3, the paper head's upscore* filters.
-FOLDED_KERNELS = ("W_t1", "W_t2", "W_t3", "upscore2_w", "upscore_pool4_w", "upscore8_w",
-                  "upscore16_w", "upscore32_w")
-
-
-def _read_upsampling_kernels(prefix):
-    stored = checkpoint.read_variable_shapes(prefix)
-    names = [f"{fcn_model.SCOPE}/{name}" for name in FOLDED_KERNELS
-             if f"{fcn_model.SCOPE}/{name}" in stored]
-    return checkpoint.read_variables(prefix, names)
-
-
-def _constant_getter(values):
-    """A custom getter that creates every variable as usual (so the Saver
-    restores them all) but hands the graph the checkpoint's value for the
-    names in `values`."""
-    def getter(getter, name, *args, **kwargs):
-        variable = getter(name, *args, **kwargs)
-        if name in values:
-            return tf.constant(values[name], name=name.rsplit("/", 1)[-1] + "_value")
-        return variable
-    return getter
-
-
 class Segmenter:
     """One graph and session for any number of images of any sizes.
 
     The input placeholder is [None, None, None, 3]; images of different sizes
-    run through the same finalised graph. `xla` and `precision` go to
-    `session.session_config`; `config` (a ConfigProto) replaces it outright.
+    run through the same finalised graph. `kernels` ("auto", "reference" or
+    "cpu") picks the kernel set (`cpu_kernels.choose_kernels`). `xla` and
+    `precision` go to `session.session_config`; `config` (a ConfigProto)
+    replaces it outright.
     """
 
     def __init__(self, prefix, *, mean_pixel=None, threads=None, xla=False,
-                 precision="float32", config=None):
+                 precision="float32", config=None, kernels="auto"):
         if precision == "bfloat16" and not onednn_enabled():
             raise UserError("--precision bfloat16: TensorFlow's oneDNN kernels are off; set "
                             "TF_ENABLE_ONEDNN_OPTS=1 in the environment")
@@ -177,18 +152,14 @@ class Segmenter:
             self.images = tf1.placeholder(tf.float32, [None, None, None, 3], name="images")
             # XLA: an explicit JIT scope, because TensorFlow's automatic
             # clustering (global_jit_level) is off on CPUs.
-            with xla_scope(xla), tf1.variable_scope(
-                    tf1.get_variable_scope(), custom_getter=_constant_getter(
-                        _read_upsampling_kernels(prefix))):
+            with xla_scope(xla), cpu_kernels.folded_upsampling_kernels(prefix, kernels):
                 self.logits, self.prediction, self.end_points = fcn_model.build(
-                    self.images, self.spec, mean_pixel=self.mean_pixel)
+                    self.images, self.spec, mean_pixel=self.mean_pixel, kernels=kernels)
             variables = fcn_model.model_variables(self.graph)
             saver = checkpoint.model_saver(variables)
             self.graph.finalize()
-        # The weights stay variables: freezing them into constants bought no
-        # speed (grappler fuses conv + bias + ReLU either way) and made the
-        # first run take ~1 min and ~8 GB while grappler folded 0.5 GB of
-        # constants (docs/performance.md).
+        # The weights stay variables (docs/performance.md: freezing them all
+        # bought no speed and a slow, memory-hungry first run).
         if config is None:
             config = session_config(threads, xla=xla, precision=precision)
         self.session = tf1.Session(graph=self.graph, config=config)
@@ -206,19 +177,20 @@ class Segmenter:
 
 
 def make_segmenter(prefix, *, engine="tf", mean_pixel=None, threads=None, xla=False,
-                   precision="float32"):
+                   precision="float32", kernels="auto"):
     """A `Segmenter` (engine "tf", the reference) or an `onnx_engine.OnnxSegmenter`
-    (engine "onnxruntime", float32 only) for checkpoint `prefix`; both have
-    `.run(batch_uint8, scores=False) -> (labels, scores)` and `.close()`."""
+    (engine "onnxruntime", float32 only) for checkpoint `prefix`, with the
+    kernel set `kernels`; both have `.run(batch_uint8, scores=False) ->
+    (labels, scores)` and `.close()`."""
     if engine == "tf":
         return Segmenter(prefix, mean_pixel=mean_pixel, threads=threads, xla=xla,
-                         precision=precision)
+                         precision=precision, kernels=kernels)
     if engine != "onnxruntime":
         raise UserError(f"--engine: expected one of {', '.join(ENGINES)}, found {engine!r}")
     if xla or precision != "float32":
         raise UserError("--engine onnxruntime runs float32 without XLA; drop --xla/--precision")
     from fcn_graph.onnx_engine import OnnxSegmenter
-    return OnnxSegmenter(prefix, threads=threads, mean_pixel=mean_pixel)
+    return OnnxSegmenter(prefix, threads=threads, mean_pixel=mean_pixel, kernels=kernels)
 
 
 def _batches(paths, batch_size, on_error):
@@ -269,6 +241,7 @@ def build_parser():
                         help="tf (default, the reference) or onnxruntime (the checkpoint "
                              "converted on the fly to the model export --format onnx "
                              "writes; faster on CPU)")
+    add_kernels_arg(parser)
     parser.add_argument("--xla", action="store_true",
                         help="compile the TensorFlow graph with XLA (engine tf)")
     parser.add_argument("--precision", choices=PRECISIONS, default="float32",
@@ -290,10 +263,12 @@ def main(argv=None):
     source = args.checkpoint
     if args.config is not None or args.overrides:
         reads = [key for key, used in (("train.log_dir", args.checkpoint is None),
-                                       ("train.threads", not args.threads)) if used]
+                                       ("train.threads", not args.threads),
+                                       ("model.kernels", args.kernels is None)) if used]
         config = load_config(args.config, args.overrides, reads=reads, command="fcn_graph.infer")
         source = source or config.train.log_dir
         args.threads = args.threads or config.train.threads
+        args.kernels = args.kernels or config.model.kernels
     paths = list_images(args.inputs)
     stems, notes = output_stems(paths)
     prefix = checkpoint.resolve_checkpoint(source)
@@ -312,7 +287,8 @@ def main(argv=None):
               f"{list(spec.mean_pixel)}", file=sys.stderr)
     return_freed_memory()
     segmenter = make_segmenter(prefix, engine=args.engine, mean_pixel=args.mean,
-                               threads=args.threads, xla=args.xla, precision=args.precision)
+                               threads=args.threads, xla=args.xla, precision=args.precision,
+                               kernels=args.kernels or "auto")
     mean_pixel = spec.mean_pixel or args.mean or VGG_MEAN_RGB
     print(f"checkpoint {prefix}: {spec.num_classes} classes, "
           f"mean pixel {[round(v, 3) for v in mean_pixel]}, engine {args.engine}",

@@ -1,13 +1,28 @@
 """FCN on a VGG19 body, in tf.compat.v1, NHWC: FCN.tensorflow's graph and the paper's.
 
-One builder, `fcn`, shares the VGG19 body (a table and one loop) and writes
-each head out line by line. `architecture` picks the head:
+The network is written once, as functions of a small set of layer operations
+(`Layers`: conv, fc, relu, dropout, pool, upsample, add): the VGG19 body is a
+table and one loop (`vgg19_body`), each head is written out line by line
+(`legacy_fcn`, `paper_fcn`). Every form of the model is that definition run
+against one implementation of the operations:
+
+- `TFLayers` (below): the TensorFlow graph with the plain ops, hand-built
+  `tf.nn.conv2d`, 2x2 pools, conv6 as a 7x7 and conv7/conv8 as 1x1
+  convolutions, every upsampling a `tf.nn.conv2d_transpose` to an output shape
+  computed at run time from `tf.shape`. This is the "reference" kernel set.
+- `cpu_kernels.CpuLayers`: the same graph with faster CPU forms of conv6/conv7
+  and of the upsampling (the "cpu" kernel set; `build(kernels=...)`).
+- `onnx_layers.OnnxLayers`: the ONNX model; `flops.MacCounter`: the FLOP count;
+  `ShapeLayers`: the variable shapes and the layer list of the profile.
+
+`architecture` picks the head:
 
 "legacy" (the default) reproduces FCN.tensorflow layer by layer, quirks
 included, with its variable names, so that its checkpoints restore unchanged:
 
 - pool1..pool4 are *average* pools; pool5 is a max pool of conv5_3 taken
-  before its ReLU; conv5_4 has variables but feeds nothing;
+  before its ReLU; conv5_4 has variables but nothing reads it, so it is not
+  computed;
 - the first two upsampling steps produce pool4/pool3-shaped *features*
   (512 and 256 channels) that are added to pool4/pool3, not class scores;
 - the upsampling filters are learned from a truncated-normal start and carry
@@ -31,11 +46,11 @@ bias, start as bilinear interpolation and are frozen unless
          score_pool3_w [1, 1, C3, K], score_pool3_b [K], upscore8_w [16, 16, K, K]
 
 Any input size works for every head. Every conv is stride 1 `SAME` and every
-pool 2x2/2 `SAME`, so pool_k has ceil(H / 2^k) rows. Each transposed
-convolution (`upsample`) takes its output shape from `tf.shape` of the tensor
-it is fused with (pool4, pool3, then the input), and SAME padding makes
-ceil(out / stride) == in hold for those shapes (ceil(ceil(H/16)/2) =
-ceil(H/32)), so the logits always have the input's height and width.
+pool 2x2/2 `SAME`, so pool_k has ceil(H / 2^k) rows. Each upsampling takes
+its output height and width from the tensor it is fused with (pool4, pool3,
+then the input), and SAME padding makes ceil(out / stride) == in hold for
+those shapes (ceil(ceil(H/16)/2) = ceil(H/32)), so the logits always have the
+input's height and width.
 """
 
 import dataclasses
@@ -44,7 +59,7 @@ from collections import OrderedDict
 import numpy as np
 import tensorflow as tf
 
-from fcn_graph.constants import ARCHITECTURES, SKIPS, TRAIN_KEEP_PROB, VGG_MEAN_RGB  # noqa: F401
+from fcn_graph.constants import ARCHITECTURES, KERNELS, SKIPS, TRAIN_KEEP_PROB, VGG_MEAN_RGB  # noqa: F401
 
 tf1 = tf.compat.v1
 
@@ -75,6 +90,12 @@ SCOPE = "inference"
 HEAD_VARIABLES = ("W6", "b6", "W7", "b7", "W8", "b8",
                   "W_t1", "b_t1", "W_t2", "b_t2", "W_t3", "b_t3")
 
+# How a variable starts (`TFLayers.variable` maps these to initializers):
+VGG_INIT = "vgg"            # He-normal (fan-in), for a body without a `.mat`
+HEAD_INIT = "head"          # FCN.tensorflow's heads: truncated normal, stddev 0.02
+ZEROS = "zeros"             # biases, and the paper's score layers
+BILINEAR = "bilinear"       # the paper's upsampling: `bilinear_kernel`
+
 
 def scaled_vgg_widths(multiplier):
     """VGG19 widths times `multiplier` (at least 1 channel each), for fast
@@ -99,41 +120,10 @@ def variable_shapes(num_classes, *, vgg_widths=None, fc_width=FC_WIDTH, architec
     """name (without scope) -> shape of every model variable, in creation order."""
     _check_variant(architecture, skips)
     widths = VGG19_WIDTHS if vgg_widths is None else vgg_widths
-    shapes = OrderedDict()
-    cin = 3
-    for name in VGG19_CONVS:
-        shapes[name + "_w"] = (3, 3, cin, widths[name])
-        shapes[name + "_b"] = (widths[name],)
-        cin = widths[name]
-    k = num_classes
-    c5, c4, c3 = widths["conv5_3"], widths["conv4_4"], widths["conv3_4"]
-    if architecture == "legacy":
-        shapes.update([
-            ("W6", (7, 7, c5, fc_width)), ("b6", (fc_width,)),
-            ("W7", (1, 1, fc_width, fc_width)), ("b7", (fc_width,)),
-            ("W8", (1, 1, fc_width, k)), ("b8", (k,)),
-            ("W_t1", (4, 4, c4, k)), ("b_t1", (c4,)),
-            ("W_t2", (4, 4, c3, c4)), ("b_t2", (c3,)),
-            ("W_t3", (16, 16, k, c3)), ("b_t3", (k,)),
-        ])
-        return shapes
-    shapes.update([
-        ("W6", (7, 7, widths["conv5_4"], fc_width)), ("b6", (fc_width,)),
-        ("W7", (1, 1, fc_width, fc_width)), ("b7", (fc_width,)),
-        ("score_fr_w", (1, 1, fc_width, k)), ("score_fr_b", (k,)),
-    ])
-    if skips == "32s":
-        shapes["upscore32_w"] = (64, 64, k, k)
-        return shapes
-    shapes.update([("upscore2_w", (4, 4, k, k)),
-                   ("score_pool4_w", (1, 1, c4, k)), ("score_pool4_b", (k,))])
-    if skips == "16s":
-        shapes["upscore16_w"] = (32, 32, k, k)
-        return shapes
-    shapes.update([("upscore_pool4_w", (4, 4, k, k)),
-                   ("score_pool3_w", (1, 1, c3, k)), ("score_pool3_b", (k,)),
-                   ("upscore8_w", (16, 16, k, k))])
-    return shapes
+    spec = ModelSpec(num_classes=num_classes, fc_width=fc_width,
+                     vgg_widths=tuple(widths[name] for name in VGG19_CONVS),
+                     architecture=architecture, skips=skips)
+    return trace(spec).variables
 
 
 @dataclasses.dataclass
@@ -171,20 +161,406 @@ class ModelSpec:
         return f"{self.architecture} FCN-{self.skips}"
 
 
-def build(images, spec, *, keep_prob=1.0, mean_pixel=None):
+# ---------------------------------------------------------------- the network, once
+
+class Layers:
+    """The layer operations the FCN is written against.
+
+    Each operation takes its input (`net`, whatever an implementation uses for
+    a tensor), the layer's name, and for weighted layers the names of its
+    variables; it creates or fetches the variables (`variable`), computes the
+    layer with the implementation's primitive (`_conv`, `_fc`, `_upsample`,
+    ...), and records the output in `end_points[name]`.
+
+    `layers` maps each layer of the profile to the end point that closes it:
+    a weighted layer, pool or add opens a layer, a ReLU or dropout joins the
+    one before it (conv1_1 -> relu1_1, conv6 -> drop6).
+    """
+
+    def __init__(self):
+        self.end_points = OrderedDict()
+        self.layers = OrderedDict()
+
+    def _record(self, name, net, *, joins=False):
+        self.end_points[name] = net
+        if joins and self.layers:
+            self.layers[next(reversed(self.layers))] = name
+        else:
+            self.layers[name] = name
+        return net
+
+    # -- the operations the network is written with
+
+    def centre(self, net, mean_pixel):
+        """images - mean pixel: [N, H, W, 3] -> [N, H, W, 3]."""
+        net = self._centre(net, mean_pixel)
+        self.end_points["centred"] = net  # not a layer of its own: conv1_1's
+        return net
+
+    def conv(self, net, name, weights, *, size, channels, init, trainable=True):
+        """Stride-1 SAME size x size convolution plus bias: [N, h, w, C] -> [N, h, w,
+        channels]. `weights`: (kernel name, bias name); the kernel is [size, size,
+        C, channels]."""
+        kernel, bias = self._weights(net, weights, size, channels, init, trainable)
+        return self._record(name, self._conv(net, kernel, bias, name))
+
+    def fc(self, net, name, weights, *, size, channels, init):
+        """A convolutionalised fully connected layer (conv6, conv7): `conv`, with
+        thousands of output channels, which a kernel set may compute differently."""
+        kernel, bias = self._weights(net, weights, size, channels, init, True)
+        return self._record(name, self._fc(net, kernel, bias, name))
+
+    def upsample(self, net, name, weights, *, like, channels, size, stride, init,
+                 trainable=True):
+        """Transposed convolution, size x size, stride `stride`, plus bias unless
+        the bias name is None: [N, h, w, C] -> [N, H', W', channels], H' and W'
+        those of `like` (ceil(H' / stride) == h). The kernel is [size, size,
+        channels, C], as tf.nn.conv2d_transpose wants."""
+        kernel_name, bias_name = weights
+        kernel = self.variable(kernel_name, (size, size, channels, self.channels(net)), init,
+                               trainable)
+        bias = None if bias_name is None else self.variable(bias_name, (channels,), ZEROS,
+                                                            trainable)
+        return self._record(name, self._upsample(net, kernel, bias, like, channels, stride,
+                                                  name))
+
+    def relu(self, net, name):
+        return self._record(name, self._relu(net, name), joins=True)
+
+    def dropout(self, net, name, keep_prob):
+        return self._record(name, self._dropout(net, keep_prob), joins=True)
+
+    def pool(self, net, name, method):
+        """2x2 stride-2 SAME "avg" or "max" pool: [N, h, w, C] -> [N, ceil(h/2),
+        ceil(w/2), C]; the average counts real (unpadded) cells only."""
+        return self._record(name, self._pool(net, method, name))
+
+    def add(self, a, b, name):
+        return self._record(name, self._add(a, b, name))
+
+    def unused_conv(self, name, weights, *, channels_in, size, channels, init):
+        """A conv layer's variables, created but never read (legacy conv5_4)."""
+        kernel_name, bias_name = weights
+        self.variable(kernel_name, (size, size, channels_in, channels), init, True)
+        self.variable(bias_name, (channels,), ZEROS, True)
+
+    def _weights(self, net, weights, size, channels, init, trainable):
+        kernel_name, bias_name = weights
+        kernel = self.variable(kernel_name, (size, size, self.channels(net), channels), init,
+                               trainable)
+        return kernel, self.variable(bias_name, (channels,), ZEROS, trainable)
+
+    # -- what an implementation provides
+
+    def variable(self, name, shape, init, trainable):
+        raise NotImplementedError
+
+    def channels(self, net):
+        raise NotImplementedError
+
+    def _centre(self, net, mean_pixel):
+        raise NotImplementedError
+
+    def _conv(self, net, kernel, bias, name):
+        raise NotImplementedError
+
+    def _fc(self, net, kernel, bias, name):
+        return self._conv(net, kernel, bias, name)
+
+    def _upsample(self, net, kernel, bias, like, channels, stride, name):
+        raise NotImplementedError
+
+    def _relu(self, net, name):
+        return net
+
+    def _dropout(self, net, keep_prob):
+        return net
+
+    def _pool(self, net, method, name):
+        raise NotImplementedError
+
+    def _add(self, a, b, name):
+        return a
+
+
+def vgg19_body(ops, net, widths, *, pool_method, through="relu5_4"):
+    """The VGG19 convs, ReLUs and pools 1-4 from the table, up to and with the
+    row `through`. The input is the mean-subtracted [N, H, W, 3]."""
+    for name, kind in VGG19_BODY:
+        if kind == "conv":
+            net = ops.conv(net, name, (name + "_w", name + "_b"), size=3,
+                           channels=widths[name], init=VGG_INIT)
+        elif kind == "relu":
+            net = ops.relu(net, name)
+        else:
+            net = ops.pool(net, name, pool_method)
+        if name == through:
+            break
+    return ops.end_points
+
+
+def legacy_fcn(ops, net, spec, keep_prob):
+    """FCN.tensorflow's FCN-8s on the centred images [N, H, W, 3]; returns
+    conv_t3, the logits [N, H, W, K]."""
+    k, f, widths = spec.num_classes, spec.fc_width, spec.widths
+    c3, c4, c5 = widths["conv3_4"], widths["conv4_4"], widths["conv5_3"]
+    images = net
+    points = vgg19_body(ops, net, widths, pool_method="avg", through="relu5_3")
+    ops.unused_conv("conv5_4", ("conv5_4_w", "conv5_4_b"), channels_in=c5, size=3,
+                    channels=widths["conv5_4"], init=VGG_INIT)
+    pool3, pool4 = points["pool3"], points["pool4"]                     # 1/8, 1/16
+
+    net = ops.pool(points["conv5_3"], "pool5", "max")                   # [N, H/32, W/32, C5]
+    net = ops.fc(net, "conv6", ("W6", "b6"), size=7, channels=f,
+                 init=HEAD_INIT)                                        # [N, H/32, W/32, F]
+    net = ops.relu(net, "relu6")                                        # [N, H/32, W/32, F]
+    net = ops.dropout(net, "drop6", keep_prob)                          # [N, H/32, W/32, F]
+    net = ops.fc(net, "conv7", ("W7", "b7"), size=1, channels=f,
+                 init=HEAD_INIT)                                        # [N, H/32, W/32, F]
+    net = ops.relu(net, "relu7")                                        # [N, H/32, W/32, F]
+    net = ops.dropout(net, "drop7", keep_prob)                          # [N, H/32, W/32, F]
+    net = ops.conv(net, "conv8", ("W8", "b8"), size=1, channels=k,
+                   init=HEAD_INIT)                                      # [N, H/32, W/32, K]
+
+    net = ops.upsample(net, "conv_t1", ("W_t1", "b_t1"), like=pool4, channels=c4, size=4,
+                       stride=2, init=HEAD_INIT)                        # [N, H/16, W/16, C4]
+    net = ops.add(net, pool4, "fuse_1")                                 # [N, H/16, W/16, C4]
+    net = ops.upsample(net, "conv_t2", ("W_t2", "b_t2"), like=pool3, channels=c3, size=4,
+                       stride=2, init=HEAD_INIT)                        # [N, H/8, W/8, C3]
+    net = ops.add(net, pool3, "fuse_2")                                 # [N, H/8, W/8, C3]
+    return ops.upsample(net, "conv_t3", ("W_t3", "b_t3"), like=images, channels=k,
+                        size=16, stride=8, init=HEAD_INIT)              # [N, H, W, K]
+
+
+def paper_fcn(ops, net, spec, keep_prob):
+    """The paper's FCN-32s/16s/8s (spec.skips) on the centred images [N, H, W, 3];
+    returns the logits [N, H, W, K].
+
+    Score layers start at zero as in the reference code; conv6/conv7 start
+    He-normal here and take fc6/fc7 from the weights when converted. The
+    upsampling filters are bilinear, without bias, trainable only with
+    spec.train_upsampling.
+    """
+    k, f, widths = spec.num_classes, spec.fc_width, spec.widths
+    images = net
+    points = vgg19_body(ops, net, widths, pool_method="max")
+    pool3, pool4 = points["pool3"], points["pool4"]                     # 1/8, 1/16
+
+    def score(net, name):                                               # 1x1 conv to K
+        return ops.conv(net, name, (name + "_w", name + "_b"), size=1, channels=k, init=ZEROS)
+
+    def upsample(net, name, like, size, stride):                        # bilinear, no bias
+        return ops.upsample(net, name, (name + "_w", None), like=like, channels=k, size=size,
+                            stride=stride, init=BILINEAR, trainable=spec.train_upsampling)
+
+    net = ops.pool(points["relu5_4"], "pool5", "max")                   # [N, H/32, W/32, C5]
+    net = ops.fc(net, "conv6", ("W6", "b6"), size=7, channels=f,
+                 init=VGG_INIT)                                         # [N, H/32, W/32, F]
+    net = ops.relu(net, "relu6")                                        # [N, H/32, W/32, F]
+    net = ops.dropout(net, "drop6", keep_prob)                          # [N, H/32, W/32, F]
+    net = ops.fc(net, "conv7", ("W7", "b7"), size=1, channels=f,
+                 init=VGG_INIT)                                         # [N, H/32, W/32, F]
+    net = ops.relu(net, "relu7")                                        # [N, H/32, W/32, F]
+    net = ops.dropout(net, "drop7", keep_prob)                          # [N, H/32, W/32, F]
+    net = score(net, "score_fr")                                        # [N, H/32, W/32, K]
+    if spec.skips == "32s":
+        return upsample(net, "upscore32", images, 64, 32)               # [N, H, W, K]
+
+    net = upsample(net, "upscore2", pool4, 4, 2)                        # [N, H/16, W/16, K]
+    net = ops.add(net, score(pool4, "score_pool4"), "fuse_pool4")       # [N, H/16, W/16, K]
+    if spec.skips == "16s":
+        return upsample(net, "upscore16", images, 32, 16)               # [N, H, W, K]
+
+    net = upsample(net, "upscore_pool4", pool3, 4, 2)                   # [N, H/8, W/8, K]
+    net = ops.add(net, score(pool3, "score_pool3"), "fuse_pool3")       # [N, H/8, W/8, K]
+    return upsample(net, "upscore8", images, 16, 8)                     # [N, H, W, K]
+
+
+HEADS = {"legacy": legacy_fcn, "paper": paper_fcn}
+
+
+def network(ops, images, spec, *, keep_prob=1.0, mean_pixel=VGG_MEAN_RGB, head=None):
+    """The FCN `spec` describes, written with `ops` (a `Layers`): images
+    [N, H, W, 3] in the network's channel order, 0..255 -> logits [N, H, W, K].
+
+    head: the network function (ops, centred images, spec, keep_prob) -> logits;
+    default `HEADS[spec.architecture]`. Tests pass variants here.
+    """
+    if head is None:
+        _check_variant(spec.architecture, spec.skips)
+        head = HEADS[spec.architecture]
+    net = ops.centre(images, mean_pixel)                                # [N, H, W, 3]
+    return head(ops, net, spec, keep_prob)                              # [N, H, W, K]
+
+
+class ShapeLayers(Layers):
+    """`Layers` on static shapes: a tensor is a tuple (N, H, W, C); every
+    variable's shape is recorded in `variables`, in creation order."""
+
+    def __init__(self):
+        super().__init__()
+        self.variables = OrderedDict()
+
+    def variable(self, name, shape, init, trainable):
+        self.variables[name] = tuple(shape)
+        return tuple(shape)
+
+    def channels(self, net):
+        return net[3]
+
+    def _centre(self, net, mean_pixel):
+        return net
+
+    def _conv(self, net, kernel, bias, name):
+        return net[:3] + (kernel[3],)
+
+    def _upsample(self, net, kernel, bias, like, channels, stride, name):
+        return like[:3] + (channels,)
+
+    def _pool(self, net, method, name):
+        return (net[0], -(-net[1] // 2), -(-net[2] // 2), net[3])
+
+
+def trace(spec, *, height=1, width=1, batch=1, head=None, layers=None):
+    """Run the network of `spec` on shapes; returns the `ShapeLayers` (or the
+    given `layers`) with its variables, end points and layers."""
+    layers = ShapeLayers() if layers is None else layers
+    network(layers, (batch, height, width, 3), spec, head=head)
+    return layers
+
+
+def layer_ends(spec, *, head=None):
+    """(layer, end point that closes it) in execution order, e.g.
+    ("conv1_1", "relu1_1"), ("pool1", "pool1"), ... ("conv_t3", "conv_t3")."""
+    return list(trace(spec, head=head).layers.items())
+
+
+# ---------------------------------------------------------------- TensorFlow
+
+def build(images, spec, *, keep_prob=1.0, mean_pixel=None, kernels="auto", head=None):
     """Build the graph a `ModelSpec` describes; returns (logits, prediction, end_points).
 
     images: float32 [N, H, W, 3] RGB, 0..255, whatever the weights expect: for
     BGR weights (spec.channel_order "bgr") the channels are reversed here.
-    Dispatches on spec.architecture and spec.skips. The mean pixel is the
-    spec's, else `mean_pixel`, else the VGG mean.
+    The mean pixel is the spec's, else `mean_pixel`, else the VGG mean.
+    kernels: "reference", "cpu" or "auto" (`cpu_kernels.choose_kernels`).
     """
     if spec.channel_order == "bgr":
         images = tf.reverse(images, axis=[3])                         # [N, H, W, 3] BGR
     mean = spec.mean_pixel or mean_pixel or VGG_MEAN_RGB
-    return fcn(images, spec.num_classes, architecture=spec.architecture, skips=spec.skips,
-               vgg_widths=spec.widths, fc_width=spec.fc_width, keep_prob=keep_prob,
-               mean_pixel=mean, train_upsampling=spec.train_upsampling)
+    return fcn(images, spec, keep_prob=keep_prob, mean_pixel=mean, kernels=kernels, head=head)
+
+
+def fcn(images, spec, *, keep_prob=1.0, mean_pixel=VGG_MEAN_RGB, kernels="auto", head=None):
+    """The FCN of `spec` in the current graph: FCN.tensorflow's FCN-8s
+    ("legacy") or the paper's FCN-32s/16s/8s ("paper", spec.skips).
+
+    images: float32 [N, H, W, 3] in the network's channel order, 0..255; any
+        N, H, W >= 1.
+    keep_prob: dropout keep probability after conv6 and conv7 (a float or a
+        scalar tensor; 1.0 for inference, TRAIN_KEEP_PROB for training).
+    mean_pixel: mean subtracted from the images inside the graph.
+    kernels: the kernel set ("reference", "cpu", or "auto": by device).
+
+    Variables are created (or reused, under AUTO_REUSE) in variable scope
+    "inference" (names in the module docstring); calling this twice in one
+    graph shares them, whatever the kernel sets.
+
+    Returns (logits, prediction, end_points):
+      logits: float32 [N, H, W, K];
+      prediction: int64 [N, H, W], the argmax over K;
+      end_points: name -> tensor for every layer: centred, conv1_1 ... relu5_3
+        (and conv5_4, relu5_4 in the paper graph), pool1 [N, H/2, W/2, C1] ...
+        pool4 [N, H/16, W/16, C4] (ceil everywhere), pool5 [N, H/32, W/32, C5],
+        conv6, relu6, drop6, conv7, relu7, drop7 [N, H/32, W/32, F], then
+        legacy: conv8 [N, H/32, W/32, K], conv_t1 and fuse_1 [N, H/16, W/16, C4],
+          conv_t2 and fuse_2 [N, H/8, W/8, C3], conv_t3 [N, H, W, K];
+        paper: score_fr [N, H/32, W/32, K], then
+          32s: upscore32 [N, H, W, K];
+          16s: upscore2, score_pool4, fuse_pool4 [N, H/16, W/16, K], upscore16;
+          8s: those, then upscore_pool4, score_pool3, fuse_pool3
+            [N, H/8, W/8, K], upscore8 [N, H, W, K];
+        and logits, prediction.
+    """
+    from fcn_graph import cpu_kernels
+    ops = cpu_kernels.tf_layers(kernels)
+    with tf1.variable_scope(SCOPE, reuse=tf1.AUTO_REUSE):
+        net = network(ops, images, spec, keep_prob=keep_prob, mean_pixel=mean_pixel,
+                      head=head)                                      # [N, H, W, K]
+        logits = tf.identity(net, name="logits")                      # [N, H, W, K]
+        prediction = tf.argmax(logits, axis=3, name="prediction")     # [N, H, W]
+    end_points = ops.end_points
+    end_points["logits"], end_points["prediction"] = logits, prediction
+    return logits, prediction, end_points
+
+
+class TFLayers(Layers):
+    """The network's operations as plain TensorFlow ops (the "reference" kernels)."""
+
+    def variable(self, name, shape, init, trainable):
+        return tf1.get_variable(name, shape=shape, dtype=tf.float32,
+                                initializer=_initializer(init, shape), trainable=trainable)
+
+    def channels(self, net):
+        return net.shape[-1]
+
+    def _centre(self, net, mean_pixel):
+        mean = tf.constant(list(mean_pixel), dtype=tf.float32, name="mean_pixel")
+        return net - mean
+
+    def _conv(self, net, kernel, bias, name):
+        return conv2d(net, kernel, bias)
+
+    def _upsample(self, net, kernel, bias, like, channels, stride, name):
+        return upsample(net, kernel, bias, shape_with_channels(like, channels), stride)
+
+    def _relu(self, net, name):
+        return tf.nn.relu(net, name=name)
+
+    def _dropout(self, net, keep_prob):
+        return tf.nn.dropout(net, rate=1.0 - keep_prob)
+
+    def _pool(self, net, method, name):
+        return pool2x2(net, method)
+
+    def _add(self, a, b, name):
+        return tf.add(a, b, name=name)
+
+
+def conv2d(net, kernel, bias):
+    """Stride-1 SAME convolution plus bias (the same spatial size out)."""
+    net = tf.nn.conv2d(net, kernel, strides=[1, 1, 1, 1], padding="SAME")
+    return tf.nn.bias_add(net, bias)
+
+
+def pool2x2(net, method):
+    """2x2 stride-2 SAME pooling: [N, H, W, C] -> [N, ceil(H/2), ceil(W/2), C].
+
+    Average pooling divides by the number of real (unpadded) cells.
+    """
+    pool = tf.nn.avg_pool2d if method == "avg" else tf.nn.max_pool2d
+    return pool(net, ksize=2, strides=2, padding="SAME")
+
+
+def upsample(net, kernel, bias, output_shape, stride):
+    """Transposed convolution to a shape computed at run time (plus `bias`
+    unless it is None): tf.nn.conv2d_transpose.
+
+    Rule: `output_shape` is [N, H', W', C'] with ceil(H'/stride) equal to the
+    input's height (and likewise for width); SAME padding then crops the
+    (in - 1) * stride + k output rows to exactly H', dropping pad // 2 rows at
+    the top and the rest at the bottom, where pad = (in - 1) * stride + k - H'.
+    `kernel` is [k, k, C', C_in], as tf.nn.conv2d_transpose wants.
+    """
+    net = tf.nn.conv2d_transpose(net, kernel, output_shape, strides=[1, stride, stride, 1],
+                                 padding="SAME")
+    return net if bias is None else tf.nn.bias_add(net, bias)
+
+
+def shape_with_channels(tensor, channels):
+    """[N, H, W] of `tensor` at run time, with `channels` as the last dimension."""
+    shape = tf.shape(tensor)
+    return tf.stack([shape[0], shape[1], shape[2], channels])
 
 
 def bilinear_kernel(size, channels):
@@ -202,16 +578,17 @@ def bilinear_kernel(size, channels):
     return kernel
 
 
-def _vgg_initializer():
-    # Documented random start for a body without a `.mat`: He-normal (fan-in),
-    # truncated at two standard deviations.
-    return tf1.initializers.variance_scaling(scale=2.0, mode="fan_in",
-                                             distribution="truncated_normal")
-
-
-def _head_initializer():
-    # FCN.tensorflow's heads: truncated normal, stddev 0.02.
-    return tf1.initializers.truncated_normal(stddev=0.02)
+def _initializer(init, shape):
+    if init == VGG_INIT:
+        # He-normal (fan-in), truncated at two standard deviations.
+        return tf1.initializers.variance_scaling(scale=2.0, mode="fan_in",
+                                                 distribution="truncated_normal")
+    if init == HEAD_INIT:
+        return tf1.initializers.truncated_normal(stddev=0.02)
+    if init == BILINEAR:
+        return _bilinear_initializer(shape[0])
+    assert init == ZEROS, init
+    return tf1.zeros_initializer()
 
 
 def _bilinear_initializer(size):
@@ -224,347 +601,6 @@ def _bilinear_initializer(size):
         return tf.constant(taps, dtype)[:, :, None, None] * tf.eye(int(shape[2]), dtype=dtype)
 
     return initializer
-
-
-def _variable(name, shape, initializer, trainable=True):
-    return tf1.get_variable(name, shape=shape, dtype=tf.float32, initializer=initializer,
-                            trainable=trainable)
-
-
-def conv2d(net, kernel, bias):
-    """Stride-1 SAME convolution plus bias (the same spatial size out)."""
-    net = tf.nn.conv2d(net, kernel, strides=[1, 1, 1, 1], padding="SAME")
-    return tf.nn.bias_add(net, bias)
-
-
-# Rows per matrix product in `dense_conv2d`. TensorFlow's CPU matmul with a
-# 25088 x 4096 (conv6) or 4096 x 4096 (conv7) matrix runs at ~140 GFLOP/s up to
-# ~100 rows and at ~80 from 128 rows on (AVX2, 2 cores; docs/performance.md),
-# so a 512x512 image (256 rows) or a batch of eight 224x224 (392) goes through
-# in blocks of at most this many rows.
-MATMUL_ROW_BLOCK = 100
-
-
-def dense_conv2d(net, kernel, bias):
-    """`conv2d` for an odd k x k kernel as a matrix product: the k x k patches
-    of `net` (im2col; SAME pads (k - 1) / 2 on every side, as conv2d does for
-    odd k) times the kernel as a [k*k*Cin, Cout] matrix, `MATMUL_ROW_BLOCK`
-    rows at a time.
-
-    conv6 and conv7 use it: with thousands of output channels TensorFlow's CPU
-    convolution gradients run at a fifth of the matmul's speed (a training
-    step at 224x224 spent 1.5 s of 4.3 in conv6 alone), and its forward pass
-    slows down by half for large inputs, as the plain matmul does.
-    """
-    size, _, c_in, c_out = kernel.shape.as_list()
-    shape = tf.shape(net)
-    if size > 1:
-        net = tf.image.extract_patches(net, sizes=[1, size, size, 1], strides=[1, 1, 1, 1],
-                                       rates=[1, 1, 1, 1], padding="SAME")  # [N, H, W, k*k*Cin]
-    rows = tf.reshape(net, [-1, size * size * c_in])                      # [N*H*W, k*k*Cin]
-    out = matmul_in_row_blocks(rows, tf.reshape(kernel, [size * size * c_in, c_out]))
-    out = tf.nn.bias_add(out, bias)                                       # [N*H*W, Cout]
-    return tf.reshape(out, tf.concat([shape[:3], [c_out]], axis=0))
-
-
-def matmul_in_row_blocks(rows, matrix, block=MATMUL_ROW_BLOCK):
-    """rows [M, K] @ matrix [K, N], computed in ceil(M / block) blocks of
-    ceil(M / blocks) rows (the last one may be shorter), one after another.
-    Its gradient is the plain product's (two matmuls over all rows)."""
-    @tf.custom_gradient
-    def product(rows, matrix):
-        count = tf.shape(rows)[0]
-        blocks = tf.maximum((count + block - 1) // block, 1)
-        step = (count + blocks - 1) // blocks
-
-        def body(i, outputs):
-            return i + 1, outputs.write(i, tf.matmul(rows[i * step:(i + 1) * step], matrix))
-
-        outputs = tf.TensorArray(rows.dtype, size=blocks, infer_shape=False,
-                                 element_shape=tf.TensorShape([None, matrix.shape[1]]))
-        _, outputs = tf.while_loop(lambda i, _: i < blocks, body, [0, outputs],
-                                   parallel_iterations=1)
-
-        def grad(upstream):
-            return (tf.matmul(upstream, matrix, transpose_b=True),
-                    tf.matmul(rows, upstream, transpose_a=True))
-        return outputs.concat(), grad
-    return product(rows, matrix)
-
-
-def pool2x2(net, method):
-    """2x2 stride-2 SAME pooling: [N, H, W, C] -> [N, ceil(H/2), ceil(W/2), C].
-
-    Average pooling divides by the number of real (unpadded) cells.
-    """
-    pool = tf.nn.avg_pool2d if method == "avg" else tf.nn.max_pool2d
-    return pool(net, ksize=2, strides=2, padding="SAME")
-
-
-def upsample(net, kernel, bias, output_shape, stride):
-    """Transposed convolution to a shape computed at run time (plus `bias`
-    unless it is None).
-
-    Rule: `output_shape` is [N, H', W', C'] with ceil(H'/stride) equal to the
-    input's height (and likewise for width); SAME padding then crops the
-    (in - 1) * stride + k output rows to exactly H', dropping pad // 2 rows at
-    the top and the rest at the bottom, where pad = (in - 1) * stride + k - H'.
-    `kernel` is [k, k, C', C_in], as tf.nn.conv2d_transpose wants.
-
-    Computed as one dense convolution that yields all stride x stride output
-    phases at once, then depth_to_space and the crop (`upsample_by_phases`);
-    the result equals tf.nn.conv2d_transpose's (`upsample_transposed`) up to
-    float rounding, and takes about half its time on CPU
-    (docs/performance.md).
-    """
-    return upsample_by_phases(net, kernel, bias, output_shape, stride)
-
-
-def upsample_transposed(net, kernel, bias, output_shape, stride):
-    """`upsample` as a plain tf.nn.conv2d_transpose (the reference formulation)."""
-    net = tf.nn.conv2d_transpose(net, kernel, output_shape, strides=[1, stride, stride, 1],
-                                 padding="SAME")
-    return net if bias is None else tf.nn.bias_add(net, bias)
-
-
-def _shape_with_channels(tensor, channels):
-    """[N, H, W] of `tensor` at run time, with `channels` as the last dimension."""
-    shape = tf.shape(tensor)
-    return tf.stack([shape[0], shape[1], shape[2], channels])
-
-
-def phase_kernel(kernel, stride):
-    """[k, k, C', C_in] transposed-conv kernel -> [T, T, C_in, s*s*C'] conv kernel,
-    T = ceil(k / s), for `upsample_by_phases`.
-
-    Output row o of a stride-s transposed conv, written as o + pad = q*s + r
-    (0 <= r < s), sums x[q - t] * w[r + t*s] over t = 0 .. T-1 (taps past k
-    are zero). So phase r of block q is a T-tap correlation over the input
-    padded by T - 1, with taps w[r + (T-1-j)*s] for j = 0 .. T-1; output
-    channel (r_y*s + r_x)*C' + c, the order depth_to_space reads.
-    """
-    k_h, k_w, c_out, c_in = kernel.shape.as_list()
-    assert k_h == k_w, f"square kernels only, got {k_h}x{k_w}"
-    taps = -(-k_h // stride)
-    extra = taps * stride - k_h
-    kernel = tf.pad(kernel, [[0, extra], [0, extra], [0, 0], [0, 0]])
-    kernel = tf.reshape(kernel, [taps, stride, taps, stride, c_out, c_in])  # [t_y, r_y, t_x, r_x, o, i]
-    kernel = tf.reverse(kernel, axis=[0, 2])                                # tap j = T-1-t
-    kernel = tf.transpose(kernel, [0, 2, 5, 1, 3, 4])                       # [j_y, j_x, i, r_y, r_x, o]
-    return tf.reshape(kernel, [taps, taps, c_in, stride * stride * c_out])
-
-
-def upsample_by_phases(net, kernel, bias, output_shape, stride):
-    """`upsample` as conv (all phases) + depth_to_space + crop; same rule and
-    result as `upsample_transposed`."""
-    k = kernel.shape.as_list()[0]
-    taps = -(-k // stride)
-    in_shape = tf.shape(net)
-    net = tf.pad(net, [[0, 0], [taps - 1, taps - 1], [taps - 1, taps - 1], [0, 0]])
-    net = tf.nn.conv2d(net, phase_kernel(kernel, stride), strides=[1, 1, 1, 1],
-                       padding="VALID")                         # [N, h+T-1, w+T-1, s*s*C']
-    if bias is not None:
-        net = tf.nn.bias_add(net, tf.tile(bias, [stride * stride]))
-    net = tf.nn.depth_to_space(net, stride)                     # [N, (h+T-1)*s, (w+T-1)*s, C']
-    output_shape = tf.convert_to_tensor(output_shape)
-    out_h, out_w = output_shape[1], output_shape[2]
-    # SAME padding's leading crop: max((in - 1) * s + k - out, 0) // 2
-    top = tf.maximum((in_shape[1] - 1) * stride + k - out_h, 0) // 2
-    left = tf.maximum((in_shape[2] - 1) * stride + k - out_w, 0) // 2
-    return tf.slice(net, tf.stack([0, top, left, 0]), tf.stack([-1, out_h, out_w, -1]))
-
-
-def vgg19_body(net, vgg_widths, *, pool_method="avg"):
-    """VGG19 convs, ReLUs and pools 1-4 from the table; every output goes into
-    end_points[name]. The input is mean-subtracted [N, H, W, 3]."""
-    end_points = OrderedDict()
-    cin = net.shape[-1]
-    for name, kind in VGG19_BODY:
-        if kind == "conv":
-            cout = vgg_widths[name]
-            kernel = _variable(name + "_w", (3, 3, cin, cout), _vgg_initializer())
-            bias = _variable(name + "_b", (cout,), tf1.zeros_initializer())
-            net = conv2d(net, kernel, bias)
-            cin = cout
-        elif kind == "relu":
-            net = tf.nn.relu(net, name=name)
-        else:
-            net = pool2x2(net, pool_method)
-        end_points[name] = net
-    return end_points
-
-
-def fcn(images, num_classes, *, architecture="legacy", skips="8s", vgg_widths=None,
-        fc_width=FC_WIDTH, keep_prob=1.0, mean_pixel=VGG_MEAN_RGB, train_upsampling=False):
-    """FCN on VGG19: FCN.tensorflow's FCN-8s ("legacy") or the paper's
-    FCN-32s/16s/8s ("paper", `skips`).
-
-    images: float32 [N, H, W, 3] in the network's channel order, 0..255; any
-        N, H, W >= 1.
-    num_classes: K, the number of output classes.
-    vgg_widths: conv name -> output channels (default: VGG19's).
-    fc_width: channels of conv6 and conv7 (4096 in VGG19).
-    keep_prob: dropout keep probability after conv6 and conv7 (a float or a
-        scalar tensor; 1.0 for inference, TRAIN_KEEP_PROB for training).
-    mean_pixel: mean subtracted from the images inside the graph.
-    train_upsampling: paper only: make the bilinear upsampling filters trainable.
-
-    Variables are created (or reused, under AUTO_REUSE) in variable scope
-    "inference" (names in the module docstring); calling this twice in one
-    graph shares them.
-
-    Returns (logits, prediction, end_points):
-      logits: float32 [N, H, W, K];
-      prediction: int64 [N, H, W], the argmax over K;
-      end_points: name -> tensor for every layer: conv1_1 ... relu5_4,
-        pool1 [N, H/2, W/2, C1] ... pool4 [N, H/16, W/16, C4] (ceil everywhere),
-        pool5 [N, H/32, W/32, C5], conv6, conv7 [N, H/32, W/32, F], then
-        legacy: conv8 [N, H/32, W/32, K], conv_t1 and fuse_1 [N, H/16, W/16, C4],
-          conv_t2 and fuse_2 [N, H/8, W/8, C3], conv_t3 [N, H, W, K];
-        paper: score_fr [N, H/32, W/32, K], then
-          32s: upscore32 [N, H, W, K];
-          16s: upscore2, score_pool4, fuse_pool4 [N, H/16, W/16, K], upscore16;
-          8s: those, then upscore_pool4, score_pool3, fuse_pool3
-            [N, H/8, W/8, K], upscore8 [N, H, W, K];
-        and prediction.
-    """
-    _check_variant(architecture, skips)
-    widths = VGG19_WIDTHS if vgg_widths is None else vgg_widths
-    with tf1.variable_scope(SCOPE, reuse=tf1.AUTO_REUSE):
-        mean = tf.constant(list(mean_pixel), dtype=tf.float32, name="mean_pixel")
-        net = images - mean                                           # [N, H, W, 3]
-        pool_method = "avg" if architecture == "legacy" else "max"
-        end_points = vgg19_body(net, widths, pool_method=pool_method)
-        if architecture == "legacy":
-            net, last = _legacy_head(images, end_points, num_classes, widths, fc_width,
-                                     keep_prob)
-        else:
-            net, last = _paper_head(images, end_points, num_classes, widths, fc_width,
-                                    keep_prob, skips, train_upsampling)
-        logits = tf.identity(net, name="logits")                      # [N, H, W, K]
-        end_points[last] = logits
-        prediction = tf.argmax(logits, axis=3, name="prediction")     # [N, H, W]
-        end_points["prediction"] = prediction
-    return logits, prediction, end_points
-
-
-def fcn8s(images, num_classes, **kwargs):
-    """FCN.tensorflow's FCN-8s: `fcn(..., architecture="legacy")`."""
-    return fcn(images, num_classes, architecture="legacy", **kwargs)
-
-
-def _conv6_conv7(net, end_points, fc_width, keep_prob, initializer):
-    """The convolutionalised fc6 (7x7) and fc7 (1x1), each with ReLU and dropout:
-    [N, h, w, C5] -> [N, h, w, F]. Both heads share them; only the start differs."""
-    w6 = _variable("W6", (7, 7, net.shape[-1], fc_width), initializer)
-    b6 = _variable("b6", (fc_width,), tf1.zeros_initializer())
-    net = tf.nn.relu(dense_conv2d(net, w6, b6), name="relu6")
-    net = tf.nn.dropout(net, rate=1.0 - keep_prob)
-    end_points["conv6"] = net
-
-    w7 = _variable("W7", (1, 1, fc_width, fc_width), initializer)
-    b7 = _variable("b7", (fc_width,), tf1.zeros_initializer())
-    net = tf.nn.relu(dense_conv2d(net, w7, b7), name="relu7")
-    net = tf.nn.dropout(net, rate=1.0 - keep_prob)
-    end_points["conv7"] = net
-    return net
-
-
-def _legacy_head(images, end_points, num_classes, widths, fc_width, keep_prob):
-    """FCN.tensorflow's head; returns (conv_t3 [N, H, W, K], "conv_t3")."""
-    pool3, pool4 = end_points["pool3"], end_points["pool4"]
-    c3, c4 = widths["conv3_4"], widths["conv4_4"]
-
-    net = pool2x2(end_points["conv5_3"], "max")                       # [N, H/32, W/32, C5]
-    end_points["pool5"] = net
-
-    net = _conv6_conv7(net, end_points, fc_width, keep_prob,
-                       _head_initializer())                           # [N, H/32, W/32, F]
-
-    w8 = _variable("W8", (1, 1, fc_width, num_classes), _head_initializer())
-    b8 = _variable("b8", (num_classes,), tf1.zeros_initializer())
-    net = conv2d(net, w8, b8)                                         # [N, H/32, W/32, K]
-    end_points["conv8"] = net
-
-    w_t1 = _variable("W_t1", (4, 4, c4, num_classes), _head_initializer())
-    b_t1 = _variable("b_t1", (c4,), tf1.zeros_initializer())
-    net = upsample(net, w_t1, b_t1, tf.shape(pool4), 2)               # [N, H/16, W/16, C4]
-    end_points["conv_t1"] = net
-    net = tf.add(net, pool4, name="fuse_1")
-    end_points["fuse_1"] = net
-
-    w_t2 = _variable("W_t2", (4, 4, c3, c4), _head_initializer())
-    b_t2 = _variable("b_t2", (c3,), tf1.zeros_initializer())
-    net = upsample(net, w_t2, b_t2, tf.shape(pool3), 2)               # [N, H/8, W/8, C3]
-    end_points["conv_t2"] = net
-    net = tf.add(net, pool3, name="fuse_2")
-    end_points["fuse_2"] = net
-
-    shape = tf.shape(images)
-    w_t3 = _variable("W_t3", (16, 16, num_classes, c3), _head_initializer())
-    b_t3 = _variable("b_t3", (num_classes,), tf1.zeros_initializer())
-    net = upsample(net, w_t3, b_t3, tf.stack([shape[0], shape[1], shape[2], num_classes]),
-                   8)                                                 # [N, H, W, K]
-    return net, "conv_t3"
-
-
-def _paper_head(images, end_points, num_classes, widths, fc_width, keep_prob, skips,
-                train_upsampling):
-    """The paper's FCN-32s/16s/8s head; returns (logits [N, H, W, K], end-point name).
-
-    Score layers start at zero as in the reference code; conv6/conv7 start
-    He-normal here and take fc6/fc7 from the weights when converted.
-    """
-    k = num_classes
-
-    def score(net, name, cin):                                        # 1x1 conv to K
-        w = _variable(name + "_w", (1, 1, cin, k), tf1.zeros_initializer())
-        b = _variable(name + "_b", (k,), tf1.zeros_initializer())
-        return conv2d(net, w, b)
-
-    def upsampling_filter(name, size):                                # bilinear, no bias
-        return _variable(name + "_w", (size, size, k, k), _bilinear_initializer(size),
-                         trainable=train_upsampling)
-
-    net = pool2x2(end_points["relu5_4"], "max")                       # [N, H/32, W/32, C5]
-    end_points["pool5"] = net
-
-    net = _conv6_conv7(net, end_points, fc_width, keep_prob,
-                       _vgg_initializer())                            # [N, H/32, W/32, F]
-
-    net = score(net, "score_fr", fc_width)                            # [N, H/32, W/32, K]
-    end_points["score_fr"] = net
-    output_shape = _shape_with_channels(images, k)                    # [N, H, W, K]
-
-    if skips == "32s":
-        net = upsample(net, upsampling_filter("upscore32", 64), None, output_shape,
-                       32)                                            # [N, H, W, K]
-        return net, "upscore32"
-
-    pool4 = end_points["pool4"]
-    net = upsample(net, upsampling_filter("upscore2", 4), None,
-                   _shape_with_channels(pool4, k), 2)                 # [N, H/16, W/16, K]
-    end_points["upscore2"] = net
-    end_points["score_pool4"] = score(pool4, "score_pool4", widths["conv4_4"])
-    net = tf.add(net, end_points["score_pool4"], name="fuse_pool4")  # [N, H/16, W/16, K]
-    end_points["fuse_pool4"] = net
-
-    if skips == "16s":
-        net = upsample(net, upsampling_filter("upscore16", 32), None, output_shape,
-                       16)                                            # [N, H, W, K]
-        return net, "upscore16"
-
-    pool3 = end_points["pool3"]
-    net = upsample(net, upsampling_filter("upscore_pool4", 4), None,
-                   _shape_with_channels(pool3, k), 2)                 # [N, H/8, W/8, K]
-    end_points["upscore_pool4"] = net
-    end_points["score_pool3"] = score(pool3, "score_pool3", widths["conv3_4"])
-    net = tf.add(net, end_points["score_pool3"], name="fuse_pool3")  # [N, H/8, W/8, K]
-    end_points["fuse_pool3"] = net
-
-    net = upsample(net, upsampling_filter("upscore8", 16), None, output_shape,
-                   8)                                                 # [N, H, W, K]
-    return net, "upscore8"
 
 
 def detect_architecture(names, scope=SCOPE):

@@ -202,7 +202,8 @@ def _train(config, exiting):
             image_size=t.image_size, scale_range=tuple(t.scale_range), flip=t.flip,
             seed=t.seed + start_step, mean_pixel=spec.mean_pixel)
         images, labels = tf1.data.make_one_shot_iterator(data).get_next()
-        logits, _, _ = build_model(images, spec, keep_prob=t.keep_prob)  # [B, S, S, K]
+        logits, _, _ = build_model(images, spec, keep_prob=t.keep_prob,
+                                   kernels=config.model.kernels)  # [B, S, S, K]
         variables = fcn_model.model_variables(graph)
         loss = segmentation_loss(logits, labels)
         valid_pixels = tf.math.count_nonzero(tf.not_equal(labels, IGNORE_LABEL))
@@ -219,7 +220,7 @@ def _train(config, exiting):
         tf1.summary.scalar("train/learning_rate", rate)
         summaries = tf1.summary.merge_all()
         evaluator = Evaluator(val_files, spec, num_classes=num_classes,
-                              max_images=t.eval_max_images)
+                              max_images=t.eval_max_images, kernels=config.model.kernels)
         saver = tf1.train.Saver(max_to_keep=None, save_relative_paths=True)
         init = tf1.global_variables_initializer()
         graph.finalize()

@@ -15,7 +15,7 @@ from fcn_graph.matconvnet import write_vgg_mat  # noqa: E402
 # that .ci/run runs them under both kernel sets, Eigen (TF_ENABLE_ONEDNN_OPTS=0)
 # and oneDNN (=1). A test elsewhere can carry @pytest.mark.kernels itself.
 KERNEL_TEST_FILES = ("test_bench.py", "test_blocks.py", "test_export.py", "test_forward.py",
-                     "test_model.py", "test_onnx_engine.py", "test_upsample.py",
+                     "test_kernels.py", "test_model.py", "test_onnx_engine.py", "test_upsample.py",
                      "test_variants.py")
 
 

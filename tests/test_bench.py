@@ -5,19 +5,20 @@ import argparse
 import numpy as np
 import pytest
 
-from fcn_graph import bench
+from fcn_graph import bench, checkpoint, model
 
 
 def _args(tmp_path, **kwargs):
     values = dict(prefix=str(tmp_path / "w"), threads=2, warmup=1, repeats=2, min_seconds=0.0,
-                  variant="tf", save_logits=None, profile=True)
+                  variant="tf", save_logits=None, profile=True, kernels="auto")
     values.update(kwargs)
     return argparse.Namespace(**values)
 
 
-def test_inference_case_profile_and_rows(tmp_path, monkeypatch):
+@pytest.mark.parametrize("variant", ["tf-cpu", "tf-reference"])
+def test_inference_case_profile_and_rows(tmp_path, monkeypatch, variant):
     monkeypatch.setitem(bench.CASES, "tiny", (1, 37, 45, False))
-    args = _args(tmp_path)
+    args = _args(tmp_path, variant=variant)
     bench.make_weights(args.prefix, num_classes=3, width_multiplier=1 / 64, fc_width=8)
     result = bench.run_inference_case(args, "tiny")
     assert len(result["times_s"]) == 2 and result["first_call_s"] > 0
@@ -27,6 +28,11 @@ def test_inference_case_profile_and_rows(tmp_path, monkeypatch):
     for name in ("conv1_1", "pool4", "conv5_3", "pool5", "conv6", "conv_t1", "conv_t3"):
         assert name in layers, name
     assert "conv5_4" not in layers
+    ends = [layer for layer, _ in model.layer_ends(checkpoint.model_spec_from_checkpoint(args.prefix))]
+    assert set(ends) <= set(layers), set(ends) - set(layers)
+    # the reference kernels upsample with tf.nn.conv2d_transpose, the cpu ones do not
+    transposed = [kind for kind in profile["op_kinds_ms"] if "Conv2DBackpropInput" in kind]
+    assert bool(transposed) == (variant == "tf-reference"), profile["op_kinds_ms"]
     # the convolutions are fused with their bias and ReLU, under either kernel set:
     # _FusedConv2D (Eigen) or _MklNativeFusedConv2D / _MklNativePadWithFusedConv2D (oneDNN)
     assert any(kind.endswith("FusedConv2D") for kind in profile["fused_kinds"]), profile
@@ -62,4 +68,6 @@ def test_relative_error_and_lists():
         bench._parse_list("224_b1,nope", bench.CASES, "--cases")
     with pytest.raises(bench.UserError, match="--variants"):
         bench._parse_variants("tf,tf-fast")
-    assert bench.variant_settings("tf-onednn-transposed")[1] == {"upsample": "transposed"}
+    assert bench.variant_settings("tf-onednn-reference")[1] == {"kernels": "reference"}
+    with pytest.raises(ValueError):
+        bench.variant_settings("tf-transposed")

@@ -30,6 +30,7 @@ def test_defaults_file_with_comments_and_overrides(tmp_path):
     assert config.train.scale_range == [0.5, 1.5]
     assert config.train.keep_prob == 0.85  # default
     assert config.model.architecture == "legacy"
+    assert config.model.kernels == "auto"
 
 
 def test_repo_config_json_is_valid():
@@ -57,6 +58,7 @@ def test_repo_config_json_is_valid():
     ('{"data": {"kind": "coco", "root": "x"}}', "data.kind: expected one of voc, ade20k"),
     ('{"model": {"vgg_mat": "vgg.mat", "vgg_width": 0.5}}', "model.vgg_width: must be 1.0"),
     ('{"model": {"architecture": "fcn32"}}', "model.architecture: expected one of legacy, paper"),
+    ('{"model": {"kernels": "gpu"}}', "model.kernels: expected one of auto, reference, cpu, found 'gpu'"),
     ('{"train": {"optimizer": "rmsprop"}}', "train.optimizer: expected one of adam, sgd"),
     ('{"train": {"scale_range": [2, 1]}}', "train.scale_range: expected [min, max]"),
     ('[1, 2]', "config.json: expected a JSON object of sections"),

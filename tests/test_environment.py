@@ -178,14 +178,17 @@ def test_infer_warns_about_set_keys_it_does_not_use(tmp_path, tiny_weights, caps
     warnings = _warnings(capsys.readouterr().err)
     assert warnings == [
         "fcn_graph.infer: warning: --set model.num_classes ignored: fcn_graph.infer does not "
-        "use model.num_classes (it uses only train.threads with these arguments)",
+        "use model.num_classes (it uses only train.threads, model.kernels with these "
+        "arguments)",
         "fcn_graph.infer: warning: --set train.learning_rate ignored: fcn_graph.infer does not "
-        "use train.learning_rate (it uses only train.threads with these arguments)",
+        "use train.learning_rate (it uses only train.threads, model.kernels with these "
+        "arguments)",
     ]
     assert os.path.exists(tmp_path / "out" / "a.png")
-    # with --threads given, train.threads is not used either
+    # with --threads and --kernels given, train.threads is not used either
     assert infer.main([str(tmp_path / "a.png"), "--checkpoint", tiny_weights, "--threads", "1",
-                       "--output-dir", str(tmp_path / "out2"), "--set", "train.threads=2"]) == 0
+                       "--kernels", "cpu", "--output-dir", str(tmp_path / "out2"),
+                       "--set", "train.threads=2"]) == 0
     assert _warnings(capsys.readouterr().err) == [
         "fcn_graph.infer: warning: --set train.threads ignored: fcn_graph.infer does not use "
         "train.threads (it uses no config key with these arguments)"]

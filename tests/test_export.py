@@ -118,6 +118,45 @@ def test_frozen_graph(checkpoints, tmp_path, capsys):
             _close(labels, scores, *_reference(checkpoints["paper"], batch))
 
 
+def _frozen_ops(checkpoints, tmp_path, *kernels):
+    out = str(tmp_path / "model.pb")
+    assert export.main(["--checkpoint", checkpoints["legacy"], "--format", "frozen",
+                        "--out", out, *kernels]) == 0
+    graph_def = tf1.GraphDef()
+    with open(out, "rb") as handle:
+        graph_def.ParseFromString(handle.read())
+    return graph_def
+
+
+def _filter_shape(nodes, node):
+    """The constant filter shape of a Conv2D node (through Identity nodes)."""
+    source = nodes[node.input[1].split(":")[0]]
+    while source.op == "Identity":
+        source = nodes[source.input[0].split(":")[0]]
+    assert source.op == "Const", source.op
+    return [d.size for d in source.attr["value"].tensor.tensor_shape.dim], source.name
+
+
+def test_frozen_reference_export_is_the_design_card_graph(checkpoints, tmp_path):
+    # the default kernel set of export: the three fusions as conv2d_transpose,
+    # conv6 as one 7x7 convolution, no CPU forms
+    graph_def = _frozen_ops(checkpoints, tmp_path)
+    ops = [n.op for n in graph_def.node]
+    assert ops.count("Conv2DBackpropInput") == 3
+    assert not {"DepthToSpace", "ExtractImagePatches", "While", "MatMul"} & set(ops)
+    nodes = {n.name: n for n in graph_def.node}
+    filters = dict(reversed(_filter_shape(nodes, n)) for n in graph_def.node if n.op == "Conv2D")
+    assert filters["inference/W6"] == [7, 7, TINY_WIDTHS["conv5_3"], 6]
+    assert filters["inference/W7"] == [1, 1, 6, 6] and filters["inference/W8"] == [1, 1, 6, 4]
+    assert len(filters) == 15 + 3  # conv1_1 .. conv5_3, conv6, conv7, conv8
+
+
+def test_frozen_cpu_export_has_no_transposed_convolution(checkpoints, tmp_path):
+    graph_def = _frozen_ops(checkpoints, tmp_path, "--kernels", "cpu")
+    ops = [n.op for n in graph_def.node]
+    assert "Conv2DBackpropInput" not in ops and ops.count("DepthToSpace") == 3
+
+
 ALL = ["legacy", "legacy-bgr", "paper-32s", "paper", "paper-8s", "paper-8s-bgr"]
 
 
@@ -151,16 +190,17 @@ def test_export_onnx_contract(checkpoints, tmp_path, which):
         _close(labels, scores, *_reference(checkpoints[which], batch), labels_dtype=np.int64)
 
 
-@pytest.mark.parametrize("which", ["legacy", "paper-8s-bgr"])
-def test_exported_onnx_is_the_engine_model(checkpoints, tmp_path, which):
+@pytest.mark.parametrize("which,kernels", [("legacy", "reference"), ("paper-8s-bgr", "cpu")])
+def test_exported_onnx_is_the_engine_model(checkpoints, tmp_path, which, kernels):
     """`export --format onnx` writes exactly `build_onnx_model`'s model, so
     `--engine onnxruntime` on the checkpoint runs the exported graph."""
     out = str(tmp_path / "model.onnx")
-    export.export_onnx(checkpoints[which], out, verify=False)
+    export.export_onnx(checkpoints[which], out, verify=False, kernels=kernels)
     with open(out, "rb") as handle:
-        assert handle.read() == onnx_engine.build_onnx_model(checkpoints[which]).SerializeToString()
+        assert handle.read() == onnx_engine.build_onnx_model(
+            checkpoints[which], kernels=kernels).SerializeToString()
     exported = onnx_engine.OnnxSegmenter(out)
-    converted = onnx_engine.OnnxSegmenter(checkpoints[which])
+    converted = onnx_engine.OnnxSegmenter(checkpoints[which], kernels=kernels)
     for batch in _batches():
         for got, want in zip(exported.run(batch, scores=True), converted.run(batch, scores=True)):
             np.testing.assert_array_equal(got, want)

@@ -75,8 +75,11 @@ def test_onnx_scores_match_tensorflow(tmp_path, architecture, skips, channel_ord
                                                 ("paper", "16s"), ("paper", "8s")])
 def test_model_layout_follows_the_head(tmp_path, architecture, skips):
     import onnx
-    model = onnx_engine.build_onnx_model(_tiny_checkpoint(tmp_path, "rgb", architecture, skips))
+    prefix = _tiny_checkpoint(tmp_path, "rgb", architecture, skips)
+    model = onnx_engine.build_onnx_model(prefix, kernels="cpu")
+    reference = onnx_engine.build_onnx_model(prefix, kernels="reference")
     ops = [node.op_type for node in model.graph.node]
+    reference_ops = [node.op_type for node in reference.graph.node]
     assert model.graph.name == f"fcn_{architecture}_{skips}"
     # legacy: 4 average pools, pool5 max, conv5_4 left out; paper: 5 max pools, all 16 convs
     if architecture == "legacy":
@@ -85,7 +88,9 @@ def test_model_layout_follows_the_head(tmp_path, architecture, skips):
         assert (ops.count("AveragePool"), ops.count("MaxPool")) == (0, 5)
     upsamplings = {"legacy": 3, "32s": 1, "16s": 2, "8s": 3}[skips if architecture == "paper"
                                                              else architecture]
-    assert ops.count("DepthToSpace") == upsamplings
+    assert ops.count("DepthToSpace") == upsamplings and "ConvTranspose" not in ops
+    assert reference_ops.count("ConvTranspose") == upsamplings
+    assert "DepthToSpace" not in reference_ops
     biases = {i.name for i in model.graph.initializer if i.name.startswith(
         ("conv_t", "upscore")) and "_b_" in i.name}
     assert bool(biases) == (architecture == "legacy")  # the paper's upsampling has no bias
@@ -152,10 +157,11 @@ def test_bad_models_and_checkpoints_are_one_line_errors(tmp_path):
 
 
 def test_phase_kernel_matches_tensorflow():
+    from fcn_graph import cpu_kernels, onnx_layers
     w = np.random.default_rng(2).standard_normal((16, 16, 3, 4)).astype(np.float32)
     with tf.Graph().as_default(), tf1.Session() as sess:
-        want = sess.run(fcn_model.phase_kernel(tf.constant(w), 8))
-    np.testing.assert_array_equal(onnx_engine._phase_kernel(w, 8), want)
+        want = sess.run(cpu_kernels.phase_kernel(tf.constant(w), 8))
+    np.testing.assert_array_equal(onnx_layers._phase_kernel(w, 8), want)
 
 
 def test_spec_fields_unchanged():
@@ -182,15 +188,19 @@ def test_infer_cli_onnxruntime_engine_matches_tf(tmp_path):
         infer.make_segmenter(prefix, engine="onnxruntime", xla=True)
 
 
-def test_conv6_forms_agree(tmp_path):
-    prefix = _tiny_checkpoint(tmp_path)
+@pytest.mark.parametrize("architecture,skips", [("legacy", "8s"), ("paper", "32s"),
+                                                ("paper", "16s"), ("paper", "8s")])
+def test_kernel_sets_agree(tmp_path, architecture, skips):
+    # reference (Conv, ConvTranspose) and cpu (im2col conv6, phase upsampling)
+    prefix = _tiny_checkpoint(tmp_path, "rgb", architecture, skips)
     import onnxruntime as ort
     batch = np.random.default_rng(6).integers(0, 256, (2, 45, 37, 3), dtype=np.uint8)
     scores = []
-    for im2col in (True, False):
-        model = onnx_engine.build_onnx_model(prefix, conv6_im2col=im2col)
+    for kernels in ("cpu", "reference"):
+        model = onnx_engine.build_onnx_model(prefix, kernels=kernels)
         session = ort.InferenceSession(model.SerializeToString(),
                                        providers=["CPUExecutionProvider"])
         scores.append(session.run(["scores"], {"images": batch})[0])
+    assert np.abs(scores[1]).max() > 1e-3
     np.testing.assert_allclose(scores[0], scores[1], rtol=1e-5,
                                atol=1e-5 * np.abs(scores[1]).max())

@@ -1,0 +1,175 @@
+"""CPU forms of the FCN's heaviest layers, and the choice of kernel set.
+
+The network (`model.network`) is written once; `model.TFLayers` computes it
+with the plain TensorFlow ops (the "reference" kernels: one cuBLAS/cuDNN call
+per layer on a GPU). `CpuLayers` computes the same layers, to float rounding,
+in forms that TensorFlow's CPU kernels run faster (docs/performance.md):
+
+- conv6 and conv7 (`dense_conv2d`): im2col, then the matrix product in blocks
+  of `MATMUL_ROW_BLOCK` rows, one after another (`matmul_in_row_blocks`);
+  its gradient is the plain product's;
+- every upsampling (`upsample_by_phases`): one dense convolution that yields
+  all stride x stride output phases at once, depth_to_space, and the SAME
+  crop, instead of tf.nn.conv2d_transpose;
+- at inference, the upsampling kernels enter the graph as constants
+  (`folded_upsampling_kernels`), so that Grappler rearranges them into phase
+  kernels once instead of on every run.
+
+`choose_kernels` is the one place that picks a set: "reference", "cpu", or
+"auto", which is "reference" when TensorFlow sees a GPU and "cpu" when not.
+"""
+
+import contextlib
+
+import tensorflow as tf
+
+from fcn_graph import model as fcn_model
+from fcn_graph.constants import KERNELS, resolve_kernels  # noqa: F401
+
+tf1 = tf.compat.v1
+
+
+def gpu_visible():
+    """Whether TensorFlow sees a GPU."""
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+def choose_kernels(kernels="auto"):
+    """"reference" or "cpu" for `kernels` ("auto", "reference" or "cpu"): auto
+    is the reference ops when TensorFlow sees a GPU, the CPU forms otherwise."""
+    return resolve_kernels(kernels, gpu_visible)
+
+
+def tf_layers(kernels="auto"):
+    """A fresh `model.Layers` for TensorFlow with the kernel set `kernels` asks for."""
+    return CpuLayers() if choose_kernels(kernels) == "cpu" else fcn_model.TFLayers()
+
+
+class CpuLayers(fcn_model.TFLayers):
+    """`model.TFLayers` with conv6/conv7 as `dense_conv2d` and every upsampling
+    as `upsample_by_phases`: the same results, faster on CPUs."""
+
+    def _fc(self, net, kernel, bias, name):
+        return dense_conv2d(net, kernel, bias)
+
+    def _upsample(self, net, kernel, bias, like, channels, stride, name):
+        return upsample_by_phases(net, kernel, bias,
+                                  fcn_model.shape_with_channels(like, channels), stride)
+
+
+# Rows per matrix product in `dense_conv2d`: TensorFlow's CPU matmul with a
+# conv6- or conv7-sized matrix runs faster on blocks of up to about this many
+# rows than on more (docs/performance.md).
+MATMUL_ROW_BLOCK = 100
+
+
+def dense_conv2d(net, kernel, bias):
+    """`model.conv2d` for an odd k x k kernel as a matrix product: the k x k
+    patches of `net` (im2col; SAME pads (k - 1) / 2 on every side, as conv2d
+    does for odd k) times the kernel as a [k*k*Cin, Cout] matrix,
+    `MATMUL_ROW_BLOCK` rows at a time. For conv6 and conv7, whose thousands of
+    output channels make TensorFlow's CPU convolution (and its gradients)
+    slower than the matrix product."""
+    size, _, c_in, c_out = kernel.shape.as_list()
+    shape = tf.shape(net)
+    if size > 1:
+        net = tf.image.extract_patches(net, sizes=[1, size, size, 1], strides=[1, 1, 1, 1],
+                                       rates=[1, 1, 1, 1], padding="SAME")  # [N, H, W, k*k*Cin]
+    rows = tf.reshape(net, [-1, size * size * c_in])                      # [N*H*W, k*k*Cin]
+    out = matmul_in_row_blocks(rows, tf.reshape(kernel, [size * size * c_in, c_out]))
+    out = tf.nn.bias_add(out, bias)                                       # [N*H*W, Cout]
+    return tf.reshape(out, tf.concat([shape[:3], [c_out]], axis=0))     # [N, H, W, Cout]
+
+
+def matmul_in_row_blocks(rows, matrix, block=MATMUL_ROW_BLOCK):
+    """rows [M, K] @ matrix [K, N], computed in ceil(M / block) blocks of
+    ceil(M / blocks) rows (the last one may be shorter), one after another.
+    Its gradient is the plain product's (two matmuls over all rows)."""
+    @tf.custom_gradient
+    def product(rows, matrix):
+        count = tf.shape(rows)[0]
+        blocks = tf.maximum((count + block - 1) // block, 1)
+        step = (count + blocks - 1) // blocks
+
+        def body(i, outputs):
+            return i + 1, outputs.write(i, tf.matmul(rows[i * step:(i + 1) * step], matrix))
+
+        outputs = tf.TensorArray(rows.dtype, size=blocks, infer_shape=False,
+                                 element_shape=tf.TensorShape([None, matrix.shape[1]]))
+        _, outputs = tf.while_loop(lambda i, _: i < blocks, body, [0, outputs],
+                                   parallel_iterations=1)
+
+        def grad(upstream):
+            return (tf.matmul(upstream, matrix, transpose_b=True),
+                    tf.matmul(rows, upstream, transpose_a=True))
+        return outputs.concat(), grad
+    return product(rows, matrix)
+
+
+def phase_kernel(kernel, stride):
+    """[k, k, C', C_in] transposed-conv kernel -> [T, T, C_in, s*s*C'] conv kernel,
+    T = ceil(k / s), for `upsample_by_phases`.
+
+    Output row o of a stride-s transposed conv, written as o + pad = q*s + r
+    (0 <= r < s), sums x[q - t] * w[r + t*s] over t = 0 .. T-1 (taps past k
+    are zero). So phase r of block q is a T-tap correlation over the input
+    padded by T - 1, with taps w[r + (T-1-j)*s] for j = 0 .. T-1; output
+    channel (r_y*s + r_x)*C' + c, the order depth_to_space reads.
+    """
+    k_h, k_w, c_out, c_in = kernel.shape.as_list()
+    assert k_h == k_w, f"square kernels only, got {k_h}x{k_w}"
+    taps = -(-k_h // stride)
+    extra = taps * stride - k_h
+    kernel = tf.pad(kernel, [[0, extra], [0, extra], [0, 0], [0, 0]])
+    kernel = tf.reshape(kernel, [taps, stride, taps, stride, c_out, c_in])  # [t_y, r_y, t_x, r_x, o, i]
+    kernel = tf.reverse(kernel, axis=[0, 2])                                # tap j = T-1-t
+    kernel = tf.transpose(kernel, [0, 2, 5, 1, 3, 4])                       # [j_y, j_x, i, r_y, r_x, o]
+    return tf.reshape(kernel, [taps, taps, c_in, stride * stride * c_out])
+
+
+def upsample_by_phases(net, kernel, bias, output_shape, stride):
+    """`model.upsample` (same rule, same result to float rounding) as a conv
+    yielding all phases + depth_to_space + the SAME crop."""
+    k = kernel.shape.as_list()[0]
+    taps = -(-k // stride)
+    in_shape = tf.shape(net)
+    net = tf.pad(net, [[0, 0], [taps - 1, taps - 1], [taps - 1, taps - 1], [0, 0]])
+    net = tf.nn.conv2d(net, phase_kernel(kernel, stride), strides=[1, 1, 1, 1],
+                       padding="VALID")                         # [N, h+T-1, w+T-1, s*s*C']
+    if bias is not None:
+        net = tf.nn.bias_add(net, tf.tile(bias, [stride * stride]))
+    net = tf.nn.depth_to_space(net, stride)                     # [N, (h+T-1)*s, (w+T-1)*s, C']
+    output_shape = tf.convert_to_tensor(output_shape)
+    out_h, out_w = output_shape[1], output_shape[2]
+    # SAME padding's leading crop: max((in - 1) * s + k - out, 0) // 2
+    top = tf.maximum((in_shape[1] - 1) * stride + k - out_h, 0) // 2
+    left = tf.maximum((in_shape[2] - 1) * stride + k - out_w, 0) // 2
+    return tf.slice(net, tf.stack([0, top, left, 0]), tf.stack([-1, out_h, out_w, -1]))
+
+
+# The upsampling kernels (a few MB) of both heads: the legacy W_t1..W_t3, the
+# paper's upscore* filters.
+UPSAMPLING_KERNELS = ("W_t1", "W_t2", "W_t3", "upscore2_w", "upscore_pool4_w", "upscore8_w",
+                      "upscore16_w", "upscore32_w")
+
+
+def folded_upsampling_kernels(prefix, kernels="auto"):
+    """A context for building an inference graph of checkpoint `prefix`: with the
+    cpu kernels, a variable scope whose getter creates every variable as usual
+    (so that the Saver restores them all) but hands the graph the checkpoint's
+    upsampling kernels as constants, which Grappler then folds into phase
+    kernels once. With the reference kernels, nothing changes."""
+    if choose_kernels(kernels) != "cpu":
+        return contextlib.nullcontext()
+    from fcn_graph import checkpoint
+    stored = checkpoint.read_variable_shapes(prefix)
+    names = [f"{fcn_model.SCOPE}/{name}" for name in UPSAMPLING_KERNELS
+             if f"{fcn_model.SCOPE}/{name}" in stored]
+    values = checkpoint.read_variables(prefix, names)
+
+    def getter(getter, name, *args, **kwargs):
+        variable = getter(name, *args, **kwargs)
+        if name in values:
+            return tf.constant(values[name], name=name.rsplit("/", 1)[-1] + "_value")
+        return variable
+    return tf1.variable_scope(tf1.get_variable_scope(), custom_getter=getter)
