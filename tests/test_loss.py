@@ -127,3 +127,29 @@ def test_non_finite_weights_are_not_saved_while_the_loss_is_finite(tmp_path, mon
     saved = [name for name in os.listdir(run) if name.startswith("model.ckpt-1")
              and not name.endswith(".json")] if run.exists() else []
     assert saved == [] and tf.train.latest_checkpoint(str(run)) is None
+
+
+def test_segmentation_loss_of_one_valid_pixel_is_its_cross_entropy():
+    logits, labels = _case(4, 0.0)
+    labels[:] = IGNORE_LABEL
+    labels[1, 2, 3] = 2
+    loss, gradient = tf_loss_and_gradient(logits, labels)
+    want_loss, want_gradient = numpy_loss_and_gradient(logits, labels)
+    assert loss == pytest.approx(want_loss, rel=1e-5)
+    np.testing.assert_allclose(gradient, want_gradient, rtol=1e-4, atol=1e-7)
+
+
+def test_kernel_l2_is_half_the_squared_norm_of_the_kernels_only():
+    rng = np.random.default_rng(5)
+    names = ["inference/conv1_1_w", "inference/conv1_1_b", "inference/W6", "inference/b6",
+             "inference/W_t1", "inference/b_t1", "inference/score_fr_w"]
+    values = {name: rng.normal(size=(2, 3)).astype(np.float32) for name in names}
+    graph = tf.Graph()
+    with graph.as_default():
+        variables = {name: tf.constant(value) for name, value in values.items()}
+        with tf1.Session(graph=graph) as sess:
+            got = sess.run(train_module.kernel_l2(variables))
+    kernels = [n for n in names if n.endswith("_w") or n.split("/")[-1].startswith("W")]
+    assert len(kernels) == 4
+    assert got == pytest.approx(sum(0.5 * (values[n].astype(np.float64) ** 2).sum()
+                                    for n in kernels), rel=1e-5)
