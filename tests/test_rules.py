@@ -1,14 +1,22 @@
 """Rules that the mutation run (tools/mutation.sh) showed untested: the metrics of
 an empty or partly empty confusion matrix, the messages and report of the
-metrics module."""
+metrics module; which sidecars are pruned, the paper architecture's fc6/fc7
+values, reading some or all variables of a checkpoint."""
 
+import json
+import os
+import types
 import warnings
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
-from fcn_graph import metrics
+from fcn_graph import checkpoint, metrics
 from fcn_graph.constants import IGNORE_LABEL
+from fcn_graph.errors import UserError
+
+tf1 = tf.compat.v1
 
 
 def test_metrics_of_an_empty_matrix_are_nan_without_warnings():
@@ -80,3 +88,48 @@ def test_format_metrics_report():
         "    2                           0.2500",
     ]
     assert "\n    0                           0.5000\n" in metrics.format_metrics(result)
+
+
+def test_prune_sidecars_removes_only_sidecars_of_missing_checkpoints(tmp_path):
+    sidecar = json.dumps({"format": checkpoint.SIDECAR_FORMAT})
+    files = {"kept.json": sidecar, "kept.index": "", "gone.json": sidecar,
+             "other.json": json.dumps({"format": "something else"}), "garbage.json": "{not json",
+             "list.json": "[1, 2]"}
+    for name, text in files.items():
+        (tmp_path / name).write_text(text, encoding="utf-8")
+    checkpoint.prune_sidecars(str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == sorted(set(files) - {"gone.json"})
+
+
+def test_vgg_values_of_the_paper_architecture_take_conv6_conv7_from_fc6_fc7():
+    rng = np.random.default_rng(0)
+    layer = (rng.normal(size=(3, 3, 3, 2)), rng.normal(size=2))
+    fc = {name: (rng.normal(size=(1, 1, 2, 2)), rng.normal(size=2)) for name in ("fc6", "fc7")}
+    vgg = types.SimpleNamespace(layers={"conv1_1": layer}, fc=fc, path="v.mat")
+    legacy = checkpoint.vgg_values(vgg)
+    assert list(legacy) == ["inference/conv1_1_w", "inference/conv1_1_b"]
+    paper = checkpoint.vgg_values(vgg, "paper")
+    assert list(paper) == list(legacy) + ["inference/W6", "inference/b6", "inference/W7",
+                                          "inference/b7"]
+    for fc_name, (w, b) in (("fc6", ("W6", "b6")), ("fc7", ("W7", "b7"))):
+        assert paper[f"inference/{w}"] is fc[fc_name][0]
+        assert paper[f"inference/{b}"] is fc[fc_name][1]
+    del fc["fc7"]
+    with pytest.raises(UserError, match="v.mat: layer 'fc7' not found"):
+        checkpoint.vgg_values(vgg, "paper")
+
+
+def test_read_variables_reads_the_names_asked_or_all(tmp_path):
+    prefix = str(tmp_path / "c")
+    graph = tf.Graph()
+    with graph.as_default():
+        a = tf1.get_variable("a", initializer=np.arange(3, dtype=np.float32))
+        b = tf1.get_variable("b", initializer=np.float32(7.0))
+        with tf1.Session(graph=graph) as sess:
+            sess.run(tf1.global_variables_initializer())
+            tf1.train.Saver([a, b]).save(sess, prefix)
+    some = checkpoint.read_variables(prefix, ["b"])
+    assert list(some) == ["b"] and some["b"] == 7.0
+    everything = checkpoint.read_variables(prefix)
+    assert sorted(everything) == ["a", "b"]
+    np.testing.assert_array_equal(everything["a"], [0.0, 1.0, 2.0])
