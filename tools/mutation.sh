@@ -6,7 +6,9 @@
 #   tools/mutation.sh --table         the table of the last run only
 #
 # Needs `pip install -e .[mutation]`. The mutants and their results live in
-# mutants/ (ignored by git); delete it to start from scratch.
+# mutants/ (ignored by git): an interrupted run goes on where it stopped, and
+# mutants already decided are not run again. Changing the test selection in
+# setup.cfg resets every result; delete mutants/ to start from scratch.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,21 +20,22 @@ declare -A PATTERNS=(
     [matconvnet]="fcn_graph.matconvnet.*"
     [datasets]="fcn_graph.datasets.x_read_label__mutmut_*"
 )
-ORDER=(model metrics loss checkpoint matconvnet datasets)
+ORDER=(loss metrics datasets checkpoint matconvnet model)  # the smallest first
 
 if [[ "${1:-}" != "--table" ]]; then
     modules=("$@")
     [[ ${#modules[@]} -eq 0 ]] && modules=("${ORDER[@]}")
-    patterns=()
     for module in "${modules[@]}"; do
         if [[ -z "${PATTERNS[$module]:-}" ]]; then
             echo "tools/mutation.sh: unknown module '$module'; expected one of ${ORDER[*]}" >&2
             exit 2
         fi
-        read -r -a more <<< "${PATTERNS[$module]}"
-        patterns+=("${more[@]}")
     done
-    # TensorFlow's default kernels, so that a run is the same on every CPU.
-    TF_ENABLE_ONEDNN_OPTS=0 nice -n 19 mutmut run "${patterns[@]}"
+    for module in "${modules[@]}"; do
+        read -r -a patterns <<< "${PATTERNS[$module]}"
+        echo "== $module" >&2
+        # TensorFlow's default kernels, so that a run is the same on every CPU.
+        TF_ENABLE_ONEDNN_OPTS=0 nice -n 19 mutmut run "${patterns[@]}"
+    done
 fi
 python tools/mutation_table.py
