@@ -1,7 +1,8 @@
 """Rules that the mutation run (tools/mutation.sh) showed untested: the metrics of
 an empty or partly empty confusion matrix, the messages and report of the
 metrics module; which sidecars are pruned, the paper architecture's fc6/fc7
-values, reading some or all variables of a checkpoint."""
+values, reading some or all variables of a checkpoint, saving a model, copying
+VGG weights into a graph; the limits of a label's class ids."""
 
 import json
 import os
@@ -12,7 +13,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from fcn_graph import checkpoint, metrics
+from fcn_graph import checkpoint, datasets, imageio, metrics
+from fcn_graph import model as fcn_model
 from fcn_graph.constants import IGNORE_LABEL
 from fcn_graph.errors import UserError
 
@@ -133,3 +135,79 @@ def test_read_variables_reads_the_names_asked_or_all(tmp_path):
     everything = checkpoint.read_variables(prefix)
     assert sorted(everything) == ["a", "b"]
     np.testing.assert_array_equal(everything["a"], [0.0, 1.0, 2.0])
+
+
+def test_reset_empties_the_matrix():
+    matrix = metrics.ConfusionMatrix(2)
+    matrix.update(np.array([0, 1]), np.array([1, 1]))
+    matrix.reset()
+    assert matrix.hist.tolist() == [[0, 0], [0, 0]] and matrix.hist.dtype.kind == "i"
+
+
+def _tiny_spec():
+    from tinyvgg import TINY_MEAN, TINY_WIDTHS
+
+    return fcn_model.ModelSpec(num_classes=3, fc_width=6, vgg_widths=tuple(TINY_WIDTHS.values()),
+                               mean_pixel=TINY_MEAN)
+
+
+def test_save_model_writes_the_step_the_data_and_the_sidecar_only(tmp_path):
+    from tfutil import build_graph
+
+    spec = _tiny_spec()
+    graph, *_, variables = build_graph(spec)
+    directory = tmp_path / "run"
+    directory.mkdir()
+    with graph.as_default(), tf1.Session(graph=graph) as sess:
+        sess.run(tf1.global_variables_initializer())
+        saver = checkpoint.model_saver(variables)
+        first = checkpoint.save_model(sess, saver, str(directory / "m"), spec, global_step=5,
+                                      note="x")
+        second = checkpoint.save_model(sess, saver, str(directory / "m"), spec)
+    assert first == str(directory / "m-5") and second == str(directory / "m")
+    assert checkpoint.read_sidecar(first)["note"] == "x"
+    assert "note" not in checkpoint.read_sidecar(second)
+    names = sorted(os.listdir(directory))
+    # no .meta graph and no `checkpoint` state file: the caller publishes a save
+    assert not any(name.endswith(".meta") for name in names) and "checkpoint" not in names
+    assert {"m-5.index", "m-5.json", "m.index", "m.json"} <= set(names)
+
+
+def test_assign_vgg_copies_every_layer_and_checks_shapes():
+    from tfutil import build_graph
+    from tinyvgg import make_vgg_layers
+
+    spec = _tiny_spec()
+    graph, *_, variables = build_graph(spec)
+    layers = make_vgg_layers()
+    vgg = types.SimpleNamespace(layers=layers, fc={}, path="v.mat")
+    with graph.as_default(), tf1.Session(graph=graph) as sess:
+        sess.run(tf1.global_variables_initializer())
+        checkpoint.assign_vgg(sess, vgg, variables)
+        got = sess.run(dict(variables))
+        for name, (kernel, bias) in layers.items():
+            np.testing.assert_array_equal(got[f"inference/{name}_w"], kernel)
+            np.testing.assert_array_equal(got[f"inference/{name}_b"], bias)
+        checkpoint.assign_vgg(sess, vgg)  # the graph's own variables by default
+        wrong = dict(layers, conv2_1=(layers["conv2_1"][0][:, :, :1], layers["conv2_1"][1]))
+        with pytest.raises(UserError, match="v.mat: conv2_1_w has shape"):
+            checkpoint.assign_vgg(sess, types.SimpleNamespace(layers=wrong, fc={}, path="v.mat"),
+                                  variables)
+        extra = dict(layers, conv6_1=layers["conv1_1"])
+        with pytest.raises(UserError, match="v.mat: the graph has no variable 'inference/conv6_1_w'"):
+            checkpoint.assign_vgg(sess, types.SimpleNamespace(layers=extra, fc={}, path="v.mat"),
+                                  variables)
+
+
+def test_read_label_accepts_ids_below_num_classes_and_255_only(tmp_path):
+    path = str(tmp_path / "l.png")
+    label = np.array([[0, 1, 2], [IGNORE_LABEL, 2, 0]], np.uint8)
+    imageio.write_label_png(path, label)
+    np.testing.assert_array_equal(datasets.read_label(path, 3), label)  # no offset by default
+    with pytest.raises(datasets.LabelFileError, match=r"values \[2\] outside \[0, 2\)"):
+        datasets.read_label(path, 2)
+    many = np.arange(10, 22, dtype=np.uint8).reshape(3, 4)
+    imageio.write_label_png(path, many)
+    with pytest.raises(datasets.LabelFileError) as caught:
+        datasets.read_label(path, 3)
+    assert f"values {list(range(10, 18))} outside" in str(caught.value)
