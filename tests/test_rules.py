@@ -159,6 +159,7 @@ def test_save_model_writes_the_step_the_data_and_the_sidecar_only(tmp_path):
     directory = tmp_path / "run"
     directory.mkdir()
     with graph.as_default(), tf1.Session(graph=graph) as sess:
+        tf1.get_variable("not_a_model_variable", initializer=1.0)
         sess.run(tf1.global_variables_initializer())
         saver = checkpoint.model_saver(variables)
         first = checkpoint.save_model(sess, saver, str(directory / "m"), spec, global_step=5,
@@ -166,6 +167,7 @@ def test_save_model_writes_the_step_the_data_and_the_sidecar_only(tmp_path):
         second = checkpoint.save_model(sess, saver, str(directory / "m"), spec)
     assert first == str(directory / "m-5") and second == str(directory / "m")
     assert checkpoint.read_sidecar(first)["note"] == "x"
+    assert sorted(checkpoint.read_variable_shapes(first)) == sorted(variables)
     assert "note" not in checkpoint.read_sidecar(second)
     names = sorted(os.listdir(directory))
     # no .meta graph and no `checkpoint` state file: the caller publishes a save
@@ -211,3 +213,18 @@ def test_read_label_accepts_ids_below_num_classes_and_255_only(tmp_path):
     with pytest.raises(datasets.LabelFileError) as caught:
         datasets.read_label(path, 3)
     assert f"values {list(range(10, 18))} outside" in str(caught.value)
+
+
+@pytest.mark.parametrize("mean", [None, (np.float32(1.5), np.float64(2.0), 3)])
+def test_sidecar_round_trip_with_numpy_values(tmp_path, mean):
+    from tinyvgg import TINY_WIDTHS
+
+    spec = fcn_model.ModelSpec(num_classes=3, fc_width=6, mean_pixel=mean,
+                               vgg_widths=tuple(np.int64(v) for v in TINY_WIDTHS.values()))
+    prefix = str(tmp_path / "m")
+    checkpoint.write_sidecar(prefix, spec, global_step=7)
+    with open(prefix + ".json", encoding="utf-8") as handle:
+        record = json.load(handle)
+    assert record["format"] == checkpoint.SIDECAR_FORMAT and record["version"] == 1
+    assert record["vgg_widths"] == list(TINY_WIDTHS.values()) and record["global_step"] == 7
+    assert record["mean_pixel"] == (None if mean is None else [1.5, 2.0, 3.0])
