@@ -8,18 +8,13 @@
 # Needs `pip install -e .[mutation]`. The mutants and their results live in
 # mutants/ (ignored by git): an interrupted run goes on where it stopped, and
 # mutants already decided are not run again. Changing the test selection in
-# setup.cfg resets every result; delete mutants/ to start from scratch.
+# setup.cfg resets every result; after changing the code or the tests, delete
+# mutants/ to measure from scratch.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-declare -A PATTERNS=(
-    [model]="fcn_graph.model.*"
-    [metrics]="fcn_graph.metrics.*"
-    [loss]="fcn_graph.train.x_segmentation_loss__mutmut_* fcn_graph.train.x_kernel_l2__mutmut_*"
-    [checkpoint]="fcn_graph.checkpoint.*"
-    [matconvnet]="fcn_graph.matconvnet.*"
-    [datasets]="fcn_graph.datasets.x_read_label__mutmut_*"
-)
+# The modules and the mutants of each are listed in tools/mutation_table.py.
+declare -A PATTERNS=([model]=1 [metrics]=1 [loss]=1 [checkpoint]=1 [matconvnet]=1 [datasets]=1)
 ORDER=(loss metrics datasets checkpoint matconvnet model)  # the smallest first
 
 if [[ "${1:-}" != "--table" ]]; then
@@ -32,10 +27,15 @@ if [[ "${1:-}" != "--table" ]]; then
         fi
     done
     for module in "${modules[@]}"; do
-        read -r -a patterns <<< "${PATTERNS[$module]}"
-        echo "== $module" >&2
+        # the module's mutants not decided yet (all of them on its first run)
+        mapfile -t names < <(python tools/mutation_table.py --pending "$module")
+        if [[ ${#names[@]} -eq 0 ]]; then
+            echo "== $module: every mutant decided (delete mutants/ to run it again)" >&2
+            continue
+        fi
+        echo "== $module: ${#names[@]} to run" >&2
         # TensorFlow's default kernels, so that a run is the same on every CPU.
-        TF_ENABLE_ONEDNN_OPTS=0 nice -n 19 mutmut run "${patterns[@]}"
+        TF_ENABLE_ONEDNN_OPTS=0 nice -n 19 mutmut run "${names[@]}"
     done
 fi
 python tools/mutation_table.py

@@ -1,4 +1,10 @@
-"""Print the kill rate per module of the last tools/mutation.sh run (mutants/*.meta)."""
+"""Print the kill rate per module of the last tools/mutation.sh run (mutants/*.meta).
+
+    python tools/mutation_table.py                  the table and the survivors
+    python tools/mutation_table.py --pending NAME   the mutants of module NAME not yet
+                                                    decided, one a line (its patterns
+                                                    when it never ran)
+"""
 
 import fnmatch
 import json
@@ -18,18 +24,39 @@ MODULES = {
 KILLED, SURVIVED, NO_TESTS = {1, 3, -24, 24, 36, 152, 255}, {0}, {33}
 
 
-def main():
+def _codes(module):
+    """Mutant name -> exit code (None: not run) of a module, or None if it never ran."""
+    path, patterns = MODULES[module]
+    meta = os.path.join("mutants", path + ".meta")
+    if not os.path.exists(meta):
+        return None
+    with open(meta, encoding="utf-8") as handle:
+        codes = json.load(handle)["exit_code_by_key"]
+    return {k: v for k, v in codes.items() if any(fnmatch.fnmatch(k, p) for p in patterns)}
+
+
+def pending(module):
+    codes = _codes(module)
+    names = MODULES[module][1] if codes is None else [k for k, v in codes.items() if v is None]
+    for name in names:
+        print(name)
+    return 0
+
+
+def main(argv):
+    if argv[:1] == ["--pending"] and len(argv) == 2 and argv[1] in MODULES:
+        return pending(argv[1])
+    if argv:
+        print(f"usage: {sys.argv[0]} [--pending {'|'.join(MODULES)}]", file=sys.stderr)
+        return 2
     print(f"{'module':<12}{'mutants':>8}{'killed':>8}{'survived':>9}{'no tests':>9}"
           f"{'not run':>8}{'kill rate':>10}")
     survivors = []
-    for module, (path, patterns) in MODULES.items():
-        meta = os.path.join("mutants", path + ".meta")
-        if not os.path.exists(meta):
+    for module in MODULES:
+        codes = _codes(module)
+        if codes is None:
             print(f"{module:<12}  not run")
             continue
-        with open(meta, encoding="utf-8") as handle:
-            codes = json.load(handle)["exit_code_by_key"]
-        codes = {k: v for k, v in codes.items() if any(fnmatch.fnmatch(k, p) for p in patterns)}
         killed = sum(v in KILLED or (v is not None and v not in SURVIVED | NO_TESTS)
                      for v in codes.values())
         survived = [k for k, v in codes.items() if v in SURVIVED]
@@ -47,4 +74,4 @@ def main():
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))
