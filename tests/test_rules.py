@@ -228,3 +228,25 @@ def test_sidecar_round_trip_with_numpy_values(tmp_path, mean):
     assert record["format"] == checkpoint.SIDECAR_FORMAT and record["version"] == 1
     assert record["vgg_widths"] == list(TINY_WIDTHS.values()) and record["global_step"] == 7
     assert record["mean_pixel"] == (None if mean is None else [1.5, 2.0, 3.0])
+
+
+def test_paper_weights_from_fc6_fc7_are_copied_and_the_spec_read_back(tmp_path):
+    from tfutil import build_graph
+    from tinyvgg import TINY_MEAN, TINY_WIDTHS, make_fc_layers, make_vgg_layers
+
+    spec = fcn_model.ModelSpec(num_classes=3, fc_width=6, vgg_widths=tuple(TINY_WIDTHS.values()),
+                               mean_pixel=TINY_MEAN, architecture="paper", skips="8s")
+    graph, *_, variables = build_graph(spec)
+    fc = make_fc_layers(TINY_WIDTHS["conv5_4"], fc_width=6)
+    vgg = types.SimpleNamespace(layers=make_vgg_layers(), fc=fc, path="v.mat")
+    with graph.as_default(), tf1.Session(graph=graph) as sess:
+        sess.run(tf1.global_variables_initializer())
+        checkpoint.assign_vgg(sess, vgg, variables, architecture="paper")
+        got = sess.run({name: variables[f"inference/{name}"] for name in ("W6", "b6", "W7", "b7")})
+        prefix = checkpoint.save_model(sess, checkpoint.model_saver(variables),
+                                       str(tmp_path / "p"), spec)
+    for fc_name, (w, b) in (("fc6", ("W6", "b6")), ("fc7", ("W7", "b7"))):
+        np.testing.assert_array_equal(got[w], fc[fc_name][0])
+        np.testing.assert_array_equal(got[b], fc[fc_name][1])
+    read = checkpoint.model_spec_from_checkpoint(prefix)
+    assert (read.architecture, read.skips, read.num_classes, read.fc_width) == ("paper", "8s", 3, 6)
