@@ -250,3 +250,56 @@ def test_paper_weights_from_fc6_fc7_are_copied_and_the_spec_read_back(tmp_path):
         np.testing.assert_array_equal(got[b], fc[fc_name][1])
     read = checkpoint.model_spec_from_checkpoint(prefix)
     assert (read.architecture, read.skips, read.num_classes, read.fc_width) == ("paper", "8s", 3, 6)
+
+
+@pytest.fixture
+def saved_paper_16s(tmp_path):
+    """A paper FCN-16s checkpoint (3 classes, fc width 6) with its sidecar."""
+    from tfutil import build_graph
+    from tinyvgg import TINY_MEAN, TINY_WIDTHS
+
+    spec = fcn_model.ModelSpec(num_classes=3, fc_width=6, vgg_widths=tuple(TINY_WIDTHS.values()),
+                               mean_pixel=TINY_MEAN, architecture="paper", skips="16s")
+    graph, *_, variables = build_graph(spec)
+    with graph.as_default(), tf1.Session(graph=graph) as sess:
+        sess.run(tf1.global_variables_initializer())
+        return checkpoint.save_model(sess, checkpoint.model_saver(variables),
+                                     str(tmp_path / "p"), spec)
+
+
+def _edit_sidecar(prefix, **changes):
+    record = checkpoint.read_sidecar(prefix)
+    for key, value in changes.items():
+        if value is None:
+            record.pop(key)
+        else:
+            record[key] = value
+    with open(prefix + ".json", "w", encoding="utf-8") as handle:
+        json.dump(record, handle)
+
+
+def test_spec_from_the_sidecar_and_its_checks(saved_paper_16s):
+    prefix = saved_paper_16s
+    assert checkpoint.model_spec_from_checkpoint(prefix, num_classes=3, fc_width=6).skips == "16s"
+    with pytest.raises(UserError, match="has 3 classes .*score_fr_b.*, not 4"):
+        checkpoint.model_spec_from_checkpoint(prefix, num_classes=4)
+    with pytest.raises(UserError, match="has fc width 6 .*, not 7"):
+        checkpoint.model_spec_from_checkpoint(prefix, fc_width=7)
+    _edit_sidecar(prefix, channel_order="bgr", train_upsampling=True)
+    spec = checkpoint.model_spec_from_checkpoint(prefix)
+    assert (spec.channel_order, spec.train_upsampling) == ("bgr", True)
+    _edit_sidecar(prefix, channel_order=None, train_upsampling=None)  # older sidecars
+    spec = checkpoint.model_spec_from_checkpoint(prefix)
+    assert (spec.channel_order, spec.train_upsampling) == ("rgb", False)
+    _edit_sidecar(prefix, skips="8s")
+    with pytest.raises(UserError, match="says paper FCN-8s but .* a paper FCN-16s"):
+        checkpoint.model_spec_from_checkpoint(prefix)
+    _edit_sidecar(prefix, skips=None, architecture=None)  # defaults: legacy FCN-8s
+    with pytest.raises(UserError, match="says legacy FCN-8s but"):
+        checkpoint.model_spec_from_checkpoint(prefix)
+
+
+def test_a_json_file_of_another_format_is_not_a_sidecar(saved_paper_16s):
+    _edit_sidecar(saved_paper_16s, format="something else")
+    with pytest.raises(UserError, match="not an fcn_graph sidecar"):
+        checkpoint.read_sidecar(saved_paper_16s)
