@@ -20,5 +20,7 @@ setup(
         # frozen exports need only TensorFlow)
         "export": ["onnx>=1.15", "onnxruntime>=1.17"],
         "dev": ["pytest>=7", "ruff>=0.4", "onnx>=1.15", "onnxruntime>=1.17"],
+        # tools/mutation.sh (not run by CI)
+        "mutation": ["mutmut>=3.8,<4", "pytest>=7"],
     },
 )

@@ -59,7 +59,8 @@ def test_training_case_lowers_the_loss(tmp_path, monkeypatch):
     bench.make_weights(args.prefix, num_classes=3, width_multiplier=1 / 64, fc_width=8)
     result = bench.run_training_case(args, "tiny_train")
     assert len(result["times_s"]) == 3
-    assert np.isfinite(result["loss_first"]) and result["loss_last"] != result["loss_first"]
+    # four Adam steps on one repeated batch: the loss goes down
+    assert np.isfinite(result["loss_first"]) and result["loss_last"] < result["loss_first"]
 
 
 def test_relative_error_and_lists():
