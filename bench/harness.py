@@ -29,7 +29,6 @@ bench/results/bench-<UTC time>.json (or --out), written atomically.
 """
 
 import argparse
-import collections
 import json
 import os
 import statistics
@@ -40,105 +39,25 @@ import time
 
 import numpy as np
 
+from bench.cases import (
+    CASES,
+    MODIFIERS,
+    NUM_CLASSES,
+    TRAIN_ENV,
+    parse_list,
+    parse_variants,
+    variant_settings,
+)
+from bench.report import format_report, format_row
+from bench.worker import worker_main
 from fcn_graph.constants import KERNELS
-from fcn_graph.errors import UserError, run_cli
+from fcn_graph.errors import UserError
 from fcn_graph.fileio import check_output_file, json_written_with, write_json_atomic
 
-# case -> (batch, height, width, training)
-CASES = collections.OrderedDict([
-    ("224_b1", (1, 224, 224, False)),
-    ("512_b1", (1, 512, 512, False)),
-    ("224_b8", (8, 224, 224, False)),
-    ("voc_b1", (1, 375, 500, False)),   # a VOC-sized image: 500 wide, 375 high
-    ("train_b2", (2, 224, 224, True)),
-    ("train_b8", (8, 224, 224, True)),
-])
-# A variant is an engine ("tf", the default path, or "onnxruntime") plus
-# "-"-joined modifiers of the tf engine, e.g. "tf-onednn-reference":
-MODIFIERS = collections.OrderedDict([
-    ("reference", ({"kernels": "reference"}, {})),      # the plain ops (model.TFLayers)
-    ("cpu", ({"kernels": "cpu"}, {})),                  # cpu_kernels.CpuLayers
-    ("xla", ({"xla": True}, {})),                       # XLA JIT scope
-    ("onednn", ({}, {"TF_ENABLE_ONEDNN_OPTS": "1"})),   # TF's oneDNN kernels
-    ("eigen", ({}, {"TF_ENABLE_ONEDNN_OPTS": "0"})),    # TF's default CPU kernels
-    ("bf16", ({"precision": "bfloat16"}, {"TF_ENABLE_ONEDNN_OPTS": "1"})),
-    ("inter2", ({"inter_op": 2}, {})),                  # inter-op threads 2 instead of 1
-    ("heap", ({"heap": True}, {})),                     # freed memory kept in glibc's heap
-])
-ENGINES = ("tf", "onnxruntime")
-TRAIN_ENV = {"TF_ENABLE_ONEDNN_OPTS": "1"}  # what train.py sets unless told otherwise
-
-
-def variant_settings(name):
-    """variant name -> (engine, options, extra environment); ValueError if unknown."""
-    engine, *mods = name.split("-")
-    if engine not in ENGINES or (engine == "onnxruntime" and mods):
-        raise ValueError(name)
-    options, env = {}, {}
-    for mod in mods:
-        if mod not in MODIFIERS:
-            raise ValueError(name)
-        options.update(MODIFIERS[mod][0])
-        env.update(MODIFIERS[mod][1])
-    return engine, options, env
-
-
-NUM_CLASSES = 21
+# The source checkout that holds bench/ and fcn_graph/: put on the workers' path.
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS_DIR = os.path.join("bench", "results")
 REPORT_KEYS = ("started_utc", "results")  # held by every report run_benchmark returns
-
-
-# ---------------------------------------------------------------- helpers
-
-def _proc_status_mib(key):
-    with open("/proc/self/status", encoding="ascii") as handle:
-        for line in handle:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024.0
-    return float("nan")
-
-
-def reset_peak_memory():
-    """Reset VmHWM to the current RSS (Linux); returns the peak before the reset."""
-    before = _proc_status_mib("VmHWM")
-    try:
-        with open("/proc/self/clear_refs", "w", encoding="ascii") as handle:
-            handle.write("5")
-    except OSError:
-        pass
-    return before
-
-
-def time_calls(fn, *, warmup, repeats, min_seconds=0.0, on_warm=None):
-    """Warm up, then time fn() at least `repeats` times and `min_seconds`;
-    returns (first call seconds, [seconds per timed call])."""
-    start = time.perf_counter()
-    fn()
-    first = time.perf_counter() - start
-    for _ in range(warmup - 1):
-        fn()
-    if on_warm:
-        on_warm()
-    times, begin = [], time.perf_counter()
-    while len(times) < repeats or time.perf_counter() - begin < min_seconds:
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return first, times
-
-
-def sgemm_gflops(size=4096, repeats=5):
-    """GFLOP/s of a size^3 float32 matmul through NumPy's BLAS: (median, best)."""
-    rng = np.random.default_rng(0)
-    a = rng.standard_normal((size, size), dtype=np.float32)
-    b = rng.standard_normal((size, size), dtype=np.float32)
-    _, times = time_calls(lambda: a @ b, warmup=1, repeats=repeats)
-    work = 2.0 * size ** 3 / 1e9
-    return work / statistics.median(times), work / min(times)
-
-
-def case_images(batch, height, width, seed=1):
-    return np.random.default_rng(seed).integers(0, 256, (batch, height, width, 3), dtype=np.uint8)
 
 
 def max_relative_error(got, want):
@@ -147,211 +66,13 @@ def max_relative_error(got, want):
     return float(np.abs(got.astype(np.float64) - want).max() / max(np.abs(want).max(), 1e-30))
 
 
-# ---------------------------------------------------------------- worker side
-# Workers import TensorFlow only where they use it, so that an onnxruntime
-# worker's memory is ONNX Runtime's alone.
-
-def make_weights(prefix, *, num_classes, width_multiplier, fc_width, seed=0):
-    """Write a checkpoint of random full-size (or scaled) weights to `prefix`."""
-    import tensorflow as tf
-
-    from fcn_graph import checkpoint
-    from fcn_graph import model as fcn_model
-    tf1 = tf.compat.v1
-    widths = fcn_model.scaled_vgg_widths(width_multiplier)
-    spec = fcn_model.ModelSpec(num_classes=num_classes, fc_width=fc_width,
-                               vgg_widths=tuple(widths.values()))
-    with tf.Graph().as_default() as graph:
-        tf1.set_random_seed(seed)
-        images = tf1.placeholder(tf.float32, [None, None, None, 3])
-        fcn_model.build(images, spec)
-        variables = fcn_model.model_variables(graph)
-        saver = checkpoint.model_saver(variables)
-        init = tf1.variables_initializer(list(variables.values()))
-        with tf1.Session(graph=graph) as sess:
-            sess.run(init)
-            checkpoint.save_model(sess, saver, prefix, spec)
-
-
-def layer_boundaries(spec, end_points):
-    """(layer, tensor) in execution order: a layer is everything computed after
-    the previous boundary up to this tensor (conv + bias + ReLU together), as
-    `model.layer_ends` lists them, then the prediction."""
-    from fcn_graph import model as fcn_model
-    rows = [(layer, end_points[end]) for layer, end in fcn_model.layer_ends(spec)]
-    return rows + [("prediction", end_points["prediction"])]
-
-
-def op_layers(boundaries):
-    """original op name -> layer, by walking each boundary's ancestors."""
-    owner = {}
-    for layer, tensor in boundaries:
-        stack = [tensor.op]
-        while stack:
-            op = stack.pop()
-            if op.name in owner:
-                continue
-            owner[op.name] = layer
-            stack.extend(t.op for t in op.inputs)
-            stack.extend(op.control_inputs)
-    return owner
-
-
-def profile_step_stats(run_metadata, owner):
-    """(per op kind ms, per layer ms) from one traced run's step stats."""
-    kinds, layers = collections.Counter(), collections.Counter()
-    for device in run_metadata.step_stats.dev_stats:
-        for node in device.node_stats:
-            ms = (node.all_end_rel_micros or node.op_end_rel_micros) / 1000.0
-            label = node.timeline_label
-            kind = label.split(" = ", 1)[1].split("(", 1)[0] if " = " in label else node.node_name
-            kinds[kind] += ms
-            name = node.node_name.split(":")[0]
-            layer = owner.get(name)
-            while layer is None and "/" in name:  # grappler-made names: try the scope
-                name = name.rsplit("/", 1)[0]
-                layer = owner.get(name)
-            layers[layer or "(other)"] += ms
-    return kinds, layers
-
-
-def run_inference_case(args, case):
-    batch, height, width, _ = CASES[case]
-    engine, options, _ = variant_settings(args.variant)
-    images = case_images(batch, height, width)
-    kernels = options.get("kernels", args.kernels)
-    if not options.get("heap"):
-        from fcn_graph.memory import return_freed_memory  # as infer and evaluate do
-        return_freed_memory()
-    if engine == "onnxruntime":
-        from fcn_graph.onnx_engine import OnnxSegmenter
-        # converted once by the parent ("make-onnx"), so this process never
-        # imports TensorFlow, as in a deployment that ships the .onnx file
-        segmenter = OnnxSegmenter(args.prefix + ".onnx", threads=args.threads)
-    else:
-        from fcn_graph.infer import Segmenter
-        config = None
-        if "inter_op" in options:
-            from fcn_graph.session import session_config
-            config = session_config(args.threads)
-            config.inter_op_parallelism_threads = options["inter_op"]
-        segmenter = Segmenter(args.prefix, threads=args.threads, xla=options.get("xla", False),
-                              precision=options.get("precision", "float32"), config=config,
-                              kernels=kernels)
-    result = {"load_peak_mib": reset_peak_memory()}
-    first, times = time_calls(lambda: segmenter.run(images), warmup=args.warmup,
-                              repeats=args.repeats, min_seconds=args.min_seconds)
-    result.update(first_call_s=first, times_s=times)
-    if args.save_logits:
-        _, logits = segmenter.run(images, scores=True)
-        np.save(args.save_logits, logits.astype(np.float32))
-    if args.profile:
-        result["profile"] = _profile(segmenter, images, repeats=3)
-    segmenter.close()
-    return result
-
-
-def is_fused_kind(kind):
-    """True for the op kinds of Grappler's fusions: `_FusedConv2D`, `_FusedMatMul`
-    (Eigen kernels) and `_MklNativeFusedConv2D`, `_MklNativePadWithFusedConv2D`,
-    `_MklFusedMatMul` (oneDNN kernels, TF_ENABLE_ONEDNN_OPTS=1)."""
-    return kind.startswith("_") and "Fused" in kind
-
-
-def _profile(segmenter, images, repeats):
-    import tensorflow as tf
-    tf1 = tf.compat.v1
-    owner = op_layers(layer_boundaries(segmenter.spec, segmenter.end_points))
-    batch = images.astype(np.float32)
-    runs = []
-    for _ in range(repeats):
-        metadata = tf1.RunMetadata()
-        segmenter.session.run(segmenter.prediction, {segmenter.images: batch},
-                              options=tf1.RunOptions(trace_level=tf1.RunOptions.FULL_TRACE),
-                              run_metadata=metadata)
-        runs.append(profile_step_stats(metadata, owner))
-    # the median run by total time
-    runs.sort(key=lambda r: sum(r[0].values()))
-    kinds, layers = runs[len(runs) // 2]
-    fused = [kind for kind in kinds if is_fused_kind(kind)]
-    return {"op_kinds_ms": dict(kinds.most_common()), "layers_ms": dict(layers),
-            "fused_kinds": fused}
-
-
-def run_training_case(args, case):
-    import tensorflow as tf
-
-    from fcn_graph import checkpoint
-    from fcn_graph import model as fcn_model
-    from fcn_graph.session import session_config, xla_scope
-    tf1 = tf.compat.v1
-    batch, height, width, _ = CASES[case]
-    _, options, _ = variant_settings(args.variant)
-    spec = checkpoint.model_spec_from_checkpoint(args.prefix)
-    images = case_images(batch, height, width)
-    labels = np.random.default_rng(2).integers(0, spec.num_classes, (batch, height, width),
-                                               dtype=np.int32)
-    with tf.Graph().as_default() as graph:
-        dataset = tf.data.Dataset.from_tensors((images, labels)).repeat()
-        dataset = dataset.map(lambda x, y: (tf.cast(x, tf.float32), y)).prefetch(1)
-        image_batch, label_batch = tf1.data.make_one_shot_iterator(dataset).get_next()
-        with xla_scope(options.get("xla", False)):
-            logits, _, _ = fcn_model.build(image_batch, spec, keep_prob=0.85,
-                                           kernels=options.get("kernels", args.kernels))
-            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
-                labels=label_batch, logits=logits))
-            train_op = tf1.train.AdamOptimizer(1e-4).minimize(loss)
-        variables = fcn_model.model_variables(graph)
-        saver = checkpoint.model_saver(variables)
-        others = [v for v in tf1.global_variables() if v.op.name not in variables]
-        init_others = tf1.variables_initializer(others)
-        graph.finalize()
-    session = tf1.Session(graph=graph, config=session_config(args.threads,
-                                                             xla=options.get("xla", False)))
-    checkpoint.restore_model(session, args.prefix, variables, saver=saver)
-    session.run(init_others)
-    result = {"load_peak_mib": reset_peak_memory()}
-    losses = []
-    first, times = time_calls(lambda: losses.append(session.run([train_op, loss])[1]),
-                              warmup=args.warmup, repeats=args.repeats,
-                              min_seconds=args.min_seconds)
-    result.update(first_call_s=first, times_s=times, loss_first=float(losses[0]),
-                  loss_last=float(losses[-1]))
-    session.close()
-    return result
-
-
-def worker_main(args):
-    """One (variant, case) in this process; writes a JSON record to args.result."""
-    case = args.worker
-    if case == "make-weights":
-        make_weights(args.prefix, num_classes=args.num_classes,
-                     width_multiplier=args.width_multiplier, fc_width=args.fc_width)
-        return 0
-    if case == "make-onnx":
-        from fcn_graph.onnx_engine import build_onnx_model, save_model
-        # as `export --format onnx --external-data` writes it (lower load peak)
-        save_model(build_onnx_model(args.prefix, kernels=args.kernels), args.prefix + ".onnx",
-                   external_data=True)
-        return 0
-    if case == "sgemm":
-        median, best = sgemm_gflops(args.sgemm_size, repeats=args.sgemm_repeats)
-        record = {"median_gflops": median, "best_gflops": best}
-    else:
-        runner = run_training_case if CASES[case][3] else run_inference_case
-        record = runner(args, case)  # resets the high-water mark before the first call
-        record["run_peak_mib"] = _proc_status_mib("VmHWM")
-        record["process_peak_mib"] = max(record["load_peak_mib"], record["run_peak_mib"])
-    with open(args.result, "w", encoding="utf-8") as handle:
-        json.dump(record, handle)
-    return 0
-
-
 # ---------------------------------------------------------------- parent side
 
 def _spawn(args, extra, env_extra=None, timeout=900):
+    """Run `python -m fcn_graph.bench <extra>` (a worker); None, or the error's last lines."""
     command = [sys.executable, "-m", "fcn_graph.bench"] + extra
     env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [CHECKOUT, env.get("PYTHONPATH")]))
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     env.update(env_extra or {})
     threads = str(args.threads)
@@ -377,8 +98,8 @@ def _worker_args(args, prefix, result, variant, case):
 def run_benchmark(args):
     from fcn_graph.session import cpu_count
     args.threads = args.threads or cpu_count()
-    cases = _parse_list(args.cases, CASES, "--cases")
-    variants = _parse_variants(args.variants)
+    cases = parse_list(args.cases, CASES, "--cases")
+    variants = parse_variants(args.variants)
     started = time.time()
     work = tempfile.mkdtemp(prefix="fcn_bench_")
     prefix = os.path.join(work, "weights")
@@ -439,7 +160,7 @@ def _run_one(args, work, prefix, variant, case, peak):
     result = os.path.join(work, f"{variant}-{case}.json")
     extra = _worker_args(args, prefix, result, variant, case)
     logits_file = None
-    if not training and len(_parse_variants(args.variants)) > 1:
+    if not training and len(parse_variants(args.variants)) > 1:
         logits_file = os.path.join(work, f"{variant}-{case}.npy")
         extra += ["--save-logits", logits_file]
     # Training runs with oneDNN unless the variant says otherwise, as train.py does.
@@ -510,28 +231,6 @@ def _widths(args):
     return fcn_model.scaled_vgg_widths(args.width_multiplier)
 
 
-def _parse_list(text, known, flag):
-    items = [item.strip() for item in text.split(",") if item.strip()]
-    unknown = [item for item in items if item not in known]
-    if unknown or not items:
-        raise UserError(f"{flag}: unknown {', '.join(unknown) or 'empty list'}; expected a "
-                        f"comma-separated list of {', '.join(known)}")
-    return items
-
-
-def _parse_variants(text):
-    items = [item.strip() for item in text.split(",") if item.strip()]
-    for item in items:
-        try:
-            variant_settings(item)
-        except ValueError:
-            raise UserError(f"--variants: unknown variant {item!r}; expected onnxruntime or tf "
-                            f"with any of -{', -'.join(MODIFIERS)} (e.g. tf-onednn-xla)") from None
-    if not items:
-        raise UserError("--variants: empty list")
-    return items
-
-
 def _machine():
     model = ""
     try:
@@ -544,60 +243,6 @@ def _machine():
         pass
     return {"cpu": model, "cores": os.cpu_count(), "onednn_env":
             os.environ.get("TF_ENABLE_ONEDNN_OPTS")}
-
-
-# ---------------------------------------------------------------- output
-
-HEADER = (f"{'variant':<22}{'case':<10}{'GFLOP':>8}{'ms/call':>9}{'median ms/img':>15}{'min ms/img':>12}"
-          f"{'img/s':>8}{'GFLOP/s':>9}{'% sgemm':>9}{'peak MiB':>10}{'rel err':>9}")
-
-
-FP32_MARK = "*"  # a low-precision variant's GFLOP/s against the FP32 sgemm
-FP32_NOTE = (f"{FP32_MARK} low-precision variant: GFLOP/s vs the FP32 sgemm, not a peak of its "
-             "own precision (can exceed 100%)")
-
-
-def format_row(r):
-    if "error" in r:
-        return f"{r['variant']:<22}{r['case']:<10}  failed: {r['error']}"
-    if "fraction_of_sgemm" in r:
-        frac = f"{100 * r['fraction_of_sgemm']:.0f}%"
-    elif "fraction_of_fp32_sgemm" in r:
-        frac = f"{100 * r['fraction_of_fp32_sgemm']:.0f}%{FP32_MARK}"
-    else:
-        frac = "-"
-    err = f"{r['max_rel_error_vs_tf']:.1e}" if "max_rel_error_vs_tf" in r else "-"
-    return (f"{r['variant']:<22}{r['case']:<10}{r['gflop']:>8.1f}{r['median_ms_per_call']:>9.0f}"
-            f"{r['median_ms_per_image']:>15.1f}"
-            f"{r['min_ms_per_image']:>12.1f}{r['images_per_s']:>8.2f}{r['gflops']:>9.1f}"
-            f"{frac:>9}{r['run_peak_mib']:>10.0f}{err:>9}")
-
-
-def format_report(report):
-    lines = []
-    sgemm = report.get("sgemm")
-    if sgemm:
-        lines.append(f"sgemm 4096^3, NumPy BLAS, {report['threads']} threads: "
-                     f"{sgemm['median_gflops']:.1f} GFLOP/s (median), {sgemm['best_gflops']:.1f} best")
-    lines.append(HEADER)
-    lines.extend(format_row(r) for r in report["results"])
-    if any("fraction_of_fp32_sgemm" in r for r in report["results"]):
-        lines.append(FP32_NOTE)
-    profile = report.get("profile")
-    if profile and "layers" in profile:
-        lines.append("")
-        lines.append(f"profile {profile['case']} ({profile['variant']}): "
-                     f"{profile['traced_ms']:.0f} ms traced; slowest layer "
-                     f"{profile['layers'][0]['layer']}")
-        lines.append(f"{'layer':<12}{'ms':>8}{'time %':>8}{'FLOP %':>8}{'GFLOP/s':>9}")
-        for row in profile["layers"]:
-            lines.append(f"{row['layer']:<12}{row['ms']:>8.1f}{100 * row['time_share']:>8.1f}"
-                         f"{100 * row['flop_share']:>8.1f}{row['gflops']:>9.0f}")
-        lines.append("op kinds: " + ", ".join(f"{k} {v:.1f} ms" for k, v in
-                                              list(profile["op_kinds_ms"].items())[:8]))
-    elif profile:
-        lines.append(f"profile failed: {profile.get('error')}")
-    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------- CLI
@@ -675,7 +320,3 @@ def main(argv=None):
         raise UserError(f"--out {out}: cannot write ({err.strerror})") from None
     print(f"wrote {out}", file=sys.stderr)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(run_cli(main, prog="fcn_graph.bench"))
