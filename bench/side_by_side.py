@@ -24,9 +24,9 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PEERS_DIR = os.path.join(HERE, "..", "..", "shared", "bench-peers")
-sys.path.insert(0, os.path.join(HERE, ".."))  # fcn_graph without installing it
+sys.path.insert(0, os.path.join(HERE, ".."))  # bench and fcn_graph without installing them
 
-from fcn_graph.bench import case_images  # noqa: E402
+from bench.worker import case_images  # noqa: E402
 from fcn_graph.errors import run_cli  # noqa: E402
 
 THREADS = 2
@@ -36,7 +36,7 @@ def ours_weights(work):
     """Checkpoint prefix and ONNX path of random full-size weights in `work`."""
     prefix, onnx_path = os.path.join(work, "weights"), os.path.join(work, "model.onnx")
     if not os.path.exists(prefix + ".index"):
-        from fcn_graph.bench import make_weights
+        from bench.worker import make_weights
         make_weights(prefix, num_classes=21, width_multiplier=1.0, fc_width=4096)
     if not os.path.exists(onnx_path):
         from fcn_graph.onnx_engine import build_onnx_model, save_model

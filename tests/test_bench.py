@@ -1,11 +1,18 @@
 """Smoke test of the benchmark's pieces on a tiny-width network (not a timing test)."""
 
 import argparse
+import ast
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from fcn_graph import bench, checkpoint, model
+from bench import cases, harness, report, worker
+from fcn_graph import bench as bench_command
+from fcn_graph import checkpoint, model
+from fcn_graph.errors import UserError, run_cli
 
 
 def _args(tmp_path, **kwargs):
@@ -17,10 +24,10 @@ def _args(tmp_path, **kwargs):
 
 @pytest.mark.parametrize("variant", ["tf-cpu", "tf-reference"])
 def test_inference_case_profile_and_rows(tmp_path, monkeypatch, variant):
-    monkeypatch.setitem(bench.CASES, "tiny", (1, 37, 45, False))
+    monkeypatch.setitem(cases.CASES, "tiny", (1, 37, 45, False))
     args = _args(tmp_path, variant=variant)
-    bench.make_weights(args.prefix, num_classes=3, width_multiplier=1 / 64, fc_width=8)
-    result = bench.run_inference_case(args, "tiny")
+    worker.make_weights(args.prefix, num_classes=3, width_multiplier=1 / 64, fc_width=8)
+    result = worker.run_inference_case(args, "tiny")
     assert len(result["times_s"]) == 2 and result["first_call_s"] > 0
     profile = result["profile"]
     layers = profile["layers_ms"]
@@ -37,10 +44,10 @@ def test_inference_case_profile_and_rows(tmp_path, monkeypatch, variant):
     # _FusedConv2D (Eigen) or _MklNativeFusedConv2D / _MklNativePadWithFusedConv2D (oneDNN)
     assert any(kind.endswith("FusedConv2D") for kind in profile["fused_kinds"]), profile
     assert not any(kind in profile["op_kinds_ms"] for kind in ("Conv2D", "_MklNativeConv2D"))
-    row = bench.format_row({"variant": "tf", "case": "tiny", "gflop": 1.0,
-                            "median_ms_per_image": 2.0, "median_ms_per_call": 2.0, "min_ms_per_image": 1.5,
-                            "images_per_s": 500.0, "gflops": 0.5, "run_peak_mib": 100.0,
-                            "fraction_of_sgemm": 0.25})
+    row = report.format_row({"variant": "tf", "case": "tiny", "gflop": 1.0,
+                             "median_ms_per_image": 2.0, "median_ms_per_call": 2.0,
+                             "min_ms_per_image": 1.5, "images_per_s": 500.0, "gflops": 0.5,
+                             "run_peak_mib": 100.0, "fraction_of_sgemm": 0.25})
     assert "25%" in row and "tiny" in row
 
 
@@ -50,25 +57,82 @@ def test_inference_case_profile_and_rows(tmp_path, monkeypatch, variant):
     ("Conv2D", False), ("_MklNativeConv2D", False), ("_MklMatMul", False), ("BiasAdd", False),
 ])
 def test_fused_kinds_of_both_kernel_sets(kind, fused):
-    assert bench.is_fused_kind(kind) is fused
+    assert worker.is_fused_kind(kind) is fused
 
 
 def test_training_case_lowers_the_loss(tmp_path, monkeypatch):
-    monkeypatch.setitem(bench.CASES, "tiny_train", (2, 32, 32, True))
+    monkeypatch.setitem(cases.CASES, "tiny_train", (2, 32, 32, True))
     args = _args(tmp_path, repeats=3, profile=False)
-    bench.make_weights(args.prefix, num_classes=3, width_multiplier=1 / 64, fc_width=8)
-    result = bench.run_training_case(args, "tiny_train")
+    worker.make_weights(args.prefix, num_classes=3, width_multiplier=1 / 64, fc_width=8)
+    result = worker.run_training_case(args, "tiny_train")
     assert len(result["times_s"]) == 3
     # four Adam steps on one repeated batch: the loss goes down
     assert np.isfinite(result["loss_first"]) and result["loss_last"] < result["loss_first"]
 
 
 def test_relative_error_and_lists():
-    assert bench.max_relative_error(np.array([1.0, 2.1]), np.array([1.0, 2.0])) == pytest.approx(0.05)
-    with pytest.raises(bench.UserError, match="--cases"):
-        bench._parse_list("224_b1,nope", bench.CASES, "--cases")
-    with pytest.raises(bench.UserError, match="--variants"):
-        bench._parse_variants("tf,tf-fast")
-    assert bench.variant_settings("tf-onednn-reference")[1] == {"kernels": "reference"}
+    assert harness.max_relative_error(np.array([1.0, 2.1]), np.array([1.0, 2.0])) == pytest.approx(0.05)
+    with pytest.raises(UserError, match="--cases"):
+        cases.parse_list("224_b1,nope", cases.CASES, "--cases")
+    with pytest.raises(UserError, match="--variants"):
+        cases.parse_variants("tf,tf-fast")
+    assert cases.variant_settings("tf-onednn-reference")[1] == {"kernels": "reference"}
     with pytest.raises(ValueError):
-        bench.variant_settings("tf-transposed")
+        cases.variant_settings("tf-transposed")
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def test_the_command_runs_the_checkouts_harness():
+    assert bench_command.load_harness() is harness
+    assert bench_command.build_parser().prog == "python -m fcn_graph.bench"
+
+
+def test_without_a_checkout_the_command_says_so_on_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(bench_command, "CHECKOUT", str(tmp_path))
+    assert run_cli(bench_command.main, ["--help"], prog="fcn_graph.bench") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "the benchmark needs a source checkout" in err, err
+    assert str(tmp_path) in err
+
+
+def test_a_worker_process_runs_from_another_folder(tmp_path, monkeypatch):
+    # the worker is `python -m fcn_graph.bench --worker ...`; the checkout is put
+    # on its path, so it runs whatever the current folder and PYTHONPATH
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+    args = argparse.Namespace(threads=1, warmup=1, repeats=1, min_seconds=0.0, num_classes=3,
+                              fc_width=8, width_multiplier=1 / 64, sgemm_size=64,
+                              sgemm_repeats=1, kernels="auto")
+    result = tmp_path / "sgemm.json"
+    extra = harness._worker_args(args, str(tmp_path / "w"), str(result), "tf", "sgemm")
+    assert harness._spawn(args, extra) is None
+    assert result.read_text().startswith('{"median_gflops": ')
+
+
+def test_help_from_another_folder(tmp_path):
+    env = dict(os.environ, PYTHONPATH=harness.CHECKOUT)
+    proc = subprocess.run([sys.executable, "-m", "fcn_graph.bench", "--help"], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "--variants" in proc.stdout and "--kernels" in proc.stdout
+
+
+def test_no_library_module_imports_the_benchmark():
+    package = os.path.join(harness.CHECKOUT, "fcn_graph")
+    for name in sorted(os.listdir(package)):
+        if not name.endswith(".py") or name == "bench.py":
+            continue
+        with open(os.path.join(package, name), encoding="utf-8") as handle:
+            tree = ast.parse(handle.read(), name)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                modules = [node.module or ""] + [f"{node.module}.{a.name}" for a in node.names]
+            else:
+                continue
+            for module in modules:
+                assert module.split(".")[0] != "bench" and module != "fcn_graph.bench", \
+                    f"fcn_graph/{name} imports {module}"

@@ -9,7 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from fcn_graph import bench, evaluate, infer, tflog
+from bench.worker import make_weights
+from fcn_graph import evaluate, infer, tflog
 from fcn_graph.config import load_config
 from fcn_graph.errors import UserError, run_cli
 
@@ -160,7 +161,7 @@ def test_a_utf8_byte_order_mark_is_accepted(tmp_path):
 @pytest.fixture
 def tiny_weights(tmp_path):
     prefix = str(tmp_path / "ckpt" / "w")
-    bench.make_weights(prefix, num_classes=3, width_multiplier=1 / 64, fc_width=8)
+    make_weights(prefix, num_classes=3, width_multiplier=1 / 64, fc_width=8)
     return prefix
 
 

@@ -13,7 +13,9 @@ import tensorflow as tf
 from tfutil import build_graph
 from tinyvgg import TINY_MEAN, TINY_WIDTHS, make_fc_layers, make_vgg_layers
 
-from fcn_graph import bench, checkpoint, export, imageio, infer, port, session
+from bench import cases, harness
+from bench.report import FP32_MARK, FP32_NOTE, format_report, format_row
+from fcn_graph import checkpoint, export, imageio, infer, port, session
 from fcn_graph import model as fcn_model
 from fcn_graph import train as train_module
 from fcn_graph.config import load_config
@@ -331,7 +333,8 @@ def test_precision_float16_needs_a_gpu(tiny_checkpoint):
 def _bench_args(tmp_path):
     return argparse.Namespace(prefix=str(tmp_path / "w"), threads=2, warmup=1, repeats=1,
                               min_seconds=0.0, num_classes=3, fc_width=8, width_multiplier=1 / 64,
-                              sgemm_size=64, sgemm_repeats=1, variants="tf", save_logits=None)
+                              sgemm_size=64, sgemm_repeats=1, variants="tf", save_logits=None,
+                              kernels="auto")
 
 
 @pytest.mark.parametrize("variant", ["tf", "tf-bf16", "tf-onednn-bf16"])
@@ -342,20 +345,20 @@ def test_low_precision_figures_are_not_read_against_the_fp32_peak(tmp_path, monk
             json.dump({"times_s": [0.001], "first_call_s": 0.01, "run_peak_mib": 1.0,
                        "process_peak_mib": 1.0, "load_peak_mib": 1.0}, handle)
 
-    monkeypatch.setattr(bench, "_spawn", fake_spawn)
-    monkeypatch.setitem(bench.CASES, "tiny", (1, 32, 32, False))
+    monkeypatch.setattr(harness, "_spawn", fake_spawn)
+    monkeypatch.setitem(cases.CASES, "tiny", (1, 32, 32, False))
     peak = 1e-3  # GFLOP/s, below what the fake timing gives
-    record = bench._run_one(_bench_args(tmp_path), str(tmp_path), "w", variant, "tiny", peak)
-    row = bench.format_row(record)
-    report = bench.format_report({"results": [record]})
+    record = harness._run_one(_bench_args(tmp_path), str(tmp_path), "w", variant, "tiny", peak)
+    row = format_row(record)
+    report = format_report({"results": [record]})
     percent = 100 * record["gflops"] / peak
     assert percent > 100
     if variant == "tf":
         assert record["fraction_of_sgemm"] == pytest.approx(record["gflops"] / peak)
-        assert f"{percent:.0f}%" in row and bench.FP32_MARK not in row.split()[-3]
-        assert bench.FP32_NOTE not in report
+        assert f"{percent:.0f}%" in row and FP32_MARK not in row.split()[-3]
+        assert FP32_NOTE not in report
     else:
         assert "fraction_of_sgemm" not in record
         assert record["fraction_of_fp32_sgemm"] == pytest.approx(record["gflops"] / peak)
-        assert f"{percent:.0f}%{bench.FP32_MARK}" in row
-        assert bench.FP32_NOTE in report and "FP32" in bench.FP32_NOTE
+        assert f"{percent:.0f}%{FP32_MARK}" in row
+        assert FP32_NOTE in report and "FP32" in FP32_NOTE

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from tinyvgg import TINY_MEAN, TINY_WIDTHS, make_fc_layers, make_vgg_layers
 
-from fcn_graph import bench, evaluate, export, fileio, imageio, infer, port
+from bench import harness
+from fcn_graph import evaluate, export, fileio, imageio, infer, port
 from fcn_graph.errors import UserError, run_cli
 from fcn_graph.matconvnet import write_vgg_mat
 
@@ -387,11 +388,11 @@ def test_bench_checks_out_before_running(tmp_path, capsys, monkeypatch):
     def never(args):
         raise AssertionError("the benchmark ran before --out was checked")
 
-    monkeypatch.setattr(bench, "run_benchmark", never)
+    monkeypatch.setattr(harness, "run_benchmark", never)
     assert f"--out {file}: exists and is not a report bench wrote" in _error(
-        capsys, bench.main, "--out", file)
+        capsys, harness.main, "--out", file)
     assert f"--out {folder}: is a directory; expected a file" in _error(
-        capsys, bench.main, "--out", folder)
+        capsys, harness.main, "--out", folder)
     assert f"{file} is a regular file, not a folder" in _error(
-        capsys, bench.main, "--out", under / "r.json")
+        capsys, harness.main, "--out", under / "r.json")
     assert file.read_text() == "a user's file\n"

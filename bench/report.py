@@ -1,0 +1,53 @@
+"""The benchmark's table: one row per (variant, case), then the per-layer profile."""
+
+HEADER = (f"{'variant':<22}{'case':<10}{'GFLOP':>8}{'ms/call':>9}{'median ms/img':>15}{'min ms/img':>12}"
+          f"{'img/s':>8}{'GFLOP/s':>9}{'% sgemm':>9}{'peak MiB':>10}{'rel err':>9}")
+
+
+FP32_MARK = "*"  # a low-precision variant's GFLOP/s against the FP32 sgemm
+FP32_NOTE = (f"{FP32_MARK} low-precision variant: GFLOP/s vs the FP32 sgemm, not a peak of its "
+             "own precision (can exceed 100%)")
+
+
+def format_row(r):
+    if "error" in r:
+        return f"{r['variant']:<22}{r['case']:<10}  failed: {r['error']}"
+    if "fraction_of_sgemm" in r:
+        frac = f"{100 * r['fraction_of_sgemm']:.0f}%"
+    elif "fraction_of_fp32_sgemm" in r:
+        frac = f"{100 * r['fraction_of_fp32_sgemm']:.0f}%{FP32_MARK}"
+    else:
+        frac = "-"
+    err = f"{r['max_rel_error_vs_tf']:.1e}" if "max_rel_error_vs_tf" in r else "-"
+    return (f"{r['variant']:<22}{r['case']:<10}{r['gflop']:>8.1f}{r['median_ms_per_call']:>9.0f}"
+            f"{r['median_ms_per_image']:>15.1f}"
+            f"{r['min_ms_per_image']:>12.1f}{r['images_per_s']:>8.2f}{r['gflops']:>9.1f}"
+            f"{frac:>9}{r['run_peak_mib']:>10.0f}{err:>9}")
+
+
+def format_report(report):
+    lines = []
+    sgemm = report.get("sgemm")
+    if sgemm:
+        lines.append(f"sgemm 4096^3, NumPy BLAS, {report['threads']} threads: "
+                     f"{sgemm['median_gflops']:.1f} GFLOP/s (median), {sgemm['best_gflops']:.1f} best")
+    lines.append(HEADER)
+    lines.extend(format_row(r) for r in report["results"])
+    if any("fraction_of_fp32_sgemm" in r for r in report["results"]):
+        lines.append(FP32_NOTE)
+    profile = report.get("profile")
+    if profile and "layers" in profile:
+        lines.append("")
+        lines.append(f"profile {profile['case']} ({profile['variant']}): "
+                     f"{profile['traced_ms']:.0f} ms traced; slowest layer "
+                     f"{profile['layers'][0]['layer']}")
+        lines.append(f"{'layer':<12}{'ms':>8}{'time %':>8}{'FLOP %':>8}{'GFLOP/s':>9}")
+        for row in profile["layers"]:
+            lines.append(f"{row['layer']:<12}{row['ms']:>8.1f}{100 * row['time_share']:>8.1f}"
+                         f"{100 * row['flop_share']:>8.1f}{row['gflops']:>9.0f}")
+        lines.append("op kinds: " + ", ".join(f"{k} {v:.1f} ms" for k, v in
+                                              list(profile["op_kinds_ms"].items())[:8]))
+    elif profile:
+        lines.append(f"profile failed: {profile.get('error')}")
+    return "\n".join(lines)
+
