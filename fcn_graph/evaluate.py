@@ -17,7 +17,7 @@ import sys
 import numpy as np
 import tensorflow as tf
 
-from fcn_graph import checkpoint, datasets, imageio
+from fcn_graph import checkpoint, datasets, image_files
 from fcn_graph import model as fcn_model
 from fcn_graph.config import add_config_args, load_config
 from fcn_graph.constants import IGNORE_LABEL
@@ -154,7 +154,7 @@ def main(argv=None):
                         f"--checkpoint")
     prefix = checkpoint.resolve_checkpoint(source)
     spec = checkpoint.model_spec_from_checkpoint(prefix)
-    imageio.check_num_classes(spec.num_classes, f"{prefix} (checkpoint)")
+    image_files.check_num_classes(spec.num_classes, f"{prefix} (checkpoint)")
     split = args.split or config.data.val_split
     files = datasets.open_config_split(config, split)
     num_classes = spec.num_classes
@@ -184,7 +184,7 @@ def main(argv=None):
     def save(name, image, label, prediction):
         path = os.path.join(args.save_predictions, name + ".png")
         try:
-            imageio.write_label_png(path, prediction.astype(np.uint8))
+            image_files.write_label_png(path, prediction.astype(np.uint8))
         except OSError as err:
             raise UserError(f"{path}: cannot write ({err.strerror})") from None
         folder.wrote(name + ".png")

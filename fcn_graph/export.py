@@ -50,7 +50,7 @@ import uuid
 import numpy as np
 import tensorflow as tf
 
-from fcn_graph import checkpoint, imageio, onnx_engine
+from fcn_graph import checkpoint, image_files, onnx_engine
 from fcn_graph import model as fcn_model
 from fcn_graph.errors import UserError, run_cli
 from fcn_graph.fileio import atomic_write, check_output_file, ensure_output_dir, kind_of
@@ -400,7 +400,7 @@ def main(argv=None):
     tf.get_logger().setLevel(logging.ERROR)
     prefix = checkpoint.resolve_checkpoint(args.checkpoint)
     spec = checkpoint.model_spec_from_checkpoint(prefix)
-    imageio.check_num_classes(spec.num_classes, f"{prefix} (checkpoint)")
+    image_files.check_num_classes(spec.num_classes, f"{prefix} (checkpoint)")
     print(f"read {prefix}: {spec.name}, {spec.num_classes} classes, "
           f"{spec.channel_order.upper()} weights, mean pixel "
           f"{[round(v, 3) for v in spec.mean_pixel] if spec.mean_pixel else 'unknown (the VGG mean is used)'} "

@@ -26,7 +26,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from fcn_graph import checkpoint, imageio
+from fcn_graph import checkpoint, image_files
 from fcn_graph import model as fcn_model
 from fcn_graph.config import add_config_args, load_config
 from fcn_graph.constants import VGG_MEAN_RGB
@@ -226,7 +226,7 @@ def _batches(paths, batch_size, on_error):
     pending = []
     for path in paths:
         try:
-            image = imageio.read_image(path)
+            image = image_files.read_image(path)
         except UserError as err:
             on_error(path, err)
             continue
@@ -298,7 +298,7 @@ def main(argv=None):
     stems, notes = output_stems(paths)
     prefix = checkpoint.resolve_checkpoint(source)
     spec = checkpoint.model_spec_from_checkpoint(prefix)
-    imageio.check_num_classes(spec.num_classes, f"{prefix} (checkpoint)")
+    image_files.check_num_classes(spec.num_classes, f"{prefix} (checkpoint)")
     # Every output is checked before the model loads: the folder made and
     # writable, no output over an input or over a file fcn_graph did not write.
     folder = OutputFolder(args.output_dir, "--output-dir")
@@ -340,11 +340,11 @@ def main(argv=None):
                 label = labels[index].astype(np.uint8)
                 label_path, overlay_path, scores_path = output_paths(args.output_dir,
                                                                      stem_of[path])
-                writes = [(label_path, imageio.write_label_png, label),
-                          (overlay_path, imageio.write_image,
-                           imageio.overlay(image, label, alpha=args.alpha))]
+                writes = [(label_path, image_files.write_label_png, label),
+                          (overlay_path, image_files.write_image,
+                           image_files.overlay(image, label, alpha=args.alpha))]
                 if args.save_scores:
-                    writes.append((scores_path, imageio.save_npy_atomic,
+                    writes.append((scores_path, image_files.save_npy_atomic,
                                    scores[index].astype(np.float32)))
                 for out_path, write, value in writes:
                     try:

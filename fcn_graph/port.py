@@ -26,7 +26,7 @@ from collections import OrderedDict
 import numpy as np
 import tensorflow as tf
 
-from fcn_graph import checkpoint, imageio, kerash5, matconvnet
+from fcn_graph import checkpoint, image_files, kerash5, matconvnet
 from fcn_graph import model as fcn_model
 from fcn_graph.constants import VGG_MEAN_RGB
 from fcn_graph.errors import UserError, run_cli
@@ -110,7 +110,7 @@ def _check_file_out(out):
 def _check_start_args(args):
     if args.num_classes < 1:
         raise UserError(f"--num-classes: expected a positive integer, found {args.num_classes}")
-    imageio.check_num_classes(args.num_classes, "--num-classes")
+    image_files.check_num_classes(args.num_classes, "--num-classes")
     if args.architecture == "legacy" and args.skips != "8s":
         raise UserError(f"--skips {args.skips}: the legacy architecture is FCN-8s only "
                         "(use --architecture paper)")

@@ -26,7 +26,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from fcn_graph import checkpoint, datasets, imageio, runlock
+from fcn_graph import checkpoint, datasets, image_files, runlock
 from fcn_graph import model as fcn_model
 from fcn_graph.config import add_config_args, load_config, save_resolved_config
 from fcn_graph.constants import IGNORE_LABEL, VGG_MEAN_RGB
@@ -91,8 +91,8 @@ def panel_summary(tag, panels):
 
     values = []
     for name, image, label, prediction in panels:
-        row = np.concatenate([image, imageio.colorize(prediction.astype(np.int64)),
-                              imageio.colorize(label.astype(np.int64))], axis=1)
+        row = np.concatenate([image, image_files.colorize(prediction.astype(np.int64)),
+                              image_files.colorize(label.astype(np.int64))], axis=1)
         buffer = io.BytesIO()
         Image.fromarray(row).save(buffer, format="PNG")
         values.append(tf1.Summary.Value(tag=f"{tag}/{name}", image=tf1.Summary.Image(

@@ -13,7 +13,7 @@ from datafixtures import write_gray, write_list
 from PIL import Image
 from tinyvgg import TINY_MEAN, TINY_WIDTHS, make_fc_layers, make_vgg_layers
 
-from fcn_graph import datasets, evaluate, export, imageio, infer, port
+from fcn_graph import datasets, evaluate, export, image_files, infer, port
 from fcn_graph import model as fcn_model
 from fcn_graph import train as train_module
 from fcn_graph.config import load_config
@@ -79,7 +79,7 @@ def write_folder_dataset(root, images, *, rng, split="val", label_values=(0, 1, 
         os.makedirs(os.path.dirname(target), exist_ok=True)
         with open(source, "rb") as src, open(target, "wb") as dst:
             dst.write(src.read())
-        h, w = imageio.read_image(source).shape[:2]
+        h, w = image_files.read_image(source).shape[:2]
         write_gray(os.path.join(root, "labels", stem + ".png"),
                    rng.choice(label_values, size=(h, w)))
     write_list(os.path.join(root, f"{split}.txt"), list(images))
@@ -130,7 +130,7 @@ def test_pipeline_decodes_every_format_as_read_image(tmp_path):
     fast_differs = []
     for got in decoded:
         stem = got["name"][0].decode()
-        want = imageio.read_image(images[stem])
+        want = image_files.read_image(images[stem])
         assert got["image"].shape == (1, *want.shape), stem
         np.testing.assert_array_equal(got["image"][0], want.astype(np.float32), err_msg=stem)
         if stem.startswith("j"):
@@ -154,7 +154,7 @@ def test_training_pipeline_decodes_as_read_image(tmp_path):
         images, _ = tf1.data.make_one_shot_iterator(data).get_next()
     with tf1.Session(graph=graph) as sess:
         got = sess.run(images)
-    np.testing.assert_array_equal(got[0], imageio.read_image(source).astype(np.float32))
+    np.testing.assert_array_equal(got[0], image_files.read_image(source).astype(np.float32))
 
 
 def test_evaluate_saves_the_labels_infer_writes(tmp_path, tiny_checkpoint, capsys):
@@ -169,8 +169,8 @@ def test_evaluate_saves_the_labels_infer_writes(tmp_path, tiny_checkpoint, capsy
                        "--output-dir", inferred]) == 0
     varied = 0
     for stem in images:
-        saved = imageio.read_label(os.path.join(predictions, stem + ".png"))
-        np.testing.assert_array_equal(saved, imageio.read_label(
+        saved = image_files.read_label(os.path.join(predictions, stem + ".png"))
+        np.testing.assert_array_equal(saved, image_files.read_label(
             os.path.join(inferred, stem + ".png")), err_msg=stem)
         varied += len(np.unique(saved)) > 1
     assert varied, "the tiny model predicts one class everywhere; the comparison is weak"
@@ -270,11 +270,11 @@ def test_more_than_255_classes_are_refused_everywhere(tmp_path, capsys):
     with pytest.raises(UserError, match=r"classes\.txt: expected at most 255 classes.*found 256"):
         datasets.open_split("folder", root, "val")
     with pytest.raises(ValueError, match="do not fit"):
-        imageio.write_label_png(str(tmp_path / "l.png"), np.full((2, 2), 256))
+        image_files.write_label_png(str(tmp_path / "l.png"), np.full((2, 2), 256))
 
 
 def test_255_classes_are_accepted(tmp_path):
-    imageio.check_num_classes(255, "here")
+    image_files.check_num_classes(255, "here")
     prefix = _checkpoint_with_classes(tmp_path, 255)
     segmenter = infer.make_segmenter(prefix)
     try:

@@ -12,7 +12,7 @@ from PIL import Image
 from tinyvgg import TINY_MEAN
 
 from fcn_graph import checkpoint, infer, port
-from fcn_graph.imageio import read_label
+from fcn_graph.image_files import read_label
 from fcn_graph.matconvnet import load_vgg_mat
 
 NUM_CLASSES = 4
