@@ -171,7 +171,7 @@ class Segmenter:
             raise UserError("--precision float16: needs a GPU (none is visible)")
         self.prefix = prefix
         self.spec = checkpoint.model_spec_from_checkpoint(prefix)
-        self.mean_pixel = self.spec.mean_pixel or mean_pixel or VGG_MEAN_RGB
+        self.mean_pixel = self.spec.resolved_mean(mean_pixel)
         self.graph = tf.Graph()
         with self.graph.as_default():
             self.images = tf1.placeholder(tf.float32, [None, None, None, 3], name="images")
@@ -313,7 +313,7 @@ def main(argv=None):
     return_freed_memory()
     segmenter = make_segmenter(prefix, engine=args.engine, mean_pixel=args.mean,
                                threads=args.threads, xla=args.xla, precision=args.precision)
-    mean_pixel = spec.mean_pixel or args.mean or VGG_MEAN_RGB
+    mean_pixel = spec.resolved_mean(args.mean)
     print(f"checkpoint {prefix}: {spec.num_classes} classes, "
           f"mean pixel {[round(v, 3) for v in mean_pixel]}, engine {args.engine}",
           file=sys.stderr)

@@ -17,6 +17,7 @@ refused before anything is read: port never replaces a file.
 """
 
 import argparse
+import dataclasses
 import glob
 import os
 import re
@@ -206,7 +207,7 @@ def legacy(args):
                         + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
                         + f"; not an FCN.tensorflow checkpoint{what}")
     spec = checkpoint.model_spec_from_checkpoint(prefix)
-    spec.mean_pixel = tuple(float(v) for v in (args.mean or VGG_MEAN_RGB))
+    spec = dataclasses.replace(spec, mean_pixel=spec.resolved_mean(args.mean))
     slots = sum(1 for n in dropped if "/" in n)
     others = [n for n in dropped if "/" not in n]
     print(f"read {prefix}: {len(model_names)} model variables "
@@ -240,7 +241,7 @@ def ckpt2mat(args):
     if spec.architecture == "paper":
         fc = {"fc6": (values[f"{SCOPE}/W6"], values[f"{SCOPE}/b6"]),
               "fc7": (values[f"{SCOPE}/W7"], values[f"{SCOPE}/b7"])}
-    mean = np.asarray(spec.mean_pixel or VGG_MEAN_RGB, dtype=np.float64)
+    mean = np.asarray(spec.resolved_mean(), dtype=np.float64)
     print(f"read {prefix}: {spec.name}, {len(names)} variables "
           f"({_parameters(v.shape for v in values.values()):,} parameters) of "
           f"{len(checkpoint.read_variable_shapes(prefix))}"
