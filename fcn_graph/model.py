@@ -382,11 +382,6 @@ def fcn(images, num_classes, *, architecture="legacy", skips="8s", vgg_widths=No
     return logits, prediction, end_points
 
 
-def fcn8s(images, num_classes, **kwargs):
-    """FCN.tensorflow's FCN-8s: `fcn(..., architecture="legacy")`."""
-    return fcn(images, num_classes, architecture="legacy", **kwargs)
-
-
 def _conv6_conv7(net, end_points, fc_width, keep_prob, initializer):
     """The convolutionalised fc6 (7x7) and fc7 (1x1), each with ReLU and dropout:
     [N, h, w, C5] -> [N, h, w, F]. Both heads share them; only the start differs."""
