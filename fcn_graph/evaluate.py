@@ -22,91 +22,15 @@ from fcn_graph import model as fcn_model
 from fcn_graph.config import add_config_args, load_config
 from fcn_graph.constants import IGNORE_LABEL
 from fcn_graph.errors import UserError, run_cli
+from fcn_graph.evaluation import METRICS_KEYS, Evaluator, build_model, metrics_record  # noqa: F401
 from fcn_graph.fileio import OutputFolder, check_output_file, json_written_with, write_json_atomic
 from fcn_graph.infer import make_segmenter
 from fcn_graph.memory import return_freed_memory
-from fcn_graph.metrics import ConfusionMatrix, format_metrics
+from fcn_graph.metrics import format_metrics
 from fcn_graph.progress import Progress
 from fcn_graph.session import session_config
 
 tf1 = tf.compat.v1
-
-
-class Evaluator:
-    """The evaluation part of a graph, built into the current default graph:
-    an initializable full-size, batch-1 dataset of `files` and a model branch
-    on an image placeholder (sharing the model variables of the graph).
-    """
-
-    def __init__(self, files, spec, *, num_classes, max_images=None):
-        self.files = files
-        self.num_classes = num_classes
-        data = datasets.eval_dataset(files, num_classes=num_classes, max_images=max_images)
-        self.iterator = tf1.data.make_initializable_iterator(data)
-        self.next_item = self.iterator.get_next()
-        self.images = tf1.placeholder(tf.float32, [None, None, None, 3], name="eval_images")
-        _, self.prediction, _ = build_model(self.images, spec, keep_prob=1.0)
-
-    def run(self, sess, *, on_image=None, progress=None, predict=None):
-        """Run every image; returns (metrics dict, number of images).
-
-        predict(image uint8 [1, H, W, 3]) -> labels [1, H, W] replaces the graph's
-        model branch (another engine); the dataset still streams through `sess`.
-
-        on_image(name, image uint8 [H, W, 3], label [H, W], prediction [H, W]) is
-        called for each image. Data errors become one-line UserErrors.
-        """
-        matrix = ConfusionMatrix(self.num_classes)
-        sess.run(self.iterator.initializer)
-        count = 0
-        while True:
-            try:
-                item = sess.run(self.next_item)
-            except tf.errors.OutOfRangeError:
-                break
-            except tf.errors.OpError as err:
-                raise UserError(datasets.data_error_message(err)) from None
-            if predict is None:
-                prediction = sess.run(self.prediction, {self.images: item["image"]})
-            else:
-                prediction = predict(item["image"].astype(np.uint8))
-            name = item["name"][0].decode()
-            matrix.update(item["label"], prediction)
-            count += 1
-            if on_image is not None:
-                on_image(name, item["image"][0].astype(np.uint8), item["label"][0],
-                         prediction[0])
-            if progress is not None:
-                progress.update(count)
-        metrics = matrix.compute()
-        metrics["num_images"] = count
-        return metrics, count
-
-
-def build_model(images, spec, *, keep_prob):
-    """`model.build`, with an unavailable architecture reported as a config error."""
-    try:
-        return fcn_model.build(images, spec, keep_prob=keep_prob)
-    except ValueError as err:
-        if spec.architecture == "legacy":
-            raise
-        raise UserError(f"model.architecture: {err}") from None
-
-
-# Keys every metrics file evaluate writes holds: an existing --json file with
-# them is an earlier output that may be replaced.
-METRICS_KEYS = ("pixel_accuracy", "mean_iou", "per_class_iou", "class_names", "checkpoint",
-                "split")
-
-
-def metrics_record(metrics, class_names, **extra):
-    """The JSON record of an evaluation."""
-    record = {key: metrics[key] for key in (
-        "pixel_accuracy", "mean_accuracy", "mean_iou", "frequency_weighted_iou",
-        "per_class_iou", "num_images")}
-    record["class_names"] = list(class_names)
-    record.update(extra)
-    return record
 
 
 def build_parser():
