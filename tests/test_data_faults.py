@@ -13,7 +13,7 @@ from datafixtures import write_gray, write_list
 from PIL import Image
 from tinyvgg import TINY_MEAN, TINY_WIDTHS, make_fc_layers, make_vgg_layers
 
-from fcn_graph import datasets, evaluate, export, image_files, infer, port
+from fcn_graph import datasets, evaluate, export, image_files, infer, port, training
 from fcn_graph import model as fcn_model
 from fcn_graph import train as train_module
 from fcn_graph.config import load_config
@@ -352,7 +352,7 @@ def test_training_with_an_unlabelled_val_split_writes_null_metrics(tmp_path, cap
     run = tmp_path / "run"
     config = load_config(None, ["data.kind=folder", f"data.root={root}",
                                 f"train.log_dir={run}", "train.max_steps=4", *TINY])
-    metrics = train_module.train(config)
+    metrics = training.train(config)
     assert metrics["mean_iou"] is None
     assert "validation mean IU n/a" in capsys.readouterr().out
     record = strict_loads((run / "val_metrics.json").read_text())
