@@ -12,7 +12,7 @@ import tensorflow as tf
 from tfutil import build_graph, random_values
 from tinyvgg import TINY_MEAN, TINY_WIDTHS, make_fc_layers, make_vgg_layers
 
-from fcn_graph import checkpoint, export, onnx_engine, port
+from fcn_graph import checkpoint, export, exporting, onnx_engine, port
 from fcn_graph import model as fcn_model
 from fcn_graph.errors import UserError, run_cli
 from fcn_graph.infer import Segmenter
@@ -223,7 +223,7 @@ def test_inspect_reads_the_exports(checkpoints, tmp_path, capsys):
 
 
 def test_failed_verification_writes_nothing(checkpoints, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(export, "TOLERANCE", -1.0)
+    monkeypatch.setattr(exporting, "TOLERANCE", -1.0)
     for fmt, name, *extra in (("frozen", "m.pb"), ("onnx", "m.onnx"), ("savedmodel", "sm"),
                               ("onnx", "e.onnx", "--external-data")):
         code = run_cli(export.main, ["--checkpoint", checkpoints["legacy"], "--format", fmt,
