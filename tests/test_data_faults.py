@@ -13,7 +13,7 @@ from datafixtures import write_gray, write_list
 from PIL import Image
 from tinyvgg import TINY_MEAN, TINY_WIDTHS, make_fc_layers, make_vgg_layers
 
-from fcn_graph import datasets, evaluate, export, image_files, infer, port, training
+from fcn_graph import datasets, evaluate, export, image_files, infer, port, porting, training
 from fcn_graph import model as fcn_model
 from fcn_graph import train as train_module
 from fcn_graph.config import load_config
@@ -235,7 +235,7 @@ def test_read_pair_names_an_empty_image(tmp_path):
 def _checkpoint_with_classes(tmp_path, num_classes):
     spec = fcn_model.ModelSpec(num_classes=num_classes, fc_width=4,
                                vgg_widths=tuple(TINY_WIDTHS.values()), mean_pixel=TINY_MEAN)
-    return port._write_checkpoint(spec, {}, str(tmp_path / "wide" / "ckpt"))
+    return porting._write_checkpoint(spec, {}, str(tmp_path / "wide" / "ckpt"))
 
 
 def test_more_than_255_classes_are_refused_everywhere(tmp_path, capsys):
