@@ -37,6 +37,9 @@ MAX_TRAIN_SCALE = 4.0
 
 # Name of the resolved config that every run writes into its log directory.
 RESOLVED_CONFIG_NAME = "config.json"
+# The config keys that `datasets.open_config_split` reads, besides the split's name.
+SPLIT_KEYS = ("data.kind", "data.root", "data.val_fraction", "data.shapes_train_images",
+              "data.shapes_val_images", "data.shapes_image_size", "train.seed")
 
 
 @dataclass

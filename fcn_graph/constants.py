@@ -18,6 +18,14 @@ SKIPS = ("32s", "16s", "8s")  # paper: FCN-32s, FCN-16s, FCN-8s; legacy is alway
 # 0.85, the paper's 0.5.
 TRAIN_KEEP_PROB = {"legacy": 0.85, "paper": 0.5}
 
+# Engines that run a checkpoint (`segmenter.make_segmenter`): TensorFlow, the
+# reference, and ONNX Runtime.
+ENGINES = ("tf", "onnxruntime")
+# Floating-point types a TensorFlow session can compute in (`session.session_config`).
+PRECISIONS = ("float32", "bfloat16", "float16")
+# What `python -m fcn_graph.export` writes (`exporting.EXPORTERS`).
+EXPORT_FORMATS = ("savedmodel", "frozen", "onnx")
+
 
 def voc_palette(num_entries=256):
     """The PASCAL VOC colour map: entry i is the RGB colour of class i.

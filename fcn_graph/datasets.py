@@ -40,6 +40,7 @@ from fcn_graph import image_files, shapes_dataset
 from fcn_graph.config import dataset_root
 from fcn_graph.constants import IGNORE_LABEL, VGG_MEAN_RGB
 from fcn_graph.errors import UserError
+from fcn_graph.image_files import IMAGE_EXTENSIONS
 
 VOC_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
@@ -48,8 +49,6 @@ VOC_CLASSES = (
 )
 PETS_CLASSES = ("pet", "background", "border")
 ADE20K_NUM_CLASSES = 151  # 150 object classes and 0 = "other"
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
-
 _ADE_SPLITS = {"train": "training", "training": "training",
                "val": "validation", "validation": "validation"}
 _PETS_SPLITS = {"train": "trainval", "trainval": "trainval", "val": "test", "test": "test"}
@@ -106,11 +105,6 @@ def splits_from_config(config):
     val = open_config_split(config, config.data.val_split)
     num_classes = resolve_num_classes(config.model.num_classes, train)
     return train, val, num_classes
-
-
-# The config keys that `open_config_split` reads, besides the split's name.
-SPLIT_KEYS = ("data.kind", "data.root", "data.val_fraction", "data.shapes_train_images",
-              "data.shapes_val_images", "data.shapes_image_size", "train.seed")
 
 
 def open_config_split(config, split):

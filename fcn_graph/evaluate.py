@@ -15,22 +15,15 @@ import os
 import sys
 
 import numpy as np
-import tensorflow as tf
 
-from fcn_graph import checkpoint, datasets, image_files
-from fcn_graph import model as fcn_model
-from fcn_graph.config import add_config_args, load_config
-from fcn_graph.constants import IGNORE_LABEL
+from fcn_graph import image_files, tflog
+from fcn_graph.config import SPLIT_KEYS, add_config_args, load_config
+from fcn_graph.constants import ENGINES, IGNORE_LABEL
 from fcn_graph.errors import UserError, run_cli
-from fcn_graph.evaluation import METRICS_KEYS, Evaluator, build_model, metrics_record  # noqa: F401
 from fcn_graph.fileio import OutputFolder, check_output_file, json_written_with, write_json_atomic
-from fcn_graph.infer import make_segmenter
 from fcn_graph.memory import return_freed_memory
-from fcn_graph.metrics import format_metrics
+from fcn_graph.metrics import METRICS_KEYS, format_metrics, metrics_record
 from fcn_graph.progress import Progress
-from fcn_graph.session import session_config
-
-tf1 = tf.compat.v1
 
 
 def build_parser():
@@ -49,7 +42,7 @@ def build_parser():
                         help="write each prediction as DIR/<stem>.png, a palette PNG of "
                              "class ids (DIR is created; a file there that fcn_graph did not "
                              "write, or one of the dataset's, is never replaced)")
-    parser.add_argument("--engine", choices=("tf", "onnxruntime"), default="tf",
+    parser.add_argument("--engine", choices=ENGINES, default="tf",
                         help="tf (default, the reference) or onnxruntime (the same network "
                              "as export --format onnx writes it; scores agree to 1e-4)")
     parser.add_argument("--max-images", type=int, default=None,
@@ -62,7 +55,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.max_images is not None and args.max_images < 1:
         parser.error(f"--max-images: expected a positive integer, found {args.max_images}")
-    reads = [*datasets.SPLIT_KEYS, "model.num_classes", "train.threads"]
+    reads = [*SPLIT_KEYS, "model.num_classes", "train.threads"]
     if args.checkpoint is None:
         reads.append("train.log_dir")
     if not args.split:
@@ -76,6 +69,10 @@ def main(argv=None):
     if args.checkpoint is None and not os.path.isdir(source):
         raise UserError(f"{source}: no such directory (train.log_dir); train first or pass "
                         f"--checkpoint")
+    tflog.load_tensorflow()
+    from fcn_graph import checkpoint, datasets
+    from fcn_graph.evaluation import evaluate_checkpoint
+
     prefix = checkpoint.resolve_checkpoint(source)
     spec = checkpoint.model_spec_from_checkpoint(prefix)
     image_files.check_num_classes(spec.num_classes, f"{prefix} (checkpoint)")
@@ -91,12 +88,6 @@ def main(argv=None):
     class_names = datasets.class_names_for(files, num_classes)
 
     return_freed_memory()
-    graph = tf.Graph()
-    with graph.as_default():
-        evaluator = Evaluator(files, spec, num_classes=num_classes, max_images=args.max_images)
-        variables = fcn_model.model_variables(graph)
-        saver = checkpoint.model_saver(variables)
-        graph.finalize()
     total = len(files) if args.max_images is None else min(len(files), args.max_images)
     folder = None
     if args.save_predictions:
@@ -116,25 +107,15 @@ def main(argv=None):
     print(f"evaluating {prefix} on {files.kind} split {split!r} ({total} images)",
           file=sys.stderr)
     progress = Progress(total, label="images", unit="img")
-    predict, segmenter = None, None
-    if args.engine != "tf":
-        segmenter = make_segmenter(prefix, engine=args.engine, threads=config.train.threads)
-
-        def predict(image):
-            return segmenter.run(image)[0]
-
-    with tf1.Session(graph=graph, config=session_config(config.train.threads)) as sess:
-        if segmenter is None:
-            checkpoint.restore_model(sess, prefix, variables, saver=saver)
-        try:
-            metrics, _ = evaluator.run(sess, progress=progress, predict=predict,
-                                       on_image=save if args.save_predictions else None)
-        finally:
-            progress.close()
-            if segmenter is not None:
-                segmenter.close()
-            if folder is not None:
-                folder.flush()
+    try:
+        metrics = evaluate_checkpoint(prefix, spec, files, engine=args.engine,
+                                      threads=config.train.threads, max_images=args.max_images,
+                                      on_image=save if args.save_predictions else None,
+                                      progress=progress)
+    finally:
+        progress.close()
+        if folder is not None:
+            folder.flush()
     if not metrics["labelled_pixels"]:
         raise UserError(f"{files.kind} split {split!r}: no pixel is labelled in the "
                         f"{metrics['num_images']} images evaluated (every label value is "

@@ -1,14 +1,16 @@
 """Evaluation of a model on a dataset split, in a TF1 graph: `Evaluator`
 streams every image at full size through the model and fills one confusion
-matrix; `metrics_record` is the JSON record evaluate and train write."""
+matrix; `evaluate_checkpoint` runs it on a checkpoint with either engine."""
 
 import numpy as np
 import tensorflow as tf
 
-from fcn_graph import datasets
+from fcn_graph import checkpoint, datasets
 from fcn_graph import model as fcn_model
 from fcn_graph.errors import UserError
 from fcn_graph.metrics import ConfusionMatrix
+from fcn_graph.segmenter import make_segmenter
+from fcn_graph.session import session_config
 
 tf1 = tf.compat.v1
 
@@ -74,17 +76,33 @@ def build_model(images, spec, *, keep_prob):
         raise UserError(f"model.architecture: {err}") from None
 
 
-# Keys every metrics file evaluate writes holds: an existing --json file with
-# them is an earlier output that may be replaced.
-METRICS_KEYS = ("pixel_accuracy", "mean_iou", "per_class_iou", "class_names", "checkpoint",
-                "split")
+def evaluate_checkpoint(prefix, spec, files, *, engine="tf", threads=None, max_images=None,
+                        on_image=None, progress=None):
+    """The metrics dict of checkpoint `prefix` (its `ModelSpec` `spec`) on the
+    dataset split `files`, every image at full size, one at a time, through
+    one finalised graph. `engine` "onnxruntime" runs the images through an
+    ONNX Runtime segmenter instead; the dataset still streams through the
+    graph. `on_image` and `progress` as in `Evaluator.run`."""
+    graph = tf.Graph()
+    with graph.as_default():
+        evaluator = Evaluator(files, spec, num_classes=spec.num_classes, max_images=max_images)
+        variables = fcn_model.model_variables(graph)
+        saver = checkpoint.model_saver(variables)
+        graph.finalize()
+    predict, segmenter = None, None
+    if engine != "tf":
+        segmenter = make_segmenter(prefix, engine=engine, threads=threads)
 
+        def predict(image):
+            return segmenter.run(image)[0]
 
-def metrics_record(metrics, class_names, **extra):
-    """The JSON record of an evaluation."""
-    record = {key: metrics[key] for key in (
-        "pixel_accuracy", "mean_accuracy", "mean_iou", "frequency_weighted_iou",
-        "per_class_iou", "num_images")}
-    record["class_names"] = list(class_names)
-    record.update(extra)
-    return record
+    try:
+        with tf1.Session(graph=graph, config=session_config(threads)) as sess:
+            if segmenter is None:
+                checkpoint.restore_model(sess, prefix, variables, saver=saver)
+            metrics, _ = evaluator.run(sess, progress=progress, predict=predict,
+                                       on_image=on_image)
+    finally:
+        if segmenter is not None:
+            segmenter.close()
+    return metrics

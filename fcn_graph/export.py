@@ -44,29 +44,17 @@ import argparse
 import logging
 import sys
 
-import tensorflow as tf
-
-from fcn_graph import checkpoint, image_files, onnx_engine
+from fcn_graph import image_files, onnx_engine, tflog
+from fcn_graph.constants import EXPORT_FORMATS
 from fcn_graph.errors import UserError, run_cli
-from fcn_graph.exporting import (  # noqa: F401
-    EXPORTERS,
-    FORMATS,
-    INPUT_NAME,
-    OUTPUT_NAMES,
-    SIGNATURE_KEY,
-    export_frozen,
-    export_onnx,
-    export_savedmodel,
-)
 
-tf1 = tf.compat.v1
 
 def build_parser():
     parser = argparse.ArgumentParser(prog="python -m fcn_graph.export", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True,
                         help="checkpoint prefix, one of its files, or a directory (its latest)")
-    parser.add_argument("--format", required=True, choices=FORMATS, help="what to write")
+    parser.add_argument("--format", required=True, choices=EXPORT_FORMATS, help="what to write")
     parser.add_argument("--out", required=True,
                         help="SavedModel directory, or the .pb / .onnx file to write")
     parser.add_argument("--opset", type=int, default=None,
@@ -91,6 +79,12 @@ def main(argv=None):
                             ("--external-data", args.external_data)):
             if given:
                 parser.error(f"{flag} applies to --format onnx only")
+    tflog.load_tensorflow()
+    import tensorflow as tf
+
+    from fcn_graph import checkpoint
+    from fcn_graph.exporting import EXPORTERS, INPUT_NAME, OUTPUT_NAMES, SIGNATURE_KEY
+
     # TF1 deprecation notices are noise on this command line.
     tf.get_logger().setLevel(logging.ERROR)
     prefix = checkpoint.resolve_checkpoint(args.checkpoint)

@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from fcn_graph import checkpoint, onnx_engine
 from fcn_graph import model as fcn_model
+from fcn_graph.constants import EXPORT_FORMATS
 from fcn_graph.errors import UserError
 from fcn_graph.fileio import atomic_write, check_output_file, ensure_output_dir, kind_of
 from fcn_graph.session import session_config
@@ -19,7 +20,7 @@ tf1 = tf.compat.v1
 
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("labels", "scores")
-FORMATS = ("savedmodel", "frozen", "onnx")
+FORMATS = EXPORT_FORMATS
 SIGNATURE_KEY = "serving_default"
 TOLERANCE = 1e-4                 # largest accepted max relative error of the scores
 VERIFY_SIZE = (67, 93)           # odd sizes: every SAME-padding corner case on the way
@@ -86,7 +87,7 @@ def verification_image(seed=0):
 
 
 def _reference(prefix, image):
-    from fcn_graph.infer import Segmenter  # the checkpoint as `infer` runs it
+    from fcn_graph.segmenter import Segmenter  # the checkpoint as `infer` runs it
 
     segmenter = Segmenter(prefix)
     try:

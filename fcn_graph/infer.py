@@ -24,21 +24,15 @@ import sys
 import time
 
 import numpy as np
-import tensorflow as tf
 
-from fcn_graph import checkpoint, image_files
+from fcn_graph import image_files, tflog
 from fcn_graph.config import add_config_args, load_config
-from fcn_graph.constants import VGG_MEAN_RGB
+from fcn_graph.constants import ENGINES, PRECISIONS, VGG_MEAN_RGB
 from fcn_graph.errors import UserError, run_cli
 from fcn_graph.fileio import OutputFolder, kind_of
+from fcn_graph.image_files import IMAGE_EXTENSIONS
 from fcn_graph.memory import return_freed_memory
 from fcn_graph.progress import Progress
-from fcn_graph.segmenter import ENGINES, Segmenter, make_segmenter  # noqa: F401
-from fcn_graph.session import PRECISIONS
-
-tf1 = tf.compat.v1
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
 def list_images(inputs):
@@ -201,6 +195,10 @@ def main(argv=None):
         args.threads = args.threads or config.train.threads
     paths = list_images(args.inputs)
     stems, notes = output_stems(paths)
+    tflog.load_tensorflow()
+    from fcn_graph import checkpoint
+    from fcn_graph.segmenter import make_segmenter
+
     prefix = checkpoint.resolve_checkpoint(source)
     spec = checkpoint.model_spec_from_checkpoint(prefix)
     image_files.check_num_classes(spec.num_classes, f"{prefix} (checkpoint)")
@@ -275,6 +273,15 @@ def main(argv=None):
         print(f"{len(failures)} of {len(paths)} images failed", file=sys.stderr)
         return 1
     return 0
+
+
+def __getattr__(name):
+    """`infer.Segmenter` and `infer.make_segmenter`: aliases of the library's
+    `segmenter.Segmenter` and `segmenter.make_segmenter`, loaded on first use."""
+    if name in ("Segmenter", "make_segmenter"):
+        from fcn_graph import segmenter
+        return getattr(segmenter, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 if __name__ == "__main__":

@@ -19,18 +19,17 @@ refused before anything is read: port never replaces a file.
 import argparse
 import sys
 
-from fcn_graph import model as fcn_model
-from fcn_graph.constants import VGG_MEAN_RGB
+from fcn_graph import tflog
+from fcn_graph.constants import ARCHITECTURES, SKIPS, VGG_MEAN_RGB
 from fcn_graph.errors import UserError, run_cli
-from fcn_graph.porting import ckpt2mat, inspect, keras_h5, legacy, mat2ckpt
 
 
 def _add_start_options(p):
     p.add_argument("--num-classes", type=int, required=True, help="number of output classes K")
     p.add_argument("--out", required=True, help="checkpoint prefix to write, e.g. ckpt/start")
-    p.add_argument("--architecture", choices=fcn_model.ARCHITECTURES, default="legacy",
+    p.add_argument("--architecture", choices=ARCHITECTURES, default="legacy",
                    help="legacy (FCN.tensorflow's graph, default) or paper")
-    p.add_argument("--skips", choices=fcn_model.SKIPS, default="8s",
+    p.add_argument("--skips", choices=SKIPS, default="8s",
                    help="paper: FCN-32s, 16s or 8s (default 8s)")
     p.add_argument("--train-upsampling", action="store_true",
                    help="paper: record that the bilinear upsampling filters are to be trained "
@@ -54,12 +53,12 @@ def build_parser():
     p.add_argument("--no-transpose", action="store_true",
                    help="keep kernels in the file's [kh, kw] order instead of FCN.tensorflow's "
                         "(1, 0, 2, 3) swap")
-    p.set_defaults(func=mat2ckpt)
+    p.set_defaults(verb_name="mat2ckpt")
 
     p = verbs.add_parser("keras-h5", help="Keras VGG19 ImageNet .h5 -> starting checkpoint")
     p.add_argument("h5", help="vgg19_weights_tf_dim_ordering_tf_kernels(_notop).h5")
     _add_start_options(p)
-    p.set_defaults(func=keras_h5)
+    p.set_defaults(verb_name="keras_h5")
 
     p = verbs.add_parser("legacy", help="FCN.tensorflow training checkpoint -> clean checkpoint")
     p.add_argument("checkpoint", metavar="VERSION_OR_PREFIX",
@@ -69,7 +68,7 @@ def build_parser():
     p.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"),
                    help=f"RGB mean pixel it was trained with (default {list(VGG_MEAN_RGB)})")
     p.add_argument("-v", "--verbose", action="store_true", help="list every variable")
-    p.set_defaults(func=legacy)
+    p.set_defaults(verb_name="legacy")
 
     p = verbs.add_parser("ckpt2mat", help="checkpoint -> MatConvNet .mat (VGG body, fc6/fc7)")
     p.add_argument("checkpoint", metavar="PREFIX", help="checkpoint prefix, file or directory")
@@ -77,18 +76,21 @@ def build_parser():
     p.add_argument("--layout", choices=("old", "new"), default="new",
                    help="MatConvNet layout (default new)")
     p.add_argument("-v", "--verbose", action="store_true", help="list every layer")
-    p.set_defaults(func=ckpt2mat)
+    p.set_defaults(verb_name="ckpt2mat")
 
     p = verbs.add_parser("inspect", help="detect a file's format and list its variables")
     p.add_argument("path", metavar="FILE_OR_PREFIX")
-    p.set_defaults(func=inspect)
+    p.set_defaults(verb_name="inspect")
     return parser
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    tflog.load_tensorflow()
+    from fcn_graph import porting
+
     try:
-        return args.func(args)
+        return getattr(porting, args.verb_name)(args)
     except OSError as err:  # a full disk, a folder made read-only meanwhile
         where = err.filename or getattr(args, "out", None) or args.path
         raise UserError(f"{where}: {err.strerror}") from None

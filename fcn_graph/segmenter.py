@@ -10,12 +10,11 @@ import tensorflow as tf
 
 from fcn_graph import checkpoint
 from fcn_graph import model as fcn_model
+from fcn_graph.constants import ENGINES
 from fcn_graph.errors import UserError
 from fcn_graph.session import onednn_enabled, session_config, xla_scope
 
 tf1 = tf.compat.v1
-
-ENGINES = ("tf", "onnxruntime")
 
 
 # The transposed-conv kernels (a few MB) enter the inference graph as

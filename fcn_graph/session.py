@@ -5,7 +5,7 @@ import os
 
 import tensorflow as tf
 
-PRECISIONS = ("float32", "bfloat16", "float16")
+from fcn_graph.constants import PRECISIONS
 
 
 def cpu_count():

@@ -18,9 +18,9 @@ line, keeping the last good checkpoint. One run at a time per log directory.
 import argparse
 import sys
 
+from fcn_graph import tflog
 from fcn_graph.config import add_config_args, load_config
 from fcn_graph.errors import UserError, run_cli
-from fcn_graph.training import train
 
 
 def build_parser():
@@ -35,6 +35,9 @@ def main(argv=None):
         raise UserError("--config is required (e.g. python train.py --config config.json); "
                          "training never starts from the built-in defaults alone")
     config = load_config(args.config, args.overrides)
+    tflog.load_tensorflow()
+    from fcn_graph.training import train
+
     train(config, exiting=True)
     return 0
 

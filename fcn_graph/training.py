@@ -17,9 +17,9 @@ from fcn_graph.config import save_resolved_config
 from fcn_graph.constants import IGNORE_LABEL, VGG_MEAN_RGB
 from fcn_graph.curves import CURVES_NAME, append_history, plot_curves, read_history
 from fcn_graph.errors import UserError
-from fcn_graph.evaluation import Evaluator, build_model, metrics_record
+from fcn_graph.evaluation import Evaluator, build_model
 from fcn_graph.fileio import write_json_atomic
-from fcn_graph.metrics import format_metrics, format_value
+from fcn_graph.metrics import format_metrics, format_value, metrics_record
 from fcn_graph.progress import Progress
 from fcn_graph.session import session_config
 

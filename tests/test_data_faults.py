@@ -23,6 +23,7 @@ from fcn_graph.errors import UserError, run_cli
 from fcn_graph.fileio import write_json_atomic
 from fcn_graph.matconvnet import write_vgg_mat
 from fcn_graph.metrics import ConfusionMatrix, format_metrics
+from fcn_graph.segmenter import make_segmenter
 
 tf1 = tf.compat.v1
 
@@ -276,7 +277,7 @@ def test_more_than_255_classes_are_refused_everywhere(tmp_path, capsys):
 def test_255_classes_are_accepted(tmp_path):
     image_files.check_num_classes(255, "here")
     prefix = _checkpoint_with_classes(tmp_path, 255)
-    segmenter = infer.make_segmenter(prefix)
+    segmenter = make_segmenter(prefix)
     try:
         labels = segmenter.run(np.zeros((1, 8, 8, 3), np.uint8))[0]
     finally:

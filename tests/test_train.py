@@ -17,6 +17,7 @@ from fcn_graph import train as train_module
 from fcn_graph.config import load_config
 from fcn_graph.constants import IGNORE_LABEL
 from fcn_graph.errors import UserError, run_cli
+from fcn_graph.segmenter import Segmenter
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["model.vgg_width=0.0625", "model.fc_width=16", "train.image_size=32",
@@ -222,7 +223,6 @@ def test_paper_variant_trains_from_a_mat_and_evaluates(tmp_path, tiny_mat, skips
     from the sidecar alone."""
     from tinyvgg import TINY_WIDTHS
 
-    from fcn_graph import infer
     from fcn_graph.matconvnet import load_vgg_mat
 
     args = shapes_args(tmp_path, "train.max_steps=2", f"model.vgg_mat={tiny_mat}",
@@ -247,7 +247,7 @@ def test_paper_variant_trains_from_a_mat_and_evaluates(tmp_path, tiny_mat, skips
                                    "--json", str(json_path)])
     assert code == 0 and json_path.exists()
     image = np.random.default_rng(0).integers(0, 256, (1, 13, 21, 3), dtype=np.uint8)
-    segmenter = infer.Segmenter(prefix)
+    segmenter = Segmenter(prefix)
     try:
         labels, scores = segmenter.run(image, scores=True)
     finally:
