@@ -31,7 +31,7 @@ loads such a pair with a lower memory peak, and no 2 GB limit applies.
 Each export is checked before it replaces the target: the written file is
 loaded back (TensorFlow for SavedModel and frozen graphs, onnxruntime for
 ONNX), run on a seeded random 67x93 image, and its scores compared with the
-checkpoint's (`fcn_graph.infer.Segmenter`). A maximum relative error of
+checkpoint's (`fcn_graph.segmenter.Segmenter`). A maximum relative error of
 1e-4 or more is an error and nothing is written.
 
 The folder of --out is created where missing. An existing --out is refused;

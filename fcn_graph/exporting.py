@@ -74,8 +74,8 @@ class _Restored:
 
 def frozen_session_config(threads=None):
     """Session settings for running a frozen graph: Grappler off. Its passes
-    copy every large constant several times (for VGG19, 35 s and 4 GB more
-    on the first run); the graph is already final."""
+    copy every large constant several times on the first run; the graph is
+    already final."""
     config = session_config(threads)
     config.graph_options.rewrite_options.disable_meta_optimizer = True
     return config

@@ -17,10 +17,10 @@ from fcn_graph.session import onednn_enabled, session_config, xla_scope
 tf1 = tf.compat.v1
 
 
-# The transposed-conv kernels (a few MB) enter the inference graph as
-# constants, so that grappler folds their rearrangement into phase kernels
-# (`model.phase_kernel`) once instead of redoing it on every run (~9 ms at
-# 224x224): the legacy head's W_t1..W_t3, the paper head's upscore* filters.
+# The transposed-conv kernels enter the inference graph as constants, so that
+# grappler folds their rearrangement into phase kernels (`model.phase_kernel`)
+# once instead of redoing it on every run: the legacy head's W_t1..W_t3, the
+# paper head's upscore* filters.
 FOLDED_KERNELS = ("W_t1", "W_t2", "W_t3", "upscore2_w", "upscore_pool4_w", "upscore8_w",
                   "upscore16_w", "upscore32_w")
 
@@ -75,10 +75,9 @@ class Segmenter:
             variables = fcn_model.model_variables(self.graph)
             saver = checkpoint.model_saver(variables)
             self.graph.finalize()
-        # The weights stay variables: freezing them into constants bought no
-        # speed (grappler fuses conv + bias + ReLU either way) and made the
-        # first run take ~1 min and ~8 GB while grappler folded 0.5 GB of
-        # constants (docs/performance.md).
+        # The other weights stay variables, restored by the Saver: grappler
+        # fuses conv + bias + ReLU either way, and constants this large would
+        # make its first pass copy them several times (docs/performance.md).
         if config is None:
             config = session_config(threads, xla=xla, precision=precision)
         self.session = tf1.Session(graph=self.graph, config=config)
