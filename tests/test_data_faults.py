@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 from datafixtures import write_gray, write_list
 from PIL import Image
+from test_train import empty_config
 from tinyvgg import TINY_MEAN, TINY_WIDTHS, make_fc_layers, make_vgg_layers
 
 from fcn_graph import datasets, evaluate, export, image_files, infer, port, porting, training
@@ -209,8 +210,9 @@ def _corrupt_dataset(tmp_path, bad_split, how):
 @pytest.mark.parametrize("bad_split,how", [("train", "image"), ("val", "image")])
 def test_train_names_a_corrupt_file(tmp_path, capsys, bad_split, how):
     root, bad = _corrupt_dataset(tmp_path, bad_split, how)
-    message = one_line_error(capsys, train_module.main, folder_args(
-        root, f"train.log_dir={tmp_path / 'run'}", "train.max_steps=4", *TINY))
+    message = one_line_error(capsys, train_module.main, ["--config", empty_config(tmp_path)] +
+                             folder_args(root, f"train.log_dir={tmp_path / 'run'}",
+                                         "train.max_steps=4", *TINY))
     assert bad in message and "not a readable" in message
 
 
