@@ -1,6 +1,7 @@
 """Training FCN-8s from a config: the graph, the loop, checkpoints,
 evaluation and summaries. `train(config)` runs what `python train.py` runs."""
 
+import dataclasses
 import io
 import os
 import signal
@@ -14,7 +15,7 @@ import tensorflow as tf
 from fcn_graph import checkpoint, datasets, image_files, runlock
 from fcn_graph import model as fcn_model
 from fcn_graph.config import save_resolved_config
-from fcn_graph.constants import IGNORE_LABEL, VGG_MEAN_RGB
+from fcn_graph.constants import IGNORE_LABEL
 from fcn_graph.curves import CURVES_NAME, append_history, plot_curves, read_history
 from fcn_graph.errors import UserError
 from fcn_graph.evaluation import Evaluator, build_model
@@ -22,6 +23,7 @@ from fcn_graph.fileio import write_json_atomic
 from fcn_graph.metrics import format_metrics, format_value, metrics_record
 from fcn_graph.progress import Progress
 from fcn_graph.session import session_config
+from fcn_graph.spec import VGG19_CONVS, ModelSpec, scaled_vgg_widths
 
 tf1 = tf.compat.v1
 
@@ -101,7 +103,7 @@ def _model_spec(config, num_classes):
         from fcn_graph.matconvnet import load_vgg_mat
 
         vgg = load_vgg_mat(m.vgg_mat, require_fc=m.architecture == "paper")
-        widths, mean = vgg.widths, tuple(float(v) for v in vgg.mean_pixel)
+        widths, mean = vgg.widths, vgg.mean_pixel
         if m.architecture == "paper" and vgg.fc["fc6"][0].shape[3] != m.fc_width:
             raise UserError(f"model.fc_width: the paper architecture takes conv6/conv7 from "
                             f"{m.vgg_mat}'s fc6/fc7, which have width "
@@ -109,12 +111,13 @@ def _model_spec(config, num_classes):
     else:
         print("warning: model.vgg_mat is null: the VGG body starts from random weights "
               f"(He-normal, width x{m.vgg_width:g})", file=sys.stderr)
-        vgg, widths, mean = None, fcn_model.scaled_vgg_widths(m.vgg_width), VGG_MEAN_RGB
-    spec = fcn_model.ModelSpec(num_classes=num_classes, fc_width=m.fc_width,
-                               vgg_widths=tuple(widths[name] for name in fcn_model.VGG19_CONVS),
-                               mean_pixel=tuple(mean), architecture=m.architecture,
-                               skips=m.skips, train_upsampling=m.train_upsampling)
-    return spec, vgg
+        vgg, widths, mean = None, scaled_vgg_widths(m.vgg_width), None
+    spec = ModelSpec(num_classes=num_classes, fc_width=m.fc_width,
+                     vgg_widths=tuple(widths[name] for name in VGG19_CONVS),
+                     mean_pixel=mean, architecture=m.architecture, skips=m.skips,
+                     train_upsampling=m.train_upsampling)
+    # The sidecars record the mean: the .mat's, else the VGG mean.
+    return dataclasses.replace(spec, mean_pixel=spec.resolved_mean()), vgg
 
 
 def _resume_point(log_dir, spec):
@@ -176,8 +179,45 @@ def _train(config, exiting):
               file=sys.stderr)
     resume_prefix, start_step = _resume_point(t.log_dir, spec)
     _write_or_fail(save_resolved_config, config, t.log_dir)
-    base = os.path.join(t.log_dir, CHECKPOINT_BASENAME)
+    graph = build_training_graph(config, spec, train_files, val_files, start_step=start_step)
+    run = TrainingRun(config, graph, spec, saved=resume_prefix,
+                      saved_step=start_step if resume_prefix else -1, exiting=exiting)
+    metrics, step = run.run(start_step, resume_prefix=resume_prefix, vgg=vgg,
+                            train_files=train_files, val_files=val_files)
 
+    print(format_metrics(metrics, class_names))
+    run.write(write_json_atomic, os.path.join(t.log_dir, METRICS_NAME),
+              metrics_record(metrics, class_names, checkpoint=run.saved,
+                             split=val_files.split, global_step=int(step)))
+    print(f"step {step}: validation mean IU {format_value(metrics['mean_iou'])} "
+          f"({metrics['num_images']} images); checkpoint {run.saved}")
+    return metrics
+
+
+@dataclasses.dataclass
+class TrainingGraph:
+    """The finalised graph of a training run and what the loop runs in it."""
+
+    graph: tf.Graph
+    global_step: tf.Variable
+    train_op: tf.Operation
+    loss: tf.Tensor                  # scalar: the mean cross-entropy of the batch
+    valid_pixels: tf.Tensor          # scalar: pixels of the batch not IGNORE_LABEL
+    summaries: tf.Tensor             # the merged training summaries
+    all_finite: tf.Tensor            # scalar bool: every model variable is finite
+    evaluator: Evaluator             # the validation branch
+    saver: tf1.train.Saver           # every variable (model, optimizer, global step)
+    init: tf.Operation
+    variables: dict                  # the model variables by checkpoint name
+
+
+def build_training_graph(config, spec, train_files, val_files, *, start_step=0):
+    """The training graph of `config` for the model `spec`: the augmented
+    train_files batches, the model, loss, optimizer and summaries, and the
+    validation branch on val_files. The data seed is train.seed + start_step,
+    so a resumed run does not replay the batches it has seen."""
+    t = config.train
+    num_classes = spec.num_classes
     graph = tf.Graph()
     with graph.as_default():
         tf1.set_random_seed(t.seed)
@@ -208,156 +248,189 @@ def _train(config, exiting):
         saver = tf1.train.Saver(max_to_keep=None, save_relative_paths=True)
         init = tf1.global_variables_initializer()
         graph.finalize()
+    return TrainingGraph(graph=graph, global_step=global_step, train_op=train_op, loss=loss,
+                         valid_pixels=valid_pixels, summaries=summaries, all_finite=all_finite,
+                         evaluator=evaluator, saver=saver, init=init, variables=variables)
 
-    with graph.as_default():  # Saver and FileWriter need the graph context
-        sess = tf1.Session(graph=graph, config=session_config(t.threads))
-        state = {"saved": resume_prefix, "saved_step": start_step if resume_prefix else -1}
-        writer = _SummaryWriter(t.log_dir, state)
-        progress = Progress(t.max_steps, label="step", unit="step", start=start_step)
 
-        def save(step):
-            if not sess.run(all_finite):
-                raise TrainingDiverged(
-                    f"step {step}: the weights are no longer finite; not saving. "
-                    f"{_last_good(state)}")
-            # Sidecar, data, index, pruning, state file: all of it or, on a
-            # failure, the previous checkpoints as they were. Signals only
-            # set a flag (StopSignals), so none cuts this short.
+class TrainingRun:
+    """One session over a `TrainingGraph`: the loop (`run`) and its periodic
+    actions, `log`, `save` and `evaluate`.
+
+    `saved`, `saved_step`: the newest checkpoint the run can fall back on (the
+    one it resumed from, then each one it writes), named by every error.
+    `exiting`: as for `train`.
+    """
+
+    def __init__(self, config, graph, spec, *, saved=None, saved_step=-1, exiting=False):
+        self.config, self.graph, self.spec = config, graph, spec
+        self.saved, self.saved_step = saved, saved_step
+        self.stop = StopSignals(keep_after_stop=exiting)
+        self.sess = self.writer = self.progress = None
+
+    def last_good(self):
+        """The sentence naming the last good checkpoint, for error messages."""
+        if self.saved:
+            return f"The last good checkpoint is {self.saved} (step {self.saved_step})."
+        return "No checkpoint was written."
+
+    def write(self, write, *args):
+        """`write(*args)`, its failures one-line UserErrors naming the last good checkpoint."""
+        return _write_or_fail(write, *args, last_good=self.last_good)
+
+    def run(self, start_step, *, resume_prefix, vgg, train_files, val_files):
+        """Start (restore `resume_prefix`, or put the `vgg` weights in), train
+        to train.max_steps, save and evaluate; returns (metrics, final step).
+        A stop request saves a checkpoint and re-raises KeyboardInterrupt."""
+        t, g = self.config.train, self.graph
+        with g.graph.as_default():  # Saver and FileWriter need the graph context
+            self.sess = tf1.Session(graph=g.graph, config=session_config(t.threads))
+            self.writer = _SummaryWriter(t.log_dir, self.last_good)
+            self.progress = Progress(t.max_steps, label="step", unit="step", start=start_step)
+            self.stop.install()
+            completed = False
             try:
-                prefix = checkpoint.save_model(sess, saver, base, spec, global_step=int(step))
-                state.update(saved=prefix, saved_step=step)
-                kept = checkpoint.prune_checkpoints(t.log_dir, t.keep_checkpoints)
-                checkpoint.write_state_file(t.log_dir, kept)
+                self.sess.run(g.init)
+                if resume_prefix:
+                    checkpoint.check_variables(resume_prefix, {
+                        v.op.name: v for v in g.graph.get_collection("variables")})
+                    g.saver.restore(self.sess, resume_prefix)
+                    print(f"resuming from {resume_prefix} at step {start_step}", file=sys.stderr)
+                elif vgg is not None:
+                    checkpoint.assign_vgg(self.sess, vgg, g.variables, self.spec.architecture)
+                print(f"training on {len(train_files)} {train_files.kind} images "
+                      f"({self.spec.num_classes} classes), validating on {len(val_files)}; "
+                      f"logs in {t.log_dir}", file=sys.stderr)
+                step = self.loop(start_step, train_files)
+                self.progress.close()
+                self.stop.check()
+                if self.saved_step != step:
+                    self.save(step)
+                metrics = self.evaluate(step)
+                completed = True
+            except KeyboardInterrupt:
+                self.stop.received.append(signal.SIGINT)  # a Ctrl-C raised another way
+                self.progress.close()
+                step = int(self.sess.run(g.global_step))
+                if step > self.saved_step:
+                    self.save(step)
+                where = (f"checkpoint {self.saved}" if self.saved
+                         else "no checkpoint was written")
+                print(f"interrupted at step {step}; {where}. Run the same command again to "
+                      f"resume.", file=sys.stderr)
+                raise
             except OSError as err:
-                raise UserError(_os_error_message(err, t.log_dir, state)) from None
-            except UserError as err:
-                raise UserError(f"{err}. {_last_good(state)}") from None
-            _write_or_fail(_plot, t.log_dir, state=state)
-            return prefix
+                raise UserError(_os_error_message(err, t.log_dir, self.last_good())) from None
+            finally:
+                self.progress.close()
+                try:
+                    self.writer.close()
+                except UserError:
+                    if completed:  # otherwise the error on its way out says more
+                        raise
+                finally:
+                    self.sess.close()
+                    self.stop.uninstall()
+        return metrics, step
 
-        def evaluate(step):
-            panels = []
-
-            def keep_panel(name, image, label, prediction):
-                stop.check()  # between images: a stop request ends the evaluation
-                if len(panels) < t.summary_images:
-                    panels.append((name, image, label, prediction))
-
-            start = time.perf_counter()
-            metrics, count = evaluator.run(sess, on_image=keep_panel)
-            writer.add_summary(scalar_summary({
-                "val/mean_iou": metrics["mean_iou"], "val/pixel_accuracy": metrics["pixel_accuracy"],
-                "val/mean_accuracy": metrics["mean_accuracy"],
-                "val/frequency_weighted_iou": metrics["frequency_weighted_iou"]}), step)
-            if panels:
-                writer.add_summary(panel_summary("val/image_prediction_truth", panels), step)
-            writer.flush()
-            record = {"step": int(step), **{
-                key: _finite_or_none(metrics[key]) for key in (
-                    "mean_iou", "pixel_accuracy", "mean_accuracy", "frequency_weighted_iou")}}
-            _write_or_fail(append_history, t.log_dir, record, state=state)
-            _write_or_fail(_plot, t.log_dir, state=state)
-            progress.write(
-                f"step {step}: validation mean IU {format_value(metrics['mean_iou'])}, pixel "
-                f"accuracy {format_value(metrics['pixel_accuracy'])} ({count} images, "
-                f"{time.perf_counter() - start:.1f} s)")
-            return metrics
-
-        stop = StopSignals(keep_after_stop=exiting)
-        stop.install()
-        step = start_step
+    def loop(self, step, train_files):
+        """Train from `step` to train.max_steps, logging, saving and evaluating
+        on their schedules; returns the last step."""
+        t, g = self.config.train, self.graph
         steps_per_pass = -(-len(train_files) // t.batch_size)
         seen_valid, since_check = 0, 0
-        completed = False
-        try:
-            sess.run(init)
-            if resume_prefix:
-                checkpoint.check_variables(resume_prefix, {v.op.name: v for v in
-                                                           graph.get_collection("variables")})
-                saver.restore(sess, resume_prefix)
-                print(f"resuming from {resume_prefix} at step {start_step}", file=sys.stderr)
-            elif vgg is not None:
-                checkpoint.assign_vgg(sess, vgg, variables, spec.architecture)
-            print(f"training on {len(train_files)} {train_files.kind} images ({num_classes} "
-                  f"classes), validating on {len(val_files)}; logs in {t.log_dir}",
-                  file=sys.stderr)
-            last_time, last_step = time.perf_counter(), step
-            while step < t.max_steps:
-                stop.check()
-                log_now = (step + 1) % t.log_every == 0 or step + 1 == t.max_steps
-                fetches = {"train": train_op, "loss": loss, "valid": valid_pixels}
-                if log_now:
-                    fetches["summary"] = summaries
-                try:
-                    out = sess.run(fetches)
-                except tf.errors.OpError as err:
-                    raise UserError(datasets.data_error_message(err)) from None
-                step += 1
-                seen_valid, since_check = seen_valid + int(out["valid"]), since_check + 1
-                if since_check == steps_per_pass:
-                    if seen_valid == 0:
-                        raise UserError(_no_labels_message(config, train_files, steps_per_pass,
-                                                           state))
-                    seen_valid, since_check = 0, 0
-                if not np.isfinite(out["loss"]):
-                    raise TrainingDiverged(
-                        f"step {step}: the loss is {out['loss']}; stopping without saving this "
-                        f"state. {_last_good(state)} Try a lower train.learning_rate.")
-                if log_now:
-                    now = time.perf_counter()
-                    speed = (step - last_step) * t.batch_size / max(now - last_time, 1e-9)
-                    last_time, last_step = now, step
-                    writer.add_summary(out["summary"], step)
-                    record = {"step": step, "loss": float(out["loss"])}
-                    _write_or_fail(append_history, t.log_dir, record, state=state)
-                    progress.update(step, loss=f"{out['loss']:.4f}", **{"img/s": f"{speed:.1f}"})
-                if step % t.checkpoint_every == 0 or step == t.max_steps:
-                    save(step)
-                if t.eval_every and step % t.eval_every == 0 and step < t.max_steps:
-                    evaluate(step)
-            progress.close()
-            stop.check()
-            if state["saved_step"] != step:
-                save(step)
-            metrics = evaluate(step)
-            completed = True
-        except KeyboardInterrupt:
-            stop.received.append(signal.SIGINT)  # a Ctrl-C raised another way
-            progress.close()
-            step = int(sess.run(global_step))
-            if step > state["saved_step"]:
-                save(step)
-            where = (f"checkpoint {state['saved']}" if state["saved"]
-                     else "no checkpoint was written")
-            print(f"interrupted at step {step}; {where}. Run the same command again to "
-                  f"resume.", file=sys.stderr)
-            raise
-        except OSError as err:
-            raise UserError(_os_error_message(err, t.log_dir, state)) from None
-        finally:
-            progress.close()
+        last_time, last_step = time.perf_counter(), step
+        while step < t.max_steps:
+            self.stop.check()
+            log_now = (step + 1) % t.log_every == 0 or step + 1 == t.max_steps
+            fetches = {"train": g.train_op, "loss": g.loss, "valid": g.valid_pixels}
+            if log_now:
+                fetches["summary"] = g.summaries
             try:
-                writer.close()
-            except UserError:
-                if completed:  # otherwise the error on its way out says more
-                    raise
-            finally:
-                sess.close()
-                stop.uninstall()
+                out = self.sess.run(fetches)
+            except tf.errors.OpError as err:
+                raise UserError(datasets.data_error_message(err)) from None
+            step += 1
+            seen_valid, since_check = seen_valid + int(out["valid"]), since_check + 1
+            if since_check == steps_per_pass:
+                if seen_valid == 0:
+                    raise UserError(_no_labels_message(self.config, train_files, steps_per_pass,
+                                                       self.last_good()))
+                seen_valid, since_check = 0, 0
+            if not np.isfinite(out["loss"]):
+                raise TrainingDiverged(
+                    f"step {step}: the loss is {out['loss']}; stopping without saving this "
+                    f"state. {self.last_good()} Try a lower train.learning_rate.")
+            if log_now:
+                now = time.perf_counter()
+                speed = (step - last_step) * t.batch_size / max(now - last_time, 1e-9)
+                last_time, last_step = now, step
+                self.log(step, out, speed)
+            if step % t.checkpoint_every == 0 or step == t.max_steps:
+                self.save(step)
+            if t.eval_every and step % t.eval_every == 0 and step < t.max_steps:
+                self.evaluate(step)
+        return step
 
-    print(format_metrics(metrics, class_names))
-    _write_or_fail(write_json_atomic, os.path.join(t.log_dir, METRICS_NAME),
-                   metrics_record(metrics, class_names, checkpoint=state["saved"],
-                                  split=val_files.split, global_step=int(step)), state=state)
-    print(f"step {step}: validation mean IU {format_value(metrics['mean_iou'])} "
-          f"({metrics['num_images']} images); checkpoint {state['saved']}")
-    return metrics
+    def log(self, step, out, speed):
+        """The training summaries, a history record and the progress line of `step`."""
+        self.writer.add_summary(out["summary"], step)
+        record = {"step": step, "loss": float(out["loss"])}
+        self.write(append_history, self.config.train.log_dir, record)
+        self.progress.update(step, loss=f"{out['loss']:.4f}", **{"img/s": f"{speed:.1f}"})
 
+    def save(self, step):
+        """A checkpoint of `step` (`checkpoint.save_checkpoint`), then the curves.
+        Signals only set a flag (StopSignals), so none cuts a save short."""
+        t = self.config.train
+        if not self.sess.run(self.graph.all_finite):
+            raise TrainingDiverged(f"step {step}: the weights are no longer finite; not saving. "
+                                   f"{self.last_good()}")
 
-def _last_good(state):
-    if state["saved"]:
-        return f"The last good checkpoint is {state['saved']} (step {state['saved_step']})."
-    return "No checkpoint was written."
+        def saved(prefix):
+            self.saved, self.saved_step = prefix, step
+
+        try:
+            prefix = checkpoint.save_checkpoint(
+                self.sess, self.graph.saver, t.log_dir, self.spec, step=int(step),
+                keep=t.keep_checkpoints, basename=CHECKPOINT_BASENAME, on_saved=saved)
+        except OSError as err:
+            raise UserError(_os_error_message(err, t.log_dir, self.last_good())) from None
+        except UserError as err:
+            raise UserError(f"{err}. {self.last_good()}") from None
+        self.write(_plot, t.log_dir)
+        return prefix
+
+    def evaluate(self, step):
+        """Validation metrics of `step`: summaries, a history record, the curves
+        and a progress line. A stop request ends it between images."""
+        t = self.config.train
+        panels = []
+
+        def keep_panel(name, image, label, prediction):
+            self.stop.check()
+            if len(panels) < t.summary_images:
+                panels.append((name, image, label, prediction))
+
+        start = time.perf_counter()
+        metrics, count = self.graph.evaluator.run(self.sess, on_image=keep_panel)
+        self.writer.add_summary(scalar_summary({
+            "val/mean_iou": metrics["mean_iou"], "val/pixel_accuracy": metrics["pixel_accuracy"],
+            "val/mean_accuracy": metrics["mean_accuracy"],
+            "val/frequency_weighted_iou": metrics["frequency_weighted_iou"]}), step)
+        if panels:
+            self.writer.add_summary(panel_summary("val/image_prediction_truth", panels), step)
+        self.writer.flush()
+        record = {"step": int(step), **{
+            key: _finite_or_none(metrics[key]) for key in (
+                "mean_iou", "pixel_accuracy", "mean_accuracy", "frequency_weighted_iou")}}
+        self.write(append_history, t.log_dir, record)
+        self.write(_plot, t.log_dir)
+        self.progress.write(
+            f"step {step}: validation mean IU {format_value(metrics['mean_iou'])}, pixel "
+            f"accuracy {format_value(metrics['pixel_accuracy'])} ({count} images, "
+            f"{time.perf_counter() - start:.1f} s)")
+        return metrics
 
 
 def _plot(log_dir):
@@ -371,39 +444,42 @@ def _finite_or_none(value):
     return value if np.isfinite(value) else None
 
 
-def _no_labels_message(config, files, steps, state):
+def _no_labels_message(config, files, steps, last_good):
     label_dir = os.path.dirname(files.label_paths[0]) if files.label_paths else "?"
     return (f"data.train_split {files.split!r} ({files.kind}, labels in {label_dir}): "
             f"{steps} steps, a whole pass over its {len(files)} images, saw no labelled "
             f"pixel (every label value is {IGNORE_LABEL}, the ignore label, or the crops "
             f"of train.image_size {config.train.image_size} miss them); nothing to train "
-            f"on. {_last_good(state)}")
+            f"on. {last_good}")
 
 
-def _os_error_message(err, log_dir, state=None):
+def _os_error_message(err, log_dir, last_good=None):
     path = err.filename or log_dir
-    last = f" {_last_good(state)}" if state is not None else ""
+    last = f" {last_good}" if last_good else ""
     return f"{path}: cannot write: {err.strerror or err}.{last}"
 
 
-def _write_or_fail(write, *args, state=None):
+def _write_or_fail(write, *args, last_good=None):
     """Call `write(*args)`; an OSError (a full disk, an unwritable file) becomes a
-    one-line UserError naming the file and the last good checkpoint."""
+    one-line UserError naming the file and, with `last_good` (a function
+    returning the sentence), the last good checkpoint."""
     try:
         return write(*args)
     except OSError as err:
-        raise UserError(_os_error_message(err, "train.log_dir", state)) from None
+        raise UserError(_os_error_message(err, "train.log_dir",
+                                          last_good() if last_good else None)) from None
     except UserError as err:  # a writer that names the file itself
-        last = f" {_last_good(state)}" if state is not None else ""
+        last = f" {last_good()}" if last_good else ""
         raise UserError(f"{err}.{last}") from None
 
 
 class _SummaryWriter:
     """tf1.summary.FileWriter whose write failures (its background thread's,
-    reported at a later call) are one-line UserErrors naming the events file."""
+    reported at a later call) are one-line UserErrors naming the events file
+    and `last_good()`."""
 
-    def __init__(self, log_dir, state):
-        self.log_dir, self.state = log_dir, state
+    def __init__(self, log_dir, last_good):
+        self.log_dir, self.last_good = log_dir, last_good
         self.writer = self._call(lambda: tf1.summary.FileWriter(log_dir))
 
     def _call(self, action):
@@ -414,7 +490,7 @@ class _SummaryWriter:
             reason = (err.strerror if isinstance(err, OSError)
                       else checkpoint.op_error_reason(err))
             raise UserError(f"{path}: cannot write TensorBoard summaries: {reason}. "
-                            f"{_last_good(self.state)}") from None
+                            f"{self.last_good()}") from None
 
     def _events_path(self):
         try:
