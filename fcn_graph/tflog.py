@@ -29,6 +29,7 @@ With TF_CPP_MIN_LOG_LEVEL=0 in the environment nothing is filtered.
 import contextlib
 import os
 import re
+import signal
 import sys
 import threading
 
@@ -153,11 +154,22 @@ def load_tensorflow():
 
     TF_CPP_MIN_LOG_LEVEL defaults to 2 (TensorFlow's C++ info and warning
     lines off; errors still show) and the start-up lines are filtered out
-    (`import_tensorflow_quietly`). A Ctrl-C meanwhile raises KeyboardInterrupt
-    inside the command's `main`, which `errors.run_cli` reports on one line.
-    Nothing happens when TensorFlow is already loaded.
+    (`import_tensorflow_quietly`). A Ctrl-C meanwhile is held until the import
+    is over (code inside it may swallow a KeyboardInterrupt) and then raised
+    as KeyboardInterrupt, which `errors.run_cli` reports on one line. Nothing
+    happens when TensorFlow is already loaded.
     """
     if "tensorflow" in sys.modules:
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import_tensorflow_quietly()
+    if threading.current_thread() is not threading.main_thread():
+        import_tensorflow_quietly()
+        return
+    received = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        import_tensorflow_quietly()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt

@@ -517,8 +517,10 @@ class StopSignals:
     at once could cut a save, a file write or a lock held inside a library
     anywhere; this one cannot, so a second signal during the exit save changes
     nothing. SIGKILL stops at once; the next run cleans what it leaves.
-    `keep_after_stop`: after a stop, `uninstall` leaves the handlers in place
-    (still only recording), for a process that is about to exit.
+    `keep_after_stop`: after a stop, `uninstall` ignores both signals from
+    then on (SIG_IGN), for a process that is about to exit: the interpreter
+    puts the default handlers back in place of Python handlers while it shuts
+    down, but leaves ignored signals ignored.
     """
 
     def __init__(self, *, keep_after_stop=False):
@@ -541,6 +543,8 @@ class StopSignals:
 
     def uninstall(self):
         if self.received and self.keep_after_stop:
+            for signum in self.previous:
+                signal.signal(signum, signal.SIG_IGN)
             return
         for signum, previous in self.previous.items():
             signal.signal(signum, previous)
