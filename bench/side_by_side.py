@@ -2,7 +2,7 @@
 process, call by call: each round runs every contender once, so that a busy
 spell on this shared machine slows all of them alike.
 
-    # TensorFlow: infer.Segmenter vs the peers' Keras model as tf.function and XLA
+    # TensorFlow: segmenter.Segmenter vs the peers' Keras model as tf.function and XLA
     python bench/side_by_side.py tf --cases 224x1,512x1,224x8
     # ONNX Runtime: our exported model vs the peers' exported model (same session options)
     python bench/side_by_side.py onnxruntime --peer-onnx /tmp/peer_bench_work/fcn8s_vgg19.onnx
@@ -62,7 +62,7 @@ def contenders_tf(args, batch, size, prefix, _onnx):
     import peer_tf
     import tensorflow as tf
     if not hasattr(args, "segmenter"):
-        from fcn_graph.infer import Segmenter
+        from fcn_graph.segmenter import Segmenter
         args.segmenter = Segmenter(prefix, threads=THREADS)
     _, pred_model = peer_tf.build(batch, size, size)
     x = tf.constant(fcn_spec.make_input(batch, size, size, layout="NHWC"))

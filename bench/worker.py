@@ -150,7 +150,7 @@ def run_inference_case(args, case):
         # imports TensorFlow, as in a deployment that ships the .onnx file
         segmenter = OnnxSegmenter(args.prefix + ".onnx", threads=args.threads)
     else:
-        from fcn_graph.infer import Segmenter
+        from fcn_graph.segmenter import Segmenter
         config = None
         if "inter_op" in options:
             from fcn_graph.session import session_config

@@ -27,6 +27,7 @@ from fcn_graph import model as fcn_model
 from fcn_graph.errors import UserError
 from fcn_graph.fileio import atomic_write, write_json_atomic
 from fcn_graph.finite import check_mean_pixel, nonfinite
+from fcn_graph.spec import VGG19_CONVS, ModelSpec
 
 tf1 = tf.compat.v1
 
@@ -464,28 +465,28 @@ def model_spec_from_checkpoint(prefix, *, num_classes=None, fc_width=None):
     classes_name = "b8" if architecture == "legacy" else "score_fr_b"
     found_classes = shape_of(classes_name)[0]
     found_fc = shape_of("b6")[0]
-    widths = tuple(shape_of(name + "_b")[0] for name in fcn_model.VGG19_CONVS)
+    widths = tuple(shape_of(name + "_b")[0] for name in VGG19_CONVS)
     if num_classes is not None and num_classes != found_classes:
         raise UserError(f"{prefix}: the checkpoint has {found_classes} classes "
                         f"({scope}/{classes_name}), not {num_classes}")
     if fc_width is not None and fc_width != found_fc:
         raise UserError(f"{prefix}: the checkpoint has fc width {found_fc} ({scope}/b6), "
                         f"not {fc_width}")
-    spec = fcn_model.ModelSpec(num_classes=found_classes, fc_width=found_fc, vgg_widths=widths,
-                               architecture=architecture, skips=skips)
+    fields = dict(num_classes=found_classes, fc_width=found_fc, vgg_widths=widths,
+                  architecture=architecture, skips=skips)
     sidecar = read_sidecar(prefix)
     if sidecar is not None:
         recorded = (sidecar.get("architecture", "legacy"), sidecar.get("skips", "8s"))
         if recorded != variant:
             raise UserError(f"{sidecar_path(prefix)}: says {_variant_name(recorded)} but the "
                             f"checkpoint's variables are a {_variant_name(variant)}")
-        if sidecar.get("mean_pixel") is not None:
-            spec.mean_pixel = tuple(float(v) for v in sidecar["mean_pixel"])
-        spec.channel_order = sidecar.get("channel_order", "rgb")
-        if spec.channel_order not in ("rgb", "bgr"):
-            raise UserError(f"{sidecar_path(prefix)}: channel_order {spec.channel_order!r}; "
-                            "expected 'rgb' or 'bgr'")
-        spec.train_upsampling = bool(sidecar.get("train_upsampling", False))
+        fields.update(mean_pixel=sidecar.get("mean_pixel"),
+                      channel_order=sidecar.get("channel_order", "rgb"),
+                      train_upsampling=sidecar.get("train_upsampling", False))
+    try:
+        spec = ModelSpec(**fields)
+    except ValueError as err:
+        raise UserError(f"{sidecar_path(prefix)}: {err}") from None
     return spec
 
 
@@ -652,6 +653,22 @@ def save_model(sess, saver, prefix, spec, *, global_step=None, **sidecar_extra):
     except BaseException:
         _remove_failed_save(prefix, before)
         raise
+    return prefix
+
+
+def save_checkpoint(sess, saver, directory, spec, *, step, keep, basename="model.ckpt",
+                    on_saved=None):
+    """A training checkpoint DIRECTORY/BASENAME-STEP, its files in one order:
+    the checkpoint itself (`save_model`: sidecar, data, index), then the
+    checkpoints older than the `keep` newest complete ones removed
+    (`prune_checkpoints`), then TensorFlow's state file naming those kept
+    (`write_state_file`). `on_saved(prefix)` is called as soon as the
+    checkpoint is complete, before the pruning. Returns the prefix written."""
+    prefix = save_model(sess, saver, os.path.join(directory, basename), spec, global_step=step)
+    if on_saved is not None:
+        on_saved(prefix)
+    kept = prune_checkpoints(directory, keep, pattern=re.escape(basename) + r"-\d+")
+    write_state_file(directory, kept)
     return prefix
 
 

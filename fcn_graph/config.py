@@ -19,9 +19,10 @@ import typing
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from fcn_graph.constants import ARCHITECTURES, KERNELS, SKIPS, TRAIN_KEEP_PROB
+from fcn_graph.constants import KERNELS, TRAIN_KEEP_PROB
 from fcn_graph.errors import UserError
 from fcn_graph.fileio import write_json_atomic
+from fcn_graph.spec import FC_WIDTH, check_variant
 
 DATASET_KINDS = ("voc", "ade20k", "pets", "folder", "shapes")
 OPTIMIZERS = ("adam", "sgd")
@@ -36,6 +37,9 @@ MAX_TRAIN_SCALE = 4.0
 
 # Name of the resolved config that every run writes into its log directory.
 RESOLVED_CONFIG_NAME = "config.json"
+# The config keys that `datasets.open_config_split` reads, besides the split's name.
+SPLIT_KEYS = ("data.kind", "data.root", "data.val_fraction", "data.shapes_train_images",
+              "data.shapes_val_images", "data.shapes_image_size", "train.seed")
 
 
 @dataclass
@@ -66,7 +70,7 @@ class ModelConfig:
     # MatConvNet VGG19 weights (.mat) for the VGG body; null = random initialisation.
     vgg_mat: Optional[str] = None
     # Channels of conv6 and conv7 (the convolutionalized fc6/fc7); VGG19 uses 4096.
-    fc_width: int = 4096
+    fc_width: int = FC_WIDTH
     # Width multiplier of a randomly initialised VGG body; 1.0 = the real VGG19.
     vgg_width: float = 1.0
     # Graph variant: legacy (FCN.tensorflow) or paper (the reference FCN-32s/16s/8s).
@@ -442,12 +446,12 @@ def _validate(config, sources, default_source="config"):
         fail("model.vgg_width", f"must be 1.0 when model.vgg_mat is given (the .mat fixes the "
                                 f"widths), found {m.vgg_width}; set model.vgg_mat to null for a "
                                 f"narrower randomly initialised VGG")
-    one_of("model.architecture", m.architecture, ARCHITECTURES)
-    one_of("model.skips", m.skips, SKIPS)
+    try:
+        check_variant(m.architecture, m.skips)
+    except ValueError as err:
+        field, _, message = str(err).partition(": ")
+        fail(f"model.{field}", message)
     one_of("model.kernels", m.kernels, KERNELS)
-    if m.architecture == "legacy" and m.skips != "8s":
-        fail("model.skips", f"the legacy architecture is FCN-8s only, found {m.skips!r}; "
-                            "set model.architecture to \"paper\" for FCN-32s/16s")
 
     positive("train.batch_size", t.batch_size)
     if t.image_size < 1:

@@ -34,6 +34,13 @@ def resolve_kernels(kernels, has_gpu):
     if kernels != "auto":
         return kernels
     return "reference" if has_gpu() else "cpu"
+# Engines that run a checkpoint (`segmenter.make_segmenter`): TensorFlow, the
+# reference, and ONNX Runtime.
+ENGINES = ("tf", "onnxruntime")
+# Floating-point types a TensorFlow session can compute in (`session.session_config`).
+PRECISIONS = ("float32", "bfloat16", "float16")
+# What `python -m fcn_graph.export` writes (`exporting.EXPORTERS`).
+EXPORT_FORMATS = ("savedmodel", "frozen", "onnx")
 
 
 def voc_palette(num_entries=256):

@@ -16,7 +16,7 @@ import numpy as np
 
 from fcn_graph.errors import UserError
 from fcn_graph.fileio import json_text
-from fcn_graph.imageio import write_image
+from fcn_graph.image_files import write_image
 
 HISTORY_NAME = "history.jsonl"
 CURVES_NAME = "training_curves.png"

@@ -13,7 +13,7 @@ Layouts (`data.kind`):
     folder  images/<stem>.{jpg,jpeg,png,bmp}, labels/<stem>.png (gray or palette,
             value = class id, 255 ignored), optional classes.txt; splits from
             <split>.txt, else images/<split>/ and labels/<split>/, else a seeded split.
-    shapes  generated on first use (see fcn_graph.shapes), then read as `folder`.
+    shapes  generated on first use (see fcn_graph.shapes_dataset), then read as `folder`.
 
 `open_split` scans a split before training starts (missing split files, empty
 splits and images without labels are `UserError`s naming the file). Each image
@@ -22,7 +22,7 @@ label the size of its image with values in [0, num_classes) or IGNORE_LABEL); a
 failure raises `ImageFileError` or `LabelFileError` inside the pipeline, which
 `data_error_message` turns back into a one-line message naming the file.
 
-Images are decoded by `imageio.read_image` (OpenCV, accurate IDCT), the reader
+Images are decoded by `image_files.read_image` (OpenCV, accurate IDCT), the reader
 infer uses, so training, evaluation and inference see the same pixels. Labels
 are read with Pillow, never with `tf.io.decode_png`: for palette PNGs the latter
 returns the palette colours instead of the indices.
@@ -36,10 +36,11 @@ from typing import Tuple
 import numpy as np
 import tensorflow as tf
 
-from fcn_graph import imageio, shapes
+from fcn_graph import image_files, shapes_dataset
 from fcn_graph.config import dataset_root
 from fcn_graph.constants import IGNORE_LABEL, VGG_MEAN_RGB
 from fcn_graph.errors import UserError
+from fcn_graph.image_files import IMAGE_EXTENSIONS
 
 VOC_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
@@ -48,8 +49,6 @@ VOC_CLASSES = (
 )
 PETS_CLASSES = ("pet", "background", "border")
 ADE20K_NUM_CLASSES = 151  # 150 object classes and 0 = "other"
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
-
 _ADE_SPLITS = {"train": "training", "training": "training",
                "val": "validation", "validation": "validation"}
 _PETS_SPLITS = {"train": "trainval", "trainval": "trainval", "val": "test", "test": "test"}
@@ -108,18 +107,14 @@ def splits_from_config(config):
     return train, val, num_classes
 
 
-# The config keys that `open_config_split` reads, besides the split's name.
-SPLIT_KEYS = ("data.kind", "data.root", "data.val_fraction", "data.shapes_train_images",
-              "data.shapes_val_images", "data.shapes_image_size", "train.seed")
-
-
 def open_config_split(config, split):
     """SplitFiles of one split of the config's dataset (generating shapes if needed)."""
     d = config.data
     root = dataset_root(config)
     if d.kind == "shapes":
-        shapes.ensure_shapes(root, num_train=d.shapes_train_images, num_val=d.shapes_val_images,
-                             image_size=d.shapes_image_size, seed=config.train.seed)
+        shapes_dataset.ensure_shapes(root, num_train=d.shapes_train_images,
+                                     num_val=d.shapes_val_images,
+                                     image_size=d.shapes_image_size, seed=config.train.seed)
     return open_split(d.kind, root, split, seed=config.train.seed, val_fraction=d.val_fraction)
 
 
@@ -263,7 +258,7 @@ def _folder(root, split, seed, val_fraction, kind):
                             _read_lines(classes_file, "one class name per line") if line.strip())
         if not class_names:
             raise UserError(f"{classes_file}: empty; expected one class name per line")
-        imageio.check_num_classes(len(class_names), classes_file)
+        image_files.check_num_classes(len(class_names), classes_file)
     list_file = os.path.join(root, f"{split}.txt")
     if os.path.isfile(list_file):
         by_stem = _images_by_stem(image_dir)
@@ -333,7 +328,7 @@ def read_label(label_path, num_classes, offset=0, image_path=None, image_hw=None
     and not IGNORE_LABEL.
     """
     try:
-        label = imageio.read_label(label_path)
+        label = image_files.read_label(label_path)
     except UserError as err:
         raise LabelFileError(str(err)) from None
     if image_hw is not None and tuple(label.shape) != tuple(int(v) for v in image_hw):
@@ -355,11 +350,11 @@ def read_label(label_path, num_classes, offset=0, image_path=None, image_hw=None
 
 def read_pair(image_path, label_path, num_classes, offset=0):
     """Decode one (image uint8 [H, W, 3], label uint8 [H, W]) pair with the readers
-    that infer uses (`imageio.read_image`, `read_label`), so that every command
+    that infer uses (`image_files.read_image`, `read_label`), so that every command
     sees the same pixels of a file. Raises `ImageFileError` naming an image that
     cannot be decoded and `LabelFileError` for a label `read_label` refuses."""
     try:
-        image = imageio.read_image(image_path)
+        image = image_files.read_image(image_path)
     except UserError as err:
         raise ImageFileError(str(err)) from None
     label = read_label(label_path, num_classes, offset, image_path, image.shape[:2])

@@ -15,99 +15,15 @@ import os
 import sys
 
 import numpy as np
-import tensorflow as tf
 
-from fcn_graph import checkpoint, datasets, imageio
-from fcn_graph import model as fcn_model
-from fcn_graph.config import add_config_args, add_kernels_arg, load_config
-from fcn_graph.constants import IGNORE_LABEL
+from fcn_graph import image_files, tflog
+from fcn_graph.config import SPLIT_KEYS, add_config_args, add_kernels_arg, load_config
+from fcn_graph.constants import ENGINES, IGNORE_LABEL
 from fcn_graph.errors import UserError, run_cli
 from fcn_graph.fileio import OutputFolder, check_output_file, json_written_with, write_json_atomic
-from fcn_graph.infer import make_segmenter
 from fcn_graph.memory import return_freed_memory
-from fcn_graph.metrics import ConfusionMatrix, format_metrics
+from fcn_graph.metrics import METRICS_KEYS, format_metrics, metrics_record
 from fcn_graph.progress import Progress
-from fcn_graph.session import session_config
-
-tf1 = tf.compat.v1
-
-
-class Evaluator:
-    """The evaluation part of a graph, built into the current default graph:
-    an initializable full-size, batch-1 dataset of `files` and a model branch
-    on an image placeholder (sharing the model variables of the graph), with
-    the kernel set `kernels`.
-    """
-
-    def __init__(self, files, spec, *, num_classes, max_images=None, kernels="auto"):
-        self.files = files
-        self.num_classes = num_classes
-        data = datasets.eval_dataset(files, num_classes=num_classes, max_images=max_images)
-        self.iterator = tf1.data.make_initializable_iterator(data)
-        self.next_item = self.iterator.get_next()
-        self.images = tf1.placeholder(tf.float32, [None, None, None, 3], name="eval_images")
-        _, self.prediction, _ = build_model(self.images, spec, keep_prob=1.0, kernels=kernels)
-
-    def run(self, sess, *, on_image=None, progress=None, predict=None):
-        """Run every image; returns (metrics dict, number of images).
-
-        predict(image uint8 [1, H, W, 3]) -> labels [1, H, W] replaces the graph's
-        model branch (another engine); the dataset still streams through `sess`.
-
-        on_image(name, image uint8 [H, W, 3], label [H, W], prediction [H, W]) is
-        called for each image. Data errors become one-line UserErrors.
-        """
-        matrix = ConfusionMatrix(self.num_classes)
-        sess.run(self.iterator.initializer)
-        count = 0
-        while True:
-            try:
-                item = sess.run(self.next_item)
-            except tf.errors.OutOfRangeError:
-                break
-            except tf.errors.OpError as err:
-                raise UserError(datasets.data_error_message(err)) from None
-            if predict is None:
-                prediction = sess.run(self.prediction, {self.images: item["image"]})
-            else:
-                prediction = predict(item["image"].astype(np.uint8))
-            name = item["name"][0].decode()
-            matrix.update(item["label"], prediction)
-            count += 1
-            if on_image is not None:
-                on_image(name, item["image"][0].astype(np.uint8), item["label"][0],
-                         prediction[0])
-            if progress is not None:
-                progress.update(count)
-        metrics = matrix.compute()
-        metrics["num_images"] = count
-        return metrics, count
-
-
-def build_model(images, spec, *, keep_prob, kernels="auto"):
-    """`model.build`, with an unavailable architecture reported as a config error."""
-    try:
-        return fcn_model.build(images, spec, keep_prob=keep_prob, kernels=kernels)
-    except ValueError as err:
-        if spec.architecture == "legacy":
-            raise
-        raise UserError(f"model.architecture: {err}") from None
-
-
-# Keys every metrics file evaluate writes holds: an existing --json file with
-# them is an earlier output that may be replaced.
-METRICS_KEYS = ("pixel_accuracy", "mean_iou", "per_class_iou", "class_names", "checkpoint",
-                "split")
-
-
-def metrics_record(metrics, class_names, **extra):
-    """The JSON record of an evaluation."""
-    record = {key: metrics[key] for key in (
-        "pixel_accuracy", "mean_accuracy", "mean_iou", "frequency_weighted_iou",
-        "per_class_iou", "num_images")}
-    record["class_names"] = list(class_names)
-    record.update(extra)
-    return record
 
 
 def build_parser():
@@ -126,7 +42,7 @@ def build_parser():
                         help="write each prediction as DIR/<stem>.png, a palette PNG of "
                              "class ids (DIR is created; a file there that fcn_graph did not "
                              "write, or one of the dataset's, is never replaced)")
-    parser.add_argument("--engine", choices=("tf", "onnxruntime"), default="tf",
+    parser.add_argument("--engine", choices=ENGINES, default="tf",
                         help="tf (default, the reference) or onnxruntime (the same network "
                              "as export --format onnx writes it; scores agree to 1e-4)")
     add_kernels_arg(parser)
@@ -140,7 +56,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.max_images is not None and args.max_images < 1:
         parser.error(f"--max-images: expected a positive integer, found {args.max_images}")
-    reads = [*datasets.SPLIT_KEYS, "model.num_classes", "train.threads"]
+    reads = [*SPLIT_KEYS, "model.num_classes", "train.threads"]
     if args.checkpoint is None:
         reads.append("train.log_dir")
     if not args.split:
@@ -156,11 +72,14 @@ def main(argv=None):
     if args.checkpoint is None and not os.path.isdir(source):
         raise UserError(f"{source}: no such directory (train.log_dir); train first or pass "
                         f"--checkpoint")
+    tflog.load_tensorflow()
+    from fcn_graph import checkpoint, datasets
+    from fcn_graph.evaluation import evaluate_checkpoint
+
     prefix = checkpoint.resolve_checkpoint(source)
     spec = checkpoint.model_spec_from_checkpoint(prefix)
-    imageio.check_num_classes(spec.num_classes, f"{prefix} (checkpoint)")
+    image_files.check_num_classes(spec.num_classes, f"{prefix} (checkpoint)")
     split = args.split or config.data.val_split
-    kernels = args.kernels or config.model.kernels
     files = datasets.open_config_split(config, split)
     num_classes = spec.num_classes
     if config.model.num_classes is not None and config.model.num_classes != num_classes:
@@ -172,13 +91,6 @@ def main(argv=None):
     class_names = datasets.class_names_for(files, num_classes)
 
     return_freed_memory()
-    graph = tf.Graph()
-    with graph.as_default():
-        evaluator = Evaluator(files, spec, num_classes=num_classes, max_images=args.max_images,
-                              kernels=kernels)
-        variables = fcn_model.model_variables(graph)
-        saver = checkpoint.model_saver(variables)
-        graph.finalize()
     total = len(files) if args.max_images is None else min(len(files), args.max_images)
     folder = None
     if args.save_predictions:
@@ -190,7 +102,7 @@ def main(argv=None):
     def save(name, image, label, prediction):
         path = os.path.join(args.save_predictions, name + ".png")
         try:
-            imageio.write_label_png(path, prediction.astype(np.uint8))
+            image_files.write_label_png(path, prediction.astype(np.uint8))
         except OSError as err:
             raise UserError(f"{path}: cannot write ({err.strerror})") from None
         folder.wrote(name + ".png")
@@ -198,26 +110,16 @@ def main(argv=None):
     print(f"evaluating {prefix} on {files.kind} split {split!r} ({total} images)",
           file=sys.stderr)
     progress = Progress(total, label="images", unit="img")
-    predict, segmenter = None, None
-    if args.engine != "tf":
-        segmenter = make_segmenter(prefix, engine=args.engine, threads=config.train.threads,
-                                   kernels=kernels)
-
-        def predict(image):
-            return segmenter.run(image)[0]
-
-    with tf1.Session(graph=graph, config=session_config(config.train.threads)) as sess:
-        if segmenter is None:
-            checkpoint.restore_model(sess, prefix, variables, saver=saver)
-        try:
-            metrics, _ = evaluator.run(sess, progress=progress, predict=predict,
-                                       on_image=save if args.save_predictions else None)
-        finally:
-            progress.close()
-            if segmenter is not None:
-                segmenter.close()
-            if folder is not None:
-                folder.flush()
+    try:
+        metrics = evaluate_checkpoint(prefix, spec, files, engine=args.engine,
+                                      threads=config.train.threads, max_images=args.max_images,
+                                      on_image=save if args.save_predictions else None,
+                                      progress=progress,
+                                      kernels=args.kernels or config.model.kernels)
+    finally:
+        progress.close()
+        if folder is not None:
+            folder.flush()
     if not metrics["labelled_pixels"]:
         raise UserError(f"{files.kind} split {split!r}: no pixel is labelled in the "
                         f"{metrics['num_images']} images evaluated (every label value is "

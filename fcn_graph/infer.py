@@ -24,22 +24,15 @@ import sys
 import time
 
 import numpy as np
-import tensorflow as tf
 
-from fcn_graph import checkpoint, cpu_kernels, imageio
-from fcn_graph import model as fcn_model
+from fcn_graph import image_files, tflog
 from fcn_graph.config import add_config_args, add_kernels_arg, load_config
-from fcn_graph.constants import VGG_MEAN_RGB
+from fcn_graph.constants import ENGINES, PRECISIONS, VGG_MEAN_RGB
 from fcn_graph.errors import UserError, run_cli
 from fcn_graph.fileio import OutputFolder, kind_of
+from fcn_graph.image_files import IMAGE_EXTENSIONS
 from fcn_graph.memory import return_freed_memory
 from fcn_graph.progress import Progress
-from fcn_graph.session import PRECISIONS, onednn_enabled, session_config, xla_scope
-
-tf1 = tf.compat.v1
-
-ENGINES = ("tf", "onnxruntime")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
 def list_images(inputs):
@@ -127,78 +120,12 @@ def output_stems(paths):
     return stems, notes
 
 
-class Segmenter:
-    """One graph and session for any number of images of any sizes.
-
-    The input placeholder is [None, None, None, 3]; images of different sizes
-    run through the same finalised graph. `kernels` ("auto", "reference" or
-    "cpu") picks the kernel set (`cpu_kernels.choose_kernels`). `xla` and
-    `precision` go to `session.session_config`; `config` (a ConfigProto)
-    replaces it outright.
-    """
-
-    def __init__(self, prefix, *, mean_pixel=None, threads=None, xla=False,
-                 precision="float32", config=None, kernels="auto"):
-        if precision == "bfloat16" and not onednn_enabled():
-            raise UserError("--precision bfloat16: TensorFlow's oneDNN kernels are off; set "
-                            "TF_ENABLE_ONEDNN_OPTS=1 in the environment")
-        if precision == "float16" and not tf.config.list_physical_devices("GPU"):
-            raise UserError("--precision float16: needs a GPU (none is visible)")
-        self.prefix = prefix
-        self.spec = checkpoint.model_spec_from_checkpoint(prefix)
-        self.mean_pixel = self.spec.mean_pixel or mean_pixel or VGG_MEAN_RGB
-        self.graph = tf.Graph()
-        with self.graph.as_default():
-            self.images = tf1.placeholder(tf.float32, [None, None, None, 3], name="images")
-            # XLA: an explicit JIT scope, because TensorFlow's automatic
-            # clustering (global_jit_level) is off on CPUs.
-            with xla_scope(xla), cpu_kernels.folded_upsampling_kernels(prefix, kernels):
-                self.logits, self.prediction, self.end_points = fcn_model.build(
-                    self.images, self.spec, mean_pixel=self.mean_pixel, kernels=kernels)
-            variables = fcn_model.model_variables(self.graph)
-            saver = checkpoint.model_saver(variables)
-            self.graph.finalize()
-        # The weights stay variables (docs/performance.md: freezing them all
-        # bought no speed and a slow, memory-hungry first run).
-        if config is None:
-            config = session_config(threads, xla=xla, precision=precision)
-        self.session = tf1.Session(graph=self.graph, config=config)
-        checkpoint.restore_model(self.session, prefix, variables, saver=saver)
-
-    def run(self, batch_rgb, *, scores=False):
-        """uint8 [N, H, W, 3] RGB -> (labels uint8/int [N, H, W], logits or None)."""
-        batch = np.asarray(batch_rgb, dtype=np.float32)
-        fetches = [self.prediction, self.logits] if scores else [self.prediction]
-        out = self.session.run(fetches, {self.images: batch})
-        return out[0], (out[1] if scores else None)
-
-    def close(self):
-        self.session.close()
-
-
-def make_segmenter(prefix, *, engine="tf", mean_pixel=None, threads=None, xla=False,
-                   precision="float32", kernels="auto"):
-    """A `Segmenter` (engine "tf", the reference) or an `onnx_engine.OnnxSegmenter`
-    (engine "onnxruntime", float32 only) for checkpoint `prefix`, with the
-    kernel set `kernels`; both have `.run(batch_uint8, scores=False) ->
-    (labels, scores)` and `.close()`."""
-    if engine == "tf":
-        return Segmenter(prefix, mean_pixel=mean_pixel, threads=threads, xla=xla,
-                         precision=precision, kernels=kernels)
-    if engine != "onnxruntime":
-        raise UserError(f"--engine: expected one of {', '.join(ENGINES)}, found {engine!r}")
-    if xla or precision != "float32":
-        raise UserError("--engine onnxruntime runs float32 without XLA; drop --xla/--precision")
-    from fcn_graph.onnx_engine import OnnxSegmenter
-    return OnnxSegmenter(prefix, threads=threads, mean_pixel=mean_pixel, kernels=kernels)
-
-
 def _batches(paths, batch_size, on_error):
     """Yield lists of (path, image) of one size, up to batch_size long."""
     pending = []
     for path in paths:
         try:
-            image = imageio.read_image(path)
+            image = image_files.read_image(path)
         except UserError as err:
             on_error(path, err)
             continue
@@ -271,9 +198,13 @@ def main(argv=None):
         args.kernels = args.kernels or config.model.kernels
     paths = list_images(args.inputs)
     stems, notes = output_stems(paths)
+    tflog.load_tensorflow()
+    from fcn_graph import checkpoint
+    from fcn_graph.segmenter import make_segmenter
+
     prefix = checkpoint.resolve_checkpoint(source)
     spec = checkpoint.model_spec_from_checkpoint(prefix)
-    imageio.check_num_classes(spec.num_classes, f"{prefix} (checkpoint)")
+    image_files.check_num_classes(spec.num_classes, f"{prefix} (checkpoint)")
     # Every output is checked before the model loads: the folder made and
     # writable, no output over an input or over a file fcn_graph did not write.
     folder = OutputFolder(args.output_dir, "--output-dir")
@@ -289,7 +220,7 @@ def main(argv=None):
     segmenter = make_segmenter(prefix, engine=args.engine, mean_pixel=args.mean,
                                threads=args.threads, xla=args.xla, precision=args.precision,
                                kernels=args.kernels or "auto")
-    mean_pixel = spec.mean_pixel or args.mean or VGG_MEAN_RGB
+    mean_pixel = spec.resolved_mean(args.mean)
     print(f"checkpoint {prefix}: {spec.num_classes} classes, "
           f"mean pixel {[round(v, 3) for v in mean_pixel]}, engine {args.engine}",
           file=sys.stderr)
@@ -316,11 +247,11 @@ def main(argv=None):
                 label = labels[index].astype(np.uint8)
                 label_path, overlay_path, scores_path = output_paths(args.output_dir,
                                                                      stem_of[path])
-                writes = [(label_path, imageio.write_label_png, label),
-                          (overlay_path, imageio.write_image,
-                           imageio.overlay(image, label, alpha=args.alpha))]
+                writes = [(label_path, image_files.write_label_png, label),
+                          (overlay_path, image_files.write_image,
+                           image_files.overlay(image, label, alpha=args.alpha))]
                 if args.save_scores:
-                    writes.append((scores_path, imageio.save_npy_atomic,
+                    writes.append((scores_path, image_files.save_npy_atomic,
                                    scores[index].astype(np.float32)))
                 for out_path, write, value in writes:
                     try:

@@ -28,14 +28,15 @@ import numpy as np
 
 from fcn_graph.errors import UserError
 from fcn_graph.finite import check_finite_array
-from fcn_graph.matconvnet import VGG19_CONV_NAMES, VggWeights
+from fcn_graph.matconvnet import VggWeights
+from fcn_graph.spec import VGG19_CONVS
 
 # Caffe's ImageNet mean in BGR order: what keras.applications.vgg19.preprocess_input subtracts.
 KERAS_MEAN_BGR = (103.939, 116.779, 123.68)
 
 # Keras layer name -> MatConvNet/fcn_graph layer name.
 KERAS_CONV_LAYERS = OrderedDict(
-    (f"block{name[4]}_conv{name[6]}", name) for name in VGG19_CONV_NAMES)
+    (f"block{name[4]}_conv{name[6]}", name) for name in VGG19_CONVS)
 KERAS_FC_LAYERS = OrderedDict((("fc1", "fc6"), ("fc2", "fc7"), ("predictions", "fc8")))
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"

@@ -17,27 +17,7 @@ import scipy.io
 from fcn_graph.errors import UserError
 from fcn_graph.fileio import atomic_write
 from fcn_graph.finite import check_finite_array, check_mean_pixel
-
-# The 16 conv layers of VGG19 in order. The network body is built from this list;
-# the widths come from the file.
-VGG19_CONV_NAMES = (
-    "conv1_1", "conv1_2",
-    "conv2_1", "conv2_2",
-    "conv3_1", "conv3_2", "conv3_3", "conv3_4",
-    "conv4_1", "conv4_2", "conv4_3", "conv4_4",
-    "conv5_1", "conv5_2", "conv5_3", "conv5_4",
-)
-FC_NAMES = ("fc6", "fc7", "fc8")
-
-# The full MatConvNet layer list of imagenet-vgg-verydeep-19 (43 layers).
-VGG19_MAT_LAYERS = (
-    "conv1_1", "relu1_1", "conv1_2", "relu1_2", "pool1",
-    "conv2_1", "relu2_1", "conv2_2", "relu2_2", "pool2",
-    "conv3_1", "relu3_1", "conv3_2", "relu3_2", "conv3_3", "relu3_3", "conv3_4", "relu3_4", "pool3",
-    "conv4_1", "relu4_1", "conv4_2", "relu4_2", "conv4_3", "relu4_3", "conv4_4", "relu4_4", "pool4",
-    "conv5_1", "relu5_1", "conv5_2", "relu5_2", "conv5_3", "relu5_3", "conv5_4", "relu5_4", "pool5",
-    "fc6", "relu6", "fc7", "relu7", "fc8", "prob",
-)
+from fcn_graph.spec import VGG19_CONVS, VGG19_FC, VGG19_MAT_LAYERS
 
 
 @dataclasses.dataclass
@@ -226,7 +206,7 @@ def load_vgg_mat(path, *, transpose=True, require_fc=False):
 
     layers = OrderedDict()
     previous, cin = None, 3
-    for name in VGG19_CONV_NAMES:
+    for name in VGG19_CONVS:
         if name not in raw:
             hint = "; is this VGG16?" if name.endswith("_4") else ""
             raise UserError(f"{path}: layer '{name}' not found{hint} (expected the 16 conv layers "
@@ -240,7 +220,7 @@ def load_vgg_mat(path, *, transpose=True, require_fc=False):
         previous, cin = name, kernel.shape[3]
 
     fc = {}
-    for name in FC_NAMES:
+    for name in VGG19_FC:
         if name in raw:
             kernel, bias = conv_weights(name)
             if kernel.shape[2] != cin:
@@ -263,7 +243,7 @@ def write_vgg_mat(path, layers, mean_pixel, *, fc=None, layout="new", transposed
                   class_names=()):
     """Write VGG weights as a MatConvNet simplenn `.mat` in the old or new layout.
 
-    layers: conv name -> (kernel, bias) in the order of VGG19_CONV_NAMES, kernels in
+    layers: conv name -> (kernel, bias) in the order of VGG19_CONVS, kernels in
         TensorFlow order when `transposed` (they are swapped back, the inverse of
         `load_vgg_mat(transpose=True)`), else in the file's order.
     fc: optional "fc6"/"fc7"/"fc8" -> (kernel, bias).

@@ -124,3 +124,19 @@ def format_metrics(metrics, class_names=None):
         shown = "n/a (absent)" if value is None else f"{value:.4f}"
         lines.append(f"{index:>5}  {name:<24} {shown}")
     return "\n".join(lines)
+
+
+# Keys every metrics file evaluate writes holds: an existing --json file with
+# them is an earlier output that may be replaced.
+METRICS_KEYS = ("pixel_accuracy", "mean_iou", "per_class_iou", "class_names", "checkpoint",
+                "split")
+
+
+def metrics_record(metrics, class_names, **extra):
+    """The JSON record of an evaluation."""
+    record = {key: metrics[key] for key in (
+        "pixel_accuracy", "mean_accuracy", "mean_iou", "frequency_weighted_iou",
+        "per_class_iou", "num_images")}
+    record["class_names"] = list(class_names)
+    record.update(extra)
+    return record

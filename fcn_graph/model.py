@@ -53,37 +53,24 @@ those shapes (ceil(ceil(H/16)/2) = ceil(H/32)), so the logits always have the
 input's height and width.
 """
 
-import dataclasses
 from collections import OrderedDict
 
 import numpy as np
 import tensorflow as tf
 
 from fcn_graph.constants import ARCHITECTURES, KERNELS, SKIPS, TRAIN_KEEP_PROB, VGG_MEAN_RGB  # noqa: F401
+from fcn_graph.spec import (  # noqa: F401  (the model description, importable from here too)
+    FC_WIDTH,
+    VGG19_BODY,
+    VGG19_CONVS,
+    VGG19_WIDTHS,
+    ModelSpec,
+    scaled_vgg_widths,
+)
+from fcn_graph.spec import check_variant as _check_variant
 
 tf1 = tf.compat.v1
 
-# The VGG19 body as a table: one row per layer, built by one loop.
-VGG19_BODY = (
-    ("conv1_1", "conv"), ("relu1_1", "relu"), ("conv1_2", "conv"), ("relu1_2", "relu"),
-    ("pool1", "pool"),  # 1/2
-    ("conv2_1", "conv"), ("relu2_1", "relu"), ("conv2_2", "conv"), ("relu2_2", "relu"),
-    ("pool2", "pool"),  # 1/4
-    ("conv3_1", "conv"), ("relu3_1", "relu"), ("conv3_2", "conv"), ("relu3_2", "relu"),
-    ("conv3_3", "conv"), ("relu3_3", "relu"), ("conv3_4", "conv"), ("relu3_4", "relu"),
-    ("pool3", "pool"),  # 1/8
-    ("conv4_1", "conv"), ("relu4_1", "relu"), ("conv4_2", "conv"), ("relu4_2", "relu"),
-    ("conv4_3", "conv"), ("relu4_3", "relu"), ("conv4_4", "conv"), ("relu4_4", "relu"),
-    ("pool4", "pool"),  # 1/16
-    ("conv5_1", "conv"), ("relu5_1", "relu"), ("conv5_2", "conv"), ("relu5_2", "relu"),
-    ("conv5_3", "conv"), ("relu5_3", "relu"), ("conv5_4", "conv"), ("relu5_4", "relu"),
-)
-VGG19_CONVS = tuple(name for name, kind in VGG19_BODY if kind == "conv")
-
-# Output channels of the real VGG19; a `.mat` or a checkpoint overrides them.
-VGG19_WIDTHS = OrderedDict(
-    (name, {"1": 64, "2": 128, "3": 256, "4": 512, "5": 512}[name[4]]) for name in VGG19_CONVS)
-FC_WIDTH = 4096
 SCOPE = "inference"
 
 # Head variable names of FCN.tensorflow, in creation order.
@@ -97,24 +84,6 @@ ZEROS = "zeros"             # biases, and the paper's score layers
 BILINEAR = "bilinear"       # the paper's upsampling: `bilinear_kernel`
 
 
-def scaled_vgg_widths(multiplier):
-    """VGG19 widths times `multiplier` (at least 1 channel each), for fast
-    experiments with a randomly initialised body."""
-    return OrderedDict((name, max(1, int(round(width * multiplier))))
-                       for name, width in VGG19_WIDTHS.items())
-
-
-def _check_variant(architecture, skips):
-    if architecture not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {architecture!r}; expected one of "
-                         f"{', '.join(ARCHITECTURES)}")
-    if skips not in SKIPS:
-        raise ValueError(f"unknown skips {skips!r}; expected one of {', '.join(SKIPS)}")
-    if architecture == "legacy" and skips != "8s":
-        raise ValueError(f"the legacy architecture is FCN-8s only; skips {skips!r} needs "
-                         "architecture 'paper'")
-
-
 def variable_shapes(num_classes, *, vgg_widths=None, fc_width=FC_WIDTH, architecture="legacy",
                     skips="8s"):
     """name (without scope) -> shape of every model variable, in creation order."""
@@ -124,41 +93,6 @@ def variable_shapes(num_classes, *, vgg_widths=None, fc_width=FC_WIDTH, architec
                      vgg_widths=tuple(widths[name] for name in VGG19_CONVS),
                      architecture=architecture, skips=skips)
     return trace(spec).variables
-
-
-@dataclasses.dataclass
-class ModelSpec:
-    """Everything needed to rebuild a model's graph; stored beside checkpoints.
-
-    vgg_widths: output channels of the 16 VGG convs, in VGG19_CONVS order.
-    mean_pixel: mean subtracted inside the graph, in the network's channel
-        order (RGB, or BGR when channel_order is "bgr"), or None if unknown.
-    architecture: "legacy" (FCN.tensorflow's graph) or "paper".
-    channel_order: "rgb", or "bgr" for weights that expect BGR input (`build`
-        reverses the channels of the RGB images it is given).
-    skips: "8s", "16s" or "32s" (paper only; the legacy graph is 8s).
-    train_upsampling: paper only: whether the bilinear upsampling filters are
-        trainable (the reference code freezes them). The legacy filters are
-        always trained.
-    """
-
-    num_classes: int
-    fc_width: int = FC_WIDTH
-    vgg_widths: tuple = tuple(VGG19_WIDTHS.values())
-    mean_pixel: tuple = None
-    architecture: str = "legacy"
-    channel_order: str = "rgb"
-    skips: str = "8s"
-    train_upsampling: bool = False
-
-    @property
-    def widths(self):
-        return OrderedDict(zip(VGG19_CONVS, self.vgg_widths))
-
-    @property
-    def name(self):
-        """"legacy FCN-8s", "paper FCN-16s", ..."""
-        return f"{self.architecture} FCN-{self.skips}"
 
 
 # ---------------------------------------------------------------- the network, once
@@ -447,7 +381,7 @@ def build(images, spec, *, keep_prob=1.0, mean_pixel=None, kernels="auto", head=
     """
     if spec.channel_order == "bgr":
         images = tf.reverse(images, axis=[3])                         # [N, H, W, 3] BGR
-    mean = spec.mean_pixel or mean_pixel or VGG_MEAN_RGB
+    mean = spec.resolved_mean(mean_pixel)
     return fcn(images, spec, keep_prob=keep_prob, mean_pixel=mean, kernels=kernels, head=head)
 
 

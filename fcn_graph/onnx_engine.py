@@ -19,7 +19,7 @@ in a `.data` file beside it) and `OnnxSegmenter` runs it.
 
 `OnnxSegmenter(path_or_prefix)` runs such a model (a `.onnx` file, or a
 checkpoint prefix or directory converted on the fly) with the same
-`.run(batch, scores=False) -> (labels, scores)` as `infer.Segmenter`.
+`.run(batch, scores=False) -> (labels, scores)` as `segmenter.Segmenter`.
 """
 
 import os
@@ -189,7 +189,7 @@ def load_session(path, options, providers):
 
 
 class OnnxSegmenter:
-    """ONNX Runtime twin of `infer.Segmenter`.
+    """ONNX Runtime twin of `segmenter.Segmenter`.
 
     path_or_prefix: a `.onnx` file with the interface above (its external
     data, if any, beside it), or a checkpoint prefix (or directory), converted

@@ -5,7 +5,7 @@ import os
 
 import tensorflow as tf
 
-PRECISIONS = ("float32", "bfloat16", "float16")
+from fcn_graph.constants import PRECISIONS
 
 
 def cpu_count():
@@ -31,7 +31,7 @@ def session_config(threads=None, *, xla=False, precision="float32"):
 
     On a few cores, letting independent ops run side by side (inter-op > 1)
     makes them fight for the same cores; one op at a time with all cores
-    inside it is faster for this chain-shaped network (about 2x at 224x224).
+    inside it is faster for this chain-shaped network (docs/performance.md).
 
     xla: compile clusters of the graph with XLA (global JIT, level ON_1).
     precision: "float32"; "bfloat16" lets grappler run the convolutions in

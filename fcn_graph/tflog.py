@@ -21,14 +21,15 @@ line, i.e. where no CUDA library is installed at all. The real standard error
 is restored when the block ends, however it ends.
 
 `import_tensorflow_quietly()` imports TensorFlow and probes for GPUs inside
-that block; the command modules that import TensorFlow are started through it
-(see `fcn_graph/__init__.py` and `train.py`). With TF_CPP_MIN_LOG_LEVEL=0 in
-the environment nothing is filtered.
+that block; every command calls it through `load_tensorflow()` after parsing
+its arguments, before it imports the library modules that use TensorFlow.
+With TF_CPP_MIN_LOG_LEVEL=0 in the environment nothing is filtered.
 """
 
 import contextlib
 import os
 import re
+import signal
 import sys
 import threading
 
@@ -45,11 +46,6 @@ NO_CUDA = re.compile(
     _PREFIX + rb"cudart_stub\.cc:\d+\] Could not find cuda drivers on your machine, GPU will "
     rb"not be used\.\r?\n?\Z")
 CUINIT_FAILED = re.compile(_PREFIX + rb"cuda_platform\.cc:\d+\] failed call to cuInit: ")
-
-# Commands started as `python -m MODULE` that import TensorFlow when they load.
-TENSORFLOW_COMMANDS = ("fcn_graph.infer", "fcn_graph.evaluate", "fcn_graph.export",
-                       "fcn_graph.port", "fcn_graph.train")
-
 
 class StartupFilter:
     """`keep(line)`: False for TensorFlow's known start-up lines (bytes), True
@@ -153,23 +149,27 @@ def import_tensorflow_quietly():
         tf.config.list_physical_devices("GPU")
 
 
-def started_as_command(orig_argv=None):
-    """The module named after `-m` in the interpreter's command line, if it is one
-    of TENSORFLOW_COMMANDS; else None. `orig_argv` defaults to `sys.orig_argv`."""
-    if orig_argv is None:
-        orig_argv = getattr(sys, "orig_argv", None) or []
-    args = iter(orig_argv[1:])
-    for arg in args:
-        if arg == "-m":
-            module = next(args, None)
-        elif arg.startswith("-m"):
-            module = arg[2:]
-        elif arg in ("-W", "-X"):  # interpreter options that take a value
-            next(args, None)
-            continue
-        elif arg.startswith("-") and arg not in ("-", "-c"):
-            continue
-        else:  # a script, -c or standard input: not started as a module
-            return None
-        return module if module in TENSORFLOW_COMMANDS else None
-    return None
+def load_tensorflow():
+    """Load TensorFlow for a command, once its arguments are parsed.
+
+    TF_CPP_MIN_LOG_LEVEL defaults to 2 (TensorFlow's C++ info and warning
+    lines off; errors still show) and the start-up lines are filtered out
+    (`import_tensorflow_quietly`). A Ctrl-C meanwhile is held until the import
+    is over (code inside it may swallow a KeyboardInterrupt) and then raised
+    as KeyboardInterrupt, which `errors.run_cli` reports on one line. Nothing
+    happens when TensorFlow is already loaded.
+    """
+    if "tensorflow" in sys.modules:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if threading.current_thread() is not threading.main_thread():
+        import_tensorflow_quietly()
+        return
+    received = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        import_tensorflow_quietly()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt

@@ -14,7 +14,7 @@ from PIL import Image
 from test_train import empty_config
 from tinyvgg import TINY_MEAN, TINY_WIDTHS, make_fc_layers, make_vgg_layers
 
-from fcn_graph import datasets, evaluate, export, imageio, infer, port
+from fcn_graph import datasets, evaluate, export, image_files, infer, port, porting, training
 from fcn_graph import model as fcn_model
 from fcn_graph import train as train_module
 from fcn_graph.config import load_config
@@ -24,6 +24,7 @@ from fcn_graph.errors import UserError, run_cli
 from fcn_graph.fileio import write_json_atomic
 from fcn_graph.matconvnet import write_vgg_mat
 from fcn_graph.metrics import ConfusionMatrix, format_metrics
+from fcn_graph.segmenter import make_segmenter
 
 tf1 = tf.compat.v1
 
@@ -80,7 +81,7 @@ def write_folder_dataset(root, images, *, rng, split="val", label_values=(0, 1, 
         os.makedirs(os.path.dirname(target), exist_ok=True)
         with open(source, "rb") as src, open(target, "wb") as dst:
             dst.write(src.read())
-        h, w = imageio.read_image(source).shape[:2]
+        h, w = image_files.read_image(source).shape[:2]
         write_gray(os.path.join(root, "labels", stem + ".png"),
                    rng.choice(label_values, size=(h, w)))
     write_list(os.path.join(root, f"{split}.txt"), list(images))
@@ -131,7 +132,7 @@ def test_pipeline_decodes_every_format_as_read_image(tmp_path):
     fast_differs = []
     for got in decoded:
         stem = got["name"][0].decode()
-        want = imageio.read_image(images[stem])
+        want = image_files.read_image(images[stem])
         assert got["image"].shape == (1, *want.shape), stem
         np.testing.assert_array_equal(got["image"][0], want.astype(np.float32), err_msg=stem)
         if stem.startswith("j"):
@@ -155,7 +156,7 @@ def test_training_pipeline_decodes_as_read_image(tmp_path):
         images, _ = tf1.data.make_one_shot_iterator(data).get_next()
     with tf1.Session(graph=graph) as sess:
         got = sess.run(images)
-    np.testing.assert_array_equal(got[0], imageio.read_image(source).astype(np.float32))
+    np.testing.assert_array_equal(got[0], image_files.read_image(source).astype(np.float32))
 
 
 def test_evaluate_saves_the_labels_infer_writes(tmp_path, tiny_checkpoint, capsys):
@@ -170,8 +171,8 @@ def test_evaluate_saves_the_labels_infer_writes(tmp_path, tiny_checkpoint, capsy
                        "--output-dir", inferred]) == 0
     varied = 0
     for stem in images:
-        saved = imageio.read_label(os.path.join(predictions, stem + ".png"))
-        np.testing.assert_array_equal(saved, imageio.read_label(
+        saved = image_files.read_label(os.path.join(predictions, stem + ".png"))
+        np.testing.assert_array_equal(saved, image_files.read_label(
             os.path.join(inferred, stem + ".png")), err_msg=stem)
         varied += len(np.unique(saved)) > 1
     assert varied, "the tiny model predicts one class everywhere; the comparison is weak"
@@ -237,7 +238,7 @@ def test_read_pair_names_an_empty_image(tmp_path):
 def _checkpoint_with_classes(tmp_path, num_classes):
     spec = fcn_model.ModelSpec(num_classes=num_classes, fc_width=4,
                                vgg_widths=tuple(TINY_WIDTHS.values()), mean_pixel=TINY_MEAN)
-    return port._write_checkpoint(spec, {}, str(tmp_path / "wide" / "ckpt"))
+    return porting._write_checkpoint(spec, {}, str(tmp_path / "wide" / "ckpt"))
 
 
 def test_more_than_255_classes_are_refused_everywhere(tmp_path, capsys):
@@ -272,13 +273,13 @@ def test_more_than_255_classes_are_refused_everywhere(tmp_path, capsys):
     with pytest.raises(UserError, match=r"classes\.txt: expected at most 255 classes.*found 256"):
         datasets.open_split("folder", root, "val")
     with pytest.raises(ValueError, match="do not fit"):
-        imageio.write_label_png(str(tmp_path / "l.png"), np.full((2, 2), 256))
+        image_files.write_label_png(str(tmp_path / "l.png"), np.full((2, 2), 256))
 
 
 def test_255_classes_are_accepted(tmp_path):
-    imageio.check_num_classes(255, "here")
+    image_files.check_num_classes(255, "here")
     prefix = _checkpoint_with_classes(tmp_path, 255)
-    segmenter = infer.make_segmenter(prefix)
+    segmenter = make_segmenter(prefix)
     try:
         labels = segmenter.run(np.zeros((1, 8, 8, 3), np.uint8))[0]
     finally:
@@ -354,7 +355,7 @@ def test_training_with_an_unlabelled_val_split_writes_null_metrics(tmp_path, cap
     run = tmp_path / "run"
     config = load_config(None, ["data.kind=folder", f"data.root={root}",
                                 f"train.log_dir={run}", "train.max_steps=4", *TINY])
-    metrics = train_module.train(config)
+    metrics = training.train(config)
     assert metrics["mean_iou"] is None
     assert "validation mean IU n/a" in capsys.readouterr().out
     record = strict_loads((run / "val_metrics.json").read_text())

@@ -1,7 +1,9 @@
 """The environment: TensorFlow's start-up lines, the config loader's file errors,
 `--set` keys a command does not use, and config without TensorFlow."""
 
+import ast
 import os
+import signal
 import subprocess
 import sys
 
@@ -67,19 +69,91 @@ def test_filter_restores_stderr_on_an_exception(capfd):
     assert capfd.readouterr().err == "written before the interrupt\nafter the block\n"
 
 
-def test_started_as_command_and_the_switch(monkeypatch):
-    python = "/usr/bin/python3"
-    assert tflog.started_as_command([python, "-m", "fcn_graph.infer", "--help"]) == "fcn_graph.infer"
-    assert tflog.started_as_command([python, "-W", "ignore", "-X", "dev", "-mfcn_graph.port",
-                                     "inspect"]) == "fcn_graph.port"
-    assert tflog.started_as_command([python, "-m", "fcn_graph.bench"]) is None  # loads TF lazily
-    assert tflog.started_as_command([python, "-m", "pytest", "-m", "fcn_graph.infer"]) is None
-    assert tflog.started_as_command([python, "-c", "x", "-m", "fcn_graph.infer"]) is None
-    assert tflog.started_as_command([python, "train.py", "-m", "fcn_graph.infer"]) is None
+def test_the_switch_and_load_tensorflow(monkeypatch):
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "0")
     assert not tflog.filtering_enabled()
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
     assert tflog.filtering_enabled()
+    code = ("import os, sys; from fcn_graph import tflog; tflog.load_tensorflow(); "
+            "assert 'tensorflow' in sys.modules; print(os.environ['TF_CPP_MIN_LOG_LEVEL'])")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=_subprocess_env(), timeout=120)
+    assert run.returncode == 0 and run.stdout == "2\n", run.stderr
+    assert run.stderr == "", run.stderr
+
+
+COMMANDS = ("infer", "evaluate", "export", "port", "train", "bench")
+LIBRARY = sorted(name[:-3] for name in os.listdir(os.path.dirname(tflog.__file__))
+                 if name.endswith(".py") and name[:-3] not in COMMANDS + ("__init__",))
+
+
+def test_no_library_module_imports_a_command_module():
+    """Imported, no library module brings a command module into sys.modules;
+    and none names one in an import statement, at the top or inside a function."""
+    code = ("import importlib, sys\n"
+            f"for name in {LIBRARY!r}:\n"
+            "    importlib.import_module('fcn_graph.' + name)\n"
+            f"found = [c for c in {COMMANDS!r} if 'fcn_graph.' + c in sys.modules]\n"
+            "assert not found, found\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=_subprocess_env(), timeout=180)
+    assert run.returncode == 0, run.stderr[-3000:]
+    package = os.path.dirname(tflog.__file__)
+    for name in LIBRARY:
+        with open(os.path.join(package, name + ".py"), encoding="utf-8") as handle:
+            tree = ast.parse(handle.read())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module == "fcn_graph":
+                imported = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                imported = [node.module.removeprefix("fcn_graph.")]
+            elif isinstance(node, ast.Import):
+                imported = [alias.name.removeprefix("fcn_graph.") for alias in node.names]
+            else:
+                continue
+            assert not set(imported) & set(COMMANDS), f"fcn_graph/{name}.py imports {imported}"
+
+
+@pytest.mark.parametrize("command", [
+    ["-m", "fcn_graph.infer"], ["-m", "fcn_graph.evaluate"], ["-m", "fcn_graph.export"],
+    ["-m", "fcn_graph.port"], ["-m", "fcn_graph.port", "mat2ckpt"], ["-m", "fcn_graph.train"],
+    ["train.py"]])
+def test_help_does_not_import_tensorflow(command):
+    run = subprocess.run([sys.executable, "-X", "importtime", *command, "--help"],
+                         capture_output=True, text=True, env=_subprocess_env(), timeout=60,
+                         cwd=os.path.dirname(os.path.dirname(tflog.__file__)))
+    assert run.returncode == 0 and "usage:" in run.stdout, run.stderr[-2000:]
+    imported = [line.rsplit("|", 1)[-1].strip() for line in run.stderr.splitlines()
+                if line.startswith("import time:")]
+    assert "fcn_graph" in imported  # the check sees the imports
+    assert not [name for name in imported if name.split(".")[0] == "tensorflow"]
+
+
+def test_ctrl_c_while_tensorflow_loads_prints_one_line(tmp_path):
+    """SIGINT once TensorFlow has started to import (its first module is in the
+    import-time trace) ends `python -m fcn_graph.infer` with one line, status 130."""
+    proc = subprocess.Popen(
+        [sys.executable, "-X", "importtime", "-m", "fcn_graph.infer", str(tmp_path / "a.png"),
+         "--checkpoint", str(tmp_path / "ckpt")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_subprocess_env())
+    lines = []
+    try:
+        for line in proc.stderr:
+            lines.append(line)
+            if line.startswith("import time:") and "tensorflow" in line:
+                break
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=120)[::-1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    lines += rest.splitlines(keepends=True)
+    text = "".join(lines)
+    assert any("tensorflow" in line for line in lines), text[-2000:]
+    own = [line for line in lines if not line.startswith("import time:")]
+    assert proc.returncode == 130, text[-3000:]
+    assert "Traceback" not in text
+    assert own == ["fcn_graph.infer: interrupted\n"], own
 
 
 def test_a_command_prints_only_its_own_lines(tmp_path):

@@ -12,7 +12,8 @@ from PIL import Image
 from tinyvgg import TINY_MEAN
 
 from fcn_graph import checkpoint, infer, port
-from fcn_graph.imageio import read_label
+from fcn_graph.image_files import read_label
+from fcn_graph.segmenter import Segmenter
 
 NUM_CLASSES = 4
 
@@ -98,7 +99,7 @@ def test_mean_flag_applies_without_sidecar(tmp_path, tiny_checkpoint):
     image = np.full((8, 8, 3), 100, np.uint8)
     cv2.imwrite(str(tmp_path / "flat.png"), image)
     spec_mean = (100.0, 100.0, 100.0)
-    segmenter = infer.Segmenter(tiny_checkpoint, mean_pixel=spec_mean)
+    segmenter = Segmenter(tiny_checkpoint, mean_pixel=spec_mean)
     try:
         _, scores = segmenter.run(image[None], scores=True)
     finally:

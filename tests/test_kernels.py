@@ -12,8 +12,9 @@ import tensorflow as tf
 from tfutil import random_values
 from tinyvgg import TINY_MEAN, TINY_WIDTHS
 
-from fcn_graph import checkpoint, constants, cpu_kernels, flops, infer
+from fcn_graph import checkpoint, constants, cpu_kernels, flops
 from fcn_graph import model as fcn_model
+from fcn_graph.segmenter import Segmenter
 
 tf1 = tf.compat.v1
 
@@ -118,7 +119,7 @@ def test_segmenter_builds_the_kernel_set_it_is_given(tmp_path, kernels, transpos
     with tf1.Session(graph=graph) as sess:
         checkpoint.assign_arrays(sess, variables, random_values(variables, seed=1))
         prefix = checkpoint.save_model(sess, saver, str(tmp_path / "tiny"), spec)
-    segmenter = infer.Segmenter(prefix, kernels=kernels)
+    segmenter = Segmenter(prefix, kernels=kernels)
     ops = [op.type for op in segmenter.graph.get_operations()]
     assert ops.count("Conv2DBackpropInput") == transposed
     # the cpu set folds the checkpoint's upsampling kernels into constants
@@ -127,7 +128,7 @@ def test_segmenter_builds_the_kernel_set_it_is_given(tmp_path, kernels, transpos
     batch = np.random.default_rng(0).integers(0, 256, (2, 23, 31, 3), dtype=np.uint8)
     labels, scores = segmenter.run(batch, scores=True)
     segmenter.close()
-    other = infer.Segmenter(prefix, kernels="cpu" if kernels == "reference" else "reference")
+    other = Segmenter(prefix, kernels="cpu" if kernels == "reference" else "reference")
     assert _close(scores, other.run(batch, scores=True)[1])
     other.close()
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from fcn_graph import train as train_module
+from fcn_graph import training as train_module
 from fcn_graph.config import load_config
 from fcn_graph.constants import IGNORE_LABEL
 from fcn_graph.errors import UserError

@@ -4,13 +4,14 @@ import scipy.io
 from tinyvgg import TINY_MEAN, TINY_WIDTHS, make_fc_layers, make_vgg_layers
 
 from fcn_graph.errors import UserError
-from fcn_graph.matconvnet import VGG19_CONV_NAMES, load_vgg_mat, write_vgg_mat
+from fcn_graph.matconvnet import load_vgg_mat, write_vgg_mat
+from fcn_graph.spec import VGG19_CONVS
 
 
 def test_both_layouts_load_by_name(tiny_mat, vgg_layers):
     vgg = load_vgg_mat(tiny_mat)
     assert vgg.layout in tiny_mat
-    assert list(vgg.layers) == list(VGG19_CONV_NAMES)
+    assert list(vgg.layers) == list(VGG19_CONVS)
     assert dict(vgg.widths) == dict(TINY_WIDTHS)
     np.testing.assert_allclose(vgg.mean_pixel, TINY_MEAN, rtol=1e-6)
     for name, (kernel, bias) in vgg_layers.items():
@@ -24,7 +25,7 @@ def test_both_layouts_load_by_name(tiny_mat, vgg_layers):
 def test_transpose_option_swaps_spatial_axes(tiny_mat):
     swapped = load_vgg_mat(tiny_mat)
     raw = load_vgg_mat(tiny_mat, transpose=False)
-    for name in VGG19_CONV_NAMES:
+    for name in VGG19_CONVS:
         np.testing.assert_array_equal(swapped.layers[name][0],
                                       np.transpose(raw.layers[name][0], (1, 0, 2, 3)))
     assert swapped.transposed and not raw.transposed
@@ -34,7 +35,7 @@ def _hand_built_old_layout(path, layers, mean_image):
     """The old layout written directly with scipy, independent of write_vgg_mat:
     struct fields in the beta16 order, biases 1 x Cout, a 224x224x3-style mean image."""
     names = []
-    for name in VGG19_CONV_NAMES:
+    for name in VGG19_CONVS:
         names += [name, "relu" + name[4:]]
         if name.endswith(("1_2", "2_2", "3_4", "4_4", "5_4")):
             names.append("pool" + name[4])
@@ -92,7 +93,7 @@ def test_round_trip_is_lossless(tmp_path, vgg_layers):
         vgg = load_vgg_mat(first)
         write_vgg_mat(second, vgg.layers, vgg.mean_pixel, fc=vgg.fc, layout=layout)
         again = load_vgg_mat(second)
-        for name in VGG19_CONV_NAMES:
+        for name in VGG19_CONVS:
             np.testing.assert_array_equal(again.layers[name][0], vgg_layers[name][0])
         for name in fc:
             np.testing.assert_array_equal(again.fc[name][0], vgg.fc[name][0])

@@ -11,6 +11,8 @@ from tinyvgg import TINY_MEAN, TINY_WIDTHS
 
 from fcn_graph import checkpoint, infer
 from fcn_graph import model as fcn_model
+from fcn_graph.errors import UserError
+from fcn_graph.segmenter import Segmenter, make_segmenter
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
@@ -58,7 +60,7 @@ def assert_matches_tensorflow(got_labels, got, want_labels, want):
 @pytest.mark.parametrize("architecture,skips,channel_order", VARIANTS)
 def test_onnx_scores_match_tensorflow(tmp_path, architecture, skips, channel_order):
     prefix = _tiny_checkpoint(tmp_path, channel_order, architecture, skips)
-    tf_engine = infer.Segmenter(prefix)
+    tf_engine = Segmenter(prefix)
     ort_engine = onnx_engine.OnnxSegmenter(prefix)
     rng = np.random.default_rng(0)
     for shape in [(1, 37, 45), (2, 19, 8), (1, 1, 1), (1, 70, 33), (1, 97, 131)]:
@@ -184,8 +186,8 @@ def test_infer_cli_onnxruntime_engine_matches_tf(tmp_path):
         outs[engine] = np.load(out / "a_scores.npy")
     scale = np.abs(outs["tf"]).max()
     np.testing.assert_allclose(outs["onnxruntime"], outs["tf"], rtol=1e-4, atol=1e-4 * scale)
-    with pytest.raises(infer.UserError, match="--engine onnxruntime"):
-        infer.make_segmenter(prefix, engine="onnxruntime", xla=True)
+    with pytest.raises(UserError, match="--engine onnxruntime"):
+        make_segmenter(prefix, engine="onnxruntime", xla=True)
 
 
 @pytest.mark.parametrize("architecture,skips", [("legacy", "8s"), ("paper", "32s"),

@@ -15,9 +15,10 @@ from tinyvgg import TINY_MEAN, TINY_WIDTHS, make_fc_layers, make_vgg_layers
 
 from bench import cases, harness
 from bench.report import FP32_MARK, FP32_NOTE, format_report, format_row
-from fcn_graph import checkpoint, export, imageio, infer, port, session
+from fcn_graph import checkpoint, export, image_files, infer, port, session
 from fcn_graph import model as fcn_model
-from fcn_graph import train as train_module
+from fcn_graph import segmenter as segmenter_module
+from fcn_graph import training as train_module
 from fcn_graph.config import load_config
 from fcn_graph.errors import UserError, run_cli
 from fcn_graph.matconvnet import write_vgg_mat
@@ -247,9 +248,9 @@ def test_alpha_sets_the_overlay_blend(tmp_path, tiny_checkpoint, alpha):
     out = tmp_path / "out"
     assert infer.main([str(tmp_path / "a.png"), "--checkpoint", tiny_checkpoint,
                        "--output-dir", str(out), "--alpha", str(alpha)]) == 0
-    label = imageio.read_label(str(out / "a.png"))
+    label = image_files.read_label(str(out / "a.png"))
     overlay = cv2.imread(str(out / "a_overlay.png"))[..., ::-1]
-    colour = imageio.colorize(label).astype(np.float64)
+    colour = image_files.colorize(label).astype(np.float64)
     want = np.rint((1 - alpha) * rgb + alpha * colour).astype(np.uint8)
     want[label == 0] = rgb[label == 0]  # class 0 shows the image
     assert (label != 0).any()
@@ -258,13 +259,13 @@ def test_alpha_sets_the_overlay_blend(tmp_path, tiny_checkpoint, alpha):
 
 def test_threads_xla_and_precision_reach_the_segmenter(tmp_path, tiny_checkpoint, monkeypatch):
     seen = []
-    real = infer.make_segmenter
+    real = segmenter_module.make_segmenter
 
     def spy(prefix, **kwargs):
         seen.append(kwargs)
         return real(prefix, **kwargs)
 
-    monkeypatch.setattr(infer, "make_segmenter", spy)
+    monkeypatch.setattr(segmenter_module, "make_segmenter", spy)
     _write_image(tmp_path / "a.png")
     assert infer.main([str(tmp_path / "a.png"), "--checkpoint", tiny_checkpoint,
                        "--output-dir", str(tmp_path / "out"), "--threads", "1", "--xla"]) == 0
@@ -284,7 +285,7 @@ def test_xla_compiles_the_graph_to_the_same_scores(tmp_path, tiny_checkpoint):
     image = np.random.default_rng(1).integers(0, 256, (1, 19, 23, 3), dtype=np.uint8)
     scores = {}
     for xla in (False, True):
-        segmenter = infer.Segmenter(tiny_checkpoint, threads=2, xla=xla)
+        segmenter = segmenter_module.Segmenter(tiny_checkpoint, threads=2, xla=xla)
         try:
             scores[xla] = segmenter.run(image, scores=True)[1]
             marked = [op for op in segmenter.graph.get_operations()
@@ -301,11 +302,11 @@ def test_precision_bfloat16_rounds_the_convolutions(tiny_checkpoint):
     image = np.random.default_rng(2).integers(0, 256, (1, 21, 18, 3), dtype=np.uint8)
     if not session.onednn_enabled():
         with pytest.raises(UserError, match="--precision bfloat16: .*TF_ENABLE_ONEDNN_OPTS=1"):
-            infer.Segmenter(tiny_checkpoint, precision="bfloat16")
+            segmenter_module.Segmenter(tiny_checkpoint, precision="bfloat16")
         return
     scores = {}
     for precision in ("float32", "bfloat16"):
-        segmenter = infer.Segmenter(tiny_checkpoint, threads=2, precision=precision)
+        segmenter = segmenter_module.Segmenter(tiny_checkpoint, threads=2, precision=precision)
         try:
             scores[precision] = segmenter.run(image, scores=True)[1]
         finally:
@@ -322,9 +323,9 @@ def test_precision_float16_needs_a_gpu(tiny_checkpoint):
     if tf.config.list_physical_devices("GPU"):
         pytest.skip("a GPU is visible")
     with pytest.raises(UserError, match="--precision float16: needs a GPU"):
-        infer.Segmenter(tiny_checkpoint, precision="float16")
+        segmenter_module.Segmenter(tiny_checkpoint, precision="float16")
     with pytest.raises(UserError, match="--engine onnxruntime runs float32"):
-        infer.make_segmenter(tiny_checkpoint, engine="onnxruntime", precision="bfloat16")
+        segmenter_module.make_segmenter(tiny_checkpoint, engine="onnxruntime", precision="bfloat16")
 
 
 # --------------------------------------------------------------------------- benchmark label

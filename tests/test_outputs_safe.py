@@ -12,7 +12,7 @@ import pytest
 from tinyvgg import TINY_MEAN, TINY_WIDTHS, make_fc_layers, make_vgg_layers
 
 from bench import harness
-from fcn_graph import evaluate, export, fileio, imageio, infer, port
+from fcn_graph import evaluate, export, fileio, image_files, infer, port
 from fcn_graph.errors import UserError, run_cli
 from fcn_graph.matconvnet import write_vgg_mat
 
@@ -154,8 +154,8 @@ def test_infer_overwrites_only_the_files_it_wrote(tmp_path, weights, capsys):
     assert (out / "a_scores.npy").exists()
 
     # A file edited since infer wrote it is the user's now.
-    label = imageio.read_label(out / "b.png")
-    imageio.write_label_png(out / "b.png", np.zeros_like(label))
+    label = image_files.read_label(out / "b.png")
+    image_files.write_label_png(out / "b.png", np.zeros_like(label))
     edited = (out / "b.png").read_bytes()
     err = _error(capsys, infer.main, *argv)
     assert f"{out / 'b.png'}: exists and was not written by fcn_graph" in err
@@ -189,7 +189,7 @@ def test_a_full_disk_while_writing_is_one_line_and_resumable(tmp_path, weights, 
         raise OSError(errno.ENOSPC, "No space left on device")
 
     with monkeypatch.context() as patch:
-        patch.setattr(imageio, "write_image", full)
+        patch.setattr(image_files, "write_image", full)
         err = _error(capsys, infer.main, *argv, early=False)
     assert f"{out / 'a_overlay.png'}: cannot write (No space left on device)" in err
     assert fileio.OutputFolder(out, "--output-dir").owns("a.png")
@@ -223,7 +223,7 @@ def test_fifos_devices_and_folders_are_not_read_as_images(tmp_path, weights, cap
     os.mkfifo(fifo)
     for path, kind in ((fifo, "a FIFO"), ("/dev/zero", "a character device")):
         with pytest.raises(UserError, match=f"is {kind}, not a regular file"):
-            _within(30, imageio.read_image, str(path))
+            _within(30, image_files.read_image, str(path))
     err = _within(60, _error, capsys, infer.main, fifo, "--checkpoint", weights["ckpt"],
                   "--output-dir", tmp_path / "out")
     assert f"{fifo}: is a FIFO; expected an image file" in err

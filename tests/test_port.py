@@ -12,11 +12,12 @@ from portfiles import write_keras_h5, write_legacy_checkpoint
 from tfutil import LEGACY_NAMES
 from tinyvgg import TINY_MEAN, TINY_WIDTHS, make_fc_layers, make_vgg_layers
 
-from fcn_graph import checkpoint, infer, kerash5, port
+from fcn_graph import checkpoint, kerash5, port
 from fcn_graph import model as fcn_model
 from fcn_graph.constants import VGG_MEAN_RGB
 from fcn_graph.errors import UserError, run_cli
 from fcn_graph.matconvnet import load_vgg_mat, write_vgg_mat
+from fcn_graph.segmenter import Segmenter
 
 tf1 = tf.compat.v1
 FC_WIDTH = 6
@@ -132,7 +133,7 @@ def legacy_ckpt(tmp_path_factory):
 
 
 def test_legacy_to_clean_checkpoint_keeps_outputs(legacy_ckpt, tmp_path, capsys):
-    before = infer.Segmenter(legacy_ckpt)
+    before = Segmenter(legacy_ckpt)
     x = np.random.default_rng(5).integers(0, 256, (2, 19, 27, 3), dtype=np.uint8)
     labels_before, scores_before = before.run(x, scores=True)
     before.close()
@@ -145,7 +146,7 @@ def test_legacy_to_clean_checkpoint_keeps_outputs(legacy_ckpt, tmp_path, capsys)
         assert "beta1_power" in out
     assert set(checkpoint.read_variable_shapes(prefix)) == set(LEGACY_NAMES)
     assert checkpoint.read_sidecar(prefix)["mean_pixel"] == list(VGG_MEAN_RGB)
-    after = infer.Segmenter(prefix)
+    after = Segmenter(prefix)
     labels_after, scores_after = after.run(x, scores=True)
     after.close()
     np.testing.assert_array_equal(scores_after, scores_before)
@@ -211,7 +212,7 @@ def test_keras_h5_legacy_feeds_bgr_minus_the_caffe_mean(files, tmp_path, capsys)
     assert record["kernels_transposed"] is False
     stored = checkpoint.read_variables(prefix)
     rgb = np.random.default_rng(1).integers(0, 256, (1, 13, 22, 3), dtype=np.uint8)
-    segmenter = infer.Segmenter(prefix)
+    segmenter = Segmenter(prefix)
     _, scores = segmenter.run(rgb, scores=True)
     segmenter.close()
     weights = {n.split("/")[1]: a.astype(np.float64) for n, a in stored.items()}

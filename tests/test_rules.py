@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from fcn_graph import checkpoint, datasets, imageio, metrics
+from fcn_graph import checkpoint, datasets, image_files, metrics
 from fcn_graph import model as fcn_model
 from fcn_graph.constants import IGNORE_LABEL
 from fcn_graph.errors import UserError
@@ -204,12 +204,12 @@ def test_assign_vgg_copies_every_layer_and_checks_shapes():
 def test_read_label_accepts_ids_below_num_classes_and_255_only(tmp_path):
     path = str(tmp_path / "l.png")
     label = np.array([[0, 1, 2], [IGNORE_LABEL, 2, 0]], np.uint8)
-    imageio.write_label_png(path, label)
+    image_files.write_label_png(path, label)
     np.testing.assert_array_equal(datasets.read_label(path, 3), label)  # no offset by default
     with pytest.raises(datasets.LabelFileError, match=r"values \[2\] outside \[0, 2\)"):
         datasets.read_label(path, 2)
     many = np.arange(10, 22, dtype=np.uint8).reshape(3, 4)
-    imageio.write_label_png(path, many)
+    image_files.write_label_png(path, many)
     with pytest.raises(datasets.LabelFileError) as caught:
         datasets.read_label(path, 3)
     assert f"values {list(range(10, 18))} outside" in str(caught.value)

@@ -11,12 +11,13 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from fcn_graph import checkpoint, evaluate
+from fcn_graph import checkpoint, evaluate, training
 from fcn_graph import model as fcn_model
 from fcn_graph import train as train_module
 from fcn_graph.config import load_config
 from fcn_graph.constants import IGNORE_LABEL
-from fcn_graph.errors import run_cli
+from fcn_graph.errors import UserError, run_cli
+from fcn_graph.segmenter import Segmenter
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["model.vgg_width=0.0625", "model.fc_width=16", "train.image_size=32",
@@ -59,7 +60,7 @@ def restore_and_check_finite(prefix):
 
 def test_train_writes_checkpoints_and_resumes(tmp_path, capsys):
     run = tmp_path / "run"
-    metrics = train_module.train(load_config(None, shapes_args(tmp_path, "train.max_steps=4")))
+    metrics = training.train(load_config(None, shapes_args(tmp_path, "train.max_steps=4")))
     assert 0.0 <= metrics["mean_iou"] <= 1.0 and metrics["num_images"] == 2
     prefix, step = latest_step(run)
     assert step == 4 and prefix.endswith("model.ckpt-4")
@@ -71,7 +72,7 @@ def test_train_writes_checkpoints_and_resumes(tmp_path, capsys):
     assert spec.num_classes == 4 and spec.fc_width == 16 and spec.vgg_widths[0] == 4
     assert "validation mean IU" in capsys.readouterr().out
 
-    train_module.train(load_config(None, shapes_args(tmp_path, "train.max_steps=6")))
+    training.train(load_config(None, shapes_args(tmp_path, "train.max_steps=6")))
     assert latest_step(run)[1] == 6
     err = capsys.readouterr().err
     assert "resuming from" in err and "at step 4" in err
@@ -81,15 +82,15 @@ def test_train_writes_checkpoints_and_resumes(tmp_path, capsys):
 
 
 def test_resume_refuses_another_model(tmp_path):
-    train_module.train(load_config(None, shapes_args(tmp_path, "train.max_steps=2")))
-    with pytest.raises(train_module.UserError, match="holds a checkpoint of another model"):
-        train_module.train(load_config(None, shapes_args(tmp_path, "train.max_steps=4",
+    training.train(load_config(None, shapes_args(tmp_path, "train.max_steps=2")))
+    with pytest.raises(UserError, match="holds a checkpoint of another model"):
+        training.train(load_config(None, shapes_args(tmp_path, "train.max_steps=4",
                                                          "model.fc_width=8")))
 
 
 def test_nan_loss_stops_without_saving_the_bad_state(tmp_path, capsys):
     args = shapes_args(tmp_path, "train.max_steps=2", "train.eval_every=0")
-    train_module.train(load_config(None, args))
+    training.train(load_config(None, args))
     diverging = args + ["train.max_steps=40", "train.checkpoint_every=1",
                         "train.learning_rate=1e30", "train.keep_prob=1.0"]
     code = run_cli(train_module.main, ["--config", empty_config(tmp_path)]
@@ -143,7 +144,7 @@ def test_sigterm_saves_and_sigkill_leaves_a_readable_checkpoint(tmp_path):
 def test_evaluate_matches_numpy_metrics_of_saved_predictions(tmp_path, voc_root, capsys):
     base = ["data.kind=voc", f"data.root={voc_root}", f"train.log_dir={tmp_path / 'run'}",
             *TINY, "train.max_steps=2", "train.eval_every=0"]
-    train_module.train(load_config(None, base))
+    training.train(load_config(None, base))
     capsys.readouterr()
     out_json, out_dir = tmp_path / "m.json", tmp_path / "pred"
     argv = [arg for a in base for arg in ("--set", a)]
@@ -222,13 +223,12 @@ def test_paper_variant_trains_from_a_mat_and_evaluates(tmp_path, tiny_mat, skips
     from the sidecar alone."""
     from tinyvgg import TINY_WIDTHS
 
-    from fcn_graph import infer
     from fcn_graph.matconvnet import load_vgg_mat
 
     args = shapes_args(tmp_path, "train.max_steps=2", f"model.vgg_mat={tiny_mat}",
                        "model.vgg_width=1.0", "model.fc_width=6", "model.architecture=paper",
                        f"model.skips={skips}")
-    train_module.train(load_config(None, args))
+    training.train(load_config(None, args))
     prefix, step = latest_step(tmp_path / "run")
     spec = restore_and_check_finite(prefix)
     assert (spec.architecture, spec.skips, step) == ("paper", skips, 2)
@@ -247,7 +247,7 @@ def test_paper_variant_trains_from_a_mat_and_evaluates(tmp_path, tiny_mat, skips
                                    "--json", str(json_path)])
     assert code == 0 and json_path.exists()
     image = np.random.default_rng(0).integers(0, 256, (1, 13, 21, 3), dtype=np.uint8)
-    segmenter = infer.Segmenter(prefix)
+    segmenter = Segmenter(prefix)
     try:
         labels, scores = segmenter.run(image, scores=True)
     finally:

@@ -165,9 +165,9 @@ def test_train_upsampling_makes_filters_trainable():
 def test_bad_variants_are_refused():
     with pytest.raises(ValueError, match="FCN-8s only"):
         fcn_model.variable_shapes(3, architecture="legacy", skips="16s")
-    with pytest.raises(ValueError, match="unknown architecture 'caffe'"):
+    with pytest.raises(ValueError, match="architecture: expected one of legacy, paper, found 'caffe'"):
         fcn_model.variable_shapes(3, architecture="caffe")
-    with pytest.raises(ValueError, match="unknown skips '4s'"):
+    with pytest.raises(ValueError, match="skips: expected one of 32s, 16s, 8s, found '4s'"):
         fcn_model.variable_shapes(3, architecture="paper", skips="4s")
 
 

@@ -4,12 +4,12 @@ from collections import OrderedDict
 
 import numpy as np
 
-from fcn_graph.matconvnet import VGG19_CONV_NAMES
+from fcn_graph.spec import VGG19_CONVS
 
 # A VGG19 with 2..5 channels per block: every layer exists, every width differs
 # from its neighbours' blocks, and channel counts are odd where they can be.
 TINY_WIDTHS = OrderedDict(
-    (name, {"1": 2, "2": 3, "3": 4, "4": 5, "5": 3}[name[4]]) for name in VGG19_CONV_NAMES)
+    (name, {"1": 2, "2": 3, "3": 4, "4": 5, "5": 3}[name[4]]) for name in VGG19_CONVS)
 TINY_MEAN = (121.0, 113.5, 99.25)
 
 

@@ -15,8 +15,8 @@ import sys
 MODULES = {
     "model": ("fcn_graph/model.py", ["fcn_graph.model.*"]),
     "metrics": ("fcn_graph/metrics.py", ["fcn_graph.metrics.*"]),
-    "loss": ("fcn_graph/train.py", ["fcn_graph.train.x_segmentation_loss__mutmut_*",
-                                    "fcn_graph.train.x_kernel_l2__mutmut_*"]),
+    "loss": ("fcn_graph/training.py", ["fcn_graph.training.x_segmentation_loss__mutmut_*",
+                                    "fcn_graph.training.x_kernel_l2__mutmut_*"]),
     "checkpoint": ("fcn_graph/checkpoint.py", ["fcn_graph.checkpoint.*"]),
     "matconvnet": ("fcn_graph/matconvnet.py", ["fcn_graph.matconvnet.*"]),
     "datasets": ("fcn_graph/datasets.py", ["fcn_graph.datasets.x_read_label__mutmut_*"]),

@@ -22,7 +22,11 @@ from fcn_graph.constants import IGNORE_LABEL, voc_palette
 from fcn_graph.errors import UserError
 from fcn_graph.fileio import atomic_write, kind_of
 
-_IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+# Extensions of the image files that `read_image` reads and that folders of
+# images (infer's inputs, the datasets) are searched for.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+# The formats `write_image` writes (RGB, 8 bits).
+WRITE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 
 # Label PNGs hold one byte per pixel and IGNORE_LABEL (255) marks ignored pixels,
 # so class ids are 0..254: at most 255 classes.
@@ -275,10 +279,10 @@ def write_image(path, rgb, *, jpeg_quality=95):
     """
     path = os.fspath(path)
     ext = os.path.splitext(path)[1].lower()
-    if ext not in _IMAGE_EXTENSIONS:
+    if ext not in WRITE_EXTENSIONS:
         raise UserError(
             f"{path}: cannot write an image with extension {ext or '(none)'!r} "
-            f"(expected one of {', '.join(_IMAGE_EXTENSIONS)})"
+            f"(expected one of {', '.join(WRITE_EXTENSIONS)})"
         )
     pixels = np.asarray(rgb)
     if pixels.dtype != np.uint8 or not (

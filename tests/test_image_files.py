@@ -11,7 +11,7 @@ from PIL import Image
 from fcn_graph.constants import voc_palette
 from fcn_graph.errors import UserError
 from fcn_graph.fileio import atomic_write, write_json_atomic
-from fcn_graph.imageio import (
+from fcn_graph.image_files import (
     colorize,
     overlay,
     read_image,

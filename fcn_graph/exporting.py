@@ -1,0 +1,330 @@
+"""Exporting a checkpoint for serving: a SavedModel, a frozen GraphDef or ONNX,
+each loaded back and checked against the checkpoint before it replaces the
+target (`python -m fcn_graph.export` describes the contract)."""
+
+import os
+import shutil
+import uuid
+
+import numpy as np
+import tensorflow as tf
+
+from fcn_graph import checkpoint, onnx_engine
+from fcn_graph import model as fcn_model
+from fcn_graph.constants import EXPORT_FORMATS
+from fcn_graph.errors import UserError
+from fcn_graph.fileio import atomic_write, check_output_file, ensure_output_dir, kind_of
+from fcn_graph.session import session_config
+
+tf1 = tf.compat.v1
+
+INPUT_NAME = "images"
+OUTPUT_NAMES = ("labels", "scores")
+FORMATS = EXPORT_FORMATS
+SIGNATURE_KEY = "serving_default"
+TOLERANCE = 1e-4                 # largest accepted max relative error of the scores
+VERIFY_SIZE = (67, 93)           # odd sizes: every SAME-padding corner case on the way
+PROTOBUF_LIMIT = 2 ** 31 - 2 ** 24  # a GraphDef or ONNX file must stay below 2 GB
+LABELS_DTYPE = {"savedmodel": "int32", "frozen": "int32", "onnx": "int64"}  # ONNX: ArgMax's own
+
+
+class VerificationError(UserError):
+    """An export whose scores differ from the checkpoint's."""
+
+
+def serving_graph(spec, kernels="reference"):
+    """The serving graph of a `ModelSpec` with the kernel set `kernels`:
+    (graph, images, labels, scores).
+
+    images: uint8 [N, H, W, 3] RGB placeholder named "images";
+    labels: int32 [N, H, W] named "labels"; scores: float32 [N, H, W, K] named "scores".
+    """
+    graph = tf.Graph()
+    with graph.as_default():
+        images = tf1.placeholder(tf.uint8, [None, None, None, 3], name=INPUT_NAME)
+        net = tf.cast(images, tf.float32)                             # [N, H, W, 3] RGB
+        logits, prediction, _ = fcn_model.build(net, spec, kernels=kernels)  # [N, H, W, K]
+        scores = tf.identity(logits, name="scores")                   # [N, H, W, K]
+        labels = tf.cast(prediction, tf.int32, name="labels")         # [N, H, W]
+    return graph, images, labels, scores
+
+
+class _Restored:
+    """A serving graph with the checkpoint's weights in a session."""
+
+    def __init__(self, prefix, kernels):
+        self.prefix = checkpoint.resolve_checkpoint(prefix)
+        self.spec = checkpoint.model_spec_from_checkpoint(self.prefix)
+        self.graph, self.images, self.labels, self.scores = serving_graph(self.spec, kernels)
+        self.variables = fcn_model.model_variables(self.graph)
+        self.session = tf1.Session(graph=self.graph, config=session_config())
+        checkpoint.restore_model(self.session, self.prefix, self.variables)
+        self.nbytes = sum(4 * int(np.prod(v.shape.as_list())) for v in self.variables.values())
+
+    def frozen_graph_def(self):
+        if self.nbytes > PROTOBUF_LIMIT:
+            raise UserError(f"{self.prefix}: {self.nbytes / 2**30:.2f} GiB of weights; a frozen "
+                            "GraphDef must stay below 2 GB (export a SavedModel instead)")
+        with self.graph.as_default():
+            return tf1.graph_util.convert_variables_to_constants(
+                self.session, self.graph.as_graph_def(), list(OUTPUT_NAMES))
+
+    def close(self):
+        self.session.close()
+
+
+def frozen_session_config(threads=None):
+    """Session settings for running a frozen graph: Grappler off. Its passes
+    copy every large constant several times on the first run; the graph is
+    already final."""
+    config = session_config(threads)
+    config.graph_options.rewrite_options.disable_meta_optimizer = True
+    return config
+
+
+def verification_image(seed=0):
+    """The seeded random uint8 [1, 67, 93, 3] image every export is checked on."""
+    return np.random.default_rng(seed).integers(0, 256, (1,) + VERIFY_SIZE + (3,), np.uint8)
+
+
+def _reference(prefix, image):
+    from fcn_graph.segmenter import Segmenter  # the checkpoint as `infer` runs it
+
+    segmenter = Segmenter(prefix)
+    try:
+        labels, scores = segmenter.run(image, scores=True)
+    finally:
+        segmenter.close()
+    return labels, scores
+
+
+def _compare(what, path, labels, scores, want_labels, want_scores):
+    """Check an export's outputs against the checkpoint's; returns a report dict."""
+    scores = np.asarray(scores)
+    if scores.shape != want_scores.shape or np.asarray(labels).shape != want_labels.shape:
+        raise VerificationError(f"{path}: {what} gave scores {list(scores.shape)} and labels "
+                                f"{list(np.shape(labels))}; expected {list(want_scores.shape)} "
+                                f"and {list(want_labels.shape)}")
+    error = float(np.abs(scores - want_scores).max() / max(np.abs(want_scores).max(), 1e-30))
+    agree = float(np.mean(np.asarray(labels) == want_labels))
+    height, width = want_labels.shape[1:3]
+    print(f"verified with {what} on a {width}x{height} image: max relative error of scores "
+          f"{error:.2e} (limit {TOLERANCE:g}), labels agree on {agree:.2%} of pixels")
+    if not error < TOLERANCE:
+        raise VerificationError(f"{path}: scores differ from the checkpoint's (max relative "
+                                f"error {error:.3g} >= {TOLERANCE:g}); nothing written")
+    return {"max_rel_error": error, "labels_agree": agree}
+
+
+def _report(prefix, spec, fmt, path, **extra):
+    report = {
+        "format": fmt, "path": path, "checkpoint": prefix,
+        "inputs": {INPUT_NAME: "uint8 [N, H, W, 3] RGB"},
+        "outputs": {"labels": f"{LABELS_DTYPE[fmt]} [N, H, W]",
+                    "scores": f"float32 [N, H, W, {spec.num_classes}]"},
+        "num_classes": spec.num_classes, "architecture": spec.architecture, "skips": spec.skips,
+        "channel_order": spec.channel_order,
+        "mean_pixel": list(spec.mean_pixel) if spec.mean_pixel else None,
+        "max_rel_error": None, "labels_agree": None,
+    }
+    report.update(extra)
+    return report
+
+
+def _size(path):
+    if os.path.isdir(path):
+        return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path)
+                   for f in files)
+    return os.path.getsize(path)
+
+
+def is_checkpoint_file(path):
+    """Whether `path` names a file of a TensorFlow checkpoint: PREFIX.index,
+    PREFIX.data-*, PREFIX.meta, the sidecar PREFIX.json, or the state file
+    `checkpoint`."""
+    base = os.path.basename(os.path.normpath(path))
+    if base == "checkpoint" or base.endswith((".index", ".meta")) or ".data-" in base:
+        return True
+    return base.endswith(checkpoint.SIDECAR_SUFFIX) and os.path.exists(
+        path[:-len(checkpoint.SIDECAR_SUFFIX)] + ".index")
+
+
+def _is_export(path, fmt):
+    """Whether existing `path` looks like an earlier export of format `fmt`."""
+    if fmt == "savedmodel":
+        return os.path.isfile(os.path.join(path, "saved_model.pb"))
+    suffixes = {"frozen": (".pb",), "onnx": (".onnx", ".onnx" + onnx_engine.EXTERNAL_DATA_SUFFIX)}
+    return os.path.isfile(path) and path.lower().endswith(suffixes[fmt])
+
+
+_KIND = {"savedmodel": "a SavedModel", "frozen": "a frozen graph (.pb)", "onnx": "an ONNX export"}
+
+
+def _check_target(out_path, fmt, *, force=False, extra=()):
+    """Prepare to write `out_path` (and the files in `extra`): create the
+    folder where missing and check that it can be written. An existing target
+    is refused unless `force` is given and it is an earlier export of the same
+    format; a checkpoint's file is never replaced."""
+    for path in (out_path, *extra):
+        if fmt == "savedmodel" and path == out_path:
+            if os.path.lexists(path) and not os.path.isdir(path):
+                raise UserError(f"--out {path}: is {kind_of(os.lstat(path).st_mode)}; expected "
+                                "a SavedModel folder to write")
+            ensure_output_dir(os.path.dirname(os.path.abspath(path)), f"--out {path}: folder")
+            exists = os.path.exists(path)
+        else:
+            exists = check_output_file(path, "--out")
+        if not exists:
+            continue
+        if is_checkpoint_file(path):
+            raise UserError(f"--out {path}: is a file of a checkpoint; export never replaces "
+                            "one (choose another --out)")
+        if not _is_export(path, fmt):
+            raise UserError(f"--out {path}: exists and is not {_KIND[fmt]}; refusing to "
+                            "replace it (choose another --out)")
+        if not force:
+            raise UserError(f"--out {path}: exists; refusing to replace it (pass --force to "
+                            f"replace an earlier export)")
+
+
+def export_frozen(prefix, out_path, *, verify=True, force=False, kernels="reference"):
+    """Write a frozen GraphDef (`.pb`, weights as constants) with tensors
+    images:0, labels:0 and scores:0, in the kernel set `kernels`. Returns a
+    report dict."""
+    _check_target(out_path, "frozen", force=force)
+    restored = _Restored(prefix, kernels)
+    try:
+        graph_def = restored.frozen_graph_def()
+        report = _report(restored.prefix, restored.spec, "frozen", out_path,
+                         kernels=kernels, tensors={"images": "images:0",
+                                                   "labels": "labels:0", "scores": "scores:0"})
+    finally:
+        restored.close()
+    with atomic_write(out_path) as tmp:
+        with open(tmp, "wb") as handle:
+            handle.write(graph_def.SerializeToString())
+        if verify:
+            image = verification_image()
+            want = _reference(report["checkpoint"], image)
+            loaded = tf1.GraphDef()
+            with open(tmp, "rb") as handle:
+                loaded.ParseFromString(handle.read())
+            graph = tf.Graph()
+            with graph.as_default():
+                tf.import_graph_def(loaded, name="")
+            with tf1.Session(graph=graph, config=frozen_session_config()) as sess:
+                labels, scores = sess.run(["labels:0", "scores:0"], {"images:0": image})
+            report.update(_compare("TensorFlow (frozen graph)", out_path, labels, scores, *want))
+    report["bytes"] = _size(out_path)
+    return report
+
+
+def export_savedmodel(prefix, out_dir, *, verify=True, force=False, kernels="reference"):
+    """Write a SavedModel directory (tag "serve", signature "serving_default":
+    images -> labels, scores), in the kernel set `kernels`. Returns a report dict."""
+    _check_target(out_dir, "savedmodel", force=force)
+    parent, base = os.path.split(os.path.abspath(out_dir))
+    tmp = os.path.join(parent, f".{base}.{uuid.uuid4().hex[:12]}.tmp")
+    restored = _Restored(prefix, kernels)
+    try:
+        report = _report(restored.prefix, restored.spec, "savedmodel", out_dir, kernels=kernels,
+                         signature=SIGNATURE_KEY,
+                         tags=[tf1.saved_model.tag_constants.SERVING])
+        with restored.graph.as_default():
+            signature = tf1.saved_model.signature_def_utils.predict_signature_def(
+                inputs={INPUT_NAME: restored.images},
+                outputs={"labels": restored.labels, "scores": restored.scores})
+            builder = tf1.saved_model.Builder(tmp)
+            builder.add_meta_graph_and_variables(
+                restored.session, [tf1.saved_model.tag_constants.SERVING],
+                signature_def_map={SIGNATURE_KEY: signature}, strip_default_attrs=True)
+            builder.save()
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        restored.close()
+    try:
+        if verify:
+            image = verification_image()
+            want = _reference(report["checkpoint"], image)
+            serve = tf.saved_model.load(tmp).signatures[SIGNATURE_KEY]
+            out = serve(**{INPUT_NAME: tf.constant(image)})
+            report.update(_compare("TensorFlow (SavedModel signature)", out_dir,
+                                   out["labels"].numpy(), out["scores"].numpy(), *want))
+        # Swap the new directory in: rename the old one aside, then drop it.
+        old = None
+        if os.path.exists(out_dir):
+            old = os.path.join(parent, f".{base}.{uuid.uuid4().hex[:12]}.old")
+            os.replace(out_dir, old)
+        os.replace(tmp, out_dir)
+        if old:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    report["bytes"] = _size(out_dir)
+    return report
+
+
+def export_onnx(prefix, out_path, *, opset=onnx_engine.DEFAULT_OPSET, verify=True,
+                external_data=False, force=False, kernels="reference"):
+    """Write `onnx_engine.build_onnx_model`'s model of the checkpoint (the one
+    `--engine onnxruntime` runs): input `images` uint8 [N, H, W, 3] RGB,
+    outputs `labels` int64 [N, H, W] and `scores` float32 [N, H, W, K], N, H
+    and W dynamic. With `external_data`, the weights go to `out_path + ".data"`
+    and `out_path` holds the graph (`onnx_engine.save_model`).
+
+    The file(s) are written in a temporary directory beside `out_path`,
+    verified there with onnxruntime (unless verify=False), then renamed into
+    place, the `.onnx` last; a failure leaves `out_path` as it was.
+
+    Returns a dict: format, path, checkpoint, inputs, outputs, num_classes,
+    architecture, skips, channel_order, mean_pixel, opset, external_data (the
+    data file, or None), max_rel_error and labels_agree (None without
+    verification), bytes (both files).
+    """
+    try:
+        import onnx  # noqa: F401  (build_onnx_model and save_model)
+        if verify:
+            import onnxruntime  # noqa: F401
+    except ImportError as err:
+        raise UserError(f"--format onnx needs onnx and onnxruntime ({err}); install them with "
+                        "pip install -e '.[export]'") from None
+    onnx_engine.check_opset(opset)
+    data_path = onnx_engine.external_data_path(out_path) if external_data else None
+    _check_target(out_path, "onnx", force=force, extra=[data_path] if data_path else [])
+
+    prefix = checkpoint.resolve_checkpoint(prefix)
+    spec = checkpoint.model_spec_from_checkpoint(prefix)
+    model = onnx_engine.build_onnx_model(prefix, opset=opset, kernels=kernels)
+    if not external_data and model.ByteSize() > PROTOBUF_LIMIT:
+        raise UserError(f"{out_path}: the ONNX model would be {model.ByteSize() / 2**30:.2f} GiB; "
+                        "a single ONNX file must stay below 2 GB (add --external-data)")
+    report = _report(prefix, spec, "onnx", out_path, opset=opset, external_data=data_path,
+                     kernels=kernels)
+    parent, base = os.path.split(os.path.abspath(out_path))
+    work = os.path.join(parent, f".{base}.{uuid.uuid4().hex[:12]}.tmp")
+    os.mkdir(work)
+    try:
+        tmp = os.path.join(work, base)   # the same name: the model names its data file
+        onnx_engine.save_model(model, tmp, external_data=external_data)
+        del model
+        if verify:
+            image = verification_image()
+            want = _reference(prefix, image)
+            session = onnx_engine.load_session(tmp, onnx_engine.session_options(),
+                                               ["CPUExecutionProvider"])
+            labels, scores = session.run(list(OUTPUT_NAMES), {INPUT_NAME: image})
+            del session
+            report.update(_compare("onnxruntime", out_path, labels, scores, *want))
+        if external_data:
+            os.replace(onnx_engine.external_data_path(tmp), data_path)
+        os.replace(tmp, out_path)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    report["bytes"] = sum(_size(path) for path in filter(None, (out_path, data_path)))
+    return report
+
+
+EXPORTERS = {"savedmodel": export_savedmodel, "frozen": export_frozen, "onnx": export_onnx}

@@ -1,0 +1,138 @@
+"""The model description, without TensorFlow: the VGG19 tables and `ModelSpec`.
+
+The weight loaders (`matconvnet`, `kerash5`), the graph (`model`), the FLOP
+count and the config all read the layer names and widths from here, and a
+checkpoint's sidecar is a `ModelSpec` written out as JSON.
+"""
+
+import dataclasses
+import numbers
+from collections import OrderedDict
+
+from fcn_graph.constants import ARCHITECTURES, SKIPS, VGG_MEAN_RGB
+from fcn_graph.finite import check_mean_pixel
+
+# The VGG19 body as a table: one row per layer, built by one loop.
+VGG19_BODY = (
+    ("conv1_1", "conv"), ("relu1_1", "relu"), ("conv1_2", "conv"), ("relu1_2", "relu"),
+    ("pool1", "pool"),  # 1/2
+    ("conv2_1", "conv"), ("relu2_1", "relu"), ("conv2_2", "conv"), ("relu2_2", "relu"),
+    ("pool2", "pool"),  # 1/4
+    ("conv3_1", "conv"), ("relu3_1", "relu"), ("conv3_2", "conv"), ("relu3_2", "relu"),
+    ("conv3_3", "conv"), ("relu3_3", "relu"), ("conv3_4", "conv"), ("relu3_4", "relu"),
+    ("pool3", "pool"),  # 1/8
+    ("conv4_1", "conv"), ("relu4_1", "relu"), ("conv4_2", "conv"), ("relu4_2", "relu"),
+    ("conv4_3", "conv"), ("relu4_3", "relu"), ("conv4_4", "conv"), ("relu4_4", "relu"),
+    ("pool4", "pool"),  # 1/16
+    ("conv5_1", "conv"), ("relu5_1", "relu"), ("conv5_2", "conv"), ("relu5_2", "relu"),
+    ("conv5_3", "conv"), ("relu5_3", "relu"), ("conv5_4", "conv"), ("relu5_4", "relu"),
+)
+# The 16 convolutions of the body, in order.
+VGG19_CONVS = tuple(name for name, kind in VGG19_BODY if kind == "conv")
+
+# The full layer list of MatConvNet's imagenet-vgg-verydeep-19 (43 layers):
+# the body, pool5 and the classifier.
+VGG19_MAT_LAYERS = tuple(name for name, _ in VGG19_BODY) + (
+    "pool5", "fc6", "relu6", "fc7", "relu7", "fc8", "prob")
+VGG19_FC = ("fc6", "fc7", "fc8")
+
+# Output channels of the real VGG19; a `.mat` or a checkpoint overrides them.
+VGG19_WIDTHS = OrderedDict(
+    (name, {"1": 64, "2": 128, "3": 256, "4": 512, "5": 512}[name[4]]) for name in VGG19_CONVS)
+# Channels of conv6 and conv7 (VGG19's fc6 and fc7).
+FC_WIDTH = 4096
+
+CHANNEL_ORDERS = ("rgb", "bgr")
+
+
+def scaled_vgg_widths(multiplier):
+    """VGG19 widths times `multiplier` (at least 1 channel each), for fast
+    experiments with a randomly initialised body."""
+    return OrderedDict((name, max(1, int(round(width * multiplier))))
+                       for name, width in VGG19_WIDTHS.items())
+
+
+def check_variant(architecture, skips):
+    """ValueError "FIELD: message" unless (architecture, skips) names a graph
+    `model` builds."""
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"architecture: expected one of {', '.join(ARCHITECTURES)}, found "
+                         f"{architecture!r}")
+    if skips not in SKIPS:
+        raise ValueError(f"skips: expected one of {', '.join(SKIPS)}, found {skips!r}")
+    if architecture == "legacy" and skips != "8s":
+        raise ValueError(f"skips: the legacy architecture is FCN-8s only, found {skips!r}; "
+                         "set the architecture to 'paper' for FCN-32s/16s")
+
+
+def _positive_int(value):
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value > 0
+
+
+@dataclasses.dataclass
+class ModelSpec:
+    """Everything needed to rebuild a model's graph; stored beside checkpoints.
+
+    vgg_widths: output channels of the 16 VGG convs, in VGG19_CONVS order.
+    mean_pixel: mean subtracted inside the graph, in the network's channel
+        order (RGB, or BGR when channel_order is "bgr"), or None if unknown
+        (`resolved_mean` supplies one).
+    architecture: "legacy" (FCN.tensorflow's graph) or "paper".
+    channel_order: "rgb", or "bgr" for weights that expect BGR input (`build`
+        reverses the channels of the RGB images it is given).
+    skips: "8s", "16s" or "32s" (paper only; the legacy graph is 8s).
+    train_upsampling: paper only: whether the bilinear upsampling filters are
+        trainable (the reference code freezes them). The legacy filters are
+        always trained.
+
+    Every field is checked on construction (and by `dataclasses.replace`): a
+    ValueError names the field, what was expected and what was found.
+    """
+
+    num_classes: int
+    fc_width: int = FC_WIDTH
+    vgg_widths: tuple = tuple(VGG19_WIDTHS.values())
+    mean_pixel: tuple = None
+    architecture: str = "legacy"
+    channel_order: str = "rgb"
+    skips: str = "8s"
+    train_upsampling: bool = False
+
+    def __post_init__(self):
+        if not _positive_int(self.num_classes):
+            raise ValueError(f"num_classes: expected a positive integer, found "
+                             f"{self.num_classes!r}")
+        if not _positive_int(self.fc_width):
+            raise ValueError(f"fc_width: expected a positive integer, found {self.fc_width!r}")
+        self.vgg_widths = tuple(self.vgg_widths)
+        if len(self.vgg_widths) != len(VGG19_CONVS) or not all(
+                _positive_int(width) for width in self.vgg_widths):
+            raise ValueError(f"vgg_widths: expected {len(VGG19_CONVS)} positive integers (one "
+                             f"per VGG19 conv), found {list(self.vgg_widths)}")
+        if self.mean_pixel is not None:
+            self.mean_pixel = check_mean_pixel(self.mean_pixel, "mean_pixel")
+        check_variant(self.architecture, self.skips)
+        if self.channel_order not in CHANNEL_ORDERS:
+            raise ValueError(f"channel_order: expected one of {', '.join(CHANNEL_ORDERS)}, "
+                             f"found {self.channel_order!r}")
+        if not isinstance(self.train_upsampling, bool):
+            raise ValueError(f"train_upsampling: expected true or false, found "
+                             f"{self.train_upsampling!r}")
+
+    @property
+    def widths(self):
+        return OrderedDict(zip(VGG19_CONVS, self.vgg_widths))
+
+    @property
+    def name(self):
+        """"legacy FCN-8s", "paper FCN-16s", ..."""
+        return f"{self.architecture} FCN-{self.skips}"
+
+    def resolved_mean(self, fallback=None):
+        """The mean pixel the graph subtracts: the spec's own, else `fallback`
+        (e.g. a --mean given for a checkpoint without a sidecar), else the VGG
+        mean. A tuple of 3 floats."""
+        for mean in (self.mean_pixel, fallback):
+            if mean is not None:
+                return tuple(float(v) for v in mean)
+        return VGG_MEAN_RGB

@@ -1,0 +1,552 @@
+"""Training FCN-8s from a config: the graph, the loop, checkpoints,
+evaluation and summaries. `train(config)` runs what `python train.py` runs."""
+
+import dataclasses
+import io
+import os
+import signal
+import sys
+import threading
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from fcn_graph import checkpoint, datasets, image_files, runlock
+from fcn_graph import model as fcn_model
+from fcn_graph.config import save_resolved_config
+from fcn_graph.constants import IGNORE_LABEL
+from fcn_graph.curves import CURVES_NAME, append_history, plot_curves, read_history
+from fcn_graph.errors import UserError
+from fcn_graph.evaluation import Evaluator, build_model
+from fcn_graph.fileio import write_json_atomic
+from fcn_graph.metrics import format_metrics, format_value, metrics_record
+from fcn_graph.progress import Progress
+from fcn_graph.session import session_config
+from fcn_graph.spec import VGG19_CONVS, ModelSpec, scaled_vgg_widths
+
+tf1 = tf.compat.v1
+
+CHECKPOINT_BASENAME = "model.ckpt"
+METRICS_NAME = "val_metrics.json"
+
+
+class TrainingDiverged(UserError):
+    """The loss or the weights became NaN or infinite."""
+
+
+# --------------------------------------------------------------------------- graph pieces
+
+
+def segmentation_loss(logits, labels):
+    """Mean softmax cross-entropy over the pixels not labelled IGNORE_LABEL.
+
+    logits float32 [N, H, W, K], labels int32 [N, H, W] -> scalar; 0 when every
+    pixel is ignored.
+    """
+    valid = tf.not_equal(labels, IGNORE_LABEL)                        # [N, H, W]
+    safe = tf.where(valid, labels, tf.zeros_like(labels))
+    xent = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=safe, logits=logits)
+    weights = tf.cast(valid, tf.float32)
+    return tf.reduce_sum(xent * weights) / tf.maximum(tf.reduce_sum(weights), 1.0)
+
+
+def kernel_l2(variables):
+    """Sum of tf.nn.l2_loss (half the squared norm) over the convolution kernels."""
+    kernels = [v for name, v in variables.items()
+               if name.endswith("_w") or name.split("/")[-1].startswith("W")]
+    return tf.add_n([tf.nn.l2_loss(k) for k in kernels])
+
+
+def learning_rate(base, global_step, *, schedule="constant", max_steps=1, power=0.9):
+    """constant: base; poly: base * (1 - step / max_steps) ** power."""
+    if schedule == "constant":
+        return tf.constant(base, tf.float32)
+    return tf1.train.polynomial_decay(base, global_step, max_steps, end_learning_rate=0.0,
+                                      power=power)
+
+
+def make_optimizer(name, rate, *, momentum=0.9):
+    if name == "adam":
+        return tf1.train.AdamOptimizer(rate)
+    return tf1.train.MomentumOptimizer(rate, momentum)
+
+
+def panel_summary(tag, panels):
+    """A TensorBoard image summary of [image | prediction | ground truth] rows."""
+    from PIL import Image
+
+    values = []
+    for name, image, label, prediction in panels:
+        row = np.concatenate([image, image_files.colorize(prediction.astype(np.int64)),
+                              image_files.colorize(label.astype(np.int64))], axis=1)
+        buffer = io.BytesIO()
+        Image.fromarray(row).save(buffer, format="PNG")
+        values.append(tf1.Summary.Value(tag=f"{tag}/{name}", image=tf1.Summary.Image(
+            height=row.shape[0], width=row.shape[1], colorspace=3,
+            encoded_image_string=buffer.getvalue())))
+    return tf1.Summary(value=values)
+
+
+def scalar_summary(values):
+    return tf1.Summary(value=[tf1.Summary.Value(tag=k, simple_value=float(v))
+                              for k, v in values.items() if v is not None])
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def _model_spec(config, num_classes):
+    """(ModelSpec, VggWeights or None) for the config."""
+    m = config.model
+    if m.vgg_mat:
+        from fcn_graph.matconvnet import load_vgg_mat
+
+        vgg = load_vgg_mat(m.vgg_mat, require_fc=m.architecture == "paper")
+        widths, mean = vgg.widths, vgg.mean_pixel
+        if m.architecture == "paper" and vgg.fc["fc6"][0].shape[3] != m.fc_width:
+            raise UserError(f"model.fc_width: the paper architecture takes conv6/conv7 from "
+                            f"{m.vgg_mat}'s fc6/fc7, which have width "
+                            f"{vgg.fc['fc6'][0].shape[3]}; found {m.fc_width}")
+    else:
+        print("warning: model.vgg_mat is null: the VGG body starts from random weights "
+              f"(He-normal, width x{m.vgg_width:g})", file=sys.stderr)
+        vgg, widths, mean = None, scaled_vgg_widths(m.vgg_width), None
+    spec = ModelSpec(num_classes=num_classes, fc_width=m.fc_width,
+                     vgg_widths=tuple(widths[name] for name in VGG19_CONVS),
+                     mean_pixel=mean, architecture=m.architecture, skips=m.skips,
+                     train_upsampling=m.train_upsampling)
+    # The sidecars record the mean: the .mat's, else the VGG mean.
+    return dataclasses.replace(spec, mean_pixel=spec.resolved_mean()), vgg
+
+
+def _resume_point(log_dir, spec):
+    """(newest checkpoint that fully reads, its global step), or (None, 0) when
+    `log_dir` holds no checkpoint file at all. Newer checkpoints that do not
+    read are named on stderr; when none reads, a UserError (never a fresh
+    start over existing checkpoints)."""
+    found = checkpoint.newest_complete(log_dir) if os.path.isdir(log_dir) else None
+    if found is None:
+        return None, 0
+    prefix = found.prefix
+    spec_found = checkpoint.model_spec_from_checkpoint(prefix)
+    for field in ("num_classes", "fc_width", "vgg_widths", "architecture", "skips"):
+        if getattr(spec_found, field) != getattr(spec, field):
+            raise UserError(
+                f"{prefix}: train.log_dir holds a checkpoint of another model ({field} "
+                f"{getattr(spec_found, field)}, the config asks {getattr(spec, field)}); set "
+                f"train.log_dir to a new directory or delete {log_dir}")
+    shapes = checkpoint.read_variable_shapes(prefix)
+    if "global_step" not in shapes:
+        raise UserError(f"{prefix}: no global_step in this checkpoint, so it cannot be "
+                        f"resumed; set train.log_dir to a new directory")
+    step = int(tf.train.load_checkpoint(prefix).get_tensor("global_step"))
+    return prefix, step
+
+
+def _prepare_log_dir(log_dir):
+    """Create `log_dir` (UserError naming it when that fails)."""
+    if os.path.exists(log_dir) and not os.path.isdir(log_dir):
+        raise UserError(f"train.log_dir: {log_dir} is a file, expected a directory")
+    try:
+        os.makedirs(log_dir, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"train.log_dir: cannot create {log_dir}: {err.strerror}") from None
+
+
+def train(config, *, exiting=False):
+    """Run the training a config describes; returns the final validation metrics.
+
+    Holds the lock on train.log_dir for the whole run (a second run on the same
+    directory is refused). `exiting`: the caller ends the process when this
+    returns or raises (the command line), so once a signal has stopped the run,
+    further signals stay ignored to the end instead of killing it halfway
+    through its exit."""
+    _prepare_log_dir(config.train.log_dir)
+    with runlock.locked_log_dir(config.train.log_dir):
+        return _train(config, exiting)
+
+
+def _train(config, exiting):
+    t = config.train
+    train_files, val_files, num_classes = datasets.splits_from_config(config)
+    class_names = datasets.class_names_for(train_files, num_classes)
+    spec, vgg = _model_spec(config, num_classes)
+    removed = checkpoint.clean_temp_files(t.log_dir)
+    if removed:
+        print(f"removed {len(removed)} temporary file(s) of an interrupted save from "
+              f"{t.log_dir}: {', '.join(removed[:5])}" + (" ..." if len(removed) > 5 else ""),
+              file=sys.stderr)
+    resume_prefix, start_step = _resume_point(t.log_dir, spec)
+    _write_or_fail(save_resolved_config, config, t.log_dir)
+    graph = build_training_graph(config, spec, train_files, val_files, start_step=start_step)
+    run = TrainingRun(config, graph, spec, saved=resume_prefix,
+                      saved_step=start_step if resume_prefix else -1, exiting=exiting)
+    metrics, step = run.run(start_step, resume_prefix=resume_prefix, vgg=vgg,
+                            train_files=train_files, val_files=val_files)
+
+    print(format_metrics(metrics, class_names))
+    run.write(write_json_atomic, os.path.join(t.log_dir, METRICS_NAME),
+              metrics_record(metrics, class_names, checkpoint=run.saved,
+                             split=val_files.split, global_step=int(step)))
+    print(f"step {step}: validation mean IU {format_value(metrics['mean_iou'])} "
+          f"({metrics['num_images']} images); checkpoint {run.saved}")
+    return metrics
+
+
+@dataclasses.dataclass
+class TrainingGraph:
+    """The finalised graph of a training run and what the loop runs in it."""
+
+    graph: tf.Graph
+    global_step: tf.Variable
+    train_op: tf.Operation
+    loss: tf.Tensor                  # scalar: the mean cross-entropy of the batch
+    valid_pixels: tf.Tensor          # scalar: pixels of the batch not IGNORE_LABEL
+    summaries: tf.Tensor             # the merged training summaries
+    all_finite: tf.Tensor            # scalar bool: every model variable is finite
+    evaluator: Evaluator             # the validation branch
+    saver: tf1.train.Saver           # every variable (model, optimizer, global step)
+    init: tf.Operation
+    variables: dict                  # the model variables by checkpoint name
+
+
+def build_training_graph(config, spec, train_files, val_files, *, start_step=0):
+    """The training graph of `config` for the model `spec`: the augmented
+    train_files batches, the model, loss, optimizer and summaries, and the
+    validation branch on val_files. The data seed is train.seed + start_step,
+    so a resumed run does not replay the batches it has seen."""
+    t = config.train
+    num_classes = spec.num_classes
+    graph = tf.Graph()
+    with graph.as_default():
+        tf1.set_random_seed(t.seed)
+        global_step = tf1.train.get_or_create_global_step()
+        data = datasets.train_dataset(
+            train_files, num_classes=num_classes, batch_size=t.batch_size,
+            image_size=t.image_size, scale_range=tuple(t.scale_range), flip=t.flip,
+            seed=t.seed + start_step, mean_pixel=spec.mean_pixel)
+        images, labels = tf1.data.make_one_shot_iterator(data).get_next()
+        logits, _, _ = build_model(images, spec, keep_prob=t.keep_prob,
+                                   kernels=config.model.kernels)  # [B, S, S, K]
+        variables = fcn_model.model_variables(graph)
+        loss = segmentation_loss(logits, labels)
+        valid_pixels = tf.math.count_nonzero(tf.not_equal(labels, IGNORE_LABEL))
+        total_loss = loss
+        if t.weight_decay > 0:
+            total_loss = loss + t.weight_decay * kernel_l2(variables)
+        rate = learning_rate(t.learning_rate, global_step, schedule=t.lr_schedule,
+                             max_steps=t.max_steps, power=t.lr_power)
+        train_op = make_optimizer(t.optimizer, rate, momentum=t.momentum).minimize(
+            total_loss, global_step=global_step)
+        all_finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(v))
+                                    for v in variables.values()])
+        tf1.summary.scalar("train/loss", loss)
+        tf1.summary.scalar("train/learning_rate", rate)
+        summaries = tf1.summary.merge_all()
+        evaluator = Evaluator(val_files, spec, num_classes=num_classes,
+                              max_images=t.eval_max_images, kernels=config.model.kernels)
+        saver = tf1.train.Saver(max_to_keep=None, save_relative_paths=True)
+        init = tf1.global_variables_initializer()
+        graph.finalize()
+    return TrainingGraph(graph=graph, global_step=global_step, train_op=train_op, loss=loss,
+                         valid_pixels=valid_pixels, summaries=summaries, all_finite=all_finite,
+                         evaluator=evaluator, saver=saver, init=init, variables=variables)
+
+
+class TrainingRun:
+    """One session over a `TrainingGraph`: the loop (`run`) and its periodic
+    actions, `log`, `save` and `evaluate`.
+
+    `saved`, `saved_step`: the newest checkpoint the run can fall back on (the
+    one it resumed from, then each one it writes), named by every error.
+    `exiting`: as for `train`.
+    """
+
+    def __init__(self, config, graph, spec, *, saved=None, saved_step=-1, exiting=False):
+        self.config, self.graph, self.spec = config, graph, spec
+        self.saved, self.saved_step = saved, saved_step
+        self.stop = StopSignals(keep_after_stop=exiting)
+        self.sess = self.writer = self.progress = None
+
+    def last_good(self):
+        """The sentence naming the last good checkpoint, for error messages."""
+        if self.saved:
+            return f"The last good checkpoint is {self.saved} (step {self.saved_step})."
+        return "No checkpoint was written."
+
+    def write(self, write, *args):
+        """`write(*args)`, its failures one-line UserErrors naming the last good checkpoint."""
+        return _write_or_fail(write, *args, last_good=self.last_good)
+
+    def run(self, start_step, *, resume_prefix, vgg, train_files, val_files):
+        """Start (restore `resume_prefix`, or put the `vgg` weights in), train
+        to train.max_steps, save and evaluate; returns (metrics, final step).
+        A stop request saves a checkpoint and re-raises KeyboardInterrupt."""
+        t, g = self.config.train, self.graph
+        with g.graph.as_default():  # Saver and FileWriter need the graph context
+            self.sess = tf1.Session(graph=g.graph, config=session_config(t.threads))
+            self.writer = _SummaryWriter(t.log_dir, self.last_good)
+            self.progress = Progress(t.max_steps, label="step", unit="step", start=start_step)
+            self.stop.install()
+            completed = False
+            try:
+                self.sess.run(g.init)
+                if resume_prefix:
+                    checkpoint.check_variables(resume_prefix, {
+                        v.op.name: v for v in g.graph.get_collection("variables")})
+                    g.saver.restore(self.sess, resume_prefix)
+                    print(f"resuming from {resume_prefix} at step {start_step}", file=sys.stderr)
+                elif vgg is not None:
+                    checkpoint.assign_vgg(self.sess, vgg, g.variables, self.spec.architecture)
+                print(f"training on {len(train_files)} {train_files.kind} images "
+                      f"({self.spec.num_classes} classes), validating on {len(val_files)}; "
+                      f"logs in {t.log_dir}", file=sys.stderr)
+                step = self.loop(start_step, train_files)
+                self.progress.close()
+                self.stop.check()
+                if self.saved_step != step:
+                    self.save(step)
+                metrics = self.evaluate(step)
+                completed = True
+            except KeyboardInterrupt:
+                self.stop.received.append(signal.SIGINT)  # a Ctrl-C raised another way
+                self.progress.close()
+                step = int(self.sess.run(g.global_step))
+                if step > self.saved_step:
+                    self.save(step)
+                where = (f"checkpoint {self.saved}" if self.saved
+                         else "no checkpoint was written")
+                print(f"interrupted at step {step}; {where}. Run the same command again to "
+                      f"resume.", file=sys.stderr)
+                raise
+            except OSError as err:
+                raise UserError(_os_error_message(err, t.log_dir, self.last_good())) from None
+            finally:
+                self.progress.close()
+                try:
+                    self.writer.close()
+                except UserError:
+                    if completed:  # otherwise the error on its way out says more
+                        raise
+                finally:
+                    self.sess.close()
+                    self.stop.uninstall()
+        return metrics, step
+
+    def loop(self, step, train_files):
+        """Train from `step` to train.max_steps, logging, saving and evaluating
+        on their schedules; returns the last step."""
+        t, g = self.config.train, self.graph
+        steps_per_pass = -(-len(train_files) // t.batch_size)
+        seen_valid, since_check = 0, 0
+        last_time, last_step = time.perf_counter(), step
+        while step < t.max_steps:
+            self.stop.check()
+            log_now = (step + 1) % t.log_every == 0 or step + 1 == t.max_steps
+            fetches = {"train": g.train_op, "loss": g.loss, "valid": g.valid_pixels}
+            if log_now:
+                fetches["summary"] = g.summaries
+            try:
+                out = self.sess.run(fetches)
+            except tf.errors.OpError as err:
+                raise UserError(datasets.data_error_message(err)) from None
+            step += 1
+            seen_valid, since_check = seen_valid + int(out["valid"]), since_check + 1
+            if since_check == steps_per_pass:
+                if seen_valid == 0:
+                    raise UserError(_no_labels_message(self.config, train_files, steps_per_pass,
+                                                       self.last_good()))
+                seen_valid, since_check = 0, 0
+            if not np.isfinite(out["loss"]):
+                raise TrainingDiverged(
+                    f"step {step}: the loss is {out['loss']}; stopping without saving this "
+                    f"state. {self.last_good()} Try a lower train.learning_rate.")
+            if log_now:
+                now = time.perf_counter()
+                speed = (step - last_step) * t.batch_size / max(now - last_time, 1e-9)
+                last_time, last_step = now, step
+                self.log(step, out, speed)
+            if step % t.checkpoint_every == 0 or step == t.max_steps:
+                self.save(step)
+            if t.eval_every and step % t.eval_every == 0 and step < t.max_steps:
+                self.evaluate(step)
+        return step
+
+    def log(self, step, out, speed):
+        """The training summaries, a history record and the progress line of `step`."""
+        self.writer.add_summary(out["summary"], step)
+        record = {"step": step, "loss": float(out["loss"])}
+        self.write(append_history, self.config.train.log_dir, record)
+        self.progress.update(step, loss=f"{out['loss']:.4f}", **{"img/s": f"{speed:.1f}"})
+
+    def save(self, step):
+        """A checkpoint of `step` (`checkpoint.save_checkpoint`), then the curves.
+        Signals only set a flag (StopSignals), so none cuts a save short."""
+        t = self.config.train
+        if not self.sess.run(self.graph.all_finite):
+            raise TrainingDiverged(f"step {step}: the weights are no longer finite; not saving. "
+                                   f"{self.last_good()}")
+
+        def saved(prefix):
+            self.saved, self.saved_step = prefix, step
+
+        try:
+            prefix = checkpoint.save_checkpoint(
+                self.sess, self.graph.saver, t.log_dir, self.spec, step=int(step),
+                keep=t.keep_checkpoints, basename=CHECKPOINT_BASENAME, on_saved=saved)
+        except OSError as err:
+            raise UserError(_os_error_message(err, t.log_dir, self.last_good())) from None
+        except UserError as err:
+            raise UserError(f"{err}. {self.last_good()}") from None
+        self.write(_plot, t.log_dir)
+        return prefix
+
+    def evaluate(self, step):
+        """Validation metrics of `step`: summaries, a history record, the curves
+        and a progress line. A stop request ends it between images."""
+        t = self.config.train
+        panels = []
+
+        def keep_panel(name, image, label, prediction):
+            self.stop.check()
+            if len(panels) < t.summary_images:
+                panels.append((name, image, label, prediction))
+
+        start = time.perf_counter()
+        metrics, count = self.graph.evaluator.run(self.sess, on_image=keep_panel)
+        self.writer.add_summary(scalar_summary({
+            "val/mean_iou": metrics["mean_iou"], "val/pixel_accuracy": metrics["pixel_accuracy"],
+            "val/mean_accuracy": metrics["mean_accuracy"],
+            "val/frequency_weighted_iou": metrics["frequency_weighted_iou"]}), step)
+        if panels:
+            self.writer.add_summary(panel_summary("val/image_prediction_truth", panels), step)
+        self.writer.flush()
+        record = {"step": int(step), **{
+            key: _finite_or_none(metrics[key]) for key in (
+                "mean_iou", "pixel_accuracy", "mean_accuracy", "frequency_weighted_iou")}}
+        self.write(append_history, t.log_dir, record)
+        self.write(_plot, t.log_dir)
+        self.progress.write(
+            f"step {step}: validation mean IU {format_value(metrics['mean_iou'])}, pixel "
+            f"accuracy {format_value(metrics['pixel_accuracy'])} ({count} images, "
+            f"{time.perf_counter() - start:.1f} s)")
+        return metrics
+
+
+def _plot(log_dir):
+    plot_curves(read_history(log_dir), os.path.join(log_dir, CURVES_NAME))
+
+
+def _finite_or_none(value):
+    if value is None:
+        return None
+    value = float(value)
+    return value if np.isfinite(value) else None
+
+
+def _no_labels_message(config, files, steps, last_good):
+    label_dir = os.path.dirname(files.label_paths[0]) if files.label_paths else "?"
+    return (f"data.train_split {files.split!r} ({files.kind}, labels in {label_dir}): "
+            f"{steps} steps, a whole pass over its {len(files)} images, saw no labelled "
+            f"pixel (every label value is {IGNORE_LABEL}, the ignore label, or the crops "
+            f"of train.image_size {config.train.image_size} miss them); nothing to train "
+            f"on. {last_good}")
+
+
+def _os_error_message(err, log_dir, last_good=None):
+    path = err.filename or log_dir
+    last = f" {last_good}" if last_good else ""
+    return f"{path}: cannot write: {err.strerror or err}.{last}"
+
+
+def _write_or_fail(write, *args, last_good=None):
+    """Call `write(*args)`; an OSError (a full disk, an unwritable file) becomes a
+    one-line UserError naming the file and, with `last_good` (a function
+    returning the sentence), the last good checkpoint."""
+    try:
+        return write(*args)
+    except OSError as err:
+        raise UserError(_os_error_message(err, "train.log_dir",
+                                          last_good() if last_good else None)) from None
+    except UserError as err:  # a writer that names the file itself
+        last = f" {last_good()}" if last_good else ""
+        raise UserError(f"{err}.{last}") from None
+
+
+class _SummaryWriter:
+    """tf1.summary.FileWriter whose write failures (its background thread's,
+    reported at a later call) are one-line UserErrors naming the events file
+    and `last_good()`."""
+
+    def __init__(self, log_dir, last_good):
+        self.log_dir, self.last_good = log_dir, last_good
+        self.writer = self._call(lambda: tf1.summary.FileWriter(log_dir))
+
+    def _call(self, action):
+        try:
+            return action()
+        except (OSError, tf.errors.OpError) as err:
+            path = self._events_path() if hasattr(self, "writer") else self.log_dir
+            reason = (err.strerror if isinstance(err, OSError)
+                      else checkpoint.op_error_reason(err))
+            raise UserError(f"{path}: cannot write TensorBoard summaries: {reason}. "
+                            f"{self.last_good()}") from None
+
+    def _events_path(self):
+        try:
+            return self.writer.event_writer._ev_writer.FileName().decode()
+        except Exception:  # the path is only for the message
+            return os.path.join(self.log_dir, "events.out.tfevents.*")
+
+    def add_summary(self, summary, step):
+        self._call(lambda: self.writer.add_summary(summary, step))
+
+    def flush(self):
+        self._call(self.writer.flush)
+
+    def close(self):
+        self._call(self.writer.close)
+
+
+class StopSignals:
+    """SIGINT and SIGTERM as a request to save and stop.
+
+    The handler only records the signal; the training loop calls `check()`
+    between steps (and the evaluation between images), which raises
+    KeyboardInterrupt so that the run saves and exits. A handler that raised
+    at once could cut a save, a file write or a lock held inside a library
+    anywhere; this one cannot, so a second signal during the exit save changes
+    nothing. SIGKILL stops at once; the next run cleans what it leaves.
+    `keep_after_stop`: after a stop, `uninstall` ignores both signals from
+    then on (SIG_IGN), for a process that is about to exit: the interpreter
+    puts the default handlers back in place of Python handlers while it shuts
+    down, but leaves ignored signals ignored.
+    """
+
+    def __init__(self, *, keep_after_stop=False):
+        self.keep_after_stop = keep_after_stop
+        self.received = []
+        self.previous = {}
+
+    def handler(self, signum, frame):
+        self.received.append(signum)
+
+    def check(self):
+        if self.received:
+            raise KeyboardInterrupt
+
+    def install(self):
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self.previous[signum] = signal.signal(signum, self.handler)
+
+    def uninstall(self):
+        if self.received and self.keep_after_stop:
+            for signum in self.previous:
+                signal.signal(signum, signal.SIG_IGN)
+            return
+        for signum, previous in self.previous.items():
+            signal.signal(signum, previous)
+        self.previous = {}
