@@ -233,6 +233,19 @@ def vgg19_body(ops, net, widths, *, pool_method, through="relu5_4"):
     return ops.end_points
 
 
+def conv6_conv7(ops, net, fc_width, keep_prob, *, init):
+    """The convolutionalised fc6 (7x7) and fc7 (1x1), each with ReLU and
+    dropout, shared by both heads: pool5 [N, h, w, C5] -> [N, h, w, F]."""
+    net = ops.fc(net, "conv6", ("W6", "b6"), size=7, channels=fc_width,
+                 init=init)                                             # [N, h, w, F]
+    net = ops.relu(net, "relu6")                                        # [N, h, w, F]
+    net = ops.dropout(net, "drop6", keep_prob)                          # [N, h, w, F]
+    net = ops.fc(net, "conv7", ("W7", "b7"), size=1, channels=fc_width,
+                 init=init)                                             # [N, h, w, F]
+    net = ops.relu(net, "relu7")                                        # [N, h, w, F]
+    return ops.dropout(net, "drop7", keep_prob)                         # [N, h, w, F]
+
+
 def legacy_fcn(ops, net, spec, keep_prob):
     """FCN.tensorflow's FCN-8s on the centred images [N, H, W, 3]; returns
     conv_t3, the logits [N, H, W, K]."""
@@ -245,14 +258,7 @@ def legacy_fcn(ops, net, spec, keep_prob):
     pool3, pool4 = points["pool3"], points["pool4"]                     # 1/8, 1/16
 
     net = ops.pool(points["conv5_3"], "pool5", "max")                   # [N, H/32, W/32, C5]
-    net = ops.fc(net, "conv6", ("W6", "b6"), size=7, channels=f,
-                 init=HEAD_INIT)                                        # [N, H/32, W/32, F]
-    net = ops.relu(net, "relu6")                                        # [N, H/32, W/32, F]
-    net = ops.dropout(net, "drop6", keep_prob)                          # [N, H/32, W/32, F]
-    net = ops.fc(net, "conv7", ("W7", "b7"), size=1, channels=f,
-                 init=HEAD_INIT)                                        # [N, H/32, W/32, F]
-    net = ops.relu(net, "relu7")                                        # [N, H/32, W/32, F]
-    net = ops.dropout(net, "drop7", keep_prob)                          # [N, H/32, W/32, F]
+    net = conv6_conv7(ops, net, f, keep_prob, init=HEAD_INIT)           # [N, H/32, W/32, F]
     net = ops.conv(net, "conv8", ("W8", "b8"), size=1, channels=k,
                    init=HEAD_INIT)                                      # [N, H/32, W/32, K]
 
@@ -288,14 +294,7 @@ def paper_fcn(ops, net, spec, keep_prob):
                             stride=stride, init=BILINEAR, trainable=spec.train_upsampling)
 
     net = ops.pool(points["relu5_4"], "pool5", "max")                   # [N, H/32, W/32, C5]
-    net = ops.fc(net, "conv6", ("W6", "b6"), size=7, channels=f,
-                 init=VGG_INIT)                                         # [N, H/32, W/32, F]
-    net = ops.relu(net, "relu6")                                        # [N, H/32, W/32, F]
-    net = ops.dropout(net, "drop6", keep_prob)                          # [N, H/32, W/32, F]
-    net = ops.fc(net, "conv7", ("W7", "b7"), size=1, channels=f,
-                 init=VGG_INIT)                                         # [N, H/32, W/32, F]
-    net = ops.relu(net, "relu7")                                        # [N, H/32, W/32, F]
-    net = ops.dropout(net, "drop7", keep_prob)                          # [N, H/32, W/32, F]
+    net = conv6_conv7(ops, net, f, keep_prob, init=VGG_INIT)            # [N, H/32, W/32, F]
     net = score(net, "score_fr")                                        # [N, H/32, W/32, K]
     if spec.skips == "32s":
         return upsample(net, "upscore32", images, 64, 32)               # [N, H, W, K]

@@ -15,7 +15,7 @@ from tinyvgg import TINY_MEAN, TINY_WIDTHS, make_fc_layers, make_vgg_layers
 
 from bench import cases, harness
 from bench.report import FP32_MARK, FP32_NOTE, format_report, format_row
-from fcn_graph import checkpoint, export, image_files, infer, port, session
+from fcn_graph import checkpoint, export, exporting, image_files, infer, port, session
 from fcn_graph import model as fcn_model
 from fcn_graph import segmenter as segmenter_module
 from fcn_graph import training as train_module
@@ -226,7 +226,7 @@ def test_no_transpose_keeps_the_file_order_of_the_kernels(tmp_path, mat_file, ca
 
 
 def test_no_verify_skips_the_comparison(tmp_path, tiny_checkpoint, monkeypatch, capsys):
-    monkeypatch.setattr(export, "TOLERANCE", -1.0)  # any verification now fails
+    monkeypatch.setattr(exporting, "TOLERANCE", -1.0)  # any verification now fails
     argv = ["--checkpoint", tiny_checkpoint, "--format", "frozen"]
     code = run_cli(export.main, argv + ["--out", str(tmp_path / "checked.pb")],
                    prog="fcn_graph.export")

@@ -4,11 +4,11 @@ without blocking: infer, evaluate, export, port and bench."""
 
 import errno
 import os
-import threading
 
 import cv2
 import numpy as np
 import pytest
+from blocking import within
 from tinyvgg import TINY_MEAN, TINY_WIDTHS, make_fc_layers, make_vgg_layers
 
 from bench import harness
@@ -43,25 +43,6 @@ def _error(capsys, main, *argv, prog="prog", early=True):
     assert not early or len(lines) == 1, err
     assert "Traceback" not in err
     return errors[0]
-
-
-def _within(seconds, fn, *args):
-    """fn(*args) in a thread; fails (instead of hanging) when it blocks."""
-    result = {}
-
-    def target():
-        try:
-            result["value"] = fn(*args)
-        except BaseException as err:  # handed to the test thread
-            result["error"] = err
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join(seconds)
-    assert not thread.is_alive(), f"{fn.__name__} blocked for {seconds} s"
-    if "error" in result:
-        raise result["error"]
-    return result["value"]
 
 
 def _image(path, seed=0, size=(9, 11)):
@@ -223,8 +204,8 @@ def test_fifos_devices_and_folders_are_not_read_as_images(tmp_path, weights, cap
     os.mkfifo(fifo)
     for path, kind in ((fifo, "a FIFO"), ("/dev/zero", "a character device")):
         with pytest.raises(UserError, match=f"is {kind}, not a regular file"):
-            _within(30, image_files.read_image, str(path))
-    err = _within(60, _error, capsys, infer.main, fifo, "--checkpoint", weights["ckpt"],
+            within(30, image_files.read_image, str(path))
+    err = within(60, _error, capsys, infer.main, fifo, "--checkpoint", weights["ckpt"],
                   "--output-dir", tmp_path / "out")
     assert f"{fifo}: is a FIFO; expected an image file" in err
 
@@ -234,7 +215,7 @@ def test_fifos_devices_and_folders_are_not_read_as_images(tmp_path, weights, cap
     os.mkfifo(images / "pipe.png")
     (images / "folder.jpg").mkdir()
     out = tmp_path / "out"
-    code = _within(60, infer.main, [str(images), "--checkpoint", weights["ckpt"],
+    code = within(60, infer.main, [str(images), "--checkpoint", weights["ckpt"],
                                     "--output-dir", str(out)])
     printed = capsys.readouterr()
     assert code == 0

@@ -21,12 +21,12 @@ from fcn_graph.errors import UserError
 tf1 = tf.compat.v1
 
 
-def test_metrics_of_an_empty_matrix_are_nan_without_warnings():
+def test_metrics_of_an_empty_matrix_are_undefined_without_warnings():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         result = metrics.compute_metrics(np.zeros((3, 3), np.int64))
     for key in ("pixel_accuracy", "mean_accuracy", "mean_iou", "frequency_weighted_iou"):
-        assert np.isnan(result[key]), key
+        assert result[key] is None, key
     assert result["per_class_iou"] == [None, None, None]
 
 
@@ -86,7 +86,7 @@ def test_format_metrics_report():
         "",
         "class  name                     IoU",
         "    0  background               0.5000",
-        "    1  cat                         -  (absent)",
+        "    1  cat                      n/a (absent)",
         "    2                           0.2500",
     ]
     assert "\n    0                           0.5000\n" in metrics.format_metrics(result)

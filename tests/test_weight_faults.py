@@ -7,13 +7,13 @@ command with one line naming the file and what is wrong."""
 import json
 import os
 import shutil
-import threading
 
 import cv2
 import numpy as np
 import pytest
 import scipy.io
 import tensorflow as tf
+from blocking import within
 from portfiles import write_keras_h5
 from tfutil import build_graph, random_values
 from tinyvgg import TINY_MEAN, TINY_WIDTHS, make_fc_layers, make_vgg_layers
@@ -73,25 +73,6 @@ def _one_line(capsys, prog, main, *argv):
     assert code == 2 and len(errors) == 1 and "Traceback" not in err, err
     assert err.rstrip().splitlines()[-1] == errors[0], err
     return errors[0]
-
-
-def _within(seconds, fn, *args):
-    """fn(*args), failing (rather than hanging the suite) if it blocks."""
-    result = {}
-
-    def target():
-        try:
-            result["value"] = fn(*args)
-        except BaseException as err:  # handed to the caller below
-            result["error"] = err
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join(seconds)
-    assert not thread.is_alive(), f"{fn.__name__} blocked for {seconds} s"
-    if "error" in result:
-        raise result["error"]
-    return result["value"]
 
 
 # -- the value checks themselves ---------------------------------------------------------
@@ -355,7 +336,7 @@ def test_sidecar_that_is_a_fifo_or_directory_is_refused(ckpts, tmp_path):
     os.remove(prefix + ".json")
     os.mkfifo(prefix + ".json")
     with pytest.raises(UserError, match=f"{prefix}.json: not a regular file"):
-        _within(10, checkpoint.read_sidecar, prefix)
+        within(10, checkpoint.read_sidecar, prefix)
     os.remove(prefix + ".json")
     os.mkdir(prefix + ".json")
     with pytest.raises(UserError, match=f"{prefix}.json: not a regular file"):
@@ -446,7 +427,7 @@ def test_every_reader_names_the_damage(damaged, restore):
         readers += [checkpoint.read_variable_shapes, checkpoint.model_spec_from_checkpoint]
     for reader in readers:
         with pytest.raises(UserError) as err:
-            _within(20, reader, prefix)
+            within(20, reader, prefix)
         message = str(err.value)
         assert "\n" not in message and found in message and prefix in message, (which, message)
 
