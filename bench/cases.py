@@ -4,6 +4,7 @@ variants (an engine plus modifiers of the tf engine), and the parsing of
 
 import collections
 
+from fcn_graph.constants import ENGINES
 from fcn_graph.errors import UserError
 
 # case -> (batch, height, width, training)
@@ -27,7 +28,6 @@ MODIFIERS = collections.OrderedDict([
     ("inter2", ({"inter_op": 2}, {})),                  # inter-op threads 2 instead of 1
     ("heap", ({"heap": True}, {})),                     # freed memory kept in glibc's heap
 ])
-ENGINES = ("tf", "onnxruntime")
 TRAIN_ENV = {"TF_ENABLE_ONEDNN_OPTS": "1"}  # what train.py sets unless told otherwise
 NUM_CLASSES = 21  # the default --num-classes: PASCAL VOC
 

@@ -27,11 +27,12 @@ import tempfile
 
 import numpy as np
 
-from fcn_graph.constants import VGG_MEAN_RGB, resolve_kernels
+from fcn_graph.constants import resolve_kernels
 from fcn_graph.errors import UserError
 
 # TensorFlow is imported only to read checkpoints (build_onnx_model): running
-# a `.onnx` file does not load it, which saves ~0.55 GB of resident memory.
+# a `.onnx` file does not load it (docs/performance.md: memory of the ONNX
+# engine).
 
 DEFAULT_OPSET = 17
 MIN_OPSET = 13                   # the oldest opset accepted (and tested)
@@ -106,7 +107,7 @@ def onnx_model(spec, weights, *, opset=DEFAULT_OPSET, mean_pixel=None, kernels="
     from fcn_graph.onnx_layers import Builder, OnnxLayers
     b = Builder()
     helper, onnx = b.helper, b.onnx
-    mean = spec.mean_pixel or mean_pixel or VGG_MEAN_RGB
+    mean = spec.resolved_mean(mean_pixel)
     net = b.op("Cast", ["images"], "float", to=onnx.TensorProto.FLOAT)    # [N, H, W, 3]
     if spec.channel_order == "bgr":
         # the mean pixel is already in the model's channel order
