@@ -21,7 +21,7 @@ from typing import List, Optional
 
 from fcn_graph.constants import KERNELS, TRAIN_KEEP_PROB
 from fcn_graph.errors import UserError
-from fcn_graph.fileio import write_json_atomic
+from fcn_graph.fileio import NotARegularFile, read_regular_file, write_json_atomic
 from fcn_graph.spec import FC_WIDTH, check_variant
 
 DATASET_KINDS = ("voc", "ade20k", "pets", "folder", "shapes")
@@ -264,29 +264,20 @@ def _read_config_file(path):
 
 def _read_text(path):
     """The file at `path` as text: UTF-8 (a leading byte-order mark allowed), from
-    a regular file only, so that a FIFO or a device never blocks the command."""
+    a regular file only (`fileio.read_regular_file`), so that a FIFO or a
+    device never blocks the command."""
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        raw = read_regular_file(path)
+    except NotARegularFile as err:
+        kind = ("a directory" if stat.S_ISDIR(err.mode) else "a FIFO" if stat.S_ISFIFO(err.mode)
+                else "a special file")
+        raise UserError(f"{path}: expected a JSON config file, found {kind}") from None
     except FileNotFoundError:
         raise UserError(f"{path}: config file not found") from None
     except IsADirectoryError:
         raise UserError(f"{path}: expected a JSON config file, found a directory") from None
     except OSError as err:
         raise UserError(f"{path}: cannot read config file: {err.strerror}") from None
-    try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            kind = ("a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode)
-                    else "a special file")
-            raise UserError(f"{path}: expected a JSON config file, found {kind}")
-        with os.fdopen(fd, "rb") as f:
-            fd = None
-            raw = f.read()
-    except OSError as err:
-        raise UserError(f"{path}: cannot read config file: {err.strerror}") from None
-    finally:
-        if fd is not None:
-            os.close(fd)
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:

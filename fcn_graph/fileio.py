@@ -103,6 +103,31 @@ def kind_of(mode):
     return "not a regular file"
 
 
+class NotARegularFile(OSError):
+    """`read_regular_file` found a directory, FIFO, device or socket; `mode` is
+    its st_mode."""
+
+    def __init__(self, path, mode):
+        super().__init__(f"{path}: is {kind_of(mode)}, not a regular file")
+        self.filename, self.mode = path, mode
+
+
+def read_regular_file(path):
+    """The bytes of the regular file at `path`.
+
+    The file is opened without blocking and checked before any read, so a
+    FIFO, a device, a socket or a directory raises NotARegularFile instead of
+    blocking or reading forever; other failures raise the OSError that
+    opening or reading raised.
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as f:
+        mode = os.fstat(f.fileno()).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotARegularFile(path, mode)
+        return f.read()
+
+
 def _file_above(path):
     """The nearest existing ancestor of `path` that is not a directory, or None."""
     path = os.path.abspath(path)

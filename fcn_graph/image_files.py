@@ -20,7 +20,7 @@ from PIL import Image
 
 from fcn_graph.constants import IGNORE_LABEL, voc_palette
 from fcn_graph.errors import UserError
-from fcn_graph.fileio import atomic_write, kind_of
+from fcn_graph.fileio import NotARegularFile, atomic_write, kind_of, read_regular_file
 
 # Extensions of the image files that `read_image` reads and that folders of
 # images (infer's inputs, the datasets) are searched for.
@@ -44,22 +44,15 @@ def check_num_classes(num_classes, where):
 
 
 def _read_bytes(path, expected):
-    """The bytes of `path`, or a UserError saying why the file could not be read.
-
-    Only regular files are read: the file is opened without blocking and
-    checked before any read, so a FIFO, a device or a socket is refused
-    instead of blocking or reading forever.
-    """
+    """The bytes of `path` (a regular file only: `fileio.read_regular_file`), or a
+    UserError saying why the file could not be read."""
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-        with os.fdopen(fd, "rb") as f:
-            mode = os.fstat(f.fileno()).st_mode
-            if stat.S_ISDIR(mode):
-                raise IsADirectoryError
-            if not stat.S_ISREG(mode):
-                raise UserError(f"{path}: is {kind_of(mode)}, not a regular file "
-                                f"(expected {expected})")
-            return f.read()
+        return read_regular_file(path)
+    except NotARegularFile as err:
+        if stat.S_ISDIR(err.mode):
+            raise UserError(f"{path}: is a directory (expected {expected})") from None
+        raise UserError(f"{path}: is {kind_of(err.mode)}, not a regular file "
+                        f"(expected {expected})") from None
     except FileNotFoundError:
         raise UserError(f"{path}: no such file (expected {expected})") from None
     except IsADirectoryError:
