@@ -141,6 +141,12 @@ def read_label(path):
     """
     path = os.fspath(path)
     expected = "a palette or single-channel label PNG"
+    try:
+        kind = os.stat(path).st_mode
+    except OSError:
+        kind = None  # Pillow's open below says why
+    if kind is not None and not (stat.S_ISREG(kind) or stat.S_ISDIR(kind)):
+        raise UserError(f"{path}: is {kind_of(kind)}, not a regular file (expected {expected})")
     data_error = None
     try:
         with Image.open(path) as im:

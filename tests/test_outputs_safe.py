@@ -205,6 +205,8 @@ def test_fifos_devices_and_folders_are_not_read_as_images(tmp_path, weights, cap
     for path, kind in ((fifo, "a FIFO"), ("/dev/zero", "a character device")):
         with pytest.raises(UserError, match=f"is {kind}, not a regular file"):
             within(30, image_files.read_image, str(path))
+        with pytest.raises(UserError, match=f"is {kind}, not a regular file"):
+            within(30, image_files.read_label, str(path))  # labels: Pillow would block
     err = within(60, _error, capsys, infer.main, fifo, "--checkpoint", weights["ckpt"],
                   "--output-dir", tmp_path / "out")
     assert f"{fifo}: is a FIFO; expected an image file" in err
