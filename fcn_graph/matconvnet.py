@@ -40,7 +40,6 @@ class VggWeights:
     mean_pixel: np.ndarray
     layout: str
     transposed: bool
-    class_names: tuple = ()
     channel_order: str = "rgb"
 
     @property
@@ -62,13 +61,11 @@ def _field(struct, name):
 
 
 def _string(value):
+    """A MATLAB char array (one string, or one character per element) as a str."""
     if value is None:
         return None
     if isinstance(value, np.ndarray):
-        if value.size == 0:
-            return ""
-        return str(value.flat[0]) if value.dtype.kind in "US" and value.ndim > 0 and value.size == 1 \
-            else "".join(str(v) for v in value.ravel())
+        return "".join(str(v) for v in value.ravel())
     return str(value)
 
 
@@ -131,21 +128,6 @@ def _numeric(value, where, dtype=np.float64):
         raise UserError(f"{where} holds {array.dtype} data of shape {array.shape}; expected "
                         "real numbers")
     return array.astype(dtype)
-
-
-def _class_names(mat):
-    holder = None
-    if "classes" in mat:
-        holder = _struct(mat["classes"])
-    elif "meta" in mat:
-        meta = _struct(mat["meta"])
-        holder = _struct(_field(meta, "classes")) if meta is not None else None
-    if holder is None:
-        return ()
-    desc = _field(holder, "description")
-    if not isinstance(desc, np.ndarray) or desc.dtype != object:
-        return ()
-    return tuple(_string(d) for d in desc.ravel())
 
 
 def load_vgg_mat(path, *, transpose=True, require_fc=False):
@@ -236,11 +218,10 @@ def load_vgg_mat(path, *, transpose=True, require_fc=False):
         raise UserError(f"{path}: no normalization.averageImage (old layout) or "
                         "meta.normalization.averageImage (new layout); cannot tell the mean pixel")
     return VggWeights(path=path, layers=layers, fc=fc, mean_pixel=mean_pixel, layout=layout,
-                      transposed=transpose, class_names=_class_names(mat))
+                      transposed=transpose)
 
 
-def write_vgg_mat(path, layers, mean_pixel, *, fc=None, layout="new", transposed=True,
-                  class_names=()):
+def write_vgg_mat(path, layers, mean_pixel, *, fc=None, layout="new", transposed=True):
     """Write VGG weights as a MatConvNet simplenn `.mat` in the old or new layout.
 
     layers: conv name -> (kernel, bias) in the order of VGG19_CONVS, kernels in
@@ -291,9 +272,8 @@ def write_vgg_mat(path, layers, mean_pixel, *, fc=None, layout="new", transposed
                 {"name": name, "type": "softmax", "weights": np.empty((0, 0), object),
                  "precious": False}
         cells[0, index] = struct
-    description = np.empty((1, len(class_names)), dtype=object)
-    for index, text in enumerate(class_names):
-        description[0, index] = text
+    # The ImageNet class list of the original files is not kept: empty cells.
+    description = np.empty((1, 0), dtype=object)
     classes = {"name": description, "description": description}
     if layout == "old":
         average = np.broadcast_to(mean_pixel.astype(np.float32), (224, 224, 3)).copy()

@@ -31,31 +31,47 @@ def test_transpose_option_swaps_spatial_axes(tiny_mat):
     assert swapped.transposed and not raw.transposed
 
 
-def _hand_built_old_layout(path, layers, mean_image):
-    """The old layout written directly with scipy, independent of write_vgg_mat:
-    struct fields in the beta16 order, biases 1 x Cout, a 224x224x3-style mean image."""
-    names = []
+def _cell(value):
+    """`value` inside a 1x1 MATLAB cell."""
+    cell = np.empty((1, 1), dtype=object)
+    cell[0, 0] = value
+    return cell
+
+
+def _layer_cells(layers, wrap=lambda value: value, names=None):
+    """The old-layout `layers` cell array written directly with scipy, independent
+    of write_vgg_mat: struct fields in the beta16 order, biases 1 x Cout, every
+    field passed through `wrap`; `names` replaces the layer names."""
+    order = []
     for name in VGG19_CONVS:
-        names += [name, "relu" + name[4:]]
+        order += [name, "relu" + name[4:]]
         if name.endswith(("1_2", "2_2", "3_4", "4_4", "5_4")):
-            names.append("pool" + name[4])
-    cells = np.empty((1, len(names)), dtype=object)
-    for index, name in enumerate(names):
+            order.append("pool" + name[4])
+    cells = np.empty((1, len(order)), dtype=object)
+    for index, name in enumerate(order):
+        shown = (names or {}).get(name, name)
         if name.startswith("conv"):
             weights = np.empty((1, 2), dtype=object)
             kernel, bias = layers[name]
             # In the file, kernels are in MatConvNet's order: the loader swaps axes 0 and 1.
             weights[0, 0] = np.transpose(kernel, (1, 0, 2, 3))
             weights[0, 1] = bias.reshape(1, -1)
-            cells[0, index] = {"weights": weights, "pad": np.ones((1, 4)), "type": "conv",
-                               "name": name, "stride": np.ones((1, 2))}
+            fields = {"weights": weights, "pad": np.ones((1, 4)), "type": "conv",
+                      "name": shown, "stride": np.ones((1, 2))}
         elif name.startswith("relu"):
-            cells[0, index] = {"type": "relu", "name": name}
+            fields = {"type": "relu", "name": shown}
         else:
-            cells[0, index] = {"type": "pool", "name": name, "method": "max",
-                               "pool": np.full((1, 2), 2.0), "stride": np.full((1, 2), 2.0),
-                               "pad": np.zeros((1, 4))}
-    scipy.io.savemat(path, {"layers": cells, "classes": {"description": np.array(["x"], object)},
+            fields = {"type": "pool", "name": shown, "method": "max",
+                      "pool": np.full((1, 2), 2.0), "stride": np.full((1, 2), 2.0),
+                      "pad": np.zeros((1, 4))}
+        cells[0, index] = {key: wrap(value) for key, value in fields.items()}
+    return cells
+
+
+def _hand_built_old_layout(path, layers, mean_image):
+    """The old layout with a 224x224x3-style mean image, written directly with scipy."""
+    scipy.io.savemat(path, {"layers": _layer_cells(layers),
+                            "classes": {"description": np.array(["x"], object)},
                             "normalization": {"averageImage": mean_image}})
 
 
@@ -165,3 +181,109 @@ def test_fc_required_for_paper_variant(tmp_path, vgg_layers):
     path = str(tmp_path / "nofc.mat")
     write_vgg_mat(path, vgg_layers, TINY_MEAN, layout="new")
     assert "'fc6' not found" in _error(path, require_fc=True)
+
+
+# ---- the mean pixel, from either layout and any shape of averageImage ----
+
+def _expected_mean(average):
+    average = np.asarray(average, dtype=np.float64)
+    return average.reshape(-1, 3).mean(axis=0)
+
+
+@pytest.mark.parametrize("layout", ["old", "new"])
+@pytest.mark.parametrize("shape", [(3,), (1, 3), (3, 1), (1, 1, 3), (4, 5, 3), (1, 7, 3)])
+def test_average_image_of_every_shape_gives_the_mean_pixel(tmp_path, vgg_layers, layout, shape):
+    rng = np.random.default_rng(len(shape) * 10 + shape[0])
+    average = rng.uniform(10, 240, shape).astype(np.float32)
+    normalization = {"averageImage": average}
+    top = {"normalization": normalization} if layout == "old" else {
+        "meta": {"normalization": normalization}}
+    path = str(tmp_path / f"mean_{layout}.mat")
+    scipy.io.savemat(path, {"layers": _layer_cells(vgg_layers), **top})
+    vgg = load_vgg_mat(path)
+    assert vgg.mean_pixel.dtype == np.float64 and vgg.mean_pixel.shape == (3,)
+    np.testing.assert_allclose(vgg.mean_pixel, _expected_mean(average), rtol=1e-6)
+
+
+def test_weights_are_float32_whatever_the_file_holds(tmp_path, vgg_layers):
+    doubles = {name: (kernel.astype(np.float64), bias.astype(np.float64))
+               for name, (kernel, bias) in vgg_layers.items()}
+    path = str(tmp_path / "doubles.mat")
+    scipy.io.savemat(path, {"layers": _layer_cells(doubles),
+                            "normalization": {"averageImage": np.array(TINY_MEAN)}})
+    vgg = load_vgg_mat(path)
+    for name, (kernel, bias) in vgg.layers.items():
+        assert kernel.dtype == np.float32 and bias.dtype == np.float32
+        np.testing.assert_array_equal(kernel, vgg_layers[name][0])
+
+
+@pytest.mark.parametrize("shape", [(2,), (1, 4), (4, 5, 4), (0, 0, 3), (2, 2, 3, 1)])
+def test_average_image_of_a_wrong_shape_is_refused(tmp_path, vgg_layers, shape):
+    path = str(tmp_path / "badmean.mat")
+    scipy.io.savemat(path, {"layers": _layer_cells(vgg_layers),
+                            "normalization": {"averageImage": np.full(shape, 100.0)}})
+    message = _error(path)
+    assert "averageImage" in message and "expected 3 values" in message
+
+
+@pytest.mark.parametrize("value", ["abc", np.array([[1 + 2j, 3, 4]])])
+def test_average_image_that_is_not_real_numbers_is_refused(tmp_path, vgg_layers, value):
+    path = str(tmp_path / "textmean.mat")
+    scipy.io.savemat(path, {"layers": _layer_cells(vgg_layers),
+                            "normalization": {"averageImage": value}})
+    message = _error(path)
+    assert "averageImage holds" in message and "expected real numbers" in message
+
+
+def test_non_finite_average_image_is_refused(tmp_path, vgg_layers):
+    path = str(tmp_path / "nanmean.mat")
+    scipy.io.savemat(path, {"layers": _layer_cells(vgg_layers),
+                            "normalization": {"averageImage": np.array([1.0, np.nan, 3.0])}})
+    assert "averageImage" in _error(path)
+
+
+@pytest.mark.parametrize("top", [
+    {},
+    {"meta": {"inputs": {"name": "data"}}},
+    {"meta": 7.0},
+    {"normalization": {"keepAspect": 1.0}},
+    {"meta": {"normalization": {"imageSize": np.ones((1, 4))}}},
+    {"normalization": 3.0},
+], ids=["none", "meta-without-normalization", "meta-not-a-struct", "no-averageImage",
+        "meta-no-averageImage", "normalization-not-a-struct"])
+def test_a_file_without_a_mean_pixel_is_refused(tmp_path, vgg_layers, top):
+    path = str(tmp_path / "nomean.mat")
+    scipy.io.savemat(path, {"layers": _layer_cells(vgg_layers), **top})
+    assert "cannot tell the mean pixel" in _error(path)
+
+
+def test_fields_inside_one_cell_read_as_the_plain_ones(tmp_path, vgg_layers):
+    plain, wrapped = str(tmp_path / "plain.mat"), str(tmp_path / "wrapped.mat")
+    average = np.array([[101.0, 102.5, 99.0]])
+    scipy.io.savemat(plain, {"layers": _layer_cells(vgg_layers),
+                             "meta": {"normalization": {"averageImage": average}}})
+    scipy.io.savemat(wrapped, {"layers": _layer_cells(vgg_layers, wrap=_cell),
+                               "meta": _cell({"normalization": _cell({"averageImage": average})})})
+    first, second = load_vgg_mat(plain), load_vgg_mat(wrapped)
+    np.testing.assert_array_equal(second.mean_pixel, first.mean_pixel)
+    np.testing.assert_allclose(second.mean_pixel, average.ravel())
+    assert list(second.layers) == list(VGG19_CONVS)
+    for name in VGG19_CONVS:
+        np.testing.assert_array_equal(second.layers[name][0], first.layers[name][0])
+        np.testing.assert_array_equal(second.layers[name][1], first.layers[name][1])
+
+
+def test_a_layer_without_a_name_is_refused(tmp_path, vgg_layers):
+    path = str(tmp_path / "noname.mat")
+    scipy.io.savemat(path, {"layers": _layer_cells(vgg_layers, names={"relu2_1": ""}),
+                            "normalization": {"averageImage": np.array(TINY_MEAN)}})
+    message = _error(path)
+    assert "has no name" in message and "layers{" in message
+
+
+def test_write_defaults_to_the_new_layout(tmp_path, vgg_layers):
+    path = str(tmp_path / "default.mat")
+    write_vgg_mat(path, vgg_layers, list(TINY_MEAN))
+    vgg = load_vgg_mat(path)
+    assert vgg.layout == "new" and "meta" in scipy.io.loadmat(path)
+    np.testing.assert_allclose(vgg.mean_pixel, TINY_MEAN)
