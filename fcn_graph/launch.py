@@ -13,8 +13,8 @@ ports, up to --max-restarts times; training resumes from the newest checkpoint.
 A worker that could not listen on its port (another program took it) makes
 the group start again on fresh ports without counting as a restart.
 Ctrl-C or SIGTERM sends SIGTERM to every worker (so the chief saves a
-checkpoint), waits for them and exits with 128 + the signal number, never
-restarting; a second signal kills them at once. No worker or process started
+checkpoint), waits for them as long as they take and exits with 128 + the
+signal number, never restarting; a second signal kills them at once. No worker or process started
 by one outlives the launcher.
 
 Exit status: 0 when every worker exits 0; 1 when the restarts are used up;

@@ -325,6 +325,8 @@ class Launcher:
         return Task(index, proc, self.output)
 
     def _run_group(self):
+        if self.signals:  # a signal between two starts of the group
+            return GroupResult(signum=self.signals[0])
         ports = self.pick_ports(self.workers, self.host)
         addresses = [_address(self.host, port) for port in ports]
         tasks = []

@@ -53,13 +53,15 @@ def write_pid(name, pid):
 
 
 def grandchild(ignore_sigterm=False):
-    """Start a sleeping child (its command line names HERE) and record its pid."""
-    code = "import signal, sys, time\\n"
+    """Start a sleeping child (its command line names HERE) that writes its pid
+    file once it is ready, ignoring SIGTERM if asked."""
+    code = "import os, signal, sys, time; "
     if ignore_sigterm:
-        code += "signal.signal(signal.SIGTERM, signal.SIG_IGN)\\n"
-    code += "time.sleep(120)\\n"
-    child = subprocess.Popen([sys.executable, "-c", code, HERE])
-    write_pid(f"grandchild{INDEX}.pid", child.pid)
+        code += "signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+    code += ("path = os.path.join(sys.argv[1], sys.argv[2]); handle = open(path + '.tmp', 'w'); "
+             "handle.write(str(os.getpid())); handle.close(); os.replace(path + '.tmp', path); "
+             "time.sleep(120)")
+    subprocess.Popen([sys.executable, "-c", code, HERE, f"grandchild{INDEX}.pid"])
 
 
 ATTEMPT = starts_before()
@@ -164,8 +166,9 @@ def test_each_worker_gets_the_cluster_its_index_and_the_rest_of_the_environment(
     for index, config in configs.items():
         assert config == {"cluster": cluster, "task": {"type": "worker", "index": index}}
     err = run.stderr.splitlines()
+    pids = read_pids(tmp_path, "worker0.pid", "worker1.pid", "worker2.pid")
     assert err[0] == (f"fcn_graph.launch: started 3 worker(s) on {', '.join(cluster['worker'])} "
-                      f"(pids {', '.join(str(p) for p in read_pids(tmp_path, *(f'worker{i}.pid' for i in range(3))))})")
+                      f"(pids {', '.join(map(str, pids))})")
     assert err[-1] == "fcn_graph.launch: all 3 workers finished"
 
 
@@ -387,6 +390,21 @@ def test_an_exception_in_the_launcher_leaves_no_process(tmp_path, cleanup, monke
     with pytest.raises(RuntimeError, match="injected"):
         launcher.run()
     assert wait_gone(read_pids(tmp_path, *names)) == []
+
+
+def test_a_signal_between_two_starts_of_the_group_starts_nothing_more(tmp_path, cleanup):
+    script = write_worker(tmp_path, "sys.exit(INDEX)\n")
+    launcher, said, *_ = make_launcher(script, 2, max_restarts=3)
+
+    def say(message):
+        said.append(message)
+        if message.startswith("restarting the group"):
+            launcher.request_stop(signal.SIGTERM)
+
+    launcher._say = say
+    assert launcher.run() == (143, "stopped by SIGTERM; all workers have exited")
+    assert sorted(marker_lines(tmp_path)) == ["start 0", "start 1"]
+    assert said[-1] == "restarting the group on fresh ports (restart 1 of 3)"
 
 
 def test_a_taken_port_starts_the_group_again_without_counting_a_restart(tmp_path, cleanup):
