@@ -554,7 +554,7 @@ def test_two_workers_train_restart_once_after_a_kill_and_finish(tmp_path):
 
     steps = 30
     args = shapes_args(tmp_path, f"train.max_steps={steps}", "train.checkpoint_every=5",
-                       "train.eval_every=0")
+                       "train.eval_every=0", "train.step_timeout=60")
     command = launch_cmd("--workers", "2", "--max-restarts", "2", "--grace", "5", "--",
                          os.path.join(REPO, "train.py"), "--config", empty_config(tmp_path),
                          *[arg for a in args for arg in ("--set", a)])
