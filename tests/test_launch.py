@@ -552,10 +552,19 @@ def _checkpoint_step(run_dir):
 def test_two_workers_train_restart_once_after_a_kill_and_finish(tmp_path):
     from test_train import empty_config, shapes_args
 
-    steps = 30
+    from fcn_graph import shapes_dataset
+    from fcn_graph.config import load_config
+
+    steps = 60
     args = shapes_args(tmp_path, f"train.max_steps={steps}", "train.checkpoint_every=5",
                        "train.eval_every=0", "train.step_timeout=60")
-    command = launch_cmd("--workers", "2", "--max-restarts", "2", "--grace", "5", "--",
+    config = load_config(None, args)
+    data = config.data
+    # the dataset exists before the workers start, so that only the kill below fails a task
+    shapes_dataset.ensure_shapes(data.root, num_train=data.shapes_train_images,
+                                 num_val=data.shapes_val_images,
+                                 image_size=data.shapes_image_size, seed=config.train.seed)
+    command = launch_cmd("--workers", "2", "--max-restarts", "2", "--grace", "3", "--",
                          os.path.join(REPO, "train.py"), "--config", empty_config(tmp_path),
                          *[arg for a in args for arg in ("--set", a)])
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -570,9 +579,15 @@ def test_two_workers_train_restart_once_after_a_kill_and_finish(tmp_path):
             assert proc.poll() is None, "".join(err_lines)[-3000:]
             assert time.monotonic() < deadline, "".join(err_lines)[-3000:]
             time.sleep(0.2)
-        started = next(line for line in err_lines if " started 2 worker(s) " in line)
-        worker1 = int(re.search(r"\(pids \d+, (\d+)\)", started).group(1))
-        os.kill(worker1, signal.SIGKILL)  # a worker this test's launcher started
+        log = "".join(err_lines)
+        started = [line for line in err_lines if " started 2 worker(s) " in line]
+        assert len(started) == 1 and _checkpoint_step(run_dir) < steps, log[-3000:]
+        worker1 = int(re.search(r"\(pids \d+, (\d+)\)", started[0]).group(1))
+        try:
+            os.kill(worker1, signal.SIGKILL)  # a worker this test's launcher started
+        except ProcessLookupError:
+            pytest.fail(f"worker 1 (pid {worker1}) ended before the test killed it:\n"
+                        f"{log[-3000:]}")
         out, _ = proc.communicate(timeout=300)
     finally:
         if proc.poll() is None:
