@@ -14,8 +14,11 @@ A worker that could not listen on its port (another program took it) makes
 the group start again on fresh ports without counting as a restart.
 Ctrl-C or SIGTERM sends SIGTERM to every worker (so the chief saves a
 checkpoint), waits for them as long as they take and exits with 128 + the
-signal number, never restarting; a second signal kills them at once. No worker or process started
-by one outlives the launcher.
+signal number, never restarting; a second signal kills them at once.
+
+Each worker runs in its own process group: when the launcher ends, for any
+reason, no worker and no process a worker started in its group is left
+running. On Linux, a launcher killed with SIGKILL takes its workers along.
 
 Exit status: 0 when every worker exits 0; 1 when the restarts are used up;
 2 for bad arguments; 130 or 143 after Ctrl-C or SIGTERM.
