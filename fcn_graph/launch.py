@@ -16,8 +16,8 @@ Ctrl-C or SIGTERM sends SIGTERM to every worker (so the chief saves a
 checkpoint), waits for them as long as they take and exits with 128 + the
 signal number, never restarting; a second signal kills them at once.
 
-Each worker runs in its own process group: when the launcher ends, for any
-reason, no worker and no process a worker started in its group is left
+Each worker runs in its own process group: when the launcher exits, on an
+error too, no worker and no process a worker started in its group is left
 running. On Linux, a launcher killed with SIGKILL takes its workers along.
 
 Exit status: 0 when every worker exits 0; 1 when the restarts are used up;
