@@ -15,6 +15,7 @@ is simply redone on the next run. Shapes do not overlap and their colours are
 random, so the classes can only be told apart by their geometry.
 """
 
+import fcntl
 import glob
 import json
 import math
@@ -52,31 +53,32 @@ def ensure_shapes(root, *, num_train, num_val, image_size, seed):
     if os.path.isfile(manifest):
         _check_manifest(manifest, settings)
         return root
-    if os.path.isdir(root) and os.listdir(root):
-        raise UserError(
-            f"{root}: exists, is not empty and is not a generated shapes dataset "
-            f"(no {MANIFEST_NAME}); set data.root to a new directory or delete it"
-        )
     parent = os.path.dirname(os.path.abspath(root))
     os.makedirs(parent, exist_ok=True)
     name = os.path.basename(os.path.abspath(root))
-    for stale in glob.glob(os.path.join(parent, f".{name}.tmp-*")):
-        shutil.rmtree(stale, ignore_errors=True)  # left by an interrupted generation
-    tmp = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=parent)
-    try:
-        _generate(tmp, settings)
-        if os.path.isdir(root):
-            os.rmdir(root)  # empty, checked above
-        os.rename(tmp, root)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if os.path.isfile(manifest):  # another process finished first
+    # One process generates at a time (several workers may start together);
+    # the others wait on the lock, then find the finished dataset.
+    with open(os.path.join(parent, f".{name}.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if os.path.isfile(manifest):
             _check_manifest(manifest, settings)
             return root
-        raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        if os.path.isdir(root) and os.listdir(root):
+            raise UserError(
+                f"{root}: exists, is not empty and is not a generated shapes dataset "
+                f"(no {MANIFEST_NAME}); set data.root to a new directory or delete it"
+            )
+        for stale in glob.glob(os.path.join(parent, f".{name}.tmp-*")):
+            shutil.rmtree(stale, ignore_errors=True)  # left by an interrupted generation
+        tmp = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=parent)
+        try:
+            _generate(tmp, settings)
+            if os.path.isdir(root):
+                os.rmdir(root)  # empty, checked above
+            os.rename(tmp, root)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return root
 
 

@@ -1,4 +1,6 @@
 import os
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -291,8 +293,36 @@ def test_shapes_interrupted_generation_is_redone(tmp_path, monkeypatch):
     monkeypatch.undo()
     os.makedirs(tmp_path / ".s.tmp-stale")  # as if the process had been killed
     generate(tmp_path / "s")
-    assert sorted(os.listdir(tmp_path)) == ["s"]
+    assert sorted(os.listdir(tmp_path)) == [".s.lock", "s"]  # the stale folder is gone
     assert len(open_split("shapes", str(tmp_path / "s"), "val")) == 2
+
+
+def test_shapes_generated_once_when_several_processes_start_together(tmp_path, monkeypatch):
+    generating = shapes_dataset._generate
+    calls = []
+
+    def slow(out, settings):
+        calls.append(out)
+        time.sleep(0.3)  # the other callers arrive while this one generates
+        generating(out, settings)
+
+    monkeypatch.setattr(shapes_dataset, "_generate", slow)
+    errors = []
+
+    def start():
+        try:
+            generate(tmp_path / "s")
+        except BaseException as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=start) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors and len(calls) == 1
+    assert len(open_split("shapes", str(tmp_path / "s"), "train")) == 4
+    assert not [n for n in os.listdir(tmp_path) if ".tmp-" in n]
 
 
 def test_shapes_settings_mismatch_and_foreign_directory(tmp_path):

@@ -82,7 +82,7 @@ def test_the_switch_and_load_tensorflow(monkeypatch):
     assert run.stderr == "", run.stderr
 
 
-COMMANDS = ("infer", "evaluate", "export", "port", "train", "bench")
+COMMANDS = ("infer", "evaluate", "export", "port", "train", "bench", "launch")
 LIBRARY = sorted(name[:-3] for name in os.listdir(os.path.dirname(tflog.__file__))
                  if name.endswith(".py") and name[:-3] not in COMMANDS + ("__init__",))
 
