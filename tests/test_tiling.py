@@ -305,7 +305,20 @@ def test_bad_tile_flags_are_one_line_errors(command, flags, message, capsys):
     assert message in err[-1]
 
 
-def test_infer_tiles_a_small_image_end_to_end(tmp_path, tiny_prefix, capsys):
+def _record_plans(monkeypatch):
+    """Make tiling.plan_tiles record the (height, width, tile) of every plan."""
+    plans, plan_tiles = [], tiling.plan_tiles
+
+    def recording(height, width, tile, field):
+        plans.append((height, width, tile))
+        return plan_tiles(height, width, tile, field)
+
+    monkeypatch.setattr(tiling, "plan_tiles", recording)
+    return plans
+
+
+def test_infer_tiles_a_small_image_end_to_end(tmp_path, tiny_prefix, capsys, monkeypatch):
+    plans = _record_plans(monkeypatch)
     image = _image(650, 97, seed=5)
     path = str(tmp_path / "tall.png")
     cv2.imwrite(path, image[..., ::-1])
@@ -316,6 +329,7 @@ def test_infer_tiles_a_small_image_end_to_end(tmp_path, tiny_prefix, capsys):
                            "--save-scores", "--tile", tile]) == 0
         outputs[tile] = (read_label(os.path.join(out, "tall.png")),
                          np.load(os.path.join(out, "tall_scores.npy")))
+    assert plans == [(650, 97, 608)]
     (labels, scores), (whole_labels, whole_scores) = outputs["608"], outputs["off"]
     assert labels.shape == (650, 97) and scores.shape == (650, 97, 5)
     labels_agree, scores_close = _agreement(labels, scores, whole_labels, whole_scores)
@@ -330,3 +344,30 @@ def test_infer_tiles_a_small_image_end_to_end(tmp_path, tiny_prefix, capsys):
                        "at least 608 pixels (twice the receptive-field margin of 260 plus 63), "
                        "or auto or off")
     assert not os.path.exists(tmp_path / "out_64")
+
+
+def test_evaluate_tiles_as_infer_does(tmp_path, tiny_prefix, monkeypatch):
+    """evaluate --tile 608 saves the labels of evaluate --tile off."""
+    plans = _record_plans(monkeypatch)
+    root = tmp_path / "data"
+    for name in ("images", "labels"):
+        os.makedirs(root / name)
+    image = _image(650, 97, seed=6)
+    cv2.imwrite(str(root / "images" / "tall.png"), image[..., ::-1])
+    label = np.zeros((650, 97), np.uint8)
+    label[300:, :] = 1
+    cv2.imwrite(str(root / "labels" / "tall.png"), label)
+    (root / "classes.txt").write_text("a\nb\nc\nd\ne\n")
+    (root / "val.txt").write_text("tall\n")
+    saved = {}
+    for tile in ("608", "off"):
+        out = tmp_path / f"eval_{tile}"
+        assert evaluate.main(["--set", "data.kind=folder", "--set", f"data.root={root}",
+                              "--checkpoint", tiny_prefix, "--split", "val", "--tile", tile,
+                              "--save-predictions", str(out), "--json",
+                              str(tmp_path / f"{tile}.json")]) == 0
+        saved[tile] = read_label(str(out / "tall.png"))
+    assert plans == [(650, 97, 608)]
+    assert saved["608"].shape == (650, 97)
+    assert (saved["608"] == saved["off"]).mean() >= 0.995
+    assert len(np.unique(saved["off"])) > 1
