@@ -195,7 +195,8 @@ def main(argv=None):
             for kind, tile in (("whole", "off"), ("tiled", args.agreement_tile)):
                 record = _spawn(full, 768, 1024, tile, engine=args.engine, scores=True,
                                 save=os.path.join(work, f"full_{kind}"))
-                print(f"1024x768, full VGG19, --tile {tile}: {record['tiles']} tiles, "
+                tiles = f"{record['tiles']} tiles" if record["tile_size"] else "whole"
+                print(f"1024x768, full VGG19, --tile {tile}: {tiles}, "
                       f"{record['seconds']} s, peak RSS {record['peak_mib']} MiB", flush=True)
             agree, diff = _compare(work, "full")
             print(f"1024x768, full VGG19 (random weights): labels agree on {agree:.4%}, "
