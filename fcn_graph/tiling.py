@@ -32,7 +32,6 @@ from fcn_graph.errors import UserError
 # The model (and so TensorFlow) is imported only where a field or an
 # estimate is traced: the flags parse without it.
 
-TILE_CHOICES = ("auto", "off")       # and a tile size in pixels
 DEFAULT_MEMORY_BUDGET_GB = 2.0       # --memory-budget: auto tiles above this estimate
 FLOAT_BYTES = 4                      # activations are float32
 
@@ -166,7 +165,10 @@ def plan_axis(length, tile, field):
     supplied by the tile in which it is most central: the boundary between
     two neighbours is the middle of their overlap, so every pixel lies at
     least `field.margin` (>= half the receptive field) from the edges of its
-    tile, except where a tile's edge is the image's own edge.
+    tile, except where a tile's edge is the image's own edge. Exactly: each
+    pixel x of a span's core has start <= x + field.lo (or start = 0) and
+    x + field.hi < stop (or stop = length), i.e. its whole receptive field
+    lies in the tile wherever the tile's edge is not the image's.
     """
     if length <= tile:
         return [Span(0, length, 0, length)]
