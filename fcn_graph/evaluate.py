@@ -16,7 +16,7 @@ import sys
 
 import numpy as np
 
-from fcn_graph import image_files, tflog
+from fcn_graph import image_files, tflog, tiling
 from fcn_graph.config import SPLIT_KEYS, add_config_args, add_kernels_arg, load_config
 from fcn_graph.constants import ENGINES, IGNORE_LABEL
 from fcn_graph.errors import UserError, run_cli
@@ -48,6 +48,7 @@ def build_parser():
     add_kernels_arg(parser)
     parser.add_argument("--max-images", type=int, default=None,
                         help="evaluate only the first N images of the split")
+    tiling.add_tile_args(parser)
     return parser
 
 
@@ -56,6 +57,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.max_images is not None and args.max_images < 1:
         parser.error(f"--max-images: expected a positive integer, found {args.max_images}")
+    tile = tiling.tile_option(parser, args)
     reads = [*SPLIT_KEYS, "model.num_classes", "train.threads"]
     if args.checkpoint is None:
         reads.append("train.log_dir")
@@ -79,6 +81,7 @@ def main(argv=None):
     prefix = checkpoint.resolve_checkpoint(source)
     spec = checkpoint.model_spec_from_checkpoint(prefix)
     image_files.check_num_classes(spec.num_classes, f"{prefix} (checkpoint)")
+    tiling.check_tile(tile, tiling.receptive_field(spec))
     split = args.split or config.data.val_split
     files = datasets.open_config_split(config, split)
     num_classes = spec.num_classes
@@ -115,7 +118,10 @@ def main(argv=None):
                                       threads=config.train.threads, max_images=args.max_images,
                                       on_image=save if args.save_predictions else None,
                                       progress=progress,
-                                      kernels=args.kernels or config.model.kernels)
+                                      kernels=args.kernels or config.model.kernels,
+                                      tiled=lambda segmenter: tiling.TiledSegmenter(
+                                          segmenter, spec, tile=tile,
+                                          budget_bytes=args.memory_budget * 2**30))
     finally:
         progress.close()
         if folder is not None:

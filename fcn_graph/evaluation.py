@@ -77,14 +77,32 @@ def build_model(images, spec, *, keep_prob, kernels="auto"):
         raise UserError(f"model.architecture: {err}") from None
 
 
+class BranchSegmenter:
+    """An `Evaluator`'s model branch in session `sess` as a segmenter
+    (`.run(batch_uint8, scores=False) -> (labels, None)`), for wrappers such
+    as `tiling.TiledSegmenter`."""
+
+    def __init__(self, sess, evaluator):
+        self.sess, self.evaluator = sess, evaluator
+
+    def run(self, batch_rgb, *, scores=False):
+        assert not scores, "the evaluation branch computes labels only"
+        batch = np.asarray(batch_rgb, dtype=np.float32)
+        return self.sess.run(self.evaluator.prediction, {self.evaluator.images: batch}), None
+
+    def close(self):
+        pass
+
+
 def evaluate_checkpoint(prefix, spec, files, *, engine="tf", threads=None, max_images=None,
-                        on_image=None, progress=None, kernels="auto"):
+                        on_image=None, progress=None, kernels="auto", tiled=None):
     """The metrics dict of checkpoint `prefix` (its `ModelSpec` `spec`) on the
     dataset split `files`, every image at full size, one at a time, through
     one finalised graph. `engine` "onnxruntime" runs the images through an
     ONNX Runtime segmenter instead; the dataset still streams through the
     graph. `on_image` and `progress` as in `Evaluator.run`; `kernels` is the
-    kernel set of both engines."""
+    kernel set of both engines. `tiled(segmenter) -> segmenter` wraps the
+    engine (e.g. in a `tiling.TiledSegmenter`)."""
     graph = tf.Graph()
     with graph.as_default():
         evaluator = Evaluator(files, spec, num_classes=spec.num_classes, max_images=max_images,
@@ -96,13 +114,16 @@ def evaluate_checkpoint(prefix, spec, files, *, engine="tf", threads=None, max_i
     if engine != "tf":
         segmenter = make_segmenter(prefix, engine=engine, threads=threads, kernels=kernels)
 
-        def predict(image):
-            return segmenter.run(image)[0]
-
     try:
         with tf1.Session(graph=graph, config=session_config(threads)) as sess:
             if segmenter is None:
                 checkpoint.restore_model(sess, prefix, variables, saver=saver)
+            runner = segmenter
+            if tiled is not None:
+                runner = tiled(segmenter or BranchSegmenter(sess, evaluator))
+            if runner is not None:
+                def predict(image):
+                    return runner.run(image)[0]
             metrics, _ = evaluator.run(sess, progress=progress, predict=predict,
                                        on_image=on_image)
     finally:

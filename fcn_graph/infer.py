@@ -25,7 +25,7 @@ import time
 
 import numpy as np
 
-from fcn_graph import image_files, tflog
+from fcn_graph import image_files, tflog, tiling
 from fcn_graph.config import add_config_args, add_kernels_arg, load_config
 from fcn_graph.constants import ENGINES, PRECISIONS, VGG_MEAN_RGB
 from fcn_graph.errors import UserError, run_cli
@@ -175,6 +175,7 @@ def build_parser():
                         help="float32 (default); bfloat16 through oneDNN (needs "
                              "TF_ENABLE_ONEDNN_OPTS=1; slow on CPUs without bf16 units); "
                              "float16 on a GPU")
+    tiling.add_tile_args(parser)
     return parser
 
 
@@ -185,6 +186,7 @@ def main(argv=None):
         parser.error(f"--batch: expected a positive integer, found {args.batch}")
     if not 0.0 <= args.alpha <= 1.0:
         parser.error(f"--alpha: expected a value in [0, 1], found {args.alpha}")
+    tile = tiling.tile_option(parser, args)
     if args.checkpoint is None and args.config is None:
         parser.error("--checkpoint: required unless --config names a train.log_dir")
     source = args.checkpoint
@@ -205,6 +207,7 @@ def main(argv=None):
     prefix = checkpoint.resolve_checkpoint(source)
     spec = checkpoint.model_spec_from_checkpoint(prefix)
     image_files.check_num_classes(spec.num_classes, f"{prefix} (checkpoint)")
+    tiling.check_tile(tile, tiling.receptive_field(spec))
     # Every output is checked before the model loads: the folder made and
     # writable, no output over an input or over a file fcn_graph did not write.
     folder = OutputFolder(args.output_dir, "--output-dir")
@@ -220,6 +223,8 @@ def main(argv=None):
     segmenter = make_segmenter(prefix, engine=args.engine, mean_pixel=args.mean,
                                threads=args.threads, xla=args.xla, precision=args.precision,
                                kernels=args.kernels or "auto")
+    segmenter = tiling.TiledSegmenter(segmenter, spec, tile=tile,
+                                      budget_bytes=args.memory_budget * 2**30)
     mean_pixel = spec.resolved_mean(args.mean)
     print(f"checkpoint {prefix}: {spec.num_classes} classes, "
           f"mean pixel {[round(v, 3) for v in mean_pixel]}, engine {args.engine}",
