@@ -198,12 +198,18 @@ def main(argv=None):
         args.kernels = args.kernels or config.model.kernels
     paths = list_images(args.inputs)
     stems, notes = output_stems(paths)
-    tflog.load_tensorflow()
-    from fcn_graph import checkpoint
-    from fcn_graph.segmenter import make_segmenter
-
-    prefix = checkpoint.resolve_checkpoint(source)
-    spec = checkpoint.model_spec_from_checkpoint(prefix)
+    cached = None
+    if args.engine == "onnxruntime" and args.precision == "float32" and not args.xla:
+        # A model converted before: no TensorFlow at all (model_cache).
+        from fcn_graph.onnx_engine import find_converted
+        cached = find_converted(source, mean_pixel=args.mean, kernels=args.kernels or "auto")
+    if cached is not None:
+        prefix, spec = cached.prefix, cached.spec
+    else:
+        tflog.load_tensorflow()
+        from fcn_graph import checkpoint
+        prefix = checkpoint.resolve_checkpoint(source)
+        spec = checkpoint.model_spec_from_checkpoint(prefix)
     image_files.check_num_classes(spec.num_classes, f"{prefix} (checkpoint)")
     # Every output is checked before the model loads: the folder made and
     # writable, no output over an input or over a file fcn_graph did not write.
@@ -217,9 +223,14 @@ def main(argv=None):
         print(f"note: --mean ignored; {prefix}.json gives the mean pixel "
               f"{list(spec.mean_pixel)}", file=sys.stderr)
     return_freed_memory()
-    segmenter = make_segmenter(prefix, engine=args.engine, mean_pixel=args.mean,
-                               threads=args.threads, xla=args.xla, precision=args.precision,
-                               kernels=args.kernels or "auto")
+    if cached is not None:
+        from fcn_graph.onnx_engine import OnnxSegmenter
+        segmenter = OnnxSegmenter(cached, threads=args.threads)
+    else:
+        from fcn_graph.segmenter import make_segmenter
+        segmenter = make_segmenter(prefix, engine=args.engine, mean_pixel=args.mean,
+                                   threads=args.threads, xla=args.xla, precision=args.precision,
+                                   kernels=args.kernels or "auto")
     mean_pixel = spec.resolved_mean(args.mean)
     print(f"checkpoint {prefix}: {spec.num_classes} classes, "
           f"mean pixel {[round(v, 3) for v in mean_pixel]}, engine {args.engine}",

@@ -20,19 +20,29 @@ in a `.data` file beside it) and `OnnxSegmenter` runs it.
 `OnnxSegmenter(path_or_prefix)` runs such a model (a `.onnx` file, or a
 checkpoint prefix or directory converted on the fly) with the same
 `.run(batch, scores=False) -> (labels, scores)` as `segmenter.Segmenter`.
+
+A checkpoint's converted model is kept in the model cache
+(`model_cache.cached_onnx_model`, keyed by the checkpoint's content and the
+build options) and reused: `find_converted` finds it, with the checkpoint's
+`ModelSpec`, without importing TensorFlow; `converted_model` builds it on a
+miss (reading the checkpoint needs TensorFlow).
 """
 
+import dataclasses
+import hashlib
 import os
-import tempfile
 
 import numpy as np
 
+from fcn_graph import model_cache
+from fcn_graph.checkpoint_files import checkpoint_prefix, list_checkpoints
 from fcn_graph.constants import resolve_kernels
 from fcn_graph.errors import UserError
+from fcn_graph.spec import ModelSpec
 
 # TensorFlow is imported only to read checkpoints (build_onnx_model): running
-# a `.onnx` file does not load it (docs/performance.md: memory of the ONNX
-# engine).
+# a `.onnx` file or a cached model does not load it (docs/performance.md:
+# memory of the ONNX engine).
 
 DEFAULT_OPSET = 17
 MIN_OPSET = 13                   # the oldest opset accepted (and tested)
@@ -96,6 +106,89 @@ def build_onnx_model(prefix, *, opset=DEFAULT_OPSET, mean_pixel=None, kernels="a
     spec = checkpoint.model_spec_from_checkpoint(prefix)
     weights = _read_weights(prefix, spec)
     return onnx_model(spec, weights, opset=opset, mean_pixel=mean_pixel, kernels=kernels)
+
+
+# The modules whose code decides what a converted model holds: a change to
+# any of them makes new cache keys (`converter_version`).
+CONVERTER_MODULES = ("onnx_engine.py", "onnx_layers.py", "model.py", "spec.py")
+
+
+def converter_version():
+    """SHA-256 (hex, 16 digits) of the source of CONVERTER_MODULES."""
+    digest = hashlib.sha256()
+    package = os.path.dirname(os.path.abspath(__file__))
+    for name in CONVERTER_MODULES:
+        with open(os.path.join(package, name), "rb") as handle:
+            digest.update(name.encode() + b"\0" + handle.read())
+    return digest.hexdigest()[:16]
+
+
+def onnx_variant(*, mean_pixel=None, kernels="auto", opset=DEFAULT_OPSET):
+    """The build options of a float32 model of a checkpoint, as the model
+    cache's `variant`: opset, kernel set (resolved), the fallback mean pixel,
+    and the converter's version."""
+    return {"engine": "onnxruntime", "precision": "float32", "opset": int(opset),
+            "kernels": choose_onnx_kernels(kernels),
+            "mean_pixel": None if mean_pixel is None else [float(v) for v in mean_pixel],
+            "converter": converter_version()}
+
+
+def converted_model(prefix, *, mean_pixel=None, kernels="auto", opset=DEFAULT_OPSET, log=None):
+    """A `model_cache.ModelFile` of checkpoint `prefix` (resolved) converted by
+    `build_onnx_model` and saved with its weights as external data; from the
+    cache when there, else built (TensorFlow reads the checkpoint) and cached.
+    Its `info["spec"]` is the checkpoint's `ModelSpec` as a dict."""
+    def build(folder):
+        from fcn_graph import checkpoint
+        check_opset(opset)
+        spec = checkpoint.model_spec_from_checkpoint(prefix)
+        weights = _read_weights(prefix, spec)
+        model = onnx_model(spec, weights, opset=opset, mean_pixel=mean_pixel, kernels=kernels)
+        del weights
+        save_model(model, os.path.join(folder, model_cache.MODEL_FILE), external_data=True)
+        return {"spec": dataclasses.asdict(spec)}
+
+    return model_cache.cached_onnx_model(
+        prefix, variant=onnx_variant(mean_pixel=mean_pixel, kernels=kernels, opset=opset),
+        build=build, log=log)
+
+
+def cached_spec(found):
+    """The `ModelSpec` stored with a converted model, or None when the entry
+    does not hold a valid one."""
+    try:
+        return ModelSpec(**found.info["spec"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def find_converted(source, *, mean_pixel=None, kernels="auto", opset=DEFAULT_OPSET, log=None):
+    """The cached `model_cache.ModelFile` of the checkpoint `source` names (a
+    prefix, one of its files, or a directory: its newest checkpoint by name),
+    with `.spec` set, or None when it is not cached. Never imports
+    TensorFlow. For a directory only the newest checkpoint is looked up:
+    when it is not cached, `checkpoint.resolve_checkpoint` decides, as
+    without a cache."""
+    source = os.fspath(source)
+    try:
+        if os.path.isdir(source):
+            found = list_checkpoints(source)
+            if not found:
+                return None
+            prefix = found[0].prefix
+        else:
+            prefix = checkpoint_prefix(source)
+    except UserError:
+        return None
+    entry = model_cache.lookup(
+        prefix, onnx_variant(mean_pixel=mean_pixel, kernels=kernels, opset=opset), log=log)
+    if entry is None:
+        return None
+    entry.spec = cached_spec(entry)
+    if entry.spec is None:
+        entry.close()
+        return None
+    return entry
 
 
 def onnx_model(spec, weights, *, opset=DEFAULT_OPSET, mean_pixel=None, kernels="auto",
@@ -193,9 +286,10 @@ class OnnxSegmenter:
     """ONNX Runtime twin of `segmenter.Segmenter`.
 
     path_or_prefix: a `.onnx` file with the interface above (its external
-    data, if any, beside it), or a checkpoint prefix (or directory), converted
-    with `build_onnx_model` on the fly (`mean_pixel` applies to checkpoints
-    without a sidecar, as in `Segmenter`; `kernels` picks the ONNX kernel set).
+    data, if any, beside it), a checkpoint prefix (or directory), converted
+    with `build_onnx_model` through the model cache (`mean_pixel` applies to
+    checkpoints without a sidecar, as in `Segmenter`; `kernels` picks the ONNX
+    kernel set), or a `model_cache.ModelFile` (`find_converted`).
     """
 
     def __init__(self, path_or_prefix, *, threads=None, mean_pixel=None, kernels="auto"):
@@ -207,22 +301,26 @@ class OnnxSegmenter:
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
                      if p in ort.get_available_providers()]
         options = session_options(threads)
-        if str(path_or_prefix).endswith(".onnx"):
+        if isinstance(path_or_prefix, model_cache.ModelFile):
+            with path_or_prefix as found:
+                self.session = load_session(found.path, options, providers)
+        elif str(path_or_prefix).endswith(".onnx"):
             if not os.path.isfile(path_or_prefix):
                 raise UserError(f"{path_or_prefix}: no such ONNX file")
             self.session = load_session(str(path_or_prefix), options, providers)
         else:
-            # Through temporary files, so that neither the ModelProto nor its
-            # serialised bytes (0.5 GB each at full size) stay alive beside the
-            # session's own copy of the weights; the weights as external data,
-            # which ONNX Runtime loads with a lower peak (docs/performance.md).
-            from fcn_graph import checkpoint
-            prefix = checkpoint.resolve_checkpoint(str(path_or_prefix))
-            with tempfile.TemporaryDirectory(prefix="fcn_onnx_") as work:
-                path = os.path.join(work, "model.onnx")
-                save_model(build_onnx_model(prefix, mean_pixel=mean_pixel, kernels=kernels), path,
-                           external_data=True)
-                self.session = load_session(path, options, providers)
+            # Through files (the model cache's, or temporary ones), so that
+            # neither the ModelProto nor its serialised bytes (0.5 GB each at
+            # full size) stay alive beside the session's own copy of the
+            # weights; the weights as external data, which ONNX Runtime loads
+            # with a lower peak (docs/performance.md).
+            found = find_converted(path_or_prefix, mean_pixel=mean_pixel, kernels=kernels)
+            if found is None:
+                from fcn_graph import checkpoint
+                prefix = checkpoint.resolve_checkpoint(str(path_or_prefix))
+                found = converted_model(prefix, mean_pixel=mean_pixel, kernels=kernels)
+            with found:
+                self.session = load_session(found.path, options, providers)
         names = {o.name for o in self.session.get_outputs()}
         if not {"labels", "scores"} <= names or self.session.get_inputs()[0].name != "images":
             raise UserError(f"{path_or_prefix}: expected input 'images' and outputs 'labels', "
