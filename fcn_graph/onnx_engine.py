@@ -31,6 +31,7 @@ miss (reading the checkpoint needs TensorFlow).
 import dataclasses
 import hashlib
 import os
+import shutil
 
 import numpy as np
 
@@ -123,14 +124,61 @@ def converter_version():
     return digest.hexdigest()[:16]
 
 
+def cpu_identity():
+    """The CPU's model name and feature flags (from /proc/cpuinfo, hashed), and
+    the machine type: what ONNX Runtime's optimised CPU models depend on."""
+    import platform
+    found = {}
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as handle:
+            for line in handle:
+                key = line.split(":", 1)[0].strip()
+                if key in ("model name", "flags", "Features") and key not in found:
+                    found[key] = line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    text = "|".join(f"{key}={found[key]}" for key in sorted(found))
+    return f"{platform.machine()}-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+
+
+def optimise_for_cpu():
+    """Whether converted models are cached in ONNX Runtime's optimised form for
+    this CPU: yes unless ONNX Runtime offers CUDA (a CPU-optimised graph would
+    not suit it)."""
+    return not _ort_gpu()
+
+
 def onnx_variant(*, mean_pixel=None, kernels="auto", opset=DEFAULT_OPSET):
     """The build options of a float32 model of a checkpoint, as the model
     cache's `variant`: opset, kernel set (resolved), the fallback mean pixel,
-    and the converter's version."""
-    return {"engine": "onnxruntime", "precision": "float32", "opset": int(opset),
-            "kernels": choose_onnx_kernels(kernels),
-            "mean_pixel": None if mean_pixel is None else [float(v) for v in mean_pixel],
-            "converter": converter_version()}
+    the converter's version, and for a CPU-optimised model the ONNX Runtime
+    version and the CPU (`cpu_identity`)."""
+    variant = {"engine": "onnxruntime", "precision": "float32", "opset": int(opset),
+               "kernels": choose_onnx_kernels(kernels),
+               "mean_pixel": None if mean_pixel is None else [float(v) for v in mean_pixel],
+               "converter": converter_version(), "optimised_for": None}
+    if optimise_for_cpu():
+        import onnxruntime as ort
+        variant["optimised_for"] = {"onnxruntime": ort.__version__, "cpu": cpu_identity()}
+    return variant
+
+
+def write_optimised(source, target):
+    """Write ONNX Runtime's optimised form of the model file `source` (every
+    graph optimisation, for this CPU) to `target`, its weights in
+    `external_data_path(target)`. Loaded with optimisations off, it starts in a
+    fraction of the time and memory: the weights are already in the layouts
+    the CPU kernels use."""
+    import onnxruntime as ort
+    options = session_options()
+    options.log_severity_level = 3  # not the warning that the result suits this CPU only
+    options.optimized_model_filepath = os.fspath(target)
+    options.add_session_config_entry("session.optimized_model_external_initializers_file_name",
+                                     os.path.basename(external_data_path(target)))
+    options.add_session_config_entry(
+        "session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+    ort.InferenceSession(os.fspath(source), sess_options=options,
+                         providers=["CPUExecutionProvider"])
 
 
 def converted_model(prefix, *, mean_pixel=None, kernels="auto", opset=DEFAULT_OPSET, log=None):
@@ -145,12 +193,31 @@ def converted_model(prefix, *, mean_pixel=None, kernels="auto", opset=DEFAULT_OP
         weights = _read_weights(prefix, spec)
         model = onnx_model(spec, weights, opset=opset, mean_pixel=mean_pixel, kernels=kernels)
         del weights
-        save_model(model, os.path.join(folder, model_cache.MODEL_FILE), external_data=True)
-        return {"spec": dataclasses.asdict(spec)}
+        target = os.path.join(folder, model_cache.MODEL_FILE)
+        if not optimised:
+            save_model(model, target, external_data=True)
+            return {"spec": dataclasses.asdict(spec), "optimised": False}
+        plain = os.path.join(folder, "plain")
+        os.mkdir(plain)
+        save_model(model, os.path.join(plain, model_cache.MODEL_FILE), external_data=True)
+        del model
+        try:
+            write_optimised(os.path.join(plain, model_cache.MODEL_FILE), target)
+        except Exception:  # ONNX Runtime's Fail, ...: the plain model serves
+            for name in os.listdir(folder):
+                if name != "plain":
+                    os.remove(os.path.join(folder, name))
+            for name in os.listdir(plain):
+                os.replace(os.path.join(plain, name), os.path.join(folder, name))
+            os.rmdir(plain)
+            return {"spec": dataclasses.asdict(spec), "optimised": False}
+        shutil.rmtree(plain)
+        return {"spec": dataclasses.asdict(spec), "optimised": True}
 
-    return model_cache.cached_onnx_model(
-        prefix, variant=onnx_variant(mean_pixel=mean_pixel, kernels=kernels, opset=opset),
-        build=build, log=log)
+    variant = onnx_variant(mean_pixel=mean_pixel, kernels=kernels, opset=opset)
+    optimised = variant["optimised_for"] is not None
+
+    return model_cache.cached_onnx_model(prefix, variant=variant, build=build, log=log)
 
 
 def cached_spec(found):
@@ -282,6 +349,15 @@ def load_session(path, options, providers):
         raise UserError(f"{path}: ONNX Runtime cannot load it ({reason})") from None
 
 
+def _options_for(found, options):
+    """`options`, with the graph optimisations off for a model that is already
+    in ONNX Runtime's optimised form (`write_optimised`)."""
+    if (found.info or {}).get("optimised"):
+        import onnxruntime as ort
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return options
+
+
 class OnnxSegmenter:
     """ONNX Runtime twin of `segmenter.Segmenter`.
 
@@ -303,7 +379,7 @@ class OnnxSegmenter:
         options = session_options(threads)
         if isinstance(path_or_prefix, model_cache.ModelFile):
             with path_or_prefix as found:
-                self.session = load_session(found.path, options, providers)
+                self.session = load_session(found.path, _options_for(found, options), providers)
         elif str(path_or_prefix).endswith(".onnx"):
             if not os.path.isfile(path_or_prefix):
                 raise UserError(f"{path_or_prefix}: no such ONNX file")
@@ -320,7 +396,7 @@ class OnnxSegmenter:
                 prefix = checkpoint.resolve_checkpoint(str(path_or_prefix))
                 found = converted_model(prefix, mean_pixel=mean_pixel, kernels=kernels)
             with found:
-                self.session = load_session(found.path, options, providers)
+                self.session = load_session(found.path, _options_for(found, options), providers)
         names = {o.name for o in self.session.get_outputs()}
         if not {"labels", "scores"} <= names or self.session.get_inputs()[0].name != "images":
             raise UserError(f"{path_or_prefix}: expected input 'images' and outputs 'labels', "
