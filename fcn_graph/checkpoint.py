@@ -18,12 +18,24 @@ import shutil
 import sys
 import weakref
 from collections import OrderedDict
-from typing import Optional
 
 import numpy as np
 import tensorflow as tf
 
 from fcn_graph import model as fcn_model
+from fcn_graph.checkpoint_files import (  # noqa: F401  (found by name, without TensorFlow)
+    DATA_SHARD,
+    SIDECAR_SUFFIX,
+    STATE_FILE,
+    STEP_SUFFIX,
+    TEMP_FILE,
+    TEMP_SHARD_DIR,
+    TEMP_SHARD_PART,
+    Found,
+    _step_of,
+    checkpoint_prefix,
+    list_checkpoints,
+)
 from fcn_graph.errors import UserError
 from fcn_graph.fileio import atomic_write, write_json_atomic
 from fcn_graph.finite import check_mean_pixel, nonfinite
@@ -31,78 +43,7 @@ from fcn_graph.spec import VGG19_CONVS, ModelSpec
 
 tf1 = tf.compat.v1
 
-SIDECAR_SUFFIX = ".json"
 SIDECAR_FORMAT = "fcn_graph.checkpoint"
-
-
-DATA_SHARD = re.compile(r"\.data-(\d{5})-of-(\d{5})$")
-STEP_SUFFIX = re.compile(r"-(\d+)$")
-# Temporary files of interrupted saves: TensorFlow's bundle writer
-# (PREFIX.index.tempstateN, PREFIX.data-*.tempstateN), its sharded saver
-# (PREFIX_temp/ or PREFIX_temp_HEX/ holding part-* files) and its state file
-# writer (checkpoint.tmpHEX); and fileio.atomic_write's (.NAME.HEX12.tmpEXT).
-TEMP_FILE = re.compile(r"^(.+\.(index|data-\d{5}-of-\d{5})\.tempstate\d+"
-                       r"|checkpoint\.tmp[0-9a-f]{32}"
-                       r"|\..+\.[0-9a-f]{12}\.tmp(\.[^.]*)?)$")
-TEMP_SHARD_DIR = re.compile(r"^.+_temp(_[0-9a-f]{32})?$")
-TEMP_SHARD_PART = re.compile(r"^part-\d{5}-of-\d{5}(\.index|\.data-\d{5}-of-\d{5})?"
-                             r"(\.tempstate\d+)?$")
-STATE_FILE = "checkpoint"
-
-
-@dataclasses.dataclass
-class Found:
-    """A checkpoint found by its files: its prefix, its step (from a `-STEP`
-    suffix, else None), whether it fully reads and, when not, why."""
-    prefix: str
-    step: Optional[int]
-    problem: Optional[str] = None
-
-
-def _step_of(prefix):
-    match = STEP_SUFFIX.search(os.path.basename(prefix))
-    return int(match.group(1)) if match else None
-
-
-def list_checkpoints(directory):
-    """Every checkpoint in `directory`, newest first, found by scanning its files
-    (never by TensorFlow's `checkpoint` state file, which may be stale or garbage).
-
-    A checkpoint is a prefix with a `PREFIX.index` or `PREFIX.data-*` file
-    (temporary files of interrupted saves excluded). Newest: the highest
-    `-STEP` suffix, then the latest modification time; prefixes without a step
-    come after those with one. Returns `Found` records with `problem` unset.
-    """
-    prefixes = {}
-    try:
-        names = os.listdir(directory)
-    except OSError as err:
-        raise UserError(f"{directory}: cannot list checkpoints: {err.strerror}") from None
-    for name in names:
-        if TEMP_FILE.match(name):
-            continue
-        if name.endswith(".index"):
-            prefix = name[:-len(".index")]
-        elif DATA_SHARD.search(name):
-            prefix = name[:DATA_SHARD.search(name).start()]
-        else:
-            continue
-        path = os.path.join(directory, name)
-        if not os.path.isfile(path) or not prefix:
-            continue
-        try:
-            mtime = os.stat(path).st_mtime
-        except FileNotFoundError:  # removed since the listing
-            continue
-        full = os.path.join(directory, prefix)
-        prefixes[full] = max(mtime, prefixes.get(full, mtime))
-
-    def newest_first(prefix):
-        step = _step_of(prefix)
-        return (step is not None, -1 if step is None else step, prefixes[prefix])
-
-    return [Found(prefix, _step_of(prefix)) for prefix in sorted(prefixes, key=newest_first,
-                                                                  reverse=True)]
 
 
 def checkpoint_problem(prefix, *, full=True):
@@ -173,15 +114,7 @@ def resolve_checkpoint(path):
             raise UserError(f"{path}: no checkpoint in this directory (expected "
                             "PREFIX.index and PREFIX.data-* files)")
         return found.prefix
-    for suffix in (".index", ".meta", SIDECAR_SUFFIX):
-        if path.endswith(suffix):
-            path = path[:-len(suffix)]
-    if ".data-" in os.path.basename(path):
-        path = path[:path.rindex(".data-")]
-    if not os.path.exists(path + ".index"):
-        raise UserError(f"{path}: no checkpoint here (expected {path}.index and "
-                        f"{path}.data-*, or a directory holding checkpoints)")
-    return path
+    return checkpoint_prefix(path)
 
 
 def _read_error(err):

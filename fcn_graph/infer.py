@@ -32,6 +32,7 @@ from fcn_graph.errors import UserError, run_cli
 from fcn_graph.fileio import OutputFolder, kind_of
 from fcn_graph.image_files import IMAGE_EXTENSIONS
 from fcn_graph.memory import return_freed_memory
+from fcn_graph.pipeline import run_pipeline, terminate_as_interrupt
 from fcn_graph.progress import Progress
 
 
@@ -120,14 +121,22 @@ def output_stems(paths):
     return stems, notes
 
 
-def _batches(paths, batch_size, on_error):
-    """Yield lists of (path, image) of one size, up to batch_size long."""
+def _read(path):
+    """(image, None), or (None, the UserError) for an image that cannot be read."""
+    try:
+        return image_files.read_image(path), None
+    except UserError as err:
+        return None, err
+
+
+def _batches(read, batch_size):
+    """From (path, (image, error)) pairs in order, yield (path, error) for each
+    image that could not be read, as soon as it is seen, and lists of (path,
+    image) of one size, up to batch_size long."""
     pending = []
-    for path in paths:
-        try:
-            image = image_files.read_image(path)
-        except UserError as err:
-            on_error(path, err)
+    for path, (image, error) in read:
+        if error is not None:
+            yield path, error
             continue
         if pending and (len(pending) == batch_size or pending[0][1].shape != image.shape):
             yield pending
@@ -200,12 +209,18 @@ def main(argv=None):
         args.kernels = args.kernels or config.model.kernels
     paths = list_images(args.inputs)
     stems, notes = output_stems(paths)
-    tflog.load_tensorflow()
-    from fcn_graph import checkpoint
-    from fcn_graph.segmenter import make_segmenter
-
-    prefix = checkpoint.resolve_checkpoint(source)
-    spec = checkpoint.model_spec_from_checkpoint(prefix)
+    cached = None
+    if args.engine == "onnxruntime" and args.precision == "float32" and not args.xla:
+        # A model converted before: no TensorFlow at all (model_cache).
+        from fcn_graph.onnx_engine import find_converted
+        cached = find_converted(source, mean_pixel=args.mean, kernels=args.kernels or "auto")
+    if cached is not None:
+        prefix, spec = cached.prefix, cached.spec
+    else:
+        tflog.load_tensorflow()
+        from fcn_graph import checkpoint
+        prefix = checkpoint.resolve_checkpoint(source)
+        spec = checkpoint.model_spec_from_checkpoint(prefix)
     image_files.check_num_classes(spec.num_classes, f"{prefix} (checkpoint)")
     tiling.check_tile(tile, tiling.receptive_field(spec))
     # Every output is checked before the model loads: the folder made and
@@ -220,9 +235,14 @@ def main(argv=None):
         print(f"note: --mean ignored; {prefix}.json gives the mean pixel "
               f"{list(spec.mean_pixel)}", file=sys.stderr)
     return_freed_memory()
-    segmenter = make_segmenter(prefix, engine=args.engine, mean_pixel=args.mean,
-                               threads=args.threads, xla=args.xla, precision=args.precision,
-                               kernels=args.kernels or "auto")
+    if cached is not None:
+        from fcn_graph.onnx_engine import OnnxSegmenter
+        segmenter = OnnxSegmenter(cached, threads=args.threads)
+    else:
+        from fcn_graph.segmenter import make_segmenter
+        segmenter = make_segmenter(prefix, engine=args.engine, mean_pixel=args.mean,
+                                   threads=args.threads, xla=args.xla, precision=args.precision,
+                                   kernels=args.kernels or "auto")
     segmenter = tiling.TiledSegmenter(segmenter, spec, tile=tile,
                                       budget_bytes=args.memory_budget * 2**30)
     mean_pixel = spec.resolved_mean(args.mean)
@@ -232,47 +252,61 @@ def main(argv=None):
 
     failures = []
     progress = Progress(len(paths), label="images", unit="img") if len(paths) > 1 else None
-
-    def on_error(path, err):
-        failures.append(path)
-        message = f"error: {err}"
-        if progress:
-            progress.write(message, file=sys.stderr)
-        else:
-            print(message, file=sys.stderr)
-
     done = 0
-    try:
-        for batch in _batches(paths, args.batch, on_error):
+
+    def compute(read):
+        # The network, in this thread; decoding and writing overlap it (pipeline).
+        for batch in _batches(read, args.batch):
+            if isinstance(batch, tuple):  # (path, error): reported in order
+                yield batch
+                continue
             start = time.perf_counter()
             labels, scores = segmenter.run(np.stack([image for _, image in batch]),
                                            scores=args.save_scores)
             seconds = (time.perf_counter() - start) / len(batch)
-            for index, (path, image) in enumerate(batch):
-                label = labels[index].astype(np.uint8)
-                label_path, overlay_path, scores_path = output_paths(args.output_dir,
-                                                                     stem_of[path])
-                writes = [(label_path, image_files.write_label_png, label),
-                          (overlay_path, image_files.write_image,
-                           image_files.overlay(image, label, alpha=args.alpha))]
-                if args.save_scores:
-                    writes.append((scores_path, image_files.save_npy_atomic,
-                                   scores[index].astype(np.float32)))
-                for out_path, write, value in writes:
-                    try:
-                        write(out_path, value)
-                    except OSError as err:
-                        raise UserError(f"{out_path}: cannot write ({err.strerror})") from None
-                    folder.wrote(os.path.basename(out_path))
-                height, width = image.shape[:2]
-                line = f"{path}: {width}x{height}, {seconds * 1000:.0f} ms -> {label_path}"
-                if progress:
-                    progress.write(line)
-                else:
-                    print(line, flush=True)
-            done += len(batch)
+            yield batch, labels, scores, seconds
+
+    def write(result):
+        nonlocal done
+        if isinstance(result[1], UserError):
+            path, err = result
+            failures.append(path)
+            message = f"error: {err}"
             if progress:
-                progress.update(done + len(failures))
+                progress.write(message, file=sys.stderr)
+            else:
+                print(message, file=sys.stderr)
+            return
+        batch, labels, scores, seconds = result
+        for index, (path, image) in enumerate(batch):
+            label = labels[index].astype(np.uint8)
+            label_path, overlay_path, scores_path = output_paths(args.output_dir, stem_of[path])
+            writes = [(label_path, image_files.write_label_png, label),
+                      (overlay_path, image_files.write_image,
+                       image_files.overlay(image, label, alpha=args.alpha))]
+            if args.save_scores:
+                writes.append((scores_path, image_files.save_npy_atomic,
+                               scores[index].astype(np.float32)))
+            for out_path, write_file, value in writes:
+                try:
+                    write_file(out_path, value)
+                except OSError as err:
+                    raise UserError(f"{out_path}: cannot write ({err.strerror})") from None
+                folder.wrote(os.path.basename(out_path))
+            height, width = image.shape[:2]
+            line = f"{path}: {width}x{height}, {seconds * 1000:.0f} ms -> {label_path}"
+            if progress:
+                progress.write(line)
+            else:
+                print(line, flush=True)
+        done += len(batch)
+        if progress:
+            progress.update(done + len(failures))
+
+    try:
+        with terminate_as_interrupt():
+            run_pipeline(paths, read=_read, compute=compute, write=write,
+                         read_ahead=max(2, args.batch))
     finally:
         if progress:
             progress.close()

@@ -20,19 +20,30 @@ in a `.data` file beside it) and `OnnxSegmenter` runs it.
 `OnnxSegmenter(path_or_prefix)` runs such a model (a `.onnx` file, or a
 checkpoint prefix or directory converted on the fly) with the same
 `.run(batch, scores=False) -> (labels, scores)` as `segmenter.Segmenter`.
+
+A checkpoint's converted model is kept in the model cache
+(`model_cache.cached_onnx_model`, keyed by the checkpoint's content and the
+build options) and reused: `find_converted` finds it, with the checkpoint's
+`ModelSpec`, without importing TensorFlow; `converted_model` builds it on a
+miss (reading the checkpoint needs TensorFlow).
 """
 
+import dataclasses
+import hashlib
 import os
-import tempfile
+import shutil
 
 import numpy as np
 
+from fcn_graph import model_cache
+from fcn_graph.checkpoint_files import checkpoint_prefix, list_checkpoints
 from fcn_graph.constants import resolve_kernels
 from fcn_graph.errors import UserError
+from fcn_graph.spec import ModelSpec
 
 # TensorFlow is imported only to read checkpoints (build_onnx_model): running
-# a `.onnx` file does not load it (docs/performance.md: memory of the ONNX
-# engine).
+# a `.onnx` file or a cached model does not load it (docs/performance.md:
+# memory of the ONNX engine).
 
 DEFAULT_OPSET = 17
 MIN_OPSET = 13                   # the oldest opset accepted (and tested)
@@ -96,6 +107,155 @@ def build_onnx_model(prefix, *, opset=DEFAULT_OPSET, mean_pixel=None, kernels="a
     spec = checkpoint.model_spec_from_checkpoint(prefix)
     weights = _read_weights(prefix, spec)
     return onnx_model(spec, weights, opset=opset, mean_pixel=mean_pixel, kernels=kernels)
+
+
+# The modules whose code decides what a converted model holds: a change to
+# any of them makes new cache keys (`converter_version`).
+CONVERTER_MODULES = ("onnx_engine.py", "onnx_layers.py", "model.py", "spec.py")
+
+
+def converter_version():
+    """SHA-256 (hex, 16 digits) of the source of CONVERTER_MODULES."""
+    digest = hashlib.sha256()
+    package = os.path.dirname(os.path.abspath(__file__))
+    for name in CONVERTER_MODULES:
+        with open(os.path.join(package, name), "rb") as handle:
+            digest.update(name.encode() + b"\0" + handle.read())
+    return digest.hexdigest()[:16]
+
+
+def cpu_identity():
+    """The CPU's model name and feature flags (from /proc/cpuinfo, hashed), and
+    the machine type: what ONNX Runtime's optimised CPU models depend on."""
+    import platform
+    found = {}
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as handle:
+            for line in handle:
+                key = line.split(":", 1)[0].strip()
+                if key in ("model name", "flags", "Features") and key not in found:
+                    found[key] = line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    text = "|".join(f"{key}={found[key]}" for key in sorted(found))
+    return f"{platform.machine()}-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+
+
+def optimise_for_cpu():
+    """Whether converted models are cached in ONNX Runtime's optimised form for
+    this CPU: yes unless ONNX Runtime offers CUDA (a CPU-optimised graph would
+    not suit it)."""
+    return not _ort_gpu()
+
+
+def onnx_variant(*, mean_pixel=None, kernels="auto", opset=DEFAULT_OPSET):
+    """The build options of a float32 model of a checkpoint, as the model
+    cache's `variant`: opset, kernel set (resolved), the fallback mean pixel,
+    the converter's version, and for a CPU-optimised model the ONNX Runtime
+    version and the CPU (`cpu_identity`)."""
+    variant = {"engine": "onnxruntime", "precision": "float32", "opset": int(opset),
+               "kernels": choose_onnx_kernels(kernels),
+               "mean_pixel": None if mean_pixel is None else [float(v) for v in mean_pixel],
+               "converter": converter_version(), "optimised_for": None}
+    if optimise_for_cpu():
+        import onnxruntime as ort
+        variant["optimised_for"] = {"onnxruntime": ort.__version__, "cpu": cpu_identity()}
+    return variant
+
+
+def write_optimised(source, target):
+    """Write ONNX Runtime's optimised form of the model file `source` (every
+    graph optimisation, for this CPU) to `target`, its weights in
+    `external_data_path(target)`. Loaded with optimisations off, it starts in a
+    fraction of the time and memory: the weights are already in the layouts
+    the CPU kernels use."""
+    import onnxruntime as ort
+    options = session_options()
+    options.log_severity_level = 3  # not the warning that the result suits this CPU only
+    options.optimized_model_filepath = os.fspath(target)
+    options.add_session_config_entry("session.optimized_model_external_initializers_file_name",
+                                     os.path.basename(external_data_path(target)))
+    options.add_session_config_entry(
+        "session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+    ort.InferenceSession(os.fspath(source), sess_options=options,
+                         providers=["CPUExecutionProvider"])
+
+
+def converted_model(prefix, *, mean_pixel=None, kernels="auto", opset=DEFAULT_OPSET, log=None):
+    """A `model_cache.ModelFile` of checkpoint `prefix` (resolved) converted by
+    `build_onnx_model` and saved with its weights as external data; from the
+    cache when there, else built (TensorFlow reads the checkpoint) and cached.
+    Its `info["spec"]` is the checkpoint's `ModelSpec` as a dict."""
+    def build(folder):
+        from fcn_graph import checkpoint
+        check_opset(opset)
+        spec = checkpoint.model_spec_from_checkpoint(prefix)
+        weights = _read_weights(prefix, spec)
+        model = onnx_model(spec, weights, opset=opset, mean_pixel=mean_pixel, kernels=kernels)
+        del weights
+        target = os.path.join(folder, model_cache.MODEL_FILE)
+        if not optimised:
+            save_model(model, target, external_data=True)
+            return {"spec": dataclasses.asdict(spec), "optimised": False}
+        plain = os.path.join(folder, "plain")
+        os.mkdir(plain)
+        save_model(model, os.path.join(plain, model_cache.MODEL_FILE), external_data=True)
+        del model
+        try:
+            write_optimised(os.path.join(plain, model_cache.MODEL_FILE), target)
+        except Exception:  # ONNX Runtime's Fail, ...: the plain model serves
+            for name in os.listdir(folder):
+                if name != "plain":
+                    os.remove(os.path.join(folder, name))
+            for name in os.listdir(plain):
+                os.replace(os.path.join(plain, name), os.path.join(folder, name))
+            os.rmdir(plain)
+            return {"spec": dataclasses.asdict(spec), "optimised": False}
+        shutil.rmtree(plain)
+        return {"spec": dataclasses.asdict(spec), "optimised": True}
+
+    variant = onnx_variant(mean_pixel=mean_pixel, kernels=kernels, opset=opset)
+    optimised = variant["optimised_for"] is not None
+
+    return model_cache.cached_onnx_model(prefix, variant=variant, build=build, log=log)
+
+
+def cached_spec(found):
+    """The `ModelSpec` stored with a converted model, or None when the entry
+    does not hold a valid one."""
+    try:
+        return ModelSpec(**found.info["spec"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def find_converted(source, *, mean_pixel=None, kernels="auto", opset=DEFAULT_OPSET, log=None):
+    """The cached `model_cache.ModelFile` of the checkpoint `source` names (a
+    prefix, one of its files, or a directory: its newest checkpoint by name),
+    with `.spec` set, or None when it is not cached. Never imports
+    TensorFlow. For a directory only the newest checkpoint is looked up:
+    when it is not cached, `checkpoint.resolve_checkpoint` decides, as
+    without a cache."""
+    source = os.fspath(source)
+    try:
+        if os.path.isdir(source):
+            found = list_checkpoints(source)
+            if not found:
+                return None
+            prefix = found[0].prefix
+        else:
+            prefix = checkpoint_prefix(source)
+    except UserError:
+        return None
+    entry = model_cache.lookup(
+        prefix, onnx_variant(mean_pixel=mean_pixel, kernels=kernels, opset=opset), log=log)
+    if entry is None:
+        return None
+    entry.spec = cached_spec(entry)
+    if entry.spec is None:
+        entry.close()
+        return None
+    return entry
 
 
 def onnx_model(spec, weights, *, opset=DEFAULT_OPSET, mean_pixel=None, kernels="auto",
@@ -189,13 +349,23 @@ def load_session(path, options, providers):
         raise UserError(f"{path}: ONNX Runtime cannot load it ({reason})") from None
 
 
+def _options_for(found, options):
+    """`options`, with the graph optimisations off for a model that is already
+    in ONNX Runtime's optimised form (`write_optimised`)."""
+    if (found.info or {}).get("optimised"):
+        import onnxruntime as ort
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return options
+
+
 class OnnxSegmenter:
     """ONNX Runtime twin of `segmenter.Segmenter`.
 
     path_or_prefix: a `.onnx` file with the interface above (its external
-    data, if any, beside it), or a checkpoint prefix (or directory), converted
-    with `build_onnx_model` on the fly (`mean_pixel` applies to checkpoints
-    without a sidecar, as in `Segmenter`; `kernels` picks the ONNX kernel set).
+    data, if any, beside it), a checkpoint prefix (or directory), converted
+    with `build_onnx_model` through the model cache (`mean_pixel` applies to
+    checkpoints without a sidecar, as in `Segmenter`; `kernels` picks the ONNX
+    kernel set), or a `model_cache.ModelFile` (`find_converted`).
     """
 
     def __init__(self, path_or_prefix, *, threads=None, mean_pixel=None, kernels="auto"):
@@ -207,22 +377,26 @@ class OnnxSegmenter:
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
                      if p in ort.get_available_providers()]
         options = session_options(threads)
-        if str(path_or_prefix).endswith(".onnx"):
+        if isinstance(path_or_prefix, model_cache.ModelFile):
+            with path_or_prefix as found:
+                self.session = load_session(found.path, _options_for(found, options), providers)
+        elif str(path_or_prefix).endswith(".onnx"):
             if not os.path.isfile(path_or_prefix):
                 raise UserError(f"{path_or_prefix}: no such ONNX file")
             self.session = load_session(str(path_or_prefix), options, providers)
         else:
-            # Through temporary files, so that neither the ModelProto nor its
-            # serialised bytes (0.5 GB each at full size) stay alive beside the
-            # session's own copy of the weights; the weights as external data,
-            # which ONNX Runtime loads with a lower peak (docs/performance.md).
-            from fcn_graph import checkpoint
-            prefix = checkpoint.resolve_checkpoint(str(path_or_prefix))
-            with tempfile.TemporaryDirectory(prefix="fcn_onnx_") as work:
-                path = os.path.join(work, "model.onnx")
-                save_model(build_onnx_model(prefix, mean_pixel=mean_pixel, kernels=kernels), path,
-                           external_data=True)
-                self.session = load_session(path, options, providers)
+            # Through files (the model cache's, or temporary ones), so that
+            # neither the ModelProto nor its serialised bytes (0.5 GB each at
+            # full size) stay alive beside the session's own copy of the
+            # weights; the weights as external data, which ONNX Runtime loads
+            # with a lower peak (docs/performance.md).
+            found = find_converted(path_or_prefix, mean_pixel=mean_pixel, kernels=kernels)
+            if found is None:
+                from fcn_graph import checkpoint
+                prefix = checkpoint.resolve_checkpoint(str(path_or_prefix))
+                found = converted_model(prefix, mean_pixel=mean_pixel, kernels=kernels)
+            with found:
+                self.session = load_session(found.path, _options_for(found, options), providers)
         names = {o.name for o in self.session.get_outputs()}
         if not {"labels", "scores"} <= names or self.session.get_inputs()[0].name != "images":
             raise UserError(f"{path_or_prefix}: expected input 'images' and outputs 'labels', "

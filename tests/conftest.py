@@ -25,6 +25,13 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.kernels)
 
 
+@pytest.fixture(autouse=True)
+def own_model_cache(tmp_path_factory, monkeypatch):
+    """Each test its own model cache (fcn_graph.model_cache), never the user's;
+    subprocesses inherit it through the environment."""
+    monkeypatch.setenv("FCN_GRAPH_CACHE", str(tmp_path_factory.mktemp("model_cache")))
+
+
 @pytest.fixture
 def vgg_layers():
     return make_vgg_layers()

@@ -1,0 +1,216 @@
+"""Cold start and folder throughput of `python -m fcn_graph.infer`.
+
+    python bench/cold_start.py                         # full VGG19 width, 100 images
+    python bench/cold_start.py --images 20 --engines onnxruntime
+
+Writes random full-size weights (as the benchmark does, `bench.worker`), a
+500x375 JPEG and a folder of such JPEGs into a temporary folder, with the
+model cache there too (FCN_GRAPH_CACHE), then measures:
+
+- cold start: wall time and peak RSS of one `python -m fcn_graph.infer
+  photo.jpg` process, for `--engine tf`, and for `--engine onnxruntime` with
+  an empty cache (the checkpoint converted, then cached) and again (the
+  cached model, no TensorFlow). Peak RSS from `/usr/bin/time -v` where it
+  exists, else the child's own rusage. Files are in the page cache (a fresh
+  process, not a fresh machine).
+- folders: images per second of `infer FOLDER` in steady state (from the
+  time each image's line is printed, the first one left out) against the
+  network alone (`Segmenter.run` on one decoded image, warmed up, in a loop),
+  for each engine.
+"""
+
+import argparse
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TIME = "/usr/bin/time"
+GOAL_SECONDS, GOAL_GB, GOAL_RATIO = 2.5, 1.5, 0.95
+
+NETWORK_ONLY = """
+import sys, time
+import numpy as np
+from fcn_graph import image_files
+from fcn_graph.segmenter import make_segmenter
+prefix, engine, path, calls = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+segmenter = make_segmenter(prefix, engine=engine)
+batch = image_files.read_image(path)[None]
+segmenter.run(batch)
+times = []
+for _ in range(calls):
+    start = time.perf_counter()
+    segmenter.run(batch)
+    times.append(time.perf_counter() - start)
+print(sum(times) / len(times))
+"""
+
+
+def cpu_model():
+    """lscpu's model name, else /proc/cpuinfo's."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    with open("/proc/cpuinfo", encoding="ascii", errors="replace") as handle:
+        for line in handle:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return "unknown CPU"
+
+
+def environment(work):
+    env = dict(os.environ, FCN_GRAPH_CACHE=os.path.join(work, "cache"))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [CHECKOUT, env.get("PYTHONPATH")]))
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return env
+
+
+def measure(command, env):
+    """(wall seconds, peak RSS in bytes, stdout lines with their arrival times)
+    of one process; raises RuntimeError with its last lines when it fails."""
+    use_time = os.access(TIME, os.X_OK)
+    timed = [TIME, "-v"] + command if use_time else command
+    start = time.perf_counter()
+    proc = subprocess.Popen(timed, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    lines = []
+    for line in proc.stdout:
+        lines.append((time.perf_counter(), line))
+    err = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        tail = "\n".join(line for line in err.splitlines()[-5:])
+        raise RuntimeError(f"{' '.join(command[:4])} ... failed ({proc.returncode}):\n{tail}")
+    match = re.search(r"Maximum resident set size \(kbytes\): (\d+)", err)
+    peak_kb = int(match.group(1)) if match else usage.ru_maxrss
+    return wall, peak_kb * 1024, lines
+
+
+def make_inputs(work, count, seed=0):
+    """photo.jpg and FOLDER of `count` 500x375 JPEGs (smooth random scenes)."""
+    import cv2
+    import numpy as np
+    rng = np.random.default_rng(seed)
+
+    def scene():
+        small = rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)
+        image = cv2.resize(small, (500, 375), interpolation=cv2.INTER_CUBIC)
+        noise = rng.integers(-12, 13, image.shape)
+        return np.clip(image.astype(int) + noise, 0, 255).astype(np.uint8)
+
+    photo = os.path.join(work, "photo.jpg")
+    cv2.imwrite(photo, scene())
+    folder = os.path.join(work, "folder")
+    os.makedirs(folder)
+    for index in range(count):
+        cv2.imwrite(os.path.join(folder, f"img{index:03d}.jpg"), scene())
+    return photo, folder
+
+
+def make_weights(work, args, env):
+    prefix = os.path.join(work, "weights")
+    code = ("import sys; from bench.worker import make_weights; "
+            "make_weights(sys.argv[1], num_classes=int(sys.argv[2]), "
+            "width_multiplier=float(sys.argv[3]), fc_width=int(sys.argv[4]))")
+    run = subprocess.run([sys.executable, "-c", code, prefix, str(args.num_classes),
+                          str(args.width_multiplier), str(args.fc_width)], env=env,
+                         cwd=CHECKOUT, capture_output=True, text=True)
+    if run.returncode != 0:
+        raise RuntimeError(f"could not write the weights:\n{run.stderr[-2000:]}")
+    return prefix
+
+
+def infer_command(inputs, prefix, out, engine):
+    return [sys.executable, "-m", "fcn_graph.infer", inputs, "--checkpoint", prefix,
+            "--output-dir", out, "--engine", engine]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python bench/cold_start.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--engines", default="tf,onnxruntime",
+                        help="engines to measure, comma-separated (default tf,onnxruntime)")
+    parser.add_argument("--images", type=int, default=100,
+                        help="JPEGs in the folder (default 100; 0 skips the folder figures)")
+    parser.add_argument("--network-calls", type=int, default=10,
+                        help="timed calls of the network alone (default 10)")
+    parser.add_argument("--width-multiplier", type=float, default=1.0,
+                        help="VGG widths times this (default 1.0, the full VGG19)")
+    parser.add_argument("--fc-width", type=int, default=4096, help="conv6/conv7 width")
+    parser.add_argument("--num-classes", type=int, default=21)
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    args = parser.parse_args(argv)
+    if args.images < 0 or args.network_calls < 1:
+        parser.error("--images: expected 0 or more, --network-calls: 1 or more")
+    engines = [e for e in args.engines.split(",") if e]
+    unknown = sorted(set(engines) - {"tf", "onnxruntime"})
+    if unknown:
+        parser.error(f"--engines: expected tf and/or onnxruntime, found {', '.join(unknown)}")
+
+    work = tempfile.mkdtemp(prefix="fcn_cold_")
+    env = environment(work)
+    rows = []
+    try:
+        print(f"CPU: {cpu_model()}, {os.cpu_count()} cores; width x{args.width_multiplier}, "
+              f"fc {args.fc_width}, {args.num_classes} classes", flush=True)
+        prefix = make_weights(work, args, env)
+        photo, folder = make_inputs(work, args.images)
+        print("cold start, one 500x375 JPEG, `python -m fcn_graph.infer photo.jpg`"
+              f" (peak RSS: {'/usr/bin/time -v' if os.access(TIME, os.X_OK) else 'rusage'}):",
+              flush=True)
+        runs = []
+        for engine in engines:
+            if engine == "onnxruntime":
+                runs += [("onnxruntime", "cache miss"), ("onnxruntime", "cache hit")]
+            else:
+                runs.append(("tf", ""))
+        for index, (engine, what) in enumerate(runs):
+            wall, peak, _ = measure(infer_command(photo, prefix, os.path.join(work, f"o{index}"),
+                                                  engine), env)
+            name = f"{engine} {what}".strip()
+            met = wall < GOAL_SECONDS and peak < GOAL_GB * 1e9
+            rows.append((name, wall, peak))
+            print(f"  {name:24s} {wall:6.2f} s  {peak / 1e9:5.2f} GB"
+                  f"{'  (goal met)' if met else ''}", flush=True)
+        if args.images:
+            print(f"folder of {args.images} 500x375 JPEGs, steady state (first image left out), "
+                  "against the network alone:", flush=True)
+            for engine in engines:
+                _, _, lines = measure(infer_command(folder, prefix,
+                                                    os.path.join(work, f"f_{engine}"), engine),
+                                      env)
+                stamps = [t for t, line in lines if " ms -> " in line]
+                folder_rate = ((len(stamps) - 1) / (stamps[-1] - stamps[0])
+                               if len(stamps) > 2 else float("nan"))
+                out = subprocess.run([sys.executable, "-c", NETWORK_ONLY, prefix, engine,
+                                      photo, str(args.network_calls)], env=env, check=True,
+                                     capture_output=True, text=True, cwd=CHECKOUT)
+                network_rate = 1.0 / float(out.stdout.strip().splitlines()[-1])
+                ratio = folder_rate / network_rate
+                per_image = [float(m.group(1)) for _, line in lines
+                             for m in [re.search(r", (\d+) ms -> ", line)] if m]
+                print(f"  {engine:12s} folder {folder_rate:5.2f} img/s, network alone "
+                      f"{network_rate:5.2f} img/s: {100 * ratio:5.1f} % "
+                      f"(network {statistics.median(per_image):.0f} ms per image inside "
+                      f"infer){'  (goal met)' if ratio >= GOAL_RATIO else ''}", flush=True)
+    finally:
+        if args.keep:
+            print(f"kept {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
