@@ -56,7 +56,6 @@ input's height and width.
 from collections import OrderedDict
 
 import numpy as np
-import tensorflow as tf
 
 from fcn_graph.constants import ARCHITECTURES, KERNELS, SKIPS, TRAIN_KEEP_PROB, VGG_MEAN_RGB  # noqa: F401
 from fcn_graph.spec import (  # noqa: F401  (the model description, importable from here too)
@@ -69,7 +68,8 @@ from fcn_graph.spec import (  # noqa: F401  (the model description, importable f
 )
 from fcn_graph.spec import check_variant as _check_variant
 
-tf1 = tf.compat.v1
+# TensorFlow is imported by the functions that build graphs, so that the
+# definition and its shape trace (`trace`, `layer_ends`) load without it.
 
 SCOPE = "inference"
 
@@ -378,6 +378,7 @@ def build(images, spec, *, keep_prob=1.0, mean_pixel=None, kernels="auto", head=
     The mean pixel is the spec's, else `mean_pixel`, else the VGG mean.
     kernels: "reference", "cpu" or "auto" (`cpu_kernels.choose_kernels`).
     """
+    import tensorflow as tf
     if spec.channel_order == "bgr":
         images = tf.reverse(images, axis=[3])                         # [N, H, W, 3] BGR
     mean = spec.resolved_mean(mean_pixel)
@@ -415,6 +416,8 @@ def fcn(images, spec, *, keep_prob=1.0, mean_pixel=VGG_MEAN_RGB, kernels="auto",
             [N, H/8, W/8, K], upscore8 [N, H, W, K];
         and logits, prediction.
     """
+    import tensorflow as tf
+    tf1 = tf.compat.v1
     from fcn_graph import cpu_kernels
     ops = cpu_kernels.tf_layers(kernels)
     with tf1.variable_scope(SCOPE, reuse=tf1.AUTO_REUSE):
@@ -431,6 +434,8 @@ class TFLayers(Layers):
     """The network's operations as plain TensorFlow ops (the "reference" kernels)."""
 
     def variable(self, name, shape, init, trainable):
+        import tensorflow as tf
+        tf1 = tf.compat.v1
         return tf1.get_variable(name, shape=shape, dtype=tf.float32,
                                 initializer=_initializer(init, shape), trainable=trainable)
 
@@ -438,6 +443,7 @@ class TFLayers(Layers):
         return net.shape[-1]
 
     def _centre(self, net, mean_pixel):
+        import tensorflow as tf
         mean = tf.constant(list(mean_pixel), dtype=tf.float32, name="mean_pixel")
         return net - mean
 
@@ -448,20 +454,24 @@ class TFLayers(Layers):
         return upsample(net, kernel, bias, shape_with_channels(like, channels), stride)
 
     def _relu(self, net, name):
+        import tensorflow as tf
         return tf.nn.relu(net, name=name)
 
     def _dropout(self, net, keep_prob):
+        import tensorflow as tf
         return tf.nn.dropout(net, rate=1.0 - keep_prob)
 
     def _pool(self, net, method, name):
         return pool2x2(net, method)
 
     def _add(self, a, b, name):
+        import tensorflow as tf
         return tf.add(a, b, name=name)
 
 
 def conv2d(net, kernel, bias):
     """Stride-1 SAME convolution plus bias (the same spatial size out)."""
+    import tensorflow as tf
     net = tf.nn.conv2d(net, kernel, strides=[1, 1, 1, 1], padding="SAME")
     return tf.nn.bias_add(net, bias)
 
@@ -471,6 +481,7 @@ def pool2x2(net, method):
 
     Average pooling divides by the number of real (unpadded) cells.
     """
+    import tensorflow as tf
     pool = tf.nn.avg_pool2d if method == "avg" else tf.nn.max_pool2d
     return pool(net, ksize=2, strides=2, padding="SAME")
 
@@ -485,6 +496,7 @@ def upsample(net, kernel, bias, output_shape, stride):
     the top and the rest at the bottom, where pad = (in - 1) * stride + k - H'.
     `kernel` is [k, k, C', C_in], as tf.nn.conv2d_transpose wants.
     """
+    import tensorflow as tf
     net = tf.nn.conv2d_transpose(net, kernel, output_shape, strides=[1, stride, stride, 1],
                                  padding="SAME")
     return net if bias is None else tf.nn.bias_add(net, bias)
@@ -492,6 +504,7 @@ def upsample(net, kernel, bias, output_shape, stride):
 
 def shape_with_channels(tensor, channels):
     """[N, H, W] of `tensor` at run time, with `channels` as the last dimension."""
+    import tensorflow as tf
     shape = tf.shape(tensor)
     return tf.stack([shape[0], shape[1], shape[2], channels])
 
@@ -512,6 +525,8 @@ def bilinear_kernel(size, channels):
 
 
 def _initializer(init, shape):
+    import tensorflow as tf
+    tf1 = tf.compat.v1
     if init == VGG_INIT:
         # He-normal (fan-in), truncated at two standard deviations.
         return tf1.initializers.variance_scaling(scale=2.0, mode="fan_in",
@@ -527,6 +542,7 @@ def _initializer(init, shape):
 def _bilinear_initializer(size):
     # Built in the graph from the [size, size] taps times an identity, so that
     # a 64x64xKxK filter never becomes a graph constant.
+    import tensorflow as tf
     taps = bilinear_kernel(size, 1)[:, :, 0, 0]
 
     def initializer(shape, dtype=tf.float32, partition_info=None):
@@ -554,6 +570,8 @@ def detect_architecture(names, scope=SCOPE):
 def model_variables(graph=None, scope=SCOPE):
     """The model's global variables (not optimizer slots or the global step),
     keyed by their checkpoint names."""
+    import tensorflow as tf
+    tf1 = tf.compat.v1
     graph = graph or tf1.get_default_graph()
     variables = graph.get_collection(tf1.GraphKeys.GLOBAL_VARIABLES, scope=scope + "/")
     # Optimizer slots live one level deeper ("inference/W6/Adam").
