@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from fcn_graph import datasets, distributed, training
+from fcn_graph import datasets, distributed, infer, training
 from fcn_graph import train as train_module
 from fcn_graph.config import load_config
 from fcn_graph.errors import UserError, run_cli
@@ -209,6 +209,30 @@ def test_chief_ranks_first_and_shards_are_disjoint():
         distributed.shard(small, cluster)
 
 
+def test_a_lost_peer_is_named():
+    """A peer that accepts connections but does not answer (frozen) and one
+    that refuses them (dead)."""
+    frozen = socket.socket()
+    frozen.bind(("localhost", 0))
+    frozen.listen()
+    dead = free_ports(1)[0]
+    try:
+        for port, expected in [
+                (frozen.getsockname()[1], "did not answer within 30 s (train.step_timeout) "
+                                          "during step 5"),
+                (dead, "stopped answering (connection refused) during step 5")]:
+            cluster = distributed.parse_tf_config(json.dumps({
+                "cluster": {"worker": ["localhost:1", f"localhost:{port}"]},
+                "task": {"type": "worker", "index": 0}}))
+            message = distributed.peer_failure(
+                cluster, tf.errors.DeadlineExceededError(None, None, "timed out"), 30, "step 5")
+            assert message == (f"worker 0 of 2 (localhost:1): worker 1 of 2 (localhost:{port}) "
+                               f"{expected}; restart all tasks to resume from the chief's "
+                               f"newest checkpoint in train.log_dir")
+    finally:
+        frozen.close()
+
+
 @pytest.mark.parametrize("override, message", [
     ("train.devices=[]", "train.devices: expected a list of devices"),
     ('train.devices=["TPU:0"]', "train.devices: expected device names like GPU:0"),
@@ -342,9 +366,6 @@ def test_kill_one_worker_then_restart_both(tmp_path, tasks):
 
     image = tmp_path / "shapes" / "images"
     first = sorted(os.listdir(image))[0]
-    out = subprocess.run([sys.executable, "-m", "fcn_graph.infer", str(image / first),
-                          "--checkpoint", str(tmp_path / "run"), "--output-dir",
-                          str(tmp_path / "pred")], env=dict(os.environ, PYTHONPATH=REPO),
-                         capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    assert os.listdir(tmp_path / "pred")
+    code = run_cli(infer.main, [str(image / first), "--checkpoint", str(tmp_path / "run"),
+                                "--output-dir", str(tmp_path / "pred")], prog="fcn_graph.infer")
+    assert code == 0 and os.listdir(tmp_path / "pred")
