@@ -13,6 +13,7 @@ Relative paths in the config are taken relative to the current directory.
 import dataclasses
 import json
 import os
+import re
 import stat
 import sys
 import typing
@@ -27,6 +28,8 @@ from fcn_graph.spec import FC_WIDTH, check_variant
 DATASET_KINDS = ("voc", "ade20k", "pets", "folder", "shapes")
 OPTIMIZERS = ("adam", "sgd")
 LR_SCHEDULES = ("constant", "poly")
+# A train.devices entry: GPU:0, /gpu:1, /device:CPU:0 ...
+DEVICE_NAME = re.compile(r"(?:/device:|/)?(cpu|gpu|CPU|GPU):(\d+)")
 
 # Upper bound of train.scale_range. Each training image is resized by its
 # scale before the crop, so its memory grows with the square of the scale: at
@@ -131,6 +134,12 @@ class TrainConfig:
     summary_images: int = 3
     # Threads for TensorFlow ops; null = the number of CPU cores.
     threads: Optional[int] = None
+    # Devices of this machine that train side by side, each on an equal part of
+    # the batch (e.g. ["GPU:0", "GPU:1"]); null = every visible GPU, else CPU:0.
+    devices: Optional[List[str]] = None
+    # With TF_CONFIG (several tasks): seconds a step may wait for the other
+    # tasks before the run stops, naming the task that did not answer.
+    step_timeout: float = 300.0
 
 
 @dataclass
@@ -476,6 +485,29 @@ def _validate(config, sources, default_source="config"):
     positive("train.summary_images", t.summary_images, allow_zero=True)
     if t.threads is not None:
         positive("train.threads", t.threads)
+    if t.devices is not None:
+        if not t.devices:
+            fail("train.devices", "expected a list of devices like [\"GPU:0\", \"GPU:1\"] or "
+                                  "null, found an empty list")
+        names = []
+        for name in t.devices:
+            match = DEVICE_NAME.fullmatch(name.strip())
+            if not match:
+                fail("train.devices", f"expected device names like GPU:0 or CPU:0, found "
+                                      f"{name!r}")
+            names.append(f"/device:{match.group(1).upper()}:{int(match.group(2))}")
+        for name in names:
+            if names.count(name) > 1:
+                fail("train.devices", f"{name} appears {names.count(name)} times; expected "
+                                      f"each device once")
+        t.devices = names
+        if t.batch_size % len(names):
+            fail("train.batch_size", f"expected a multiple of the {len(names)} train.devices "
+                                     f"(each trains on an equal part of the batch), found "
+                                     f"{t.batch_size}")
+    if not t.step_timeout > 0:
+        fail("train.step_timeout", f"expected a positive number of seconds, found "
+                                   f"{t.step_timeout}")
     if not t.log_dir:
         fail("train.log_dir", "expected a directory, found an empty string")
 

@@ -13,6 +13,13 @@ there but none reads, it stops rather than start over). Ctrl-C or SIGTERM
 saves a checkpoint and exits; a second signal during that save is ignored. A
 non-finite loss, a full disk or an unwritable file stops the run with one
 line, keeping the last good checkpoint. One run at a time per log directory.
+
+With TF_CONFIG naming several tasks (fcn_graph.distributed), every task runs
+this same command and they train synchronously: each on its shard of the
+training files with train.batch_size images per step, over train.devices on
+its machine; only the chief writes. A task that does not answer within
+train.step_timeout seconds stops the others; running all tasks again resumes
+from the chief's newest checkpoint.
 """
 
 import argparse

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from fcn_graph import checkpoint, datasets, image_files, runlock
+from fcn_graph import checkpoint, datasets, distributed, image_files, runlock
 from fcn_graph import model as fcn_model
 from fcn_graph.config import save_resolved_config
 from fcn_graph.constants import IGNORE_LABEL
@@ -49,6 +49,17 @@ def segmentation_loss(logits, labels):
     xent = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=safe, logits=logits)
     weights = tf.cast(valid, tf.float32)
     return tf.reduce_sum(xent * weights) / tf.maximum(tf.reduce_sum(weights), 1.0)
+
+
+def segmentation_loss_sum(logits, labels):
+    """(sum of the softmax cross-entropy over the pixels not labelled
+    IGNORE_LABEL, the number of those pixels as float32): the two parts of
+    `segmentation_loss`, which add up across devices and tasks."""
+    valid = tf.not_equal(labels, IGNORE_LABEL)                        # [N, H, W]
+    safe = tf.where(valid, labels, tf.zeros_like(labels))
+    xent = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=safe, logits=logits)
+    weights = tf.cast(valid, tf.float32)
+    return tf.reduce_sum(xent * weights), tf.reduce_sum(weights)
 
 
 def kernel_l2(variables):
@@ -154,36 +165,87 @@ def _prepare_log_dir(log_dir):
         raise UserError(f"train.log_dir: cannot create {log_dir}: {err.strerror}") from None
 
 
-def train(config, *, exiting=False):
+def train(config, *, exiting=False, environ=None):
     """Run the training a config describes; returns the final validation metrics.
+
+    With TF_CONFIG in `environ` (default os.environ) naming several tasks, this
+    task trains in step with the others (`distributed`); only the chief
+    writes in train.log_dir and holds its lock.
 
     Holds the lock on train.log_dir for the whole run (a second run on the same
     directory is refused). `exiting`: the caller ends the process when this
     returns or raises (the command line), so once a signal has stopped the run,
     further signals stay ignored to the end instead of killing it halfway
     through its exit."""
+    cluster = distributed.from_environment(environ)
+    if cluster is not None and cluster.size == 1:
+        print(f"{distributed.ENV} names one task: training on this machine alone",
+              file=sys.stderr)
+        cluster = None
+    if cluster is not None and not cluster.is_chief:
+        return _train(config, exiting, cluster)  # writes nothing in train.log_dir
     _prepare_log_dir(config.train.log_dir)
     with runlock.locked_log_dir(config.train.log_dir):
-        return _train(config, exiting)
+        return _train(config, exiting, cluster)
 
 
-def _train(config, exiting):
+def resolve_devices(configured):
+    """train.devices checked against this machine: the device names, or None
+    for the default placement (one device: a GPU when one is visible)."""
+    gpus = len(tf.config.list_physical_devices("GPU"))
+    if configured is None:
+        return [f"/device:GPU:{i}" for i in range(gpus)] if gpus > 1 else None
+    for name in configured:
+        kind, index = name.split(":")[-2:]
+        if kind == "GPU" and int(index) >= gpus:
+            raise UserError(f"train.devices: {name} not found; this machine has {gpus} "
+                            f"visible GPU(s)" + (f" (GPU:0 to GPU:{gpus - 1})" if gpus else ""))
+    return list(configured)
+
+
+def _train(config, exiting, cluster=None):
     t = config.train
+    chief = cluster is None or cluster.is_chief
+    devices = resolve_devices(t.devices)
+    if devices and t.batch_size % len(devices):
+        raise UserError(f"train.batch_size: expected a multiple of the {len(devices)} devices "
+                        f"of train.devices (each trains on an equal part of the batch), found "
+                        f"{t.batch_size}")
     train_files, val_files, num_classes = datasets.splits_from_config(config)
     class_names = datasets.class_names_for(train_files, num_classes)
+    pass_images = len(train_files)
+    if cluster is not None:
+        pass_images = -(-len(train_files) // cluster.size)
+        train_files = distributed.shard(train_files, cluster)
     spec, vgg = _model_spec(config, num_classes)
-    removed = checkpoint.clean_temp_files(t.log_dir)
-    if removed:
-        print(f"removed {len(removed)} temporary file(s) of an interrupted save from "
-              f"{t.log_dir}: {', '.join(removed[:5])}" + (" ..." if len(removed) > 5 else ""),
-              file=sys.stderr)
-    resume_prefix, start_step = _resume_point(t.log_dir, spec)
-    _write_or_fail(save_resolved_config, config, t.log_dir)
-    graph = build_training_graph(config, spec, train_files, val_files, start_step=start_step)
+    resume_prefix, start_step, server = None, 0, None
+    if chief:
+        removed = checkpoint.clean_temp_files(t.log_dir)
+        if removed:
+            print(f"removed {len(removed)} temporary file(s) of an interrupted save from "
+                  f"{t.log_dir}: {', '.join(removed[:5])}"
+                  + (" ..." if len(removed) > 5 else ""), file=sys.stderr)
+        resume_prefix, start_step = _resume_point(t.log_dir, spec)
+        _write_or_fail(save_resolved_config, config, t.log_dir)
+    if cluster is not None:
+        base = _session_config(t, devices)
+        server = distributed.start_server(cluster, base)
+        print(f"{cluster.name(cluster.rank)}: waiting for the other tasks of "
+              f"{distributed.ENV}", file=sys.stderr)
+        start_step = distributed.agree(cluster, server, base, step=start_step,
+                                       config_print=distributed.fingerprint(config),
+                                       timeout=t.step_timeout)
+    graph = build_training_graph(config, spec, train_files, val_files, start_step=start_step,
+                                 cluster=cluster, devices=devices)
     run = TrainingRun(config, graph, spec, saved=resume_prefix,
-                      saved_step=start_step if resume_prefix else -1, exiting=exiting)
-    metrics, step = run.run(start_step, resume_prefix=resume_prefix, vgg=vgg,
-                            train_files=train_files, val_files=val_files)
+                      saved_step=start_step if resume_prefix else -1, exiting=exiting,
+                      cluster=cluster, server=server, devices=devices, pass_images=pass_images)
+    metrics, step = run.run(start_step, resume_prefix=resume_prefix, vgg=None if resume_prefix
+                            or not chief else vgg, train_files=train_files, val_files=val_files)
+    if not chief:
+        print(f"step {step}: {cluster.name(cluster.rank)} done; the chief writes the "
+              f"checkpoint and the validation metrics", file=sys.stderr)
+        return metrics
 
     print(format_metrics(metrics, class_names))
     run.write(write_json_atomic, os.path.join(t.log_dir, METRICS_NAME),
@@ -209,13 +271,29 @@ class TrainingGraph:
     saver: tf1.train.Saver           # every variable (model, optimizer, global step)
     init: tf.Operation
     variables: dict                  # the model variables by checkpoint name
+    # Several tasks or devices: the stop request of this task (a float32
+    # placeholder, 1 = stop), their sum over the tasks after the step, and
+    # the op that copies every variable from rank 0 to the other tasks.
+    stop_request: tf.Tensor = None
+    stop_requests: tf.Tensor = None
+    sync: tf.Operation = None
 
 
-def build_training_graph(config, spec, train_files, val_files, *, start_step=0):
+def build_training_graph(config, spec, train_files, val_files, *, start_step=0, cluster=None,
+                         devices=None):
     """The training graph of `config` for the model `spec`: the augmented
     train_files batches, the model, loss, optimizer and summaries, and the
     validation branch on val_files. The data seed is train.seed + start_step,
-    so a resumed run does not replay the batches it has seen."""
+    so a resumed run does not replay the batches it has seen.
+
+    `cluster` (a distributed.Cluster) and `devices` (device names, each
+    taking an equal part of the batch): data-parallel training whose step
+    equals one step on all the tasks' and devices' images together
+    (`_parallel_step`)."""
+    if cluster is not None or devices:
+        return _build_parallel_graph(config, spec, train_files, val_files,
+                                     start_step=start_step, cluster=cluster,
+                                     devices=devices or [None])
     t = config.train
     num_classes = spec.num_classes
     graph = tf.Graph()
@@ -254,6 +332,107 @@ def build_training_graph(config, spec, train_files, val_files, *, start_step=0):
                          evaluator=evaluator, saver=saver, init=init, variables=variables)
 
 
+def _build_parallel_graph(config, spec, train_files, val_files, *, start_step, cluster,
+                          devices):
+    """`build_training_graph` over several devices (`devices`) and tasks
+    (`cluster`, or None for this machine alone).
+
+    Each device computes the gradients of the SUM of its pixels' losses and
+    counts its valid pixels; the sums are added over the devices, then over
+    the tasks (one collective all-reduce of everything, flattened), and
+    divided by the total count: the gradient of the mean loss over every
+    valid pixel of the step, whatever share of them each device or task
+    holds. The weight decay is added once, as in single-device training.
+    Variables, optimizer and global step are the single-device ones, so
+    checkpoints move between the two freely. Each task seeds its data and
+    dropout with its rank; rank 0's variables reach the others through
+    `sync`."""
+    t = config.train
+    rank = cluster.rank if cluster is not None else 0
+    graph = tf.Graph()
+    with graph.as_default(), tf.device(cluster.device if cluster is not None else None):
+        tf1.set_random_seed(t.seed + rank)
+        global_step = tf1.train.get_or_create_global_step()
+        data = datasets.train_dataset(
+            train_files, num_classes=spec.num_classes, batch_size=t.batch_size,
+            image_size=t.image_size, scale_range=tuple(t.scale_range), flip=t.flip,
+            seed=t.seed + start_step + (rank << 32), mean_pixel=spec.mean_pixel)
+        images, labels = tf1.data.make_one_shot_iterator(data).get_next()
+        parts = zip(tf.split(images, len(devices)), tf.split(labels, len(devices)))
+        sums = []
+        for device, (tower_images, tower_labels) in zip(devices, parts):
+            with tf.device(device):  # [B / devices, S, S, 3] each
+                logits, _, _ = build_model(tower_images, spec, keep_prob=t.keep_prob,
+                                           kernels=config.model.kernels)
+                sums.append(segmentation_loss_sum(logits, tower_labels))
+        variables = fcn_model.model_variables(graph)
+        trainable = tf1.trainable_variables()
+        tower_grads = [tf1.gradients(xent, trainable, colocate_gradients_with_ops=True)
+                       for xent, _ in sums]
+        trained = [i for i, grad in enumerate(tower_grads[0]) if grad is not None]
+        grads = [tf.add_n([grads[i] for grads in tower_grads]) for i in trained]
+        stop_request = tf1.placeholder_with_default(0.0, [], name="stop_request")
+        totals = tf.stack([tf.add_n([xent for xent, _ in sums]),
+                           tf.add_n([count for _, count in sums]), stop_request])
+        if cluster is not None:
+            grads, totals = _all_reduce_flat(
+                distributed.Collectives(cluster, first_key=distributed.GRAPH_INSTANCE_KEYS),
+                grads, totals)
+        xent_sum, valid, stop_requests = tf.unstack(totals)
+        scale = 1.0 / tf.maximum(valid, 1.0)
+        loss = xent_sum * scale
+        final = {i: grad * scale for i, grad in zip(trained, grads)}
+        if t.weight_decay > 0:  # on the kernels the loss does not reach too
+            decay = tf.gradients(t.weight_decay * kernel_l2(variables), trainable)
+            for i, grad in enumerate(decay):
+                if grad is not None:
+                    final[i] = final[i] + grad if i in final else grad
+        rate = learning_rate(t.learning_rate, global_step, schedule=t.lr_schedule,
+                             max_steps=t.max_steps, power=t.lr_power)
+        train_op = make_optimizer(t.optimizer, rate, momentum=t.momentum).apply_gradients(
+            [(final[i], trainable[i]) for i in sorted(final)], global_step=global_step)
+        all_finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(v))
+                                    for v in variables.values()])
+        tf1.summary.scalar("train/loss", loss)
+        tf1.summary.scalar("train/learning_rate", rate)
+        summaries = tf1.summary.merge_all()
+        evaluator = Evaluator(val_files, spec, num_classes=spec.num_classes,
+                              max_images=t.eval_max_images, kernels=config.model.kernels)
+        sync = None
+        if cluster is not None:
+            collectives = distributed.Collectives(
+                cluster, first_key=distributed.GRAPH_INSTANCE_KEYS + 1)
+            sync = tf.group([collectives.broadcast(v) for v in tf1.global_variables()])
+        saver = tf1.train.Saver(max_to_keep=None, save_relative_paths=True)
+        init = tf1.global_variables_initializer()
+        graph.finalize()
+    return TrainingGraph(graph=graph, global_step=global_step, train_op=train_op, loss=loss,
+                         valid_pixels=valid, summaries=summaries, all_finite=all_finite,
+                         evaluator=evaluator, saver=saver, init=init, variables=variables,
+                         stop_request=stop_request, stop_requests=stop_requests, sync=sync)
+
+
+def _all_reduce_flat(collectives, grads, totals):
+    """(grads, totals) summed over the tasks by one all-reduce of them all
+    flattened into one float32 vector."""
+    flat = tf.concat([tf.reshape(grad, [-1]) for grad in grads] + [totals], axis=0)
+    summed = collectives.all_reduce(flat)
+    sizes = [grad.shape.num_elements() for grad in grads] + [3]
+    pieces = tf.split(summed, sizes)
+    return ([tf.reshape(piece, grad.shape) for piece, grad in zip(pieces, grads)],
+            pieces[-1])
+
+
+def _session_config(t, devices):
+    """The session settings of train.threads, with enough CPU devices for
+    train.devices (CPU:1 and up are extra logical devices)."""
+    config = session_config(t.threads)
+    cpus = [int(name.split(":")[-1]) for name in devices or [] if ":CPU:" in name]
+    if cpus and max(cpus) > 0:
+        config.device_count["CPU"] = max(cpus) + 1
+    return config
+
+
 class TrainingRun:
     """One session over a `TrainingGraph`: the loop (`run`) and its periodic
     actions, `log`, `save` and `evaluate`.
@@ -261,13 +440,25 @@ class TrainingRun:
     `saved`, `saved_step`: the newest checkpoint the run can fall back on (the
     one it resumed from, then each one it writes), named by every error.
     `exiting`: as for `train`.
+    `cluster`, `server`: the TF_CONFIG task and its server, when training on
+    several tasks. Then every task runs every step, evaluation and stop in
+    step with the others; only rank 0 (the chief) writes; each step waits at
+    most train.step_timeout seconds for the other tasks.
     """
 
-    def __init__(self, config, graph, spec, *, saved=None, saved_step=-1, exiting=False):
+    def __init__(self, config, graph, spec, *, saved=None, saved_step=-1, exiting=False,
+                 cluster=None, server=None, devices=None, pass_images=None):
         self.config, self.graph, self.spec = config, graph, spec
         self.saved, self.saved_step = saved, saved_step
+        self.cluster, self.server, self.devices = cluster, server, devices
+        self.pass_images = pass_images
+        self.chief = cluster is None or cluster.is_chief
         self.stop = StopSignals(keep_after_stop=exiting)
         self.sess = self.writer = self.progress = None
+        self.step_options = None
+        if cluster is not None:
+            self.step_options = tf1.RunOptions(
+                timeout_in_ms=max(1, int(config.train.step_timeout * 1000)))
 
     def last_good(self):
         """The sentence naming the last good checkpoint, for error messages."""
@@ -285,8 +476,13 @@ class TrainingRun:
         A stop request saves a checkpoint and re-raises KeyboardInterrupt."""
         t, g = self.config.train, self.graph
         with g.graph.as_default():  # Saver and FileWriter need the graph context
-            self.sess = tf1.Session(graph=g.graph, config=session_config(t.threads))
-            self.writer = _SummaryWriter(t.log_dir, self.last_good)
+            config = _session_config(t, self.devices)
+            if self.cluster is not None:
+                self.sess = tf1.Session(self.server.target, graph=g.graph,
+                                        config=distributed.session_config(self.cluster, config))
+            else:
+                self.sess = tf1.Session(graph=g.graph, config=config)
+            self.writer = _SummaryWriter(t.log_dir, self.last_good) if self.chief else None
             self.progress = Progress(t.max_steps, label="step", unit="step", start=start_step)
             self.stop.install()
             completed = False
@@ -299,9 +495,15 @@ class TrainingRun:
                     print(f"resuming from {resume_prefix} at step {start_step}", file=sys.stderr)
                 elif vgg is not None:
                     checkpoint.assign_vgg(self.sess, vgg, g.variables, self.spec.architecture)
+                if g.sync is not None:
+                    self.step_run(g.sync, when="the copy of the chief's variables")
+                    start_step = int(self.sess.run(g.global_step))
+                    self.progress.start_count = start_step
                 print(f"training on {len(train_files)} {train_files.kind} images "
                       f"({self.spec.num_classes} classes), validating on {len(val_files)}; "
-                      f"logs in {t.log_dir}", file=sys.stderr)
+                      f"{self.batch_line()}; "
+                      + (f"logs in {t.log_dir}" if self.chief else "the chief writes the logs"),
+                      file=sys.stderr)
                 step = self.loop(start_step, train_files)
                 self.progress.close()
                 self.stop.check()
@@ -316,7 +518,8 @@ class TrainingRun:
                 if step > self.saved_step:
                     self.save(step)
                 where = (f"checkpoint {self.saved}" if self.saved
-                         else "no checkpoint was written")
+                         else "no checkpoint was written" if self.chief
+                         else "the chief saves the checkpoint")
                 print(f"interrupted at step {step}; {where}. Run the same command again to "
                       f"resume.", file=sys.stderr)
                 raise
@@ -325,7 +528,8 @@ class TrainingRun:
             finally:
                 self.progress.close()
                 try:
-                    self.writer.close()
+                    if self.writer is not None:
+                        self.writer.close()
                 except UserError:
                     if completed:  # otherwise the error on its way out says more
                         raise
@@ -334,24 +538,57 @@ class TrainingRun:
                     self.stop.uninstall()
         return metrics, step
 
+    def tasks(self):
+        return self.cluster.size if self.cluster is not None else 1
+
+    def batch_line(self):
+        t = self.config.train
+        line = f"global batch {t.batch_size * self.tasks()}"
+        if self.cluster is not None:
+            line += f" ({self.tasks()} tasks x {t.batch_size})"
+        if self.devices:
+            line += (f", {t.batch_size // len(self.devices)} per device on "
+                     f"{', '.join(d for d in self.devices if d) or 'the default device'}")
+        return line
+
+    def step_run(self, fetches, feed_dict=None, *, when):
+        """sess.run of a training step: with several tasks, under the
+        train.step_timeout deadline, a lost or slow task a one-line UserError
+        naming it; else a failure is a data error."""
+        try:
+            return self.sess.run(fetches, feed_dict=feed_dict, options=self.step_options)
+        except tf.errors.OpError as err:
+            if self.cluster is not None and distributed.is_peer_error(err):
+                raise UserError(distributed.peer_failure(
+                    self.cluster, err, self.config.train.step_timeout, when)) from None
+            raise UserError(datasets.data_error_message(err)) from None
+
     def loop(self, step, train_files):
         """Train from `step` to train.max_steps, logging, saving and evaluating
-        on their schedules; returns the last step."""
+        on their schedules; returns the last step. With several tasks, a stop
+        request of any task stops them all after the same step."""
         t, g = self.config.train, self.graph
-        steps_per_pass = -(-len(train_files) // t.batch_size)
+        tasks = self.tasks()
+        # A pass: the largest shard once (the same count on every task).
+        steps_per_pass = -(-(self.pass_images or len(train_files)) // t.batch_size)
         seen_valid, since_check = 0, 0
         last_time, last_step = time.perf_counter(), step
         while step < t.max_steps:
-            self.stop.check()
+            if self.cluster is None:
+                self.stop.check()
             log_now = (step + 1) % t.log_every == 0 or step + 1 == t.max_steps
             fetches = {"train": g.train_op, "loss": g.loss, "valid": g.valid_pixels}
+            feed = None
+            if g.stop_request is not None:
+                fetches["stop"] = g.stop_requests
+                feed = {g.stop_request: 1.0 if self.stop.received else 0.0}
             if log_now:
                 fetches["summary"] = g.summaries
-            try:
-                out = self.sess.run(fetches)
-            except tf.errors.OpError as err:
-                raise UserError(datasets.data_error_message(err)) from None
+            out = self.step_run(fetches, feed, when=f"step {step + 1}")
             step += 1
+            if out.get("stop", 0) > 0:
+                self.stop.received.append(signal.SIGTERM)
+                raise KeyboardInterrupt
             seen_valid, since_check = seen_valid + int(out["valid"]), since_check + 1
             if since_check == steps_per_pass:
                 if seen_valid == 0:
@@ -364,7 +601,7 @@ class TrainingRun:
                     f"state. {self.last_good()} Try a lower train.learning_rate.")
             if log_now:
                 now = time.perf_counter()
-                speed = (step - last_step) * t.batch_size / max(now - last_time, 1e-9)
+                speed = (step - last_step) * t.batch_size * tasks / max(now - last_time, 1e-9)
                 last_time, last_step = now, step
                 self.log(step, out, speed)
             if step % t.checkpoint_every == 0 or step == t.max_steps:
@@ -375,15 +612,19 @@ class TrainingRun:
 
     def log(self, step, out, speed):
         """The training summaries, a history record and the progress line of `step`."""
-        self.writer.add_summary(out["summary"], step)
-        record = {"step": step, "loss": float(out["loss"])}
-        self.write(append_history, self.config.train.log_dir, record)
+        if self.chief:
+            self.writer.add_summary(out["summary"], step)
+            record = {"step": step, "loss": float(out["loss"])}
+            self.write(append_history, self.config.train.log_dir, record)
         self.progress.update(step, loss=f"{out['loss']:.4f}", **{"img/s": f"{speed:.1f}"})
 
     def save(self, step):
         """A checkpoint of `step` (`checkpoint.save_checkpoint`), then the curves.
-        Signals only set a flag (StopSignals), so none cuts a save short."""
+        Signals only set a flag (StopSignals), so none cuts a save short.
+        Only the chief saves."""
         t = self.config.train
+        if not self.chief:
+            return None
         if not self.sess.run(self.graph.all_finite):
             raise TrainingDiverged(f"step {step}: the weights are no longer finite; not saving. "
                                    f"{self.last_good()}")
@@ -409,12 +650,15 @@ class TrainingRun:
         panels = []
 
         def keep_panel(name, image, label, prediction):
-            self.stop.check()
+            if self.cluster is None:  # tasks stop together, at the next step
+                self.stop.check()
             if len(panels) < t.summary_images:
                 panels.append((name, image, label, prediction))
 
         start = time.perf_counter()
         metrics, count = self.graph.evaluator.run(self.sess, on_image=keep_panel)
+        if not self.chief:  # it evaluates to stay in step with the chief
+            return metrics
         self.writer.add_summary(scalar_summary({
             "val/mean_iou": metrics["mean_iou"], "val/pixel_accuracy": metrics["pixel_accuracy"],
             "val/mean_accuracy": metrics["mean_accuracy"],
