@@ -555,7 +555,7 @@ def test_two_workers_train_restart_once_after_a_kill_and_finish(tmp_path):
     from fcn_graph import shapes_dataset
     from fcn_graph.config import load_config
 
-    steps = 60
+    steps = 100
     args = shapes_args(tmp_path, f"train.max_steps={steps}", "train.checkpoint_every=5",
                        "train.eval_every=0", "train.step_timeout=60")
     config = load_config(None, args)
@@ -567,8 +567,10 @@ def test_two_workers_train_restart_once_after_a_kill_and_finish(tmp_path):
     command = launch_cmd("--workers", "2", "--max-restarts", "2", "--grace", "3", "--",
                          os.path.join(REPO, "train.py"), "--config", empty_config(tmp_path),
                          *[arg for a in args for arg in ("--set", a)])
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    stdout = open(tmp_path / "launcher.out", "w")  # read by nothing but the file
+    proc = subprocess.Popen(command, stdout=stdout, stderr=subprocess.PIPE, text=True,
                             env=dict(env(), TF_CPP_MIN_LOG_LEVEL="2"), cwd=tmp_path)
+    stdout.close()
     err_lines = []
     reader = threading.Thread(target=lambda: err_lines.extend(proc.stderr), daemon=True)
     reader.start()
@@ -579,24 +581,32 @@ def test_two_workers_train_restart_once_after_a_kill_and_finish(tmp_path):
             assert proc.poll() is None, "".join(err_lines)[-3000:]
             assert time.monotonic() < deadline, "".join(err_lines)[-3000:]
             time.sleep(0.2)
-        log = "".join(err_lines)
         started = [line for line in err_lines if " started 2 worker(s) " in line]
-        assert len(started) == 1 and _checkpoint_step(run_dir) < steps, log[-3000:]
         worker1 = int(re.search(r"\(pids \d+, (\d+)\)", started[0]).group(1))
+        # Frozen first (a worker this test's launcher started), so that the run
+        # cannot finish between the check below and the kill.
         try:
-            os.kill(worker1, signal.SIGKILL)  # a worker this test's launcher started
-        except ProcessLookupError:
-            pytest.fail(f"worker 1 (pid {worker1}) ended before the test killed it:\n"
-                        f"{log[-3000:]}")
-        out, _ = proc.communicate(timeout=300)
+            os.kill(worker1, signal.SIGSTOP)
+            with open(f"/proc/{worker1}/stat", encoding="utf-8") as handle:
+                state = handle.read().rsplit(")", 1)[1].split()[0]
+        except (ProcessLookupError, FileNotFoundError):
+            state = "gone"
+        log = "".join(err_lines)
+        assert len(started) == 1 and state not in ("Z", "X", "gone"), (state, log[-3000:])
+        assert _checkpoint_step(run_dir) < steps, log[-3000:]
+        os.kill(worker1, signal.SIGKILL)
+        proc.wait(timeout=300)  # stderr is the reader thread's alone
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.communicate()
+            proc.wait()
     reader.join(10)
     err = "".join(err_lines)
     assert proc.returncode == 0, err[-3000:]
-    assert "fcn_graph.launch: worker 1 was killed by SIGKILL" in err
+    # The launcher names the first task it finds ended: the killed worker, or
+    # the chief that lost it.
+    assert ("fcn_graph.launch: worker 1 was killed by SIGKILL" in err
+            or "fcn_graph.launch: worker 0 exited with status 2" in err), err[-3000:]
     assert err.count("restarting the group") == 1 and "(restart 1 of 2)" in err
     assert err.rstrip().splitlines()[-1] == "fcn_graph.launch: all 2 workers finished"
     assert _checkpoint_step(run_dir) == steps
