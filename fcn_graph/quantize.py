@@ -1,0 +1,182 @@
+"""int8 models of the ONNX FCN: ONNX Runtime's static quantization, calibrated
+on the user's images.
+
+`quantize_model(model, calibration, out_path)` takes a float model of
+`onnx_engine.onnx_model` (a ModelProto or a `.onnx` path), runs it on the
+images of the folder `calibration` to find the range of every activation, and
+writes the int8 model to `out_path`: QDQ format (QuantizeLinear /
+DequantizeLinear pairs around each quantized op, which ONNX Runtime fuses into
+int8 kernels), weights int8 per output channel, activations uint8 per tensor.
+The model keeps the interface of the float one (uint8 images in, int64 labels
+and float32 scores out), so `onnx_engine.OnnxSegmenter` runs it as it is.
+
+`CalibrationImages` is the data reader: each image read as `infer` reads it
+(RGB uint8, its own size, batch 1), images larger than CALIBRATION_MAX_SIDE
+on their long side scaled down to it, so that calibration memory stays
+bounded.
+
+Nothing here reads a checkpoint or imports TensorFlow.
+"""
+
+import os
+import stat
+import sys
+import tempfile
+
+import numpy as np
+
+from fcn_graph import image_files
+from fcn_graph.errors import UserError
+from fcn_graph.fileio import atomic_write, kind_of
+
+# Calibration methods (`--calibration-method`): the activation range from the
+# minimum and maximum seen, or from histograms (a percentile of the values, or
+# the range that keeps the quantized distribution closest in entropy).
+CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+DEFAULT_CALIBRATION_METHOD = "minmax"
+# At most this many images of the folder calibrate, spread evenly over its sorted list.
+CALIBRATION_IMAGES = 32
+# Long side, in pixels, above which a calibration image is scaled down.
+CALIBRATION_MAX_SIDE = 1024
+# Op types quantized. The fuse Adds, the ArgMax and the final Transpose of the
+# scores stay float (their inputs are dequantized).
+QUANTIZED_OPS = ("Conv", "ConvTranspose", "Relu", "MaxPool", "AveragePool", "Pad", "Slice", "Concat",
+                 "DepthToSpace", "Transpose")
+
+
+def calibration_files(directory, flag="--calibration", limit=CALIBRATION_IMAGES):
+    """The image files (by extension) of folder `directory`, sorted; at most
+    `limit`, taken evenly over the list. A missing path, a path that is not a
+    folder, or a folder without images is a UserError naming `flag`."""
+    try:
+        mode = os.stat(directory).st_mode
+    except OSError as err:
+        raise UserError(f"{flag} {directory}: {err.strerror}; expected a folder of images "
+                        "to calibrate int8 on") from None
+    if not stat.S_ISDIR(mode):
+        raise UserError(f"{flag} {directory}: is {kind_of(mode)}; expected a folder of images "
+                        "to calibrate int8 on")
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError as err:
+        raise UserError(f"{flag} {directory}: cannot list this folder ({err.strerror})") from None
+    paths = []
+    for name in names:
+        path = os.path.join(directory, name)
+        if name.lower().endswith(image_files.IMAGE_EXTENSIONS) and os.path.isfile(path):
+            paths.append(path)
+    if not paths:
+        raise UserError(f"{flag} {directory}: holds no images (expected files ending in "
+                        f"{', '.join(image_files.IMAGE_EXTENSIONS)}), found "
+                        f"{len(names)} other entries")
+    if len(paths) > limit:
+        picks = np.linspace(0, len(paths) - 1, limit).round().astype(int)
+        paths = [paths[i] for i in picks]
+    return paths
+
+
+def calibration_image(path, max_side=CALIBRATION_MAX_SIDE):
+    """uint8 [1, H, W, 3] RGB: image `path` as `infer` reads it, scaled down
+    (area interpolation) so that its long side is at most `max_side`."""
+    import cv2
+    image = image_files.read_image(path)                      # [H, W, 3]
+    height, width = image.shape[:2]
+    if max(height, width) > max_side:
+        scale = max_side / max(height, width)
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    return image[np.newaxis]                                  # [1, H, W, 3]
+
+
+def _reader_base():
+    try:
+        from onnxruntime.quantization import CalibrationDataReader
+    except ImportError:
+        raise UserError("--precision int8 needs onnx and onnxruntime; install them with "
+                        "pip install -e '.[export]'") from None
+    return CalibrationDataReader
+
+
+def calibration_reader(paths, *, input_name="images", max_side=CALIBRATION_MAX_SIDE,
+                       progress=None):
+    """A `CalibrationDataReader` feeding `{input_name: image}` for each of
+    `paths` in turn (`calibration_image`), read one at a time; `progress(i, n)`
+    is called after each image."""
+
+    class CalibrationImages(_reader_base()):
+        def __init__(self):
+            self.index = 0
+
+        def get_next(self):
+            if self.index >= len(paths):
+                return None
+            batch = calibration_image(paths[self.index], max_side)
+            self.index += 1
+            if progress is not None:
+                progress(self.index, len(paths))
+            return {input_name: batch}
+
+        def rewind(self):
+            self.index = 0
+
+    return CalibrationImages()
+
+
+def _calibrate_method(method):
+    from onnxruntime.quantization import CalibrationMethod
+    if method not in CALIBRATION_METHODS:
+        raise UserError(f"--calibration-method: expected one of {', '.join(CALIBRATION_METHODS)}, "
+                        f"found {method!r}")
+    return {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+            "entropy": CalibrationMethod.Entropy}[method]
+
+
+def quantize_model(model, calibration, out_path, *, method=DEFAULT_CALIBRATION_METHOD,
+                   limit=CALIBRATION_IMAGES, max_side=CALIBRATION_MAX_SIDE,
+                   exclude_ops=(), progress=None, flag="--calibration"):
+    """Write the int8 (QDQ, per-channel weights) model of float ONNX `model`
+    (a ModelProto or a path) to `out_path`, calibrated on the images of folder
+    `calibration` (`calibration_files`; or a list of image paths) with
+    `method` ("minmax", "percentile" or "entropy"). Op types in `exclude_ops`
+    stay float. Returns the list of calibration image paths.
+
+    Calibration runs batch 1 at each image's size; with "minmax" the running
+    range is merged after every image, so memory stays that of one image's
+    activations."""
+    paths = calibration if isinstance(calibration, (list, tuple)) else \
+        calibration_files(calibration, flag, limit)
+    reader = calibration_reader(paths, max_side=max_side, progress=progress)
+    import onnx
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    calibrate_method = _calibrate_method(method)
+    quantized = [op for op in QUANTIZED_OPS if op not in exclude_ops]
+    extra = {
+        # symmetric int8 weights; activations uint8 with their own zero point
+        "WeightSymmetric": True, "ActivationSymmetric": False,
+        "CalibTensorRangeSymmetric": False,
+    }
+    if method == "percentile":
+        extra["CalibPercentile"] = 99.999
+    with tempfile.TemporaryDirectory(prefix="fcn_int8_") as work:
+        if isinstance(model, onnx.ModelProto):
+            # quantize_static moves a ModelProto's weights out to a file of its
+            # own, emptying the caller's initializers: it gets a copy in a file.
+            source = os.path.join(work, "float.onnx")
+            with open(source, "wb") as handle:
+                handle.write(model.SerializeToString())
+        else:
+            source = os.fspath(model)
+        # quantize_static keeps its augmented calibration model in a temporary
+        # folder of its own; the output goes through atomic_write's temporary name.
+        with atomic_write(out_path) as tmp:
+            quantize_static(source, tmp, reader, quant_format=QuantFormat.QDQ,
+                            op_types_to_quantize=quantized, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=calibrate_method, extra_options=extra)
+    return paths
+
+
+def print_progress(index, total, file=None):
+    """A `progress` for `quantize_model`: one line per image, on stderr."""
+    print(f"calibrating int8: image {index} of {total}", file=file or sys.stderr, flush=True)
