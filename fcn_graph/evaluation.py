@@ -78,13 +78,19 @@ def build_model(images, spec, *, keep_prob, kernels="auto"):
 
 
 def evaluate_checkpoint(prefix, spec, files, *, engine="tf", threads=None, max_images=None,
-                        on_image=None, progress=None, kernels="auto"):
+                        on_image=None, progress=None, kernels="auto", precision="float32",
+                        calibration=None):
     """The metrics dict of checkpoint `prefix` (its `ModelSpec` `spec`) on the
     dataset split `files`, every image at full size, one at a time, through
     one finalised graph. `engine` "onnxruntime" runs the images through an
     ONNX Runtime segmenter instead; the dataset still streams through the
     graph. `on_image` and `progress` as in `Evaluator.run`; `kernels` is the
-    kernel set of both engines."""
+    kernel set of both engines.
+
+    With a `precision` other than float32 (`segmenter.make_segmenter`; int8
+    with `calibration`), every image also runs through the same engine in
+    float32, and the dict gets "float32": that run's metrics, and
+    "labels_agree": the fraction of pixels whose labels the two runs agree on."""
     graph = tf.Graph()
     with graph.as_default():
         evaluator = Evaluator(files, spec, num_classes=spec.num_classes, max_images=max_images,
@@ -92,20 +98,39 @@ def evaluate_checkpoint(prefix, spec, files, *, engine="tf", threads=None, max_i
         variables = fcn_model.model_variables(graph)
         saver = checkpoint.model_saver(variables)
         graph.finalize()
-    predict, segmenter = None, None
-    if engine != "tf":
-        segmenter = make_segmenter(prefix, engine=engine, threads=threads, kernels=kernels)
+    predict, segmenter, reference = None, None, None
+    if engine != "tf" or precision != "float32":
+        segmenter = make_segmenter(prefix, engine=engine, threads=threads, kernels=kernels,
+                                   precision=precision, calibration=calibration)
 
         def predict(image):
             return segmenter.run(image)[0]
+
+    compare = on_image
+    if precision != "float32":
+        reference = make_segmenter(prefix, engine=engine, threads=threads, kernels=kernels)
+        matrix = ConfusionMatrix(spec.num_classes)
+        agree = [0, 0]  # pixels with equal labels, pixels
+
+        def compare(name, image, label, prediction):
+            want = reference.run(image[np.newaxis])[0]         # [1, H, W]
+            matrix.update(label[np.newaxis], want)
+            agree[0] += int(np.count_nonzero(want[0] == prediction))
+            agree[1] += prediction.size
+            if on_image is not None:
+                on_image(name, image, label, prediction)
 
     try:
         with tf1.Session(graph=graph, config=session_config(threads)) as sess:
             if segmenter is None:
                 checkpoint.restore_model(sess, prefix, variables, saver=saver)
             metrics, _ = evaluator.run(sess, progress=progress, predict=predict,
-                                       on_image=on_image)
+                                       on_image=compare)
     finally:
-        if segmenter is not None:
-            segmenter.close()
+        for runner in (segmenter, reference):
+            if runner is not None:
+                runner.close()
+    if reference is not None:
+        metrics["float32"] = matrix.compute()
+        metrics["labels_agree"] = agree[0] / agree[1] if agree[1] else None
     return metrics

@@ -38,10 +38,12 @@ DEFAULT_CALIBRATION_METHOD = "minmax"
 CALIBRATION_IMAGES = 32
 # Long side, in pixels, above which a calibration image is scaled down.
 CALIBRATION_MAX_SIDE = 1024
-# Op types quantized. The fuse Adds, the ArgMax and the final Transpose of the
-# scores stay float (their inputs are dequantized).
-QUANTIZED_OPS = ("Conv", "ConvTranspose", "Relu", "MaxPool", "AveragePool", "Pad", "Slice", "Concat",
-                 "DepthToSpace", "Transpose")
+# Op types quantized: the convolutions and what runs between them in int8
+# as well as in float (ReLU, pooling, the im2col Concat). The fuse Adds, the
+# upsampling crops (Pad, Slice, DepthToSpace), the ArgMax and the Transposes
+# stay float, as do the upsamplings themselves with `float_upsampling`: the
+# scores they produce are what the labels are the argmax of.
+QUANTIZED_OPS = ("Conv", "ConvTranspose", "Relu", "MaxPool", "AveragePool", "Concat")
 
 
 def calibration_files(directory, flag="--calibration", limit=CALIBRATION_IMAGES):
@@ -86,6 +88,16 @@ def calibration_image(path, max_side=CALIBRATION_MAX_SIDE):
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
         image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
     return image[np.newaxis]                                  # [1, H, W, 3]
+
+
+def upsampling_nodes(model):
+    """Names of the nodes of ONNX `model` that upsample: every ConvTranspose
+    (the reference kernel set) and every Conv whose output feeds a
+    DepthToSpace (the phase form of the cpu kernel set)."""
+    into_d2s = {node.input[0] for node in model.graph.node if node.op_type == "DepthToSpace"}
+    return [node.name for node in model.graph.node
+            if node.op_type == "ConvTranspose"
+            or (node.op_type == "Conv" and node.output[0] in into_d2s)]
 
 
 def _reader_base():
@@ -133,12 +145,14 @@ def _calibrate_method(method):
 
 def quantize_model(model, calibration, out_path, *, method=DEFAULT_CALIBRATION_METHOD,
                    limit=CALIBRATION_IMAGES, max_side=CALIBRATION_MAX_SIDE,
-                   exclude_ops=(), progress=None, flag="--calibration"):
+                   exclude_ops=(), float_upsampling=True, progress=None,
+                   flag="--calibration"):
     """Write the int8 (QDQ, per-channel weights) model of float ONNX `model`
     (a ModelProto or a path) to `out_path`, calibrated on the images of folder
     `calibration` (`calibration_files`; or a list of image paths) with
     `method` ("minmax", "percentile" or "entropy"). Op types in `exclude_ops`
-    stay float. Returns the list of calibration image paths.
+    stay float, and with `float_upsampling` the three upsamplings do
+    (`upsampling_nodes`). Returns the list of calibration image paths.
 
     Calibration runs batch 1 at each image's size; with "minmax" the running
     range is merged after every image, so memory stays that of one image's
@@ -158,23 +172,77 @@ def quantize_model(model, calibration, out_path, *, method=DEFAULT_CALIBRATION_M
     }
     if method == "percentile":
         extra["CalibPercentile"] = 99.999
+    if isinstance(model, onnx.ModelProto):
+        source = None
+    else:
+        source = os.fspath(model)
+        model = onnx.load(source, load_external_data=False)  # the graph only
+    excluded = upsampling_nodes(model) if float_upsampling else []
     with tempfile.TemporaryDirectory(prefix="fcn_int8_") as work:
-        if isinstance(model, onnx.ModelProto):
+        if source is None:
             # quantize_static moves a ModelProto's weights out to a file of its
             # own, emptying the caller's initializers: it gets a copy in a file.
             source = os.path.join(work, "float.onnx")
             with open(source, "wb") as handle:
                 handle.write(model.SerializeToString())
-        else:
-            source = os.fspath(model)
+        del model
         # quantize_static keeps its augmented calibration model in a temporary
         # folder of its own; the output goes through atomic_write's temporary name.
         with atomic_write(out_path) as tmp:
             quantize_static(source, tmp, reader, quant_format=QuantFormat.QDQ,
                             op_types_to_quantize=quantized, per_channel=True,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=calibrate_method, extra_options=extra)
+                            nodes_to_exclude=excluded, calibrate_method=calibrate_method,
+                            extra_options=extra)
     return paths
+
+
+def int8_segmenter(prefix, calibration, *, threads=None, mean_pixel=None, kernels="auto",
+                   method=DEFAULT_CALIBRATION_METHOD, progress=None):
+    """An `onnx_engine.OnnxSegmenter` running the int8 model of checkpoint
+    `prefix`: `onnx_engine.build_onnx_model` (float, kernel set `kernels`)
+    quantized by `quantize_model` on `calibration` (a folder or a list of image
+    paths) into a temporary file, loaded, then deleted. Warns on stderr where
+    the CPU has no int8 dot-product units (`cpuinfo.check_precision`)."""
+    from fcn_graph import checkpoint, cpuinfo, onnx_engine
+    cpuinfo.check_precision("int8")
+    paths = calibration if isinstance(calibration, (list, tuple)) else \
+        calibration_files(calibration)
+    prefix = checkpoint.resolve_checkpoint(str(prefix))
+    model = onnx_engine.build_onnx_model(prefix, mean_pixel=mean_pixel, kernels=kernels)
+    print(f"quantizing {prefix} to int8, calibrated on {len(paths)} images", file=sys.stderr,
+          flush=True)
+    with tempfile.TemporaryDirectory(prefix="fcn_int8_") as work:
+        path = os.path.join(work, "int8.onnx")
+        quantize_model(model, paths, path, method=method, progress=progress)
+        del model
+        return onnx_engine.OnnxSegmenter(path, threads=threads)
+
+
+def add_calibration_arg(parser):
+    """--calibration DIR, for --precision int8."""
+    parser.add_argument("--calibration", default=None, metavar="DIR",
+                        help="--precision int8: a folder of images like the ones to segment; "
+                             f"the int8 model is calibrated on up to {CALIBRATION_IMAGES} of them")
+
+
+def resolve_precision_args(parser, args):
+    """Check --precision, --engine and --calibration together; the engine
+    defaults to onnxruntime for int8 and tf otherwise. Returns the calibration
+    image paths (int8) or None."""
+    if args.precision == "int8":
+        if args.engine == "tf":
+            parser.error("--precision int8 runs on --engine onnxruntime only; drop --engine tf")
+        if args.calibration is None:
+            parser.error("--precision int8: needs --calibration DIR, a folder of images to "
+                         "calibrate the int8 model on")
+        args.engine = "onnxruntime"
+        return calibration_files(args.calibration)
+    if args.calibration is not None:
+        parser.error(f"--calibration applies to --precision int8 only (found --precision "
+                     f"{args.precision})")
+    args.engine = args.engine or "tf"
+    return None
 
 
 def print_progress(index, total, file=None):
