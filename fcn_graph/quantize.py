@@ -18,6 +18,8 @@ bounded.
 Nothing here reads a checkpoint or imports TensorFlow.
 """
 
+import contextlib
+import logging
 import os
 import stat
 import sys
@@ -29,9 +31,11 @@ from fcn_graph import image_files
 from fcn_graph.errors import UserError
 from fcn_graph.fileio import atomic_write, kind_of
 
-# Calibration methods (`--calibration-method`): the activation range from the
-# minimum and maximum seen, or from histograms (a percentile of the values, or
-# the range that keeps the quantized distribution closest in entropy).
+# Calibration methods of `quantize_model`: the activation range from the
+# minimum and maximum seen (merged image by image: the memory of one image's
+# activations), or from histograms (a percentile of the values, or the range
+# that keeps the quantized distribution closest in entropy), for which ONNX
+# Runtime keeps every activation of every calibration image in memory.
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 DEFAULT_CALIBRATION_METHOD = "minmax"
 # At most this many images of the folder calibrate, spread evenly over its sorted list.
@@ -90,6 +94,25 @@ def calibration_image(path, max_side=CALIBRATION_MAX_SIDE):
     return image[np.newaxis]                                  # [1, H, W, 3]
 
 
+class _PreprocessingAdvice(logging.Filter):
+    """Drops ONNX Runtime's advice to run its shape-inference pre-processing
+    (logged on the root logger by every quantize_static call); the FCN's
+    shapes are dynamic, and the model is quantized as built."""
+
+    def filter(self, record):
+        return "pre-process" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _without_preprocessing_advice():
+    root, advice = logging.getLogger(), _PreprocessingAdvice()
+    root.addFilter(advice)
+    try:
+        yield
+    finally:
+        root.removeFilter(advice)
+
+
 def upsampling_nodes(model):
     """Names of the nodes of ONNX `model` that upsample: every ConvTranspose
     (the reference kernel set) and every Conv whose output feeds a
@@ -145,14 +168,17 @@ def _calibrate_method(method):
 
 def quantize_model(model, calibration, out_path, *, method=DEFAULT_CALIBRATION_METHOD,
                    limit=CALIBRATION_IMAGES, max_side=CALIBRATION_MAX_SIDE,
-                   exclude_ops=(), float_upsampling=True, progress=None,
+                   exclude_ops=(), float_upsampling=True, reduce_range=None, progress=None,
                    flag="--calibration"):
     """Write the int8 (QDQ, per-channel weights) model of float ONNX `model`
     (a ModelProto or a path) to `out_path`, calibrated on the images of folder
     `calibration` (`calibration_files`; or a list of image paths) with
     `method` ("minmax", "percentile" or "entropy"). Op types in `exclude_ops`
     stay float, and with `float_upsampling` the three upsamplings do
-    (`upsampling_nodes`). Returns the list of calibration image paths.
+    (`upsampling_nodes`). `reduce_range` keeps the weights to 7 bits, which
+    int8 kernels without dot-product units (AVX2's 16-bit pair sums) need
+    against overflow; None: where `cpuinfo` finds no such units. Returns the
+    list of calibration image paths.
 
     Calibration runs batch 1 at each image's size; with "minmax" the running
     range is merged after every image, so memory stays that of one image's
@@ -164,6 +190,10 @@ def quantize_model(model, calibration, out_path, *, method=DEFAULT_CALIBRATION_M
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     calibrate_method = _calibrate_method(method)
+    if reduce_range is None:
+        from fcn_graph import cpuinfo
+        features = cpuinfo.cpu_features()
+        reduce_range = bool(features) and not cpuinfo.has_int8_units(features)
     quantized = [op for op in QUANTIZED_OPS if op not in exclude_ops]
     extra = {
         # symmetric int8 weights; activations uint8 with their own zero point
@@ -188,9 +218,10 @@ def quantize_model(model, calibration, out_path, *, method=DEFAULT_CALIBRATION_M
         del model
         # quantize_static keeps its augmented calibration model in a temporary
         # folder of its own; the output goes through atomic_write's temporary name.
-        with atomic_write(out_path) as tmp:
+        with atomic_write(out_path) as tmp, _without_preprocessing_advice():
             quantize_static(source, tmp, reader, quant_format=QuantFormat.QDQ,
                             op_types_to_quantize=quantized, per_channel=True,
+                            reduce_range=reduce_range,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             nodes_to_exclude=excluded, calibrate_method=calibrate_method,
                             extra_options=extra)

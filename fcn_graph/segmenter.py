@@ -30,11 +30,11 @@ class Segmenter:
 
     def __init__(self, prefix, *, mean_pixel=None, threads=None, xla=False,
                  precision="float32", config=None, kernels="auto"):
+        if precision == "bfloat16" and not tf.config.list_physical_devices("GPU"):
+            cpuinfo.check_precision("bfloat16")
         if precision == "bfloat16" and not onednn_enabled():
             raise UserError("--precision bfloat16: TensorFlow's oneDNN kernels are off; set "
                             "TF_ENABLE_ONEDNN_OPTS=1 in the environment")
-        if precision == "bfloat16" and not tf.config.list_physical_devices("GPU"):
-            cpuinfo.check_precision("bfloat16")
         if precision == "float16" and not tf.config.list_physical_devices("GPU"):
             raise UserError("--precision float16: needs a GPU (none is visible)")
         self.prefix = prefix
