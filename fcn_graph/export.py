@@ -39,7 +39,8 @@ loads such a pair with a lower memory peak, and no 2 GB limit applies.
 With `--quantize int8` the ONNX model is quantized (`fcn_graph.quantize`:
 int8 weights per output channel, uint8 activations, QDQ format, the
 upsamplings kept float) after calibrating its activation ranges on up to 32
-images of `--calibration DIR`; its interface is unchanged. Its check reports
+images of `--calibration DIR` (images over 1024 pixels on their long side are
+scaled down for it); its interface is unchanged. Its check reports
 the error against the checkpoint without a limit.
 
 Each export is checked before it replaces the target: the written file is
@@ -61,6 +62,7 @@ import sys
 from fcn_graph import image_files, onnx_engine, tflog
 from fcn_graph.constants import EXPORT_FORMATS, KERNELS
 from fcn_graph.errors import UserError, run_cli
+from fcn_graph.quantize import CALIBRATION_IMAGES
 
 
 def build_parser():
@@ -91,7 +93,7 @@ def build_parser():
                              "per-channel weights), calibrated on --calibration")
     parser.add_argument("--calibration", default=None, metavar="DIR",
                         help="--quantize int8: a folder of images like the ones the model will "
-                             "segment (up to 32 of them are used)")
+                             f"segment (up to {CALIBRATION_IMAGES} of them are used)")
     return parser
 
 

@@ -10,12 +10,14 @@ int8 kernels), weights int8 per output channel, activations uint8 per tensor.
 The model keeps the interface of the float one (uint8 images in, int64 labels
 and float32 scores out), so `onnx_engine.OnnxSegmenter` runs it as it is.
 
-`CalibrationImages` is the data reader: each image read as `infer` reads it
-(RGB uint8, its own size, batch 1), images larger than CALIBRATION_MAX_SIDE
-on their long side scaled down to it, so that calibration memory stays
-bounded.
+`calibration_reader` is its data reader: each image read as `infer` reads
+it (RGB uint8, its own size, batch 1), images larger than
+CALIBRATION_MAX_SIDE on their long side scaled down to it, so that
+calibration memory stays bounded.
 
-Nothing here reads a checkpoint or imports TensorFlow.
+`quantize_model` reads no checkpoint and does not import TensorFlow; it is a
+function of the float model and the images only. `int8_segmenter` builds the
+float model of a checkpoint and quantizes it for `segmenter.make_segmenter`.
 """
 
 import contextlib
@@ -32,8 +34,8 @@ from fcn_graph.errors import UserError
 from fcn_graph.fileio import atomic_write, kind_of
 
 # Calibration methods of `quantize_model`: the activation range from the
-# minimum and maximum seen (merged image by image: the memory of one image's
-# activations), or from histograms (a percentile of the values, or the range
+# minimum and maximum seen (reduced inside the model, merged image by image:
+# the memory of one image's activations), or from histograms (a percentile of the values, or the range
 # that keeps the quantized distribution closest in entropy), for which ONNX
 # Runtime keeps every activation of every calibration image in memory.
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
