@@ -39,6 +39,9 @@ def resolve_kernels(kernels, has_gpu):
 ENGINES = ("tf", "onnxruntime")
 # Floating-point types a TensorFlow session can compute in (`session.session_config`).
 PRECISIONS = ("float32", "bfloat16", "float16")
+# What `--precision` of infer and evaluate accepts: those, and int8 (ONNX
+# Runtime, a model quantized by `fcn_graph.quantize`).
+INFERENCE_PRECISIONS = PRECISIONS + ("int8",)
 # What `python -m fcn_graph.export` writes (`exporting.EXPORTERS`).
 EXPORT_FORMATS = ("savedmodel", "frozen", "onnx")
 

@@ -18,12 +18,13 @@ import numpy as np
 
 from fcn_graph import image_files, tflog, tiling
 from fcn_graph.config import SPLIT_KEYS, add_config_args, add_kernels_arg, load_config
-from fcn_graph.constants import ENGINES, IGNORE_LABEL
+from fcn_graph.constants import ENGINES, IGNORE_LABEL, INFERENCE_PRECISIONS
 from fcn_graph.errors import UserError, run_cli
 from fcn_graph.fileio import OutputFolder, check_output_file, json_written_with, write_json_atomic
 from fcn_graph.memory import return_freed_memory
-from fcn_graph.metrics import METRICS_KEYS, format_metrics, metrics_record
+from fcn_graph.metrics import METRICS_KEYS, format_metrics, format_value, metrics_record
 from fcn_graph.progress import Progress
+from fcn_graph.quantize import add_calibration_arg, resolve_precision_args
 
 
 def build_parser():
@@ -42,10 +43,17 @@ def build_parser():
                         help="write each prediction as DIR/<stem>.png, a palette PNG of "
                              "class ids (DIR is created; a file there that fcn_graph did not "
                              "write, or one of the dataset's, is never replaced)")
-    parser.add_argument("--engine", choices=ENGINES, default="tf",
+    parser.add_argument("--engine", choices=ENGINES, default=None,
                         help="tf (default, the reference) or onnxruntime (the same network "
-                             "as export --format onnx writes it; scores agree to 1e-4)")
+                             "as export --format onnx writes it; scores agree to 1e-4; the "
+                             "default with --precision int8)")
     add_kernels_arg(parser)
+    parser.add_argument("--precision", choices=INFERENCE_PRECISIONS, default="float32",
+                        help="float32 (default); bfloat16 (engine tf, oneDNN, a CPU with bf16 "
+                             "units) or int8 (engine onnxruntime, with --calibration): also "
+                             "runs float32 on the same split and reports the mean IU of both "
+                             "and the fraction of pixels whose labels agree")
+    add_calibration_arg(parser)
     parser.add_argument("--max-images", type=int, default=None,
                         help="evaluate only the first N images of the split")
     tiling.add_tile_args(parser)
@@ -58,6 +66,7 @@ def main(argv=None):
     if args.max_images is not None and args.max_images < 1:
         parser.error(f"--max-images: expected a positive integer, found {args.max_images}")
     tile = tiling.tile_option(parser, args)
+    calibration = resolve_precision_args(parser, args)
     reads = [*SPLIT_KEYS, "model.num_classes", "train.threads"]
     if args.checkpoint is None:
         reads.append("train.log_dir")
@@ -119,6 +128,7 @@ def main(argv=None):
                                       on_image=save if args.save_predictions else None,
                                       progress=progress,
                                       kernels=args.kernels or config.model.kernels,
+                                      precision=args.precision, calibration=calibration,
                                       tiled=lambda segmenter: tiling.TiledSegmenter(
                                           segmenter, spec, tile=tile,
                                           budget_bytes=args.memory_budget * 2**30))
@@ -131,13 +141,45 @@ def main(argv=None):
                         f"{metrics['num_images']} images evaluated (every label value is "
                         f"{IGNORE_LABEL}, the ignore label), so no metric is defined")
     print(format_metrics(metrics, class_names))
+    extra = {}
+    if args.precision != "float32":
+        extra = precision_record(metrics, args.precision, args.engine)
+        print(format_precision(extra))
     if args.json:
         try:
             write_json_atomic(args.json, metrics_record(metrics, class_names, checkpoint=prefix,
-                                                        split=split))
+                                                        split=split, **extra))
         except OSError as err:
             raise UserError(f"--json {args.json}: cannot write ({err.strerror})") from None
     return 0
+
+
+def precision_record(metrics, precision, engine):
+    """The JSON keys of a low-precision evaluation: precision, engine, the
+    float32 run's metrics, the change of mean IU (low minus float32) and the
+    fraction of pixels whose labels agree."""
+    reference = metrics["float32"]
+    change = None
+    if metrics["mean_iou"] is not None and reference["mean_iou"] is not None:
+        change = metrics["mean_iou"] - reference["mean_iou"]
+    return {"precision": precision, "engine": engine,
+            "float32": {key: reference[key] for key in (
+                "pixel_accuracy", "mean_accuracy", "mean_iou", "frequency_weighted_iou",
+                "per_class_iou")},
+            "mean_iou_change": change, "labels_agree": metrics["labels_agree"]}
+
+
+def format_precision(record):
+    """Text lines comparing a low-precision run with float32."""
+    change = record["mean_iou_change"]
+    agree = record["labels_agree"]
+    return "\n".join([
+        "",
+        f"{record['precision']} against float32 ({record['engine']}, the same images):",
+        f"mean IU float32         {format_value(record['float32']['mean_iou'])}",
+        f"mean IU change          {'n/a' if change is None else f'{change * 100:+.2f} points'}",
+        f"labels agree            {'n/a' if agree is None else f'{agree:.4%} of pixels'}",
+    ])
 
 
 if __name__ == "__main__":

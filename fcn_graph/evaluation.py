@@ -95,14 +95,20 @@ class BranchSegmenter:
 
 
 def evaluate_checkpoint(prefix, spec, files, *, engine="tf", threads=None, max_images=None,
-                        on_image=None, progress=None, kernels="auto", tiled=None):
+                        on_image=None, progress=None, kernels="auto", precision="float32",
+                        calibration=None, tiled=None):
     """The metrics dict of checkpoint `prefix` (its `ModelSpec` `spec`) on the
     dataset split `files`, every image at full size, one at a time, through
     one finalised graph. `engine` "onnxruntime" runs the images through an
     ONNX Runtime segmenter instead; the dataset still streams through the
     graph. `on_image` and `progress` as in `Evaluator.run`; `kernels` is the
     kernel set of both engines. `tiled(segmenter) -> segmenter` wraps the
-    engine (e.g. in a `tiling.TiledSegmenter`)."""
+    engine (e.g. in a `tiling.TiledSegmenter`).
+
+    With a `precision` other than float32 (`segmenter.make_segmenter`; int8
+    with `calibration`), every image also runs through the same engine in
+    float32, and the dict gets "float32": that run's metrics, and
+    "labels_agree": the fraction of pixels whose labels the two runs agree on."""
     graph = tf.Graph()
     with graph.as_default():
         evaluator = Evaluator(files, spec, num_classes=spec.num_classes, max_images=max_images,
@@ -110,9 +116,25 @@ def evaluate_checkpoint(prefix, spec, files, *, engine="tf", threads=None, max_i
         variables = fcn_model.model_variables(graph)
         saver = checkpoint.model_saver(variables)
         graph.finalize()
-    predict, segmenter = None, None
-    if engine != "tf":
-        segmenter = make_segmenter(prefix, engine=engine, threads=threads, kernels=kernels)
+    predict, segmenter, reference = None, None, None
+    if engine != "tf" or precision != "float32":
+        segmenter = make_segmenter(prefix, engine=engine, threads=threads, kernels=kernels,
+                                   precision=precision, calibration=calibration)
+
+    compare = on_image
+    if precision != "float32":
+        reference = make_segmenter(prefix, engine=engine, threads=threads, kernels=kernels)
+        float32 = reference if tiled is None else tiled(reference)
+        matrix = ConfusionMatrix(spec.num_classes)
+        agree = [0, 0]  # pixels with equal labels, pixels
+
+        def compare(name, image, label, prediction):
+            want = float32.run(image[np.newaxis])[0]           # [1, H, W]
+            matrix.update(label[np.newaxis], want)
+            agree[0] += int(np.count_nonzero(want[0] == prediction))
+            agree[1] += prediction.size
+            if on_image is not None:
+                on_image(name, image, label, prediction)
 
     try:
         with tf1.Session(graph=graph, config=session_config(threads)) as sess:
@@ -125,8 +147,12 @@ def evaluate_checkpoint(prefix, spec, files, *, engine="tf", threads=None, max_i
                 def predict(image):
                     return runner.run(image)[0]
             metrics, _ = evaluator.run(sess, progress=progress, predict=predict,
-                                       on_image=on_image)
+                                       on_image=compare)
     finally:
-        if segmenter is not None:
-            segmenter.close()
+        for runner in (segmenter, reference):
+            if runner is not None:
+                runner.close()
+    if reference is not None:
+        metrics["float32"] = matrix.compute()
+        metrics["labels_agree"] = agree[0] / agree[1] if agree[1] else None
     return metrics

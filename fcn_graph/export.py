@@ -3,6 +3,8 @@
     python -m fcn_graph.export --checkpoint ckpt/voc --format savedmodel --out export/voc
     python -m fcn_graph.export --checkpoint ckpt/voc --format frozen --out export/voc.pb
     python -m fcn_graph.export --checkpoint ckpt/voc --format onnx --out export/voc.onnx [--external-data]
+    python -m fcn_graph.export --checkpoint ckpt/voc --format onnx --out export/voc_int8.onnx \
+        --quantize int8 --calibration photos/
 
 Every format has the same contract:
 
@@ -34,6 +36,13 @@ checkpoint's arrays: the same model `--engine onnxruntime` runs. With
 (export/voc.onnx.data), which must stay next to the `.onnx`; ONNX Runtime
 loads such a pair with a lower memory peak, and no 2 GB limit applies.
 
+With `--quantize int8` the ONNX model is quantized (`fcn_graph.quantize`:
+int8 weights per output channel, uint8 activations, QDQ format, the
+upsamplings kept float) after calibrating its activation ranges on up to 32
+images of `--calibration DIR` (images over 1024 pixels on their long side are
+scaled down for it); its interface is unchanged. Its check reports
+the error against the checkpoint without a limit.
+
 Each export is checked before it replaces the target: the written file is
 loaded back (TensorFlow for SavedModel and frozen graphs, onnxruntime for
 ONNX), run on a seeded random 67x93 image, and its scores compared with the
@@ -53,6 +62,7 @@ import sys
 from fcn_graph import image_files, onnx_engine, tflog
 from fcn_graph.constants import EXPORT_FORMATS, KERNELS
 from fcn_graph.errors import UserError, run_cli
+from fcn_graph.quantize import CALIBRATION_IMAGES
 
 
 def build_parser():
@@ -78,6 +88,12 @@ def build_parser():
                              "auto (by this machine's devices)")
     parser.add_argument("--no-verify", action="store_true",
                         help="skip loading the export back and comparing its scores")
+    parser.add_argument("--quantize", choices=("int8",), default=None,
+                        help="ONNX: write an int8 model (ONNX Runtime static quantization, QDQ, "
+                             "per-channel weights), calibrated on --calibration")
+    parser.add_argument("--calibration", default=None, metavar="DIR",
+                        help="--quantize int8: a folder of images like the ones the model will "
+                             f"segment (up to {CALIBRATION_IMAGES} of them are used)")
     return parser
 
 
@@ -86,9 +102,18 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.format != "onnx":
         for flag, given in (("--opset", args.opset is not None),
-                            ("--external-data", args.external_data)):
+                            ("--external-data", args.external_data),
+                            ("--quantize", args.quantize is not None)):
             if given:
                 parser.error(f"{flag} applies to --format onnx only")
+    if args.quantize and args.calibration is None:
+        parser.error("--quantize int8: needs --calibration DIR, a folder of images to calibrate "
+                     "the int8 model on")
+    if args.calibration is not None and not args.quantize:
+        parser.error("--calibration applies to --quantize int8 only")
+    if args.quantize:
+        from fcn_graph.quantize import calibration_files
+        calibration_files(args.calibration)   # a bad folder fails before the checkpoint loads
     tflog.load_tensorflow()
     import tensorflow as tf
 
@@ -107,7 +132,8 @@ def main(argv=None):
     kwargs = {"kernels": args.kernels}
     if args.format == "onnx":
         opset = onnx_engine.DEFAULT_OPSET if args.opset is None else args.opset
-        kwargs.update(opset=opset, external_data=args.external_data)
+        kwargs.update(opset=opset, external_data=args.external_data, quantize=args.quantize,
+                      calibration=args.calibration)
     try:
         report = EXPORTERS[args.format](prefix, args.out, verify=not args.no_verify,
                                         force=args.force, **kwargs)
@@ -118,6 +144,9 @@ def main(argv=None):
         where = f"signature '{SIGNATURE_KEY}', tag 'serve': "
     elif args.format == "onnx":
         where = f"opset {report['opset']}: "
+        if report.get("quantize"):
+            where = f"opset {report['opset']}, {report['quantize']} (calibrated on " \
+                    f"{report['calibration_images']} images): "
     else:
         where = ""
     written = report["path"]

@@ -98,8 +98,11 @@ def _reference(prefix, image):
     return labels, scores
 
 
-def _compare(what, path, labels, scores, want_labels, want_scores):
-    """Check an export's outputs against the checkpoint's; returns a report dict."""
+def _compare(what, path, labels, scores, want_labels, want_scores, *, exact=True):
+    """Check an export's outputs against the checkpoint's; returns a report dict.
+    With `exact` false (an int8 model), only the shapes are checked and the
+    error reported."""
+    tolerance = TOLERANCE if exact else None
     scores = np.asarray(scores)
     if scores.shape != want_scores.shape or np.asarray(labels).shape != want_labels.shape:
         raise VerificationError(f"{path}: {what} gave scores {list(scores.shape)} and labels "
@@ -108,11 +111,12 @@ def _compare(what, path, labels, scores, want_labels, want_scores):
     error = float(np.abs(scores - want_scores).max() / max(np.abs(want_scores).max(), 1e-30))
     agree = float(np.mean(np.asarray(labels) == want_labels))
     height, width = want_labels.shape[1:3]
+    limit = "no limit" if tolerance is None else f"limit {tolerance:g}"
     print(f"verified with {what} on a {width}x{height} image: max relative error of scores "
-          f"{error:.2e} (limit {TOLERANCE:g}), labels agree on {agree:.2%} of pixels")
-    if not error < TOLERANCE:
+          f"{error:.2e} ({limit}), labels agree on {agree:.2%} of pixels")
+    if tolerance is not None and not error < tolerance:
         raise VerificationError(f"{path}: scores differ from the checkpoint's (max relative "
-                                f"error {error:.3g} >= {TOLERANCE:g}); nothing written")
+                                f"error {error:.3g} >= {tolerance:g}); nothing written")
     return {"max_rel_error": error, "labels_agree": agree}
 
 
@@ -268,7 +272,8 @@ def export_savedmodel(prefix, out_dir, *, verify=True, force=False, kernels="ref
 
 
 def export_onnx(prefix, out_path, *, opset=onnx_engine.DEFAULT_OPSET, verify=True,
-                external_data=False, force=False, kernels="reference"):
+                external_data=False, force=False, kernels="reference", quantize=None,
+                calibration=None):
     """Write `onnx_engine.build_onnx_model`'s model of the checkpoint (the one
     `--engine onnxruntime` runs): input `images` uint8 [N, H, W, 3] RGB,
     outputs `labels` int64 [N, H, W] and `scores` float32 [N, H, W, K], N, H
@@ -279,9 +284,16 @@ def export_onnx(prefix, out_path, *, opset=onnx_engine.DEFAULT_OPSET, verify=Tru
     verified there with onnxruntime (unless verify=False), then renamed into
     place, the `.onnx` last; a failure leaves `out_path` as it was.
 
+    With `quantize` "int8", the model written is `quantize.quantize_model`'s
+    int8 model of it, calibrated on the images of folder `calibration`; its
+    verification checks the outputs' shapes and reports the scores' error and
+    the labels' agreement with the checkpoint without a tolerance (int8 is not
+    float32).
+
     Returns a dict: format, path, checkpoint, inputs, outputs, num_classes,
     architecture, skips, channel_order, mean_pixel, opset, external_data (the
-    data file, or None), max_rel_error and labels_agree (None without
+    data file, or None), quantize (None or "int8"), calibration_images (their
+    number, or None), max_rel_error and labels_agree (None without
     verification), bytes (both files).
     """
     try:
@@ -292,6 +304,12 @@ def export_onnx(prefix, out_path, *, opset=onnx_engine.DEFAULT_OPSET, verify=Tru
         raise UserError(f"--format onnx needs onnx and onnxruntime ({err}); install them with "
                         "pip install -e '.[export]'") from None
     onnx_engine.check_opset(opset)
+    if quantize not in (None, "int8"):
+        raise UserError(f"--quantize: expected int8, found {quantize!r}")
+    paths = None
+    if quantize:
+        from fcn_graph.quantize import calibration_files
+        paths = calibration_files(calibration)
     data_path = onnx_engine.external_data_path(out_path) if external_data else None
     _check_target(out_path, "onnx", force=force, extra=[data_path] if data_path else [])
 
@@ -302,15 +320,36 @@ def export_onnx(prefix, out_path, *, opset=onnx_engine.DEFAULT_OPSET, verify=Tru
         raise UserError(f"{out_path}: the ONNX model would be {model.ByteSize() / 2**30:.2f} GiB; "
                         "a single ONNX file must stay below 2 GB (add --external-data)")
     report = _report(prefix, spec, "onnx", out_path, opset=opset, external_data=data_path,
-                     kernels=kernels)
+                     kernels=kernels, quantize=quantize,
+                     calibration_images=len(paths) if paths else None)
     parent, base = os.path.split(os.path.abspath(out_path))
     work = os.path.join(parent, f".{base}.{uuid.uuid4().hex[:12]}.tmp")
     os.mkdir(work)
     try:
         tmp = os.path.join(work, base)   # the same name: the model names its data file
-        onnx_engine.save_model(model, tmp, external_data=external_data)
-        del model
-        if verify:
+        if quantize:
+            from fcn_graph.quantize import quantize_model
+            float_path = os.path.join(work, "float.onnx")
+            onnx_engine.save_model(model, float_path, external_data=True)
+            del model
+            print(f"quantizing to int8, calibrated on {len(paths)} images", flush=True)
+            quantize_model(float_path, paths, tmp)
+            if external_data:
+                import onnx
+                onnx_engine.save_model(onnx.load(tmp), tmp, external_data=True)
+        else:
+            onnx_engine.save_model(model, tmp, external_data=external_data)
+            del model
+        if verify and quantize:
+            image = verification_image()
+            want = _reference(prefix, image)
+            session = onnx_engine.load_session(tmp, onnx_engine.session_options(),
+                                               ["CPUExecutionProvider"])
+            labels, scores = session.run(list(OUTPUT_NAMES), {INPUT_NAME: image})
+            del session
+            report.update(_compare("onnxruntime (int8)", out_path, labels, scores, *want,
+                                   exact=False))
+        elif verify:
             image = verification_image()
             want = _reference(prefix, image)
             session = onnx_engine.load_session(tmp, onnx_engine.session_options(),

@@ -27,13 +27,14 @@ import numpy as np
 
 from fcn_graph import image_files, tflog, tiling
 from fcn_graph.config import add_config_args, add_kernels_arg, load_config
-from fcn_graph.constants import ENGINES, PRECISIONS, VGG_MEAN_RGB
+from fcn_graph.constants import ENGINES, INFERENCE_PRECISIONS, VGG_MEAN_RGB
 from fcn_graph.errors import UserError, run_cli
 from fcn_graph.fileio import OutputFolder, kind_of
 from fcn_graph.image_files import IMAGE_EXTENSIONS
 from fcn_graph.memory import return_freed_memory
 from fcn_graph.pipeline import run_pipeline, terminate_as_interrupt
 from fcn_graph.progress import Progress
+from fcn_graph.quantize import add_calibration_arg, resolve_precision_args
 
 
 def list_images(inputs):
@@ -173,17 +174,18 @@ def build_parser():
                         help="opacity of the mask in the overlay (default 0.5)")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads per op (default: every core)")
-    parser.add_argument("--engine", choices=ENGINES, default="tf",
+    parser.add_argument("--engine", choices=ENGINES, default=None,
                         help="tf (default, the reference) or onnxruntime (the checkpoint "
                              "converted on the fly to the model export --format onnx "
-                             "writes; faster on CPU)")
+                             "writes; faster on CPU; the default with --precision int8)")
     add_kernels_arg(parser)
     parser.add_argument("--xla", action="store_true",
                         help="compile the TensorFlow graph with XLA (engine tf)")
-    parser.add_argument("--precision", choices=PRECISIONS, default="float32",
+    parser.add_argument("--precision", choices=INFERENCE_PRECISIONS, default="float32",
                         help="float32 (default); bfloat16 through oneDNN (needs "
-                             "TF_ENABLE_ONEDNN_OPTS=1; slow on CPUs without bf16 units); "
-                             "float16 on a GPU")
+                             "TF_ENABLE_ONEDNN_OPTS=1 and a CPU with bf16 units); float16 on "
+                             "a GPU; int8 through ONNX Runtime, quantized with --calibration")
+    add_calibration_arg(parser)
     tiling.add_tile_args(parser)
     return parser
 
@@ -207,6 +209,7 @@ def main(argv=None):
         source = source or config.train.log_dir
         args.threads = args.threads or config.train.threads
         args.kernels = args.kernels or config.model.kernels
+    calibration = resolve_precision_args(parser, args)
     paths = list_images(args.inputs)
     stems, notes = output_stems(paths)
     cached = None
@@ -242,12 +245,13 @@ def main(argv=None):
         from fcn_graph.segmenter import make_segmenter
         segmenter = make_segmenter(prefix, engine=args.engine, mean_pixel=args.mean,
                                    threads=args.threads, xla=args.xla, precision=args.precision,
-                                   kernels=args.kernels or "auto")
+                                   kernels=args.kernels or "auto", calibration=calibration)
     segmenter = tiling.TiledSegmenter(segmenter, spec, tile=tile,
                                       budget_bytes=args.memory_budget * 2**30)
     mean_pixel = spec.resolved_mean(args.mean)
     print(f"checkpoint {prefix}: {spec.num_classes} classes, "
-          f"mean pixel {[round(v, 3) for v in mean_pixel]}, engine {args.engine}",
+          f"mean pixel {[round(v, 3) for v in mean_pixel]}, engine {args.engine}, "
+          f"{args.precision}",
           file=sys.stderr)
 
     failures = []

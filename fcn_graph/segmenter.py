@@ -1,14 +1,15 @@
 """Engines that segment images with a checkpoint, behind one interface.
 
 `make_segmenter(prefix, engine=...)` returns a `Segmenter` (TensorFlow, the
-reference) or an `onnx_engine.OnnxSegmenter` (ONNX Runtime); both have
+reference) or an `onnx_engine.OnnxSegmenter` (ONNX Runtime, float32 or a
+model quantized to int8 by `fcn_graph.quantize`); both have
 `.run(batch_uint8, scores=False) -> (labels, scores)` and `.close()`.
 """
 
 import numpy as np
 import tensorflow as tf
 
-from fcn_graph import checkpoint, cpu_kernels
+from fcn_graph import checkpoint, cpu_kernels, cpuinfo
 from fcn_graph import model as fcn_model
 from fcn_graph.constants import ENGINES
 from fcn_graph.errors import UserError
@@ -29,6 +30,8 @@ class Segmenter:
 
     def __init__(self, prefix, *, mean_pixel=None, threads=None, xla=False,
                  precision="float32", config=None, kernels="auto"):
+        if precision == "bfloat16" and not tf.config.list_physical_devices("GPU"):
+            cpuinfo.check_precision("bfloat16")
         if precision == "bfloat16" and not onednn_enabled():
             raise UserError("--precision bfloat16: TensorFlow's oneDNN kernels are off; set "
                             "TF_ENABLE_ONEDNN_OPTS=1 in the environment")
@@ -67,17 +70,31 @@ class Segmenter:
 
 
 def make_segmenter(prefix, *, engine="tf", mean_pixel=None, threads=None, xla=False,
-                   precision="float32", kernels="auto"):
+                   precision="float32", kernels="auto", calibration=None):
     """A `Segmenter` (engine "tf", the reference) or an `onnx_engine.OnnxSegmenter`
-    (engine "onnxruntime", float32 only) for checkpoint `prefix`, with the
-    kernel set `kernels`; both have `.run(batch_uint8, scores=False) ->
-    (labels, scores)` and `.close()`."""
+    (engine "onnxruntime", float32, or int8 with `calibration`, a folder or a
+    list of images to calibrate on: `quantize.int8_segmenter`) for checkpoint
+    `prefix`, with the kernel set `kernels`; both have `.run(batch_uint8,
+    scores=False) -> (labels, scores)` and `.close()`."""
+    if precision == "int8":
+        if engine != "onnxruntime":
+            raise UserError("--precision int8 runs on --engine onnxruntime only (the default "
+                            f"with int8); found --engine {engine}")
+        if xla:
+            raise UserError("--precision int8: --xla applies to --engine tf only; drop it")
+        if calibration is None:
+            raise UserError("--precision int8: needs --calibration DIR, a folder of images "
+                            "like the ones to segment, to calibrate the int8 model on")
+        from fcn_graph.quantize import int8_segmenter
+        return int8_segmenter(prefix, calibration, threads=threads, mean_pixel=mean_pixel,
+                              kernels=kernels)
     if engine == "tf":
         return Segmenter(prefix, mean_pixel=mean_pixel, threads=threads, xla=xla,
                          precision=precision, kernels=kernels)
     if engine != "onnxruntime":
         raise UserError(f"--engine: expected one of {', '.join(ENGINES)}, found {engine!r}")
     if xla or precision != "float32":
-        raise UserError("--engine onnxruntime runs float32 without XLA; drop --xla/--precision")
+        raise UserError("--engine onnxruntime runs float32 (or int8) without XLA; drop "
+                        "--xla/--precision")
     from fcn_graph.onnx_engine import OnnxSegmenter
     return OnnxSegmenter(prefix, threads=threads, mean_pixel=mean_pixel, kernels=kernels)

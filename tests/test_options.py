@@ -15,7 +15,7 @@ from tinyvgg import TINY_MEAN, TINY_WIDTHS, make_fc_layers, make_vgg_layers
 
 from bench import cases, harness
 from bench.report import FP32_MARK, FP32_NOTE, format_report, format_row
-from fcn_graph import checkpoint, export, exporting, image_files, infer, port, session
+from fcn_graph import checkpoint, cpuinfo, export, exporting, image_files, infer, port, session
 from fcn_graph import model as fcn_model
 from fcn_graph import segmenter as segmenter_module
 from fcn_graph import training as train_module
@@ -300,6 +300,11 @@ def test_xla_compiles_the_graph_to_the_same_scores(tmp_path, tiny_checkpoint):
 
 def test_precision_bfloat16_rounds_the_convolutions(tiny_checkpoint):
     image = np.random.default_rng(2).integers(0, 256, (1, 21, 18, 3), dtype=np.uint8)
+    features = cpuinfo.cpu_features()
+    if features and not cpuinfo.has_bf16_units(features):
+        with pytest.raises(UserError, match="--precision bfloat16: this CPU has no bfloat16"):
+            segmenter_module.Segmenter(tiny_checkpoint, precision="bfloat16")
+        return
     if not session.onednn_enabled():
         with pytest.raises(UserError, match="--precision bfloat16: .*TF_ENABLE_ONEDNN_OPTS=1"):
             segmenter_module.Segmenter(tiny_checkpoint, precision="bfloat16")

@@ -1,0 +1,85 @@
+"""What the CPU offers beyond FP32, read from the Linux CPU flags, and whether
+a precision runs fast on it.
+
+`cpu_features()` parses /proc/cpuinfo (or given text) into the set of flags;
+`check_precision(precision, features)` refuses bfloat16 where the CPU has no
+bfloat16 units and warns for int8 where it has no int8 dot-product units.
+"""
+
+import sys
+
+from fcn_graph.errors import UserError
+
+CPUINFO_PATH = "/proc/cpuinfo"
+
+# Flags of units that compute in the precision natively: bfloat16 dot products
+# (AVX512_BF16, AMX), int8 dot products (AVX512-VNNI, AVX-VNNI, AMX).
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+# Without bfloat16 units, oneDNN emulates bfloat16 with FP32 arithmetic plus
+# conversions: slower than FP32 itself, by this factor (the refusal quotes it).
+BF16_EMULATED_SLOWDOWN = 2.4
+
+
+def parse_cpu_flags(text):
+    """The set of flags on the `flags` lines of cpuinfo `text` (x86; on ARM the
+    line is `Features`). Empty when no such line exists."""
+    flags = set()
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() in ("flags", "Features"):
+            flags.update(value.split())
+    return frozenset(flags)
+
+
+def cpu_features(text=None):
+    """The CPU's flags: parsed from `text`, else read from CPUINFO_PATH (an
+    empty set where it cannot be read, as on macOS or Windows)."""
+    if text is None:
+        try:
+            with open(CPUINFO_PATH, encoding="utf-8", errors="replace") as handle:
+                text = handle.read()
+        except OSError:
+            text = ""
+    return parse_cpu_flags(text)
+
+
+def has_bf16_units(features):
+    return any(flag in features for flag in BF16_FLAGS)
+
+
+def has_int8_units(features):
+    return any(flag in features for flag in INT8_FLAGS)
+
+
+def check_precision(precision, features=None, *, warn=None):
+    """Raise a UserError for `--precision bfloat16` on a CPU without bfloat16
+    units (`features`: a set of cpuinfo flags, default `cpu_features()`); for
+    `--precision int8` without int8 dot-product units, call `warn(message)`
+    (default: print to stderr) and go on: it runs, only slower. Returns the
+    flags found that serve the precision."""
+    if precision not in ("bfloat16", "int8"):
+        return ()
+    features = cpu_features() if features is None else features
+    if not features:
+        # No flags to go by (no /proc/cpuinfo): nothing is refused.
+        return ()
+    if precision == "bfloat16":
+        found = tuple(flag for flag in BF16_FLAGS if flag in features)
+        if not found:
+            raise UserError(f"--precision bfloat16: this CPU has no bfloat16 units (no "
+                            f"{' or '.join(BF16_FLAGS)} in {CPUINFO_PATH}); emulated bfloat16 "
+                            f"runs about {BF16_EMULATED_SLOWDOWN}x slower than float32, so use "
+                            "--precision float32 (or int8)")
+        return found
+    found = tuple(flag for flag in INT8_FLAGS if flag in features)
+    if not found:
+        message = (f"warning: --precision int8: this CPU has no int8 dot-product units (no "
+                   f"{', '.join(INT8_FLAGS)} in {CPUINFO_PATH}); int8 runs, but may be no "
+                   "faster than float32")
+        if warn is None:
+            print(message, file=sys.stderr)
+        else:
+            warn(message)
+    return found
