@@ -287,3 +287,86 @@ def test_write_defaults_to_the_new_layout(tmp_path, vgg_layers):
     vgg = load_vgg_mat(path)
     assert vgg.layout == "new" and "meta" in scipy.io.loadmat(path)
     np.testing.assert_allclose(vgg.mean_pixel, TINY_MEAN)
+
+
+# ---- the written file is a MatConvNet simplenn VGG19, field by field ----
+
+def _simplenn_vgg19_names(fc_names):
+    """VGG19's layer names in MatConvNet order, written out independently."""
+    names = []
+    for block, convs in enumerate((2, 2, 4, 4, 4), start=1):
+        for index in range(1, convs + 1):
+            names += [f"conv{block}_{index}", f"relu{block}_{index}"]
+        names.append(f"pool{block}")
+    for number in (6, 7, 8):
+        if f"fc{number}" in fc_names:
+            names.append(f"fc{number}")
+            if number < 8:
+                names.append(f"relu{number}")
+    if fc_names:
+        names.append("prob")
+    return names
+
+
+@pytest.mark.parametrize("layout", ["old", "new"])
+@pytest.mark.parametrize("fc_names", [(), ("fc6", "fc7"), ("fc6", "fc7", "fc8")])
+def test_written_file_is_a_simplenn_vgg19_field_by_field(tmp_path, vgg_layers, layout, fc_names):
+    fc = {name: value for name, value in make_fc_layers(TINY_WIDTHS["conv5_4"]).items()
+          if name in fc_names}
+    doubles = {name: (kernel.astype(np.float64), bias.astype(np.float64))
+               for name, (kernel, bias) in {**vgg_layers, **fc}.items()}
+    path = str(tmp_path / "written.mat")
+    write_vgg_mat(path, {n: doubles[n] for n in vgg_layers},
+                  np.array([[101.0, 102.5, 99.0]]), layout=layout,
+                  fc={n: doubles[n] for n in fc})
+    raw = scipy.io.loadmat(path)
+    records = [cell[0, 0] for cell in raw["layers"][0]]
+    names = [str(record["name"][0]) for record in records]
+    assert names == _simplenn_vgg19_names(fc_names)
+    for name, record in zip(names, records):
+        kind = str(record["type"][0])
+        fields = record.dtype.names
+        if layout == "new":
+            assert fields[0] == "name"
+        if name.startswith(("conv", "fc")):
+            assert kind == "conv"
+            if layout == "old":
+                assert fields[0] == "weights"
+            kernel, bias = record["weights"][0, 0], record["weights"][0, 1]
+            want_kernel, want_bias = doubles[name]
+            assert kernel.dtype == np.float32 and bias.dtype == np.float32
+            np.testing.assert_array_equal(kernel, np.transpose(want_kernel, (1, 0, 2, 3))
+                                          .astype(np.float32))
+            want_shape = (1, want_bias.size) if layout == "old" else (want_bias.size, 1)
+            assert bias.shape == want_shape
+            np.testing.assert_array_equal(bias.ravel(), want_bias.astype(np.float32))
+            pad = 0 if name.startswith("fc") else 1
+            np.testing.assert_array_equal(record["pad"], np.full((1, 4), pad))
+            np.testing.assert_array_equal(record["stride"], np.ones((1, 2)))
+            if layout == "new":
+                np.testing.assert_array_equal(record["size"], [kernel.shape])
+        elif name.startswith("relu"):
+            assert kind == "relu"
+            if layout == "new":
+                assert float(record["leak"][0, 0]) == 0.0 and record["weights"].size == 0
+        elif name.startswith("pool"):
+            assert kind == "pool" and str(record["method"][0]) == "max"
+            np.testing.assert_array_equal(record["pool"], np.full((1, 2), 2.0))
+            np.testing.assert_array_equal(record["stride"], np.full((1, 2), 2.0))
+            np.testing.assert_array_equal(record["pad"], np.zeros((1, 4)))
+            if layout == "new":
+                assert record["weights"].size == 0
+        else:
+            assert name == "prob" and kind == "softmax"
+            if layout == "new":
+                assert record["weights"].size == 0
+    if layout == "old":
+        average = raw["normalization"][0, 0]["averageImage"]
+        assert average.shape == (224, 224, 3) and average.dtype == np.float32
+    else:
+        assert "normalization" not in raw
+        average = raw["meta"][0, 0]["normalization"][0, 0]["averageImage"]
+        assert average.shape == (1, 1, 3) and average.dtype == np.float32
+    np.testing.assert_array_equal(average.reshape(-1, 3),
+                                  np.broadcast_to(np.float32([101.0, 102.5, 99.0]),
+                                                  (average.size // 3, 3)))
