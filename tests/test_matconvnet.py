@@ -360,11 +360,15 @@ def test_written_file_is_a_simplenn_vgg19_field_by_field(tmp_path, vgg_layers, l
             assert name == "prob" and kind == "softmax"
             if layout == "new":
                 assert record["weights"].size == 0
+    # The ImageNet class list is written as empty cells, where MatConvNet keeps it.
+    classes = raw["classes"][0, 0] if layout == "old" else raw["meta"][0, 0]["classes"][0, 0]
+    assert set(classes.dtype.names) == {"name", "description"}
+    assert classes["name"].size == 0 and classes["description"].size == 0
     if layout == "old":
         average = raw["normalization"][0, 0]["averageImage"]
         assert average.shape == (224, 224, 3) and average.dtype == np.float32
     else:
-        assert "normalization" not in raw
+        assert "normalization" not in raw and "classes" not in raw
         average = raw["meta"][0, 0]["normalization"][0, 0]["averageImage"]
         assert average.shape == (1, 1, 3) and average.dtype == np.float32
     np.testing.assert_array_equal(average.reshape(-1, 3),
