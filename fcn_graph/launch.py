@@ -36,34 +36,24 @@ from fcn_graph.errors import UserError, run_cli
 PROG = "fcn_graph.launch"
 
 
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, found {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected at least 1, found {value}")
-    return value
+def _number(convert, kind, accept, wanted):
+    """An argparse type: `convert(text)` ("expected {kind}" when it fails),
+    kept when `accept(value)` holds ("expected {wanted}" when not)."""
+    def parse(text):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind}, found {text!r}") from None
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f"expected {wanted}, found {value:g}")
+        return value
+    return parse
 
 
-def _count(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, found {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected 0 or more, found {value}")
-    return value
-
-
-def _seconds(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, found {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, found {text}")
-    return value
+_positive_int = _number(int, "a whole number", lambda v: v >= 1, "at least 1")
+_count = _number(int, "a whole number", lambda v: v >= 0, "0 or more")
+_seconds = _number(float, "a number of seconds", lambda v: 0 < v < float("inf"),
+                   "a positive number of seconds")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -326,18 +326,8 @@ def test_a_second_onnx_run_needs_no_tensorflow_and_gives_the_same_labels(
 @pytest.fixture(scope="module")
 def tiny_checkpoint_dir(tmp_path_factory):
     """A tiny legacy FCN-8s checkpoint (4 classes), made once for this file."""
-    from tinyvgg import TINY_MEAN, TINY_WIDTHS, make_fc_layers, make_vgg_layers
-
-    from fcn_graph import port
-    from fcn_graph.matconvnet import write_vgg_mat
-    directory = tmp_path_factory.mktemp("tiny")
-    mat = str(directory / "vgg.mat")
-    write_vgg_mat(mat, make_vgg_layers(), TINY_MEAN, fc=make_fc_layers(TINY_WIDTHS["conv5_4"]),
-                  layout="new")
-    prefix = str(directory / "ckpt" / "start")
-    assert port.main(["mat2ckpt", mat, "--num-classes", "4", "--fc-width", "6",
-                      "--out", prefix]) == 0
-    return os.path.dirname(prefix)
+    from tinyvgg import write_tiny_checkpoint
+    return os.path.dirname(write_tiny_checkpoint(tmp_path_factory.mktemp("tiny")))
 
 
 @pytest.mark.parametrize("argv", [

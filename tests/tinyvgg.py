@@ -36,3 +36,19 @@ def make_fc_layers(cin, fc_width=6, seed=1):
         "fc8": ((rng.standard_normal((1, 1, fc_width, 10)) * 0.1).astype(np.float32),
                 np.zeros(10, np.float32)),
     }
+
+
+def write_tiny_checkpoint(directory, num_classes=4):
+    """A tiny legacy FCN-8s checkpoint at DIRECTORY/ckpt/start, through a new-layout
+    `.mat` and `port mat2ckpt`; returns its prefix."""
+    import os
+
+    from fcn_graph import port
+    from fcn_graph.matconvnet import write_vgg_mat
+    mat = os.path.join(str(directory), "vgg.mat")
+    write_vgg_mat(mat, make_vgg_layers(), TINY_MEAN, fc=make_fc_layers(TINY_WIDTHS["conv5_4"]),
+                  layout="new")
+    prefix = os.path.join(str(directory), "ckpt", "start")
+    assert port.main(["mat2ckpt", mat, "--num-classes", str(num_classes), "--fc-width", "6",
+                      "--out", prefix]) == 0
+    return prefix
