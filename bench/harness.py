@@ -231,7 +231,14 @@ def _widths(args):
     return fcn_model.scaled_vgg_widths(args.width_multiplier)
 
 
+# The cpuinfo flags that decide the engines' choices (vector width, bf16 and
+# int8 units), printed with the report.
+DECIDING_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni",
+                  "amx_tile", "amx_bf16", "amx_int8")
+
+
 def _machine():
+    from fcn_graph import cpuinfo
     model = ""
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as handle:
@@ -241,8 +248,12 @@ def _machine():
                     break
     except OSError:
         pass
+    features = cpuinfo.cpu_features()
     return {"cpu": model, "cores": os.cpu_count(), "onednn_env":
-            os.environ.get("TF_ENABLE_ONEDNN_OPTS")}
+            os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
+            "features": [flag for flag in DECIDING_FLAGS if flag in features],
+            "bfloat16": "native" if cpuinfo.has_bf16_units(features) else "refused",
+            "int8": "native" if cpuinfo.has_int8_units(features) else "7-bit weights, slow"}
 
 
 # ---------------------------------------------------------------- CLI

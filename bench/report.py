@@ -27,6 +27,12 @@ def format_row(r):
 
 def format_report(report):
     lines = []
+    machine = report.get("machine") or {}
+    if "features" in machine:
+        onednn = {"1": "on", "0": "off"}.get(machine.get("onednn_env"), "TensorFlow's default")
+        lines.append(f"CPU {machine['cpu'] or 'unknown'}, {machine['cores']} cores; "
+                     f"flags {' '.join(machine['features']) or 'none of note'}; "
+                     f"oneDNN {onednn}; bfloat16 {machine['bfloat16']}; int8 {machine['int8']}")
     sgemm = report.get("sgemm")
     if sgemm:
         lines.append(f"sgemm 4096^3, NumPy BLAS, {report['threads']} threads: "

@@ -136,3 +136,22 @@ def test_no_library_module_imports_the_benchmark():
             for module in modules:
                 assert module.split(".")[0] != "bench" and module != "fcn_graph.bench", \
                     f"fcn_graph/{name} imports {module}"
+
+
+@pytest.mark.parametrize("cpuinfo_text,features,bf16,int8", [
+    ("flags\t: fpu avx2 fma avx512f avx512_bf16 avx512_vnni\n",
+     "avx2 fma avx512f avx512_bf16 avx512_vnni", "native", "native"),
+    ("flags\t: fpu avx2 fma\n", "avx2 fma", "refused", "7-bit weights, slow"),
+])
+def test_the_report_names_the_cpu_features_and_choices(tmp_path, monkeypatch, cpuinfo_text,
+                                                       features, bf16, int8):
+    from fcn_graph import cpuinfo
+    path = tmp_path / "cpuinfo"
+    path.write_text("model name\t: Test CPU\n" + cpuinfo_text)
+    monkeypatch.setattr(cpuinfo, "CPUINFO_PATH", str(path))
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
+    machine = harness._machine()
+    assert machine["features"] == features.split()
+    line = report.format_report({"machine": machine, "results": []}).splitlines()[0]
+    assert f"flags {features};" in line and "oneDNN off" in line
+    assert f"bfloat16 {bf16}; int8 {int8}" in line
