@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from fcn_graph.constants import IGNORE_LABEL
-from fcn_graph.metrics import ConfusionMatrix, compute_metrics, format_metrics
+from fcn_graph.metrics import ConfusionMatrix, compute_metrics, format_metrics, metrics_record
 
 # Four classes; class 2 is predicted but never labelled, class 3 appears nowhere.
 #   labels       0 0 0 0 1 1 255
@@ -87,3 +87,14 @@ def test_format_names_classes():
     text = format_metrics(cm.compute(), ["bg", "cat", "dog", "cow"])
     assert "mean IU                 0.3889" in text
     assert "cat" in text and "absent" in text
+
+
+def test_the_json_record_holds_the_four_metrics_the_classes_and_extras():
+    metrics = {"pixel_accuracy": 0.5, "mean_accuracy": 0.25, "mean_iou": None,
+               "frequency_weighted_iou": 0.125, "per_class_iou": [0.5, None], "num_images": 3,
+               "labelled_pixels": 12}
+    record = metrics_record(metrics, ("background", "cat"), checkpoint="c", split="val")
+    assert record == {"pixel_accuracy": 0.5, "mean_accuracy": 0.25, "mean_iou": None,
+                      "frequency_weighted_iou": 0.125, "per_class_iou": [0.5, None],
+                      "num_images": 3, "class_names": ["background", "cat"],
+                      "checkpoint": "c", "split": "val"}
