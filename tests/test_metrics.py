@@ -98,3 +98,12 @@ def test_the_json_record_holds_the_four_metrics_the_classes_and_extras():
                       "frequency_weighted_iou": 0.125, "per_class_iou": [0.5, None],
                       "num_images": 3, "class_names": ["background", "cat"],
                       "checkpoint": "c", "split": "val"}
+
+
+def test_undefined_metrics_print_as_n_a():
+    text = format_metrics(compute_metrics(np.zeros((2, 2), np.int64)), ["bg", "cat"])
+    lines = text.splitlines()
+    assert lines[:4] == ["pixel accuracy          n/a", "mean accuracy           n/a",
+                         "mean IU                 n/a", "frequency weighted IU   n/a"]
+    assert lines[-2:] == ["    0  bg                       n/a (absent)",
+                          "    1  cat                      n/a (absent)"]
