@@ -64,9 +64,7 @@ def _string(value):
     """A MATLAB char array (one string, or one character per element) as a str."""
     if value is None:
         return None
-    if isinstance(value, np.ndarray):
-        return "".join(str(v) for v in value.ravel())
-    return str(value)
+    return "".join(str(v) for v in np.asarray(value).ravel())
 
 
 def _struct(value):
@@ -75,8 +73,6 @@ def _struct(value):
         value = value.flat[0]
     if isinstance(value, np.ndarray) and value.dtype.names is not None:
         return value.flat[0]
-    if isinstance(value, np.void) and value.dtype.names is not None:
-        return value
     return None
 
 
@@ -117,7 +113,7 @@ def _mean_pixel(path, mat):
         average = average.mean(axis=(0, 1))
     else:
         raise UserError(f"{where} has shape {average.shape}; expected 3 values or HxWx3")
-    return np.asarray(check_mean_pixel(average, where), dtype=np.float64)
+    return np.asarray(check_mean_pixel(average, where))  # finite, 3 floats
 
 
 def _numeric(value, where, dtype=np.float64):
@@ -230,6 +226,8 @@ def write_vgg_mat(path, layers, mean_pixel, *, fc=None, layout="new", transposed
     fc: optional "fc6"/"fc7"/"fc8" -> (kernel, bias).
     The file round-trips through `load_vgg_mat` without loss.
     """
+    if layout not in ("old", "new"):
+        raise ValueError(f"layout: expected 'old' or 'new', found {layout!r}")
     fc = fc or {}
     mean_pixel = np.asarray(mean_pixel, dtype=np.float64).reshape(3)
     names = [n for n in VGG19_MAT_LAYERS if n in layers or n in fc or not n.startswith(("conv", "fc"))]

@@ -239,7 +239,7 @@ def test_non_finite_average_image_is_refused(tmp_path, vgg_layers):
     path = str(tmp_path / "nanmean.mat")
     scipy.io.savemat(path, {"layers": _layer_cells(vgg_layers),
                             "normalization": {"averageImage": np.array([1.0, np.nan, 3.0])}})
-    assert "averageImage" in _error(path)
+    assert "averageImage holds 1 NaN value" in _error(path)
 
 
 @pytest.mark.parametrize("top", [
@@ -374,3 +374,95 @@ def test_written_file_is_a_simplenn_vgg19_field_by_field(tmp_path, vgg_layers, l
     np.testing.assert_array_equal(average.reshape(-1, 3),
                                   np.broadcast_to(np.float32([101.0, 102.5, 99.0]),
                                                   (average.size // 3, 3)))
+
+
+# ---- the loader's remaining rules ----
+
+def _file_with(tmp_path, layers, name="f.mat", **top):
+    path = str(tmp_path / name)
+    contents = {"layers": _layer_cells(layers), "normalization": {"averageImage":
+                                                                   np.array(TINY_MEAN)}}
+    contents.update(top)
+    scipy.io.savemat(path, contents)
+    return path
+
+
+def test_kernels_without_their_trailing_singleton_axes_are_read_whole(tmp_path):
+    """MATLAB drops trailing axes of size 1: a [3, 3, 3, 1] kernel is stored as
+    [3, 3, 3], and a [3, 3, 1, 1] one as [3, 3]."""
+    widths = dict(TINY_WIDTHS, conv1_1=1, conv1_2=1)
+    layers = make_vgg_layers(widths=widths, seed=5)
+    path = str(tmp_path / "thin.mat")
+    cells = _layer_cells(layers)
+    for cell in cells[0]:
+        record = cell
+        if record["name"] in ("conv1_1", "conv1_2"):
+            kernel = record["weights"][0, 0]
+            record["weights"][0, 0] = kernel.reshape(kernel.shape[:2] + tuple(
+                d for d in kernel.shape[2:] if d != 1)) if record["name"] == "conv1_2" \
+                else kernel[:, :, :, 0]
+    scipy.io.savemat(path, {"layers": cells, "normalization": {"averageImage": np.array(TINY_MEAN)}})
+    stored = scipy.io.loadmat(path)["layers"][0]
+    assert stored[0][0, 0]["weights"][0, 0].ndim == 3 and stored[2][0, 0]["weights"][0, 0].ndim == 2
+    vgg = load_vgg_mat(path)
+    assert vgg.path == path
+    for name in ("conv1_1", "conv1_2", "conv2_1"):
+        assert vgg.layers[name][0].shape == layers[name][0].shape
+        np.testing.assert_array_equal(vgg.layers[name][0], layers[name][0])
+
+
+@pytest.mark.parametrize("part", ["kernel", "bias"])
+def test_non_finite_weights_name_the_layer_and_the_part(tmp_path, vgg_layers, part):
+    kernel, bias = vgg_layers["conv3_2"]
+    if part == "kernel":
+        kernel = kernel.copy()
+        kernel[1, 1, 0, 0] = np.inf
+    else:
+        bias = bias.copy()
+        bias[0] = np.nan
+    vgg_layers["conv3_2"] = (kernel, bias)
+    message = _error(_file_with(tmp_path, vgg_layers))
+    assert f"layer 'conv3_2': {part}" in message
+
+
+def test_messages_name_what_is_missing_and_why(tmp_path, vgg_layers):
+    path = str(tmp_path / "gap.mat")
+    scipy.io.savemat(path, {"layers": _layer_cells(vgg_layers, names={"conv3_2": "conv3_x"}),
+                            "normalization": {"averageImage": np.array(TINY_MEAN)}})
+    message = _error(path)
+    assert message.endswith("layer 'conv3_2' not found (expected the 16 conv layers of "
+                            "imagenet-vgg-verydeep-19)")
+    kernel, bias = vgg_layers["conv1_1"]
+    first = dict(vgg_layers, conv1_1=(np.zeros((3, 3, 4, kernel.shape[3]), np.float32), bias))
+    assert "kernel has 4 input channels but the image has 3" in _error(
+        _file_with(tmp_path, first, "rgba.mat"))
+
+
+def test_the_fc_layers_the_paper_needs_are_fc6_and_fc7(tmp_path, vgg_layers):
+    fc = make_fc_layers(TINY_WIDTHS["conv5_4"])
+    path = str(tmp_path / "nofc8.mat")
+    write_vgg_mat(path, vgg_layers, TINY_MEAN, fc={n: fc[n] for n in ("fc6", "fc7")})
+    vgg = load_vgg_mat(path, require_fc=True)
+    assert sorted(vgg.fc) == ["fc6", "fc7"]
+
+
+def test_a_file_without_layers_lists_its_variables(tmp_path):
+    path = str(tmp_path / "two.mat")
+    scipy.io.savemat(path, {"beta": np.zeros(2), "alpha": np.ones(1)})
+    assert "no 'layers' variable; expected a MatConvNet model (found: alpha, beta)" in _error(path)
+    empty = str(tmp_path / "empty.mat")
+    scipy.io.savemat(empty, {})
+    assert "(found: none)" in _error(empty)
+
+
+def test_an_empty_layer_list_is_a_missing_layer(tmp_path):
+    path = str(tmp_path / "nolayers.mat")
+    scipy.io.savemat(path, {"layers": np.empty((1, 0), dtype=object),
+                            "normalization": {"averageImage": np.array(TINY_MEAN)}})
+    assert "layer 'conv1_1' not found" in _error(path)
+
+
+def test_write_refuses_an_unknown_layout(tmp_path, vgg_layers):
+    with pytest.raises(ValueError, match="layout"):
+        write_vgg_mat(str(tmp_path / "x.mat"), vgg_layers, TINY_MEAN, layout="newest")
+    assert not (tmp_path / "x.mat").exists()
