@@ -148,7 +148,7 @@ def test_missing_layer_suggests_vgg16(tmp_path, vgg_layers):
     path = str(tmp_path / "vgg16ish.mat")
     write_vgg_mat(path, vgg_layers, TINY_MEAN, layout="new")
     message = _error(path)
-    assert "'conv5_4' not found" in message and "VGG16" in message
+    assert "layer 'conv5_4' not found; is this VGG16? (expected the 16 conv layers" in message
 
 
 def test_misnamed_layer(tmp_path, vgg_layers):
@@ -291,6 +291,11 @@ def test_write_defaults_to_the_new_layout(tmp_path, vgg_layers):
 
 # ---- the written file is a MatConvNet simplenn VGG19, field by field ----
 
+def _empty_cell(value):
+    """MATLAB's {} (a 0x0 cell), as MatConvNet gives layers without weights."""
+    return value.dtype == object and value.shape == (0, 0)
+
+
 def _simplenn_vgg19_names(fc_names):
     """VGG19's layer names in MatConvNet order, written out independently."""
     names = []
@@ -342,28 +347,34 @@ def test_written_file_is_a_simplenn_vgg19_field_by_field(tmp_path, vgg_layers, l
             np.testing.assert_array_equal(bias.ravel(), want_bias.astype(np.float32))
             pad = 0 if name.startswith("fc") else 1
             np.testing.assert_array_equal(record["pad"], np.full((1, 4), pad))
+            assert record["pad"].dtype == np.float64  # MATLAB doubles
             np.testing.assert_array_equal(record["stride"], np.ones((1, 2)))
             if layout == "new":
                 np.testing.assert_array_equal(record["size"], [kernel.shape])
         elif name.startswith("relu"):
             assert kind == "relu"
             if layout == "new":
-                assert float(record["leak"][0, 0]) == 0.0 and record["weights"].size == 0
+                assert float(record["leak"][0, 0]) == 0.0 and _empty_cell(record["weights"])
+            else:
+                assert set(fields) == {"type", "name"}
         elif name.startswith("pool"):
             assert kind == "pool" and str(record["method"][0]) == "max"
             np.testing.assert_array_equal(record["pool"], np.full((1, 2), 2.0))
             np.testing.assert_array_equal(record["stride"], np.full((1, 2), 2.0))
             np.testing.assert_array_equal(record["pad"], np.zeros((1, 4)))
             if layout == "new":
-                assert record["weights"].size == 0
+                assert _empty_cell(record["weights"])
         else:
             assert name == "prob" and kind == "softmax"
             if layout == "new":
-                assert record["weights"].size == 0
+                assert _empty_cell(record["weights"])
+            else:
+                assert set(fields) == {"type", "name"}
     # The ImageNet class list is written as empty cells, where MatConvNet keeps it.
     classes = raw["classes"][0, 0] if layout == "old" else raw["meta"][0, 0]["classes"][0, 0]
     assert set(classes.dtype.names) == {"name", "description"}
-    assert classes["name"].size == 0 and classes["description"].size == 0
+    assert classes["name"].shape == classes["description"].shape == (1, 0)
+    assert classes["description"].dtype == object  # a cell
     if layout == "old":
         average = raw["normalization"][0, 0]["averageImage"]
         assert average.shape == (224, 224, 3) and average.dtype == np.float32
@@ -466,3 +477,19 @@ def test_write_refuses_an_unknown_layout(tmp_path, vgg_layers):
     with pytest.raises(ValueError, match="layout"):
         write_vgg_mat(str(tmp_path / "x.mat"), vgg_layers, TINY_MEAN, layout="newest")
     assert not (tmp_path / "x.mat").exists()
+
+
+@pytest.mark.parametrize("part", ["kernel", "bias"])
+def test_text_weights_name_the_layer_and_the_part(tmp_path, vgg_layers, part):
+    cells = _layer_cells(vgg_layers)
+    for cell in cells[0]:
+        if cell["name"] == "conv2_2":
+            cell["weights"][0, 0 if part == "kernel" else 1] = "abc"
+    path = str(tmp_path / "text.mat")
+    scipy.io.savemat(path, {"layers": cells, "normalization": {"averageImage": np.array(TINY_MEAN)}})
+    assert f"layer 'conv2_2': {part} holds" in _error(path)
+
+
+def test_a_mean_out_of_range_names_the_file(tmp_path, vgg_layers):
+    path = _file_with(tmp_path, vgg_layers, normalization={"averageImage": np.array([300.0, 1, 2])})
+    assert f"{path}: averageImage" in _error(path)
