@@ -26,7 +26,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))  # bench and fcn_graph without installing them
 
-from bench.side_by_side import interleave, ours_weights  # noqa: E402
+from bench.side_by_side import cases_and_rounds, interleave, ours_weights  # noqa: E402
 from bench.worker import case_images  # noqa: E402
 from fcn_graph.errors import UserError, run_cli  # noqa: E402
 
@@ -93,14 +93,7 @@ def main(argv=None):
     parser.add_argument("--calibration", default=None, metavar="DIR",
                         help="images to calibrate int8 on (default: generated shapes images)")
     args = parser.parse_args(argv)
-    cases = []
-    for case in args.cases.split(","):
-        size, _, batch = case.partition("x")
-        if not (size.isdigit() and batch.isdigit() and int(size) > 0 and int(batch) > 0):
-            parser.error(f"--cases: expected SIZExBATCH like 224x1, found {case!r}")
-        cases.append((int(size), int(batch)))
-    if args.rounds < 1:
-        parser.error(f"--rounds: expected a positive integer, found {args.rounds}")
+    cases = cases_and_rounds(parser, args)
     os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
     from fcn_graph import cpuinfo, quantize, session
     os.makedirs(args.work, exist_ok=True)

@@ -112,6 +112,20 @@ def interleave(calls, rounds, warmup=3):
     return times
 
 
+
+def cases_and_rounds(parser, args):
+    """`--cases` as [(size, batch), ...], after checking it and `--rounds`
+    (a parser error otherwise)."""
+    cases = []
+    for case in args.cases.split(","):
+        size, _, batch = case.partition("x")
+        if not (size.isdigit() and batch.isdigit() and int(size) > 0 and int(batch) > 0):
+            parser.error(f"--cases: expected SIZExBATCH like 224x1, found {case!r}")
+        cases.append((int(size), int(batch)))
+    if args.rounds < 1:
+        parser.error(f"--rounds: expected a positive integer, found {args.rounds}")
+    return cases
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -123,14 +137,7 @@ def main(argv=None):
     parser.add_argument("--peer-onnx", default="/tmp/peer_bench_work/fcn8s_vgg19.onnx")
     parser.add_argument("--onnx", help="torch: our ONNX model (written by the other modes)")
     args = parser.parse_args(argv)
-    cases = []
-    for case in args.cases.split(","):
-        size, _, batch = case.partition("x")
-        if not (size.isdigit() and batch.isdigit() and int(size) > 0 and int(batch) > 0):
-            parser.error(f"--cases: expected SIZExBATCH like 224x1, found {case!r}")
-        cases.append((int(size), int(batch)))
-    if args.rounds < 1:
-        parser.error(f"--rounds: expected a positive integer, found {args.rounds}")
+    cases = cases_and_rounds(parser, args)
     if not os.path.isfile(os.path.join(PEERS_DIR, "fcn_spec.py")):
         parser.error(f"{os.path.normpath(PEERS_DIR)}: the peers' benchmark (fcn_spec.py) is not there")
     sys.path.insert(0, PEERS_DIR)

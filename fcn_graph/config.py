@@ -14,7 +14,6 @@ import dataclasses
 import json
 import os
 import re
-import stat
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from typing import List, Optional
 
 from fcn_graph.constants import KERNELS, TRAIN_KEEP_PROB
 from fcn_graph.errors import UserError
-from fcn_graph.fileio import NotARegularFile, read_regular_file, write_json_atomic
+from fcn_graph.fileio import NotARegularFile, kind_of, read_regular_file, write_json_atomic
 from fcn_graph.spec import FC_WIDTH, check_variant
 
 DATASET_KINDS = ("voc", "ade20k", "pets", "folder", "shapes")
@@ -278,9 +277,7 @@ def _read_text(path):
     try:
         raw = read_regular_file(path)
     except NotARegularFile as err:
-        kind = ("a directory" if stat.S_ISDIR(err.mode) else "a FIFO" if stat.S_ISFIFO(err.mode)
-                else "a special file")
-        raise UserError(f"{path}: expected a JSON config file, found {kind}") from None
+        raise UserError(f"{path}: expected a JSON config file, found {kind_of(err.mode)}") from None
     except FileNotFoundError:
         raise UserError(f"{path}: config file not found") from None
     except IsADirectoryError:

@@ -90,7 +90,8 @@ def main(argv=None):
     prefix = checkpoint.resolve_checkpoint(source)
     spec = checkpoint.model_spec_from_checkpoint(prefix)
     image_files.check_num_classes(spec.num_classes, f"{prefix} (checkpoint)")
-    tiling.check_tile(tile, tiling.receptive_field(spec))
+    field = tiling.receptive_field(spec)
+    tiling.check_tile(tile, field)
     split = args.split or config.data.val_split
     files = datasets.open_config_split(config, split)
     num_classes = spec.num_classes
@@ -130,7 +131,7 @@ def main(argv=None):
                                       kernels=args.kernels or config.model.kernels,
                                       precision=args.precision, calibration=calibration,
                                       tiled=lambda segmenter: tiling.TiledSegmenter(
-                                          segmenter, spec, tile=tile,
+                                          segmenter, spec, tile=tile, field=field,
                                           budget_bytes=args.memory_budget * 2**30))
     finally:
         progress.close()

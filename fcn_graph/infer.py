@@ -225,7 +225,8 @@ def main(argv=None):
         prefix = checkpoint.resolve_checkpoint(source)
         spec = checkpoint.model_spec_from_checkpoint(prefix)
     image_files.check_num_classes(spec.num_classes, f"{prefix} (checkpoint)")
-    tiling.check_tile(tile, tiling.receptive_field(spec))
+    field = tiling.receptive_field(spec)
+    tiling.check_tile(tile, field)
     # Every output is checked before the model loads: the folder made and
     # writable, no output over an input or over a file fcn_graph did not write.
     folder = OutputFolder(args.output_dir, "--output-dir")
@@ -246,7 +247,7 @@ def main(argv=None):
         segmenter = make_segmenter(prefix, engine=args.engine, mean_pixel=args.mean,
                                    threads=args.threads, xla=args.xla, precision=args.precision,
                                    kernels=args.kernels or "auto", calibration=calibration)
-    segmenter = tiling.TiledSegmenter(segmenter, spec, tile=tile,
+    segmenter = tiling.TiledSegmenter(segmenter, spec, tile=tile, field=field,
                                       budget_bytes=args.memory_budget * 2**30)
     mean_pixel = spec.resolved_mean(args.mean)
     print(f"checkpoint {prefix}: {spec.num_classes} classes, "

@@ -143,6 +143,15 @@ def _tiny_session():
     return sess, saver, a, step
 
 
+def _saved_steps(directory, steps, name="model.ckpt"):
+    """DIRECTORY/NAME-STEP for each of `steps`, from `_tiny_session`."""
+    sess, saver, _, _ = _tiny_session()
+    with sess:
+        for step in steps:
+            checkpoint.save_model(sess, saver, str(directory / name), tiny_spec(),
+                                  global_step=step)
+
+
 def _files(directory):
     return sorted(os.listdir(directory))
 
@@ -171,12 +180,8 @@ def test_save_checkpoint_writes_then_prunes_to_keep_then_names_the_kept(tmp_path
 
 
 def test_prune_keeps_the_newest_complete_and_leaves_others_alone(tmp_path):
-    sess, saver, _, _ = _tiny_session()
-    with sess:
-        for step in (1, 2, 3, 4, 5):
-            checkpoint.save_model(sess, saver, str(tmp_path / "model.ckpt"), tiny_spec(),
-                                  global_step=step)
-        checkpoint.save_model(sess, saver, str(tmp_path / "other"), tiny_spec(), global_step=1)
+    _saved_steps(tmp_path, (1, 2, 3, 4, 5))
+    _saved_steps(tmp_path, (1,), name="other")
     # the newest one loses its data: incomplete, it neither counts nor goes
     for name in _files(tmp_path):
         if name.startswith("model.ckpt-5.data"):
@@ -191,11 +196,7 @@ def test_prune_keeps_the_newest_complete_and_leaves_others_alone(tmp_path):
 
 
 def test_prune_with_no_complete_checkpoint_removes_nothing(tmp_path):
-    sess, saver, _, _ = _tiny_session()
-    with sess:
-        for step in (1, 2):
-            checkpoint.save_model(sess, saver, str(tmp_path / "model.ckpt"), tiny_spec(),
-                                  global_step=step)
+    _saved_steps(tmp_path, (1, 2))
     for name in _files(tmp_path):
         if ".data-" in name:
             os.remove(tmp_path / name)
@@ -280,11 +281,7 @@ def test_problem_summary_shows_three_and_counts_the_rest():
 
 
 def test_find_checkpoints_fills_in_each_problem(tmp_path):
-    sess, saver, _, _ = _tiny_session()
-    with sess:
-        for step in (1, 2):
-            checkpoint.save_model(sess, saver, str(tmp_path / "model.ckpt"), tiny_spec(),
-                                  global_step=step)
+    _saved_steps(tmp_path, (1, 2))
     shard = next(n for n in _files(tmp_path) if n.startswith("model.ckpt-2.data"))
     with open(tmp_path / shard, "r+b") as handle:
         handle.truncate(3)
