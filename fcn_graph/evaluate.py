@@ -43,10 +43,11 @@ def build_parser():
                         help="write each prediction as DIR/<stem>.png, a palette PNG of "
                              "class ids (DIR is created; a file there that fcn_graph did not "
                              "write, or one of the dataset's, is never replaced)")
-    parser.add_argument("--engine", choices=ENGINES, default=None,
-                        help="tf (default, the reference) or onnxruntime (the same network "
-                             "as export --format onnx writes it; scores agree to 1e-4; the "
-                             "default with --precision int8)")
+    parser.add_argument("--engine", choices=("auto",) + ENGINES, default="auto",
+                        help="auto (default: onnxruntime on a CPU when it is installed and "
+                             "the precision allows, else tf), tf (the reference), or "
+                             "onnxruntime (the same network as export --format onnx writes "
+                             "it; scores agree to 1e-4)")
     add_kernels_arg(parser)
     parser.add_argument("--precision", choices=INFERENCE_PRECISIONS, default="float32",
                         help="float32 (default); bfloat16 (engine tf, oneDNN, a CPU with bf16 "
@@ -120,7 +121,8 @@ def main(argv=None):
             raise UserError(f"{path}: cannot write ({err.strerror})") from None
         folder.wrote(name + ".png")
 
-    print(f"evaluating {prefix} on {files.kind} split {split!r} ({total} images)",
+    print(f"evaluating {prefix} on {files.kind} split {split!r} ({total} images), "
+          f"engine {args.engine} ({args.engine_reason})",
           file=sys.stderr)
     progress = Progress(total, label="images", unit="img")
     try:

@@ -174,10 +174,11 @@ def build_parser():
                         help="opacity of the mask in the overlay (default 0.5)")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads per op (default: every core)")
-    parser.add_argument("--engine", choices=ENGINES, default=None,
-                        help="tf (default, the reference) or onnxruntime (the checkpoint "
-                             "converted on the fly to the model export --format onnx "
-                             "writes; faster on CPU; the default with --precision int8)")
+    parser.add_argument("--engine", choices=("auto",) + ENGINES, default="auto",
+                        help="auto (default: onnxruntime on a CPU when it is installed and "
+                             "the precision allows, else tf), tf (the reference), or "
+                             "onnxruntime (the checkpoint converted once to the model export "
+                             "--format onnx writes, then kept in the model cache)")
     add_kernels_arg(parser)
     parser.add_argument("--xla", action="store_true",
                         help="compile the TensorFlow graph with XLA (engine tf)")
@@ -251,7 +252,7 @@ def main(argv=None):
                                       budget_bytes=args.memory_budget * 2**30)
     mean_pixel = spec.resolved_mean(args.mean)
     print(f"checkpoint {prefix}: {spec.num_classes} classes, "
-          f"mean pixel {[round(v, 3) for v in mean_pixel]}, engine {args.engine}, "
+          f"mean pixel {[round(v, 3) for v in mean_pixel]}, engine {args.engine} ({args.engine_reason}), "
           f"{args.precision}",
           file=sys.stderr)
 

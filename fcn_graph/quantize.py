@@ -291,21 +291,23 @@ def add_calibration_arg(parser):
 
 
 def resolve_precision_args(parser, args):
-    """Check --precision, --engine and --calibration together; the engine
-    defaults to onnxruntime for int8 and tf otherwise. Returns the calibration
-    image paths (int8) or None."""
+    """Check --precision, --engine and --calibration together, and resolve
+    --engine auto (`engine_choice.choose_engine`; its reason goes to
+    `args.engine_reason`). Returns the calibration image paths (int8) or None."""
+    from fcn_graph.engine_choice import choose_engine
     if args.precision == "int8":
         if args.engine == "tf":
             parser.error("--precision int8 runs on --engine onnxruntime only; drop --engine tf")
         if args.calibration is None:
             parser.error("--precision int8: needs --calibration DIR, a folder of images to "
                          "calibrate the int8 model on")
-        args.engine = "onnxruntime"
+        args.engine, args.engine_reason = choose_engine(args.engine, precision="int8")
         return calibration_files(args.calibration)
     if args.calibration is not None:
         parser.error(f"--calibration applies to --precision int8 only (found --precision "
                      f"{args.precision})")
-    args.engine = args.engine or "tf"
+    args.engine, args.engine_reason = choose_engine(args.engine, precision=args.precision,
+                                                    xla=getattr(args, "xla", False))
     return None
 
 

@@ -327,7 +327,7 @@ def test_infer_int8_runs_warns_without_vnni_and_matches_float32(tmp_path, tiny_p
                               for i in range(len(images))]
     err = capsys.readouterr().err
     assert "warning: --precision int8: this CPU has no int8 dot-product units" in err
-    assert "engine onnxruntime, int8" in err
+    assert "engine onnxruntime (--engine), int8" in err
     assert _agreement(outputs["int8"], outputs["float32"]) >= 0.95
 
 
