@@ -344,3 +344,15 @@ def test_quick_run_end_to_end(tmp_path, monkeypatch, capsys):
     # the work folder is kept and marked, and a second run may use it again
     assert (tmp_path / "work" / suite.WORK_MARK).exists()
     suite.check_work_folder(str(tmp_path / "work"))
+
+
+def test_the_int8_variant_of_the_onnxruntime_engine():
+    from bench import cases, worker
+    assert cases.variant_settings("onnxruntime-int8") == ("onnxruntime", {"precision": "int8"}, {})
+    assert cases.parse_variants("tf,onnxruntime-int8") == ["tf", "onnxruntime-int8"]
+    for name in ("tf-int8", "onnxruntime-bf16", "onnxruntime-int8-xla"):
+        with pytest.raises(ValueError):
+            cases.variant_settings(name)
+    assert worker.onnx_path("/w/p", "int8") == "/w/p.int8.onnx"
+    assert worker.onnx_path("/w/p") == "/w/p.onnx"
+    assert suite.is_low_precision("onnxruntime-int8") and not suite.is_low_precision("tf")
