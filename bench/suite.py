@@ -155,7 +155,7 @@ def build_parser():
     description = __doc__.format(
         full=f"about {full / 60:.0f} min on 2 cores, {estimate_seconds(3) / 60:.0f} with "
              "--rounds 3",
-        quick="a few minutes with the peers, which stay full size; under 2 without them")
+        quick="about 10 min with the peers, which stay full size; 2 to 3 with --skip peers")
     parser = _Parser(prog="python bench/suite.py", description=description,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
