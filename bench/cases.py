@@ -28,6 +28,10 @@ MODIFIERS = collections.OrderedDict([
     ("inter2", ({"inter_op": 2}, {})),                  # inter-op threads 2 instead of 1
     ("heap", ({"heap": True}, {})),                     # freed memory kept in glibc's heap
 ])
+# Modifiers of the onnxruntime engine, e.g. "onnxruntime-int8":
+ONNX_MODIFIERS = collections.OrderedDict([
+    ("int8", ({"precision": "int8"}, {})),  # the quantized model (worker's "make-int8")
+])
 TRAIN_ENV = {"TF_ENABLE_ONEDNN_OPTS": "1"}  # what train.py sets unless told otherwise
 NUM_CLASSES = 21  # the default --num-classes: PASCAL VOC
 
@@ -35,14 +39,15 @@ NUM_CLASSES = 21  # the default --num-classes: PASCAL VOC
 def variant_settings(name):
     """variant name -> (engine, options, extra environment); ValueError if unknown."""
     engine, *mods = name.split("-")
-    if engine not in ENGINES or (engine == "onnxruntime" and mods):
+    if engine not in ENGINES:
         raise ValueError(name)
+    table = ONNX_MODIFIERS if engine == "onnxruntime" else MODIFIERS
     options, env = {}, {}
     for mod in mods:
-        if mod not in MODIFIERS:
+        if mod not in table:
             raise ValueError(name)
-        options.update(MODIFIERS[mod][0])
-        env.update(MODIFIERS[mod][1])
+        options.update(table[mod][0])
+        env.update(table[mod][1])
     return engine, options, env
 
 
@@ -63,8 +68,9 @@ def parse_variants(text):
         try:
             variant_settings(item)
         except ValueError:
-            raise UserError(f"--variants: unknown variant {item!r}; expected onnxruntime or tf "
-                            f"with any of -{', -'.join(MODIFIERS)} (e.g. tf-onednn-xla)") from None
+            raise UserError(f"--variants: unknown variant {item!r}; expected onnxruntime, "
+                            f"onnxruntime-int8, or tf with any of -{', -'.join(MODIFIERS)} "
+                            "(e.g. tf-onednn-xla)") from None
     if not items:
         raise UserError("--variants: empty list")
     return items

@@ -136,6 +136,50 @@ def infer_command(inputs, prefix, out, engine):
             "--output-dir", out, "--engine", engine]
 
 
+def cold_starts(work, env, prefix, photo, engines):
+    """One `infer photo.jpg` process per run: `tf`, and `onnxruntime` with an
+    empty cache then again (cache hit); a dict per run with its name, engine,
+    wall_s, peak_bytes and whether it meets the goal. RuntimeError when a run fails."""
+    runs = []
+    for engine in engines:
+        if engine == "onnxruntime":
+            runs += [("onnxruntime", "cache miss"), ("onnxruntime", "cache hit")]
+        else:
+            runs.append(("tf", ""))
+    rows = []
+    for index, (engine, what) in enumerate(runs):
+        wall, peak, _ = measure(infer_command(photo, prefix, os.path.join(work, f"o{index}"),
+                                              engine), env)
+        rows.append({"name": f"{engine} {what}".strip(), "engine": engine, "wall_s": wall,
+                     "peak_bytes": peak, "met": wall < GOAL_SECONDS and peak < GOAL_GB * 1e9})
+    return rows
+
+
+def folder_rate(work, env, prefix, photo, folder, engine, network_calls):
+    """Images per second of `infer FOLDER` in steady state against the network
+    alone (`network_calls` calls on `photo`): a dict of both rates, their
+    ratio, the median network ms per image inside infer and whether the
+    ratio meets the goal. RuntimeError when a process fails."""
+    _, _, lines = measure(infer_command(folder, prefix, os.path.join(work, f"f_{engine}"),
+                                        engine), env)
+    stamps = [t for t, line in lines if " ms -> " in line]
+    rate = (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 2 else float("nan")
+    out = subprocess.run([sys.executable, "-c", NETWORK_ONLY, prefix, engine, photo,
+                          str(network_calls)], env=env, capture_output=True, text=True,
+                         cwd=CHECKOUT)
+    if out.returncode != 0:
+        tail = "\n".join(out.stderr.splitlines()[-5:])
+        raise RuntimeError(f"the network-only run ({engine}) failed ({out.returncode}):\n{tail}")
+    network_rate = 1.0 / float(out.stdout.strip().splitlines()[-1])
+    per_image = [float(m.group(1)) for _, line in lines
+                 for m in [re.search(r", (\d+) ms -> ", line)] if m]
+    ratio = rate / network_rate
+    return {"engine": engine, "images": len(per_image), "folder_rate": rate,
+            "network_rate": network_rate, "ratio": ratio,
+            "network_ms_in_infer": statistics.median(per_image) if per_image else float("nan"),
+            "met": ratio >= GOAL_RATIO}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python bench/cold_start.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -160,7 +204,6 @@ def main(argv=None):
 
     work = tempfile.mkdtemp(prefix="fcn_cold_")
     env = environment(work)
-    rows = []
     try:
         print(f"CPU: {cpu_model()}, {os.cpu_count()} cores; width x{args.width_multiplier}, "
               f"fc {args.fc_width}, {args.num_classes} classes", flush=True)
@@ -169,41 +212,18 @@ def main(argv=None):
         print("cold start, one 500x375 JPEG, `python -m fcn_graph.infer photo.jpg`"
               f" (peak RSS: {'/usr/bin/time -v' if os.access(TIME, os.X_OK) else 'rusage'}):",
               flush=True)
-        runs = []
-        for engine in engines:
-            if engine == "onnxruntime":
-                runs += [("onnxruntime", "cache miss"), ("onnxruntime", "cache hit")]
-            else:
-                runs.append(("tf", ""))
-        for index, (engine, what) in enumerate(runs):
-            wall, peak, _ = measure(infer_command(photo, prefix, os.path.join(work, f"o{index}"),
-                                                  engine), env)
-            name = f"{engine} {what}".strip()
-            met = wall < GOAL_SECONDS and peak < GOAL_GB * 1e9
-            rows.append((name, wall, peak))
-            print(f"  {name:24s} {wall:6.2f} s  {peak / 1e9:5.2f} GB"
-                  f"{'  (goal met)' if met else ''}", flush=True)
+        for row in cold_starts(work, env, prefix, photo, engines):
+            print(f"  {row['name']:24s} {row['wall_s']:6.2f} s  {row['peak_bytes'] / 1e9:5.2f} GB"
+                  f"{'  (goal met)' if row['met'] else ''}", flush=True)
         if args.images:
             print(f"folder of {args.images} 500x375 JPEGs, steady state (first image left out), "
                   "against the network alone:", flush=True)
             for engine in engines:
-                _, _, lines = measure(infer_command(folder, prefix,
-                                                    os.path.join(work, f"f_{engine}"), engine),
-                                      env)
-                stamps = [t for t, line in lines if " ms -> " in line]
-                folder_rate = ((len(stamps) - 1) / (stamps[-1] - stamps[0])
-                               if len(stamps) > 2 else float("nan"))
-                out = subprocess.run([sys.executable, "-c", NETWORK_ONLY, prefix, engine,
-                                      photo, str(args.network_calls)], env=env, check=True,
-                                     capture_output=True, text=True, cwd=CHECKOUT)
-                network_rate = 1.0 / float(out.stdout.strip().splitlines()[-1])
-                ratio = folder_rate / network_rate
-                per_image = [float(m.group(1)) for _, line in lines
-                             for m in [re.search(r", (\d+) ms -> ", line)] if m]
-                print(f"  {engine:12s} folder {folder_rate:5.2f} img/s, network alone "
-                      f"{network_rate:5.2f} img/s: {100 * ratio:5.1f} % "
-                      f"(network {statistics.median(per_image):.0f} ms per image inside "
-                      f"infer){'  (goal met)' if ratio >= GOAL_RATIO else ''}", flush=True)
+                rate = folder_rate(work, env, prefix, photo, folder, engine, args.network_calls)
+                print(f"  {engine:12s} folder {rate['folder_rate']:5.2f} img/s, network alone "
+                      f"{rate['network_rate']:5.2f} img/s: {100 * rate['ratio']:5.1f} % "
+                      f"(network {rate['network_ms_in_infer']:.0f} ms per image inside "
+                      f"infer){'  (goal met)' if rate['met'] else ''}", flush=True)
     finally:
         if args.keep:
             print(f"kept {work}", file=sys.stderr)

@@ -31,6 +31,7 @@ bench/results/bench-<UTC time>.json (or --out), written atomically.
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -109,19 +110,8 @@ def run_benchmark(args):
               "kernels": args.kernels,
               "warmup": args.warmup, "repeats": args.repeats, "results": []}
     try:
-        print(f"writing random weights (width x{args.width_multiplier}) ...", file=sys.stderr)
-        error = _spawn(args, _worker_args(args, prefix, os.path.join(work, "w.json"), "tf",
-                                          "make-weights"))
-        if error:
-            raise UserError(f"could not write the benchmark weights: {error}")
-        if "onnxruntime" in variants:
-            error = _spawn(args, _worker_args(args, prefix, os.path.join(work, "o.json"), "tf",
-                                              "make-onnx"))
-            if error:
-                raise UserError(f"could not convert the benchmark weights to ONNX: {error}")
-        sgemm_file = os.path.join(work, "sgemm.json")
-        error = _spawn(args, _worker_args(args, prefix, sgemm_file, "tf", "sgemm"))
-        sgemm = None if error else json.load(open(sgemm_file, encoding="utf-8"))
+        write_models(args, work, prefix, variants)
+        sgemm = run_sgemm(args, work, prefix)
         report["sgemm"] = sgemm
         if sgemm:
             print(f"sgemm {args.sgemm_size}^3 (NumPy BLAS, {args.threads} threads): "
@@ -147,11 +137,41 @@ def run_benchmark(args):
         if args.profile_case and args.profile_case != "none":
             report["profile"] = _run_profile(args, work, prefix)
     finally:
-        for name in os.listdir(work):
-            os.remove(os.path.join(work, name))
-        os.rmdir(work)
+        shutil.rmtree(work, ignore_errors=True)
     report["seconds"] = round(time.time() - started, 1)
     return report
+
+
+def write_models(args, work, prefix, variants):
+    """Write the random weights to `prefix`, and the float and int8 ONNX models
+    where `variants` run them; UserError when one cannot be written."""
+    print(f"writing random weights (width x{args.width_multiplier}) ...", file=sys.stderr)
+    error = _spawn(args, _worker_args(args, prefix, os.path.join(work, "w.json"), "tf",
+                                      "make-weights"))
+    if error:
+        raise UserError(f"could not write the benchmark weights: {error}")
+    precisions = {variant_settings(v)[1].get("precision", "float32") for v in variants
+                  if variant_settings(v)[0] == "onnxruntime"}
+    if precisions:
+        error = _spawn(args, _worker_args(args, prefix, os.path.join(work, "o.json"), "tf",
+                                          "make-onnx"))
+        if error:
+            raise UserError(f"could not convert the benchmark weights to ONNX: {error}")
+    if "int8" in precisions:
+        error = _spawn(args, _worker_args(args, prefix, os.path.join(work, "q.json"), "tf",
+                                          "make-int8"))
+        if error:
+            raise UserError(f"could not quantize the benchmark's ONNX model to int8: {error}")
+
+
+def run_sgemm(args, work, prefix):
+    """The sgemm probe in its own process: {"median_gflops", "best_gflops"}, or None."""
+    sgemm_file = os.path.join(work, "sgemm.json")
+    error = _spawn(args, _worker_args(args, prefix, sgemm_file, "tf", "sgemm"))
+    if error:
+        return None
+    with open(sgemm_file, encoding="utf-8") as handle:
+        return json.load(handle)
 
 
 def _run_one(args, work, prefix, variant, case, peak):

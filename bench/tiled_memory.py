@@ -146,6 +146,18 @@ def _compare(work, name):
     return float((whole == tiled).mean()), float(diff)
 
 
+def measure_agreement(work, prefix, tile, *, engine="tf", height=768, width=1024, name="full"):
+    """Whole-image and tiled (`tile`) inference of checkpoint `prefix` on one
+    image, each in its own process: {"runs": [whole record, tiled record],
+    "agreement": share of equal labels, "max_logit_difference": max |logit
+    difference| / max |logit|}. SystemExit when a process fails."""
+    runs = [_spawn(prefix, height, width, value, engine=engine, scores=True,
+                   save=os.path.join(work, f"{name}_{kind}"))
+            for kind, value in (("whole", "off"), ("tiled", tile))]
+    agree, diff = _compare(work, name)
+    return {"runs": runs, "agreement": agree, "max_logit_difference": diff}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -192,13 +204,12 @@ def main(argv=None):
                   f"{timing}, peak RSS {record['peak_mib']} MiB "
                   f"(after loading {record['load_peak_mib']} MiB)", flush=True)
         if "agreement" in only:
-            for kind, tile in (("whole", "off"), ("tiled", args.agreement_tile)):
-                record = _spawn(full, 768, 1024, tile, engine=args.engine, scores=True,
-                                save=os.path.join(work, f"full_{kind}"))
+            result = measure_agreement(work, full, args.agreement_tile, engine=args.engine)
+            for tile, record in zip(("off", args.agreement_tile), result["runs"]):
                 tiles = f"{record['tiles']} tiles" if record["tile_size"] else "whole"
                 print(f"1024x768, full VGG19, --tile {tile}: {tiles}, "
                       f"{record['seconds']} s, peak RSS {record['peak_mib']} MiB", flush=True)
-            agree, diff = _compare(work, "full")
+            agree, diff = result["agreement"], result["max_logit_difference"]
             print(f"1024x768, full VGG19 (random weights): labels agree on {agree:.4%}, "
                   f"max |logit difference| / max |logit| = {diff:.1e}", flush=True)
         if "tiny" in only:

@@ -8,6 +8,7 @@ an onnxruntime worker's memory is ONNX Runtime's alone.
 
 import collections
 import json
+import os
 import statistics
 import time
 
@@ -148,7 +149,8 @@ def run_inference_case(args, case):
         from fcn_graph.onnx_engine import OnnxSegmenter
         # converted once by the parent ("make-onnx"), so this process never
         # imports TensorFlow, as in a deployment that ships the .onnx file
-        segmenter = OnnxSegmenter(args.prefix + ".onnx", threads=args.threads)
+        segmenter = OnnxSegmenter(onnx_path(args.prefix, options.get("precision", "float32")),
+                                  threads=args.threads)
     else:
         from fcn_graph.segmenter import Segmenter
         config = None
@@ -170,6 +172,22 @@ def run_inference_case(args, case):
         result["profile"] = _profile(segmenter, images, repeats=3)
     segmenter.close()
     return result
+
+
+def onnx_path(prefix, precision="float32"):
+    """The ONNX model of checkpoint `prefix` that the parent writes: the float
+    one ("make-onnx") or the int8 one ("make-int8")."""
+    return prefix + (".int8.onnx" if precision == "int8" else ".onnx")
+
+
+def make_int8(prefix, *, calibration=None):
+    """Quantize `prefix`.onnx into `prefix`.int8.onnx, calibrated on the images
+    of folder `calibration` (default: generated shapes images beside `prefix`)."""
+    from bench.precision import generated_calibration
+    from fcn_graph import quantize
+    calibration = calibration or generated_calibration(
+        os.path.join(os.path.dirname(os.path.abspath(prefix)), "calibration"))
+    quantize.quantize_model(onnx_path(prefix), calibration, onnx_path(prefix, "int8"))
 
 
 def is_fused_kind(kind):
@@ -255,6 +273,9 @@ def worker_main(args):
         # as `export --format onnx --external-data` writes it (lower load peak)
         save_model(build_onnx_model(args.prefix, kernels=args.kernels), args.prefix + ".onnx",
                    external_data=True)
+        return 0
+    if case == "make-int8":
+        make_int8(args.prefix)
         return 0
     if case == "sgemm":
         median, best = sgemm_gflops(args.sgemm_size, repeats=args.sgemm_repeats)

@@ -1,0 +1,358 @@
+"""bench/suite.py: the goals from a results dict, the report, the arguments, the
+peers' plumbing (a fake peer python) and one small end-to-end run."""
+
+import json
+import stat
+
+import pytest
+
+from bench import suite
+from fcn_graph.errors import run_cli
+
+
+def _row(median, *, low=False, **extra):
+    row = {"median_ms": median, "min_ms": median * 0.9, "gflop": 10.0,
+           "gflops": 10.0 / median * 1000, "sgemm_fraction": 0.5, "low_precision": low}
+    row.update(extra)
+    return row
+
+
+def _results(*, tf=100.0, onnx=95.0, bf16=50.0, int8=40.0, peer=110.0, train=900.0,
+             peer_train=1000.0, agree=0.999, full=True):
+    """A results dict as run_suite returns it: every part measured."""
+    def case(peer_ms):
+        rows = {"ours": {"tf": _row(tf), "onnxruntime": _row(onnx, label_agreement_vs_tf=1.0),
+                         "tf-bf16": _row(bf16, low=True, label_agreement_vs_tf=agree),
+                         "onnxruntime-int8": _row(int8, low=True, label_agreement_vs_tf=agree)},
+                "peers": {}}
+        if peer_ms is not None:
+            rows["peers"] = {"onnxruntime": _row(peer_ms), "torch-eager": _row(peer_ms * 2)}
+        return rows
+    return {
+        "suite_started_utc": "2026-01-01T00:00:00Z", "seconds": 1.0,
+        "load_start": [1.0, 1.0, 1.0], "load_end": [2.0, 2.0, 2.0],
+        "settings": {"full_width": full, "skip": [], "rounds": 2, "warmup": 2, "repeats": 5,
+                     "width_multiplier": 1.0, "fc_width": 4096},
+        "not_run": {}, "peers_unavailable": {},
+        "sgemm": {"median_gflops": 200.0, "best_gflops": 210.0},
+        "inference": {"224_b1": case(peer), "512_b1": case(peer), "voc_b1": case(None)},
+        "training": {"ours": {"tf": _row(train, sgemm_fraction=0.9)},
+                     "peers": {"tf-xla": _row(peer_train)}},
+        "cold_start": {"runs": [
+            {"name": "tf", "engine": "tf", "wall_s": 5.0, "peak_bytes": 1.4e9},
+            {"name": "onnxruntime cache miss", "engine": "onnxruntime", "wall_s": 9.0,
+             "peak_bytes": 2.9e9},
+            {"name": "onnxruntime cache hit", "engine": "onnxruntime", "wall_s": 2.0,
+             "peak_bytes": 1.0e9}], "fastest_engine": "onnxruntime", "peak_from": "rusage"},
+        "folder": {"engine": "onnxruntime", "images": 100, "folder_rate": 0.96,
+                   "network_rate": 1.0, "ratio": 0.96},
+        "tiles": {"large": {"peak_mib": 2000, "tiles": 12, "tiles_run": 4, "tile_size": 1024,
+                            "seconds_per_tile": 3.0},
+                  "agreement": {"agreement": 0.9999, "max_logit_difference": 1e-6}},
+    }
+
+
+def _status(goals):
+    return {goal["goal"].split(" (")[0]: goal["status"] for goal in goals}
+
+
+def test_goals_all_met():
+    goals = suite.goals(_results())
+    assert len(goals) == 12
+    assert all(goal["status"] == "met" for goal in goals), goals
+    by_goal = {goal["goal"]: goal for goal in goals}
+    # figures computed from the dict: 100 / 95 ms, the worst case named
+    default = by_goal["default engine within 10 % of the fastest FP32 engine"]
+    assert default["figure"].endswith("tf 1.05x of onnxruntime")
+    peer = by_goal["fastest FP32 engine faster than the best peer"]
+    assert "onnxruntime 0.86x of peer onnxruntime" in peer["figure"]
+    assert "no peer figure: voc_b1" in peer["figure"]
+    assert by_goal["bfloat16 at 512x512 b1 faster than the best FP32 peer"]["figure"] == \
+        "tf-bf16 2.20x faster than peer onnxruntime"
+    cold = by_goal["cold start, one 500x375 JPEG, the engine fastest to start"]
+    assert cold["figure"] == "onnxruntime cache hit: 2.00 s, 1.00 GB"
+
+
+def test_goals_not_met_at_the_edges():
+    # tf 1.12x of onnxruntime, bf16 only 1.1x of the peer, agreement just under
+    results = _results(tf=112.0, onnx=100.0, bf16=100.0, int8=65.2, peer=110.0, agree=0.994,
+                       train=1001.0)
+    results["folder"]["ratio"] = 0.949
+    results["cold_start"]["runs"][2]["peak_bytes"] = 1.5e9
+    results["tiles"]["large"]["peak_mib"] = 2862  # 3.0011 GB
+    results["training"]["ours"]["tf"]["sgemm_fraction"] = 0.849
+    status = _status(suite.goals(results))
+    assert status == {
+        "default engine within 10 % of the fastest FP32 engine": "NOT met",
+        "fastest FP32 engine faster than the best peer": "met",
+        "bfloat16 at 512x512 b1 faster than the best FP32 peer": "NOT met",
+        "int8 at 512x512 b1 faster than the best FP32 peer": "NOT met",
+        "bfloat16 labels equal to FP32": "NOT met",
+        "int8 labels equal to FP32": "NOT met",
+        "cold start, one 500x375 JPEG, the engine fastest to start": "NOT met",
+        "folder of 500x375 JPEGs at network speed": "NOT met",
+        "6000x4000 tiled, full VGG19, peak RSS": "NOT met",
+        "tiled labels equal to whole-image labels": "met",
+        "training step": "NOT met",
+        "training step at least 85 % of sgemm": "NOT met",
+    }
+
+
+def test_goals_with_a_missing_peer_and_parts():
+    results = _results(peer=None)
+    results["peers_unavailable"] = {"torch-eager": "--peer-python /nope: not found"}
+    results["training"]["peers"] = {"tf-xla": {"error": "timeout after 900 s"}}
+    results["not_run"] = {"tf-bf16": "the CPU has no bf16 units"}
+    for case in results["inference"].values():
+        del case["ours"]["tf-bf16"]
+    del results["folder"], results["tiles"]
+    by_goal = {goal["goal"]: goal for goal in suite.goals(results)}
+    peer = by_goal["fastest FP32 engine faster than the best peer"]
+    assert peer["status"] == "not measured"
+    assert "peer torch-eager: --peer-python /nope: not found" in peer["figure"]
+    bf16 = by_goal["bfloat16 at 512x512 b1 faster than the best FP32 peer"]
+    assert bf16["status"] == "not measured" and "no bf16 units" in bf16["figure"]
+    training = by_goal["training step (224x224 b2) faster than the best peer's"]
+    assert training["status"] == "not measured"
+    assert by_goal["folder of 500x375 JPEGs at network speed"]["figure"] == \
+        "not measured (folder skipped)"
+    assert by_goal["6000x4000 tiled, full VGG19, peak RSS"]["status"] == "not measured"
+    # the goals within our own engines still count
+    assert by_goal["default engine within 10 % of the fastest FP32 engine"]["status"] == "met"
+
+
+def test_goals_at_a_reduced_width_are_not_compared_with_full_size_targets():
+    by_goal = {goal["goal"]: goal for goal in suite.goals(_results(full=False))}
+    assert by_goal["fastest FP32 engine faster than the best peer"]["status"] == \
+        "not comparable (reduced width)"
+    assert by_goal["cold start, one 500x375 JPEG, the engine fastest to start"]["status"].startswith(
+        "not comparable")
+    assert by_goal["tiled labels equal to whole-image labels (1024x768)"]["status"] == "met"
+
+
+def test_goals_of_skipped_peers_say_so():
+    results = _results(peer=None)
+    results["settings"]["skip"] = ["peers"]
+    results["training"]["peers"] = {}
+    by_goal = {goal["goal"]: goal for goal in suite.goals(results)}
+    assert by_goal["fastest FP32 engine faster than the best peer"]["figure"] == \
+        "not measured (peers skipped)"
+
+
+def test_report_of_a_missing_peer_and_a_failed_one():
+    results = _results()
+    results["peers_unavailable"] = {"torch-compile-freeze": "--peer-python /nope: not found"}
+    results["inference"]["224_b1"]["peers"]["tf-xla"] = {"error": "exit status 1: OOM"}
+    results["goals"] = suite.goals(results)
+    text = suite.format_report(results)
+    lines = text.splitlines()
+    assert "peer torch-compile-freeze: not run: --peer-python /nope: not found" in lines
+    assert sum("torch-compile-freeze" in line for line in lines) == 1  # one line, not per case
+    assert any(line.split() == ["peer", "tf-xla", "failed:", "exit", "status", "1:", "OOM"]
+               for line in lines), text
+    assert "  (the peers have no figure for this case)" in lines  # voc_b1
+    assert "  best peer: onnxruntime, 110.0 ms" in lines
+    row = next(line for line in lines if line.startswith("  tf-bf16"))
+    assert "50%*" in row and "0.45x" in row and "99.90%" in row, row
+    assert "load average (1/5/15 min): start 1.00/1.00/1.00, end 2.00/2.00/2.00" in lines
+    assert lines[-1].endswith(": met") and lines[-13] == "goals:"
+
+
+# --------------------------------------------------------------------------- arguments
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["--rounds", "0"], "argument --rounds: expected a whole number, at least 1, found '0'"),
+    (["--rounds", "two"], "found 'two'"),
+    (["--skip", "peers,nope"], "--skip: unknown nope; expected a comma-separated list of sgemm"),
+    (["--cases", "224_b1,train_b2"], "--cases: unknown train_b2"),
+    (["--quick", "--bogus"], "unrecognized arguments: --bogus"),
+])
+def test_argument_errors_are_one_line(capsys, argv, expected):
+    assert run_cli(suite.main, argv, prog="bench/suite.py") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("bench/suite.py: error: "), err
+    assert expected in err, err
+
+
+def test_work_and_out_that_are_not_the_suites_are_refused(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    report = tmp_path / "report.json"
+    report.write_text('{"something": "else"}')
+    for argv, expected in (
+            (["--work", str(tmp_path / "file")], "exists and is not a folder"),
+            (["--work", str(tmp_path / "busy")], "a folder of other files"),
+            (["--out", str(report), "--skip", ",".join(suite.PARTS)],
+             "exists and is not a report the suite wrote")):
+        assert run_cli(suite.main, argv, prog="bench/suite.py") == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and expected in err, err
+    assert report.read_text() == '{"something": "else"}'
+    assert (tmp_path / "busy" / "notes.txt").read_text() == "mine"
+
+
+def test_help_gives_the_expected_duration(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        suite.main(["--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    minutes = round(suite.estimate_seconds() / 60)
+    assert f"(about {minutes} min on 2 cores" in out and "--skip PARTS" in out
+    assert suite.estimate_seconds(3) > suite.estimate_seconds(2) > \
+        suite.estimate_seconds(2, parts=("inference",))
+
+
+# --------------------------------------------------------------------------- the peers
+
+FAKE_PYTHON = r"""#!/bin/sh
+# A stand-in for the peers' python: the version check, the ONNX export and
+# one JSON line per case, as the peers' scripts print them.
+echo "$*" >> "$(dirname "$0")/calls.txt"
+if [ "$1" = "-c" ]; then echo "9.9.9"; exit 0; fi
+case "$*" in
+  *--export*) mkdir -p "$3" && : > "$3/fcn8s_vgg19.onnx"; echo exported; exit 0;;
+  *compile_freeze*) echo '{"peer": "torch-compile-freeze", "error": "RuntimeError: boom"}'; exit 1;;
+  *tffunc*) echo "Traceback: died" >&2; exit 3;;
+esac
+echo "some log line"
+echo '{"peer": "p", "case": "c", "runs": 2, "median_ms": 50.0, "min_ms": 45.0, "gflop": 10.0, "gflops_per_s_median": 200.0, "peak_rss_run_mib": 100.0, "first_call_s": 1.0}'
+"""
+
+
+def _fake_peers(tmp_path):
+    peers_dir = tmp_path / "peers"
+    peers_dir.mkdir()
+    (peers_dir / "fcn_spec.py").write_text("")
+    python = tmp_path / "bin" / "python"
+    python.parent.mkdir()
+    python.write_text(FAKE_PYTHON)
+    python.chmod(python.stat().st_mode | stat.S_IEXEC)
+    return peers_dir, python
+
+
+def _peer_args(peers_dir, python, **extra):
+    argv = ["--peers-dir", str(peers_dir), "--peer-python", str(python),
+            "--peer-tf-python", str(python)]
+    for key, value in extra.items():
+        argv += [f"--{key.replace('_', '-')}", value]
+    return suite.parse_args(argv)
+
+
+def test_peer_plumbing_with_a_fake_peer_python(tmp_path):
+    peers_dir, python = _fake_peers(tmp_path)
+    args = _peer_args(peers_dir, python)
+    found, problem = suite.versions(str(python))
+    assert problem is None and found["torch"] == "9.9.9"
+    peers = suite.Peers(args, str(tmp_path), problem, threads=2)
+    assert peers.unavailable == {}
+    peers.export_onnx()
+    assert peers.onnx == str(tmp_path / "peer_onnx" / "fcn8s_vgg19.onnx")
+    record = peers.run("onnxruntime", "512_b1")
+    assert record["median_ms"] == 50.0
+    row = suite.peer_row(record, sgemm_gflops=400.0)
+    assert row["sgemm_fraction"] == 0.5 and row["min_ms"] == 45.0
+    assert peers.run("torch-compile-freeze", "224_b1") == {"error": "RuntimeError: boom"}
+    assert peers.run("tf-function", "224_b1") == {"error": "exit status 3: Traceback: died"}
+    calls = (tmp_path / "bin" / "calls.txt").read_text().splitlines()
+    assert f"peer_onnxrt.py --model {peers.onnx} --case 512x512_b1" in calls
+    assert "peer_torch.py --variant compile_freeze --case 224x224_b1" in calls
+    # the peers run with the suite's calls and threads, and write no file of their own
+    assert peers.env["BENCH_MIN_RUNS"] == str(args.repeats) and peers.env["BENCH_THREADS"] == "2"
+    assert "BENCH_OUT" not in peers.env
+
+
+def test_peers_that_cannot_run_are_named_with_the_reason(tmp_path):
+    peers_dir, python = _fake_peers(tmp_path)
+    missing = tmp_path / "no" / "python"
+    args = _peer_args(peers_dir, missing)
+    args.peer_tf_python = str(python)
+    _, problem = suite.versions(str(missing))
+    assert problem == f"--peer-python {missing}: not found or not executable"
+    peers = suite.Peers(args, str(tmp_path), problem, threads=2)
+    assert set(peers.unavailable) == {"torch-eager", "torch-compile-freeze", "onnxruntime"}
+    assert set(peers.unavailable.values()) == {problem}
+    args = _peer_args(tmp_path / "nowhere", python)
+    peers = suite.Peers(args, str(tmp_path), None, threads=2)
+    assert set(peers.unavailable) == set(suite.PEERS)
+    assert "the peers' scripts (fcn_spec.py) are not there" in peers.unavailable["tf-xla"]
+
+
+def test_a_failed_export_leaves_the_other_peers(tmp_path):
+    peers_dir, python = _fake_peers(tmp_path)
+    python.write_text(FAKE_PYTHON.replace('mkdir -p "$3" && : > "$3/fcn8s_vgg19.onnx"',
+                                          "echo 'export: no dynamo' >&2; exit 1"))
+    peers = suite.Peers(_peer_args(peers_dir, python), str(tmp_path), None, threads=2)
+    peers.export_onnx()
+    assert peers.unavailable == {
+        "onnxruntime": "the peers' ONNX export failed: exit status 1: export: no dynamo"}
+    assert peers.run("torch-eager", "224_b1")["median_ms"] == 50.0
+
+
+def test_rounds_keep_the_best_median_and_alternate():
+    rows = [{"median_ms": 30.0, "min_ms": 20.0}, {"error": "x"},
+            {"median_ms": 25.0, "min_ms": 24.0}]
+    best = suite.best_round(rows)
+    assert best["median_ms"] == 25.0 and best["min_ms"] == 20.0 and best["rounds"] == [30.0, 25.0]
+    assert suite.best_round([{"error": "a"}, {"error": "b"}]) == {"error": "b"}
+    assert suite.interleave(["tf", "onnxruntime", "tf-bf16"], ["p1", "p2"]) == [
+        ("ours", "tf"), ("peer", "p1"), ("ours", "onnxruntime"), ("peer", "p2"),
+        ("ours", "tf-bf16")]
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def test_agreement_and_error_against_tf(tmp_path):
+    import numpy as np
+    want = np.zeros((1, 2, 5, 3), np.float32)
+    want[..., 0] = 1.0
+    got = want.copy()
+    got[0, 0, 0] = [0.0, 2.0, 0.0]  # one pixel of ten changes its label
+    np.save(tmp_path / "tf.npy", want)
+    np.save(tmp_path / "int8.npy", got)
+    rows = {"ours": {"tf": {"median_ms": 1.0, "logits_file": str(tmp_path / "tf.npy")},
+                     "onnxruntime-int8": {"median_ms": 1.0,
+                                          "logits_file": str(tmp_path / "int8.npy")},
+                     "onnxruntime": {"error": "failed"}}, "peers": {}}
+    suite.add_agreement(rows)
+    assert rows["ours"]["onnxruntime-int8"]["label_agreement_vs_tf"] == pytest.approx(0.9)
+    assert rows["ours"]["onnxruntime-int8"]["max_rel_error_vs_tf"] == pytest.approx(2.0)
+    assert all("logits_file" not in row for row in rows["ours"].values())
+
+
+def test_quick_run_end_to_end(tmp_path, monkeypatch, capsys):
+    # the default engine on one case at the --quick width; peers and the slow parts skipped
+    monkeypatch.setattr(suite, "our_variants",
+                        lambda machine: (["tf"], {"tf-bf16": "left out here"}))
+    out = tmp_path / "suite.json"
+    argv = ["--quick", "--cases", "224_b1", "--work", str(tmp_path / "work"), "--out", str(out),
+            "--skip", "peers,sgemm,training,cold,folder,tiles"]
+    assert suite.main(argv) == 0
+    text = capsys.readouterr().out
+    results = json.loads(out.read_text())
+    row = results["inference"]["224_b1"]["ours"]["tf"]
+    assert row["median_ms"] > 0 and row["gflops"] > 0 and row["rounds"] == [round(row["median_ms"], 1)]
+    assert "logits_file" not in row
+    assert "inference 224x224 b1 (ms per call, best median of the rounds)" in text
+    assert "  tf-bf16                   not run: left out here" in text
+    assert "VGG widths x0.125, fc 256" in text
+    statuses = {goal["goal"]: goal["status"] for goal in results["goals"]}
+    assert statuses["fastest FP32 engine faster than the best peer"] == "not measured"
+    assert statuses["default engine within 10 % of the fastest FP32 engine"] == "met"
+    # the work folder is kept and marked, and a second run may use it again
+    assert (tmp_path / "work" / suite.WORK_MARK).exists()
+    suite.check_work_folder(str(tmp_path / "work"))
+
+
+def test_the_int8_variant_of_the_onnxruntime_engine():
+    from bench import cases, worker
+    assert cases.variant_settings("onnxruntime-int8") == ("onnxruntime", {"precision": "int8"}, {})
+    assert cases.parse_variants("tf,onnxruntime-int8") == ["tf", "onnxruntime-int8"]
+    for name in ("tf-int8", "onnxruntime-bf16", "onnxruntime-int8-xla"):
+        with pytest.raises(ValueError):
+            cases.variant_settings(name)
+    assert worker.onnx_path("/w/p", "int8") == "/w/p.int8.onnx"
+    assert worker.onnx_path("/w/p") == "/w/p.onnx"
+    assert suite.is_low_precision("onnxruntime-int8") and not suite.is_low_precision("tf")
