@@ -28,7 +28,6 @@ MODIFIERS = collections.OrderedDict([
     ("inter2", ({"inter_op": 2}, {})),                  # inter-op threads 2 instead of 1
     ("heap", ({"heap": True}, {})),                     # freed memory kept in glibc's heap
 ])
-TRAIN_ENV = {"TF_ENABLE_ONEDNN_OPTS": "1"}  # what train.py sets unless told otherwise
 NUM_CLASSES = 21  # the default --num-classes: PASCAL VOC
 
 
