@@ -37,6 +37,9 @@ TRAINING_ONEDNN_FLAGS = ("avx2", "fma")
 # are faster; on AVX2-only CPUs they are slower than the default kernels.
 INFERENCE_ONEDNN_AVX512 = "avx512f"
 INFERENCE_ONEDNN_FLAGS = ("avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
+# Flags that mark an x86 CPU: elsewhere (ARM, or no flags to read) the rule
+# leaves oneDNN to TensorFlow's own default.
+X86_FLAGS = frozenset(("sse2", "avx", "avx2", "avx512f"))
 # The forms the rule takes, measured fastest on an AVX2 CPU: conv6/conv7 as
 # im2col + a matrix product in blocks of DEFAULT_ROW_BLOCK rows, and every
 # upsampling as one phase convolution.
@@ -124,9 +127,10 @@ class Choices:
 def rule_choices(features, task="inference"):
     """The rule's Choices for a CPU with the cpuinfo flags `features`."""
     features = frozenset(features)
-    if not features:
+    if not features & X86_FLAGS:
         onednn_inf = onednn_train = None
-        why_inf = why_train = "rule: no CPU flags to go by, TensorFlow's default"
+        why_inf = why_train = (f"rule: {'not an x86 CPU' if features else 'no CPU flags'}, "
+                               "TensorFlow's default")
     else:
         onednn_train = all(flag in features for flag in TRAINING_ONEDNN_FLAGS)
         why_train = (f"rule: {'+'.join(TRAINING_ONEDNN_FLAGS)}"
@@ -211,16 +215,20 @@ def timings_problem(timings):
         problem = "not an object" if not isinstance(row, dict) else _check_row(row, index)
         if problem:
             return problem if "timings[" in problem else f"timings[{index}]: {problem}"
-    have = {(r["onednn"], r["pass"], r["layer"], r["form"]) for r in timings}
+    have = {(r["onednn"], r["pass"], r["input"], r["layer"], r["form"]) for r in timings}
+    runs = sorted({(r["pass"], r["input"]) for r in timings})
+    needed = ([(layer, form) for layer in FC_LAYERS for form in FC_CANDIDATES]
+              + [(layer, form) for layer in UPSAMPLE_LAYERS for form in UPSAMPLE_FORMS]
+              + [(BODY_LAYER, "conv")])
+    for pass_ in PASSES.values():
+        if pass_ not in {run[0] for run in runs}:
+            return f"timings: no {pass_} times"
     for onednn in (False, True):
-        for pass_ in PASSES.values():
-            needed = ([(layer, form) for layer in FC_LAYERS for form in FC_CANDIDATES]
-                      + [(layer, form) for layer in UPSAMPLE_LAYERS for form in UPSAMPLE_FORMS]
-                      + [(BODY_LAYER, "conv")])
+        for pass_, size in runs:
             for layer, form in needed:
-                if (onednn, pass_, layer, form) not in have:
-                    return (f"timings: no {pass_} time of {layer} as {form} with oneDNN "
-                            f"{'on' if onednn else 'off'}")
+                if (onednn, pass_, size, layer, form) not in have:
+                    return (f"timings: no {pass_} time of {layer} as {form} at input {size} "
+                            f"with oneDNN {'on' if onednn else 'off'}")
     return None
 
 
@@ -270,13 +278,15 @@ def read_calibration(path, key):
     """(timings, None) from the calibration file at `path` for `key`; (None,
     None) when there is no such file; (None, problem) when it cannot be used
     (unreadable, not JSON, another format, another key, bad timings)."""
-    from fcn_graph.fileio import read_regular_file
+    from fcn_graph.fileio import NotARegularFile, kind_of, read_regular_file
     if not os.path.lexists(path):
         return None, None
     try:
         data = read_regular_file(path)
+    except NotARegularFile as err:
+        return None, f"{path}: is {kind_of(err.mode)}, not a regular file"
     except OSError as err:
-        return None, str(err) if path in str(err) else f"{path}: {err.strerror or err}"
+        return None, f"{path}: {err.strerror or err}"
     try:
         record = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as err:
@@ -389,13 +399,15 @@ def process_task():
 
 def apply_onednn(task, *, threads=None, require=False, environ=None, warn=None):
     """Set TF_ENABLE_ONEDNN_OPTS in `environ` (default os.environ) to the choice for
-    `task`, before TensorFlow loads; a value already set is kept. `require`:
+    `task`, before TensorFlow loads; a value already set is kept, and nothing
+    is set once TensorFlow is loaded. `require`:
     the caller needs oneDNN (bfloat16), so it is turned on whatever the choice.
     Returns the Choices."""
     environ = os.environ if environ is None else environ
     _applied.append(task)
     choices = choose(task, threads=threads, environ=environ, warn=warn)
-    if environ.get(ONEDNN_ENV):
+    if environ.get(ONEDNN_ENV) or "tensorflow" in sys.modules and environ is os.environ:
+        # set by the user, or too late: TensorFlow has read it already
         return choices
     value = True if require else choices.onednn
     if value is not None:
