@@ -35,6 +35,7 @@ REPEATS = 3            # timed calls of each form; the median counts
 # A form whose timed call takes more than this many times the fastest form of
 # the same layer so far is timed once only.
 GIVE_UP_FACTOR = 2.0
+SLOW_WARMUP_SECONDS = 0.5
 INPUT_SIZES = (224, 512)
 TRAINING_INPUT = (2, 224)   # batch, size of the training pass (the benchmark's train_b2)
 NUM_CLASSES = 21
@@ -73,10 +74,16 @@ def fc_variants(rows):
 
 
 def _time(session, op, warmup, repeats, give_up=None):
-    """The median seconds of `repeats` calls after `warmup`; a single call when
-    it takes more than `give_up` seconds (a form that slow cannot win)."""
+    """The median seconds of `repeats` calls after `warmup` (at least one); a
+    single timed call when it takes more than `give_up` seconds, none when the
+    last warm-up call took twice that and over SLOW_WARMUP_SECONDS (a form
+    that slow cannot win)."""
     for _ in range(warmup):
+        start = time.perf_counter()
         session.run(op)
+        first = time.perf_counter() - start
+    if give_up is not None and first > max(2 * give_up, SLOW_WARMUP_SECONDS):
+        return first  # far slower even counting the graph's set-up: not timed again
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
