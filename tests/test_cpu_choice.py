@@ -420,3 +420,37 @@ def test_a_tiny_real_calibration(tmp_path):
     again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
     assert again.returncode == 0 and "already calibrated" in again.stderr
     assert f"calibration {path}" in again.stdout
+
+
+def test_the_benchmark_prints_the_cpu_block(tmp_path, monkeypatch):
+    from bench import harness, report
+    fake_cpuinfo(monkeypatch, tmp_path, ZEN3)
+    monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
+    machine = harness._machine()
+    assert machine["cpu"] == "AMD EPYC 7R13 Processor"
+    assert machine["features"] == ["avx2", "fma"]
+    assert machine["tensorflow"] == cpu_choice.tensorflow_version()
+    rows = {row["choice"]: row for row in machine["choices"]["inference"]}
+    assert rows["oneDNN for inference"] == {"choice": "oneDNN for inference", "value": "off",
+                                            "source": "rule: no avx512f"}
+    assert rows["oneDNN for training"]["value"] == "on"
+    assert rows["row block"] == {"choice": "row block", "value": "100",
+                                 "source": "rule: measured fastest on AVX2 CPUs"}
+    # what the workers ran: the plain tf variant's records
+    results = [{"variant": "tf", "training": False, "onednn": False},
+               {"variant": "tf-onednn", "training": False, "onednn": True},
+               {"variant": "tf", "training": True, "onednn": True}]
+    machine["onednn_workers"] = harness.onednn_in_workers(results)
+    assert machine["onednn_workers"] == {"inference": False, "training": True}
+    lines = report.format_cpu(machine)
+    assert lines[0].startswith(f"CPU AMD EPYC 7R13 Processor, {os.cpu_count()} cores, "
+                               f"TensorFlow {machine['tensorflow']}; flags avx2 fma; oneDNN off "
+                               "for inference, on for training; bfloat16 refused")
+    assert "  oneDNN for inference        off         rule: no avx512f" in lines
+    assert "  conv6/conv7 (training)      matmul      rule: measured fastest on AVX2 CPUs" in lines
+    assert len(lines) == 1 + 2 + 3 * 2  # oneDNN once, the forms per task
+    # no worker ran: the environment, else the choice
+    del machine["onednn_workers"]
+    assert "oneDNN off for inference, on for training" in report.format_cpu(machine)[0]
+    machine["onednn_env"] = "1"
+    assert "oneDNN on for inference, on for training" in report.format_cpu(machine)[0]
