@@ -32,7 +32,6 @@ MODIFIERS = collections.OrderedDict([
 ONNX_MODIFIERS = collections.OrderedDict([
     ("int8", ({"precision": "int8"}, {})),  # the quantized model (worker's "make-int8")
 ])
-TRAIN_ENV = {"TF_ENABLE_ONEDNN_OPTS": "1"}  # what train.py sets unless told otherwise
 NUM_CLASSES = 21  # the default --num-classes: PASCAL VOC
 
 

@@ -44,7 +44,6 @@ from bench.cases import (
     CASES,
     MODIFIERS,
     NUM_CLASSES,
-    TRAIN_ENV,
     parse_list,
     parse_variants,
     variant_settings,
@@ -105,7 +104,8 @@ def run_benchmark(args):
     work = tempfile.mkdtemp(prefix="fcn_bench_")
     prefix = os.path.join(work, "weights")
     report = {"started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-              "machine": _machine(), "threads": args.threads, "num_classes": args.num_classes,
+              "machine": _machine(args.kernels, args.threads), "threads": args.threads,
+              "num_classes": args.num_classes,
               "width_multiplier": args.width_multiplier, "fc_width": args.fc_width,
               "kernels": args.kernels,
               "warmup": args.warmup, "repeats": args.repeats, "results": []}
@@ -138,6 +138,7 @@ def run_benchmark(args):
             report["profile"] = _run_profile(args, work, prefix)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    report["machine"]["onednn_workers"] = onednn_in_workers(report["results"])
     report["seconds"] = round(time.time() - started, 1)
     return report
 
@@ -183,9 +184,9 @@ def _run_one(args, work, prefix, variant, case, peak):
     if not training and len(parse_variants(args.variants)) > 1:
         logits_file = os.path.join(work, f"{variant}-{case}.npy")
         extra += ["--save-logits", logits_file]
-    # Training runs with oneDNN unless the variant says otherwise, as train.py does.
-    env = dict(TRAIN_ENV if training else {}, **variant_settings(variant)[2])
-    error = _spawn(args, extra, env)
+    # oneDNN as train.py or infer choose it (cpu_choice, in the worker), unless
+    # the variant says otherwise
+    error = _spawn(args, extra, variant_settings(variant)[2])
     record = {"variant": variant, "case": case, "batch": batch, "height": height,
               "width": width, "training": training}
     if error:
@@ -211,7 +212,7 @@ def _run_one(args, work, prefix, variant, case, peak):
             record["fraction_of_sgemm"] = record["gflops"] / peak
         else:
             record["fraction_of_fp32_sgemm"] = record["gflops"] / peak
-    for key in ("loss_first", "loss_last"):
+    for key in ("loss_first", "loss_last", "onednn"):
         if key in raw:
             record[key] = raw[key]
     if logits_file and os.path.exists(logits_file):
@@ -257,23 +258,31 @@ DECIDING_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx_v
                   "amx_tile", "amx_bf16", "amx_int8")
 
 
-def _machine():
-    from fcn_graph import cpuinfo
-    model = ""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    features = cpuinfo.cpu_features()
-    return {"cpu": model, "cores": os.cpu_count(), "onednn_env":
-            os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
+def _machine(kernels="auto", threads=None):
+    from fcn_graph import cpu_choice, cpuinfo
+    text = cpuinfo.read_cpuinfo()
+    features = cpuinfo.cpu_features(text)
+    choices = {task: cpu_choice.choose(task, threads=threads, kernels=kernels, text=text)
+               for task in cpu_choice.TASKS}
+    return {"cpu": cpuinfo.cpu_model_name(text), "cores": os.cpu_count(),
+            "tensorflow": cpu_choice.tensorflow_version(),
+            "onednn_env": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
             "features": [flag for flag in DECIDING_FLAGS if flag in features],
             "bfloat16": "native" if cpuinfo.has_bf16_units(features) else "refused",
-            "int8": "native" if cpuinfo.has_int8_units(features) else "7-bit weights, slow"}
+            "int8": "native" if cpuinfo.has_int8_units(features) else "7-bit weights, slow",
+            "choices": {task: [{"choice": name, "value": value, "source": source}
+                               for name, value, source in c.describe()]
+                        for task, c in choices.items()}}
+
+
+def onednn_in_workers(results):
+    """{"inference": ..., "training": ...}: whether oneDNN ran in the plain tf
+    variant's workers of each kind (None where none ran)."""
+    seen = {}
+    for record in results:
+        if record.get("variant") == "tf" and "onednn" in record:
+            seen.setdefault("training" if record["training"] else "inference", record["onednn"])
+    return {task: seen.get(task) for task in ("inference", "training")}
 
 
 # ---------------------------------------------------------------- CLI

@@ -25,14 +25,43 @@ def format_row(r):
             f"{frac:>9}{r['run_peak_mib']:>10.0f}{err:>9}")
 
 
+def _onoff(value):
+    return {True: "on", False: "off"}.get(value, "TensorFlow's default")
+
+
+def format_cpu(machine):
+    """The CPU block: the model, the flags that decide, the TensorFlow version,
+    oneDNN in the inference and training workers, then each choice and its source."""
+    workers = machine.get("onednn_workers") or {}
+    choices = machine.get("choices") or {}
+    onednn = []
+    for task in ("inference", "training"):
+        ran = workers.get(task)
+        if ran is None:  # no worker of this kind ran: what the environment or the choice says
+            env = {"1": True, "0": False}.get(machine.get("onednn_env"))
+            chosen = {row["choice"]: row["value"] for row in choices.get(task, [])}
+            ran = env if env is not None else {"on": True, "off": False}.get(
+                chosen.get(f"oneDNN for {task}"))
+        onednn.append(f"{_onoff(ran)} for {task}")
+    tf_version = f", TensorFlow {machine['tensorflow']}" if machine.get("tensorflow") else ""
+    lines = [f"CPU {machine['cpu'] or 'unknown'}, {machine['cores']} cores{tf_version}; "
+             f"flags {' '.join(machine['features']) or 'none of note'}; "
+             f"oneDNN {', '.join(onednn)}; bfloat16 {machine['bfloat16']}; int8 {machine['int8']}"]
+    for task, rows in choices.items():
+        for row in rows:
+            if row["choice"].startswith("oneDNN") and task != "inference":
+                continue  # the same oneDNN rows in every task's record
+            label = row["choice"] if row["choice"].startswith("oneDNN") else \
+                f"{row['choice']} ({task})"
+            lines.append(f"  {label:<28}{row['value']:<12}{row['source']}")
+    return lines
+
+
 def format_report(report):
     lines = []
     machine = report.get("machine") or {}
     if "features" in machine:
-        onednn = {"1": "on", "0": "off"}.get(machine.get("onednn_env"), "TensorFlow's default")
-        lines.append(f"CPU {machine['cpu'] or 'unknown'}, {machine['cores']} cores; "
-                     f"flags {' '.join(machine['features']) or 'none of note'}; "
-                     f"oneDNN {onednn}; bfloat16 {machine['bfloat16']}; int8 {machine['int8']}")
+        lines.extend(format_cpu(machine))
     sgemm = report.get("sgemm")
     if sgemm:
         lines.append(f"sgemm 4096^3, NumPy BLAS, {report['threads']} threads: "

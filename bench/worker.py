@@ -10,6 +10,7 @@ import collections
 import json
 import os
 import statistics
+import sys
 import time
 
 import numpy as np
@@ -281,8 +282,18 @@ def worker_main(args):
         median, best = sgemm_gflops(args.sgemm_size, repeats=args.sgemm_repeats)
         record = {"median_gflops": median, "best_gflops": best}
     else:
-        runner = run_training_case if CASES[case][3] else run_inference_case
+        training = CASES[case][3]
+        # as train.py and infer choose it, before TensorFlow loads; a variant's
+        # -onednn or -eigen (the environment) wins
+        from fcn_graph import cpu_choice
+        cpu_choice.apply_onednn("training" if training else "inference", threads=args.threads,
+                                require="bfloat16" == variant_settings(args.variant)[1].get(
+                                    "precision"))
+        runner = run_training_case if training else run_inference_case
         record = runner(args, case)  # resets the high-water mark before the first call
+        if "tensorflow" in sys.modules:
+            from fcn_graph.session import onednn_enabled
+            record["onednn"] = onednn_enabled()
         record["run_peak_mib"] = _proc_status_mib("VmHWM")
         record["process_peak_mib"] = max(record["load_peak_mib"], record["run_peak_mib"])
     with open(args.result, "w", encoding="utf-8") as handle:

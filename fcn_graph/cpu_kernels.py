@@ -17,12 +17,17 @@ in forms that TensorFlow's CPU kernels run faster (docs/performance.md):
 
 `choose_kernels` is the one place that picks a set: "reference", "cpu", or
 "auto", which is "reference" when TensorFlow sees a GPU and "cpu" when not.
+"cpu" is the forms above with blocks of MATMUL_ROW_BLOCK rows; "auto" without
+a GPU takes the forms `cpu_choice.choose` picks for this CPU (its calibration,
+else the same as "cpu"), which may mix them with the plain ops
+(`CpuLayers(fc_form=..., row_block=..., upsample_form=...)`).
 """
 
 import contextlib
 
 import tensorflow as tf
 
+from fcn_graph import cpu_choice
 from fcn_graph import model as fcn_model
 from fcn_graph.constants import KERNELS, resolve_kernels  # noqa: F401
 
@@ -41,33 +46,71 @@ def choose_kernels(kernels="auto"):
 
 
 def tf_layers(kernels="auto"):
-    """A fresh `model.Layers` for TensorFlow with the kernel set `kernels` asks for."""
-    return CpuLayers() if choose_kernels(kernels) == "cpu" else fcn_model.TFLayers()
+    """A fresh `model.Layers` for TensorFlow with the kernel set `kernels` asks
+    for; "auto" without a GPU: `CpuLayers` with the forms `cpu_choice.choose`
+    picks for this process's task and oneDNN setting."""
+    if choose_kernels(kernels) != "cpu":
+        return fcn_model.TFLayers()
+    if kernels == "cpu":
+        return CpuLayers()
+    return CpuLayers.from_choices(chosen_forms())
 
 
-class CpuLayers(fcn_model.TFLayers):
-    """`model.TFLayers` with conv6/conv7 as `dense_conv2d` and every upsampling
-    as `upsample_by_phases`: the same results, faster on CPUs."""
-
-    def _fc(self, net, kernel, bias, name):
-        return dense_conv2d(net, kernel, bias)
-
-    def _upsample(self, net, kernel, bias, like, channels, stride, name):
-        return upsample_by_phases(net, kernel, bias,
-                                  fcn_model.shape_with_channels(like, channels), stride)
+def chosen_forms():
+    """`cpu_choice.choose` for this process (the task `apply_onednn` chose
+    for, the oneDNN setting TensorFlow runs with)."""
+    from fcn_graph.session import onednn_enabled
+    return cpu_choice.choose(cpu_choice.process_task(), onednn=onednn_enabled())
 
 
 # Rows per matrix product in `dense_conv2d`: TensorFlow's CPU matmul with a
 # conv6- or conv7-sized matrix runs faster on blocks of up to about this many
 # rows than on more (docs/performance.md).
-MATMUL_ROW_BLOCK = 100
+MATMUL_ROW_BLOCK = cpu_choice.DEFAULT_ROW_BLOCK
 
 
-def dense_conv2d(net, kernel, bias):
+class CpuLayers(fcn_model.TFLayers):
+    """`model.TFLayers` with conv6/conv7 and the upsampling in the forms given:
+    fc_form "matmul" (`dense_conv2d` in blocks of `row_block` rows, 0 = all
+    at once) or "conv" (the plain op); upsample_form "phases"
+    (`upsample_by_phases`) or "transpose" (the plain op). The same results,
+    to float rounding; the defaults are the "cpu" kernel set."""
+
+    def __init__(self, *, fc_form="matmul", row_block=MATMUL_ROW_BLOCK, upsample_form="phases"):
+        super().__init__()
+        if fc_form not in cpu_choice.FC_FORMS:
+            raise ValueError(f"fc_form: expected one of {', '.join(cpu_choice.FC_FORMS)}, "
+                             f"found {fc_form!r}")
+        if upsample_form not in cpu_choice.UPSAMPLE_FORMS:
+            raise ValueError(f"upsample_form: expected one of "
+                             f"{', '.join(cpu_choice.UPSAMPLE_FORMS)}, found {upsample_form!r}")
+        if fc_form == "matmul" and (not isinstance(row_block, int) or row_block < 0):
+            raise ValueError(f"row_block: expected a non-negative integer, found {row_block!r}")
+        self.fc_form, self.row_block, self.upsample_form = fc_form, row_block, upsample_form
+
+    @classmethod
+    def from_choices(cls, choices):
+        """CpuLayers with the forms of a `cpu_choice.Choices`."""
+        return cls(fc_form=choices.fc_form, row_block=choices.row_block,
+                   upsample_form=choices.upsample_form)
+
+    def _fc(self, net, kernel, bias, name):
+        if self.fc_form == "conv":
+            return super()._fc(net, kernel, bias, name)
+        return dense_conv2d(net, kernel, bias, block=self.row_block)
+
+    def _upsample(self, net, kernel, bias, like, channels, stride, name):
+        if self.upsample_form == "transpose":
+            return super()._upsample(net, kernel, bias, like, channels, stride, name)
+        return upsample_by_phases(net, kernel, bias,
+                                  fcn_model.shape_with_channels(like, channels), stride)
+
+
+def dense_conv2d(net, kernel, bias, *, block=MATMUL_ROW_BLOCK):
     """`model.conv2d` for an odd k x k kernel as a matrix product: the k x k
     patches of `net` (im2col; SAME pads (k - 1) / 2 on every side, as conv2d
     does for odd k) times the kernel as a [k*k*Cin, Cout] matrix,
-    `MATMUL_ROW_BLOCK` rows at a time. For conv6 and conv7, whose thousands of
+    `block` rows at a time (0: all rows in one product). For conv6 and conv7, whose thousands of
     output channels make TensorFlow's CPU convolution (and its gradients)
     slower than the matrix product."""
     size, _, c_in, c_out = kernel.shape.as_list()
@@ -76,17 +119,24 @@ def dense_conv2d(net, kernel, bias):
         net = tf.image.extract_patches(net, sizes=[1, size, size, 1], strides=[1, 1, 1, 1],
                                        rates=[1, 1, 1, 1], padding="SAME")  # [N, H, W, k*k*Cin]
     rows = tf.reshape(net, [-1, size * size * c_in])                      # [N*H*W, k*k*Cin]
-    out = matmul_in_row_blocks(rows, tf.reshape(kernel, [size * size * c_in, c_out]))
+    out = matmul_in_row_blocks(rows, tf.reshape(kernel, [size * size * c_in, c_out]), block)
     out = tf.nn.bias_add(out, bias)                                       # [N*H*W, Cout]
     return tf.reshape(out, tf.concat([shape[:3], [c_out]], axis=0))     # [N, H, W, Cout]
 
 
 def matmul_in_row_blocks(rows, matrix, block=MATMUL_ROW_BLOCK):
     """rows [M, K] @ matrix [K, N], computed in ceil(M / block) blocks of
-    ceil(M / blocks) rows (the last one may be shorter), one after another.
-    Its gradient is the plain product's (two matmuls over all rows)."""
+    ceil(M / blocks) rows (the last one may be shorter), one after another;
+    block 0: one product of all rows. Its gradient is the plain product's (two
+    matmuls over all rows)."""
     @tf.custom_gradient
     def product(rows, matrix):
+        def grad(upstream):
+            return (tf.matmul(upstream, matrix, transpose_b=True),
+                    tf.matmul(rows, upstream, transpose_a=True))
+
+        if not block:
+            return tf.matmul(rows, matrix), grad
         count = tf.shape(rows)[0]
         blocks = tf.maximum((count + block - 1) // block, 1)
         step = (count + blocks - 1) // blocks
@@ -98,10 +148,6 @@ def matmul_in_row_blocks(rows, matrix, block=MATMUL_ROW_BLOCK):
                                  element_shape=tf.TensorShape([None, matrix.shape[1]]))
         _, outputs = tf.while_loop(lambda i, _: i < blocks, body, [0, outputs],
                                    parallel_iterations=1)
-
-        def grad(upstream):
-            return (tf.matmul(upstream, matrix, transpose_b=True),
-                    tf.matmul(rows, upstream, transpose_a=True))
         return outputs.concat(), grad
     return product(rows, matrix)
 

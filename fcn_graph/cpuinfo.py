@@ -33,16 +33,39 @@ def parse_cpu_flags(text):
     return frozenset(flags)
 
 
+def read_cpuinfo():
+    """The text of CPUINFO_PATH; "" where it cannot be read (macOS, Windows)."""
+    try:
+        with open(CPUINFO_PATH, encoding="utf-8", errors="replace") as handle:
+            return handle.read()
+    except OSError:
+        return ""
+
+
 def cpu_features(text=None):
     """The CPU's flags: parsed from `text`, else read from CPUINFO_PATH (an
     empty set where it cannot be read, as on macOS or Windows)."""
-    if text is None:
-        try:
-            with open(CPUINFO_PATH, encoding="utf-8", errors="replace") as handle:
-                text = handle.read()
-        except OSError:
-            text = ""
-    return parse_cpu_flags(text)
+    return parse_cpu_flags(read_cpuinfo() if text is None else text)
+
+
+def _first_value(text, keys):
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() in keys and value.strip():
+            return value.strip()
+    return ""
+
+
+def cpu_model_name(text=None):
+    """The first `model name` of cpuinfo `text` (default: CPUINFO_PATH), e.g.
+    "AMD EPYC 7B13 64-Core Processor"; "" where there is none."""
+    return _first_value(read_cpuinfo() if text is None else text, ("model name",))
+
+
+def cpu_vendor(text=None):
+    """The first `vendor_id` of cpuinfo `text` (default: CPUINFO_PATH), e.g.
+    "GenuineIntel", "AuthenticAMD"; "" where there is none."""
+    return _first_value(read_cpuinfo() if text is None else text, ("vendor_id",))
 
 
 def has_bf16_units(features):

@@ -16,7 +16,7 @@ import sys
 
 import numpy as np
 
-from fcn_graph import image_files, tflog, tiling
+from fcn_graph import cpu_choice, image_files, tflog, tiling
 from fcn_graph.config import SPLIT_KEYS, add_config_args, add_kernels_arg, load_config
 from fcn_graph.constants import ENGINES, IGNORE_LABEL, INFERENCE_PRECISIONS
 from fcn_graph.errors import UserError, run_cli
@@ -84,6 +84,9 @@ def main(argv=None):
     if args.checkpoint is None and not os.path.isdir(source):
         raise UserError(f"{source}: no such directory (train.log_dir); train first or pass "
                         f"--checkpoint")
+    # before TensorFlow loads: it reads TF_ENABLE_ONEDNN_OPTS once
+    cpu_choice.apply_onednn("inference", threads=config.train.threads,
+                            require=args.engine == "tf" and args.precision == "bfloat16")
     tflog.load_tensorflow()
     from fcn_graph import checkpoint, datasets
     from fcn_graph.evaluation import evaluate_checkpoint

@@ -25,7 +25,7 @@ import time
 
 import numpy as np
 
-from fcn_graph import image_files, tflog, tiling
+from fcn_graph import cpu_choice, image_files, tflog, tiling
 from fcn_graph.config import add_config_args, add_kernels_arg, load_config
 from fcn_graph.constants import ENGINES, INFERENCE_PRECISIONS, VGG_MEAN_RGB
 from fcn_graph.errors import UserError, run_cli
@@ -211,6 +211,9 @@ def main(argv=None):
         args.threads = args.threads or config.train.threads
         args.kernels = args.kernels or config.model.kernels
     calibration = resolve_precision_args(parser, args)
+    # before TensorFlow loads: it reads TF_ENABLE_ONEDNN_OPTS once
+    cpu_choice.apply_onednn("inference", threads=args.threads,
+                            require=args.engine == "tf" and args.precision == "bfloat16")
     paths = list_images(args.inputs)
     stems, notes = output_stems(paths)
     cached = None

@@ -25,7 +25,7 @@ from the chief's newest checkpoint.
 import argparse
 import sys
 
-from fcn_graph import tflog
+from fcn_graph import cpu_choice, tflog
 from fcn_graph.config import add_config_args, load_config
 from fcn_graph.errors import UserError, run_cli
 
@@ -42,6 +42,8 @@ def main(argv=None):
         raise UserError("--config is required (e.g. python train.py --config config.json); "
                          "training never starts from the built-in defaults alone")
     config = load_config(args.config, args.overrides)
+    # before TensorFlow loads: it reads TF_ENABLE_ONEDNN_OPTS once
+    cpu_choice.apply_onednn("training", threads=config.train.threads)
     tflog.load_tensorflow()
     from fcn_graph.training import train
 

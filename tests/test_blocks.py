@@ -158,15 +158,19 @@ def test_conv2d_same_matches_tf(size, k, s, cin, cout):
 
 
 @pytest.mark.parametrize("size", ODD_SIZES)
-@pytest.mark.parametrize("k,cin,cout", [(7, 3, 5), (1, 6, 4), (3, 2, 3)])
-def test_dense_conv2d_matches_reference_and_conv_gradients(size, k, cin, cout):
+@pytest.mark.parametrize("k,cin,cout,block", [(7, 3, 5, 100), (1, 6, 4, 100), (3, 2, 3, 100),
+                                              (3, 2, 3, 0), (7, 3, 5, 7)])
+def test_dense_conv2d_matches_reference_and_conv_gradients(size, k, cin, cout, block):
     rng = np.random.default_rng(sum(size) * k + cin)
     x, w, b = _rand(rng, 2, *size, cin), _rand(rng, k, k, cin, cout), _rand(rng, cout)
-    _assert_close(cpu_kernels.dense_conv2d(_tf(x), _tf(w), _tf(b)), conv2d_same(x, w, b))
+
+    def dense(x, w, b):
+        return cpu_kernels.dense_conv2d(x, w, b, block=block)
+    _assert_close(dense(_tf(x), _tf(w), _tf(b)), conv2d_same(x, w, b))
     # Its gradients (im2col's included) equal the convolution's.
     weights = rng.standard_normal((2, *size, cout))
     grads = []
-    for op in (cpu_kernels.dense_conv2d, fcn_model.conv2d):
+    for op in (dense, fcn_model.conv2d):
         tx, tw = tf.Variable(_tf(x)), tf.Variable(_tf(w))
         with tf.GradientTape() as tape:
             loss = tf.reduce_sum(op(tx, tw, _tf(b)) * _tf(weights))
@@ -175,7 +179,8 @@ def test_dense_conv2d_matches_reference_and_conv_gradients(size, k, cin, cout):
         _assert_close(got, want)
 
 
-@pytest.mark.parametrize("rows,block", [(1, 3), (7, 3), (9, 3), (10, 4), (5, 100), (0, 3)])
+@pytest.mark.parametrize("rows,block", [(1, 3), (7, 3), (9, 3), (10, 4), (5, 100), (0, 3),
+                                        (7, 0), (1, 0), (0, 0)])
 def test_matmul_in_row_blocks_matches_numpy_with_plain_gradients(rows, block):
     rng = np.random.default_rng(rows * 10 + block)
     a, m = _rand(rng, rows, 6), _rand(rng, 6, 5)
@@ -198,10 +203,12 @@ def test_matmul_in_row_blocks_in_a_graph_with_unknown_rows():
     m = _rand(rng, 4, 3)
     with tf.Graph().as_default(), tf.compat.v1.Session() as sess:
         rows = tf.compat.v1.placeholder(tf.float32, [None, 4])
-        out = cpu_kernels.matmul_in_row_blocks(rows, _tf(m), block=4)
+        outs = [cpu_kernels.matmul_in_row_blocks(rows, _tf(m), block=block)
+                for block in (4, 0)]
         for count in (1, 4, 5, 13):
             a = _rand(rng, count, 4)
-            _assert_close(sess.run(out, {rows: a}), a @ m)
+            for out in outs:
+                _assert_close(sess.run(out, {rows: a}), a @ m)
 
 
 @pytest.mark.parametrize("size", ODD_SIZES)

@@ -6,6 +6,8 @@ Both TensorFlow kernel sets (`model.TFLayers`, the reference ops, and
 reaches the TensorFlow graph, the ONNX model and the FLOP count together.
 """
 
+import types
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -56,15 +58,36 @@ def live_values(variables, seed):
     return values
 
 
-@pytest.mark.parametrize("architecture,skips", HEADS)
-def test_kernel_sets_give_the_same_logits_and_gradients(architecture, skips):
+# Mixed forms of `CpuLayers` (as `cpu_choice` may pick them): conv6/conv7 form
+# and row block (0: one product; 3 and 7 cut the tiny nets' rows into several
+# blocks), upsampling form.
+MIXED_FORMS = [dict(fc_form="conv", row_block=None, upsample_form="phases"),
+               dict(fc_form="matmul", row_block=0, upsample_form="transpose"),
+               dict(fc_form="matmul", row_block=7, upsample_form="phases"),
+               dict(fc_form="matmul", row_block=3, upsample_form="transpose")]
+
+
+@pytest.mark.parametrize("architecture,skips,forms",
+                         [(a, s, None) for a, s in HEADS]
+                         + [("legacy", "8s", f) for f in MIXED_FORMS]
+                         + [("paper", "8s", f) for f in MIXED_FORMS[:2]])
+def test_kernel_sets_give_the_same_logits_and_gradients(architecture, skips, forms,
+                                                         monkeypatch):
     spec = tiny_spec(architecture, skips)
+    cpu = "cpu"
+    if forms is not None:
+        # "auto" without a GPU takes the forms cpu_choice picks: these
+        if tf.config.list_physical_devices("GPU"):
+            pytest.skip("auto means the reference kernels where a GPU is seen")
+        monkeypatch.setattr(cpu_kernels, "chosen_forms",
+                            lambda: types.SimpleNamespace(**forms))
+        cpu = "auto"
     graph = tf.Graph()
     with graph.as_default():
         images = tf1.placeholder(tf.float32, [None, None, None, 3])
         seeds = tf1.placeholder(tf.float32, [None, None, None, spec.num_classes])
         results = {}
-        for kernels in ("reference", "cpu"):  # one set of variables, shared
+        for kernels in ("reference", cpu):  # one set of variables, shared
             logits, _, _ = fcn_model.build(images, spec, kernels=kernels)
             variables = fcn_model.model_variables(graph)
             loss = tf.reduce_sum(logits * seeds)
@@ -74,7 +97,14 @@ def test_kernel_sets_give_the_same_logits_and_gradients(architecture, skips):
             results[kernels] = (logits, [g for g in grads if g is not None])
         ops = {op.type for op in graph.get_operations()}
         # both forms are in the graph: the reference ops and the CPU forms
-        assert {"Conv2DBackpropInput", "DepthToSpace", "ExtractImagePatches"} <= ops
+        assert {"Conv2DBackpropInput"} <= ops
+        if forms is None or forms["upsample_form"] == "phases":
+            assert "DepthToSpace" in ops
+        if forms is None or forms["fc_form"] == "matmul":
+            assert "ExtractImagePatches" in ops
+        if forms is not None and forms["fc_form"] == "matmul":
+            # row blocks run in a loop; block 0 is one product
+            assert ("StatelessWhile" in ops) == (forms["row_block"] > 0)
     rng = np.random.default_rng(7)
     with tf1.Session(graph=graph) as sess:
         checkpoint.assign_arrays(sess, variables, live_values(variables, seed=3))
@@ -82,7 +112,7 @@ def test_kernel_sets_give_the_same_logits_and_gradients(architecture, skips):
             feed = {images: rng.uniform(0, 255, (n, h, w, 3)).astype(np.float32),
                     seeds: rng.standard_normal((n, h, w, spec.num_classes)).astype(np.float32)}
             (ref_logits, ref_grads), (cpu_logits, cpu_grads) = sess.run(
-                [results["reference"], results["cpu"]], feed)
+                [results["reference"], results[cpu]], feed)
             assert ref_logits.shape == (n, h, w, spec.num_classes)
             assert _close(cpu_logits, ref_logits)
             assert len(cpu_grads) == len(ref_grads) == len(trainable) + 1 - (

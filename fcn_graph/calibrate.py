@@ -1,0 +1,131 @@
+"""Measure which kernels are fastest on this CPU, once, for every later run.
+
+    python -m fcn_graph.calibrate              # measure (about a minute), unless cached
+    python -m fcn_graph.calibrate --show       # what is cached, and what each task runs
+    python -m fcn_graph.calibrate --threads 4 --force
+
+Times conv6/conv7 (tf.nn.conv2d, or im2col + matrix products in row blocks),
+the three upsamplings (conv2d_transpose, or phase convolutions) and a VGG-body
+conv, at the shapes of 224x224 and 512x512 inputs, with TensorFlow's oneDNN
+kernels off and on (each in a fresh process), forward for inference and
+forward plus backward for training. From the times it chooses, per task,
+whether oneDNN runs and which forms `--kernels auto` uses. The result goes to
+the cache folder ($FCN_GRAPH_CACHE, else $XDG_CACHE_HOME/fcn_graph, else
+~/.cache/fcn_graph), under calibration/, for this CPU, TensorFlow version and
+thread count. Without one, the choices follow a rule from the CPU's flags;
+TF_ENABLE_ONEDNN_OPTS in the environment overrides either for oneDNN.
+"""
+
+import argparse
+import json
+import sys
+
+from fcn_graph import cpu_choice
+from fcn_graph.errors import UserError, run_cli
+
+
+def positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, found {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, found {text!r}")
+    return value
+
+
+def positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, found {text!r}")
+    return value
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="python -m fcn_graph.calibrate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="threads per op to measure with (default: every core); "
+                             "commands use the calibration of their own thread count")
+    parser.add_argument("--show", action="store_true",
+                        help="print the cached calibration and the choices; measure nothing")
+    parser.add_argument("--force", action="store_true",
+                        help="measure again even when a calibration is cached (and replace "
+                             "a cached file that cannot be read)")
+    # internal: the layers' channels scaled by this (tests), and one oneDNN
+    # setting measured in this process, its rows written to --result
+    parser.add_argument("--scale", type=positive_float, default=1.0, help=argparse.SUPPRESS)
+    parser.add_argument("--measure", choices=("0", "1"), help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
+    return parser
+
+
+def show_choices(threads):
+    """The choices of each task, and where each comes from."""
+    lines = []
+    for task in cpu_choice.TASKS:
+        choices = cpu_choice.choose(task, threads=threads)
+        lines.append(f"{task}:")
+        for name, value, source in choices.describe():
+            lines.append(f"  {name:<22}{value:<22}{source}")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.measure:
+        if not args.result:
+            parser.error("--measure: needs --result")
+        return measure_here(args)
+    if args.show and args.force:
+        parser.error("--show and --force: pick one")
+    from fcn_graph import calibration
+    threads = args.threads or cpu_choice.thread_count()
+    key = cpu_choice.calibration_key(threads=threads)
+    path = cpu_choice.calibration_path(key)
+    timings, problem = cpu_choice.read_calibration(path, key)
+    if args.show:
+        if timings is not None:
+            with open(path, encoding="utf-8") as handle:
+                print(calibration.format_calibration(json.load(handle), path))
+        else:
+            print(f"no calibration for this CPU at {threads} threads"
+                  + (f" ({problem})" if problem else f" ({path} does not exist)"))
+        print(show_choices(threads))
+        return 0
+    if timings is not None and not args.force:
+        print(f"{path}: already calibrated (--show prints it, --force measures again)",
+              file=sys.stderr)
+        print(show_choices(threads))
+        return 0
+    if problem and not args.force:
+        raise UserError(f"calibration {problem}; --force replaces it")
+    path, record = calibration.run_calibration(threads=threads, scale=args.scale, log=sys.stderr)
+    print(calibration.format_calibration(record, path))
+    print(show_choices(threads))
+    return 0
+
+
+def measure_here(args):
+    """One oneDNN setting, in this process (started by `calibration.run_calibration`)."""
+    import os
+
+    from fcn_graph import calibration, tflog
+    from fcn_graph.fileio import write_json_atomic
+    if os.environ.get(cpu_choice.ONEDNN_ENV) != args.measure:
+        raise UserError(f"--measure {args.measure}: expected {cpu_choice.ONEDNN_ENV}="
+                        f"{args.measure} in the environment, found "
+                        f"{os.environ.get(cpu_choice.ONEDNN_ENV)!r}")
+    tflog.load_tensorflow()
+    rows = calibration.measure(threads=args.threads or cpu_choice.thread_count(),
+                               scale=args.scale, log=sys.stderr)
+    write_json_atomic(args.result, rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main, prog="fcn_graph.calibrate"))
