@@ -333,6 +333,18 @@ def build_parser():
     return parser
 
 
+def report_path(out, name, keys, writer=None):
+    """--out, else bench/results/<name>-<UTC time>.json; checked before the
+    (long) run: its folder made and writable, and an existing file replaced
+    only when it is an earlier report of `writer` (one holding `keys`)."""
+    out = out or os.path.join(RESULTS_DIR, time.strftime(f"{name}-%Y%m%dT%H%M%SZ.json",
+                                                         time.gmtime()))
+    if check_output_file(out, "--out") and not json_written_with(out, keys):
+        raise UserError(f"--out {out}: exists and is not a report {writer or name} wrote; "
+                        "refusing to overwrite it (choose another --out)")
+    return out
+
+
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -345,13 +357,7 @@ def main(argv=None):
         parser.error("--profile-case: pick an inference case")
     if args.worker:
         return worker_main(args)
-    out = args.out or os.path.join(RESULTS_DIR, time.strftime("bench-%Y%m%dT%H%M%SZ.json",
-                                                              time.gmtime()))
-    # Checked before the (long) run: the folder made and writable, and an
-    # existing file replaced only when it is an earlier bench report.
-    if check_output_file(out, "--out") and not json_written_with(out, REPORT_KEYS):
-        raise UserError(f"--out {out}: exists and is not a report bench wrote; refusing to "
-                        "overwrite it (choose another --out)")
+    out = report_path(args.out, "bench", REPORT_KEYS)
     report = run_benchmark(args)
     print(format_report(report))
     try:

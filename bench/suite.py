@@ -56,11 +56,10 @@ from bench import cases as bench_cases  # noqa: E402
 from bench import report as bench_report  # noqa: E402
 from fcn_graph.engine_choice import choose_engine  # noqa: E402
 from fcn_graph.errors import UserError, run_cli  # noqa: E402
-from fcn_graph.fileio import check_output_file, json_written_with, write_json_atomic  # noqa: E402
+from fcn_graph.fileio import write_json_atomic  # noqa: E402
 
 PEERS_DIR = os.path.normpath(os.path.join(CHECKOUT, "..", "shared", "bench-peers"))
 PEER_PYTHON = "/tmp/peerenv/bin/python"
-RESULTS_DIR = os.path.join("bench", "results")
 REPORT_KEYS = ("suite_started_utc", "goals")  # held by every report the suite writes
 WORK_MARK = ".fcn_suite_work"  # marks a --work folder as the suite's own
 PARTS = ("sgemm", "inference", "peers", "training", "cold", "folder", "tiles")
@@ -998,13 +997,8 @@ def format_report(results):
 def main(argv=None):
     args = parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    out = args.out or os.path.join(RESULTS_DIR, time.strftime("suite-%Y%m%dT%H%M%SZ.json",
-                                                              time.gmtime()))
-    # Checked before the (long) run: the folder made and writable, and an
-    # existing file replaced only when it is an earlier suite report.
-    if check_output_file(out, "--out") and not json_written_with(out, REPORT_KEYS):
-        raise UserError(f"--out {out}: exists and is not a report the suite wrote; refusing to "
-                        "overwrite it (choose another --out)")
+    from bench import harness
+    out = harness.report_path(args.out, "suite", REPORT_KEYS, "the suite")
     results = run_suite(args)
     print(format_report(results), flush=True)
     try:
