@@ -1,6 +1,7 @@
 import dataclasses
 import io
 import json
+import locale
 import os
 
 import numpy as np
@@ -13,7 +14,7 @@ from tinyvgg import TINY_MEAN, TINY_WIDTHS
 from fcn_graph import checkpoint, port
 from fcn_graph import model as fcn_model
 from fcn_graph.errors import UserError
-from fcn_graph.matconvnet import load_vgg_mat
+from fcn_graph.matconvnet import load_vgg_mat, write_vgg_mat
 
 tf1 = tf.compat.v1
 
@@ -777,3 +778,38 @@ def test_op_error_reason_skips_every_preamble_line():
         op = tf.constant(1.0, name="c").op
     with_op = tf.errors.UnknownError(None, op, "Graph execution error:\n")
     assert checkpoint.op_error_reason(with_op) == "UnknownError: Graph execution error:"
+
+
+@pytest.fixture
+def ascii_locale():
+    """The C locale's ASCII for text files opened without an encoding, restored after."""
+    old = locale.setlocale(locale.LC_CTYPE)
+    locale.setlocale(locale.LC_CTYPE, "C")
+    try:
+        yield
+    finally:
+        locale.setlocale(locale.LC_CTYPE, old)
+
+
+def test_sidecars_are_utf8_whatever_the_locale(tmp_path, ascii_locale):
+    prefix = str(tmp_path / "m")
+    checkpoint.write_sidecar(prefix, tiny_spec(), source="données/vgg.mat")
+    assert checkpoint.read_sidecar(prefix)["source"] == "données/vgg.mat"
+    checkpoint.prune_sidecars(str(tmp_path))  # its checkpoint is gone: a sidecar, removed
+    assert _files(tmp_path) == []
+
+
+def test_assign_vgg_fills_the_graphs_model_and_checks_the_variables_given(tmp_path, vgg_layers):
+    path = str(tmp_path / "vgg.mat")
+    write_vgg_mat(path, vgg_layers, TINY_MEAN)
+    vgg = load_vgg_mat(path)
+    graph, *_, variables = build_graph(tiny_spec())
+    with tf1.Session(graph=graph) as sess:
+        checkpoint.assign_vgg(sess, vgg)  # the graph's own model variables
+        for name, (kernel, bias) in vgg.layers.items():
+            np.testing.assert_array_equal(sess.run(variables[f"inference/{name}_w"]), kernel)
+            np.testing.assert_array_equal(sess.run(variables[f"inference/{name}_b"]), bias)
+        fewer = {k: v for k, v in variables.items() if k != "inference/conv1_1_w"}
+        with pytest.raises(UserError) as info:
+            checkpoint.assign_vgg(sess, vgg, fewer)
+    assert str(info.value) == f"{path}: the graph has no variable 'inference/conv1_1_w'"
