@@ -419,6 +419,7 @@ def test_newest_complete_names_four_broken_ones_and_counts_the_rest(tmp_path, co
      "InvalidArgumentError: Key {{x}} not found"),
     (ValueError("\n  \nfirst\nsecond"), "ValueError: first"),
     (ValueError(""), "ValueError: no detail"),
+    (ValueError("{{function_node cut short"), "ValueError: {{function_node cut short"),
 ])
 def test_read_error_says_what_is_wrong_in_one_line(err, expected):
     assert checkpoint._read_error(err) == expected
@@ -629,7 +630,7 @@ def test_restore_model_restores_the_variables_it_is_given(tmp_path):
                                                       "global_step": np.int64(7)})
     only_a = _write_variables(str(tmp_path / "only_a"), {"inference/a": A_VALUES + 1})
     sess, _, a, step = _restore_graph()
-    with sess:
+    try:  # the session's graph is not the default graph here
         checkpoint.restore_model(sess, full)  # the graph's model variables
         b = fcn_model.model_variables(sess.graph)["inference/b"]
         assert sess.run(b) == 2.5 and sess.run(step) == 0
@@ -638,6 +639,8 @@ def test_restore_model_restores_the_variables_it_is_given(tmp_path):
         np.testing.assert_array_equal(sess.run(a), A_VALUES + 1)
         checkpoint.restore_model(sess, full, {"inference/a": a, "global_step": step})
         assert sess.run(step) == 7
+    finally:
+        sess.close()
 
 
 def test_restore_model_into_a_graph_without_a_model(tmp_path):
@@ -804,7 +807,8 @@ def test_assign_vgg_fills_the_graphs_model_and_checks_the_variables_given(tmp_pa
     write_vgg_mat(path, vgg_layers, TINY_MEAN)
     vgg = load_vgg_mat(path)
     graph, *_, variables = build_graph(tiny_spec())
-    with tf1.Session(graph=graph) as sess:
+    sess = tf1.Session(graph=graph)
+    try:  # the session's graph is not the default graph here
         checkpoint.assign_vgg(sess, vgg)  # the graph's own model variables
         for name, (kernel, bias) in vgg.layers.items():
             np.testing.assert_array_equal(sess.run(variables[f"inference/{name}_w"]), kernel)
@@ -812,4 +816,6 @@ def test_assign_vgg_fills_the_graphs_model_and_checks_the_variables_given(tmp_pa
         fewer = {k: v for k, v in variables.items() if k != "inference/conv1_1_w"}
         with pytest.raises(UserError) as info:
             checkpoint.assign_vgg(sess, vgg, fewer)
+    finally:
+        sess.close()
     assert str(info.value) == f"{path}: the graph has no variable 'inference/conv1_1_w'"
