@@ -488,7 +488,8 @@ def assign_arrays(sess, variables, values):
         if found is not None:
             raise UserError(f"{variable.op.name}: the value to load holds {found}; expected "
                             "finite numbers")
-        sess.run(variable.initializer, feed_dict={variable.initial_value: value})
+        with sess.graph.as_default():  # outside a graph context, initial_value is refused
+            sess.run(variable.initializer, feed_dict={variable.initial_value: value})
 
 
 def vgg_values(vgg, architecture="legacy"):
