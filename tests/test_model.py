@@ -134,6 +134,10 @@ def test_legacy_end_points_layers_and_trainables_are_fcn_tensorflow_ones():
     assert list(end_points) == ["centred"] + body_points + LEGACY_HEAD_POINTS + [
         "logits", "prediction"]
     assert fcn_model.layer_ends(spec) == body_layers + LEGACY_HEAD_LAYERS
+    named = [name for name in end_points if name.startswith(("relu", "fuse_", "logits"))]
+    assert len(named) == 20
+    assert {name: end_points[name].op.name for name in named} == {
+        name: "inference/" + name for name in named}
     # conv5_4 feeds nothing but is a trainable variable, as in FCN.tensorflow.
     trainable = {v.op.name for v in graph.get_collection(tf1.GraphKeys.TRAINABLE_VARIABLES)}
     assert trainable == set(LEGACY_NAMES) == set(variables)

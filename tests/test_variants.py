@@ -229,6 +229,9 @@ def test_paper_variables_end_points_and_layers_are_the_published_ones(skips):
     head_layers = [("conv6", "drop6"), ("conv7", "drop7")] + [
         (name, name) for name in ["score_fr"] + PAPER_HEAD_POINTS[skips]]
     assert fcn_model.layer_ends(spec) == body_layers + head_layers
+    named = [name for name in end_points if name.startswith(("relu", "fuse_", "logits"))]
+    assert {name: end_points[name].op.name for name in named} == {
+        name: "inference/" + name for name in named}
 
 
 def caffe_bilinear(size):
