@@ -230,3 +230,29 @@ def test_layer_macs_count_every_weighted_layer_of_the_graph():
     assert list(macs) == layers
     assert dict(macs) == want
     assert want["conv6"] == 2 * 2 * 2 * 7 * 7 * 3 * 6
+
+
+def test_build_reverses_bgr_subtracts_the_mean_and_passes_keep_prob():
+    x = np.random.default_rng(3).uniform(0, 255, (2, 40, 70, 3)).astype(np.float32)
+    mean = (10.0, 20.0, 40.0)
+    graph = tf.Graph()
+    with graph.as_default():
+        tf1.set_random_seed(0)
+        images = tf1.placeholder(tf.float32, [None, None, None, 3])
+        bgr = fcn_model.ModelSpec(num_classes=3, fc_width=6,
+                                  vgg_widths=tuple(TINY_WIDTHS.values()), channel_order="bgr")
+        _, _, bgr_points = fcn_model.build(images, bgr, mean_pixel=mean, keep_prob=0.5)
+        _, _, plain = fcn_model.fcn(images, tiny_spec(num_classes=3))   # keep_prob 1.0
+        init = tf1.global_variables_initializer()
+    with tf1.Session(graph=graph) as sess:
+        sess.run(init)
+        got = sess.run({"bgr": bgr_points["centred"], "relu6": bgr_points["relu6"],
+                        "drop6": bgr_points["drop6"], "plain6": plain["relu6"],
+                        "plain_drop6": plain["drop6"], "plain": plain["centred"]}, {images: x})
+    np.testing.assert_allclose(got["bgr"], x[..., ::-1] - np.array(mean, np.float32), rtol=1e-6)
+    np.testing.assert_allclose(got["plain"], x - np.array(fcn_model.VGG_MEAN_RGB, np.float32),
+                               rtol=1e-6)
+    np.testing.assert_array_equal(got["plain_drop6"], got["plain6"])
+    kept = got["drop6"] != 0
+    assert kept.any() and (got["relu6"][~kept] != 0).any()       # dropped where ReLU was not 0
+    np.testing.assert_allclose(got["drop6"][kept], 2 * got["relu6"][kept], rtol=1e-6)
