@@ -172,8 +172,10 @@ class Layers:
     def add(self, a, b, name):
         return self._record(name, self._add(a, b, name))
 
-    def unused_conv(self, name, weights, *, channels_in, size, channels, init):
-        """A conv layer's variables, created but never read (legacy conv5_4)."""
+    def unused_conv(self, weights, *, channels_in, size, channels, init):
+        """A conv layer's variables, created but never read (legacy conv5_4):
+        `weights` (kernel name, bias name); the kernel is [size, size,
+        channels_in, channels]. No layer and no end point."""
         kernel_name, bias_name = weights
         self.variable(kernel_name, (size, size, channels_in, channels), init, True)
         self.variable(bias_name, (channels,), ZEROS, True)
@@ -253,7 +255,7 @@ def legacy_fcn(ops, net, spec, keep_prob):
     c3, c4, c5 = widths["conv3_4"], widths["conv4_4"], widths["conv5_3"]
     images = net
     points = vgg19_body(ops, net, widths, pool_method="avg", through="relu5_3")
-    ops.unused_conv("conv5_4", ("conv5_4_w", "conv5_4_b"), channels_in=c5, size=3,
+    ops.unused_conv(("conv5_4_w", "conv5_4_b"), channels_in=c5, size=3,
                     channels=widths["conv5_4"], init=VGG_INIT)
     pool3, pool4 = points["pool3"], points["pool4"]                     # 1/8, 1/16
 

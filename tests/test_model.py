@@ -4,6 +4,7 @@ import tensorflow as tf
 from tfutil import LEGACY_NAMES, build_graph
 from tinyvgg import TINY_WIDTHS
 
+from fcn_graph import flops
 from fcn_graph import model as fcn_model
 
 tf1 = tf.compat.v1
@@ -101,3 +102,157 @@ def test_second_build_shares_variables():
         fcn_model.build(a, tiny_spec())
         fcn_model.build(b, tiny_spec(), keep_prob=tf1.placeholder_with_default(1.0, []))
     assert len(fcn_model.model_variables(graph)) == 44
+
+
+# -- the shape trace, the layer list and the FLOP count against the graph -------------
+
+def _expected_body(last_block):
+    """FCN.tensorflow's / VGG19's body end points, written out: (end points,
+    layer ends) through conv5_3 (legacy) or conv5_4 (paper)."""
+    points, layers = [], []
+    for block, count in ((1, 2), (2, 2), (3, 4), (4, 4), (5, last_block)):
+        for i in range(1, count + 1):
+            points += [f"conv{block}_{i}", f"relu{block}_{i}"]
+            layers.append((f"conv{block}_{i}", f"relu{block}_{i}"))
+        if block < 5:
+            points.append(f"pool{block}")
+            layers.append((f"pool{block}", f"pool{block}"))
+    return points, layers
+
+
+LEGACY_HEAD_POINTS = ["pool5", "conv6", "relu6", "drop6", "conv7", "relu7", "drop7", "conv8",
+                      "conv_t1", "fuse_1", "conv_t2", "fuse_2", "conv_t3"]
+LEGACY_HEAD_LAYERS = [("pool5", "pool5"), ("conv6", "drop6"), ("conv7", "drop7"),
+                      ("conv8", "conv8"), ("conv_t1", "conv_t1"), ("fuse_1", "fuse_1"),
+                      ("conv_t2", "conv_t2"), ("fuse_2", "fuse_2"), ("conv_t3", "conv_t3")]
+
+
+def test_legacy_end_points_layers_and_trainables_are_fcn_tensorflow_ones():
+    spec = tiny_spec()
+    graph, *_, end_points, variables = build_graph(spec, kernels="reference")
+    body_points, body_layers = _expected_body(3)
+    assert list(end_points) == ["centred"] + body_points + LEGACY_HEAD_POINTS + [
+        "logits", "prediction"]
+    assert fcn_model.layer_ends(spec) == body_layers + LEGACY_HEAD_LAYERS
+    named = [name for name in end_points if name.startswith(("relu", "fuse_", "logits"))]
+    assert len(named) == 20
+    assert {name: end_points[name].op.name for name in named} == {
+        name: "inference/" + name for name in named}
+    # conv5_4 feeds nothing but is a trainable variable, as in FCN.tensorflow.
+    trainable = {v.op.name for v in graph.get_collection(tf1.GraphKeys.TRAINABLE_VARIABLES)}
+    assert trainable == set(LEGACY_NAMES) == set(variables)
+
+
+VARIANTS = [("legacy", "8s"), ("paper", "32s"), ("paper", "16s"), ("paper", "8s")]
+
+
+def variant_spec(architecture, skips, num_classes=5):
+    return fcn_model.ModelSpec(num_classes=num_classes, fc_width=6,
+                               vgg_widths=tuple(TINY_WIDTHS.values()),
+                               architecture=architecture, skips=skips)
+
+
+@pytest.mark.parametrize("architecture,skips", VARIANTS)
+def test_trace_matches_the_graph_end_points(architecture, skips):
+    spec = variant_spec(architecture, skips)
+    graph, images, _, _, end_points, _ = build_graph(spec, kernels="reference")
+    names = [name for name in end_points if name not in ("logits", "prediction")]
+    closers = [end for _, end in fcn_model.layer_ends(spec)]
+    assert [name for name in names if name in closers] == closers
+    with tf1.Session(graph=graph) as sess:
+        sess.run(tf1.variables_initializer(graph.get_collection(tf1.GraphKeys.GLOBAL_VARIABLES)))
+        for n, h, w in ((2, 37, 45), (2, 1, 1), (3, 33, 65)):
+            x = np.zeros((n, h, w, 3), np.float32)
+            got = sess.run({name: end_points[name] for name in names}, {images: x})
+            traced = fcn_model.trace(spec, batch=n, height=h, width=w)
+            assert list(traced.end_points) == names
+            for name in names:
+                assert traced.end_points[name] == got[name].shape, (name, (n, h, w))
+
+
+def test_trace_defaults_to_one_1x1_image():
+    traced = fcn_model.trace(tiny_spec(num_classes=4))
+    assert traced.end_points["centred"] == (1, 1, 1, 3)
+    assert traced.end_points["conv_t3"] == (1, 1, 1, 4)
+    assert traced.variables == fcn_model.variable_shapes(4, vgg_widths=TINY_WIDTHS, fc_width=6)
+
+
+def two_layer_head(ops, net, spec, keep_prob):
+    """A small test head: 3x3 conv and ReLU, a max pool, a bilinear x2 upsampling."""
+    images = net
+    net = ops.conv(net, "c1", ("c1_w", "c1_b"), size=3, channels=2, init=fcn_model.VGG_INIT)
+    net = ops.relu(net, "r1")                                           # [N, H, W, 2]
+    net = ops.pool(net, "p1", "max")                                    # [N, H/2, W/2, 2]
+    return ops.upsample(net, "up", ("up_w", None), like=images, channels=spec.num_classes,
+                        size=4, stride=2, init=fcn_model.HEAD_INIT)     # [N, H, W, K]
+
+
+def test_trace_and_layer_ends_follow_a_given_head():
+    spec = tiny_spec(num_classes=3)
+    graph, images, _, _, end_points, variables = build_graph(spec, kernels="reference",
+                                                             head=two_layer_head)
+    assert fcn_model.layer_ends(spec, head=two_layer_head) == [
+        ("c1", "r1"), ("p1", "p1"), ("up", "up")]
+    traced = fcn_model.trace(spec, batch=2, height=5, width=7, head=two_layer_head)
+    assert traced.variables == {name.split("/")[1]: tuple(v.shape.as_list())
+                                for name, v in variables.items()}
+    with tf1.Session(graph=graph) as sess:
+        sess.run(tf1.variables_initializer(list(variables.values())))
+        got = sess.run({name: end_points[name] for name in ("centred", "c1", "r1", "p1", "up")},
+                       {images: np.zeros((2, 5, 7, 3), np.float32)})
+    assert traced.end_points == {name: value.shape for name, value in got.items()}
+    assert got["p1"].shape == (2, 3, 4, 2)
+    mine = fcn_model.ShapeLayers()
+    assert fcn_model.trace(spec, head=two_layer_head, layers=mine) is mine
+    assert list(mine.layers) == ["c1", "p1", "up"]
+
+
+def test_layer_macs_count_every_weighted_layer_of_the_graph():
+    spec = tiny_spec(num_classes=4)
+    graph, images, _, _, end_points, variables = build_graph(spec, kernels="reference")
+    kernels = {"conv6": "W6", "conv7": "W7", "conv8": "W8",
+               "conv_t1": "W_t1", "conv_t2": "W_t2", "conv_t3": "W_t3"}
+    inputs = {"conv_t1": "conv8", "conv_t2": "fuse_1", "conv_t3": "fuse_2"}
+    body = [name for name in _expected_body(3)[0] if name.startswith("conv")]
+    layers = body + list(kernels)
+    with tf1.Session(graph=graph) as sess:
+        sess.run(tf1.variables_initializer(list(variables.values())))
+        got = sess.run({name: end_points[name] for name in layers + list(inputs.values())},
+                       {images: np.zeros((2, 37, 45, 3), np.float32)})
+    want = {}
+    for name in layers:
+        kernel = variables["inference/" + kernels.get(name, name + "_w")].shape.as_list()
+        # a conv: one k x k x C_in x C_out product per output cell; a transposed
+        # conv: one per input cell.
+        cells = got[inputs[name]] if name in inputs else got[name]
+        want[name] = int(np.prod(cells.shape[:3])) * int(np.prod(kernel))
+    macs = flops.layer_macs(2, 37, 45, 4, vgg_widths=TINY_WIDTHS, fc_width=6)
+    assert list(macs) == layers
+    assert dict(macs) == want
+    assert want["conv6"] == 2 * 2 * 2 * 7 * 7 * 3 * 6
+
+
+def test_build_reverses_bgr_subtracts_the_mean_and_passes_keep_prob():
+    x = np.random.default_rng(3).uniform(0, 255, (2, 40, 70, 3)).astype(np.float32)
+    mean = (10.0, 20.0, 40.0)
+    graph = tf.Graph()
+    with graph.as_default():
+        tf1.set_random_seed(0)
+        images = tf1.placeholder(tf.float32, [None, None, None, 3])
+        bgr = fcn_model.ModelSpec(num_classes=3, fc_width=6,
+                                  vgg_widths=tuple(TINY_WIDTHS.values()), channel_order="bgr")
+        _, _, bgr_points = fcn_model.build(images, bgr, mean_pixel=mean, keep_prob=0.5)
+        _, _, plain = fcn_model.fcn(images, tiny_spec(num_classes=3))   # keep_prob 1.0
+        init = tf1.global_variables_initializer()
+    with tf1.Session(graph=graph) as sess:
+        sess.run(init)
+        got = sess.run({"bgr": bgr_points["centred"], "relu6": bgr_points["relu6"],
+                        "drop6": bgr_points["drop6"], "plain6": plain["relu6"],
+                        "plain_drop6": plain["drop6"], "plain": plain["centred"]}, {images: x})
+    np.testing.assert_allclose(got["bgr"], x[..., ::-1] - np.array(mean, np.float32), rtol=1e-6)
+    np.testing.assert_allclose(got["plain"], x - np.array(fcn_model.VGG_MEAN_RGB, np.float32),
+                               rtol=1e-6)
+    np.testing.assert_array_equal(got["plain_drop6"], got["plain6"])
+    kept = got["drop6"] != 0
+    assert kept.any() and (got["relu6"][~kept] != 0).any()       # dropped where ReLU was not 0
+    np.testing.assert_allclose(got["drop6"][kept], 2 * got["relu6"][kept], rtol=1e-6)

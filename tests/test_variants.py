@@ -175,3 +175,125 @@ def test_detect_architecture_of_legacy_names():
     names = ["inference/" + n for n in fcn_model.variable_shapes(3)]
     assert fcn_model.detect_architecture(names) == ("legacy", "8s")
     assert fcn_model.detect_architecture(["inference/conv1_1_w"]) is None
+
+
+# -- the paper graph against the published FCN, each test with its own graph -------
+
+# Head variables of voc-fcn32s/16s/8s (score_fr, score_pool4, score_pool3 are 1x1
+# convs; upscore filters [k, k, K, K] with stride k / 2), for K = 3, F = 6 and the
+# tiny body (C3 = 4, C4 = 5, C5 = 3).
+PAPER_SHAPES = {
+    "32s": {"W6": (7, 7, 3, 6), "b6": (6,), "W7": (1, 1, 6, 6), "b7": (6,),
+            "score_fr_w": (1, 1, 6, 3), "score_fr_b": (3,), "upscore32_w": (64, 64, 3, 3)},
+}
+PAPER_SHAPES["16s"] = dict(PAPER_SHAPES["32s"], upscore2_w=(4, 4, 3, 3),
+                           score_pool4_w=(1, 1, 5, 3), score_pool4_b=(3,),
+                           upscore16_w=(32, 32, 3, 3))
+del PAPER_SHAPES["16s"]["upscore32_w"]
+PAPER_SHAPES["8s"] = dict(PAPER_SHAPES["16s"], upscore_pool4_w=(4, 4, 3, 3),
+                          score_pool3_w=(1, 1, 4, 3), score_pool3_b=(3,),
+                          upscore8_w=(16, 16, 3, 3))
+del PAPER_SHAPES["8s"]["upscore16_w"]
+
+PAPER_HEAD_POINTS = {
+    "32s": ["upscore32"],
+    "16s": ["upscore2", "score_pool4", "fuse_pool4", "upscore16"],
+    "8s": ["upscore2", "score_pool4", "fuse_pool4", "upscore_pool4", "score_pool3",
+           "fuse_pool3", "upscore8"],
+}
+
+
+def paper_body():
+    """(end points, layer ends) of the VGG19 body with its five max pools."""
+    points, layers = [], []
+    for block, count in ((1, 2), (2, 2), (3, 4), (4, 4), (5, 4)):
+        for i in range(1, count + 1):
+            points += [f"conv{block}_{i}", f"relu{block}_{i}"]
+            layers.append((f"conv{block}_{i}", f"relu{block}_{i}"))
+        points.append(f"pool{block}")
+        layers.append((f"pool{block}", f"pool{block}"))
+    return points, layers
+
+
+@pytest.mark.parametrize("skips", ["32s", "16s", "8s"])
+def test_paper_variables_end_points_and_layers_are_the_published_ones(skips):
+    spec = paper_spec(skips)
+    _, _, _, _, end_points, variables = build_graph(spec, kernels="reference")
+    shapes = {name.split("/")[1]: tuple(v.shape.as_list()) for name, v in variables.items()}
+    assert {n: s for n, s in shapes.items() if n not in BODY} == PAPER_SHAPES[skips]
+    assert shapes["conv5_4_w"] == (3, 3, 3, 3) and shapes["conv1_1_w"] == (3, 3, 3, 2)
+    body_points, body_layers = paper_body()
+    head = ["conv6", "relu6", "drop6", "conv7", "relu7", "drop7", "score_fr"]
+    assert list(end_points) == (["centred"] + body_points + head + PAPER_HEAD_POINTS[skips]
+                                + ["logits", "prediction"])
+    head_layers = [("conv6", "drop6"), ("conv7", "drop7")] + [
+        (name, name) for name in ["score_fr"] + PAPER_HEAD_POINTS[skips]]
+    assert fcn_model.layer_ends(spec) == body_layers + head_layers
+    named = [name for name in end_points if name.startswith(("relu", "fuse_", "logits"))]
+    assert {name: end_points[name].op.name for name in named} == {
+        name: "inference/" + name for name in named}
+
+
+def caffe_bilinear(size):
+    """Caffe's BilinearFiller for a [size, size] filter: f = ceil(size / 2),
+    c = (2f - 1 - f mod 2) / (2f), w(x, y) = (1 - |x / f - c|) (1 - |y / f - c|)."""
+    f = np.ceil(size / 2)
+    c = (2 * f - 1 - f % 2) / (2 * f)
+    x = np.arange(size)
+    return np.outer(1 - np.abs(x / f - c), 1 - np.abs(x / f - c))
+
+
+@pytest.mark.parametrize("skips", ["32s", "16s", "8s"])
+def test_paper_upsampling_starts_as_caffe_bilinear_filler(skips):
+    graph, *_, variables = build_graph(paper_spec(skips))
+    names = [name for name in variables if "upscore" in name]
+    with tf1.Session(graph=graph) as sess:
+        sess.run(tf1.variables_initializer([variables[name] for name in names]))
+        values = sess.run({name: variables[name] for name in names})
+    for name, value in values.items():
+        size = value.shape[0]
+        assert value.shape == (size, size, 3, 3) and value.dtype == np.float32, name
+        for i in range(3):
+            for j in range(3):
+                want = caffe_bilinear(size) if i == j else np.zeros((size, size))
+                np.testing.assert_allclose(value[:, :, i, j], want, rtol=0, atol=1e-7,
+                                           err_msg=f"{name} [{i}, {j}]")
+
+
+@pytest.mark.parametrize("skips", ["32s", "16s", "8s"])
+@pytest.mark.parametrize("shape", [(2, 37, 45), (1, 33, 65)])
+def test_paper_reference_kernels_match_numpy_forward(skips, shape):
+    spec = paper_spec(skips)
+    graph, images, logits, _, end_points, variables = build_graph(spec, kernels="reference")
+    op_types = [op.type for op in graph.get_operations()]
+    assert op_types.count("Conv2DBackpropInput") == {"32s": 1, "16s": 2, "8s": 3}[skips]
+    values = random_values(variables, seed=len(skips) + shape[1])
+    x = np.random.default_rng(5).uniform(0, 255, shape + (3,)).astype(np.float32)
+    with tf1.Session(graph=graph) as sess:
+        checkpoint.assign_arrays(sess, variables, values)
+        got, score_fr = sess.run([logits, end_points["score_fr"]], {images: x})
+    weights = {name.split("/")[1]: a.astype(np.float64) for name, a in values.items()}
+    want, ref = fcn_paper_forward(x, weights, TINY_MEAN, skips=skips)
+    scale = np.abs(want).max()
+    assert got.shape == want.shape and scale > 1e-3
+    np.testing.assert_allclose(score_fr, ref["score_fr"], rtol=1e-4,
+                               atol=1e-5 * np.abs(ref["score_fr"]).max())
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * scale)
+
+
+def test_detect_architecture_from_one_name_of_each_pair():
+    """A checkpoint that lacks one head variable is still detected as its head,
+    so that restoring it names the missing variable."""
+    def names(*short):
+        return ["inference/conv1_1_w"] + ["inference/" + n for n in short]
+
+    assert fcn_model.detect_architecture(names("W6", "W8")) == ("legacy", "8s")
+    assert fcn_model.detect_architecture(names("W6", "W_t3")) == ("legacy", "8s")
+    assert fcn_model.detect_architecture(names("score_fr_w", "score_pool3_w")) == ("paper", "8s")
+    assert fcn_model.detect_architecture(names("score_fr_w", "upscore8_w")) == ("paper", "8s")
+    assert fcn_model.detect_architecture(
+        names("score_fr_w", "score_pool4_w", "upscore2_w")) == ("paper", "16s")
+    assert fcn_model.detect_architecture(names("score_fr_w", "upscore16_w")) == ("paper", "16s")
+    assert fcn_model.detect_architecture(names("score_fr_w", "upscore32_w")) == ("paper", "32s")
+    assert fcn_model.detect_architecture(names("W6", "W7")) is None
+    assert fcn_model.detect_architecture(names("W8"), scope="other") is None

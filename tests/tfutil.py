@@ -15,13 +15,15 @@ LEGACY_NAMES = [f"inference/conv{b}_{i}_{s}"
                                "W_t1", "b_t1", "W_t2", "b_t2", "W_t3", "b_t3")]
 
 
-def build_graph(spec, *, seed=0):
-    """(graph, images placeholder, logits, prediction, end_points, variables)."""
+def build_graph(spec, *, seed=0, kernels="auto", head=None):
+    """(graph, images placeholder, logits, prediction, end_points, variables);
+    `kernels` and `head` as in `model.build`."""
     graph = tf.Graph()
     with graph.as_default():
         tf1.set_random_seed(seed)
         images = tf1.placeholder(tf.float32, [None, None, None, 3], name="images")
-        logits, prediction, end_points = fcn_model.build(images, spec)
+        logits, prediction, end_points = fcn_model.build(images, spec, kernels=kernels,
+                                                         head=head)
     return graph, images, logits, prediction, end_points, fcn_model.model_variables(graph)
 
 
