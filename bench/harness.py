@@ -345,6 +345,15 @@ def report_path(out, name, keys, writer=None):
     return out
 
 
+def write_report(out, report):
+    """`report` as JSON to `out`, atomically; a one-line error where it cannot be written."""
+    try:
+        write_json_atomic(out, report)
+    except OSError as err:
+        raise UserError(f"--out {out}: cannot write ({err.strerror})") from None
+    print(f"wrote {out}", file=sys.stderr)
+
+
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -360,9 +369,5 @@ def main(argv=None):
     out = report_path(args.out, "bench", REPORT_KEYS)
     report = run_benchmark(args)
     print(format_report(report))
-    try:
-        write_json_atomic(out, report)
-    except OSError as err:
-        raise UserError(f"--out {out}: cannot write ({err.strerror})") from None
-    print(f"wrote {out}", file=sys.stderr)
+    write_report(out, report)
     return 0

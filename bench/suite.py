@@ -56,7 +56,6 @@ from bench import cases as bench_cases  # noqa: E402
 from bench import report as bench_report  # noqa: E402
 from fcn_graph.engine_choice import choose_engine  # noqa: E402
 from fcn_graph.errors import UserError, run_cli  # noqa: E402
-from fcn_graph.fileio import write_json_atomic  # noqa: E402
 
 PEERS_DIR = os.path.normpath(os.path.join(CHECKOUT, "..", "shared", "bench-peers"))
 PEER_PYTHON = "/tmp/peerenv/bin/python"
@@ -1001,11 +1000,7 @@ def main(argv=None):
     out = harness.report_path(args.out, "suite", REPORT_KEYS, "the suite")
     results = run_suite(args)
     print(format_report(results), flush=True)
-    try:
-        write_json_atomic(out, results)
-    except OSError as err:
-        raise UserError(f"--out {out}: cannot write ({err.strerror})") from None
-    print(f"wrote {out}", file=sys.stderr)
+    harness.write_report(out, results)
     return 0
 
 
