@@ -131,17 +131,17 @@ class Layers:
         self.end_points["centred"] = net  # not a layer of its own: conv1_1's
         return net
 
-    def conv(self, net, name, weights, *, size, channels, init, trainable=True):
+    def conv(self, net, name, weights, *, size, channels, init):
         """Stride-1 SAME size x size convolution plus bias: [N, h, w, C] -> [N, h, w,
         channels]. `weights`: (kernel name, bias name); the kernel is [size, size,
         C, channels]."""
-        kernel, bias = self._weights(net, weights, size, channels, init, trainable)
+        kernel, bias = self._weights(net, weights, size, channels, init)
         return self._record(name, self._conv(net, kernel, bias, name))
 
     def fc(self, net, name, weights, *, size, channels, init):
         """A convolutionalised fully connected layer (conv6, conv7): `conv`, with
         thousands of output channels, which a kernel set may compute differently."""
-        kernel, bias = self._weights(net, weights, size, channels, init, True)
+        kernel, bias = self._weights(net, weights, size, channels, init)
         return self._record(name, self._fc(net, kernel, bias, name))
 
     def upsample(self, net, name, weights, *, like, channels, size, stride, init,
@@ -180,11 +180,11 @@ class Layers:
         self.variable(kernel_name, (size, size, channels_in, channels), init, True)
         self.variable(bias_name, (channels,), ZEROS, True)
 
-    def _weights(self, net, weights, size, channels, init, trainable):
+    def _weights(self, net, weights, size, channels, init):
         kernel_name, bias_name = weights
         kernel = self.variable(kernel_name, (size, size, self.channels(net), channels), init,
-                               trainable)
-        return kernel, self.variable(bias_name, (channels,), ZEROS, trainable)
+                               True)
+        return kernel, self.variable(bias_name, (channels,), ZEROS, True)
 
     # -- what an implementation provides
 
@@ -222,7 +222,10 @@ class Layers:
 def vgg19_body(ops, net, widths, *, pool_method, through="relu5_4"):
     """The VGG19 convs, ReLUs and pools 1-4 from the table, up to and with the
     row `through`. The input is the mean-subtracted [N, H, W, 3]."""
-    for name, kind in VGG19_BODY:
+    names = [name for name, _ in VGG19_BODY]
+    if through not in names:
+        raise ValueError(f"vgg19_body: through={through!r} is not a row of VGG19_BODY")
+    for name, kind in VGG19_BODY[:names.index(through) + 1]:
         if kind == "conv":
             net = ops.conv(net, name, (name + "_w", name + "_b"), size=3,
                            channels=widths[name], init=VGG_INIT)
@@ -230,8 +233,6 @@ def vgg19_body(ops, net, widths, *, pool_method, through="relu5_4"):
             net = ops.relu(net, name)
         else:
             net = ops.pool(net, name, pool_method)
-        if name == through:
-            break
     return ops.end_points
 
 
@@ -395,7 +396,9 @@ def fcn(images, spec, *, keep_prob=1.0, mean_pixel=VGG_MEAN_RGB, kernels="auto",
         N, H, W >= 1.
     keep_prob: dropout keep probability after conv6 and conv7 (a float or a
         scalar tensor; 1.0 for inference, TRAIN_KEEP_PROB for training).
-    mean_pixel: mean subtracted from the images inside the graph.
+    mean_pixel: mean subtracted from the images inside the graph (3 numbers,
+        ints or floats of any width; the constant "inference/mean_pixel",
+        float32).
     kernels: the kernel set ("reference", "cpu", or "auto": by device).
 
     Variables are created (or reused, under AUTO_REUSE) in variable scope

@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -256,3 +258,77 @@ def test_build_reverses_bgr_subtracts_the_mean_and_passes_keep_prob():
     kept = got["drop6"] != 0
     assert kept.any() and (got["relu6"][~kept] != 0).any()       # dropped where ReLU was not 0
     np.testing.assert_allclose(got["drop6"][kept], 2 * got["relu6"][kept], rtol=1e-6)
+
+
+def test_prediction_and_logits_are_named_end_points():
+    graph, _, logits, prediction, end_points, _ = build_graph(tiny_spec(), kernels="reference")
+    assert end_points["logits"] is logits and end_points["prediction"] is prediction
+    assert graph.get_tensor_by_name("inference/logits:0") is logits
+    assert graph.get_tensor_by_name("inference/prediction:0") is prediction
+
+
+@pytest.mark.parametrize("mean", [(10, 20, 41), np.array([10.5, 20.25, 40.0], np.float64)])
+def test_fcn_subtracts_a_mean_of_ints_or_float64_in_float32(mean):
+    x = np.random.default_rng(4).uniform(0, 255, (2, 5, 3, 3)).astype(np.float32)
+    graph = tf.Graph()
+    with graph.as_default():
+        images = tf1.placeholder(tf.float32, [None, None, None, 3])
+        _, _, end_points = fcn_model.fcn(images, tiny_spec(), mean_pixel=mean,
+                                         kernels="reference")
+    constant = graph.get_tensor_by_name("inference/mean_pixel:0")
+    assert end_points["centred"].dtype == tf.float32 and constant.dtype == tf.float32
+    with tf1.Session(graph=graph) as sess:
+        centred, value = sess.run([end_points["centred"], constant], {images: x})
+    np.testing.assert_array_equal(value, np.asarray(mean, np.float32))
+    np.testing.assert_array_equal(centred, x - np.asarray(mean, np.float32))
+
+
+def test_model_variables_are_the_scope_s_own_without_slots():
+    graph = tf.Graph()
+    with graph.as_default():
+        images = tf1.placeholder(tf.float32, [None, None, None, 3])
+        fcn_model.build(images, tiny_spec())
+        for scope, name in (("other", "w"), ("inference_ema", "W6"), ("inference/W6", "Adam")):
+            with tf1.variable_scope(scope):
+                tf1.get_variable(name, [2])
+        tf1.train.get_or_create_global_step()
+    assert set(fcn_model.model_variables(graph)) == set(LEGACY_NAMES)
+    assert list(fcn_model.model_variables(graph, scope="other")) == ["other/w"]
+
+
+def _truncated_normal_std(bound):
+    """Standard deviation of a unit normal truncated to [-bound, bound]."""
+    density = math.exp(-bound * bound / 2) / math.sqrt(2 * math.pi)
+    mass = math.erf(bound / math.sqrt(2))
+    return math.sqrt(1 - 2 * bound * density / mass)
+
+
+def test_initializers_draw_he_normal_and_head_normal_truncated_at_two_sigma():
+    # VGG_INIT: He-normal on the fan-in k*k*C_in (variance 2 / fan_in after the
+    # truncation); HEAD_INIT: a normal of stddev 0.02 truncated at 0.04.
+    graph = tf.Graph()
+    with graph.as_default():
+        tf1.set_random_seed(1)
+        ops = fcn_model.TFLayers()
+        he = ops.variable("he", (3, 3, 40, 64), fcn_model.VGG_INIT, True)
+        head = ops.variable("head", (1, 1, 50, 400), fcn_model.HEAD_INIT, True)
+        with tf1.Session() as sess:
+            sess.run(tf1.global_variables_initializer())
+            he, head = sess.run([he, head])
+    cut = _truncated_normal_std(2.0)
+    he_std = math.sqrt(2 / (3 * 3 * 40))
+    assert abs(he.std() / he_std - 1) < 0.03 and abs(he.mean()) < 0.05 * he_std
+    assert 1.9 * he_std / cut < np.abs(he).max() <= 2 * he_std / cut
+    assert abs(head.std() / (0.02 * cut) - 1) < 0.03
+    assert 0.038 < np.abs(head).max() <= 0.04
+
+
+def test_vgg19_body_stops_at_its_row_and_refuses_an_unknown_one():
+    widths = dict(TINY_WIDTHS)
+    points = fcn_model.vgg19_body(fcn_model.ShapeLayers(), (1, 9, 7, 3), widths,
+                                  pool_method="max", through="pool2")
+    assert list(points)[-3:] == ["conv2_2", "relu2_2", "pool2"]
+    assert points["pool2"] == (1, 3, 2, widths["conv2_2"])
+    with pytest.raises(ValueError, match="through='relu6_1' is not a row"):
+        fcn_model.vgg19_body(fcn_model.ShapeLayers(), (1, 9, 7, 3), widths,
+                             pool_method="max", through="relu6_1")
