@@ -332,3 +332,41 @@ def test_vgg19_body_stops_at_its_row_and_refuses_an_unknown_one():
     with pytest.raises(ValueError, match="through='relu6_1' is not a row"):
         fcn_model.vgg19_body(fcn_model.ShapeLayers(), (1, 9, 7, 3), widths,
                              pool_method="max", through="relu6_1")
+
+
+class NameRecorder(fcn_model.ShapeLayers):
+    """ShapeLayers that records the layer name each primitive is given."""
+
+    def __init__(self):
+        super().__init__()
+        self.named = []
+
+    def _conv(self, net, kernel, bias, name):
+        self.named.append(name)
+        return super()._conv(net, kernel, bias, name)
+
+    def _upsample(self, net, kernel, bias, like, channels, stride, name):
+        self.named.append(name)
+        return super()._upsample(net, kernel, bias, like, channels, stride, name)
+
+    def _relu(self, net, name):
+        self.named.append(name)
+        return net
+
+    def _pool(self, net, method, name):
+        self.named.append(name)
+        return super()._pool(net, method, name)
+
+    def _add(self, a, b, name):
+        self.named.append(name)
+        return a
+
+
+@pytest.mark.parametrize("architecture,skips", VARIANTS)
+def test_every_primitive_gets_its_layer_s_name(architecture, skips):
+    # ONNX node names and the FLOP count's keys come from these names.
+    spec = variant_spec(architecture, skips)
+    recorder = fcn_model.trace(spec, layers=NameRecorder())
+    dropouts = {"drop6", "drop7"}
+    assert recorder.named == [name for name in recorder.end_points
+                              if name not in dropouts | {"centred"}]
