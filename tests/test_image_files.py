@@ -324,3 +324,26 @@ def test_write_json_atomic(tmp_path):
     with open(path, encoding="utf-8") as f:
         assert json.loads(f.read())["size"] == 3
     assert _listdir(tmp_path) == ["config.json"]
+
+
+@pytest.mark.parametrize("alpha,background", [(0.5, 0), (0.3, None), (0.77, 4), (1.0, 0),
+                                              (0.0, None)])
+def test_overlay_is_the_blend_formula_pixel_by_pixel(alpha, background):
+    rng = np.random.default_rng(7)
+    image = rng.integers(0, 256, (13, 7, 3), dtype=np.uint8)
+    label = rng.integers(0, 21, (13, 7))
+    palette = rng.integers(0, 256, (21, 3))
+    want = np.empty_like(image)
+    for i in range(13):
+        for j in range(7):
+            if label[i, j] == background:
+                want[i, j] = image[i, j]
+                continue
+            for c in range(3):
+                value = (1 - alpha) * float(image[i, j, c]) + alpha * float(palette[label[i, j], c])
+                want[i, j, c] = min(255, max(0, round(value)))   # round: halves to even
+    got = overlay(image, label, alpha=alpha, palette=palette, background=background)
+    assert got.dtype == np.uint8
+    np.testing.assert_array_equal(got, want)
+    with pytest.raises(ValueError, match="do not fit"):
+        overlay(image, np.full((13, 7), 300), palette=palette)
