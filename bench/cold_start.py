@@ -16,7 +16,7 @@ model cache there too (FCN_GRAPH_CACHE), then measures:
 - folders: images per second of `infer FOLDER` in steady state (from the
   time each image's line is printed, the first one left out) against the
   network alone (`Segmenter.run` on one decoded image, warmed up, in a loop),
-  for each engine.
+  for each engine, `--rounds` times in turn; the rates are the medians.
 """
 
 import argparse
@@ -155,27 +155,39 @@ def cold_starts(work, env, prefix, photo, engines):
     return rows
 
 
-def folder_rate(work, env, prefix, photo, folder, engine, network_calls):
+def folder_rate(work, env, prefix, photo, folder, engine, network_calls, rounds=1):
     """Images per second of `infer FOLDER` in steady state against the network
-    alone (`network_calls` calls on `photo`): a dict of both rates, their
-    ratio, the median network ms per image inside infer and whether the
-    ratio meets the goal. RuntimeError when a process fails."""
-    _, _, lines = measure(infer_command(folder, prefix, os.path.join(work, f"f_{engine}"),
-                                        engine), env)
-    stamps = [t for t, line in lines if " ms -> " in line]
-    rate = (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 2 else float("nan")
-    out = subprocess.run([sys.executable, "-c", NETWORK_ONLY, prefix, engine, photo,
-                          str(network_calls)], env=env, capture_output=True, text=True,
-                         cwd=CHECKOUT)
-    if out.returncode != 0:
-        tail = "\n".join(out.stderr.splitlines()[-5:])
-        raise RuntimeError(f"the network-only run ({engine}) failed ({out.returncode}):\n{tail}")
-    network_rate = 1.0 / float(out.stdout.strip().splitlines()[-1])
-    per_image = [float(m.group(1)) for _, line in lines
-                 for m in [re.search(r", (\d+) ms -> ", line)] if m]
+    alone (`network_calls` calls on `photo`), measured `rounds` times, one
+    after the other within each round (shared machines drift: a single pair
+    can be 15 % off either way). A dict of both rates (from the median
+    periods over the rounds), their ratio, each round's ratio, the median
+    network ms per image inside infer and whether the ratio meets the goal.
+    RuntimeError when a process fails."""
+    folder_periods, network_periods, per_image = [], [], []
+    for index in range(rounds):
+        out = os.path.join(work, f"f_{engine}_{index}")
+        _, _, lines = measure(infer_command(folder, prefix, out, engine), env)
+        shutil.rmtree(out, ignore_errors=True)
+        stamps = [t for t, line in lines if " ms -> " in line]
+        if len(stamps) < 3:
+            raise RuntimeError(f"infer {folder}: {len(stamps)} images done; expected at least 3")
+        folder_periods.append((stamps[-1] - stamps[0]) / (len(stamps) - 1))
+        per_image += [float(m.group(1)) for _, line in lines
+                      for m in [re.search(r", (\d+) ms -> ", line)] if m]
+        run = subprocess.run([sys.executable, "-c", NETWORK_ONLY, prefix, engine, photo,
+                              str(network_calls)], env=env, capture_output=True, text=True,
+                             cwd=CHECKOUT)
+        if run.returncode != 0:
+            tail = "\n".join(run.stderr.splitlines()[-5:])
+            raise RuntimeError(f"the network-only run ({engine}) failed ({run.returncode}):\n"
+                               f"{tail}")
+        network_periods.append(float(run.stdout.strip().splitlines()[-1]))
+    rate = 1.0 / statistics.median(folder_periods)
+    network_rate = 1.0 / statistics.median(network_periods)
     ratio = rate / network_rate
-    return {"engine": engine, "images": len(per_image), "folder_rate": rate,
-            "network_rate": network_rate, "ratio": ratio,
+    return {"engine": engine, "images": len(per_image) // rounds, "rounds": rounds,
+            "folder_rate": rate, "network_rate": network_rate, "ratio": ratio,
+            "round_ratios": [n / f for f, n in zip(folder_periods, network_periods)],
             "network_ms_in_infer": statistics.median(per_image) if per_image else float("nan"),
             "met": ratio >= GOAL_RATIO}
 
@@ -189,14 +201,17 @@ def main(argv=None):
                         help="JPEGs in the folder (default 100; 0 skips the folder figures)")
     parser.add_argument("--network-calls", type=int, default=10,
                         help="timed calls of the network alone (default 10)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="folder runs, each followed by the network alone; the medians "
+                             "count (default 3)")
     parser.add_argument("--width-multiplier", type=float, default=1.0,
                         help="VGG widths times this (default 1.0, the full VGG19)")
     parser.add_argument("--fc-width", type=int, default=4096, help="conv6/conv7 width")
     parser.add_argument("--num-classes", type=int, default=21)
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = parser.parse_args(argv)
-    if args.images < 0 or args.network_calls < 1:
-        parser.error("--images: expected 0 or more, --network-calls: 1 or more")
+    if args.images < 0 or args.network_calls < 1 or args.rounds < 1:
+        parser.error("--images: expected 0 or more, --network-calls and --rounds: 1 or more")
     engines = [e for e in args.engines.split(",") if e]
     unknown = sorted(set(engines) - {"tf", "onnxruntime"})
     if unknown:
@@ -219,11 +234,13 @@ def main(argv=None):
             print(f"folder of {args.images} 500x375 JPEGs, steady state (first image left out), "
                   "against the network alone:", flush=True)
             for engine in engines:
-                rate = folder_rate(work, env, prefix, photo, folder, engine, args.network_calls)
+                rate = folder_rate(work, env, prefix, photo, folder, engine, args.network_calls,
+                                   args.rounds)
                 print(f"  {engine:12s} folder {rate['folder_rate']:5.2f} img/s, network alone "
                       f"{rate['network_rate']:5.2f} img/s: {100 * rate['ratio']:5.1f} % "
                       f"(network {rate['network_ms_in_infer']:.0f} ms per image inside "
-                      f"infer){'  (goal met)' if rate['met'] else ''}", flush=True)
+                      f"infer; rounds {', '.join(f'{100 * r:.0f} %' for r in rate['round_ratios'])})"
+                      f"{'  (goal met)' if rate['met'] else ''}", flush=True)
     finally:
         if args.keep:
             print(f"kept {work}", file=sys.stderr)

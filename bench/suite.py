@@ -20,7 +20,8 @@ Parts, in this order (any but the header can be left out with --skip):
   cold       bench/cold_start.py: one 500x375 JPEG through `infer` (tf; onnxruntime with
              an empty cache, then a cache hit): wall s and peak GB (/usr/bin/time)
   folder     the same script's folder rate: images/s of `infer FOLDER` on the fastest
-             engine against the network alone
+             engine against the network alone, max(3, --rounds) times in turn (1 with
+             --quick), the medians
   tiles      bench/tiled_memory.py: a 6000x4000 image tiled (peak MiB over its first
              tiles, where the peak is reached), and 1024x768 tiled against whole
   goals      each goal as one line: the figure measured, the target, met or NOT met
@@ -69,6 +70,7 @@ QUICK_CASES = ("224_b1", "voc_b1")  # one case with peers, one without
 QUICK_WIDTH, QUICK_FC_WIDTH = 0.125, 256
 QUICK_FOLDER_IMAGES = 5  # the folder rate needs at least 3 (the first is left out)
 FOLDER_IMAGES = 100
+FOLDER_ROUNDS = 3  # folder runs, each beside the network alone: the medians count
 LARGE_MAX_TILES = 4  # 6000x4000: tiles run; every tile has the same size
 AGREEMENT_TILE = "864"  # bench/tiled_memory.py's 1024x768 agreement tile
 
@@ -199,9 +201,11 @@ def parse_args(argv=None):
     if args.quick:
         args.width_multiplier, args.fc_width = QUICK_WIDTH, QUICK_FC_WIDTH
         args.warmup, args.repeats, args.images, args.network_calls = 1, 2, QUICK_FOLDER_IMAGES, 2
+        args.folder_rounds = 1
     else:
         args.width_multiplier, args.fc_width = 1.0, 4096
         args.warmup, args.repeats, args.images, args.network_calls = 2, 5, FOLDER_IMAGES, 10
+        args.folder_rounds = max(FOLDER_ROUNDS, args.rounds)
     if args.work is not None:
         check_work_folder(args.work)
     return args
@@ -516,7 +520,8 @@ def run_cold(args, prefix, work, fastest):
         print(f"folder rate ({engine}, {images} images) ...", file=sys.stderr, flush=True)
         try:
             found["folder"] = cold_start.folder_rate(folder_work, env, prefix, photo, folder,
-                                                     engine, args.network_calls)
+                                                     engine, args.network_calls,
+                                                     args.folder_rounds)
         except (RuntimeError, OSError, ValueError, IndexError) as err:
             found["folder"] = {"engine": engine, "error": one_line(err)}
     return found
@@ -577,7 +582,8 @@ def run_suite(args):
                          "threads": threads, "versions": found_versions}
     results["settings"] = {
         "quick": args.quick, "rounds": args.rounds, "warmup": args.warmup,
-        "repeats": args.repeats, "width_multiplier": args.width_multiplier,
+        "repeats": args.repeats, "folder_rounds": args.folder_rounds,
+        "width_multiplier": args.width_multiplier,
         "fc_width": args.fc_width, "cases": args.cases, "skip": sorted(args.skip),
         "peer_python": args.peer_python, "peer_tf_python": args.peer_tf_python,
         "full_width": args.width_multiplier == 1.0 and args.fc_width == 4096,
@@ -965,7 +971,10 @@ def format_report(results):
         else:
             lines.append(f"folder of {folder['images']} 500x375 JPEGs, {folder['engine']}: "
                          f"{folder['folder_rate']:.2f} img/s against {folder['network_rate']:.2f} "
-                         f"network alone: {100 * folder['ratio']:.1f} %")
+                         f"network alone: {100 * folder['ratio']:.1f} %"
+                         + (f" (medians of {folder['rounds']} rounds: "
+                            f"{', '.join(f'{100 * r:.0f}' for r in folder['round_ratios'])} %)"
+                            if folder.get("rounds", 1) > 1 else ""))
     tiles = results.get("tiles")
     if tiles:
         lines.append("")

@@ -3,6 +3,7 @@ peers' plumbing (a fake peer python) and one small end-to-end run."""
 
 import json
 import stat
+import subprocess
 
 import pytest
 
@@ -374,3 +375,40 @@ def test_the_int8_variant_of_the_onnxruntime_engine():
     assert worker.onnx_path("/w/p", "int8") == "/w/p.int8.onnx"
     assert worker.onnx_path("/w/p") == "/w/p.onnx"
     assert suite.is_low_precision("onnxruntime-int8") and not suite.is_low_precision("tf")
+
+
+def test_folder_rate_takes_the_median_of_rounds_measured_in_turn(monkeypatch, tmp_path):
+    from bench import cold_start
+    # Round i: the folder run's images 0.5 s apart, then the network alone at
+    # the given seconds per call; the calls must alternate.
+    folder_periods, network_periods = [0.5, 0.9, 0.55], [0.45, 0.5, 0.85]
+    calls = []
+
+    def measure(command, env):
+        index = len([c for c in calls if c == "infer"])
+        calls.append("infer")
+        assert command[command.index("--output-dir") + 1].endswith(f"f_onnxruntime_{index}")
+        lines = [(10.0 + k * folder_periods[index], f"img{k}.jpg: 500x375, {700 + k} ms -> x")
+                 for k in range(5)]
+        return 1.0, 1, [(0.0, "checkpoint ...")] + lines
+
+    def run(command, **kwargs):
+        calls.append("network")
+        period = network_periods[len([c for c in calls if c == "network"]) - 1]
+        return subprocess.CompletedProcess(command, 0, stdout=f"warm\n{period}\n", stderr="")
+
+    monkeypatch.setattr(cold_start, "measure", measure)
+    monkeypatch.setattr(cold_start.subprocess, "run", run)
+    got = cold_start.folder_rate(str(tmp_path), {}, "w", "p.jpg", "dir", "onnxruntime", 10,
+                                 rounds=3)
+    assert calls == ["infer", "network"] * 3
+    assert got["rounds"] == 3 and got["images"] == 5
+    assert got["folder_rate"] == pytest.approx(1 / 0.55)
+    assert got["network_rate"] == pytest.approx(1 / 0.5)
+    assert got["ratio"] == pytest.approx(0.5 / 0.55) and got["met"] is False
+    assert got["round_ratios"] == pytest.approx([0.9, 0.5 / 0.9, 0.85 / 0.55])
+    assert got["network_ms_in_infer"] == 702
+    monkeypatch.setattr(cold_start, "measure", lambda command, env: (1.0, 1, lines_of_two))
+    lines_of_two = [(1.0, "a.jpg: 1x1, 5 ms -> a"), (2.0, "b.jpg: 1x1, 5 ms -> b")]
+    with pytest.raises(RuntimeError, match="2 images done; expected at least 3"):
+        cold_start.folder_rate(str(tmp_path), {}, "w", "p.jpg", "dir", "onnxruntime", 10)
