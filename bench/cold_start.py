@@ -16,7 +16,8 @@ model cache there too (FCN_GRAPH_CACHE), then measures:
 - folders: images per second of `infer FOLDER` in steady state (from the
   time each image's line is printed, the first one left out) against the
   network alone (`Segmenter.run` on one decoded image, warmed up, in a loop),
-  for each engine, `--rounds` times in turn; the rates are the medians.
+  for each engine: the folder split into `--rounds` folders, each run followed
+  by the network alone; the rates are the medians.
 """
 
 import argparse
@@ -155,22 +156,46 @@ def cold_starts(work, env, prefix, photo, engines):
     return rows
 
 
+def split_folder(folder, parts):
+    """`folder`'s files (sorted) linked (else copied) into `parts` sibling
+    folders FOLDER_0 ... of near-equal counts; their paths."""
+    names = sorted(os.listdir(folder))
+    if len(names) < 3 * parts:
+        raise ValueError(f"{folder}: {len(names)} images for {parts} rounds; expected at least "
+                         "3 a round")
+    paths = []
+    for index in range(parts):
+        part = f"{folder}_{index}"
+        shutil.rmtree(part, ignore_errors=True)
+        os.makedirs(part)
+        for name in names[index * len(names) // parts:(index + 1) * len(names) // parts]:
+            try:
+                os.link(os.path.join(folder, name), os.path.join(part, name))
+            except OSError:
+                shutil.copyfile(os.path.join(folder, name), os.path.join(part, name))
+        paths.append(part)
+    return paths
+
+
 def folder_rate(work, env, prefix, photo, folder, engine, network_calls, rounds=1):
     """Images per second of `infer FOLDER` in steady state against the network
-    alone (`network_calls` calls on `photo`), measured `rounds` times, one
-    after the other within each round (shared machines drift: a single pair
-    can be 15 % off either way). A dict of both rates (from the median
-    periods over the rounds), their ratio, each round's ratio, the median
-    network ms per image inside infer and whether the ratio meets the goal.
+    alone (`network_calls` calls on `photo`). With `rounds` > 1 the folder's
+    images are split into that many folders, and each folder's run is
+    followed by a network-only run: on a shared machine the speed drifts
+    over minutes (single pairs 15 % apart either way), so the two are
+    compared in short turns and by their medians. A dict of both rates (from
+    the median periods), their ratio, each round's ratio, the median network
+    ms per image inside infer and whether the ratio meets the goal.
     RuntimeError when a process fails."""
+    folders = split_folder(folder, rounds) if rounds > 1 else [folder]
     folder_periods, network_periods, per_image = [], [], []
-    for index in range(rounds):
+    for index, part in enumerate(folders):
         out = os.path.join(work, f"f_{engine}_{index}")
-        _, _, lines = measure(infer_command(folder, prefix, out, engine), env)
+        _, _, lines = measure(infer_command(part, prefix, out, engine), env)
         shutil.rmtree(out, ignore_errors=True)
         stamps = [t for t, line in lines if " ms -> " in line]
         if len(stamps) < 3:
-            raise RuntimeError(f"infer {folder}: {len(stamps)} images done; expected at least 3")
+            raise RuntimeError(f"infer {part}: {len(stamps)} images done; expected at least 3")
         folder_periods.append((stamps[-1] - stamps[0]) / (len(stamps) - 1))
         per_image += [float(m.group(1)) for _, line in lines
                       for m in [re.search(r", (\d+) ms -> ", line)] if m]
@@ -185,7 +210,7 @@ def folder_rate(work, env, prefix, photo, folder, engine, network_calls, rounds=
     rate = 1.0 / statistics.median(folder_periods)
     network_rate = 1.0 / statistics.median(network_periods)
     ratio = rate / network_rate
-    return {"engine": engine, "images": len(per_image) // rounds, "rounds": rounds,
+    return {"engine": engine, "images": len(per_image), "rounds": rounds,
             "folder_rate": rate, "network_rate": network_rate, "ratio": ratio,
             "round_ratios": [n / f for f, n in zip(folder_periods, network_periods)],
             "network_ms_in_infer": statistics.median(per_image) if per_image else float("nan"),
@@ -201,9 +226,9 @@ def main(argv=None):
                         help="JPEGs in the folder (default 100; 0 skips the folder figures)")
     parser.add_argument("--network-calls", type=int, default=10,
                         help="timed calls of the network alone (default 10)")
-    parser.add_argument("--rounds", type=int, default=3,
-                        help="folder runs, each followed by the network alone; the medians "
-                             "count (default 3)")
+    parser.add_argument("--rounds", type=int, default=10,
+                        help="the folder split into this many runs, each followed by the "
+                             "network alone; the medians count (default 10)")
     parser.add_argument("--width-multiplier", type=float, default=1.0,
                         help="VGG widths times this (default 1.0, the full VGG19)")
     parser.add_argument("--fc-width", type=int, default=4096, help="conv6/conv7 width")

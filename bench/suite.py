@@ -20,8 +20,8 @@ Parts, in this order (any but the header can be left out with --skip):
   cold       bench/cold_start.py: one 500x375 JPEG through `infer` (tf; onnxruntime with
              an empty cache, then a cache hit): wall s and peak GB (/usr/bin/time)
   folder     the same script's folder rate: images/s of `infer FOLDER` on the fastest
-             engine against the network alone, max(3, --rounds) times in turn (1 with
-             --quick), the medians
+             engine against the network alone: the 100 images in 10 folders, each run
+             followed by the network alone, the medians (one folder of 5 with --quick)
   tiles      bench/tiled_memory.py: a 6000x4000 image tiled (peak MiB over its first
              tiles, where the peak is reached), and 1024x768 tiled against whole
   goals      each goal as one line: the figure measured, the target, met or NOT met
@@ -70,7 +70,7 @@ QUICK_CASES = ("224_b1", "voc_b1")  # one case with peers, one without
 QUICK_WIDTH, QUICK_FC_WIDTH = 0.125, 256
 QUICK_FOLDER_IMAGES = 5  # the folder rate needs at least 3 (the first is left out)
 FOLDER_IMAGES = 100
-FOLDER_ROUNDS = 3  # folder runs, each beside the network alone: the medians count
+FOLDER_ROUNDS = 10  # the folder in 10 runs, each followed by the network alone: medians
 LARGE_MAX_TILES = 4  # 6000x4000: tiles run; every tile has the same size
 AGREEMENT_TILE = "864"  # bench/tiled_memory.py's 1024x768 agreement tile
 
@@ -205,7 +205,7 @@ def parse_args(argv=None):
     else:
         args.width_multiplier, args.fc_width = 1.0, 4096
         args.warmup, args.repeats, args.images, args.network_calls = 2, 5, FOLDER_IMAGES, 10
-        args.folder_rounds = max(FOLDER_ROUNDS, args.rounds)
+        args.folder_rounds = FOLDER_ROUNDS
     if args.work is not None:
         check_work_folder(args.work)
     return args

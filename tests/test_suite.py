@@ -2,6 +2,7 @@
 peers' plumbing (a fake peer python) and one small end-to-end run."""
 
 import json
+import os
 import stat
 import subprocess
 
@@ -377,38 +378,51 @@ def test_the_int8_variant_of_the_onnxruntime_engine():
     assert suite.is_low_precision("onnxruntime-int8") and not suite.is_low_precision("tf")
 
 
-def test_folder_rate_takes_the_median_of_rounds_measured_in_turn(monkeypatch, tmp_path):
+def test_folder_rate_splits_the_folder_into_rounds_beside_the_network(monkeypatch, tmp_path):
     from bench import cold_start
-    # Round i: the folder run's images 0.5 s apart, then the network alone at
-    # the given seconds per call; the calls must alternate.
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for k in range(16):
+        (folder / f"img{k:03d}.jpg").write_bytes(bytes([k]))
+    # Round i: the folder run's images `folder_periods[i]` s apart, then the
+    # network alone at `network_periods[i]` s a call; the runs must alternate.
     folder_periods, network_periods = [0.5, 0.9, 0.55], [0.45, 0.5, 0.85]
-    calls = []
+    calls, seen = [], []
 
     def measure(command, env):
-        index = len([c for c in calls if c == "infer"])
+        index = calls.count("infer")
         calls.append("infer")
+        part = command[command.index("fcn_graph.infer") + 1]
         assert command[command.index("--output-dir") + 1].endswith(f"f_onnxruntime_{index}")
-        lines = [(10.0 + k * folder_periods[index], f"img{k}.jpg: 500x375, {700 + k} ms -> x")
-                 for k in range(5)]
+        names = sorted(os.listdir(part))
+        seen.extend((folder / name).read_bytes() == (tmp_path / part / name).read_bytes()
+                    for name in names)
+        lines = [(10.0 + k * folder_periods[index], f"{name}: 500x375, {700 + k} ms -> x")
+                 for k, name in enumerate(names)]
         return 1.0, 1, [(0.0, "checkpoint ...")] + lines
 
     def run(command, **kwargs):
         calls.append("network")
-        period = network_periods[len([c for c in calls if c == "network"]) - 1]
+        period = network_periods[calls.count("network") - 1]
         return subprocess.CompletedProcess(command, 0, stdout=f"warm\n{period}\n", stderr="")
 
     monkeypatch.setattr(cold_start, "measure", measure)
     monkeypatch.setattr(cold_start.subprocess, "run", run)
-    got = cold_start.folder_rate(str(tmp_path), {}, "w", "p.jpg", "dir", "onnxruntime", 10,
-                                 rounds=3)
+    got = cold_start.folder_rate(str(tmp_path), {}, "w", "p.jpg", str(folder), "onnxruntime",
+                                 10, rounds=3)
     assert calls == ["infer", "network"] * 3
-    assert got["rounds"] == 3 and got["images"] == 5
+    assert len(seen) == 16 and all(seen)                # every image once: 5, 5, 6
+    assert sorted(len(os.listdir(f"{folder}_{i}")) for i in range(3)) == [5, 5, 6]
+    assert got["rounds"] == 3 and got["images"] == 16
     assert got["folder_rate"] == pytest.approx(1 / 0.55)
     assert got["network_rate"] == pytest.approx(1 / 0.5)
     assert got["ratio"] == pytest.approx(0.5 / 0.55) and got["met"] is False
     assert got["round_ratios"] == pytest.approx([0.9, 0.5 / 0.9, 0.85 / 0.55])
     assert got["network_ms_in_infer"] == 702
-    monkeypatch.setattr(cold_start, "measure", lambda command, env: (1.0, 1, lines_of_two))
+    with pytest.raises(ValueError, match="16 images for 6 rounds; expected at least 3 a round"):
+        cold_start.folder_rate(str(tmp_path), {}, "w", "p.jpg", str(folder), "onnxruntime", 10,
+                               rounds=6)
     lines_of_two = [(1.0, "a.jpg: 1x1, 5 ms -> a"), (2.0, "b.jpg: 1x1, 5 ms -> b")]
+    monkeypatch.setattr(cold_start, "measure", lambda command, env: (1.0, 1, lines_of_two))
     with pytest.raises(RuntimeError, match="2 images done; expected at least 3"):
-        cold_start.folder_rate(str(tmp_path), {}, "w", "p.jpg", "dir", "onnxruntime", 10)
+        cold_start.folder_rate(str(tmp_path), {}, "w", "p.jpg", str(folder), "onnxruntime", 10)
