@@ -397,8 +397,8 @@ def fcn(images, spec, *, keep_prob=1.0, mean_pixel=VGG_MEAN_RGB, kernels="auto",
     keep_prob: dropout keep probability after conv6 and conv7 (a float or a
         scalar tensor; 1.0 for inference, TRAIN_KEEP_PROB for training).
     mean_pixel: mean subtracted from the images inside the graph (3 numbers,
-        ints or floats of any width; the constant "inference/mean_pixel",
-        float32).
+        ints or floats of any width; the float32 constant "mean_pixel" of
+        the model's name scope, "inference/mean_pixel" in a first build).
     kernels: the kernel set ("reference", "cpu", or "auto": by device).
 
     Variables are created (or reused, under AUTO_REUSE) in variable scope
