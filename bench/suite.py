@@ -494,7 +494,7 @@ def best_peer(case_rows):
 
 def run_cold(args, prefix, work, fastest):
     """Cold start of every engine, and the folder rate of `fastest` (the
-    fastest network of the run; None: tf)."""
+    fastest network of the run, else the default engine; None: tf)."""
     from bench import cold_start
     folder_work = os.path.join(work, "cold")
     shutil.rmtree(folder_work, ignore_errors=True)
@@ -631,8 +631,9 @@ def run_suite(args):
             add_ratios(training)
             results["training"] = training
         if not args.skip >= {"cold", "folder"}:
+            # the fastest network of the run, else what `infer` runs by default
             results.update(run_cold(args, prefix, work, fastest_engine(
-                results.get("inference", {}))))
+                results.get("inference", {})) or results["settings"]["default_engine"]))
         if "tiles" not in args.skip:
             results["tiles"] = run_tiles(args, prefix, work)
     finally:

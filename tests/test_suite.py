@@ -366,6 +366,21 @@ def test_quick_run_end_to_end(tmp_path, monkeypatch, capsys):
     suite.check_work_folder(str(tmp_path / "work"))
 
 
+def test_folder_rate_without_inference_uses_the_default_engine(tmp_path, monkeypatch):
+    monkeypatch.setattr(suite, "choose_engine", lambda requested: ("onnxruntime", "auto"))
+    given = []
+
+    def run_cold(args, prefix, work, fastest):
+        given.append(fastest)
+        return {}
+
+    monkeypatch.setattr(suite, "run_cold", run_cold)
+    argv = ["--quick", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "s.json"),
+            "--skip", "peers,sgemm,inference,training,tiles"]
+    assert suite.main(argv) == 0
+    assert given == ["onnxruntime"]
+
+
 def test_the_int8_variant_of_the_onnxruntime_engine():
     from bench import cases, worker
     assert cases.variant_settings("onnxruntime-int8") == ("onnxruntime", {"precision": "int8"}, {})
