@@ -155,3 +155,23 @@ def test_the_report_names_the_cpu_features_and_choices(tmp_path, monkeypatch, cp
     line = report.format_report({"machine": machine, "results": []}).splitlines()[0]
     assert f"flags {features};" in line and "oneDNN off" in line
     assert f"bfloat16 {bf16}; int8 {int8}" in line
+
+
+def test_optimizer_update_ceiling_and_a_tiny_run(capsys):
+    from bench import optimizer_update
+    # 300 GFLOP at 300 GFLOP/s is 1 s of convolutions; a 0.25 s update makes the
+    # step 1.25 s: 240 GFLOP/s, 80 % of sgemm.
+    assert optimizer_update.ceiling(300.0, 300.0, 0.25) == pytest.approx(0.8)
+    assert optimizer_update.ceiling(300.0, 300.0, 0.0) == pytest.approx(1.0)
+    assert optimizer_update.main(["--width-multiplier", "0.125", "--fc-width", "8",
+                                  "--num-classes", "3", "--repeats", "1", "--sgemm", "50",
+                                  "--step-gflop", "5"]) == 0
+    out = capsys.readouterr().out
+    shapes = model.variable_shapes(3, vgg_widths=model.scaled_vgg_widths(0.125),
+                                       fc_width=8)
+    count = sum(int(np.prod(shape)) for shape in shapes.values())
+    assert f"adam update over {count / 1e6:.1f} M weights" in out
+    assert f"{count * 4 * 7 / 1e9:.2f} GB moved" in out
+    assert "a step of 5.0 GFLOP at sgemm 50.0 GFLOP/s: at most" in out
+    with pytest.raises(SystemExit):
+        optimizer_update.main(["--repeats", "0"])
