@@ -16,7 +16,6 @@ import argparse
 import os
 import statistics
 import sys
-import time
 
 import numpy as np
 
@@ -31,6 +30,7 @@ def time_update(optimizer, shapes, repeats, warmup=2):
     (gradients held in variables of their own, so that only the update runs)."""
     import tensorflow as tf
 
+    from bench import worker
     from fcn_graph.training import make_optimizer
     tf1 = tf.compat.v1
     graph = tf.Graph()
@@ -44,13 +44,7 @@ def time_update(optimizer, shapes, repeats, warmup=2):
         init = tf1.global_variables_initializer()
     with tf1.Session(graph=graph) as sess:
         sess.run(init)
-        for _ in range(warmup):
-            sess.run(update)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            sess.run(update)
-            times.append(time.perf_counter() - start)
+        _, times = worker.time_calls(lambda: sess.run(update), warmup=warmup, repeats=repeats)
     return statistics.median(times)
 
 
