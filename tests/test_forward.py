@@ -4,10 +4,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from npref import fcn8s_legacy_forward
-from tfutil import build_graph, random_values
+from tfutil import build_graph, run_random
 from tinyvgg import TINY_MEAN, TINY_WIDTHS
 
-from fcn_graph import checkpoint
 from fcn_graph import model as fcn_model
 
 tf1 = tf.compat.v1
@@ -18,13 +17,10 @@ def test_graph_matches_numpy_forward(shape):
     spec = fcn_model.ModelSpec(num_classes=4, fc_width=6, vgg_widths=tuple(TINY_WIDTHS.values()),
                                mean_pixel=TINY_MEAN)
     graph, images, logits, _, end_points, variables = build_graph(spec)
-    values = random_values(variables, seed=sum(shape))
     x = np.random.default_rng(1).uniform(0, 255, shape + (3,)).astype(np.float32)
-    with tf1.Session(graph=graph) as sess:
-        checkpoint.assign_arrays(sess, variables, values)
-        got, pool5, fuse_2 = sess.run([logits, end_points["pool5"], end_points["fuse_2"]],
-                                      {images: x})
-    weights = {name.split("/")[1]: a.astype(np.float64) for name, a in values.items()}
+    (got, pool5, fuse_2), weights = run_random(
+        graph, images, variables, [logits, end_points["pool5"], end_points["fuse_2"]], x,
+        seed=sum(shape))
     want, ref_points = fcn8s_legacy_forward(x.astype(np.float64), weights, TINY_MEAN)
     assert got.shape == want.shape
     scale = np.abs(want).max()
@@ -45,13 +41,10 @@ def test_reference_kernels_match_numpy_forward(shape):
     graph, images, logits, _, end_points, variables = build_graph(spec, kernels="reference")
     op_types = [op.type for op in graph.get_operations()]
     assert op_types.count("Conv2DBackpropInput") == 3
-    values = random_values(variables, seed=sum(shape) + 1)
     x = np.random.default_rng(4).uniform(0, 255, shape + (3,)).astype(np.float32)
-    with tf1.Session(graph=graph) as sess:
-        checkpoint.assign_arrays(sess, variables, values)
-        got, conv7, fuse_1 = sess.run([logits, end_points["conv7"], end_points["fuse_1"]],
-                                      {images: x})
-    weights = {name.split("/")[1]: a.astype(np.float64) for name, a in values.items()}
+    (got, conv7, fuse_1), weights = run_random(
+        graph, images, variables, [logits, end_points["conv7"], end_points["fuse_1"]], x,
+        seed=sum(shape) + 1)
     want, ref_points = fcn8s_legacy_forward(x.astype(np.float64), weights, TINY_MEAN)
     scale = np.abs(want).max()
     assert got.shape == want.shape and scale > 1e-3

@@ -5,10 +5,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from npref import fcn_paper_forward
-from tfutil import build_graph, random_values
+from tfutil import build_graph, run_random
 from tinyvgg import TINY_MEAN, TINY_WIDTHS
 
-from fcn_graph import checkpoint
 from fcn_graph import model as fcn_model
 
 tf1 = tf.compat.v1
@@ -142,12 +141,9 @@ def test_paper_logits_have_the_input_size(paper_graph):
 
 def test_paper_matches_numpy_forward(paper_graph):
     spec, graph, images, logits, _, end_points, variables = paper_graph
-    values = random_values(variables, seed=3)
     x = np.random.default_rng(2).uniform(0, 255, (2, 37, 45, 3)).astype(np.float32)
-    with tf1.Session(graph=graph) as sess:
-        checkpoint.assign_arrays(sess, variables, values)
-        got, pool5 = sess.run([logits, end_points["pool5"]], {images: x})
-    weights = {name.split("/")[1]: a.astype(np.float64) for name, a in values.items()}
+    (got, pool5), weights = run_random(graph, images, variables,
+                                       [logits, end_points["pool5"]], x, seed=3)
     want, ref = fcn_paper_forward(x, weights, TINY_MEAN, skips=spec.skips)
     scale = np.abs(want).max()
     assert got.shape == want.shape and scale > 1e-3
@@ -267,12 +263,10 @@ def test_paper_reference_kernels_match_numpy_forward(skips, shape):
     graph, images, logits, _, end_points, variables = build_graph(spec, kernels="reference")
     op_types = [op.type for op in graph.get_operations()]
     assert op_types.count("Conv2DBackpropInput") == {"32s": 1, "16s": 2, "8s": 3}[skips]
-    values = random_values(variables, seed=len(skips) + shape[1])
     x = np.random.default_rng(5).uniform(0, 255, shape + (3,)).astype(np.float32)
-    with tf1.Session(graph=graph) as sess:
-        checkpoint.assign_arrays(sess, variables, values)
-        got, score_fr = sess.run([logits, end_points["score_fr"]], {images: x})
-    weights = {name.split("/")[1]: a.astype(np.float64) for name, a in values.items()}
+    (got, score_fr), weights = run_random(graph, images, variables,
+                                          [logits, end_points["score_fr"]], x,
+                                          seed=len(skips) + shape[1])
     want, ref = fcn_paper_forward(x, weights, TINY_MEAN, skips=skips)
     scale = np.abs(want).max()
     assert got.shape == want.shape and scale > 1e-3

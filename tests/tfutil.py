@@ -3,6 +3,7 @@
 import numpy as np
 import tensorflow as tf
 
+from fcn_graph import checkpoint
 from fcn_graph import model as fcn_model
 
 tf1 = tf.compat.v1
@@ -32,3 +33,14 @@ def random_values(variables, seed=0, scale=0.3):
     rng = np.random.default_rng(seed)
     return {name: (rng.standard_normal(v.shape.as_list()) * scale).astype(np.float32)
             for name, v in variables.items()}
+
+
+def run_random(graph, images, variables, fetches, x, seed):
+    """Assign `random_values(variables, seed)` and run `fetches` on the images
+    `x`; returns (the fetched values, the weights as float64 by their short
+    names, for the NumPy reference)."""
+    values = random_values(variables, seed=seed)
+    with tf1.Session(graph=graph) as sess:
+        checkpoint.assign_arrays(sess, variables, values)
+        got = sess.run(fetches, {images: x})
+    return got, {name.split("/")[1]: a.astype(np.float64) for name, a in values.items()}
