@@ -237,6 +237,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.images < 0 or args.network_calls < 1 or args.rounds < 1:
         parser.error("--images: expected 0 or more, --network-calls and --rounds: 1 or more")
+    if 0 < args.images < 3 * args.rounds:
+        parser.error(f"--images {args.images} for --rounds {args.rounds}: expected at least 3 "
+                     "images a round")
     engines = [e for e in args.engines.split(",") if e]
     unknown = sorted(set(engines) - {"tf", "onnxruntime"})
     if unknown:

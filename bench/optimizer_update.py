@@ -73,6 +73,9 @@ def main(argv=None):
             args.width_multiplier <= 0:
         parser.error("--repeats, --num-classes, --fc-width: expected 1 or more; "
                      "--width-multiplier: expected more than 0")
+    for flag, value in (("--step-gflop", args.step_gflop), ("--sgemm", args.sgemm)):
+        if value is not None and not value > 0:
+            parser.error(f"{flag}: expected a number above 0, found {value}")
     from bench import worker
     from fcn_graph import flops
     from fcn_graph import model as fcn_model

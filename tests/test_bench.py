@@ -173,5 +173,7 @@ def test_optimizer_update_ceiling_and_a_tiny_run(capsys):
     assert f"adam update over {count / 1e6:.1f} M weights" in out
     assert f"{count * 4 * 7 / 1e9:.2f} GB moved" in out
     assert "a step of 5.0 GFLOP at sgemm 50.0 GFLOP/s: at most" in out
-    with pytest.raises(SystemExit):
-        optimizer_update.main(["--repeats", "0"])
+    for argv in (["--repeats", "0"], ["--sgemm", "0"], ["--step-gflop", "-1"]):
+        with pytest.raises(SystemExit):
+            optimizer_update.main(argv)
+    assert "--sgemm: expected a number above 0, found 0.0" in capsys.readouterr().err

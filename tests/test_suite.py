@@ -366,6 +366,14 @@ def test_quick_run_end_to_end(tmp_path, monkeypatch, capsys):
     suite.check_work_folder(str(tmp_path / "work"))
 
 
+def test_cold_start_refuses_fewer_than_3_images_a_round(capsys):
+    from bench import cold_start
+    with pytest.raises(SystemExit):
+        cold_start.main(["--images", "20", "--rounds", "10"])
+    assert "--images 20 for --rounds 10: expected at least 3 images a round" in \
+        capsys.readouterr().err
+
+
 def test_folder_rate_without_inference_uses_the_default_engine(tmp_path, monkeypatch):
     monkeypatch.setattr(suite, "choose_engine", lambda requested: ("onnxruntime", "auto"))
     given = []
