@@ -121,8 +121,7 @@ def run_benchmark(args):
         for case in cases:
             batch, height, width, training = CASES[case]
             for variant in variants:
-                if training and (variant_settings(variant)[0] != "tf"
-                                 or "inter2" in variant or "bf16" in variant):
+                if training and (variant_settings(variant)[0] != "tf" or "inter2" in variant):
                     continue
                 record = _run_one(args, work, prefix, variant, case, peak)
                 if not training and record.get("logits_file"):

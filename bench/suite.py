@@ -65,6 +65,7 @@ WORK_MARK = ".fcn_suite_work"  # marks a --work folder as the suite's own
 PARTS = ("sgemm", "inference", "peers", "training", "cold", "folder", "tiles")
 INFERENCE_CASES = ("224_b1", "512_b1", "224_b8", "voc_b1")
 TRAINING_CASE = "train_b2"
+TRAINING_VARIANTS = ("tf", "tf-bf16")  # train.precision float32 and bfloat16
 QUICK_CASES = ("224_b1", "voc_b1")  # one case with peers, one without
 # --quick: VGG widths x QUICK_WIDTH, conv6/conv7 QUICK_FC_WIDTH channels
 QUICK_WIDTH, QUICK_FC_WIDTH = 0.125, 256
@@ -626,7 +627,9 @@ def run_suite(args):
                 add_ratios(case_rows)
             results["inference"] = inference
         if "training" not in args.skip:
-            training = run_contenders(args, hargs, work, prefix, peers, [TRAINING_CASE], ["tf"],
+            # float32, and bfloat16 (train.precision) where the CPU has the units
+            training = run_contenders(args, hargs, work, prefix, peers, [TRAINING_CASE],
+                                      [v for v in variants if v in TRAINING_VARIANTS],
                                       sgemm_ok, "training")[TRAINING_CASE]
             add_ratios(training)
             results["training"] = training
@@ -860,6 +863,25 @@ def goals(results):
         found.append(_goal(goal, f"{100 * ours['sgemm_fraction']:.0f} % "
                                  f"({ours['gflops']:.0f} GFLOP/s)", target,
                            comparable(_met(ours["sgemm_fraction"] >= TRAIN_SGEMM))))
+    bf16 = (training or {}).get("ours", {}).get("tf-bf16")
+    goal = "training step in bfloat16 (train.precision), vs the best peer and FP32 sgemm"
+    target = f"< 1.00x and >= {100 * TRAIN_SGEMM:.0f} %{bench_report.FP32_MARK}"
+    if bf16 is None or "error" in bf16:
+        why = ("training skipped" if training is None
+               else (bf16 or {}).get("error", results.get("not_run", {}).get(
+                   "tf-bf16", "no figure")))
+        found.append(_goal(goal, f"not measured ({why})", target, "not measured"))
+    elif peer is None or "sgemm_fraction" not in bf16:
+        why = _peer_absence(results) if peer is None else "no sgemm figure"
+        found.append(_goal(goal, f"not measured ({why})", target, "not measured"))
+    else:
+        ratio = bf16["median_ms"] / peer[1]["median_ms"]
+        found.append(_goal(goal, f"tf-bf16 {bf16['median_ms']:.0f} ms, {ratio:.2f}x of peer "
+                                 f"{peer[0]}, {100 * bf16['sgemm_fraction']:.0f} %"
+                                 f"{bench_report.FP32_MARK} "
+                                 f"({bf16['gflops']:.0f} GFLOP/s)", target,
+                           comparable(_met(ratio < 1.0 and bf16["sgemm_fraction"]
+                                           >= TRAIN_SGEMM))))
     return found
 
 
@@ -948,13 +970,14 @@ def format_report(results):
                              "rounds)", case_rows, results.get("not_run", {}), unavailable,
                              PEER_CASES[case])
         low = low or any(r.get("low_precision") for r in case_rows["ours"].values())
-    if low:
-        lines.append(bench_report.FP32_NOTE)
     training = results.get("training")
     if training:
         lines.append("")
         lines += format_case("training 224x224 b2 (ms per Adam step)", training, {},
                              unavailable, True)
+        low = low or any(r.get("low_precision") for r in training["ours"].values())
+    if low:
+        lines.append(bench_report.FP32_NOTE)
     cold = results.get("cold_start")
     if cold:
         lines.append("")

@@ -247,8 +247,9 @@ def run_training_case(args, case):
         others = [v for v in tf1.global_variables() if v.op.name not in variables]
         init_others = tf1.variables_initializer(others)
         graph.finalize()
-    session = tf1.Session(graph=graph, config=session_config(args.threads,
-                                                             xla=options.get("xla", False)))
+    session = tf1.Session(graph=graph, config=session_config(
+        args.threads, xla=options.get("xla", False),
+        precision=options.get("precision", "float32")))
     checkpoint.restore_model(session, args.prefix, variables, saver=saver)
     session.run(init_others)
     result = {"load_peak_mib": reset_peak_memory()}

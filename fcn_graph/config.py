@@ -19,7 +19,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from fcn_graph.constants import KERNELS, TRAIN_KEEP_PROB
+from fcn_graph.constants import KERNELS, TRAIN_KEEP_PROB, TRAIN_PRECISIONS
 from fcn_graph.errors import UserError
 from fcn_graph.fileio import NotARegularFile, kind_of, read_regular_file, write_json_atomic
 from fcn_graph.spec import FC_WIDTH, check_variant
@@ -133,6 +133,10 @@ class TrainConfig:
     summary_images: int = 3
     # Threads for TensorFlow ops; null = the number of CPU cores.
     threads: Optional[int] = None
+    # float32, or bfloat16: the convolutions and matrix products run in bfloat16
+    # through oneDNN (CPUs with bfloat16 units: avx512_bf16 or amx_bf16), while
+    # the variables, the loss, the optimizer and the checkpoints stay float32.
+    precision: str = "float32"
     # Devices of this machine that train side by side, each on an equal part of
     # the batch (e.g. ["GPU:0", "GPU:1"]); null = every visible GPU, else CPU:0.
     devices: Optional[List[str]] = None
@@ -482,6 +486,7 @@ def _validate(config, sources, default_source="config"):
     positive("train.summary_images", t.summary_images, allow_zero=True)
     if t.threads is not None:
         positive("train.threads", t.threads)
+    one_of("train.precision", t.precision, TRAIN_PRECISIONS)
     if t.devices is not None:
         if not t.devices:
             fail("train.devices", "expected a list of devices like [\"GPU:0\", \"GPU:1\"] or "

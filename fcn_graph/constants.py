@@ -42,6 +42,9 @@ PRECISIONS = ("float32", "bfloat16", "float16")
 # What `--precision` of infer and evaluate accepts: those, and int8 (ONNX
 # Runtime, a model quantized by `fcn_graph.quantize`).
 INFERENCE_PRECISIONS = PRECISIONS + ("int8",)
+# What train.precision accepts: float32, or bfloat16 through oneDNN on a CPU
+# with bfloat16 units (`session.session_config`).
+TRAIN_PRECISIONS = ("float32", "bfloat16")
 # What `python -m fcn_graph.export` writes (`exporting.EXPORTERS`).
 EXPORT_FORMATS = ("savedmodel", "frozen", "onnx")
 

@@ -414,7 +414,7 @@ def apply_onednn(task, *, threads=None, require=False, environ=None, warn=None):
         environ[ONEDNN_ENV] = "1" if value else "0"
         if require and not choices.onednn:
             values = dataclasses.asdict(choices)
-            values["sources"][f"onednn_{task}"] = "needed by --precision bfloat16"
+            values["sources"][f"onednn_{task}"] = "needed by bfloat16"
             values[f"onednn_{task}"] = True
             choices = Choices(**values)
     return choices

@@ -76,12 +76,14 @@ def has_int8_units(features):
     return any(flag in features for flag in INT8_FLAGS)
 
 
-def check_precision(precision, features=None, *, warn=None):
+def check_precision(precision, features=None, *, warn=None, setting="--precision",
+                    instead="use --precision float32 (or int8)"):
     """Raise a UserError for `--precision bfloat16` on a CPU without bfloat16
     units (`features`: a set of cpuinfo flags, default `cpu_features()`); for
     `--precision int8` without int8 dot-product units, call `warn(message)`
     (default: print to stderr) and go on: it runs, only slower. Returns the
-    flags found that serve the precision."""
+    flags found that serve the precision. `setting` and `instead` name the
+    flag or config key in the messages, and what to do instead."""
     if precision not in ("bfloat16", "int8"):
         return ()
     features = cpu_features() if features is None else features
@@ -91,10 +93,10 @@ def check_precision(precision, features=None, *, warn=None):
     if precision == "bfloat16":
         found = tuple(flag for flag in BF16_FLAGS if flag in features)
         if not found:
-            raise UserError(f"--precision bfloat16: this CPU has no bfloat16 units (no "
+            raise UserError(f"{setting} bfloat16: this CPU has no bfloat16 units (no "
                             f"{' or '.join(BF16_FLAGS)} in {CPUINFO_PATH}); emulated bfloat16 "
-                            f"runs about {BF16_EMULATED_SLOWDOWN}x slower than float32, so use "
-                            "--precision float32 (or int8)")
+                            f"runs about {BF16_EMULATED_SLOWDOWN}x slower than float32, so "
+                            f"{instead}")
         return found
     found = tuple(flag for flag in INT8_FLAGS if flag in features)
     if not found:

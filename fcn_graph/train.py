@@ -13,6 +13,8 @@ there but none reads, it stops rather than start over). Ctrl-C or SIGTERM
 saves a checkpoint and exits; a second signal during that save is ignored. A
 non-finite loss, a full disk or an unwritable file stops the run with one
 line, keeping the last good checkpoint. One run at a time per log directory.
+With train.precision bfloat16 (CPUs with bfloat16 units), the convolutions
+and products run in bfloat16 through oneDNN; the weights stay float32.
 
 With TF_CONFIG naming several tasks (fcn_graph.distributed), every task runs
 this same command and they train synchronously: each on its shard of the
@@ -43,7 +45,8 @@ def main(argv=None):
                          "training never starts from the built-in defaults alone")
     config = load_config(args.config, args.overrides)
     # before TensorFlow loads: it reads TF_ENABLE_ONEDNN_OPTS once
-    cpu_choice.apply_onednn("training", threads=config.train.threads)
+    cpu_choice.apply_onednn("training", threads=config.train.threads,
+                            require=config.train.precision == "bfloat16")
     tflog.load_tensorflow()
     from fcn_graph.training import train
 

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from fcn_graph import checkpoint, datasets, distributed, image_files, runlock
+from fcn_graph import checkpoint, cpuinfo, datasets, distributed, image_files, runlock
 from fcn_graph import model as fcn_model
 from fcn_graph.config import save_resolved_config
 from fcn_graph.constants import IGNORE_LABEL
@@ -22,7 +22,7 @@ from fcn_graph.evaluation import Evaluator, build_model
 from fcn_graph.fileio import write_json_atomic
 from fcn_graph.metrics import format_metrics, format_value, metrics_record
 from fcn_graph.progress import Progress
-from fcn_graph.session import session_config
+from fcn_graph.session import onednn_enabled, session_config
 from fcn_graph.spec import VGG19_CONVS, ModelSpec, scaled_vgg_widths
 
 tf1 = tf.compat.v1
@@ -177,6 +177,7 @@ def train(config, *, exiting=False, environ=None):
     returns or raises (the command line), so once a signal has stopped the run,
     further signals stay ignored to the end instead of killing it halfway
     through its exit."""
+    check_precision(config.train)
     cluster = distributed.from_environment(environ)
     if cluster is not None and cluster.size == 1:
         print(f"{distributed.ENV} names one task: training on this machine alone",
@@ -187,6 +188,26 @@ def train(config, *, exiting=False, environ=None):
     _prepare_log_dir(config.train.log_dir)
     with runlock.locked_log_dir(config.train.log_dir):
         return _train(config, exiting, cluster)
+
+
+def check_precision(t):
+    """A UserError naming train.precision when this machine cannot train in it:
+    bfloat16 is grappler's oneDNN auto mixed precision, so it needs oneDNN on
+    and a CPU with bfloat16 units, and the ops on that CPU."""
+    if t.precision != "bfloat16":
+        return
+    gpus = tf.config.list_physical_devices("GPU")
+    on_gpu = [name for name in t.devices or [] if ":GPU:" in name]
+    if on_gpu or (gpus and not t.devices):
+        raise UserError(f"train.precision: bfloat16 runs on the CPU through oneDNN, but "
+                        f"training would run on {on_gpu[0] if on_gpu else 'GPU:0'}; set "
+                        f"train.precision to float32, or train.devices to [\"CPU:0\"]")
+    cpuinfo.check_precision("bfloat16", setting="train.precision:",
+                            instead="set train.precision to float32")
+    if not onednn_enabled():
+        raise UserError("train.precision: bfloat16 needs TensorFlow's oneDNN kernels, which "
+                        "are off; set TF_ENABLE_ONEDNN_OPTS=1 in the environment (or "
+                        "train.precision to float32)")
 
 
 def resolve_devices(configured):
@@ -426,7 +447,7 @@ def _all_reduce_flat(collectives, grads, totals):
 def _session_config(t, devices):
     """The session settings of train.threads, with enough CPU devices for
     train.devices (CPU:1 and up are extra logical devices)."""
-    config = session_config(t.threads)
+    config = session_config(t.threads, precision=t.precision)
     cpus = [int(name.split(":")[-1]) for name in devices or [] if ":CPU:" in name]
     if cpus and max(cpus) > 0:
         config.device_count["CPU"] = max(cpus) + 1
@@ -549,6 +570,8 @@ class TrainingRun:
         if self.devices:
             line += (f", {t.batch_size // len(self.devices)} per device on "
                      f"{', '.join(d for d in self.devices if d) or 'the default device'}")
+        if t.precision != "float32":
+            line += f", {t.precision} (weights float32)"
         return line
 
     def step_run(self, fetches, feed_dict=None, *, when):

@@ -98,7 +98,7 @@ def test_apply_onednn_sets_the_choice_only_where_unset(monkeypatch, tmp_path):
     environ = {}
     choices = cpu_choice.apply_onednn("inference", environ=environ, require=True)
     assert environ == {"TF_ENABLE_ONEDNN_OPTS": "1"} and choices.onednn is True
-    assert choices.sources["onednn_inference"] == "needed by --precision bfloat16"
+    assert choices.sources["onednn_inference"] == "needed by bfloat16"
     assert cpu_choice.process_task() == "inference"
 
 
