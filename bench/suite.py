@@ -15,8 +15,9 @@ Parts, in this order (any but the header can be left out with --skip):
              with freezing, their ONNX Runtime model, Keras tf.function, tf XLA); each
              (contender, case) in its own process, contender after contender within a
              case, the whole repeated --rounds times, each contender's best median kept
-  training   train_b2 (224x224 batch 2, an Adam step as train.py runs it) against the
-             peers' tf XLA train_on_batch and torch eager
+  training   train_b2 (224x224 batch 2, an Adam step as train.py runs it), in float32
+             and, where the CPU has bf16 units, in bfloat16 (tf-bf16: train.precision),
+             against the peers' tf XLA train_on_batch and torch eager
   cold       bench/cold_start.py: one 500x375 JPEG through `infer` (tf; onnxruntime with
              an empty cache, then a cache hit): wall s and peak GB (/usr/bin/time)
   folder     the same script's folder rate: images/s of `infer FOLDER` on the fastest
