@@ -183,6 +183,14 @@ def train(config, *, exiting=False, environ=None):
         print(f"{distributed.ENV} names one task: training on this machine alone",
               file=sys.stderr)
         cluster = None
+    if cluster is not None and config.train.precision == "bfloat16":
+        # the distributed session (tf.distribute.Server) fails on the bfloat16
+        # fused convolutions that the local session runs
+        raise UserError(f"train.precision: bfloat16 does not run across the {cluster.size} "
+                        f"tasks of {distributed.ENV} (TensorFlow's distributed session has no "
+                        f"bfloat16 fused convolution); set train.precision to float32, or "
+                        f"train on this machine alone (train.devices runs several devices "
+                        f"of one machine in bfloat16)")
     if cluster is not None and not cluster.is_chief:
         return _train(config, exiting, cluster)  # writes nothing in train.log_dir
     _prepare_log_dir(config.train.log_dir)

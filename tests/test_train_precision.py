@@ -3,6 +3,7 @@ machine cannot train in bfloat16 (injected cpuinfo text, oneDNN off, a GPU
 device), and, on a CPU with bfloat16 units, a tiny model trained in bfloat16
 follows the float32 run while its weights and checkpoints stay float32."""
 
+import json
 import os
 
 import numpy as np
@@ -90,6 +91,23 @@ def test_bfloat16_training_on_a_gpu_device_is_one_line(tmp_path, monkeypatch, ca
                     "float32, or train.devices to [\"CPU:0\"]")
 
 
+def test_bfloat16_training_across_tasks_is_refused(tmp_path, monkeypatch):
+    _cpuinfo(monkeypatch, tmp_path, SAPPHIRE_RAPIDS)
+    monkeypatch.setattr(train_module, "onednn_enabled", lambda: True)
+    cluster = {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}
+    environ = {"TF_CONFIG": json.dumps({"cluster": cluster,
+                                        "task": {"type": "worker", "index": 0}})}
+    config = load_config(None, _args(tmp_path, "run", "train.precision=bfloat16"))
+    with pytest.raises(UserError) as err:
+        train_module.train(config, environ=environ)
+    assert str(err.value) == (
+        "train.precision: bfloat16 does not run across the 2 tasks of TF_CONFIG (TensorFlow's "
+        "distributed session has no bfloat16 fused convolution); set train.precision to "
+        "float32, or train on this machine alone (train.devices runs several devices of one "
+        "machine in bfloat16)")
+    assert not (tmp_path / "run").exists()
+
+
 def test_bfloat16_training_runs_the_session_in_bfloat16(tmp_path, monkeypatch):
     """What reaches session_config, whatever the CPU: bfloat16 for the training
     session when asked, float32 otherwise."""
@@ -150,3 +168,25 @@ def test_bfloat16_training_follows_float32_and_keeps_float32_weights(tmp_path):
     spec = checkpoint.model_spec_from_checkpoint(
         os.path.join(tmp_path, "bfloat16", f"model.ckpt-{STEPS}"))
     assert spec.num_classes == 4
+    # and the float32 run resumes in bfloat16, from its step and optimizer state
+    more = STEPS + 2
+    train_module.train(load_config(None, _args(tmp_path, "float32", "train.precision=bfloat16",
+                                               f"train.max_steps={more}")))
+    history = [r for r in read_history(str(tmp_path / "float32")) if "loss" in r]
+    assert [r["step"] for r in history] == list(range(1, more + 1))
+    reader = tf.train.load_checkpoint(os.path.join(tmp_path, "float32", f"model.ckpt-{more}"))
+    assert reader.get_tensor("global_step") == more
+    assert reader.get_variable_to_dtype_map()["inference/conv1_1_w"] == tf.float32
+
+
+def test_bfloat16_training_on_two_cpu_devices(tmp_path):
+    if not session.onednn_enabled():
+        pytest.skip("bfloat16 runs through oneDNN, and TF_ENABLE_ONEDNN_OPTS=0 turned it off")
+    if not cpuinfo.has_bf16_units(cpuinfo.cpu_features()):
+        pytest.skip(f"this CPU has no bfloat16 units ({', '.join(cpuinfo.BF16_FLAGS)})")
+    train_module.train(load_config(None, _args(
+        tmp_path, "run", "train.precision=bfloat16", 'train.devices=["CPU:0", "CPU:1"]',
+        "train.max_steps=2", "train.checkpoint_every=2")))
+    history = [r for r in read_history(str(tmp_path / "run")) if "loss" in r]
+    assert [r["step"] for r in history] == [1, 2]
+    assert all(np.isfinite(r["loss"]) for r in history)
