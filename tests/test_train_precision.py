@@ -127,6 +127,13 @@ def test_bfloat16_training_runs_the_session_in_bfloat16(tmp_path, monkeypatch):
     assert seen == ["float32", "bfloat16"]
 
 
+def _skip_without_bfloat16():
+    if not session.onednn_enabled():
+        pytest.skip("bfloat16 runs through oneDNN, and TF_ENABLE_ONEDNN_OPTS=0 turned it off")
+    if not cpuinfo.has_bf16_units(cpuinfo.cpu_features()):
+        pytest.skip(f"this CPU has no bfloat16 units ({', '.join(cpuinfo.BF16_FLAGS)})")
+
+
 def _variables(log_dir):
     prefix = os.path.join(log_dir, f"model.ckpt-{STEPS}")
     reader = tf.train.load_checkpoint(prefix)
@@ -136,10 +143,7 @@ def _variables(log_dir):
 
 
 def test_bfloat16_training_follows_float32_and_keeps_float32_weights(tmp_path):
-    if not session.onednn_enabled():
-        pytest.skip("bfloat16 runs through oneDNN, and TF_ENABLE_ONEDNN_OPTS=0 turned it off")
-    if not cpuinfo.has_bf16_units(cpuinfo.cpu_features()):
-        pytest.skip(f"this CPU has no bfloat16 units ({', '.join(cpuinfo.BF16_FLAGS)})")
+    _skip_without_bfloat16()
     losses, weights = {}, {}
     for precision in ("float32", "bfloat16"):
         train_module.train(load_config(None, _args(tmp_path, precision,
@@ -180,10 +184,7 @@ def test_bfloat16_training_follows_float32_and_keeps_float32_weights(tmp_path):
 
 
 def test_bfloat16_training_on_two_cpu_devices(tmp_path):
-    if not session.onednn_enabled():
-        pytest.skip("bfloat16 runs through oneDNN, and TF_ENABLE_ONEDNN_OPTS=0 turned it off")
-    if not cpuinfo.has_bf16_units(cpuinfo.cpu_features()):
-        pytest.skip(f"this CPU has no bfloat16 units ({', '.join(cpuinfo.BF16_FLAGS)})")
+    _skip_without_bfloat16()
     train_module.train(load_config(None, _args(
         tmp_path, "run", "train.precision=bfloat16", 'train.devices=["CPU:0", "CPU:1"]',
         "train.max_steps=2", "train.checkpoint_every=2")))
