@@ -8,6 +8,7 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
+from cpufixtures import GRAVITON, SAPPHIRE_RAPIDS, ZEN3, ZEN4, fake_cpuinfo
 from datafixtures import write_gray, write_rgb
 from PIL import Image
 from tfutil import build_graph, random_values
@@ -28,18 +29,6 @@ tf1 = tf.compat.v1
 
 NUM_CLASSES = 4  # the shapes dataset's
 
-ZEN4 = """processor\t: 0
-vendor_id\t: AuthenticAMD
-model name\t: AMD EPYC 9R14
-flags\t\t: fpu sse2 avx2 fma avx512f avx512bw avx512_bf16 avx512_vnni avx512vl
-
-processor\t: 1
-vendor_id\t: AuthenticAMD
-flags\t\t: fpu sse2 avx2 fma avx512f avx512bw avx512_bf16 avx512_vnni avx512vl
-"""
-ZEN3 = "processor\t: 0\nmodel name\t: AMD EPYC 7R13\nflags\t\t: fpu sse2 avx avx2 fma\n"
-SAPPHIRE_RAPIDS = "flags\t\t: avx512f avx_vnni amx_bf16 amx_tile amx_int8\n"
-GRAVITON = "processor\t: 0\nFeatures\t: fp asimd bf16 i8mm\nCPU implementer\t: 0x41\n"
 
 
 # --------------------------------------------------------------------------- CPU flags
@@ -121,12 +110,6 @@ def calibration_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("calibration")
     _shapes_images(str(folder), 6, seed=11)
     return str(folder)
-
-
-def _cpuinfo(monkeypatch, tmp_path, text):
-    fake = tmp_path / "fake_cpuinfo"
-    fake.write_text(text)
-    monkeypatch.setattr(cpuinfo, "CPUINFO_PATH", str(fake))
 
 
 # --------------------------------------------------------------------------- calibration images
@@ -230,7 +213,7 @@ def test_weights_keep_7_bits_on_cpus_without_int8_units(tmp_path, tiny_prefix,
     model = onnx_engine.build_onnx_model(tiny_prefix)
     largest = {}
     for name, text in (("zen3", ZEN3), ("zen4", ZEN4)):
-        _cpuinfo(monkeypatch, tmp_path, text)
+        fake_cpuinfo(monkeypatch, tmp_path, text)
         out = str(tmp_path / f"{name}.onnx")
         quantize.quantize_model(model, calibration_dir, out)
         proto = onnx.load(out)
@@ -299,7 +282,7 @@ def test_bfloat16_labels_agree_with_float32(tiny_prefix):
 
 
 def test_bfloat16_on_a_cpu_without_units_is_one_line(tmp_path, tiny_prefix, monkeypatch, capsys):
-    _cpuinfo(monkeypatch, tmp_path, ZEN3)
+    fake_cpuinfo(monkeypatch, tmp_path, ZEN3)
     write_rgb(str(tmp_path / "a.png"), np.zeros((9, 9, 3), np.uint8))
     code = run_cli(infer.main, [str(tmp_path / "a.png"), "--checkpoint", tiny_prefix,
                                 "--output-dir", str(tmp_path / "out"),
@@ -314,7 +297,7 @@ def test_bfloat16_on_a_cpu_without_units_is_one_line(tmp_path, tiny_prefix, monk
 def test_infer_int8_runs_warns_without_vnni_and_matches_float32(tmp_path, tiny_prefix,
                                                                 calibration_dir, monkeypatch,
                                                                 capsys):
-    _cpuinfo(monkeypatch, tmp_path, ZEN3)
+    fake_cpuinfo(monkeypatch, tmp_path, ZEN3)
     images = _shapes_images(str(tmp_path / "in"), 2, seed=21, size=33)
     outputs = {}
     for precision in ("float32", "int8"):

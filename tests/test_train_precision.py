@@ -9,6 +9,7 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
+from cpufixtures import SAPPHIRE_RAPIDS, ZEN3, fake_cpuinfo
 
 from fcn_graph import checkpoint, cpuinfo, session
 from fcn_graph import train as train_command
@@ -17,15 +18,7 @@ from fcn_graph.config import load_config
 from fcn_graph.curves import read_history
 from fcn_graph.errors import UserError, run_cli
 
-ZEN3 = "processor\t: 0\nmodel name\t: AMD EPYC 7R13\nflags\t\t: fpu sse2 avx avx2 fma\n"
-SAPPHIRE_RAPIDS = "processor\t: 0\nflags\t\t: avx512f avx_vnni amx_bf16 amx_tile amx_int8\n"
 STEPS = 6
-
-
-def _cpuinfo(monkeypatch, tmp_path, text):
-    fake = tmp_path / "fake_cpuinfo"
-    fake.write_text(text)
-    monkeypatch.setattr(cpuinfo, "CPUINFO_PATH", str(fake))
 
 
 def _args(tmp_path, run, *extra):
@@ -65,7 +58,7 @@ def _train_cli(tmp_path, capsys, *extra):
 
 
 def test_bfloat16_training_without_bfloat16_units_is_one_line(tmp_path, monkeypatch, capsys):
-    _cpuinfo(monkeypatch, tmp_path, ZEN3)
+    fake_cpuinfo(monkeypatch, tmp_path, ZEN3)
     line = _train_cli(tmp_path, capsys)
     assert line == (f"train.py: error: train.precision: bfloat16: this CPU has no bfloat16 "
                     f"units (no avx512_bf16 or amx_bf16 in {tmp_path / 'fake_cpuinfo'}); "
@@ -74,7 +67,7 @@ def test_bfloat16_training_without_bfloat16_units_is_one_line(tmp_path, monkeypa
 
 
 def test_bfloat16_training_with_onednn_off_is_one_line(tmp_path, monkeypatch, capsys):
-    _cpuinfo(monkeypatch, tmp_path, SAPPHIRE_RAPIDS)
+    fake_cpuinfo(monkeypatch, tmp_path, SAPPHIRE_RAPIDS)
     monkeypatch.setattr(train_module, "onednn_enabled", lambda: False)
     line = _train_cli(tmp_path, capsys)
     assert line == ("train.py: error: train.precision: bfloat16 needs TensorFlow's oneDNN "
@@ -83,7 +76,7 @@ def test_bfloat16_training_with_onednn_off_is_one_line(tmp_path, monkeypatch, ca
 
 
 def test_bfloat16_training_on_a_gpu_device_is_one_line(tmp_path, monkeypatch, capsys):
-    _cpuinfo(monkeypatch, tmp_path, SAPPHIRE_RAPIDS)
+    fake_cpuinfo(monkeypatch, tmp_path, SAPPHIRE_RAPIDS)
     monkeypatch.setattr(train_module, "onednn_enabled", lambda: True)
     line = _train_cli(tmp_path, capsys, 'train.devices=["CPU:0", "GPU:1"]')
     assert line == ("train.py: error: train.precision: bfloat16 runs on the CPU through "
@@ -92,7 +85,7 @@ def test_bfloat16_training_on_a_gpu_device_is_one_line(tmp_path, monkeypatch, ca
 
 
 def test_bfloat16_training_across_tasks_is_refused(tmp_path, monkeypatch):
-    _cpuinfo(monkeypatch, tmp_path, SAPPHIRE_RAPIDS)
+    fake_cpuinfo(monkeypatch, tmp_path, SAPPHIRE_RAPIDS)
     monkeypatch.setattr(train_module, "onednn_enabled", lambda: True)
     cluster = {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}
     environ = {"TF_CONFIG": json.dumps({"cluster": cluster,
@@ -111,7 +104,7 @@ def test_bfloat16_training_across_tasks_is_refused(tmp_path, monkeypatch):
 def test_bfloat16_training_runs_the_session_in_bfloat16(tmp_path, monkeypatch):
     """What reaches session_config, whatever the CPU: bfloat16 for the training
     session when asked, float32 otherwise."""
-    _cpuinfo(monkeypatch, tmp_path, SAPPHIRE_RAPIDS)
+    fake_cpuinfo(monkeypatch, tmp_path, SAPPHIRE_RAPIDS)
     monkeypatch.setattr(train_module, "onednn_enabled", lambda: True)
     seen = []
 
