@@ -177,20 +177,12 @@ def train(config, *, exiting=False, environ=None):
     returns or raises (the command line), so once a signal has stopped the run,
     further signals stay ignored to the end instead of killing it halfway
     through its exit."""
-    check_precision(config.train)
     cluster = distributed.from_environment(environ)
     if cluster is not None and cluster.size == 1:
         print(f"{distributed.ENV} names one task: training on this machine alone",
               file=sys.stderr)
         cluster = None
-    if cluster is not None and config.train.precision == "bfloat16":
-        # the distributed session (tf.distribute.Server) fails on the bfloat16
-        # fused convolutions that the local session runs
-        raise UserError(f"train.precision: bfloat16 does not run across the {cluster.size} "
-                        f"tasks of {distributed.ENV} (TensorFlow's distributed session has no "
-                        f"bfloat16 fused convolution); set train.precision to float32, or "
-                        f"train on this machine alone (train.devices runs several devices "
-                        f"of one machine in bfloat16)")
+    check_precision(config.train, cluster)
     if cluster is not None and not cluster.is_chief:
         return _train(config, exiting, cluster)  # writes nothing in train.log_dir
     _prepare_log_dir(config.train.log_dir)
@@ -198,10 +190,11 @@ def train(config, *, exiting=False, environ=None):
         return _train(config, exiting, cluster)
 
 
-def check_precision(t):
+def check_precision(t, cluster=None):
     """A UserError naming train.precision when this machine cannot train in it:
     bfloat16 is grappler's oneDNN auto mixed precision, so it needs oneDNN on
-    and a CPU with bfloat16 units, and the ops on that CPU."""
+    and a CPU with bfloat16 units, and the ops on that CPU, in a local session
+    (`cluster`: the TF_CONFIG tasks, None without)."""
     if t.precision != "bfloat16":
         return
     gpus = tf.config.list_physical_devices("GPU")
@@ -216,6 +209,14 @@ def check_precision(t):
         raise UserError("train.precision: bfloat16 needs TensorFlow's oneDNN kernels, which "
                         "are off; set TF_ENABLE_ONEDNN_OPTS=1 in the environment (or "
                         "train.precision to float32)")
+    if cluster is not None:
+        # the distributed session (tf.distribute.Server) fails on the bfloat16
+        # fused convolutions that the local session runs
+        raise UserError(f"train.precision: bfloat16 does not run across the {cluster.size} "
+                        f"tasks of {distributed.ENV} (TensorFlow's distributed session has no "
+                        f"bfloat16 fused convolution); set train.precision to float32, or "
+                        f"train on this machine alone (train.devices runs several devices "
+                        f"of one machine in bfloat16)")
 
 
 def resolve_devices(configured):
