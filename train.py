@@ -4,7 +4,7 @@ import sys
 
 # Whether TensorFlow's oneDNN kernels run (TF_ENABLE_ONEDNN_OPTS) is chosen for
 # this CPU by fcn_graph.train.main, before TensorFlow loads (cpu_choice).
-from fcn_graph.errors import run_cli
+from fcn_graph.core.errors import run_cli
 from fcn_graph.train import main
 
 if __name__ == "__main__":

@@ -4,8 +4,8 @@ variants (an engine plus modifiers of the tf engine), and the parsing of
 
 import collections
 
-from fcn_graph.constants import ENGINES
-from fcn_graph.errors import UserError
+from fcn_graph.core.constants import ENGINES
+from fcn_graph.core.errors import UserError
 
 # case -> (batch, height, width, training)
 CASES = collections.OrderedDict([

@@ -37,8 +37,8 @@ GOAL_SECONDS, GOAL_GB, GOAL_RATIO = 2.5, 1.5, 0.95
 NETWORK_ONLY = """
 import sys, time
 import numpy as np
-from fcn_graph import image_files
-from fcn_graph.segmenter import make_segmenter
+from fcn_graph.data import image_files
+from fcn_graph.engines.segmenter import make_segmenter
 prefix, engine, path, calls = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 segmenter = make_segmenter(prefix, engine=engine)
 batch = image_files.read_image(path)[None]

@@ -18,7 +18,7 @@ coming from a repeated in-memory `tf.data` dataset straight into the graph.
 
 The kernel set of every variant is --kernels (default auto: the CPU forms
 without a GPU); a variant's -reference or -cpu modifier overrides it. FLOPs
-come from `fcn_graph.flops` (what the legacy graph runs: conv5_4 is not
+come from `fcn_graph.network.flops` (what the legacy graph runs: conv5_4 is not
 counted); the per-layer profile's layers are `model.layer_ends`. The same run
 times a 4096^3 float32 matmul through NumPy's BLAS with the same thread count;
 "% sgemm" is each case's GFLOP/s against it (for a bfloat16 variant, marked
@@ -50,9 +50,9 @@ from bench.cases import (
 )
 from bench.report import format_report, format_row
 from bench.worker import worker_main
-from fcn_graph.constants import KERNELS
-from fcn_graph.errors import UserError
-from fcn_graph.fileio import check_output_file, json_written_with, write_json_atomic
+from fcn_graph.core.constants import KERNELS
+from fcn_graph.core.errors import UserError
+from fcn_graph.core.fileio import check_output_file, json_written_with, write_json_atomic
 
 # The source checkout that holds bench/ and fcn_graph/: put on the workers' path.
 CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -96,7 +96,7 @@ def _worker_args(args, prefix, result, variant, case):
 
 
 def run_benchmark(args):
-    from fcn_graph.session import cpu_count
+    from fcn_graph.host.session import cpu_count
     args.threads = args.threads or cpu_count()
     cases = parse_list(args.cases, CASES, "--cases")
     variants = parse_variants(args.variants)
@@ -175,7 +175,7 @@ def run_sgemm(args, work, prefix):
 
 
 def _run_one(args, work, prefix, variant, case, peak):
-    from fcn_graph import flops  # imports TensorFlow: parent side only
+    from fcn_graph.network import flops  # imports TensorFlow: parent side only
     batch, height, width, training = CASES[case]
     result = os.path.join(work, f"{variant}-{case}.json")
     extra = _worker_args(args, prefix, result, variant, case)
@@ -220,7 +220,7 @@ def _run_one(args, work, prefix, variant, case, peak):
 
 
 def _run_profile(args, work, prefix):
-    from fcn_graph import flops
+    from fcn_graph.network import flops
     case = args.profile_case
     batch, height, width, training = CASES[case]
     result = os.path.join(work, "profile.json")
@@ -247,8 +247,8 @@ def _run_profile(args, work, prefix):
 
 
 def _widths(args):
-    from fcn_graph import model as fcn_model
-    return fcn_model.scaled_vgg_widths(args.width_multiplier)
+    from fcn_graph.network.spec import scaled_vgg_widths
+    return scaled_vgg_widths(args.width_multiplier)
 
 
 # The cpuinfo flags that decide the engines' choices (vector width, bf16 and
@@ -258,13 +258,13 @@ DECIDING_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx_v
 
 
 def _machine(kernels="auto", threads=None):
-    from fcn_graph import cpu_choice, cpuinfo
+    from fcn_graph.host import choice, cpuinfo
     text = cpuinfo.read_cpuinfo()
     features = cpuinfo.cpu_features(text)
-    choices = {task: cpu_choice.choose(task, threads=threads, kernels=kernels, text=text)
-               for task in cpu_choice.TASKS}
+    choices = {task: choice.choose(task, threads=threads, kernels=kernels, text=text)
+               for task in choice.TASKS}
     return {"cpu": cpuinfo.cpu_model_name(text), "cores": os.cpu_count(),
-            "tensorflow": cpu_choice.tensorflow_version(),
+            "tensorflow": choice.tensorflow_version(),
             "onednn_env": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
             "features": [flag for flag in DECIDING_FLAGS if flag in features],
             "bfloat16": "native" if cpuinfo.has_bf16_units(features) else "refused",

@@ -77,11 +77,11 @@ def main(argv=None):
         if value is not None and not value > 0:
             parser.error(f"{flag}: expected a number above 0, found {value}")
     from bench import worker
-    from fcn_graph import flops
-    from fcn_graph import model as fcn_model
+    from fcn_graph.network import definition, flops
+    from fcn_graph.network.spec import scaled_vgg_widths
     widths = (None if args.width_multiplier == 1.0
-              else fcn_model.scaled_vgg_widths(args.width_multiplier))
-    shapes = fcn_model.variable_shapes(args.num_classes, vgg_widths=widths,
+              else scaled_vgg_widths(args.width_multiplier))
+    shapes = definition.variable_shapes(args.num_classes, vgg_widths=widths,
                                        fc_width=args.fc_width)
     count = sum(int(np.prod(shape)) for shape in shapes.values())
     sgemm = args.sgemm if args.sgemm is not None else worker.sgemm_gflops()[0]

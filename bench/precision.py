@@ -8,7 +8,7 @@ Contenders, each returning the label map in host memory:
   tf float32           segmenter.Segmenter (oneDNN as TF_ENABLE_ONEDNN_OPTS says)
   tf bfloat16          the same with --precision bfloat16 (needs oneDNN and bf16 units)
   onnxruntime float32  onnx_engine.OnnxSegmenter on the float model (the reference peer)
-  onnxruntime int8     the same on quantize.quantize_model's int8 model
+  onnxruntime int8     the same on int8_model.quantize_model's int8 model
 
 The weights are random (speed does not depend on them); the int8 model is
 calibrated on --calibration (default: 8 generated 224x224 shapes images).
@@ -27,8 +27,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))  # bench and fcn_graph without installing them
 
 from bench.side_by_side import cases_and_rounds, interleave, ours_weights  # noqa: E402
-from bench.worker import case_images  # noqa: E402
-from fcn_graph.errors import UserError, run_cli  # noqa: E402
+from bench.worker import case_images, generated_calibration  # noqa: E402
+from fcn_graph.core.errors import UserError, run_cli  # noqa: E402
 
 THREADS = 2
 REFERENCE = "onnxruntime float32"
@@ -47,26 +47,10 @@ def cpu_model():
     return "unknown"
 
 
-def generated_calibration(folder, count=8, size=224):
-    """`count` shapes images of `size` pixels in `folder` (kept between runs)."""
-    import numpy as np
-
-    from fcn_graph import image_files
-    from fcn_graph.shapes_dataset import render_sample
-    os.makedirs(folder, exist_ok=True)
-    rng = np.random.default_rng(0)
-    for index in range(count):
-        path = os.path.join(folder, f"calib_{index:02d}.png")
-        image = render_sample(rng, size)[0]
-        if not os.path.exists(path):
-            image_files.write_image(path, image)
-    return folder
-
-
 def contenders(prefix, fp32_onnx, int8_onnx, batch, size):
     """name -> call (or the reason it cannot run) for one case."""
-    from fcn_graph.onnx_engine import OnnxSegmenter
-    from fcn_graph.segmenter import Segmenter
+    from fcn_graph.engines.onnx_engine import OnnxSegmenter
+    from fcn_graph.engines.segmenter import Segmenter
     images = case_images(batch, size, size)
     calls = {}
     for precision in ("float32", "bfloat16"):
@@ -95,20 +79,21 @@ def main(argv=None):
     args = parser.parse_args(argv)
     cases = cases_and_rounds(parser, args)
     os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
-    from fcn_graph import cpuinfo, quantize, session
+    from fcn_graph.engines import int8_model
+    from fcn_graph.host import cpuinfo, session
     os.makedirs(args.work, exist_ok=True)
     prefix, fp32_onnx = ours_weights(args.work)
     int8_onnx = os.path.join(args.work, "model_int8.onnx")
     if not os.path.exists(int8_onnx):
         calibration = args.calibration or generated_calibration(
             os.path.join(args.work, "calibration"))
-        quantize.quantize_model(fp32_onnx, calibration, int8_onnx)
+        int8_model.quantize_model(fp32_onnx, calibration, int8_onnx)
     features = cpuinfo.cpu_features()
     print(f"CPU: {cpu_model()}; bf16 units: "
           f"{', '.join(f for f in cpuinfo.BF16_FLAGS if f in features) or 'none'}; int8 units: "
           f"{', '.join(f for f in cpuinfo.INT8_FLAGS if f in features) or 'none'}; "
           f"oneDNN {'on' if session.onednn_enabled() else 'off'}; {THREADS} threads")
-    from fcn_graph.memory import return_freed_memory
+    from fcn_graph.host.memory import return_freed_memory
     return_freed_memory()
     for size, batch in cases:
         calls = contenders(prefix, fp32_onnx, int8_onnx, batch, size)

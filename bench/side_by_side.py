@@ -27,7 +27,7 @@ PEERS_DIR = os.path.join(HERE, "..", "..", "shared", "bench-peers")
 sys.path.insert(0, os.path.join(HERE, ".."))  # bench and fcn_graph without installing them
 
 from bench.worker import case_images  # noqa: E402
-from fcn_graph.errors import run_cli  # noqa: E402
+from fcn_graph.core.errors import run_cli  # noqa: E402
 
 THREADS = 2
 
@@ -39,20 +39,20 @@ def ours_weights(work):
         from bench.worker import make_weights
         make_weights(prefix, num_classes=21, width_multiplier=1.0, fc_width=4096)
     if not os.path.exists(onnx_path):
-        from fcn_graph.onnx_engine import build_onnx_model, save_model
+        from fcn_graph.engines.onnx_engine import build_onnx_model, save_model
         save_model(build_onnx_model(prefix), onnx_path, external_data=True)
     return prefix, onnx_path
 
 
 def peer_onnx_session(path):
     """The peers' ONNX model under our engine's session options."""
-    from fcn_graph.onnx_engine import load_session, session_options
+    from fcn_graph.engines.onnx_engine import load_session, session_options
     return load_session(path, session_options(THREADS), ["CPUExecutionProvider"])
 
 
 def ours_onnx(onnx_path, batch, size):
     """A call of our ONNX Runtime engine on a `batch` of `size` x `size` images."""
-    from fcn_graph.onnx_engine import OnnxSegmenter
+    from fcn_graph.engines.onnx_engine import OnnxSegmenter
     segmenter, images = OnnxSegmenter(onnx_path, threads=THREADS), case_images(batch, size, size)
     return lambda: segmenter.run(images)[0]
 
@@ -62,7 +62,7 @@ def contenders_tf(args, batch, size, prefix, _onnx):
     import peer_tf
     import tensorflow as tf
     if not hasattr(args, "segmenter"):
-        from fcn_graph.segmenter import Segmenter
+        from fcn_graph.engines.segmenter import Segmenter
         args.segmenter = Segmenter(prefix, threads=THREADS)
     _, pred_model = peer_tf.build(batch, size, size)
     x = tf.constant(fcn_spec.make_input(batch, size, size, layout="NHWC"))
@@ -152,7 +152,7 @@ def main(argv=None):
         prefix, onnx_path = ours_weights(args.work)
     elif not onnx_path:
         parser.error("torch: --onnx (our model, written by the tf or onnxruntime mode) is required")
-    from fcn_graph.memory import return_freed_memory
+    from fcn_graph.host.memory import return_freed_memory
     return_freed_memory()
     build = {"tf": contenders_tf, "onnxruntime": contenders_onnxruntime,
              "torch": contenders_torch}[args.engine]

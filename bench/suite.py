@@ -56,8 +56,8 @@ sys.path.insert(0, CHECKOUT)  # bench and fcn_graph without installing them
 
 from bench import cases as bench_cases  # noqa: E402
 from bench import report as bench_report  # noqa: E402
-from fcn_graph.engine_choice import choose_engine  # noqa: E402
-from fcn_graph.errors import UserError, run_cli  # noqa: E402
+from fcn_graph.core.errors import UserError, run_cli  # noqa: E402
+from fcn_graph.host.choice import choose_engine  # noqa: E402
 
 PEERS_DIR = os.path.normpath(os.path.join(CHECKOUT, "..", "shared", "bench-peers"))
 PEER_PYTHON = "/tmp/peerenv/bin/python"
@@ -573,7 +573,7 @@ def fastest_engine(inference):
 def run_suite(args):
     """Every part not skipped; the results dict (goals included)."""
     from bench import cold_start, harness
-    from fcn_graph.session import cpu_count
+    from fcn_graph.host.session import cpu_count
     started = time.time()
     results = {"suite_started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
                "load_start": list(os.getloadavg())}

@@ -74,9 +74,10 @@ class _Timed:
 
 def worker(args):
     """One measurement in this process; prints a JSON line."""
-    from fcn_graph import checkpoint, tiling
-    from fcn_graph.memory import return_freed_memory
-    from fcn_graph.segmenter import make_segmenter
+    from fcn_graph.engines import tiling
+    from fcn_graph.engines.segmenter import make_segmenter
+    from fcn_graph.host.memory import return_freed_memory
+    from fcn_graph.weights import checkpoint
     return_freed_memory()
     spec = checkpoint.model_spec_from_checkpoint(args.prefix)
     image = _image(args.height, args.width, seed=args.seed)[None]

@@ -73,21 +73,39 @@ def case_images(batch, height, width, seed=1):
 
 # ---------------------------------------------------------------- one case
 
+
+def generated_calibration(folder, count=8, size=224):
+    """`count` shapes images of `size` pixels in `folder` (kept between runs)."""
+    import numpy as np
+
+    from fcn_graph.data import image_files
+    from fcn_graph.data.shapes import render_sample
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for index in range(count):
+        path = os.path.join(folder, f"calib_{index:02d}.png")
+        image = render_sample(rng, size)[0]
+        if not os.path.exists(path):
+            image_files.write_image(path, image)
+    return folder
+
+
 def make_weights(prefix, *, num_classes, width_multiplier, fc_width, seed=0):
     """Write a checkpoint of random full-size (or scaled) weights to `prefix`."""
     import tensorflow as tf
 
-    from fcn_graph import checkpoint
-    from fcn_graph import model as fcn_model
+    from fcn_graph.network import tf_layers
+    from fcn_graph.network.spec import ModelSpec, scaled_vgg_widths
+    from fcn_graph.weights import checkpoint
     tf1 = tf.compat.v1
-    widths = fcn_model.scaled_vgg_widths(width_multiplier)
-    spec = fcn_model.ModelSpec(num_classes=num_classes, fc_width=fc_width,
+    widths = scaled_vgg_widths(width_multiplier)
+    spec = ModelSpec(num_classes=num_classes, fc_width=fc_width,
                                vgg_widths=tuple(widths.values()))
     with tf.Graph().as_default() as graph:
         tf1.set_random_seed(seed)
         images = tf1.placeholder(tf.float32, [None, None, None, 3])
-        fcn_model.build(images, spec)
-        variables = fcn_model.model_variables(graph)
+        tf_layers.build(images, spec)
+        variables = tf_layers.model_variables(graph)
         saver = checkpoint.model_saver(variables)
         init = tf1.variables_initializer(list(variables.values()))
         with tf1.Session(graph=graph) as sess:
@@ -99,8 +117,8 @@ def layer_boundaries(spec, end_points):
     """(layer, tensor) in execution order: a layer is everything computed after
     the previous boundary up to this tensor (conv + bias + ReLU together), as
     `model.layer_ends` lists them, then the prediction."""
-    from fcn_graph import model as fcn_model
-    rows = [(layer, end_points[end]) for layer, end in fcn_model.layer_ends(spec)]
+    from fcn_graph.network import definition
+    rows = [(layer, end_points[end]) for layer, end in definition.layer_ends(spec)]
     return rows + [("prediction", end_points["prediction"])]
 
 
@@ -144,19 +162,19 @@ def run_inference_case(args, case):
     images = case_images(batch, height, width)
     kernels = options.get("kernels", args.kernels)
     if not options.get("heap"):
-        from fcn_graph.memory import return_freed_memory  # as infer and evaluate do
+        from fcn_graph.host.memory import return_freed_memory  # as infer and evaluate do
         return_freed_memory()
     if engine == "onnxruntime":
-        from fcn_graph.onnx_engine import OnnxSegmenter
+        from fcn_graph.engines.onnx_engine import OnnxSegmenter
         # converted once by the parent ("make-onnx"), so this process never
         # imports TensorFlow, as in a deployment that ships the .onnx file
         segmenter = OnnxSegmenter(onnx_path(args.prefix, options.get("precision", "float32")),
                                   threads=args.threads)
     else:
-        from fcn_graph.segmenter import Segmenter
+        from fcn_graph.engines.segmenter import Segmenter
         config = None
         if "inter_op" in options:
-            from fcn_graph.session import session_config
+            from fcn_graph.host.session import session_config
             config = session_config(args.threads)
             config.inter_op_parallelism_threads = options["inter_op"]
         segmenter = Segmenter(args.prefix, threads=args.threads, xla=options.get("xla", False),
@@ -184,11 +202,10 @@ def onnx_path(prefix, precision="float32"):
 def make_int8(prefix, *, calibration=None):
     """Quantize `prefix`.onnx into `prefix`.int8.onnx, calibrated on the images
     of folder `calibration` (default: generated shapes images beside `prefix`)."""
-    from bench.precision import generated_calibration
-    from fcn_graph import quantize
+    from fcn_graph.engines import int8_model
     calibration = calibration or generated_calibration(
         os.path.join(os.path.dirname(os.path.abspath(prefix)), "calibration"))
-    quantize.quantize_model(onnx_path(prefix), calibration, onnx_path(prefix, "int8"))
+    int8_model.quantize_model(onnx_path(prefix), calibration, onnx_path(prefix, "int8"))
 
 
 def is_fused_kind(kind):
@@ -222,9 +239,10 @@ def run_training_case(args, case):
     """Time Adam steps of the legacy loss on the case's batch, repeated from memory."""
     import tensorflow as tf
 
-    from fcn_graph import checkpoint
-    from fcn_graph import model as fcn_model
-    from fcn_graph.session import session_config, xla_scope
+    from fcn_graph.host import choice
+    from fcn_graph.host.session import session_config, xla_scope
+    from fcn_graph.network import tf_layers
+    from fcn_graph.weights import checkpoint
     tf1 = tf.compat.v1
     batch, height, width, _ = CASES[case]
     _, options, _ = variant_settings(args.variant)
@@ -237,12 +255,12 @@ def run_training_case(args, case):
         dataset = dataset.map(lambda x, y: (tf.cast(x, tf.float32), y)).prefetch(1)
         image_batch, label_batch = tf1.data.make_one_shot_iterator(dataset).get_next()
         with xla_scope(options.get("xla", False)):
-            logits, _, _ = fcn_model.build(image_batch, spec, keep_prob=0.85,
-                                           kernels=options.get("kernels", args.kernels))
+            layers = choice.kernel_layers(options.get("kernels", args.kernels))
+            logits, _, _ = tf_layers.build(image_batch, spec, layers=layers, keep_prob=0.85)
             loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
                 labels=label_batch, logits=logits))
             train_op = tf1.train.AdamOptimizer(1e-4).minimize(loss)
-        variables = fcn_model.model_variables(graph)
+        variables = tf_layers.model_variables(graph)
         saver = checkpoint.model_saver(variables)
         others = [v for v in tf1.global_variables() if v.op.name not in variables]
         init_others = tf1.variables_initializer(others)
@@ -271,7 +289,7 @@ def worker_main(args):
                      width_multiplier=args.width_multiplier, fc_width=args.fc_width)
         return 0
     if case == "make-onnx":
-        from fcn_graph.onnx_engine import build_onnx_model, save_model
+        from fcn_graph.engines.onnx_engine import build_onnx_model, save_model
         # as `export --format onnx --external-data` writes it (lower load peak)
         save_model(build_onnx_model(args.prefix, kernels=args.kernels), args.prefix + ".onnx",
                    external_data=True)
@@ -286,14 +304,14 @@ def worker_main(args):
         training = CASES[case][3]
         # as train.py and infer choose it, before TensorFlow loads; a variant's
         # -onednn or -eigen (the environment) wins
-        from fcn_graph import cpu_choice
-        cpu_choice.apply_onednn("training" if training else "inference", threads=args.threads,
+        from fcn_graph.host import choice
+        choice.apply_onednn("training" if training else "inference", threads=args.threads,
                                 require="bfloat16" == variant_settings(args.variant)[1].get(
                                     "precision"))
         runner = run_training_case if training else run_inference_case
         record = runner(args, case)  # resets the high-water mark before the first call
         if "tensorflow" in sys.modules:
-            from fcn_graph.session import onednn_enabled
+            from fcn_graph.host.session import onednn_enabled
             record["onednn"] = onednn_enabled()
         record["run_peak_mib"] = _proc_status_mib("VmHWM")
         record["process_peak_mib"] = max(record["load_peak_mib"], record["run_peak_mib"])

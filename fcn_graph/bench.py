@@ -8,7 +8,7 @@ it there and runs it; installed without a checkout, it says so on one line.
 import os
 import sys
 
-from fcn_graph.errors import UserError, run_cli
+from fcn_graph.core.errors import UserError, run_cli
 
 # The folder that holds this package: in a source checkout, bench/ is beside it.
 CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -20,8 +20,8 @@ import argparse
 import json
 import sys
 
-from fcn_graph import cpu_choice
-from fcn_graph.errors import UserError, run_cli
+from fcn_graph.core.errors import UserError, run_cli
+from fcn_graph.host import choice
 
 
 def positive_int(text):
@@ -66,8 +66,8 @@ def build_parser():
 def show_choices(threads):
     """The choices of each task, and where each comes from."""
     lines = []
-    for task in cpu_choice.TASKS:
-        choices = cpu_choice.choose(task, threads=threads)
+    for task in choice.TASKS:
+        choices = choice.choose(task, threads=threads)
         lines.append(f"{task}:")
         for name, value, source in choices.describe():
             lines.append(f"  {name:<22}{value:<22}{source}")
@@ -83,15 +83,15 @@ def main(argv=None):
         return measure_here(args)
     if args.show and args.force:
         parser.error("--show and --force: pick one")
-    from fcn_graph import calibration
-    threads = args.threads or cpu_choice.thread_count()
-    key = cpu_choice.calibration_key(threads=threads)
-    path = cpu_choice.calibration_path(key)
-    timings, problem = cpu_choice.read_calibration(path, key)
+    from fcn_graph.host import kernel_timing
+    threads = args.threads or choice.thread_count()
+    key = choice.calibration_key(threads=threads)
+    path = choice.calibration_path(key)
+    timings, problem = choice.read_calibration(path, key)
     if args.show:
         if timings is not None:
             with open(path, encoding="utf-8") as handle:
-                print(calibration.format_calibration(json.load(handle), path))
+                print(kernel_timing.format_calibration(json.load(handle), path))
         else:
             print(f"no calibration for this CPU at {threads} threads"
                   + (f" ({problem})" if problem else f" ({path} does not exist)"))
@@ -104,24 +104,24 @@ def main(argv=None):
         return 0
     if problem and not args.force:
         raise UserError(f"calibration {problem}; --force replaces it")
-    path, record = calibration.run_calibration(threads=threads, scale=args.scale, log=sys.stderr)
-    print(calibration.format_calibration(record, path))
+    path, record = kernel_timing.run_calibration(threads=threads, scale=args.scale, log=sys.stderr)
+    print(kernel_timing.format_calibration(record, path))
     print(show_choices(threads))
     return 0
 
 
 def measure_here(args):
-    """One oneDNN setting, in this process (started by `calibration.run_calibration`)."""
+    """One oneDNN setting, in this process (started by `kernel_timing.run_calibration`)."""
     import os
 
-    from fcn_graph import calibration, tflog
-    from fcn_graph.fileio import write_json_atomic
-    if os.environ.get(cpu_choice.ONEDNN_ENV) != args.measure:
-        raise UserError(f"--measure {args.measure}: expected {cpu_choice.ONEDNN_ENV}="
+    from fcn_graph.core.fileio import write_json_atomic
+    from fcn_graph.host import kernel_timing, tflog
+    if os.environ.get(choice.ONEDNN_ENV) != args.measure:
+        raise UserError(f"--measure {args.measure}: expected {choice.ONEDNN_ENV}="
                         f"{args.measure} in the environment, found "
-                        f"{os.environ.get(cpu_choice.ONEDNN_ENV)!r}")
+                        f"{os.environ.get(choice.ONEDNN_ENV)!r}")
     tflog.load_tensorflow()
-    rows = calibration.measure(threads=args.threads or cpu_choice.thread_count(),
+    rows = kernel_timing.measure(threads=args.threads or choice.thread_count(),
                                scale=args.scale, log=sys.stderr)
     write_json_atomic(args.result, rows)
     return 0

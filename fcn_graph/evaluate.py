@@ -16,21 +16,28 @@ import sys
 
 import numpy as np
 
-from fcn_graph import cpu_choice, image_files, tflog, tiling
-from fcn_graph.config import SPLIT_KEYS, add_config_args, add_kernels_arg, load_config
-from fcn_graph.constants import ENGINES, IGNORE_LABEL, INFERENCE_PRECISIONS
-from fcn_graph.errors import UserError, run_cli
-from fcn_graph.fileio import OutputFolder, check_output_file, json_written_with, write_json_atomic
-from fcn_graph.memory import return_freed_memory
-from fcn_graph.metrics import METRICS_KEYS, format_metrics, format_value, metrics_record
-from fcn_graph.progress import Progress
-from fcn_graph.quantize import add_calibration_arg, resolve_precision_args
+from fcn_graph import cli
+from fcn_graph.core.constants import ENGINES, IGNORE_LABEL, INFERENCE_PRECISIONS
+from fcn_graph.core.errors import UserError, run_cli
+from fcn_graph.core.fileio import (
+    OutputFolder,
+    check_output_file,
+    json_written_with,
+    write_json_atomic,
+)
+from fcn_graph.core.progress import Progress
+from fcn_graph.data import image_files
+from fcn_graph.engines import tiling
+from fcn_graph.host import choice, tflog
+from fcn_graph.host.memory import return_freed_memory
+from fcn_graph.training.config import SPLIT_KEYS, load_config
+from fcn_graph.training.metrics import METRICS_KEYS, format_metrics, format_value, metrics_record
 
 
 def build_parser():
     parser = argparse.ArgumentParser(prog="python -m fcn_graph.evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_args(parser)
+    cli.add_config_args(parser)
     parser.add_argument("--checkpoint", default=None,
                         help="checkpoint prefix or directory (default: the latest in "
                              "train.log_dir)")
@@ -48,16 +55,16 @@ def build_parser():
                              "the precision allows, else tf), tf (the reference), or "
                              "onnxruntime (the same network as export --format onnx writes "
                              "it; scores agree to 1e-4)")
-    add_kernels_arg(parser)
+    cli.add_kernels_arg(parser)
     parser.add_argument("--precision", choices=INFERENCE_PRECISIONS, default="float32",
                         help="float32 (default); bfloat16 (engine tf, oneDNN, a CPU with bf16 "
                              "units) or int8 (engine onnxruntime, with --calibration): also "
                              "runs float32 on the same split and reports the mean IU of both "
                              "and the fraction of pixels whose labels agree")
-    add_calibration_arg(parser)
+    cli.add_calibration_arg(parser)
     parser.add_argument("--max-images", type=int, default=None,
                         help="evaluate only the first N images of the split")
-    tiling.add_tile_args(parser)
+    cli.add_tile_args(parser)
     return parser
 
 
@@ -66,8 +73,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.max_images is not None and args.max_images < 1:
         parser.error(f"--max-images: expected a positive integer, found {args.max_images}")
-    tile = tiling.tile_option(parser, args)
-    calibration = resolve_precision_args(parser, args)
+    tile = cli.tile_option(parser, args)
+    args.engine, args.engine_reason, calibration = cli.resolve_precision_args(parser, args)
     reads = [*SPLIT_KEYS, "model.num_classes", "train.threads"]
     if args.checkpoint is None:
         reads.append("train.log_dir")
@@ -85,11 +92,12 @@ def main(argv=None):
         raise UserError(f"{source}: no such directory (train.log_dir); train first or pass "
                         f"--checkpoint")
     # before TensorFlow loads: it reads TF_ENABLE_ONEDNN_OPTS once
-    cpu_choice.apply_onednn("inference", threads=config.train.threads,
+    choice.apply_onednn("inference", threads=config.train.threads,
                             require=args.engine == "tf" and args.precision == "bfloat16")
     tflog.load_tensorflow()
-    from fcn_graph import checkpoint, datasets
-    from fcn_graph.evaluation import evaluate_checkpoint
+    from fcn_graph.data import datasets
+    from fcn_graph.training.evaluator import evaluate_checkpoint
+    from fcn_graph.weights import checkpoint
 
     prefix = checkpoint.resolve_checkpoint(source)
     spec = checkpoint.model_spec_from_checkpoint(prefix)

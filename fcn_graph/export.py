@@ -22,7 +22,7 @@ dynamic dimensions N, H and W.
 Exports carry the reference kernels by default (`--kernels reference`: plain
 conv2d for conv6/conv7 and conv2d_transpose for the three upsamplings in
 TensorFlow, Conv and ConvTranspose in ONNX), since a served model may run on a
-GPU; `--kernels cpu` writes the faster CPU forms (`fcn_graph.cpu_kernels`),
+GPU; `--kernels cpu` writes the faster CPU forms (`fcn_graph.network.cpu_layers`),
 `--kernels auto` picks by the devices of the exporting machine.
 
 The SavedModel is written by the TF1 `SavedModelBuilder`: the weights stay
@@ -36,7 +36,7 @@ checkpoint's arrays: the same model `--engine onnxruntime` runs. With
 (export/voc.onnx.data), which must stay next to the `.onnx`; ONNX Runtime
 loads such a pair with a lower memory peak, and no 2 GB limit applies.
 
-With `--quantize int8` the ONNX model is quantized (`fcn_graph.quantize`:
+With `--quantize int8` the ONNX model is quantized (`fcn_graph.engines.int8_model`:
 int8 weights per output channel, uint8 activations, QDQ format, the
 upsamplings kept float) after calibrating its activation ranges on up to 32
 images of `--calibration DIR` (images over 1024 pixels on their long side are
@@ -46,7 +46,7 @@ the error against the checkpoint without a limit.
 Each export is checked before it replaces the target: the written file is
 loaded back (TensorFlow for SavedModel and frozen graphs, onnxruntime for
 ONNX), run on a seeded random 67x93 image, and its scores compared with the
-checkpoint's (`fcn_graph.segmenter.Segmenter`). A maximum relative error of
+checkpoint's (`fcn_graph.engines.segmenter.Segmenter`). A maximum relative error of
 1e-4 or more is an error and nothing is written.
 
 The folder of --out is created where missing. An existing --out is refused;
@@ -59,10 +59,12 @@ import argparse
 import logging
 import sys
 
-from fcn_graph import image_files, onnx_engine, tflog
-from fcn_graph.constants import EXPORT_FORMATS, KERNELS
-from fcn_graph.errors import UserError, run_cli
-from fcn_graph.quantize import CALIBRATION_IMAGES
+from fcn_graph.core.constants import EXPORT_FORMATS, KERNELS
+from fcn_graph.core.errors import UserError, run_cli
+from fcn_graph.data import image_files
+from fcn_graph.engines import onnx_engine
+from fcn_graph.engines.int8_model import CALIBRATION_IMAGES
+from fcn_graph.host import tflog
 
 
 def build_parser():
@@ -112,13 +114,13 @@ def main(argv=None):
     if args.calibration is not None and not args.quantize:
         parser.error("--calibration applies to --quantize int8 only")
     if args.quantize:
-        from fcn_graph.quantize import calibration_files
+        from fcn_graph.engines.int8_model import calibration_files
         calibration_files(args.calibration)   # a bad folder fails before the checkpoint loads
     tflog.load_tensorflow()
     import tensorflow as tf
 
-    from fcn_graph import checkpoint
-    from fcn_graph.exporting import EXPORTERS, INPUT_NAME, OUTPUT_NAMES, SIGNATURE_KEY
+    from fcn_graph.engines.exporters import EXPORTERS, INPUT_NAME, OUTPUT_NAMES, SIGNATURE_KEY
+    from fcn_graph.weights import checkpoint
 
     # TF1 deprecation notices are noise on this command line.
     tf.get_logger().setLevel(logging.ERROR)

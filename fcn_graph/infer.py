@@ -25,16 +25,18 @@ import time
 
 import numpy as np
 
-from fcn_graph import cpu_choice, image_files, tflog, tiling
-from fcn_graph.config import add_config_args, add_kernels_arg, load_config
-from fcn_graph.constants import ENGINES, INFERENCE_PRECISIONS, VGG_MEAN_RGB
-from fcn_graph.errors import UserError, run_cli
-from fcn_graph.fileio import OutputFolder, kind_of
-from fcn_graph.image_files import IMAGE_EXTENSIONS
-from fcn_graph.memory import return_freed_memory
-from fcn_graph.pipeline import run_pipeline, terminate_as_interrupt
-from fcn_graph.progress import Progress
-from fcn_graph.quantize import add_calibration_arg, resolve_precision_args
+from fcn_graph import cli
+from fcn_graph.core.constants import ENGINES, INFERENCE_PRECISIONS, VGG_MEAN_RGB
+from fcn_graph.core.errors import UserError, run_cli
+from fcn_graph.core.fileio import OutputFolder, kind_of
+from fcn_graph.core.progress import Progress
+from fcn_graph.data import image_files
+from fcn_graph.data.image_files import IMAGE_EXTENSIONS
+from fcn_graph.engines import tiling
+from fcn_graph.engines.pipeline import run_pipeline, terminate_as_interrupt
+from fcn_graph.host import choice, tflog
+from fcn_graph.host.memory import return_freed_memory
+from fcn_graph.training.config import load_config
 
 
 def list_images(inputs):
@@ -160,7 +162,7 @@ def build_parser():
     parser.add_argument("--checkpoint", default=None,
                         help="checkpoint prefix, or a directory (its latest checkpoint); "
                              "default with --config: the latest in train.log_dir")
-    add_config_args(parser)
+    cli.add_config_args(parser)
     parser.add_argument("--output-dir", default="predictions",
                         help="where to write the outputs (default: predictions)")
     parser.add_argument("--save-scores", action="store_true",
@@ -179,15 +181,15 @@ def build_parser():
                              "the precision allows, else tf), tf (the reference), or "
                              "onnxruntime (the checkpoint converted once to the model export "
                              "--format onnx writes, then kept in the model cache)")
-    add_kernels_arg(parser)
+    cli.add_kernels_arg(parser)
     parser.add_argument("--xla", action="store_true",
                         help="compile the TensorFlow graph with XLA (engine tf)")
     parser.add_argument("--precision", choices=INFERENCE_PRECISIONS, default="float32",
                         help="float32 (default); bfloat16 through oneDNN (needs "
                              "TF_ENABLE_ONEDNN_OPTS=1 and a CPU with bf16 units); float16 on "
                              "a GPU; int8 through ONNX Runtime, quantized with --calibration")
-    add_calibration_arg(parser)
-    tiling.add_tile_args(parser)
+    cli.add_calibration_arg(parser)
+    cli.add_tile_args(parser)
     return parser
 
 
@@ -198,7 +200,7 @@ def main(argv=None):
         parser.error(f"--batch: expected a positive integer, found {args.batch}")
     if not 0.0 <= args.alpha <= 1.0:
         parser.error(f"--alpha: expected a value in [0, 1], found {args.alpha}")
-    tile = tiling.tile_option(parser, args)
+    tile = cli.tile_option(parser, args)
     if args.checkpoint is None and args.config is None:
         parser.error("--checkpoint: required unless --config names a train.log_dir")
     source = args.checkpoint
@@ -210,22 +212,22 @@ def main(argv=None):
         source = source or config.train.log_dir
         args.threads = args.threads or config.train.threads
         args.kernels = args.kernels or config.model.kernels
-    calibration = resolve_precision_args(parser, args)
+    args.engine, args.engine_reason, calibration = cli.resolve_precision_args(parser, args)
     # before TensorFlow loads: it reads TF_ENABLE_ONEDNN_OPTS once
-    cpu_choice.apply_onednn("inference", threads=args.threads,
+    choice.apply_onednn("inference", threads=args.threads,
                             require=args.engine == "tf" and args.precision == "bfloat16")
     paths = list_images(args.inputs)
     stems, notes = output_stems(paths)
     cached = None
     if args.engine == "onnxruntime" and args.precision == "float32" and not args.xla:
         # A model converted before: no TensorFlow at all (model_cache).
-        from fcn_graph.onnx_engine import find_converted
+        from fcn_graph.engines.onnx_engine import find_converted
         cached = find_converted(source, mean_pixel=args.mean, kernels=args.kernels or "auto")
     if cached is not None:
         prefix, spec = cached.prefix, cached.spec
     else:
         tflog.load_tensorflow()
-        from fcn_graph import checkpoint
+        from fcn_graph.weights import checkpoint
         prefix = checkpoint.resolve_checkpoint(source)
         spec = checkpoint.model_spec_from_checkpoint(prefix)
     image_files.check_num_classes(spec.num_classes, f"{prefix} (checkpoint)")
@@ -244,10 +246,10 @@ def main(argv=None):
               f"{list(spec.mean_pixel)}", file=sys.stderr)
     return_freed_memory()
     if cached is not None:
-        from fcn_graph.onnx_engine import OnnxSegmenter
+        from fcn_graph.engines.onnx_engine import OnnxSegmenter
         segmenter = OnnxSegmenter(cached, threads=args.threads)
     else:
-        from fcn_graph.segmenter import make_segmenter
+        from fcn_graph.engines.segmenter import make_segmenter
         segmenter = make_segmenter(prefix, engine=args.engine, mean_pixel=args.mean,
                                    threads=args.threads, xla=args.xla, precision=args.precision,
                                    kernels=args.kernels or "auto", calibration=calibration)

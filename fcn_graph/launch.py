@@ -31,7 +31,7 @@ import argparse
 import signal
 import sys
 
-from fcn_graph.errors import UserError, run_cli
+from fcn_graph.core.errors import UserError, run_cli
 
 PROG = "fcn_graph.launch"
 
@@ -88,7 +88,7 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
-    from fcn_graph import procgroup
+    from fcn_graph.cluster import procgroup
 
     command = procgroup.resolve_command(command)
     procgroup.check_host(args.host)

@@ -19,9 +19,9 @@ refused before anything is read: port never replaces a file.
 import argparse
 import sys
 
-from fcn_graph import tflog
-from fcn_graph.constants import ARCHITECTURES, SKIPS, VGG_MEAN_RGB
-from fcn_graph.errors import UserError, run_cli
+from fcn_graph.core.constants import ARCHITECTURES, SKIPS, VGG_MEAN_RGB
+from fcn_graph.core.errors import UserError, run_cli
+from fcn_graph.host import tflog
 
 
 def _add_start_options(p):
@@ -87,10 +87,10 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     tflog.load_tensorflow()
-    from fcn_graph import porting
+    from fcn_graph.weights import conversion
 
     try:
-        return getattr(porting, args.verb_name)(args)
+        return getattr(conversion, args.verb_name)(args)
     except OSError as err:  # a full disk, a folder made read-only meanwhile
         where = err.filename or getattr(args, "out", None) or args.path
         raise UserError(f"{where}: {err.strerror}") from None

@@ -16,7 +16,7 @@ line, keeping the last good checkpoint. One run at a time per log directory.
 With train.precision bfloat16 (CPUs with bfloat16 units), the convolutions
 and products run in bfloat16 through oneDNN; the weights stay float32.
 
-With TF_CONFIG naming several tasks (fcn_graph.distributed), every task runs
+With TF_CONFIG naming several tasks (fcn_graph.cluster.distributed), every task runs
 this same command and they train synchronously: each on its shard of the
 training files with train.batch_size images per step, over train.devices on
 its machine; only the chief writes. A task that does not answer within
@@ -27,15 +27,16 @@ from the chief's newest checkpoint.
 import argparse
 import sys
 
-from fcn_graph import cpu_choice, tflog
-from fcn_graph.config import add_config_args, load_config
-from fcn_graph.errors import UserError, run_cli
+from fcn_graph import cli
+from fcn_graph.core.errors import UserError, run_cli
+from fcn_graph.host import choice, tflog
+from fcn_graph.training.config import load_config
 
 
 def build_parser():
     parser = argparse.ArgumentParser(prog="train.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    return add_config_args(parser, config_required=True)
+    return cli.add_config_args(parser, config_required=True)
 
 
 def main(argv=None):
@@ -45,7 +46,7 @@ def main(argv=None):
                          "training never starts from the built-in defaults alone")
     config = load_config(args.config, args.overrides)
     # before TensorFlow loads: it reads TF_ENABLE_ONEDNN_OPTS once
-    cpu_choice.apply_onednn("training", threads=config.train.threads,
+    choice.apply_onednn("training", threads=config.train.threads,
                             require=config.train.precision == "bfloat16")
     tflog.load_tensorflow()
     from fcn_graph.training import train

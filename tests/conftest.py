@@ -8,7 +8,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from tinyvgg import TINY_MEAN, TINY_WIDTHS, make_fc_layers, make_vgg_layers  # noqa: E402
 
-from fcn_graph.matconvnet import write_vgg_mat  # noqa: E402
+from fcn_graph.weights.matconvnet import write_vgg_mat  # noqa: E402
 
 # Test files that run TensorFlow's convolution, pooling and upsampling kernels
 # and compare their results (or errors) with a reference: marked `kernels`, so
@@ -27,7 +27,7 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(autouse=True)
 def own_model_cache(tmp_path_factory, monkeypatch):
-    """Each test its own model cache (fcn_graph.model_cache), never the user's;
+    """Each test its own model cache (fcn_graph.engines.model_cache), never the user's;
     subprocesses inherit it through the environment."""
     monkeypatch.setenv("FCN_GRAPH_CACHE", str(tmp_path_factory.mktemp("model_cache")))
 

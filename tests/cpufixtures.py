@@ -1,7 +1,7 @@
 """cpuinfo texts of the CPU kinds the precision tests fake, and the helper that
-points `fcn_graph.cpuinfo` at one of them."""
+points `fcn_graph.host.cpuinfo` at one of them."""
 
-from fcn_graph import cpuinfo
+from fcn_graph.host import cpuinfo
 
 ZEN4 = """processor\t: 0
 vendor_id\t: AuthenticAMD

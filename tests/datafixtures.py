@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fcn_graph.constants import voc_palette
+from fcn_graph.core.constants import voc_palette
 
 H, W = 20, 30
 

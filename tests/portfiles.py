@@ -6,8 +6,8 @@ import numpy as np
 import tensorflow as tf
 from tfutil import build_graph, random_values
 
-from fcn_graph import checkpoint
-from fcn_graph.kerash5 import KERAS_CONV_LAYERS, KERAS_FC_LAYERS
+from fcn_graph.weights import checkpoint
+from fcn_graph.weights.kerash5 import KERAS_CONV_LAYERS, KERAS_FC_LAYERS
 
 tf1 = tf.compat.v1
 

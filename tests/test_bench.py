@@ -11,8 +11,10 @@ import pytest
 
 from bench import cases, harness, report, worker
 from fcn_graph import bench as bench_command
-from fcn_graph import checkpoint, model
-from fcn_graph.errors import UserError, run_cli
+from fcn_graph.core.errors import UserError, run_cli
+from fcn_graph.network import definition
+from fcn_graph.network.spec import scaled_vgg_widths
+from fcn_graph.weights import checkpoint
 
 
 def _args(tmp_path, **kwargs):
@@ -35,7 +37,7 @@ def test_inference_case_profile_and_rows(tmp_path, monkeypatch, variant):
     for name in ("conv1_1", "pool4", "conv5_3", "pool5", "conv6", "conv_t1", "conv_t3"):
         assert name in layers, name
     assert "conv5_4" not in layers
-    ends = [layer for layer, _ in model.layer_ends(checkpoint.model_spec_from_checkpoint(args.prefix))]
+    ends = [layer for layer, _ in definition.layer_ends(checkpoint.model_spec_from_checkpoint(args.prefix))]
     assert set(ends) <= set(layers), set(ends) - set(layers)
     # the reference kernels upsample with tf.nn.conv2d_transpose, the cpu ones do not
     transposed = [kind for kind in profile["op_kinds_ms"] if "Conv2DBackpropInput" in kind]
@@ -145,7 +147,7 @@ def test_no_library_module_imports_the_benchmark():
 ])
 def test_the_report_names_the_cpu_features_and_choices(tmp_path, monkeypatch, cpuinfo_text,
                                                        features, bf16, int8):
-    from fcn_graph import cpuinfo
+    from fcn_graph.host import cpuinfo
     path = tmp_path / "cpuinfo"
     path.write_text("model name\t: Test CPU\n" + cpuinfo_text)
     monkeypatch.setattr(cpuinfo, "CPUINFO_PATH", str(path))
@@ -167,7 +169,7 @@ def test_optimizer_update_ceiling_and_a_tiny_run(capsys):
                                   "--num-classes", "3", "--repeats", "1", "--sgemm", "50",
                                   "--step-gflop", "5"]) == 0
     out = capsys.readouterr().out
-    shapes = model.variable_shapes(3, vgg_widths=model.scaled_vgg_widths(0.125),
+    shapes = definition.variable_shapes(3, vgg_widths=scaled_vgg_widths(0.125),
                                        fc_width=8)
     count = sum(int(np.prod(shape)) for shape in shapes.values())
     assert f"adam update over {count / 1e6:.1f} M weights" in out

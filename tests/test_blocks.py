@@ -13,8 +13,7 @@ from npref import (
     same_padding,
 )
 
-from fcn_graph import cpu_kernels
-from fcn_graph import model as fcn_model
+from fcn_graph.network import cpu_layers, tf_layers
 
 ODD_SIZES = [(1, 1), (3, 5), (7, 9), (13, 11), (37, 45)]
 
@@ -165,12 +164,12 @@ def test_dense_conv2d_matches_reference_and_conv_gradients(size, k, cin, cout, b
     x, w, b = _rand(rng, 2, *size, cin), _rand(rng, k, k, cin, cout), _rand(rng, cout)
 
     def dense(x, w, b):
-        return cpu_kernels.dense_conv2d(x, w, b, block=block)
+        return cpu_layers.dense_conv2d(x, w, b, block=block)
     _assert_close(dense(_tf(x), _tf(w), _tf(b)), conv2d_same(x, w, b))
     # Its gradients (im2col's included) equal the convolution's.
     weights = rng.standard_normal((2, *size, cout))
     grads = []
-    for op in (dense, fcn_model.conv2d):
+    for op in (dense, tf_layers.conv2d):
         tx, tw = tf.Variable(_tf(x)), tf.Variable(_tf(w))
         with tf.GradientTape() as tape:
             loss = tf.reduce_sum(op(tx, tw, _tf(b)) * _tf(weights))
@@ -187,7 +186,7 @@ def test_matmul_in_row_blocks_matches_numpy_with_plain_gradients(rows, block):
     upstream = rng.standard_normal((rows, 5))
     ta, tm = tf.Variable(_tf(a)), tf.Variable(_tf(m))
     with tf.GradientTape() as tape:
-        out = cpu_kernels.matmul_in_row_blocks(ta, tm, block=block)
+        out = cpu_layers.matmul_in_row_blocks(ta, tm, block=block)
         loss = tf.reduce_sum(out * _tf(upstream))
     if rows == 0:  # an empty batch gives an empty product
         assert out.shape == (0, 5)
@@ -203,7 +202,7 @@ def test_matmul_in_row_blocks_in_a_graph_with_unknown_rows():
     m = _rand(rng, 4, 3)
     with tf.Graph().as_default(), tf.compat.v1.Session() as sess:
         rows = tf.compat.v1.placeholder(tf.float32, [None, 4])
-        outs = [cpu_kernels.matmul_in_row_blocks(rows, _tf(m), block=block)
+        outs = [cpu_layers.matmul_in_row_blocks(rows, _tf(m), block=block)
                 for block in (4, 0)]
         for count in (1, 4, 5, 13):
             a = _rand(rng, count, 4)

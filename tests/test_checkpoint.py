@@ -11,16 +11,18 @@ from portfiles import write_legacy_checkpoint
 from tfutil import LEGACY_NAMES, build_graph
 from tinyvgg import TINY_MEAN, TINY_WIDTHS
 
-from fcn_graph import checkpoint, port
-from fcn_graph import model as fcn_model
-from fcn_graph.errors import UserError
-from fcn_graph.matconvnet import load_vgg_mat, write_vgg_mat
+from fcn_graph import port
+from fcn_graph.core.errors import UserError
+from fcn_graph.network import tf_layers
+from fcn_graph.network.spec import ModelSpec
+from fcn_graph.weights import checkpoint
+from fcn_graph.weights.matconvnet import load_vgg_mat, write_vgg_mat
 
 tf1 = tf.compat.v1
 
 
 def tiny_spec(num_classes=4, mean_pixel=None):
-    return fcn_model.ModelSpec(num_classes=num_classes, fc_width=6,
+    return ModelSpec(num_classes=num_classes, fc_width=6,
                                vgg_widths=tuple(TINY_WIDTHS.values()), mean_pixel=mean_pixel)
 
 
@@ -465,19 +467,19 @@ def _sidecar(tmp_path, content):
 
 @pytest.mark.parametrize("content, reason", [
     (b"", "unreadable checkpoint sidecar (Expecting value: line 1 column 1 (char 0))"),
-    (b'{"format": "fcn_graph.checkpoint", ',
+    (b'{"format": "fcn_graph.weights.checkpoint", ',
      "unreadable checkpoint sidecar (Expecting property name enclosed in double quotes: "
      "line 1 column 36 (char 35))"),
     (b"\xff\xfe{}", "unreadable checkpoint sidecar ('utf-8' codec can't decode byte 0xff in "
                     "position 0: invalid start byte)"),
-    (["format", "fcn_graph.checkpoint"],
-     'not an fcn_graph sidecar (expected "format": "fcn_graph.checkpoint")'),
-    ({"format": "other"}, 'not an fcn_graph sidecar (expected "format": "fcn_graph.checkpoint")'),
-    ({"format": "fcn_graph.checkpoint", "mean_pixel": [1, 2, "x"]},
+    (["format", "fcn_graph.weights.checkpoint"],
+     'not an fcn_graph sidecar (expected "format": "fcn_graph.weights.checkpoint")'),
+    ({"format": "other"}, 'not an fcn_graph sidecar (expected "format": "fcn_graph.weights.checkpoint")'),
+    ({"format": "fcn_graph.weights.checkpoint", "mean_pixel": [1, 2, "x"]},
      "mean_pixel: expected 3 numbers (one per colour channel, 0..255 scale), found [1, 2, 'x']"),
-    ({"format": "fcn_graph.checkpoint", "train_upsampling": "yes"},
+    ({"format": "fcn_graph.weights.checkpoint", "train_upsampling": "yes"},
      "train_upsampling: expected true or false, found 'yes'"),
-    ({"format": "fcn_graph.checkpoint", "kernels_transposed": 1},
+    ({"format": "fcn_graph.weights.checkpoint", "kernels_transposed": 1},
      "kernels_transposed: expected true or false, found 1"),
 ])
 def test_read_sidecar_names_a_damaged_sidecar(tmp_path, content, reason):
@@ -488,12 +490,12 @@ def test_read_sidecar_names_a_damaged_sidecar(tmp_path, content, reason):
 
 
 def test_read_sidecar_reads_a_good_one_and_refuses_a_directory(tmp_path):
-    written = {"format": "fcn_graph.checkpoint", "mean_pixel": [1, 2, 3], "train_upsampling": True}
+    written = {"format": "fcn_graph.weights.checkpoint", "mean_pixel": [1, 2, 3], "train_upsampling": True}
     prefix, path = _sidecar(tmp_path, written)
     record = checkpoint.read_sidecar(prefix)
     assert record == {**written, "mean_pixel": [1.0, 2.0, 3.0]}
     assert [type(v) for v in record["mean_pixel"]] == [float, float, float]
-    _sidecar(tmp_path, {"format": "fcn_graph.checkpoint", "mean_pixel": None})
+    _sidecar(tmp_path, {"format": "fcn_graph.weights.checkpoint", "mean_pixel": None})
     assert checkpoint.read_sidecar(prefix)["mean_pixel"] is None
     assert checkpoint.read_sidecar(str(tmp_path / "none")) is None
     os.remove(path)
@@ -605,7 +607,7 @@ def _restore_graph(*, finalize=False):
         a = tf1.get_variable("inference/a", initializer=np.zeros((2, 3), np.float32))
         tf1.get_variable("inference/b", initializer=np.float32(0))
         step = tf1.train.get_or_create_global_step()
-        saver = tf1.train.Saver(var_list=fcn_model.model_variables(graph))
+        saver = tf1.train.Saver(var_list=tf_layers.model_variables(graph))
         init = tf1.global_variables_initializer()
     if finalize:
         graph.finalize()
@@ -632,7 +634,7 @@ def test_restore_model_restores_the_variables_it_is_given(tmp_path):
     sess, _, a, step = _restore_graph()
     try:  # the session's graph is not the default graph here
         checkpoint.restore_model(sess, full)  # the graph's model variables
-        b = fcn_model.model_variables(sess.graph)["inference/b"]
+        b = tf_layers.model_variables(sess.graph)["inference/b"]
         assert sess.run(b) == 2.5 and sess.run(step) == 0
         np.testing.assert_array_equal(sess.run(a), A_VALUES)
         checkpoint.restore_model(sess, only_a, {"inference/a": a})

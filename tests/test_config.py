@@ -3,8 +3,9 @@ import os
 
 import pytest
 
-from fcn_graph.config import add_config_args, load_config, save_resolved_config
-from fcn_graph.errors import UserError
+from fcn_graph.cli import add_config_args
+from fcn_graph.core.errors import UserError
+from fcn_graph.training.config import load_config, save_resolved_config
 
 
 def write(tmp_path, text, name="config.json"):

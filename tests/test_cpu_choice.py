@@ -1,4 +1,4 @@
-"""Choices made per CPU (`fcn_graph.cpu_choice`): the rule from the CPU's flags,
+"""Choices made per CPU (`fcn_graph.host.choice`): the rule from the CPU's flags,
 the environment winning, cached calibrations (good, broken or foreign), the
 derivation from timings, oneDNN set before TensorFlow loads, and the
 calibrate command (one tiny real run)."""
@@ -10,9 +10,11 @@ import sys
 
 import pytest
 
-from fcn_graph import calibrate, calibration, cpu_choice, cpuinfo
-from fcn_graph.errors import run_cli
-from fcn_graph.fileio import write_json_atomic
+from fcn_graph import calibrate
+from fcn_graph.core.errors import run_cli
+from fcn_graph.core.fileio import write_json_atomic
+from fcn_graph.host import choice as cpu_choice
+from fcn_graph.host import cpuinfo, kernel_timing
 
 CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -115,13 +117,13 @@ def test_choices_and_forms_are_checked():
     for bad in ("matmul/0", "matmul/x", "dense"):
         with pytest.raises(ValueError, match="unknown conv6/conv7 form"):
             cpu_choice.parse_fc_form(bad)
-    from fcn_graph import cpu_kernels
+    from fcn_graph.network import cpu_layers
     with pytest.raises(ValueError, match="fc_form: expected one of matmul, conv, found 'fc'"):
-        cpu_kernels.CpuLayers(fc_form="fc")
+        cpu_layers.CpuLayers(fc_form="fc")
     with pytest.raises(ValueError, match="upsample_form: expected"):
-        cpu_kernels.CpuLayers(upsample_form="bilinear")
+        cpu_layers.CpuLayers(upsample_form="bilinear")
     with pytest.raises(ValueError, match="row_block: expected a non-negative integer"):
-        cpu_kernels.CpuLayers(row_block=-1)
+        cpu_layers.CpuLayers(row_block=-1)
 
 
 # ---------------------------------------------------------------- calibration
@@ -211,7 +213,7 @@ def test_a_calibration_round_trip(tmp_path):
         other = cpu_choice.choose("inference", text=text, root=str(tmp_path), threads=threads,
                                   environ={})
         assert other.onednn_inference is True and other.sources["fc_form"].startswith("rule")
-    table = calibration.format_calibration(json.loads(open(path).read()), path)
+    table = kernel_timing.format_calibration(json.loads(open(path).read()), path)
     assert "inference: oneDNN off" in table and "training: oneDNN on" in table
     assert "forward      512 conv7    matmul/all        1.0     10.0" in table
 
@@ -286,10 +288,10 @@ def test_run_calibration_writes_atomically_and_keeps_the_old_file(tmp_path, monk
     fake_cpuinfo(monkeypatch, tmp_path, ZEN4)
     rows = timings()
     calls = []
-    monkeypatch.setattr(calibration.subprocess, "run", _fake_worker(
+    monkeypatch.setattr(kernel_timing.subprocess, "run", _fake_worker(
         lambda s: [r for r in rows if r["onednn"] == (s == "1")], calls))
     root = tmp_path / "cache"
-    path, record = calibration.run_calibration(threads=2, root=str(root))
+    path, record = kernel_timing.run_calibration(threads=2, root=str(root))
     assert calls == [("0", "0"), ("1", "1")]  # one process per setting, off first
     key = cpu_choice.calibration_key(threads=2)
     assert path == cpu_choice.calibration_path(key, str(root))
@@ -301,7 +303,7 @@ def test_run_calibration_writes_atomically_and_keeps_the_old_file(tmp_path, monk
         raise OSError(28, "No space left on device")
     monkeypatch.setattr(os, "replace", full)
     with pytest.raises(OSError, match="No space left"):
-        calibration.run_calibration(threads=2, root=str(root))
+        kernel_timing.run_calibration(threads=2, root=str(root))
     monkeypatch.undo()
     assert open(path, "rb").read() == before
     assert os.listdir(os.path.dirname(path)) == [os.path.basename(path)]
@@ -312,15 +314,15 @@ def test_a_failed_or_wrong_worker_is_one_line(tmp_path, monkeypatch):
 
     def failing(command, env, **kwargs):
         return subprocess.CompletedProcess(command, 1, "", "Traceback\n...\nMemoryError\n")
-    monkeypatch.setattr(calibration.subprocess, "run", failing)
+    monkeypatch.setattr(kernel_timing.subprocess, "run", failing)
     with pytest.raises(calibrate.UserError, match=r"^calibration with TF_ENABLE_ONEDNN_OPTS=0 "
                        r"failed: Traceback \| \.\.\. \| MemoryError$"):
-        calibration.run_calibration(threads=2, root=str(tmp_path))
+        kernel_timing.run_calibration(threads=2, root=str(tmp_path))
     # a TensorFlow that ignored the setting
-    monkeypatch.setattr(calibration.subprocess, "run", _fake_worker(
+    monkeypatch.setattr(kernel_timing.subprocess, "run", _fake_worker(
         lambda s: [r for r in timings() if r["onednn"]], []))
     with pytest.raises(calibrate.UserError, match="did not set oneDNN"):
-        calibration.run_calibration(threads=2, root=str(tmp_path))
+        kernel_timing.run_calibration(threads=2, root=str(tmp_path))
     assert not os.path.exists(tmp_path / "calibration")
 
 
@@ -347,7 +349,7 @@ def test_a_broken_cached_file_is_replaced_only_with_force(tmp_path, monkeypatch,
     path = cpu_choice.calibration_path(key)
     os.makedirs(os.path.dirname(path))
     with open(path, "w") as handle:
-        handle.write('{"format": "fcn_graph.calibration", "vers')
+        handle.write('{"format": "fcn_graph.host.kernel_timing", "vers')
     assert run_cli(calibrate.main, ["--threads", "1"], prog="fcn_graph.calibrate") == 2
     err = capsys.readouterr().err
     assert err.startswith(f"fcn_graph.calibrate: error: calibration {path}: not JSON (")
@@ -379,9 +381,9 @@ def _onednn_child(task, tmp_path, rows):
     """In a fresh process: apply_onednn(task), then import TensorFlow; returns
     (choice, TensorFlow's IsMklEnabled())."""
     write_calibration(tmp_path, cpuinfo.read_cpuinfo(), rows, threads=cpu_choice.thread_count())
-    code = (f"from fcn_graph import cpu_choice\n"
+    code = (f"from fcn_graph.host import choice as cpu_choice\n"
             f"choice = cpu_choice.apply_onednn({task!r})\n"
-            "from fcn_graph import session\n"
+            "from fcn_graph.host import session\n"
             "print(choice.onednn, session.onednn_enabled(), choice.sources['onednn_' + "
             f"{task!r}].split()[0])\n")
     env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
@@ -393,7 +395,7 @@ def _onednn_child(task, tmp_path, rows):
 
 
 def test_apply_onednn_decides_what_tensorflow_runs(tmp_path):
-    from fcn_graph import session
+    from fcn_graph.host import session
     if not session.onednn_enabled() and os.environ.get("TF_ENABLE_ONEDNN_OPTS") == "1":
         pytest.skip("this TensorFlow has no oneDNN kernels")
     # inference: a calibration that found oneDNN slower; training: faster

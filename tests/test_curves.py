@@ -1,7 +1,7 @@
 import cv2
 import numpy as np
 
-from fcn_graph.curves import (
+from fcn_graph.training.curves import (
     CURVES_NAME,
     HISTORY_NAME,
     append_history,

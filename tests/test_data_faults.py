@@ -14,17 +14,20 @@ from PIL import Image
 from test_train import empty_config
 from tinyvgg import TINY_MEAN, TINY_WIDTHS, make_fc_layers, make_vgg_layers
 
-from fcn_graph import datasets, evaluate, export, image_files, infer, port, porting, training
-from fcn_graph import model as fcn_model
+from fcn_graph import evaluate, export, infer, port
 from fcn_graph import train as train_module
-from fcn_graph.config import load_config
-from fcn_graph.constants import IGNORE_LABEL
-from fcn_graph.curves import HISTORY_NAME, append_history, read_history, series
-from fcn_graph.errors import UserError, run_cli
-from fcn_graph.fileio import write_json_atomic
-from fcn_graph.matconvnet import write_vgg_mat
-from fcn_graph.metrics import ConfusionMatrix, format_metrics
-from fcn_graph.segmenter import make_segmenter
+from fcn_graph.core.constants import IGNORE_LABEL
+from fcn_graph.core.errors import UserError, run_cli
+from fcn_graph.core.fileio import write_json_atomic
+from fcn_graph.data import datasets, image_files
+from fcn_graph.engines.segmenter import make_segmenter
+from fcn_graph.network.spec import ModelSpec
+from fcn_graph.training import loop
+from fcn_graph.training.config import load_config
+from fcn_graph.training.curves import HISTORY_NAME, append_history, read_history, series
+from fcn_graph.training.metrics import ConfusionMatrix, format_metrics
+from fcn_graph.weights import conversion
+from fcn_graph.weights.matconvnet import write_vgg_mat
 
 tf1 = tf.compat.v1
 
@@ -236,9 +239,9 @@ def test_read_pair_names_an_empty_image(tmp_path):
 
 
 def _checkpoint_with_classes(tmp_path, num_classes):
-    spec = fcn_model.ModelSpec(num_classes=num_classes, fc_width=4,
+    spec = ModelSpec(num_classes=num_classes, fc_width=4,
                                vgg_widths=tuple(TINY_WIDTHS.values()), mean_pixel=TINY_MEAN)
-    return porting._write_checkpoint(spec, {}, str(tmp_path / "wide" / "ckpt"))
+    return conversion._write_checkpoint(spec, {}, str(tmp_path / "wide" / "ckpt"))
 
 
 def test_more_than_255_classes_are_refused_everywhere(tmp_path, capsys):
@@ -355,7 +358,7 @@ def test_training_with_an_unlabelled_val_split_writes_null_metrics(tmp_path, cap
     run = tmp_path / "run"
     config = load_config(None, ["data.kind=folder", f"data.root={root}",
                                 f"train.log_dir={run}", "train.max_steps=4", *TINY])
-    metrics = training.train(config)
+    metrics = loop.train(config)
     assert metrics["mean_iou"] is None
     assert "validation mean IU n/a" in capsys.readouterr().out
     record = strict_loads((run / "val_metrics.json").read_text())

@@ -8,10 +8,10 @@ import tensorflow as tf
 from datafixtures import H, W, block_label, random_image, write_gray, write_list, write_rgb
 from PIL import Image
 
-from fcn_graph import datasets, shapes_dataset
-from fcn_graph.config import load_config
-from fcn_graph.constants import IGNORE_LABEL
-from fcn_graph.datasets import (
+from fcn_graph.core.constants import IGNORE_LABEL
+from fcn_graph.core.errors import UserError
+from fcn_graph.data import datasets, shapes
+from fcn_graph.data.datasets import (
     LabelFileError,
     augment,
     data_error_message,
@@ -20,7 +20,7 @@ from fcn_graph.datasets import (
     read_label,
     train_dataset,
 )
-from fcn_graph.errors import UserError
+from fcn_graph.training.config import load_config
 
 
 def take(dataset, count):
@@ -256,7 +256,7 @@ def test_train_dataset_batches(folder_root):
 def generate(root, seed=0, **kwargs):
     settings = dict(num_train=4, num_val=2, image_size=24, seed=seed)
     settings.update(kwargs)
-    return shapes_dataset.ensure_shapes(str(root), **settings)
+    return shapes.ensure_shapes(str(root), **settings)
 
 
 def test_shapes_generation_is_deterministic(tmp_path):
@@ -273,9 +273,9 @@ def test_shapes_generation_is_deterministic(tmp_path):
     assert any((tmp_path / "a" / "images" / n).read_bytes() !=
                (tmp_path / "c" / "images" / n).read_bytes() for n in names)
     files = open_split("shapes", str(tmp_path / "a"), "train")
-    assert len(files) == 4 and files.class_names == shapes_dataset.CLASS_NAMES
-    labels = np.stack(eval_labels(files, len(shapes_dataset.CLASS_NAMES)))
-    assert labels.max() < len(shapes_dataset.CLASS_NAMES) and len(np.unique(labels)) > 1
+    assert len(files) == 4 and files.class_names == shapes.CLASS_NAMES
+    labels = np.stack(eval_labels(files, len(shapes.CLASS_NAMES)))
+    assert labels.max() < len(shapes.CLASS_NAMES) and len(np.unique(labels)) > 1
 
 
 def test_shapes_interrupted_generation_is_redone(tmp_path, monkeypatch):
@@ -286,7 +286,7 @@ def test_shapes_interrupted_generation_is_redone(tmp_path, monkeypatch):
         os.makedirs(os.path.join(out, "images"))
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(shapes_dataset, "_generate", interrupted)
+    monkeypatch.setattr(shapes, "_generate", interrupted)
     with pytest.raises(KeyboardInterrupt):
         generate(tmp_path / "s")
     assert not (tmp_path / "s").exists() and not os.path.exists(calls[0])
@@ -298,7 +298,7 @@ def test_shapes_interrupted_generation_is_redone(tmp_path, monkeypatch):
 
 
 def test_shapes_generated_once_when_several_processes_start_together(tmp_path, monkeypatch):
-    generating = shapes_dataset._generate
+    generating = shapes._generate
     calls = []
 
     def slow(out, settings):
@@ -306,7 +306,7 @@ def test_shapes_generated_once_when_several_processes_start_together(tmp_path, m
         time.sleep(0.3)  # the other callers arrive while this one generates
         generating(out, settings)
 
-    monkeypatch.setattr(shapes_dataset, "_generate", slow)
+    monkeypatch.setattr(shapes, "_generate", slow)
     errors = []
 
     def start():

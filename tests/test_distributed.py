@@ -18,10 +18,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from fcn_graph import datasets, distributed, infer, training
+from fcn_graph import infer
 from fcn_graph import train as train_module
-from fcn_graph.config import load_config
-from fcn_graph.errors import UserError, run_cli
+from fcn_graph.cluster import distributed
+from fcn_graph.core.errors import UserError, run_cli
+from fcn_graph.data import datasets
+from fcn_graph.training import loop
+from fcn_graph.training.config import load_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["model.vgg_width=0.0625", "model.fc_width=8", "train.image_size=24",
@@ -74,12 +77,12 @@ def ordered_dataset(files, *, num_classes, batch_size, image_size, **_):
 
 
 def run_tasks(tmp_path, per_task_args, envs, timeout=120):
-    """training.train of each task in its own thread; their results (or errors)."""
+    """loop.train of each task in its own thread; their results (or errors)."""
     results = [None] * len(envs)
 
     def task(i):
         try:
-            results[i] = training.train(load_config(None, per_task_args[i]), environ=envs[i])
+            results[i] = loop.train(load_config(None, per_task_args[i]), environ=envs[i])
         except BaseException as err:  # reported by the test
             results[i] = err
 
@@ -113,14 +116,14 @@ def test_two_workers_equal_one_worker_on_both_halves(tmp_path, monkeypatch):
     run_tasks(tmp_path, [shapes_args(tmp_path, "one", "train.batch_size=2", *steps)], [{}])
 
     seen = {}
-    step_run = training.TrainingRun.step_run
+    step_run = loop.TrainingRun.step_run
 
     def recording(self, fetches, feed_dict=None, *, when):
         out = step_run(self, fetches, feed_dict, when=when)
         seen.setdefault(when, {})[self.cluster.rank] = self.sess.run(self.graph.variables)
         return out
 
-    monkeypatch.setattr(training.TrainingRun, "step_run", recording)
+    monkeypatch.setattr(loop.TrainingRun, "step_run", recording)
     make_shapes(tmp_path)
     envs = [{"TF_CONFIG": text} for text in tf_configs(2)]
     run_tasks(tmp_path, [shapes_args(tmp_path, f"task{i}", "train.batch_size=1", *steps)
@@ -140,7 +143,7 @@ def test_two_workers_equal_one_worker_on_both_halves(tmp_path, monkeypatch):
     assert {"config.json", "val_metrics.json", "history.jsonl"} <= set(os.listdir(
         tmp_path / "task0"))
     # Same variable names: a run without TF_CONFIG continues the chief's checkpoint.
-    monkeypatch.setattr(training.TrainingRun, "step_run", step_run)
+    monkeypatch.setattr(loop.TrainingRun, "step_run", step_run)
     run_tasks(tmp_path, [shapes_args(tmp_path, "task0", "train.batch_size=2", *EXACT,
                                      "train.max_steps=4")], [{}])
     assert checkpoint_values(tmp_path / "task0")["global_step"] == 4
@@ -251,7 +254,7 @@ def test_a_missing_gpu_is_named():
         pytest.skip("this machine has a GPU")
     with pytest.raises(UserError, match="train.devices: /device:GPU:0 not found; this machine "
                                         "has 0 visible GPU"):
-        training.resolve_devices(["/device:GPU:0"])
+        loop.resolve_devices(["/device:GPU:0"])
 
 
 # --------------------------------------------------------------------------- processes
@@ -321,7 +324,7 @@ def test_a_stop_request_of_one_task_stops_both_after_the_same_step(tmp_path, mon
     """A signal (StopSignals) on worker 1 only: both stop after the same
     step; the chief saves it; worker 1 writes nothing."""
     make_shapes(tmp_path)
-    step_run = training.TrainingRun.step_run
+    step_run = loop.TrainingRun.step_run
 
     def signal_at_step_2(self, fetches, feed_dict=None, *, when):
         if self.cluster.rank == 1 and when == "step 2":
@@ -329,7 +332,7 @@ def test_a_stop_request_of_one_task_stops_both_after_the_same_step(tmp_path, mon
             feed_dict = {self.graph.stop_request: 1.0}
         return step_run(self, fetches, feed_dict, when=when)
 
-    monkeypatch.setattr(training.TrainingRun, "step_run", signal_at_step_2)
+    monkeypatch.setattr(loop.TrainingRun, "step_run", signal_at_step_2)
     envs = [{"TF_CONFIG": text} for text in tf_configs(2)]
     args = ["train.max_steps=50", "train.checkpoint_every=50", "train.batch_size=1"]
     with pytest.raises(KeyboardInterrupt):

@@ -5,8 +5,9 @@ import os
 import pytest
 from tinyvgg import write_tiny_checkpoint
 
-from fcn_graph import engine_choice, infer
-from fcn_graph.engine_choice import choose_engine
+from fcn_graph import infer
+from fcn_graph.host import choice
+from fcn_graph.host.choice import choose_engine
 
 
 @pytest.fixture(scope="module")
@@ -44,23 +45,23 @@ def test_auto_falls_back_to_tensorflow_where_onnxruntime_cannot_serve(kwargs, en
 
 def test_an_nvidia_gpu_counts_unless_cuda_visible_devices_hides_it(tmp_path):
     gpus = tmp_path / "gpus"
-    assert not engine_choice.nvidia_gpu_visible({}, str(gpus))          # no driver
+    assert not choice.gpu_visible({}, str(gpus))          # no driver
     gpus.mkdir()
-    assert not engine_choice.nvidia_gpu_visible({}, str(gpus))          # driver, no GPU
+    assert not choice.gpu_visible({}, str(gpus))          # driver, no GPU
     (gpus / "0000:00:1e.0").mkdir()
-    assert engine_choice.nvidia_gpu_visible({}, str(gpus))
-    assert engine_choice.nvidia_gpu_visible({"CUDA_VISIBLE_DEVICES": "0"}, str(gpus))
+    assert choice.gpu_visible({}, str(gpus))
+    assert choice.gpu_visible({"CUDA_VISIBLE_DEVICES": "0"}, str(gpus))
     for hidden in ("", "-1"):
-        assert not engine_choice.nvidia_gpu_visible({"CUDA_VISIBLE_DEVICES": hidden}, str(gpus))
+        assert not choice.gpu_visible({"CUDA_VISIBLE_DEVICES": hidden}, str(gpus))
     (tmp_path / "file").write_text("")
-    assert not engine_choice.nvidia_gpu_visible({}, str(tmp_path / "file"))   # not a folder
+    assert not choice.gpu_visible({}, str(tmp_path / "file"))   # not a folder
 
 
 def test_onnxruntime_installed_follows_the_import_system(monkeypatch):
-    monkeypatch.setattr(engine_choice.importlib.util, "find_spec", lambda name: None)
-    assert not engine_choice.onnxruntime_installed()
-    monkeypatch.setattr(engine_choice.importlib.util, "find_spec", lambda name: object())
-    assert engine_choice.onnxruntime_installed()
+    monkeypatch.setattr(choice.importlib.util, "find_spec", lambda name: None)
+    assert not choice.onnxruntime_installed()
+    monkeypatch.setattr(choice.importlib.util, "find_spec", lambda name: object())
+    assert choice.onnxruntime_installed()
 
 
 @pytest.mark.parametrize("has_onnxruntime, engine", [(True, "onnxruntime"), (False, "tf")])
@@ -69,8 +70,8 @@ def test_infer_names_the_engine_auto_chose(tmp_path, tiny_prefix, monkeypatch, c
     import numpy as np
     from PIL import Image
 
-    monkeypatch.setattr(engine_choice, "nvidia_gpu_visible", lambda: False)
-    monkeypatch.setattr(engine_choice, "onnxruntime_installed", lambda: has_onnxruntime)
+    monkeypatch.setattr(choice, "gpu_visible", lambda: False)
+    monkeypatch.setattr(choice, "onnxruntime_installed", lambda: has_onnxruntime)
     rng = np.random.default_rng(3)
     Image.fromarray(rng.integers(0, 256, (37, 45, 3), dtype=np.uint8)).save(tmp_path / "a.png")
     out = tmp_path / "out"

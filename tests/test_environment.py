@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 
 from bench.worker import make_weights
-from fcn_graph import evaluate, infer, tflog
-from fcn_graph.config import load_config
-from fcn_graph.errors import UserError, run_cli
+from fcn_graph import evaluate, infer
+from fcn_graph.core.errors import UserError, run_cli
+from fcn_graph.host import tflog
+from fcn_graph.training.config import load_config
 
 ABSL = b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
 ONEDNN = (b"I0000 00:00:1795942815.118843   10189 port.cc:153] oneDNN custom operations are on. "
@@ -74,7 +75,7 @@ def test_the_switch_and_load_tensorflow(monkeypatch):
     assert not tflog.filtering_enabled()
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
     assert tflog.filtering_enabled()
-    code = ("import os, sys; from fcn_graph import tflog; tflog.load_tensorflow(); "
+    code = ("import os, sys; from fcn_graph.host import tflog; tflog.load_tensorflow(); "
             "assert 'tensorflow' in sys.modules; print(os.environ['TF_CPP_MIN_LOG_LEVEL'])")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env=_subprocess_env(), timeout=120)
@@ -169,7 +170,7 @@ def test_a_command_prints_only_its_own_lines(tmp_path):
 
 
 def test_config_does_not_import_tensorflow():
-    code = ("import sys, fcn_graph.config, fcn_graph.constants; "
+    code = ("import sys, fcn_graph.training.config, fcn_graph.core.constants; "
             "assert 'tensorflow' not in sys.modules, 'tensorflow imported'")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env=_subprocess_env(), timeout=60)
@@ -177,10 +178,10 @@ def test_config_does_not_import_tensorflow():
 
 
 def test_model_keeps_the_constants_config_checks():
-    from fcn_graph import constants
-    from fcn_graph import model as fcn_model
-    assert fcn_model.ARCHITECTURES == constants.ARCHITECTURES == ("legacy", "paper")
-    assert fcn_model.SKIPS == constants.SKIPS
+    from fcn_graph.core import constants
+    from fcn_graph.core.constants import ARCHITECTURES, SKIPS
+    assert ARCHITECTURES == constants.ARCHITECTURES == ("legacy", "paper")
+    assert SKIPS == constants.SKIPS
     assert load_config(overrides=["model.architecture=paper"]).train.keep_prob == 0.5
     with pytest.raises(UserError, match="model.architecture: expected one of legacy, paper"):
         load_config(overrides=["model.architecture=other"])

@@ -12,11 +12,14 @@ import tensorflow as tf
 from tfutil import build_graph, random_values
 from tinyvgg import TINY_MEAN, TINY_WIDTHS, make_fc_layers, make_vgg_layers
 
-from fcn_graph import checkpoint, export, exporting, onnx_engine, port
-from fcn_graph import model as fcn_model
-from fcn_graph.errors import UserError, run_cli
-from fcn_graph.matconvnet import write_vgg_mat
-from fcn_graph.segmenter import Segmenter
+from fcn_graph import export, port
+from fcn_graph.core.errors import UserError, run_cli
+from fcn_graph.engines import exporters, onnx_engine
+from fcn_graph.engines.segmenter import Segmenter
+from fcn_graph.network import definition
+from fcn_graph.network.spec import ModelSpec
+from fcn_graph.weights import checkpoint
+from fcn_graph.weights.matconvnet import write_vgg_mat
 
 tf1 = tf.compat.v1
 
@@ -25,7 +28,7 @@ def _random_checkpoint(prefix, num_classes, architecture, skips, channel_order, 
     """Tiny widths, random non-zero weights everywhere (score layers and the
     paper's upsampling filters included)."""
     mean = (103.9, 116.8, 123.7) if channel_order == "bgr" else TINY_MEAN
-    spec = fcn_model.ModelSpec(num_classes=num_classes, fc_width=6,
+    spec = ModelSpec(num_classes=num_classes, fc_width=6,
                                vgg_widths=tuple(TINY_WIDTHS.values()), mean_pixel=mean,
                                architecture=architecture, skips=skips,
                                channel_order=channel_order)
@@ -163,7 +166,7 @@ ALL = ["legacy", "legacy-bgr", "paper-32s", "paper", "paper-8s", "paper-8s-bgr"]
 @pytest.mark.parametrize("which", ALL)
 def test_export_onnx_contract(checkpoints, tmp_path, which):
     out = str(tmp_path / "model.onnx")
-    report = exporting.export_onnx(checkpoints[which], out, opset=13 if which == "paper" else 17)
+    report = exporters.export_onnx(checkpoints[which], out, opset=13 if which == "paper" else 17)
     assert report["max_rel_error"] < 1e-4 and report["labels_agree"] > 0.99
     assert report["inputs"] == {"images": "uint8 [N, H, W, 3] RGB"}
     num_classes = 4 if which == "legacy" else 3
@@ -172,7 +175,7 @@ def test_export_onnx_contract(checkpoints, tmp_path, which):
     assert report["num_classes"] == num_classes and report["external_data"] is None
     assert report["channel_order"] == ("bgr" if which in ("paper", "legacy-bgr", "paper-8s-bgr")
                                        else "rgb")
-    assert (report["architecture"], report["skips"]) == fcn_model.detect_architecture(
+    assert (report["architecture"], report["skips"]) == definition.detect_architecture(
         checkpoint.read_variable_shapes(checkpoints[which]))
     assert report["bytes"] == os.path.getsize(out)
     proto = onnx.load(out)
@@ -195,7 +198,7 @@ def test_exported_onnx_is_the_engine_model(checkpoints, tmp_path, which, kernels
     """`export --format onnx` writes exactly `build_onnx_model`'s model, so
     `--engine onnxruntime` on the checkpoint runs the exported graph."""
     out = str(tmp_path / "model.onnx")
-    exporting.export_onnx(checkpoints[which], out, verify=False, kernels=kernels)
+    exporters.export_onnx(checkpoints[which], out, verify=False, kernels=kernels)
     with open(out, "rb") as handle:
         assert handle.read() == onnx_engine.build_onnx_model(
             checkpoints[which], kernels=kernels).SerializeToString()
@@ -219,7 +222,7 @@ def test_export_onnx_external_data(checkpoints, tmp_path, capsys):
     external = [t for t in stored.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
     assert external and {e.value for t in external for e in t.external_data
                          if e.key == "location"} == {"voc.onnx.data"}
-    report = exporting.export_onnx(checkpoints["paper-8s"], str(tmp_path / "again.onnx"),
+    report = exporters.export_onnx(checkpoints["paper-8s"], str(tmp_path / "again.onnx"),
                                 external_data=True)
     assert report["external_data"] == str(tmp_path / "again.onnx.data")
     assert report["bytes"] == os.path.getsize(tmp_path / "again.onnx") + \
@@ -230,7 +233,7 @@ def test_export_onnx_external_data(checkpoints, tmp_path, capsys):
     os.replace(out, moved / "voc.onnx")
     os.replace(f"{out}.data", moved / "voc.onnx.data")
     whole = str(tmp_path / "whole.onnx")
-    exporting.export_onnx(checkpoints["paper-8s"], whole, verify=False)
+    exporters.export_onnx(checkpoints["paper-8s"], whole, verify=False)
     split = onnx_engine.OnnxSegmenter(str(moved / "voc.onnx"))
     for batch in _batches():
         labels, scores = split.run(batch, scores=True)
@@ -246,7 +249,7 @@ def test_inspect_reads_the_exports(checkpoints, tmp_path, capsys):
     paths = {"savedmodel": str(tmp_path / "sm"), "frozen": str(tmp_path / "m.pb"),
              "onnx": str(tmp_path / "m.onnx")}
     for fmt, path in paths.items():
-        exporting.EXPORTERS[fmt](checkpoints["legacy"], path, verify=False)
+        exporters.EXPORTERS[fmt](checkpoints["legacy"], path, verify=False)
     capsys.readouterr()
     expect = {"savedmodel": "input  images: uint8 [None, None, None, 3] (images:0)",
               "frozen": "inputs images:0 uint8; outputs",
@@ -263,7 +266,7 @@ def test_inspect_reads_the_exports(checkpoints, tmp_path, capsys):
 
 
 def test_failed_verification_writes_nothing(checkpoints, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(exporting, "TOLERANCE", -1.0)
+    monkeypatch.setattr(exporters, "TOLERANCE", -1.0)
     for fmt, name, *extra in (("frozen", "m.pb"), ("onnx", "m.onnx"), ("savedmodel", "sm"),
                               ("onnx", "e.onnx", "--external-data")):
         code = run_cli(export.main, ["--checkpoint", checkpoints["legacy"], "--format", fmt,
@@ -305,4 +308,4 @@ def test_export_refusals(checkpoints, tmp_path, capsys):
     assert "is not a SavedModel" in error("--checkpoint", checkpoints["legacy"], "--format",
                                           "savedmodel", "--out", tmp_path / "busy")
     with pytest.raises(UserError, match="is not a SavedModel"):
-        exporting.export_savedmodel(checkpoints["legacy"], str(tmp_path / "busy"))
+        exporters.export_savedmodel(checkpoints["legacy"], str(tmp_path / "busy"))

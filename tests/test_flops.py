@@ -2,8 +2,8 @@
 
 from collections import OrderedDict
 
-from fcn_graph import flops
-from fcn_graph.model import VGG19_CONVS
+from fcn_graph.network import flops
+from fcn_graph.network.spec import VGG19_CONVS
 
 ONES = OrderedDict((name, 1) for name in VGG19_CONVS)
 

@@ -7,14 +7,14 @@ from npref import fcn8s_legacy_forward
 from tfutil import build_graph, run_random
 from tinyvgg import TINY_MEAN, TINY_WIDTHS
 
-from fcn_graph import model as fcn_model
+from fcn_graph.network.spec import ModelSpec
 
 tf1 = tf.compat.v1
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 1), (2, 37, 45), (1, 70, 33)])
 def test_graph_matches_numpy_forward(shape):
-    spec = fcn_model.ModelSpec(num_classes=4, fc_width=6, vgg_widths=tuple(TINY_WIDTHS.values()),
+    spec = ModelSpec(num_classes=4, fc_width=6, vgg_widths=tuple(TINY_WIDTHS.values()),
                                mean_pixel=TINY_MEAN)
     graph, images, logits, _, end_points, variables = build_graph(spec)
     x = np.random.default_rng(1).uniform(0, 255, shape + (3,)).astype(np.float32)
@@ -36,7 +36,7 @@ def test_graph_matches_numpy_forward(shape):
 def test_reference_kernels_match_numpy_forward(shape):
     """kernels="reference" (TFLayers: conv6 as tf.nn.conv2d, every upsampling a
     tf.nn.conv2d_transpose) against the NumPy reference, as the cpu forms are."""
-    spec = fcn_model.ModelSpec(num_classes=4, fc_width=6, vgg_widths=tuple(TINY_WIDTHS.values()),
+    spec = ModelSpec(num_classes=4, fc_width=6, vgg_widths=tuple(TINY_WIDTHS.values()),
                                mean_pixel=TINY_MEAN)
     graph, images, logits, _, end_points, variables = build_graph(spec, kernels="reference")
     op_types = [op.type for op in graph.get_operations()]

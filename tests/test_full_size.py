@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from npref import fcn8s_legacy_forward
 
-from fcn_graph import checkpoint
-from fcn_graph import model as fcn_model
-from fcn_graph.matconvnet import load_vgg_mat, write_vgg_mat
+from fcn_graph.network.spec import VGG19_WIDTHS, ModelSpec
+from fcn_graph.weights import checkpoint
+from fcn_graph.weights.matconvnet import load_vgg_mat, write_vgg_mat
 
 FULL = os.environ.get("FCN_GRAPH_FULL_SIZE") == "1"
 REAL_MAT = os.environ.get("FCN_GRAPH_VGG_MAT")
@@ -36,7 +36,7 @@ def _random_vgg19(seed):
     """VGG19-shaped He-normal weights, as a `.mat` would hold them (TF order)."""
     rng = np.random.default_rng(seed)
     layers, cin = {}, 3
-    for name, cout in fcn_model.VGG19_WIDTHS.items():
+    for name, cout in VGG19_WIDTHS.items():
         std = np.sqrt(2.0 / (9 * cin))
         layers[name] = ((rng.standard_normal((3, 3, cin, cout), np.float32) * np.float32(std)),
                         (rng.standard_normal(cout, np.float32) * np.float32(0.01)))
@@ -80,7 +80,7 @@ def test_legacy_151_class_checkpoint_segments_224x160(tmp_path):
 
     prefix = str(tmp_path / "logs" / "model.ckpt-100000")
     os.makedirs(os.path.dirname(prefix))
-    write_legacy_checkpoint(prefix, fcn_model.ModelSpec(num_classes=151), height=160, width=224)
+    write_legacy_checkpoint(prefix, ModelSpec(num_classes=151), height=160, width=224)
     names = checkpoint.read_variable_shapes(prefix)
     assert "beta1_power" in names and "inference/W6/Adam" in names
     image = np.random.default_rng(3).integers(0, 256, (160, 224, 3), dtype=np.uint8)
@@ -97,6 +97,6 @@ def test_legacy_151_class_checkpoint_segments_224x160(tmp_path):
 @pytest.mark.skipif(not REAL_MAT, reason="set FCN_GRAPH_VGG_MAT to a real imagenet-vgg-verydeep-19.mat")
 def test_real_vgg19_mat_loads():
     vgg = load_vgg_mat(REAL_MAT)
-    assert list(vgg.widths.values()) == list(fcn_model.VGG19_WIDTHS.values())
+    assert list(vgg.widths.values()) == list(VGG19_WIDTHS.values())
     np.testing.assert_allclose(vgg.mean_pixel, (123.68, 116.779, 103.939), atol=0.01)
     assert vgg.fc["fc6"][0].shape == (7, 7, 512, 4096)

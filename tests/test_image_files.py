@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fcn_graph.constants import voc_palette
-from fcn_graph.errors import UserError
-from fcn_graph.fileio import atomic_write, write_json_atomic
-from fcn_graph.image_files import (
+from fcn_graph.core.constants import voc_palette
+from fcn_graph.core.errors import UserError
+from fcn_graph.core.fileio import atomic_write, write_json_atomic
+from fcn_graph.data.image_files import (
     colorize,
     overlay,
     read_image,

@@ -11,9 +11,10 @@ from npref import fcn8s_legacy_forward
 from PIL import Image
 from tinyvgg import TINY_MEAN
 
-from fcn_graph import checkpoint, infer, port
-from fcn_graph.image_files import read_label
-from fcn_graph.segmenter import Segmenter
+from fcn_graph import infer, port
+from fcn_graph.data.image_files import read_label
+from fcn_graph.engines.segmenter import Segmenter
+from fcn_graph.weights import checkpoint
 
 NUM_CLASSES = 4
 

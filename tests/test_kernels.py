@@ -1,7 +1,7 @@
 """The kernel sets and the one definition of the network.
 
 Both TensorFlow kernel sets (`model.TFLayers`, the reference ops, and
-`cpu_kernels.CpuLayers`) give the same logits and gradients for every head;
+`cpu_layers.CpuLayers`) give the same logits and gradients for every head;
 `choose_kernels` picks by device; and a change to one layer of the definition
 reaches the TensorFlow graph, the ONNX model and the FLOP count together.
 """
@@ -14,9 +14,11 @@ import tensorflow as tf
 from tfutil import random_values
 from tinyvgg import TINY_MEAN, TINY_WIDTHS
 
-from fcn_graph import checkpoint, constants, cpu_kernels, flops
-from fcn_graph import model as fcn_model
-from fcn_graph.segmenter import Segmenter
+from fcn_graph.engines.segmenter import Segmenter
+from fcn_graph.host import choice
+from fcn_graph.network import cpu_layers, definition, flops, tf_layers
+from fcn_graph.network.spec import ModelSpec
+from fcn_graph.weights import checkpoint
 
 tf1 = tf.compat.v1
 
@@ -24,7 +26,7 @@ HEADS = [("legacy", "8s"), ("paper", "32s"), ("paper", "16s"), ("paper", "8s")]
 
 
 def tiny_spec(architecture="legacy", skips="8s", num_classes=3):
-    return fcn_model.ModelSpec(num_classes=num_classes, fc_width=6,
+    return ModelSpec(num_classes=num_classes, fc_width=6,
                                vgg_widths=tuple(TINY_WIDTHS.values()), mean_pixel=TINY_MEAN,
                                architecture=architecture, skips=skips)
 
@@ -79,7 +81,7 @@ def test_kernel_sets_give_the_same_logits_and_gradients(architecture, skips, for
         # "auto" without a GPU takes the forms cpu_choice picks: these
         if tf.config.list_physical_devices("GPU"):
             pytest.skip("auto means the reference kernels where a GPU is seen")
-        monkeypatch.setattr(cpu_kernels, "chosen_forms",
+        monkeypatch.setattr(choice, "chosen_forms",
                             lambda: types.SimpleNamespace(**forms))
         cpu = "auto"
     graph = tf.Graph()
@@ -88,8 +90,9 @@ def test_kernel_sets_give_the_same_logits_and_gradients(architecture, skips, for
         seeds = tf1.placeholder(tf.float32, [None, None, None, spec.num_classes])
         results = {}
         for kernels in ("reference", cpu):  # one set of variables, shared
-            logits, _, _ = fcn_model.build(images, spec, kernels=kernels)
-            variables = fcn_model.model_variables(graph)
+            logits, _, _ = tf_layers.build(images, spec,
+                                               layers=choice.kernel_layers(kernels))
+            variables = tf_layers.model_variables(graph)
             loss = tf.reduce_sum(logits * seeds)
             trainable = [v for v in variables.values() if v.trainable]
             grads = tf.gradients(loss, [images] + trainable)
@@ -126,16 +129,16 @@ def test_kernel_sets_give_the_same_logits_and_gradients(architecture, skips, for
 
 
 def test_choose_kernels_by_device():
-    assert cpu_kernels.choose_kernels("reference") == "reference"
-    assert cpu_kernels.choose_kernels("cpu") == "cpu"
+    assert choice.choose_kernels("reference") == "reference"
+    assert choice.choose_kernels("cpu") == "cpu"
     seen = "reference" if tf.config.list_physical_devices("GPU") else "cpu"
-    assert cpu_kernels.choose_kernels("auto") == seen
-    assert constants.resolve_kernels("auto", lambda: True) == "reference"
-    assert constants.resolve_kernels("auto", lambda: False) == "cpu"
+    assert choice.choose_kernels("auto") == seen
+    assert choice.resolve_kernels("auto", lambda: True) == "reference"
+    assert choice.resolve_kernels("auto", lambda: False) == "cpu"
     with pytest.raises(ValueError, match="unknown kernels 'gpu'"):
-        constants.resolve_kernels("gpu", lambda: True)
-    assert isinstance(cpu_kernels.tf_layers("cpu"), cpu_kernels.CpuLayers)
-    assert type(cpu_kernels.tf_layers("reference")) is fcn_model.TFLayers
+        choice.resolve_kernels("gpu", lambda: True)
+    assert isinstance(choice.kernel_layers("cpu"), cpu_layers.CpuLayers)
+    assert type(choice.kernel_layers("reference")) is tf_layers.TFLayers
 
 
 @pytest.mark.parametrize("kernels,transposed", [("reference", 3), ("cpu", 0)])
@@ -143,8 +146,8 @@ def test_segmenter_builds_the_kernel_set_it_is_given(tmp_path, kernels, transpos
     spec = tiny_spec()
     graph = tf.Graph()
     with graph.as_default():
-        fcn_model.build(tf1.placeholder(tf.float32, [None, None, None, 3]), spec)
-        variables = fcn_model.model_variables(graph)
+        tf_layers.build(tf1.placeholder(tf.float32, [None, None, None, 3]), spec)
+        variables = tf_layers.model_variables(graph)
         saver = checkpoint.model_saver(variables)
     with tf1.Session(graph=graph) as sess:
         checkpoint.assign_arrays(sess, variables, random_values(variables, seed=1))
@@ -183,14 +186,14 @@ class _Resized:
 
 def conv8_3x3(ops, net, spec, keep_prob):
     """The legacy FCN-8s with a 3x3 conv8."""
-    return fcn_model.legacy_fcn(_Resized(ops, "conv8", 3), net, spec, keep_prob)
+    return definition.legacy_fcn(_Resized(ops, "conv8", 3), net, spec, keep_prob)
 
 
 def test_one_change_to_the_head_reaches_graph_onnx_and_flops():
     pytest.importorskip("onnxruntime")
     import onnxruntime as ort
 
-    from fcn_graph import onnx_engine
+    from fcn_graph.engines import onnx_engine
     spec = tiny_spec(num_classes=4)
     f, k = spec.fc_width, spec.num_classes
 
@@ -200,7 +203,7 @@ def test_one_change_to_the_head_reaches_graph_onnx_and_flops():
     assert varied["conv8"] == 9 * plain["conv8"]
     assert {n: m for n, m in varied.items() if n != "conv8"} == \
         {n: m for n, m in plain.items() if n != "conv8"}
-    shapes = fcn_model.trace(spec, head=conv8_3x3).variables
+    shapes = definition.trace(spec, head=conv8_3x3).variables
     assert shapes["W8"] == (3, 3, f, k)
 
     # the TensorFlow graph: W8 is 3x3, and so is the convolution that reads it
@@ -208,8 +211,9 @@ def test_one_change_to_the_head_reaches_graph_onnx_and_flops():
         graph = tf.Graph()
         with graph.as_default():
             images = tf1.placeholder(tf.float32, [None, None, None, 3])
-            logits, _, _ = fcn_model.build(images, spec, kernels=kernels, head=conv8_3x3)
-            variables = fcn_model.model_variables(graph)
+            logits, _, _ = tf_layers.build(images, spec, layers=choice.kernel_layers(kernels),
+                                           head=conv8_3x3)
+            variables = tf_layers.model_variables(graph)
         assert variables["inference/W8"].shape.as_list() == [3, 3, f, k]
         assert {name.split("/")[1]: tuple(v.shape.as_list())
                 for name, v in variables.items()} == dict(shapes)

@@ -1,5 +1,5 @@
 """The local launcher (`python -m fcn_graph.launch`) and its process group
-(fcn_graph.procgroup), with fake workers: scripts written into tmp_path that
+(fcn_graph.cluster.procgroup), with fake workers: scripts written into tmp_path that
 read TF_CONFIG, print, sleep, exit with chosen codes, kill themselves or start
 a child of their own. Every process has a hard timeout, and each test kills only
 the processes it started (their command lines name its tmp_path)."""
@@ -18,8 +18,9 @@ import time
 
 import pytest
 
-from fcn_graph import launch, procgroup
-from fcn_graph.errors import run_cli
+from fcn_graph import launch
+from fcn_graph.cluster import procgroup
+from fcn_graph.core.errors import run_cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LINUX = sys.platform.startswith("linux")
@@ -515,7 +516,7 @@ def test_help_does_not_import_tensorflow():
     assert run.returncode == 0 and "usage: python -m fcn_graph.launch --workers N" in run.stdout
     imported = [line.rsplit("|", 1)[-1].strip() for line in run.stderr.splitlines()
                 if line.startswith("import time:")]
-    assert "fcn_graph.errors" in imported  # the check sees the imports
+    assert "fcn_graph.core.errors" in imported  # the check sees the imports
     assert not [name for name in imported if name.split(".")[0] == "tensorflow"]
 
 
@@ -525,8 +526,8 @@ def test_procgroup_imports_no_command_module():
     imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
                 for alias in node.names}
     imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
-    assert "fcn_graph.errors" in imported
-    assert not {name for name in imported if name.startswith("fcn_graph.")} - {"fcn_graph.errors"}
+    assert "fcn_graph.core.errors" in imported
+    assert not {name for name in imported if name.startswith("fcn_graph.")} - {"fcn_graph.core.errors"}
     assert "tensorflow" not in imported
 
 
@@ -552,8 +553,8 @@ def _checkpoint_step(run_dir):
 def test_two_workers_train_restart_once_after_a_kill_and_finish(tmp_path):
     from test_train import empty_config, shapes_args
 
-    from fcn_graph import shapes_dataset
-    from fcn_graph.config import load_config
+    from fcn_graph.data import shapes
+    from fcn_graph.training.config import load_config
 
     steps = 100
     args = shapes_args(tmp_path, f"train.max_steps={steps}", "train.checkpoint_every=5",
@@ -561,7 +562,7 @@ def test_two_workers_train_restart_once_after_a_kill_and_finish(tmp_path):
     config = load_config(None, args)
     data = config.data
     # the dataset exists before the workers start, so that only the kill below fails a task
-    shapes_dataset.ensure_shapes(data.root, num_train=data.shapes_train_images,
+    shapes.ensure_shapes(data.root, num_train=data.shapes_train_images,
                                  num_val=data.shapes_val_images,
                                  image_size=data.shapes_image_size, seed=config.train.seed)
     command = launch_cmd("--workers", "2", "--max-restarts", "2", "--grace", "3", "--",

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from fcn_graph import training as train_module
-from fcn_graph.config import load_config
-from fcn_graph.constants import IGNORE_LABEL
-from fcn_graph.errors import UserError
+from fcn_graph.core.constants import IGNORE_LABEL
+from fcn_graph.core.errors import UserError
+from fcn_graph.training import loop as train_module
+from fcn_graph.training.config import load_config
 
 tf1 = tf.compat.v1
 

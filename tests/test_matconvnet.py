@@ -3,9 +3,9 @@ import pytest
 import scipy.io
 from tinyvgg import TINY_MEAN, TINY_WIDTHS, make_fc_layers, make_vgg_layers
 
-from fcn_graph.errors import UserError
-from fcn_graph.matconvnet import load_vgg_mat, write_vgg_mat
-from fcn_graph.spec import VGG19_CONVS
+from fcn_graph.core.errors import UserError
+from fcn_graph.network.spec import VGG19_CONVS
+from fcn_graph.weights.matconvnet import load_vgg_mat, write_vgg_mat
 
 
 def test_both_layouts_load_by_name(tiny_mat, vgg_layers):

@@ -13,7 +13,7 @@ import pytest
 
 _MEASURE = textwrap.dedent("""
     import ctypes, os, sys
-    from fcn_graph.memory import return_freed_memory
+    from fcn_graph.host.memory import return_freed_memory
 
     def rss_bytes():
         with open("/proc/self/statm") as handle:

@@ -1,8 +1,13 @@
 import numpy as np
 import pytest
 
-from fcn_graph.constants import IGNORE_LABEL
-from fcn_graph.metrics import ConfusionMatrix, compute_metrics, format_metrics, metrics_record
+from fcn_graph.core.constants import IGNORE_LABEL
+from fcn_graph.training.metrics import (
+    ConfusionMatrix,
+    compute_metrics,
+    format_metrics,
+    metrics_record,
+)
 
 # Four classes; class 2 is predicted but never labelled, class 3 appears nowhere.
 #   labels       0 0 0 0 1 1 255

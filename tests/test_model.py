@@ -6,14 +6,15 @@ import tensorflow as tf
 from tfutil import LEGACY_NAMES, build_graph
 from tinyvgg import TINY_WIDTHS
 
-from fcn_graph import flops
-from fcn_graph import model as fcn_model
+from fcn_graph.core.constants import VGG_MEAN_RGB
+from fcn_graph.network import definition, flops, tf_layers
+from fcn_graph.network.spec import ModelSpec, scaled_vgg_widths
 
 tf1 = tf.compat.v1
 
 
 def tiny_spec(num_classes=5):
-    return fcn_model.ModelSpec(num_classes=num_classes, fc_width=6,
+    return ModelSpec(num_classes=num_classes, fc_width=6,
                                vgg_widths=tuple(TINY_WIDTHS.values()))
 
 
@@ -25,8 +26,8 @@ def test_variable_names_are_the_legacy_ones():
 
 
 def test_full_size_shapes_match_the_reference_table():
-    spec = fcn_model.ModelSpec(num_classes=151)
-    shapes = fcn_model.variable_shapes(151)
+    spec = ModelSpec(num_classes=151)
+    shapes = definition.variable_shapes(151)
     assert shapes["W6"] == (7, 7, 512, 4096) and shapes["W7"] == (1, 1, 4096, 4096)
     assert shapes["W8"] == (1, 1, 4096, 151) and shapes["W_t1"] == (4, 4, 512, 151)
     assert shapes["b_t1"] == (512,) and shapes["W_t2"] == (4, 4, 256, 512)
@@ -47,9 +48,9 @@ def test_widths_come_from_the_spec():
 
 
 def test_scaled_widths():
-    widths = fcn_model.scaled_vgg_widths(1 / 16)
+    widths = scaled_vgg_widths(1 / 16)
     assert widths["conv1_1"] == 4 and widths["conv5_4"] == 32
-    assert min(fcn_model.scaled_vgg_widths(0.001).values()) == 1
+    assert min(scaled_vgg_widths(0.001).values()) == 1
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 1), (1, 37, 45), (1, 97, 131), (3, 17, 6), (2, 5, 2),
@@ -84,14 +85,14 @@ def test_one_graph_serves_every_size():
 def test_conv5_4_exists_but_feeds_nothing():
     graph, images, logits, *_ = build_graph(tiny_spec())
     with graph.as_default():
-        grads = tf.gradients(tf.reduce_sum(logits), list(fcn_model.model_variables(graph).values()))
-    names = list(fcn_model.model_variables(graph))
+        grads = tf.gradients(tf.reduce_sum(logits), list(tf_layers.model_variables(graph).values()))
+    names = list(tf_layers.model_variables(graph))
     without_gradient = {name for name, g in zip(names, grads) if g is None}
     assert without_gradient == {"inference/conv5_4_w", "inference/conv5_4_b"}
 
 
 def test_weights_are_not_graph_constants():
-    graph, *_ = build_graph(fcn_model.ModelSpec(num_classes=21))
+    graph, *_ = build_graph(ModelSpec(num_classes=21))
     size = len(graph.as_graph_def().SerializeToString())
     assert size < 1_000_000, f"graph def is {size} bytes; big weights became constants"
 
@@ -101,9 +102,9 @@ def test_second_build_shares_variables():
     with graph.as_default():
         a = tf1.placeholder(tf.float32, [None, None, None, 3])
         b = tf1.placeholder(tf.float32, [None, None, None, 3])
-        fcn_model.build(a, tiny_spec())
-        fcn_model.build(b, tiny_spec(), keep_prob=tf1.placeholder_with_default(1.0, []))
-    assert len(fcn_model.model_variables(graph)) == 44
+        tf_layers.build(a, tiny_spec())
+        tf_layers.build(b, tiny_spec(), keep_prob=tf1.placeholder_with_default(1.0, []))
+    assert len(tf_layers.model_variables(graph)) == 44
 
 
 # -- the shape trace, the layer list and the FLOP count against the graph -------------
@@ -135,7 +136,7 @@ def test_legacy_end_points_layers_and_trainables_are_fcn_tensorflow_ones():
     body_points, body_layers = _expected_body(3)
     assert list(end_points) == ["centred"] + body_points + LEGACY_HEAD_POINTS + [
         "logits", "prediction"]
-    assert fcn_model.layer_ends(spec) == body_layers + LEGACY_HEAD_LAYERS
+    assert definition.layer_ends(spec) == body_layers + LEGACY_HEAD_LAYERS
     named = [name for name in end_points if name.startswith(("relu", "fuse_", "logits"))]
     assert len(named) == 20
     assert {name: end_points[name].op.name for name in named} == {
@@ -149,7 +150,7 @@ VARIANTS = [("legacy", "8s"), ("paper", "32s"), ("paper", "16s"), ("paper", "8s"
 
 
 def variant_spec(architecture, skips, num_classes=5):
-    return fcn_model.ModelSpec(num_classes=num_classes, fc_width=6,
+    return ModelSpec(num_classes=num_classes, fc_width=6,
                                vgg_widths=tuple(TINY_WIDTHS.values()),
                                architecture=architecture, skips=skips)
 
@@ -159,43 +160,43 @@ def test_trace_matches_the_graph_end_points(architecture, skips):
     spec = variant_spec(architecture, skips)
     graph, images, _, _, end_points, _ = build_graph(spec, kernels="reference")
     names = [name for name in end_points if name not in ("logits", "prediction")]
-    closers = [end for _, end in fcn_model.layer_ends(spec)]
+    closers = [end for _, end in definition.layer_ends(spec)]
     assert [name for name in names if name in closers] == closers
     with tf1.Session(graph=graph) as sess:
         sess.run(tf1.variables_initializer(graph.get_collection(tf1.GraphKeys.GLOBAL_VARIABLES)))
         for n, h, w in ((2, 37, 45), (2, 1, 1), (3, 33, 65)):
             x = np.zeros((n, h, w, 3), np.float32)
             got = sess.run({name: end_points[name] for name in names}, {images: x})
-            traced = fcn_model.trace(spec, batch=n, height=h, width=w)
+            traced = definition.trace(spec, batch=n, height=h, width=w)
             assert list(traced.end_points) == names
             for name in names:
                 assert traced.end_points[name] == got[name].shape, (name, (n, h, w))
 
 
 def test_trace_defaults_to_one_1x1_image():
-    traced = fcn_model.trace(tiny_spec(num_classes=4))
+    traced = definition.trace(tiny_spec(num_classes=4))
     assert traced.end_points["centred"] == (1, 1, 1, 3)
     assert traced.end_points["conv_t3"] == (1, 1, 1, 4)
-    assert traced.variables == fcn_model.variable_shapes(4, vgg_widths=TINY_WIDTHS, fc_width=6)
+    assert traced.variables == definition.variable_shapes(4, vgg_widths=TINY_WIDTHS, fc_width=6)
 
 
 def two_layer_head(ops, net, spec, keep_prob):
     """A small test head: 3x3 conv and ReLU, a max pool, a bilinear x2 upsampling."""
     images = net
-    net = ops.conv(net, "c1", ("c1_w", "c1_b"), size=3, channels=2, init=fcn_model.VGG_INIT)
+    net = ops.conv(net, "c1", ("c1_w", "c1_b"), size=3, channels=2, init=definition.VGG_INIT)
     net = ops.relu(net, "r1")                                           # [N, H, W, 2]
     net = ops.pool(net, "p1", "max")                                    # [N, H/2, W/2, 2]
     return ops.upsample(net, "up", ("up_w", None), like=images, channels=spec.num_classes,
-                        size=4, stride=2, init=fcn_model.HEAD_INIT)     # [N, H, W, K]
+                        size=4, stride=2, init=definition.HEAD_INIT)     # [N, H, W, K]
 
 
 def test_trace_and_layer_ends_follow_a_given_head():
     spec = tiny_spec(num_classes=3)
     graph, images, _, _, end_points, variables = build_graph(spec, kernels="reference",
                                                              head=two_layer_head)
-    assert fcn_model.layer_ends(spec, head=two_layer_head) == [
+    assert definition.layer_ends(spec, head=two_layer_head) == [
         ("c1", "r1"), ("p1", "p1"), ("up", "up")]
-    traced = fcn_model.trace(spec, batch=2, height=5, width=7, head=two_layer_head)
+    traced = definition.trace(spec, batch=2, height=5, width=7, head=two_layer_head)
     assert traced.variables == {name.split("/")[1]: tuple(v.shape.as_list())
                                 for name, v in variables.items()}
     with tf1.Session(graph=graph) as sess:
@@ -204,8 +205,8 @@ def test_trace_and_layer_ends_follow_a_given_head():
                        {images: np.zeros((2, 5, 7, 3), np.float32)})
     assert traced.end_points == {name: value.shape for name, value in got.items()}
     assert got["p1"].shape == (2, 3, 4, 2)
-    mine = fcn_model.ShapeLayers()
-    assert fcn_model.trace(spec, head=two_layer_head, layers=mine) is mine
+    mine = definition.ShapeLayers()
+    assert definition.trace(spec, head=two_layer_head, layers=mine) is mine
     assert list(mine.layers) == ["c1", "p1", "up"]
 
 
@@ -241,10 +242,10 @@ def test_build_reverses_bgr_subtracts_the_mean_and_passes_keep_prob():
     with graph.as_default():
         tf1.set_random_seed(0)
         images = tf1.placeholder(tf.float32, [None, None, None, 3])
-        bgr = fcn_model.ModelSpec(num_classes=3, fc_width=6,
+        bgr = ModelSpec(num_classes=3, fc_width=6,
                                   vgg_widths=tuple(TINY_WIDTHS.values()), channel_order="bgr")
-        _, _, bgr_points = fcn_model.build(images, bgr, mean_pixel=mean, keep_prob=0.5)
-        _, _, plain = fcn_model.fcn(images, tiny_spec(num_classes=3))   # keep_prob 1.0
+        _, _, bgr_points = tf_layers.build(images, bgr, mean_pixel=mean, keep_prob=0.5)
+        _, _, plain = tf_layers.fcn(images, tiny_spec(num_classes=3))   # keep_prob 1.0
         init = tf1.global_variables_initializer()
     with tf1.Session(graph=graph) as sess:
         sess.run(init)
@@ -252,7 +253,7 @@ def test_build_reverses_bgr_subtracts_the_mean_and_passes_keep_prob():
                         "drop6": bgr_points["drop6"], "plain6": plain["relu6"],
                         "plain_drop6": plain["drop6"], "plain": plain["centred"]}, {images: x})
     np.testing.assert_allclose(got["bgr"], x[..., ::-1] - np.array(mean, np.float32), rtol=1e-6)
-    np.testing.assert_allclose(got["plain"], x - np.array(fcn_model.VGG_MEAN_RGB, np.float32),
+    np.testing.assert_allclose(got["plain"], x - np.array(VGG_MEAN_RGB, np.float32),
                                rtol=1e-6)
     np.testing.assert_array_equal(got["plain_drop6"], got["plain6"])
     kept = got["drop6"] != 0
@@ -273,7 +274,7 @@ def test_fcn_subtracts_a_mean_of_ints_or_float64_in_float32(mean):
     graph = tf.Graph()
     with graph.as_default():
         images = tf1.placeholder(tf.float32, [None, None, None, 3])
-        _, _, end_points = fcn_model.fcn(images, tiny_spec(), mean_pixel=mean,
+        _, _, end_points = tf_layers.fcn(images, tiny_spec(), mean_pixel=mean,
                                          kernels="reference")
     constant = graph.get_tensor_by_name("inference/mean_pixel:0")
     assert end_points["centred"].dtype == tf.float32 and constant.dtype == tf.float32
@@ -287,13 +288,13 @@ def test_model_variables_are_the_scope_s_own_without_slots():
     graph = tf.Graph()
     with graph.as_default():
         images = tf1.placeholder(tf.float32, [None, None, None, 3])
-        fcn_model.build(images, tiny_spec())
+        tf_layers.build(images, tiny_spec())
         for scope, name in (("other", "w"), ("inference_ema", "W6"), ("inference/W6", "Adam")):
             with tf1.variable_scope(scope):
                 tf1.get_variable(name, [2])
         tf1.train.get_or_create_global_step()
-    assert set(fcn_model.model_variables(graph)) == set(LEGACY_NAMES)
-    assert list(fcn_model.model_variables(graph, scope="other")) == ["other/w"]
+    assert set(tf_layers.model_variables(graph)) == set(LEGACY_NAMES)
+    assert list(tf_layers.model_variables(graph, scope="other")) == ["other/w"]
 
 
 def _truncated_normal_std(bound):
@@ -309,9 +310,9 @@ def test_initializers_draw_he_normal_and_head_normal_truncated_at_two_sigma():
     graph = tf.Graph()
     with graph.as_default():
         tf1.set_random_seed(1)
-        ops = fcn_model.TFLayers()
-        he = ops.variable("he", (3, 3, 40, 64), fcn_model.VGG_INIT, True)
-        head = ops.variable("head", (1, 1, 50, 400), fcn_model.HEAD_INIT, True)
+        ops = tf_layers.TFLayers()
+        he = ops.variable("he", (3, 3, 40, 64), definition.VGG_INIT, True)
+        head = ops.variable("head", (1, 1, 50, 400), definition.HEAD_INIT, True)
         with tf1.Session() as sess:
             sess.run(tf1.global_variables_initializer())
             he, head = sess.run([he, head])
@@ -325,16 +326,16 @@ def test_initializers_draw_he_normal_and_head_normal_truncated_at_two_sigma():
 
 def test_vgg19_body_stops_at_its_row_and_refuses_an_unknown_one():
     widths = dict(TINY_WIDTHS)
-    points = fcn_model.vgg19_body(fcn_model.ShapeLayers(), (1, 9, 7, 3), widths,
+    points = definition.vgg19_body(definition.ShapeLayers(), (1, 9, 7, 3), widths,
                                   pool_method="max", through="pool2")
     assert list(points)[-3:] == ["conv2_2", "relu2_2", "pool2"]
     assert points["pool2"] == (1, 3, 2, widths["conv2_2"])
     with pytest.raises(ValueError, match="through='relu6_1' is not a row"):
-        fcn_model.vgg19_body(fcn_model.ShapeLayers(), (1, 9, 7, 3), widths,
+        definition.vgg19_body(definition.ShapeLayers(), (1, 9, 7, 3), widths,
                              pool_method="max", through="relu6_1")
 
 
-class NameRecorder(fcn_model.ShapeLayers):
+class NameRecorder(definition.ShapeLayers):
     """ShapeLayers that records the layer name each primitive is given."""
 
     def __init__(self):
@@ -366,7 +367,7 @@ class NameRecorder(fcn_model.ShapeLayers):
 def test_every_primitive_gets_its_layer_s_name(architecture, skips):
     # ONNX node names and the FLOP count's keys come from these names.
     spec = variant_spec(architecture, skips)
-    recorder = fcn_model.trace(spec, layers=NameRecorder())
+    recorder = definition.trace(spec, layers=NameRecorder())
     dropouts = {"drop6", "drop7"}
     assert recorder.named == [name for name in recorder.end_points
                               if name not in dropouts | {"centred"}]

@@ -1,4 +1,4 @@
-"""The model cache (fcn_graph.model_cache): keys, atomic publication, damaged
+"""The model cache (fcn_graph.engines.model_cache): keys, atomic publication, damaged
 entries, unwritable caches; a cold `infer --engine onnxruntime` that needs no
 TensorFlow; argument errors that need none either."""
 
@@ -12,15 +12,16 @@ import threading
 import numpy as np
 import pytest
 
-from fcn_graph import model_cache
-from fcn_graph.errors import UserError
+from fcn_graph.core.errors import UserError
+from fcn_graph.core.fileio import cache_dir
+from fcn_graph.engines import model_cache
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(model_cache.__file__)))
 VARIANT = {"opset": 17, "kernels": "cpu"}
 
 
 def _fake_checkpoint(directory, name="model.ckpt-5", index=b"index bytes", data=b"d" * 100,
-                     sidecar=b'{"format": "fcn_graph.checkpoint"}'):
+                     sidecar=b'{"format": "fcn_graph.weights.checkpoint"}'):
     os.makedirs(directory, exist_ok=True)
     prefix = os.path.join(str(directory), name)
     with open(prefix + ".index", "wb") as handle:
@@ -58,10 +59,10 @@ def _entries(root):
 
 
 def test_cache_dir_follows_the_environment():
-    assert model_cache.cache_dir({"FCN_GRAPH_CACHE": "/c", "XDG_CACHE_HOME": "/x"}) == "/c"
-    assert model_cache.cache_dir({"FCN_GRAPH_CACHE": "", "XDG_CACHE_HOME": "/x"}) == "/x/fcn_graph"
+    assert cache_dir({"FCN_GRAPH_CACHE": "/c", "XDG_CACHE_HOME": "/x"}) == "/c"
+    assert cache_dir({"FCN_GRAPH_CACHE": "", "XDG_CACHE_HOME": "/x"}) == "/x/fcn_graph"
     home = os.path.expanduser("~")
-    assert model_cache.cache_dir({}) == os.path.join(home, ".cache", "fcn_graph")
+    assert cache_dir({}) == os.path.join(home, ".cache", "fcn_graph")
 
 
 def test_a_miss_builds_and_publishes_then_a_hit_reuses(tmp_path):

@@ -9,15 +9,16 @@ import tensorflow as tf
 from tfutil import build_graph, random_values
 from tinyvgg import TINY_MEAN, TINY_WIDTHS
 
-from fcn_graph import checkpoint, infer
-from fcn_graph import model as fcn_model
-from fcn_graph.errors import UserError
-from fcn_graph.segmenter import Segmenter, make_segmenter
+from fcn_graph import infer
+from fcn_graph.core.errors import UserError
+from fcn_graph.engines.segmenter import Segmenter, make_segmenter
+from fcn_graph.network.spec import ModelSpec
+from fcn_graph.weights import checkpoint
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
-from fcn_graph import onnx_engine  # noqa: E402
+from fcn_graph.engines import onnx_engine  # noqa: E402
 
 tf1 = tf.compat.v1
 
@@ -30,7 +31,7 @@ VARIANTS = [("legacy", "8s", "rgb"), ("legacy", "8s", "bgr"), ("paper", "32s", "
 def _tiny_checkpoint(directory, channel_order="rgb", architecture="legacy", skips="8s"):
     """Random non-zero weights everywhere (biases, score layers and the paper's
     upsampling filters included), tiny widths, 5 classes."""
-    spec = fcn_model.ModelSpec(num_classes=5, fc_width=6, vgg_widths=tuple(TINY_WIDTHS.values()),
+    spec = ModelSpec(num_classes=5, fc_width=6, vgg_widths=tuple(TINY_WIDTHS.values()),
                                mean_pixel=TINY_MEAN, channel_order=channel_order,
                                architecture=architecture, skips=skips)
     graph, _, _, _, _, variables = build_graph(spec)
@@ -125,7 +126,7 @@ def test_onnx_file_round_trip(tmp_path, external_data):
 
 
 def test_bad_models_and_checkpoints_are_one_line_errors(tmp_path):
-    from fcn_graph.errors import UserError
+    from fcn_graph.core.errors import UserError
     with pytest.raises(UserError, match="no such ONNX file"):
         onnx_engine.OnnxSegmenter(str(tmp_path / "missing.onnx"))
     (tmp_path / "junk.onnx").write_bytes(b"not a protobuf")
@@ -159,16 +160,16 @@ def test_bad_models_and_checkpoints_are_one_line_errors(tmp_path):
 
 
 def test_phase_kernel_matches_tensorflow():
-    from fcn_graph import cpu_kernels, onnx_layers
+    from fcn_graph.network import cpu_layers, onnx_layers
     w = np.random.default_rng(2).standard_normal((16, 16, 3, 4)).astype(np.float32)
     with tf.Graph().as_default(), tf1.Session() as sess:
-        want = sess.run(cpu_kernels.phase_kernel(tf.constant(w), 8))
+        want = sess.run(cpu_layers.phase_kernel(tf.constant(w), 8))
     np.testing.assert_array_equal(onnx_layers._phase_kernel(w, 8), want)
 
 
 def test_spec_fields_unchanged():
     # the builder reads these ModelSpec fields; a rename must break this test
-    names = {f.name for f in dataclasses.fields(fcn_model.ModelSpec)}
+    names = {f.name for f in dataclasses.fields(ModelSpec)}
     assert {"num_classes", "fc_width", "vgg_widths", "mean_pixel", "channel_order",
             "architecture", "skips"} <= names
 

@@ -15,13 +15,17 @@ from tinyvgg import TINY_MEAN, TINY_WIDTHS, make_fc_layers, make_vgg_layers
 
 from bench import cases, harness
 from bench.report import FP32_MARK, FP32_NOTE, format_report, format_row
-from fcn_graph import checkpoint, cpuinfo, export, exporting, image_files, infer, port, session
-from fcn_graph import model as fcn_model
-from fcn_graph import segmenter as segmenter_module
-from fcn_graph import training as train_module
-from fcn_graph.config import load_config
-from fcn_graph.errors import UserError, run_cli
-from fcn_graph.matconvnet import write_vgg_mat
+from fcn_graph import export, infer, port
+from fcn_graph.core.errors import UserError, run_cli
+from fcn_graph.data import image_files
+from fcn_graph.engines import exporters
+from fcn_graph.engines import segmenter as segmenter_module
+from fcn_graph.host import cpuinfo, session
+from fcn_graph.network.spec import ModelSpec
+from fcn_graph.training import loop as train_module
+from fcn_graph.training.config import load_config
+from fcn_graph.weights import checkpoint
+from fcn_graph.weights.matconvnet import write_vgg_mat
 
 tf1 = tf.compat.v1
 NUM_CLASSES = 4
@@ -78,7 +82,7 @@ def test_poly_schedule_follows_its_formula(power):
 
 
 def test_weight_decay_adds_exactly_decay_times_w_to_the_kernel_gradients():
-    spec = fcn_model.ModelSpec(num_classes=NUM_CLASSES, fc_width=6,
+    spec = ModelSpec(num_classes=NUM_CLASSES, fc_width=6,
                                vgg_widths=tuple(TINY_WIDTHS.values()), mean_pixel=TINY_MEAN)
     graph, images, logits, _, _, variables = build_graph(spec)
     decay = 0.37
@@ -226,7 +230,7 @@ def test_no_transpose_keeps_the_file_order_of_the_kernels(tmp_path, mat_file, ca
 
 
 def test_no_verify_skips_the_comparison(tmp_path, tiny_checkpoint, monkeypatch, capsys):
-    monkeypatch.setattr(exporting, "TOLERANCE", -1.0)  # any verification now fails
+    monkeypatch.setattr(exporters, "TOLERANCE", -1.0)  # any verification now fails
     argv = ["--checkpoint", tiny_checkpoint, "--format", "frozen"]
     code = run_cli(export.main, argv + ["--out", str(tmp_path / "checked.pb")],
                    prog="fcn_graph.export")

@@ -12,9 +12,11 @@ from blocking import within
 from tinyvgg import TINY_MEAN, TINY_WIDTHS, make_fc_layers, make_vgg_layers
 
 from bench import harness
-from fcn_graph import evaluate, export, fileio, image_files, infer, port
-from fcn_graph.errors import UserError, run_cli
-from fcn_graph.matconvnet import write_vgg_mat
+from fcn_graph import evaluate, export, infer, port
+from fcn_graph.core import fileio
+from fcn_graph.core.errors import UserError, run_cli
+from fcn_graph.data import image_files
+from fcn_graph.weights.matconvnet import write_vgg_mat
 
 
 @pytest.fixture(scope="module")

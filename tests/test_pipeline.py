@@ -1,4 +1,4 @@
-"""fcn_graph.pipeline: order, bounded queues, worker failures, early stops; and
+"""fcn_graph.engines.pipeline: order, bounded queues, worker failures, early stops; and
 infer over a folder through it: per-image errors, interrupts and write
 failures."""
 
@@ -14,9 +14,9 @@ import cv2
 import numpy as np
 import pytest
 
-from fcn_graph import pipeline
-from fcn_graph.errors import UserError
-from fcn_graph.pipeline import run_pipeline
+from fcn_graph.core.errors import UserError
+from fcn_graph.engines import pipeline
+from fcn_graph.engines.pipeline import run_pipeline
 
 
 def _identity(pairs):
@@ -208,8 +208,9 @@ def test_infer_reports_per_image_errors_in_order(tmp_path, tiny_checkpoint, caps
 
 def test_infer_write_failure_is_one_error_and_keeps_the_written(tmp_path, tiny_checkpoint,
                                                                monkeypatch, capsys):
-    from fcn_graph import image_files, infer
-    from fcn_graph.fileio import OUTPUT_RECORD, OutputFolder
+    from fcn_graph import infer
+    from fcn_graph.core.fileio import OUTPUT_RECORD, OutputFolder
+    from fcn_graph.data import image_files
     _images(str(tmp_path / "in"), 6)
     real = image_files.write_image
     calls = []
@@ -222,7 +223,7 @@ def test_infer_write_failure_is_one_error_and_keeps_the_written(tmp_path, tiny_c
 
     monkeypatch.setattr(image_files, "write_image", failing)
     out = tmp_path / "out"
-    from fcn_graph.errors import run_cli
+    from fcn_graph.core.errors import run_cli
     code = run_cli(infer.main, [str(tmp_path / "in"), "--checkpoint", tiny_checkpoint,
                                 "--output-dir", str(out)], prog="fcn_graph.infer")
     err = capsys.readouterr().err
@@ -258,7 +259,7 @@ def test_a_signal_stops_infer_cleanly(tmp_path, tiny_checkpoint, signum):
     assert proc.returncode == 130, err[-2000:]
     assert err.strip().splitlines()[-1] == "fcn_graph.infer: interrupted"
     assert "Traceback" not in err
-    from fcn_graph.fileio import OUTPUT_RECORD, OutputFolder
+    from fcn_graph.core.fileio import OUTPUT_RECORD, OutputFolder
     names = [n for n in os.listdir(out) if n != OUTPUT_RECORD]
     assert not [n for n in names if ".tmp" in n]
     folder = OutputFolder(str(out), "--output-dir")

@@ -12,16 +12,18 @@ from portfiles import write_keras_h5, write_legacy_checkpoint
 from tfutil import LEGACY_NAMES
 from tinyvgg import TINY_MEAN, TINY_WIDTHS, make_fc_layers, make_vgg_layers
 
-from fcn_graph import checkpoint, kerash5, port
-from fcn_graph import model as fcn_model
-from fcn_graph.constants import VGG_MEAN_RGB
-from fcn_graph.errors import UserError, run_cli
-from fcn_graph.matconvnet import load_vgg_mat, write_vgg_mat
-from fcn_graph.segmenter import Segmenter
+from fcn_graph import port
+from fcn_graph.core.constants import VGG_MEAN_RGB
+from fcn_graph.core.errors import UserError, run_cli
+from fcn_graph.engines.segmenter import Segmenter
+from fcn_graph.network import definition, tf_layers
+from fcn_graph.network.spec import VGG19_CONVS, ModelSpec
+from fcn_graph.weights import checkpoint, kerash5
+from fcn_graph.weights.matconvnet import load_vgg_mat, write_vgg_mat
 
 tf1 = tf.compat.v1
 FC_WIDTH = 6
-BODY_NAMES = [f"inference/{n}_{s}" for n in fcn_model.VGG19_CONVS for s in ("w", "b")]
+BODY_NAMES = [f"inference/{n}_{s}" for n in VGG19_CONVS for s in ("w", "b")]
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +69,7 @@ def test_mat2ckpt_paper(files, tmp_path, capsys, layout, skips):
           "--skips", skips, "--out", prefix)
     assert f"paper FCN-{skips}" in capsys.readouterr().out
     stored = checkpoint.read_variables(prefix)
-    want = {f"inference/{n}" for n in fcn_model.variable_shapes(
+    want = {f"inference/{n}" for n in definition.variable_shapes(
         3, vgg_widths=TINY_WIDTHS, fc_width=FC_WIDTH, architecture="paper", skips=skips)}
     assert set(stored) == want
     vgg = load_vgg_mat(files[f"mat_{layout}"])
@@ -77,7 +79,7 @@ def test_mat2ckpt_paper(files, tmp_path, capsys, layout, skips):
     assert not stored["inference/score_fr_w"].any()
     last = {"32s": "upscore32_w", "16s": "upscore16_w", "8s": "upscore8_w"}[skips]
     np.testing.assert_array_equal(stored[f"inference/{last}"],
-                                  fcn_model.bilinear_kernel(stored[f"inference/{last}"].shape[0], 3))
+                                  definition.bilinear_kernel(stored[f"inference/{last}"].shape[0], 3))
     spec = checkpoint.model_spec_from_checkpoint(prefix)
     assert (spec.architecture, spec.skips, spec.fc_width) == ("paper", skips, FC_WIDTH)
     assert spec.train_upsampling is False
@@ -90,11 +92,11 @@ def test_mismatched_architecture_is_refused(files, tmp_path, capsys):
     prefix = str(tmp_path / "paper")
     _port("mat2ckpt", files["mat_new"], "--num-classes", 3, "--architecture", "paper",
           "--out", prefix)
-    spec = fcn_model.ModelSpec(num_classes=3, fc_width=FC_WIDTH,
+    spec = ModelSpec(num_classes=3, fc_width=FC_WIDTH,
                                vgg_widths=tuple(TINY_WIDTHS.values()))  # legacy
     graph = tf.Graph()
     with graph.as_default():
-        fcn_model.build(tf1.placeholder(tf.float32, [None, None, None, 3]), spec)
+        tf_layers.build(tf1.placeholder(tf.float32, [None, None, None, 3]), spec)
     with tf1.Session(graph=graph) as sess, pytest.raises(
             UserError, match="holds a paper FCN-8s model but the graph is a legacy FCN-8s"):
         checkpoint.restore_model(sess, prefix)
@@ -126,7 +128,7 @@ def test_mat2ckpt_refusals(files, tmp_path, capsys):
 def legacy_ckpt(tmp_path_factory):
     directory = tmp_path_factory.mktemp("fcn_tensorflow")
     prefix = str(directory / "model.ckpt-100")
-    spec = fcn_model.ModelSpec(num_classes=4, fc_width=FC_WIDTH,
+    spec = ModelSpec(num_classes=4, fc_width=FC_WIDTH,
                                vgg_widths=tuple(TINY_WIDTHS.values()))
     write_legacy_checkpoint(prefix, spec)
     return prefix

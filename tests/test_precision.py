@@ -14,16 +14,19 @@ from PIL import Image
 from tfutil import build_graph, random_values
 from tinyvgg import TINY_MEAN, TINY_WIDTHS
 
-from fcn_graph import checkpoint, cpuinfo, evaluate, export, infer, quantize, session
-from fcn_graph import model as fcn_model
-from fcn_graph.errors import UserError, run_cli
-from fcn_graph.segmenter import Segmenter, make_segmenter
-from fcn_graph.shapes_dataset import render_sample
+from fcn_graph import evaluate, export, infer
+from fcn_graph.core.errors import UserError, run_cli
+from fcn_graph.data.shapes import render_sample
+from fcn_graph.engines import int8_model
+from fcn_graph.engines.segmenter import Segmenter, make_segmenter
+from fcn_graph.host import cpuinfo, session
+from fcn_graph.network.spec import ModelSpec
+from fcn_graph.weights import checkpoint
 
 pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 
-from fcn_graph import onnx_engine  # noqa: E402
+from fcn_graph.engines import onnx_engine  # noqa: E402
 
 tf1 = tf.compat.v1
 
@@ -78,7 +81,7 @@ def test_bfloat16_is_refused_without_bf16_units_and_int8_warns_without_vnni():
 def _checkpoint(directory, kernels_seed=4):
     """Random non-zero weights at tiny widths, NUM_CLASSES classes: scores with
     clear winners almost everywhere."""
-    spec = fcn_model.ModelSpec(num_classes=NUM_CLASSES, fc_width=6,
+    spec = ModelSpec(num_classes=NUM_CLASSES, fc_width=6,
                                vgg_widths=tuple(TINY_WIDTHS.values()), mean_pixel=TINY_MEAN)
     graph, _, _, _, _, variables = build_graph(spec)
     values = random_values(variables, seed=kernels_seed)
@@ -119,7 +122,7 @@ def calibration_dir(tmp_path_factory):
 def test_calibration_images_keep_odd_sizes(tmp_path, height, width):
     rgb = np.random.default_rng(height).integers(0, 256, (height, width, 3), np.uint8)
     write_rgb(str(tmp_path / "a.png"), rgb)
-    reader = quantize.calibration_reader(quantize.calibration_files(str(tmp_path)))
+    reader = int8_model.calibration_reader(int8_model.calibration_files(str(tmp_path)))
     batch = reader.get_next()["images"]
     assert batch.dtype == np.uint8 and batch.shape == (1, height, width, 3)
     np.testing.assert_array_equal(batch[0], rgb)          # as infer reads it: RGB, unscaled
@@ -134,9 +137,9 @@ def test_calibration_reads_gray_and_jpeg_as_rgb_and_scales_down_large_images(tmp
     write_rgb(str(tmp_path / "c_large.png"), np.zeros((300, 1100, 3), np.uint8))
     (tmp_path / "notes.txt").write_text("not an image, and not an image's name")
     os.mkdir(tmp_path / "sub.png")                         # a folder named like an image
-    paths = quantize.calibration_files(str(tmp_path))
+    paths = int8_model.calibration_files(str(tmp_path))
     assert [os.path.basename(p) for p in paths] == ["a_gray.png", "b.jpg", "c_large.png"]
-    reader = quantize.calibration_reader(paths, max_side=512)
+    reader = int8_model.calibration_reader(paths, max_side=512)
     shapes = [reader.get_next()["images"].shape for _ in paths]
     assert shapes == [(1, 20, 30, 3), (1, 50, 60, 3), (1, 140, 512, 3)]
 
@@ -144,7 +147,7 @@ def test_calibration_reads_gray_and_jpeg_as_rgb_and_scales_down_large_images(tmp
 def test_calibration_takes_at_most_limit_images_spread_over_the_folder(tmp_path):
     for index in range(10):
         write_rgb(str(tmp_path / f"{index}.png"), np.zeros((2, 2, 3), np.uint8))
-    names = [os.path.basename(p) for p in quantize.calibration_files(str(tmp_path), limit=4)]
+    names = [os.path.basename(p) for p in int8_model.calibration_files(str(tmp_path), limit=4)]
     assert names == ["0.png", "3.png", "6.png", "9.png"]
 
 
@@ -163,7 +166,7 @@ def test_bad_calibration_folders_are_one_line_errors(tmp_path):
         cases.append((str(tmp_path / "fifo"), "is a FIFO"))
     for path, expected in cases:
         with pytest.raises(UserError) as err:
-            quantize.calibration_files(path)
+            int8_model.calibration_files(path)
         message = str(err.value)
         assert message.startswith(f"--calibration {path}: ") and expected in message, message
         assert "\n" not in message and "expected a folder of images" in message or \
@@ -179,7 +182,7 @@ def test_quantized_model_is_qdq_per_channel_with_float_upsampling(tmp_path, tiny
         model = onnx_engine.build_onnx_model(tiny_prefix, kernels=kernels)
         before = model.SerializeToString()
         out = str(tmp_path / f"{kernels}.onnx")
-        used = quantize.quantize_model(model, calibration_dir, out)
+        used = int8_model.quantize_model(model, calibration_dir, out)
         assert len(used) == 6
         assert model.SerializeToString() == before        # the caller's model is untouched
         proto = onnx.load(out)
@@ -200,7 +203,7 @@ def test_quantized_model_is_qdq_per_channel_with_float_upsampling(tmp_path, tiny
             assert weights.data_type == onnx.TensorProto.INT8
             scales = onnx.numpy_helper.to_array(initializers[source.input[1]])
             assert scales.shape == (weights.dims[0],)            # one scale per output channel
-        assert float_kernels == 3 == len(quantize.upsampling_nodes(
+        assert float_kernels == 3 == len(int8_model.upsampling_nodes(
             onnx_engine.build_onnx_model(tiny_prefix, kernels=kernels)))
         # the interface of the float model
         assert [i.name for i in proto.graph.input] == ["images"]
@@ -215,7 +218,7 @@ def test_weights_keep_7_bits_on_cpus_without_int8_units(tmp_path, tiny_prefix,
     for name, text in (("zen3", ZEN3), ("zen4", ZEN4)):
         fake_cpuinfo(monkeypatch, tmp_path, text)
         out = str(tmp_path / f"{name}.onnx")
-        quantize.quantize_model(model, calibration_dir, out)
+        int8_model.quantize_model(model, calibration_dir, out)
         proto = onnx.load(out)
         largest[name] = max(int(np.abs(onnx.numpy_helper.to_array(t).astype(int)).max())
                             for t in proto.graph.initializer
@@ -230,7 +233,7 @@ def test_a_bad_image_in_the_folder_stops_quantization_and_writes_nothing(tmp_pat
     out = tmp_path / "out" / "int8.onnx"
     out.parent.mkdir()
     with pytest.raises(UserError) as err:
-        quantize.quantize_model(onnx_engine.build_onnx_model(tiny_prefix), str(folder), str(out))
+        int8_model.quantize_model(onnx_engine.build_onnx_model(tiny_prefix), str(folder), str(out))
     assert "shape_01.png" in str(err.value) and "\n" not in str(err.value)
     assert os.listdir(out.parent) == []
 

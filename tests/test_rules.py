@@ -13,10 +13,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from fcn_graph import checkpoint, datasets, image_files, metrics
-from fcn_graph import model as fcn_model
-from fcn_graph.constants import IGNORE_LABEL
-from fcn_graph.errors import UserError
+from fcn_graph.core.constants import IGNORE_LABEL
+from fcn_graph.core.errors import UserError
+from fcn_graph.data import datasets, image_files
+from fcn_graph.network.spec import ModelSpec
+from fcn_graph.training import metrics
+from fcn_graph.weights import checkpoint
 
 tf1 = tf.compat.v1
 
@@ -147,7 +149,7 @@ def test_reset_empties_the_matrix():
 def _tiny_spec():
     from tinyvgg import TINY_MEAN, TINY_WIDTHS
 
-    return fcn_model.ModelSpec(num_classes=3, fc_width=6, vgg_widths=tuple(TINY_WIDTHS.values()),
+    return ModelSpec(num_classes=3, fc_width=6, vgg_widths=tuple(TINY_WIDTHS.values()),
                                mean_pixel=TINY_MEAN)
 
 
@@ -219,7 +221,7 @@ def test_read_label_accepts_ids_below_num_classes_and_255_only(tmp_path):
 def test_sidecar_round_trip_with_numpy_values(tmp_path, mean):
     from tinyvgg import TINY_WIDTHS
 
-    spec = fcn_model.ModelSpec(num_classes=3, fc_width=6, mean_pixel=mean,
+    spec = ModelSpec(num_classes=3, fc_width=6, mean_pixel=mean,
                                vgg_widths=tuple(np.int64(v) for v in TINY_WIDTHS.values()))
     prefix = str(tmp_path / "m")
     checkpoint.write_sidecar(prefix, spec, global_step=7)
@@ -234,7 +236,7 @@ def test_paper_weights_from_fc6_fc7_are_copied_and_the_spec_read_back(tmp_path):
     from tfutil import build_graph
     from tinyvgg import TINY_MEAN, TINY_WIDTHS, make_fc_layers, make_vgg_layers
 
-    spec = fcn_model.ModelSpec(num_classes=3, fc_width=6, vgg_widths=tuple(TINY_WIDTHS.values()),
+    spec = ModelSpec(num_classes=3, fc_width=6, vgg_widths=tuple(TINY_WIDTHS.values()),
                                mean_pixel=TINY_MEAN, architecture="paper", skips="8s")
     graph, *_, variables = build_graph(spec)
     fc = make_fc_layers(TINY_WIDTHS["conv5_4"], fc_width=6)
@@ -258,7 +260,7 @@ def saved_paper_16s(tmp_path):
     from tfutil import build_graph
     from tinyvgg import TINY_MEAN, TINY_WIDTHS
 
-    spec = fcn_model.ModelSpec(num_classes=3, fc_width=6, vgg_widths=tuple(TINY_WIDTHS.values()),
+    spec = ModelSpec(num_classes=3, fc_width=6, vgg_widths=tuple(TINY_WIDTHS.values()),
                                mean_pixel=TINY_MEAN, architecture="paper", skips="16s")
     graph, *_, variables = build_graph(spec)
     with graph.as_default(), tf1.Session(graph=graph) as sess:

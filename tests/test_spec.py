@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from fcn_graph.constants import VGG_MEAN_RGB
-from fcn_graph.spec import VGG19_CONVS, VGG19_MAT_LAYERS, VGG19_WIDTHS, ModelSpec
+from fcn_graph.core.constants import VGG_MEAN_RGB
+from fcn_graph.network.spec import VGG19_CONVS, VGG19_MAT_LAYERS, VGG19_WIDTHS, ModelSpec
 
 
 def test_tables_agree():
@@ -47,7 +47,7 @@ def test_resolved_mean_spec_then_fallback_then_vgg():
 
 
 def test_spec_and_loaders_do_not_import_tensorflow():
-    code = ("import sys, fcn_graph.spec, fcn_graph.config, fcn_graph.matconvnet, "
-            "fcn_graph.kerash5; assert 'tensorflow' not in sys.modules, 'tensorflow imported'")
+    code = ("import sys, fcn_graph.network.spec, fcn_graph.training.config, fcn_graph.weights.matconvnet, "
+            "fcn_graph.weights.kerash5; assert 'tensorflow' not in sys.modules, 'tensorflow imported'")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr

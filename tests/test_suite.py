@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from bench import suite
-from fcn_graph.errors import run_cli
+from fcn_graph.core.errors import run_cli
 
 
 def _row(median, *, low=False, **extra):

@@ -1,4 +1,4 @@
-"""Tiled inference (`fcn_graph.tiling`): the receptive field traced from the
+"""Tiled inference (`fcn_graph.engines.tiling`): the receptive field traced from the
 model, the tile plan's coverage and margins, tiled against whole-image
 inference on tiny weights with both engines, and the --tile flag."""
 
@@ -12,15 +12,18 @@ import tensorflow as tf
 from tfutil import build_graph, random_values
 from tinyvgg import TINY_MEAN, TINY_WIDTHS
 
-from fcn_graph import checkpoint, evaluate, infer, tiling
-from fcn_graph import model as fcn_model
-from fcn_graph.errors import UserError, run_cli
-from fcn_graph.image_files import read_label
-from fcn_graph.segmenter import make_segmenter
+from fcn_graph import evaluate, infer
+from fcn_graph.core.errors import UserError, run_cli
+from fcn_graph.data.image_files import read_label
+from fcn_graph.engines import tiling
+from fcn_graph.engines.segmenter import make_segmenter
+from fcn_graph.network import definition
+from fcn_graph.network.spec import ModelSpec
+from fcn_graph.weights import checkpoint
 
 tf1 = tf.compat.v1
 
-TINY_SPEC = fcn_model.ModelSpec(num_classes=5, fc_width=6, vgg_widths=tuple(TINY_WIDTHS.values()),
+TINY_SPEC = ModelSpec(num_classes=5, fc_width=6, vgg_widths=tuple(TINY_WIDTHS.values()),
                                 mean_pixel=TINY_MEAN)
 
 
@@ -79,7 +82,7 @@ def test_receptive_field_matches_a_hand_computation():
     assert field.size == 518 and field.margin == 260
     assert field.min_tile == 608   # 2 * 260 + 2 * 32 - 1 = 583, rounded up to 32
     # Widths do not matter; the paper's head reads conv5_4 and has its own upsampling.
-    assert tiling.receptive_field(fcn_model.ModelSpec(num_classes=21)) == field
+    assert tiling.receptive_field(ModelSpec(num_classes=21)) == field
     paper = tiling.receptive_field(dataclasses.replace(TINY_SPEC, architecture="paper"))
     assert paper == (-257 - 16, 260 + 16, 32)   # conv5_4: one more 3x3 conv at j = 16
 
@@ -202,7 +205,7 @@ def test_stitching_puts_every_core_in_its_place():
 def test_auto_tiles_only_above_the_budget():
     batch = np.zeros((1, 700, 650, 3), np.uint8)
     whole = tiling.activation_bytes(TINY_SPEC, 700, 650)
-    assert whole == 4 * sum(np.prod(shape) for shape in fcn_model.trace(
+    assert whole == 4 * sum(np.prod(shape) for shape in definition.trace(
         TINY_SPEC, height=700, width=650).end_points.values())
     echo = _Echo()
     tiled = tiling.TiledSegmenter(echo, TINY_SPEC, tile="auto", budget_bytes=whole)

@@ -11,13 +11,15 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from fcn_graph import checkpoint, evaluate, training
-from fcn_graph import model as fcn_model
+from fcn_graph import evaluate
 from fcn_graph import train as train_module
-from fcn_graph.config import load_config
-from fcn_graph.constants import IGNORE_LABEL
-from fcn_graph.errors import UserError, run_cli
-from fcn_graph.segmenter import Segmenter
+from fcn_graph.core.constants import IGNORE_LABEL
+from fcn_graph.core.errors import UserError, run_cli
+from fcn_graph.engines.segmenter import Segmenter
+from fcn_graph.network import definition, tf_layers
+from fcn_graph.training import loop
+from fcn_graph.training.config import load_config
+from fcn_graph.weights import checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["model.vgg_width=0.0625", "model.fc_width=16", "train.image_size=32",
@@ -49,8 +51,8 @@ def restore_and_check_finite(prefix):
     graph = tf.Graph()
     with graph.as_default():
         images = tf.compat.v1.placeholder(tf.float32, [None, None, None, 3])
-        fcn_model.build(images, spec)
-        variables = fcn_model.model_variables(graph)
+        tf_layers.build(images, spec)
+        variables = tf_layers.model_variables(graph)
         with tf.compat.v1.Session(graph=graph) as sess:
             checkpoint.restore_model(sess, prefix, variables)
             values = sess.run(dict(variables))
@@ -60,7 +62,7 @@ def restore_and_check_finite(prefix):
 
 def test_train_writes_checkpoints_and_resumes(tmp_path, capsys):
     run = tmp_path / "run"
-    metrics = training.train(load_config(None, shapes_args(tmp_path, "train.max_steps=4")))
+    metrics = loop.train(load_config(None, shapes_args(tmp_path, "train.max_steps=4")))
     assert 0.0 <= metrics["mean_iou"] <= 1.0 and metrics["num_images"] == 2
     prefix, step = latest_step(run)
     assert step == 4 and prefix.endswith("model.ckpt-4")
@@ -72,7 +74,7 @@ def test_train_writes_checkpoints_and_resumes(tmp_path, capsys):
     assert spec.num_classes == 4 and spec.fc_width == 16 and spec.vgg_widths[0] == 4
     assert "validation mean IU" in capsys.readouterr().out
 
-    training.train(load_config(None, shapes_args(tmp_path, "train.max_steps=6")))
+    loop.train(load_config(None, shapes_args(tmp_path, "train.max_steps=6")))
     assert latest_step(run)[1] == 6
     err = capsys.readouterr().err
     assert "resuming from" in err and "at step 4" in err
@@ -82,15 +84,15 @@ def test_train_writes_checkpoints_and_resumes(tmp_path, capsys):
 
 
 def test_resume_refuses_another_model(tmp_path):
-    training.train(load_config(None, shapes_args(tmp_path, "train.max_steps=2")))
+    loop.train(load_config(None, shapes_args(tmp_path, "train.max_steps=2")))
     with pytest.raises(UserError, match="holds a checkpoint of another model"):
-        training.train(load_config(None, shapes_args(tmp_path, "train.max_steps=4",
+        loop.train(load_config(None, shapes_args(tmp_path, "train.max_steps=4",
                                                          "model.fc_width=8")))
 
 
 def test_nan_loss_stops_without_saving_the_bad_state(tmp_path, capsys):
     args = shapes_args(tmp_path, "train.max_steps=2", "train.eval_every=0")
-    training.train(load_config(None, args))
+    loop.train(load_config(None, args))
     diverging = args + ["train.max_steps=40", "train.checkpoint_every=1",
                         "train.learning_rate=1e30", "train.keep_prob=1.0"]
     code = run_cli(train_module.main, ["--config", empty_config(tmp_path)]
@@ -144,7 +146,7 @@ def test_sigterm_saves_and_sigkill_leaves_a_readable_checkpoint(tmp_path):
 def test_evaluate_matches_numpy_metrics_of_saved_predictions(tmp_path, voc_root, capsys):
     base = ["data.kind=voc", f"data.root={voc_root}", f"train.log_dir={tmp_path / 'run'}",
             *TINY, "train.max_steps=2", "train.eval_every=0"]
-    training.train(load_config(None, base))
+    loop.train(load_config(None, base))
     capsys.readouterr()
     out_json, out_dir = tmp_path / "m.json", tmp_path / "pred"
     argv = [arg for a in base for arg in ("--set", a)]
@@ -223,12 +225,12 @@ def test_paper_variant_trains_from_a_mat_and_evaluates(tmp_path, tiny_mat, skips
     from the sidecar alone."""
     from tinyvgg import TINY_WIDTHS
 
-    from fcn_graph.matconvnet import load_vgg_mat
+    from fcn_graph.weights.matconvnet import load_vgg_mat
 
     args = shapes_args(tmp_path, "train.max_steps=2", f"model.vgg_mat={tiny_mat}",
                        "model.vgg_width=1.0", "model.fc_width=6", "model.architecture=paper",
                        f"model.skips={skips}")
-    training.train(load_config(None, args))
+    loop.train(load_config(None, args))
     prefix, step = latest_step(tmp_path / "run")
     spec = restore_and_check_finite(prefix)
     assert (spec.architecture, spec.skips, step) == ("paper", skips, 2)
@@ -240,7 +242,7 @@ def test_paper_variant_trains_from_a_mat_and_evaluates(tmp_path, tiny_mat, skips
     # bilinear upsampling did not move at all.
     assert np.abs(stored["inference/conv4_2_w"] - vgg.layers["conv4_2"][0]).max() < 0.1
     up = [v for k, v in stored.items() if "upscore" in k][0]
-    np.testing.assert_array_equal(up[..., 0, 0], fcn_model.bilinear_kernel(up.shape[0], 1)[..., 0, 0])
+    np.testing.assert_array_equal(up[..., 0, 0], definition.bilinear_kernel(up.shape[0], 1)[..., 0, 0])
 
     json_path = tmp_path / "metrics.json"
     code = run_cli(evaluate.main, ["--config", str(tmp_path / "run" / "config.json"),
@@ -256,7 +258,7 @@ def test_paper_variant_trains_from_a_mat_and_evaluates(tmp_path, tiny_mat, skips
 
 
 def test_paper_variant_config_errors(tmp_path):
-    from fcn_graph.errors import UserError
+    from fcn_graph.core.errors import UserError
 
     with pytest.raises(UserError, match="model.skips: the legacy architecture is FCN-8s only"):
         load_config(None, shapes_args(tmp_path, "model.skips=16s"))

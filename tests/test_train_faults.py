@@ -18,10 +18,12 @@ from portfiles import write_legacy_checkpoint
 from test_checkpoint import tiny_spec
 from test_train import REPO, empty_config, latest_step, restore_and_check_finite, shapes_args
 
-from fcn_graph import checkpoint, runlock, training
 from fcn_graph import train as train_module
-from fcn_graph.config import load_config
-from fcn_graph.errors import UserError, run_cli
+from fcn_graph.core.errors import UserError, run_cli
+from fcn_graph.training import loop, runlock
+from fcn_graph.training.config import load_config
+from fcn_graph.weights import checkpoint
+from fcn_graph.weights.checkpoint_files import list_checkpoints
 
 tf1 = tf.compat.v1
 
@@ -76,7 +78,7 @@ def test_checkpoint_problems_are_found_and_named(tmp_path):
         handle.write(b"\x00garbage" * 10)
     assert ".index file is damaged" in checkpoint.checkpoint_problem(f"{base}-5")
 
-    found = checkpoint.list_checkpoints(str(tmp_path))
+    found = list_checkpoints(str(tmp_path))
     assert [r.step for r in found] == [5, 4, 3, 2, 1]
     # A state file of garbage (not even UTF-8) naming a broken checkpoint changes nothing.
     (tmp_path / "checkpoint").write_bytes(b'model_checkpoint_path: "model.ckpt-5"\xff\xfe')
@@ -125,8 +127,8 @@ def test_resume_skips_broken_checkpoints_prunes_and_cleans(tmp_path, capsys):
     run = tmp_path / "run"
     args = shapes_args(tmp_path, "train.max_steps=4", "train.eval_every=0",
                        "train.keep_checkpoints=2")
-    training.train(load_config(None, args))
-    assert {r.step for r in checkpoint.list_checkpoints(str(run))} == {2, 4}
+    loop.train(load_config(None, args))
+    assert {r.step for r in list_checkpoints(str(run))} == {2, 4}
     # The latest save was killed before its index; the state file is garbage;
     # temporary files of killed saves lie around beside files that are not ours.
     os.remove(run / "model.ckpt-4.index")
@@ -136,7 +138,7 @@ def test_resume_skips_broken_checkpoints_prunes_and_cleans(tmp_path, capsys):
     (run / "notes_template.txt").write_text("mine")
     capsys.readouterr()
 
-    training.train(load_config(None, args + ["train.max_steps=8"]))
+    loop.train(load_config(None, args + ["train.max_steps=8"]))
     err = capsys.readouterr().err
     assert "removed 2 temporary file(s)" in err
     assert "skipping checkpoint" in err and "model.ckpt-4.index is missing" in err
@@ -152,11 +154,11 @@ def test_resume_skips_broken_checkpoints_prunes_and_cleans(tmp_path, capsys):
         strict_json(line)
 
     # Every checkpoint broken: a one-line error, never a fresh start over them.
-    for record in checkpoint.list_checkpoints(str(run)):
+    for record in list_checkpoints(str(run)):
         (run / (os.path.basename(record.prefix) + ".index")).write_bytes(b"junk")
     before = sorted(os.listdir(run))
     with pytest.raises(UserError) as info:
-        training.train(load_config(None, args + ["train.max_steps=10"]))
+        loop.train(load_config(None, args + ["train.max_steps=10"]))
     assert "but none reads" in one_line(info.value)
     assert sorted(os.listdir(run)) == before
 
@@ -181,7 +183,7 @@ def test_injected_full_disk_during_a_save_keeps_the_last_checkpoint(tmp_path, mo
     monkeypatch.setattr(tf1.train.Saver, "save", failing_save)
     args = shapes_args(tmp_path, "train.max_steps=6", "train.eval_every=0")
     with pytest.raises(UserError) as info:
-        training.train(load_config(None, args))
+        loop.train(load_config(None, args))
     message = one_line(info.value)
     assert f"{run / 'model.ckpt-4'}: cannot write the checkpoint: No space left on device" in message
     assert f"The last good checkpoint is {run / 'model.ckpt-2'} (step 2)" in message
@@ -196,7 +198,7 @@ def test_unwritable_history_is_one_line_naming_the_file(tmp_path):
     run.mkdir()
     (run / "history.jsonl").mkdir()  # open(..., "a") fails on it
     with pytest.raises(UserError) as info:
-        training.train(load_config(None, shapes_args(tmp_path, "train.max_steps=2")))
+        loop.train(load_config(None, shapes_args(tmp_path, "train.max_steps=2")))
     message = one_line(info.value)
     assert message.startswith(f"{run / 'history.jsonl'}: cannot ")
     assert "No checkpoint was written." in message
@@ -213,7 +215,7 @@ def test_failing_summaries_are_one_line_naming_the_events_file(tmp_path, monkeyp
 
     monkeypatch.setattr(tf1.summary.FileWriter, "add_summary", add_summary)
     with pytest.raises(UserError) as info:
-        training.train(load_config(None, shapes_args(tmp_path, "train.max_steps=10")))
+        loop.train(load_config(None, shapes_args(tmp_path, "train.max_steps=10")))
     message = one_line(info.value)
     assert message.startswith(str(run / "events.out.tfevents."))
     assert "cannot write TensorBoard summaries: No space left on device" in message
@@ -241,7 +243,7 @@ def test_a_full_tmpfs_stops_with_one_line_and_keeps_a_checkpoint(tmp_path, tiny_
                        "train.checkpoint_every=1", "train.eval_every=0",
                        "train.keep_checkpoints=1000")
     with pytest.raises(UserError) as info:
-        training.train(load_config(None, args))
+        loop.train(load_config(None, args))
     message = one_line(info.value)
     assert str(run) in message and "No space left on device" in message
     assert "The last good checkpoint is" in message
@@ -267,7 +269,7 @@ def test_a_signal_during_a_periodic_save_waits_for_it(tmp_path, monkeypatch, cap
     monkeypatch.setattr(checkpoint, "save_model", save_and_signal)
     args = shapes_args(tmp_path, "train.max_steps=1000", "train.eval_every=0")
     with pytest.raises(KeyboardInterrupt):
-        training.train(load_config(None, args))
+        loop.train(load_config(None, args))
     assert "interrupted at step 2; checkpoint" in capsys.readouterr().err
     assert checkpoint.resolve_checkpoint(str(run)) == str(run / "model.ckpt-2")
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
@@ -275,7 +277,7 @@ def test_a_signal_during_a_periodic_save_waits_for_it(tmp_path, monkeypatch, cap
 
 def test_a_second_signal_during_the_exit_save_is_ignored(tmp_path, monkeypatch, capsys):
     run = tmp_path / "run"
-    real_save, real_append = checkpoint.save_model, training.append_history
+    real_save, real_append = checkpoint.save_model, loop.append_history
 
     def append_and_signal(log_dir, record):
         real_append(log_dir, record)
@@ -288,12 +290,12 @@ def test_a_second_signal_during_the_exit_save_is_ignored(tmp_path, monkeypatch, 
         os.kill(os.getpid(), signal.SIGINT)  # and a third
         return real_save(sess, saver, prefix, spec, **kwargs)
 
-    monkeypatch.setattr(training, "append_history", append_and_signal)
+    monkeypatch.setattr(loop, "append_history", append_and_signal)
     monkeypatch.setattr(checkpoint, "save_model", save_and_signal)
     args = shapes_args(tmp_path, "train.max_steps=1000", "train.checkpoint_every=1000",
                        "train.eval_every=0")
     with pytest.raises(KeyboardInterrupt):
-        training.train(load_config(None, args))
+        loop.train(load_config(None, args))
     assert "interrupted at step 3; checkpoint" in capsys.readouterr().err
     assert checkpoint.resolve_checkpoint(str(run)) == str(run / "model.ckpt-3")
     restore_and_check_finite(str(run / "model.ckpt-3"))
@@ -354,7 +356,7 @@ def test_two_sigterms_leave_a_checkpoint_the_next_run_finds(tmp_path, delay, cap
 def test_a_lock_left_by_a_killed_process_does_not_block(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
-    holder = ("import sys, time\nfrom fcn_graph import runlock\n"
+    holder = ("import sys, time\nfrom fcn_graph.training import runlock\n"
               "with runlock.locked_log_dir(sys.argv[1]):\n"
               "    print('locked', flush=True)\n    time.sleep(60)\n")
     proc = subprocess.Popen([sys.executable, "-c", holder, str(run)], stdout=subprocess.PIPE,
@@ -382,7 +384,7 @@ def test_labels_all_ignored_stop_after_one_pass(tmp_path, folder_root):
     args = ["data.kind=folder", f"data.root={folder_root}", "data.val_fraction=0.5",
             *shapes_args(tmp_path)[4:], "train.max_steps=100", "train.eval_every=0"]
     with pytest.raises(UserError) as info:
-        training.train(load_config(None, args))
+        loop.train(load_config(None, args))
     message = one_line(info.value)
     assert "data.train_split 'train'" in message and os.path.join(folder_root, "labels") in message
     assert "2 steps, a whole pass over its 3 images, saw no labelled pixel" in message
@@ -396,7 +398,7 @@ def test_validation_without_labels_writes_no_nan_into_the_history(tmp_path, voc_
             os.path.join(voc_root, "SegmentationClass", stem + ".png"))
     args = ["data.kind=voc", f"data.root={voc_root}", *shapes_args(tmp_path)[4:],
             "train.max_steps=2"]
-    training.train(load_config(None, args))
+    loop.train(load_config(None, args))
     records = [strict_json(line)
                for line in (tmp_path / "run" / "history.jsonl").read_text().splitlines()]
     evaluations = [r for r in records if "mean_iou" in r]

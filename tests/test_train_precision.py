@@ -11,12 +11,13 @@ import pytest
 import tensorflow as tf
 from cpufixtures import SAPPHIRE_RAPIDS, ZEN3, fake_cpuinfo
 
-from fcn_graph import checkpoint, cpuinfo, session
 from fcn_graph import train as train_command
-from fcn_graph import training as train_module
-from fcn_graph.config import load_config
-from fcn_graph.curves import read_history
-from fcn_graph.errors import UserError, run_cli
+from fcn_graph.core.errors import UserError, run_cli
+from fcn_graph.host import cpuinfo, session
+from fcn_graph.training import loop as train_module
+from fcn_graph.training.config import load_config
+from fcn_graph.training.curves import read_history
+from fcn_graph.weights import checkpoint
 
 STEPS = 6
 

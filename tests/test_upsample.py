@@ -1,4 +1,4 @@
-"""The phase formulation of the upsampling (`cpu_kernels.upsample_by_phases`)
+"""The phase formulation of the upsampling (`cpu_layers.upsample_by_phases`)
 against `model.upsample` (tf.nn.conv2d_transpose) and NumPy."""
 
 import numpy as np
@@ -6,8 +6,7 @@ import pytest
 import tensorflow as tf
 from npref import conv2d_transpose_same
 
-from fcn_graph import cpu_kernels
-from fcn_graph import model as fcn_model
+from fcn_graph.network import cpu_layers, tf_layers
 
 tf1 = tf.compat.v1
 
@@ -37,8 +36,8 @@ def test_phases_equal_conv2d_transpose(k, stride, out_h, out_w):
         xt = tf1.placeholder(tf.float32, [None, None, None, c_in])
         shape_t = tf1.placeholder(tf.int32, [4])
         kernel, bias = tf.constant(w, tf.float32), tf.constant(b, tf.float32)
-        phases = cpu_kernels.upsample_by_phases(xt, kernel, bias, shape_t, stride)
-        direct = fcn_model.upsample(xt, kernel, bias, shape_t, stride)
+        phases = cpu_layers.upsample_by_phases(xt, kernel, bias, shape_t, stride)
+        direct = tf_layers.upsample(xt, kernel, bias, shape_t, stride)
     with tf1.Session(graph=graph) as sess:
         got, want_tf = sess.run([phases, direct], {xt: x.astype(np.float32), shape_t: shape})
     want = conv2d_transpose_same(x, w, shape, stride) + b
@@ -54,7 +53,7 @@ def test_phase_kernel_layout():
     # holds w[r_y + (1 - j_y)*2, r_x + (1 - j_x)*2, c, i].
     w = np.arange(4 * 4 * 3 * 2, dtype=np.float32).reshape(4, 4, 3, 2)
     with tf.Graph().as_default(), tf1.Session() as sess:
-        got = sess.run(cpu_kernels.phase_kernel(tf.constant(w), 2))
+        got = sess.run(cpu_layers.phase_kernel(tf.constant(w), 2))
     assert got.shape == (2, 2, 2, 12)
     for jy in range(2):
         for jx in range(2):
@@ -72,8 +71,8 @@ def test_gradients_flow_through_phases():
         x = tf.constant(rng.standard_normal((1, 3, 4, 2)), tf.float32)
         w = tf.constant(rng.standard_normal((4, 4, 3, 2)), tf.float32)
         b = tf.zeros([3])
-        a = cpu_kernels.upsample_by_phases(x, w, b, [1, 6, 7, 3], 2)
-        d = fcn_model.upsample(x, w, b, [1, 6, 7, 3], 2)
+        a = cpu_layers.upsample_by_phases(x, w, b, [1, 6, 7, 3], 2)
+        d = tf_layers.upsample(x, w, b, [1, 6, 7, 3], 2)
         ga = tf.gradients(tf.reduce_sum(a * a), [x, w])
         gd = tf.gradients(tf.reduce_sum(d * d), [x, w])
         for got, want in zip(sess.run(ga), sess.run(gd)):
@@ -85,7 +84,7 @@ def test_phases_without_bias():
     x = rng.standard_normal((1, 3, 5, 2)).astype(np.float32)
     w = rng.standard_normal((4, 4, 3, 2)).astype(np.float32)
     with tf.Graph().as_default(), tf1.Session() as sess:
-        got = sess.run(cpu_kernels.upsample_by_phases(tf.constant(x), tf.constant(w), None,
+        got = sess.run(cpu_layers.upsample_by_phases(tf.constant(x), tf.constant(w), None,
                                                     [1, 6, 9, 3], 2))
     want = conv2d_transpose_same(x, w, (1, 6, 9, 3), 2)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())

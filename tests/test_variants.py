@@ -8,7 +8,8 @@ from npref import fcn_paper_forward
 from tfutil import build_graph, run_random
 from tinyvgg import TINY_MEAN, TINY_WIDTHS
 
-from fcn_graph import model as fcn_model
+from fcn_graph.network import definition, tf_layers
+from fcn_graph.network.spec import VGG19_CONVS, ModelSpec
 
 tf1 = tf.compat.v1
 
@@ -20,11 +21,11 @@ PAPER_HEADS = {
            "score_pool4_w", "score_pool4_b", "upscore_pool4_w", "score_pool3_w",
            "score_pool3_b", "upscore8_w"},
 }
-BODY = {f"{name}_{s}" for name in fcn_model.VGG19_CONVS for s in ("w", "b")}
+BODY = {f"{name}_{s}" for name in VGG19_CONVS for s in ("w", "b")}
 
 
 def paper_spec(skips, num_classes=3, train_upsampling=False):
-    return fcn_model.ModelSpec(num_classes=num_classes, fc_width=6,
+    return ModelSpec(num_classes=num_classes, fc_width=6,
                                vgg_widths=tuple(TINY_WIDTHS.values()), mean_pixel=TINY_MEAN,
                                architecture="paper", skips=skips,
                                train_upsampling=train_upsampling)
@@ -50,14 +51,14 @@ def test_bilinear_kernel_hand_worked():
                      [0.1875, 0.5625, 0.5625, 0.1875],
                      [0.1875, 0.5625, 0.5625, 0.1875],
                      [0.0625, 0.1875, 0.1875, 0.0625]])
-    kernel = fcn_model.bilinear_kernel(4, 3)
+    kernel = definition.bilinear_kernel(4, 3)
     assert kernel.shape == (4, 4, 3, 3) and kernel.dtype == np.float32
     for c in range(3):
         np.testing.assert_array_equal(kernel[:, :, c, c], want)
     off_diagonal = kernel * (1 - np.eye(3))[None, None]
     assert not off_diagonal.any()
     # size 3 (odd): factor 2, center 1 -> taps 0.5, 1, 0.5.
-    np.testing.assert_array_equal(fcn_model.bilinear_kernel(3, 1)[1, :, 0, 0], [0.5, 1.0, 0.5])
+    np.testing.assert_array_equal(definition.bilinear_kernel(3, 1)[1, :, 0, 0], [0.5, 1.0, 0.5])
 
 
 @pytest.mark.parametrize("size", [1, 2, 5, 16, 32, 64])
@@ -66,7 +67,7 @@ def test_bilinear_kernel_matches_the_reference_formula(size):
     center = factor - 1 if size % 2 == 1 else factor - 0.5
     og = np.ogrid[:size, :size]
     want = (1 - abs(og[0] - center) / factor) * (1 - abs(og[1] - center) / factor)
-    np.testing.assert_allclose(fcn_model.bilinear_kernel(size, 2)[:, :, 1, 1], want, rtol=1e-7)
+    np.testing.assert_allclose(definition.bilinear_kernel(size, 2)[:, :, 1, 1], want, rtol=1e-7)
 
 
 @pytest.mark.parametrize("stride", [2, 8])
@@ -74,19 +75,19 @@ def test_bilinear_upsampling_interpolates(stride):
     """A bilinear-initialised layer through upsample(): a constant stays exactly
     constant and a ramp stays linear (half-pixel-centred) away from the borders."""
     size, h, w = 2 * stride, 6, 5
-    kernel = tf.constant(fcn_model.bilinear_kernel(size, 2))
+    kernel = tf.constant(definition.bilinear_kernel(size, 2))
     margin = stride // 2
 
     constant = np.full((1, h, w, 2), 3.0, np.float32)
     for out_h, out_w in ((h * stride, w * stride), (h * stride - 1, (w - 1) * stride + 1)):
-        y = fcn_model.upsample(tf.constant(constant), kernel, None, [1, out_h, out_w, 2],
+        y = tf_layers.upsample(tf.constant(constant), kernel, None, [1, out_h, out_w, 2],
                                stride).numpy()
         assert y.shape == (1, out_h, out_w, 2)
         np.testing.assert_array_equal(y[0, margin:out_h - margin, margin:out_w - margin], 3.0)
 
     rows = np.arange(h, dtype=np.float32)[:, None] * 4.0 - 1.0      # x[j] = 4 j - 1
     ramp = np.broadcast_to(rows[None, :, :, None], (1, h, w, 2)).copy()
-    y = fcn_model.upsample(tf.constant(ramp), kernel, None, [1, h * stride, w * stride, 2],
+    y = tf_layers.upsample(tf.constant(ramp), kernel, None, [1, h * stride, w * stride, 2],
                            stride).numpy()
     i = np.arange(h * stride)
     want = 4.0 * ((i + 0.5) / stride - 0.5) - 1.0                    # input position of row i
@@ -104,12 +105,12 @@ def test_paper_variable_names_and_shapes(paper_graph):
     spec, graph, *_, variables = paper_graph
     names = {name.split("/")[1] for name in variables}
     assert names == BODY | PAPER_HEADS[spec.skips]
-    shapes = fcn_model.variable_shapes(3, vgg_widths=TINY_WIDTHS, fc_width=6,
+    shapes = definition.variable_shapes(3, vgg_widths=TINY_WIDTHS, fc_width=6,
                                        architecture="paper", skips=spec.skips)
     assert list(shapes) == [name.split("/")[1] for name in variables]
     for name, variable in variables.items():
         assert tuple(variable.shape.as_list()) == shapes[name.split("/")[1]], name
-    assert fcn_model.detect_architecture(variables) == ("paper", spec.skips)
+    assert definition.detect_architecture(variables) == ("paper", spec.skips)
     trainable = {v.op.name for v in graph.get_collection(tf1.GraphKeys.TRAINABLE_VARIABLES)}
     assert {n for n in variables if "upscore" in n}.isdisjoint(trainable)
     assert len(trainable) == len(variables) - len([n for n in names if "upscore" in n])
@@ -125,7 +126,7 @@ def test_paper_initial_values(paper_graph):
         if short.startswith("score_"):
             assert not value.any(), f"{name} should start at zero"
         elif short.startswith("upscore"):
-            np.testing.assert_array_equal(value, fcn_model.bilinear_kernel(value.shape[0], 3))
+            np.testing.assert_array_equal(value, definition.bilinear_kernel(value.shape[0], 3))
     assert values["inference/W6"].std() > 0
 
 
@@ -160,17 +161,17 @@ def test_train_upsampling_makes_filters_trainable():
 
 def test_bad_variants_are_refused():
     with pytest.raises(ValueError, match="FCN-8s only"):
-        fcn_model.variable_shapes(3, architecture="legacy", skips="16s")
+        definition.variable_shapes(3, architecture="legacy", skips="16s")
     with pytest.raises(ValueError, match="architecture: expected one of legacy, paper, found 'caffe'"):
-        fcn_model.variable_shapes(3, architecture="caffe")
+        definition.variable_shapes(3, architecture="caffe")
     with pytest.raises(ValueError, match="skips: expected one of 32s, 16s, 8s, found '4s'"):
-        fcn_model.variable_shapes(3, architecture="paper", skips="4s")
+        definition.variable_shapes(3, architecture="paper", skips="4s")
 
 
 def test_detect_architecture_of_legacy_names():
-    names = ["inference/" + n for n in fcn_model.variable_shapes(3)]
-    assert fcn_model.detect_architecture(names) == ("legacy", "8s")
-    assert fcn_model.detect_architecture(["inference/conv1_1_w"]) is None
+    names = ["inference/" + n for n in definition.variable_shapes(3)]
+    assert definition.detect_architecture(names) == ("legacy", "8s")
+    assert definition.detect_architecture(["inference/conv1_1_w"]) is None
 
 
 # -- the paper graph against the published FCN, each test with its own graph -------
@@ -224,7 +225,7 @@ def test_paper_variables_end_points_and_layers_are_the_published_ones(skips):
                                 + ["logits", "prediction"])
     head_layers = [("conv6", "drop6"), ("conv7", "drop7")] + [
         (name, name) for name in ["score_fr"] + PAPER_HEAD_POINTS[skips]]
-    assert fcn_model.layer_ends(spec) == body_layers + head_layers
+    assert definition.layer_ends(spec) == body_layers + head_layers
     named = [name for name in end_points if name.startswith(("relu", "fuse_", "logits"))]
     assert {name: end_points[name].op.name for name in named} == {
         name: "inference/" + name for name in named}
@@ -281,13 +282,13 @@ def test_detect_architecture_from_one_name_of_each_pair():
     def names(*short):
         return ["inference/conv1_1_w"] + ["inference/" + n for n in short]
 
-    assert fcn_model.detect_architecture(names("W6", "W8")) == ("legacy", "8s")
-    assert fcn_model.detect_architecture(names("W6", "W_t3")) == ("legacy", "8s")
-    assert fcn_model.detect_architecture(names("score_fr_w", "score_pool3_w")) == ("paper", "8s")
-    assert fcn_model.detect_architecture(names("score_fr_w", "upscore8_w")) == ("paper", "8s")
-    assert fcn_model.detect_architecture(
+    assert definition.detect_architecture(names("W6", "W8")) == ("legacy", "8s")
+    assert definition.detect_architecture(names("W6", "W_t3")) == ("legacy", "8s")
+    assert definition.detect_architecture(names("score_fr_w", "score_pool3_w")) == ("paper", "8s")
+    assert definition.detect_architecture(names("score_fr_w", "upscore8_w")) == ("paper", "8s")
+    assert definition.detect_architecture(
         names("score_fr_w", "score_pool4_w", "upscore2_w")) == ("paper", "16s")
-    assert fcn_model.detect_architecture(names("score_fr_w", "upscore16_w")) == ("paper", "16s")
-    assert fcn_model.detect_architecture(names("score_fr_w", "upscore32_w")) == ("paper", "32s")
-    assert fcn_model.detect_architecture(names("W6", "W7")) is None
-    assert fcn_model.detect_architecture(names("W8"), scope="other") is None
+    assert definition.detect_architecture(names("score_fr_w", "upscore16_w")) == ("paper", "16s")
+    assert definition.detect_architecture(names("score_fr_w", "upscore32_w")) == ("paper", "32s")
+    assert definition.detect_architecture(names("W6", "W7")) is None
+    assert definition.detect_architecture(names("W8"), scope="other") is None

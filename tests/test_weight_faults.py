@@ -18,15 +18,17 @@ from portfiles import write_keras_h5
 from tfutil import build_graph, random_values
 from tinyvgg import TINY_MEAN, TINY_WIDTHS, make_fc_layers, make_vgg_layers
 
-from fcn_graph import checkpoint, evaluate, export, infer, kerash5, onnx_engine, port
-from fcn_graph import model as fcn_model
-from fcn_graph.errors import UserError, run_cli
-from fcn_graph.finite import check_mean_pixel, nonfinite
-from fcn_graph.matconvnet import load_vgg_mat, write_vgg_mat
+from fcn_graph import evaluate, export, infer, port
+from fcn_graph.core.errors import UserError, run_cli
+from fcn_graph.core.finite import check_mean_pixel, nonfinite
+from fcn_graph.engines import onnx_engine
+from fcn_graph.network.spec import ModelSpec
+from fcn_graph.weights import checkpoint, kerash5
+from fcn_graph.weights.matconvnet import load_vgg_mat, write_vgg_mat
 
 tf1 = tf.compat.v1
 DATA = ".data-00000-of-00001"
-SPEC = fcn_model.ModelSpec(num_classes=3, fc_width=6, vgg_widths=tuple(TINY_WIDTHS.values()),
+SPEC = ModelSpec(num_classes=3, fc_width=6, vgg_widths=tuple(TINY_WIDTHS.values()),
                            mean_pixel=TINY_MEAN)
 COMMANDS = {"infer": infer.main, "evaluate": evaluate.main, "export": export.main,
             "port": port.main}

@@ -3,8 +3,9 @@
 import numpy as np
 import tensorflow as tf
 
-from fcn_graph import checkpoint
-from fcn_graph import model as fcn_model
+from fcn_graph.host import choice
+from fcn_graph.network import tf_layers
+from fcn_graph.weights import checkpoint
 
 tf1 = tf.compat.v1
 
@@ -18,14 +19,14 @@ LEGACY_NAMES = [f"inference/conv{b}_{i}_{s}"
 
 def build_graph(spec, *, seed=0, kernels="auto", head=None):
     """(graph, images placeholder, logits, prediction, end_points, variables);
-    `kernels` and `head` as in `model.build`."""
+    `kernels` as in `choice.kernel_layers`, `head` as in `tf_layers.build`."""
     graph = tf.Graph()
     with graph.as_default():
         tf1.set_random_seed(seed)
         images = tf1.placeholder(tf.float32, [None, None, None, 3], name="images")
-        logits, prediction, end_points = fcn_model.build(images, spec, kernels=kernels,
-                                                         head=head)
-    return graph, images, logits, prediction, end_points, fcn_model.model_variables(graph)
+        logits, prediction, end_points = tf_layers.build(
+            images, spec, layers=choice.kernel_layers(kernels), head=head)
+    return graph, images, logits, prediction, end_points, tf_layers.model_variables(graph)
 
 
 def random_values(variables, seed=0, scale=0.3):

@@ -4,7 +4,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from fcn_graph.spec import VGG19_CONVS
+from fcn_graph.network.spec import VGG19_CONVS
 
 # A VGG19 with 2..5 channels per block: every layer exists, every width differs
 # from its neighbours' blocks, and channel counts are odd where they can be.
@@ -44,7 +44,7 @@ def write_tiny_checkpoint(directory, num_classes=4):
     import os
 
     from fcn_graph import port
-    from fcn_graph.matconvnet import write_vgg_mat
+    from fcn_graph.weights.matconvnet import write_vgg_mat
     mat = os.path.join(str(directory), "vgg.mat")
     write_vgg_mat(mat, make_vgg_layers(), TINY_MEAN, fc=make_fc_layers(TINY_WIDTHS["conv5_4"]),
                   layout="new")

@@ -13,13 +13,13 @@ import sys
 
 # module -> (file in mutants/, mutant name patterns), as tools/mutation.sh selects them
 MODULES = {
-    "model": ("fcn_graph/model.py", ["fcn_graph.model.*"]),
-    "metrics": ("fcn_graph/metrics.py", ["fcn_graph.metrics.*"]),
+    "model": ("fcn_graph/model.py", ["fcn_graph.network.definition.*"]),
+    "metrics": ("fcn_graph/metrics.py", ["fcn_graph.training.metrics.*"]),
     "loss": ("fcn_graph/training.py", ["fcn_graph.training.x_segmentation_loss__mutmut_*",
                                     "fcn_graph.training.x_kernel_l2__mutmut_*"]),
-    "checkpoint": ("fcn_graph/checkpoint.py", ["fcn_graph.checkpoint.*"]),
-    "matconvnet": ("fcn_graph/matconvnet.py", ["fcn_graph.matconvnet.*"]),
-    "datasets": ("fcn_graph/datasets.py", ["fcn_graph.datasets.x_read_label__mutmut_*"]),
+    "checkpoint": ("fcn_graph/checkpoint.py", ["fcn_graph.weights.checkpoint.*"]),
+    "matconvnet": ("fcn_graph/matconvnet.py", ["fcn_graph.weights.matconvnet.*"]),
+    "datasets": ("fcn_graph/datasets.py", ["fcn_graph.data.datasets.x_read_label__mutmut_*"]),
 }
 KILLED, SURVIVED, NO_TESTS = {1, 3, -24, 24, 36, 152, 255}, {0}, {33}
 

@@ -26,7 +26,7 @@ from typing import Optional, Tuple
 
 import tensorflow as tf
 
-from fcn_graph.errors import UserError
+from fcn_graph.core.errors import UserError
 
 tf1 = tf.compat.v1
 
@@ -311,7 +311,7 @@ def peer_failure(cluster, err, timeout, when):
     """One line on a collective that failed or timed out: which peers do not
     answer (those refusing connections for about two seconds, else all of
     them), and what to do."""
-    from fcn_graph.checkpoint import op_error_reason
+    from fcn_graph.weights.checkpoint import op_error_reason
 
     others = [r for r in range(cluster.size) if r != cluster.rank]
     dead = []

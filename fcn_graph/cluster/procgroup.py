@@ -32,7 +32,7 @@ import sys
 import threading
 import time
 
-from fcn_graph.errors import UserError
+from fcn_graph.core.errors import UserError
 
 # How often the supervisor looks at its tasks and at received signals, in seconds.
 POLL_SECONDS = 0.05

@@ -21,26 +21,28 @@ TRAIN_KEEP_PROB = {"legacy": 0.85, "paper": 0.5}
 # Kernel sets a graph can be built with (config key model.kernels, --kernels):
 # "reference" writes the plain operations (tf.nn.conv2d for conv6/conv7,
 # tf.nn.conv2d_transpose for the upsampling), "cpu" the forms of
-# `fcn_graph.cpu_kernels`, and "auto" picks by device (`resolve_kernels`).
+# `fcn_graph.network.cpu_layers`, and "auto" picks by device
+# (`fcn_graph.host.choice.resolve_kernels`).
 KERNELS = ("auto", "reference", "cpu")
+# The forms of the "cpu" set: conv6/conv7 as im2col + matrix products in row
+# blocks ("matmul") or tf.nn.conv2d ("conv"); the upsampling as one phase
+# convolution ("phases") or tf.nn.conv2d_transpose ("transpose").
+FC_FORMS = ("matmul", "conv")
+UPSAMPLE_FORMS = ("phases", "transpose")
+# The forms the per-CPU rule takes, measured fastest on an AVX2 CPU:
+# conv6/conv7 in blocks of DEFAULT_ROW_BLOCK rows, every upsampling by phases.
+DEFAULT_FC_FORM = "matmul"
+DEFAULT_ROW_BLOCK = 100
+DEFAULT_UPSAMPLE_FORM = "phases"
 
 
-def resolve_kernels(kernels, has_gpu):
-    """The kernel set `kernels` asks for: "reference" or "cpu" as given; "auto"
-    is "reference" when `has_gpu()` is true (a GPU runs the plain ops as single
-    cuDNN/cuBLAS calls) and "cpu" otherwise."""
-    if kernels not in KERNELS:
-        raise ValueError(f"unknown kernels {kernels!r}; expected one of {', '.join(KERNELS)}")
-    if kernels != "auto":
-        return kernels
-    return "reference" if has_gpu() else "cpu"
 # Engines that run a checkpoint (`segmenter.make_segmenter`): TensorFlow, the
 # reference, and ONNX Runtime.
 ENGINES = ("tf", "onnxruntime")
 # Floating-point types a TensorFlow session can compute in (`session.session_config`).
 PRECISIONS = ("float32", "bfloat16", "float16")
 # What `--precision` of infer and evaluate accepts: those, and int8 (ONNX
-# Runtime, a model quantized by `fcn_graph.quantize`).
+# Runtime, a model quantized by `fcn_graph.engines.int8_model`).
 INFERENCE_PRECISIONS = PRECISIONS + ("int8",)
 # What train.precision accepts: float32, or bfloat16 through oneDNN on a CPU
 # with bfloat16 units (`session.session_config`).

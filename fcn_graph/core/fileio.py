@@ -10,7 +10,7 @@ import uuid
 
 import numpy as np
 
-from fcn_graph.errors import UserError
+from fcn_graph.core.errors import UserError
 
 
 @contextlib.contextmanager
@@ -321,3 +321,13 @@ class OutputFolder:
             raise UserError(f"{self.path}: cannot write ({err.strerror})") from None
         self._changed = False
         self._flushed = time.monotonic()
+
+
+def cache_dir(environ=None):
+    """The cache folder: $FCN_GRAPH_CACHE, else $XDG_CACHE_HOME/fcn_graph, else
+    ~/.cache/fcn_graph (empty variables count as unset)."""
+    environ = os.environ if environ is None else environ
+    if environ.get("FCN_GRAPH_CACHE"):
+        return environ["FCN_GRAPH_CACHE"]
+    base = environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "fcn_graph")

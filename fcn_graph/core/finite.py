@@ -5,7 +5,7 @@ import numbers
 
 import numpy as np
 
-from fcn_graph.errors import UserError
+from fcn_graph.core.errors import UserError
 
 # A mean of pixels that lie in 0..255 lies in 0..255 too.
 MEAN_PIXEL_RANGE = (0.0, 255.0)

@@ -13,7 +13,7 @@ Layouts (`data.kind`):
     folder  images/<stem>.{jpg,jpeg,png,bmp}, labels/<stem>.png (gray or palette,
             value = class id, 255 ignored), optional classes.txt; splits from
             <split>.txt, else images/<split>/ and labels/<split>/, else a seeded split.
-    shapes  generated on first use (see fcn_graph.shapes_dataset), then read as `folder`.
+    shapes  generated on first use (see fcn_graph.data.shapes), then read as `folder`.
 
 `open_split` scans a split before training starts (missing split files, empty
 splits and images without labels are `UserError`s naming the file). Each image
@@ -36,11 +36,10 @@ from typing import Tuple
 import numpy as np
 import tensorflow as tf
 
-from fcn_graph import image_files, shapes_dataset
-from fcn_graph.config import dataset_root
-from fcn_graph.constants import IGNORE_LABEL, VGG_MEAN_RGB
-from fcn_graph.errors import UserError
-from fcn_graph.image_files import IMAGE_EXTENSIONS
+from fcn_graph.core.constants import IGNORE_LABEL, VGG_MEAN_RGB
+from fcn_graph.core.errors import UserError
+from fcn_graph.data import image_files, shapes
+from fcn_graph.data.image_files import IMAGE_EXTENSIONS
 
 VOC_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
@@ -52,6 +51,14 @@ ADE20K_NUM_CLASSES = 151  # 150 object classes and 0 = "other"
 _ADE_SPLITS = {"train": "training", "training": "training",
                "val": "validation", "validation": "validation"}
 _PETS_SPLITS = {"train": "trainval", "trainval": "trainval", "val": "test", "test": "test"}
+
+
+
+def dataset_root(config):
+    """`data.root`, or the default directory of the generated shapes dataset."""
+    if config.data.root:
+        return config.data.root
+    return os.path.join("data", "shapes")
 
 
 @dataclass(frozen=True)
@@ -112,7 +119,7 @@ def open_config_split(config, split):
     d = config.data
     root = dataset_root(config)
     if d.kind == "shapes":
-        shapes_dataset.ensure_shapes(root, num_train=d.shapes_train_images,
+        shapes.ensure_shapes(root, num_train=d.shapes_train_images,
                                      num_val=d.shapes_val_images,
                                      image_size=d.shapes_image_size, seed=config.train.seed)
     return open_split(d.kind, root, split, seed=config.train.seed, val_fraction=d.val_fraction)

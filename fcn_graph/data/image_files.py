@@ -7,7 +7,7 @@ Conventions:
 - Labels are numpy uint8 [H, W] of class ids. Palette PNGs (PASCAL VOC
   `SegmentationClass`) store the ids as palette indices, so labels are read
   with Pillow, which returns the indices; OpenCV would return the colours.
-- Every writer goes through `fcn_graph.fileio.atomic_write`: a reader never
+- Every writer goes through `fcn_graph.core.fileio.atomic_write`: a reader never
   sees a half-written file.
 """
 
@@ -18,9 +18,9 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from fcn_graph.constants import IGNORE_LABEL, voc_palette
-from fcn_graph.errors import UserError
-from fcn_graph.fileio import NotARegularFile, atomic_write, kind_of, read_regular_file
+from fcn_graph.core.constants import IGNORE_LABEL, voc_palette
+from fcn_graph.core.errors import UserError
+from fcn_graph.core.fileio import NotARegularFile, atomic_write, kind_of, read_regular_file
 
 # Extensions of the image files that `read_image` reads and that folders of
 # images (infer's inputs, the datasets) are searched for.

@@ -26,7 +26,7 @@ import tempfile
 import numpy as np
 from PIL import Image, ImageDraw
 
-from fcn_graph.errors import UserError
+from fcn_graph.core.errors import UserError
 
 CLASS_NAMES = ("background", "circle", "rectangle", "triangle")
 MANIFEST_NAME = "shapes.json"

@@ -9,12 +9,15 @@ import uuid
 import numpy as np
 import tensorflow as tf
 
-from fcn_graph import checkpoint, onnx_engine
-from fcn_graph import model as fcn_model
-from fcn_graph.constants import EXPORT_FORMATS
-from fcn_graph.errors import UserError
-from fcn_graph.fileio import atomic_write, check_output_file, ensure_output_dir, kind_of
-from fcn_graph.session import session_config
+from fcn_graph.core.constants import EXPORT_FORMATS
+from fcn_graph.core.errors import UserError
+from fcn_graph.core.fileio import atomic_write, check_output_file, ensure_output_dir, kind_of
+from fcn_graph.engines import onnx_engine
+from fcn_graph.host import choice
+from fcn_graph.host.session import session_config
+from fcn_graph.network import tf_layers
+from fcn_graph.weights import checkpoint
+from fcn_graph.weights.checkpoint_files import SIDECAR_SUFFIX
 
 tf1 = tf.compat.v1
 
@@ -43,7 +46,8 @@ def serving_graph(spec, kernels="reference"):
     with graph.as_default():
         images = tf1.placeholder(tf.uint8, [None, None, None, 3], name=INPUT_NAME)
         net = tf.cast(images, tf.float32)                             # [N, H, W, 3] RGB
-        logits, prediction, _ = fcn_model.build(net, spec, kernels=kernels)  # [N, H, W, K]
+        layers = choice.kernel_layers(kernels)
+        logits, prediction, _ = tf_layers.build(net, spec, layers=layers)  # [N, H, W, K]
         scores = tf.identity(logits, name="scores")                   # [N, H, W, K]
         labels = tf.cast(prediction, tf.int32, name="labels")         # [N, H, W]
     return graph, images, labels, scores
@@ -56,7 +60,7 @@ class _Restored:
         self.prefix = checkpoint.resolve_checkpoint(prefix)
         self.spec = checkpoint.model_spec_from_checkpoint(self.prefix)
         self.graph, self.images, self.labels, self.scores = serving_graph(self.spec, kernels)
-        self.variables = fcn_model.model_variables(self.graph)
+        self.variables = tf_layers.model_variables(self.graph)
         self.session = tf1.Session(graph=self.graph, config=session_config())
         checkpoint.restore_model(self.session, self.prefix, self.variables)
         self.nbytes = sum(4 * int(np.prod(v.shape.as_list())) for v in self.variables.values())
@@ -88,7 +92,7 @@ def verification_image(seed=0):
 
 
 def _reference(prefix, image):
-    from fcn_graph.segmenter import Segmenter  # the checkpoint as `infer` runs it
+    from fcn_graph.engines.segmenter import Segmenter  # the checkpoint as `infer` runs it
 
     segmenter = Segmenter(prefix)
     try:
@@ -149,8 +153,8 @@ def is_checkpoint_file(path):
     base = os.path.basename(os.path.normpath(path))
     if base == "checkpoint" or base.endswith((".index", ".meta")) or ".data-" in base:
         return True
-    return base.endswith(checkpoint.SIDECAR_SUFFIX) and os.path.exists(
-        path[:-len(checkpoint.SIDECAR_SUFFIX)] + ".index")
+    return base.endswith(SIDECAR_SUFFIX) and os.path.exists(
+        path[:-len(SIDECAR_SUFFIX)] + ".index")
 
 
 def _is_export(path, fmt):
@@ -308,7 +312,7 @@ def export_onnx(prefix, out_path, *, opset=onnx_engine.DEFAULT_OPSET, verify=Tru
         raise UserError(f"--quantize: expected int8, found {quantize!r}")
     paths = None
     if quantize:
-        from fcn_graph.quantize import calibration_files
+        from fcn_graph.engines.int8_model import calibration_files
         paths = calibration_files(calibration)
     data_path = onnx_engine.external_data_path(out_path) if external_data else None
     _check_target(out_path, "onnx", force=force, extra=[data_path] if data_path else [])
@@ -328,7 +332,7 @@ def export_onnx(prefix, out_path, *, opset=onnx_engine.DEFAULT_OPSET, verify=Tru
     try:
         tmp = os.path.join(work, base)   # the same name: the model names its data file
         if quantize:
-            from fcn_graph.quantize import quantize_model
+            from fcn_graph.engines.int8_model import quantize_model
             float_path = os.path.join(work, "float.onnx")
             onnx_engine.save_model(model, float_path, external_data=True)
             del model

@@ -43,28 +43,18 @@ import tempfile
 import time
 import uuid
 
-from fcn_graph.checkpoint_files import DATA_SHARD, SIDECAR_SUFFIX
-from fcn_graph.errors import UserError
-from fcn_graph.fileio import json_text, read_regular_file
+from fcn_graph.core.errors import UserError
+from fcn_graph.core.fileio import cache_dir, json_text, read_regular_file
+from fcn_graph.weights.checkpoint_files import DATA_SHARD, SIDECAR_SUFFIX
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-MANIFEST_FORMAT = "fcn_graph.model_cache"
+MANIFEST_FORMAT = "fcn_graph.engines.model_cache"
 MODEL_FILE = "model.onnx"
 KIND = "onnx"                    # the sub-folder of the cache holding ONNX models
 TEMP_PREFIX = ".tmp-"            # folders being built: CACHE/onnx/.tmp-HEX
 STALE_TEMP_SECONDS = 24 * 3600   # a temporary folder this old is left from a killed run
 HASH_CHUNK = 1 << 22
-
-
-def cache_dir(environ=None):
-    """The cache folder: $FCN_GRAPH_CACHE, else $XDG_CACHE_HOME/fcn_graph, else
-    ~/.cache/fcn_graph (empty variables count as unset)."""
-    environ = os.environ if environ is None else environ
-    if environ.get("FCN_GRAPH_CACHE"):
-        return environ["FCN_GRAPH_CACHE"]
-    base = environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "fcn_graph")
 
 
 def _note(text, log):

@@ -35,11 +35,11 @@ import shutil
 
 import numpy as np
 
-from fcn_graph import model_cache
-from fcn_graph.checkpoint_files import checkpoint_prefix, list_checkpoints
-from fcn_graph.constants import resolve_kernels
-from fcn_graph.errors import UserError
-from fcn_graph.spec import ModelSpec
+from fcn_graph.core.errors import UserError
+from fcn_graph.engines import model_cache
+from fcn_graph.host.choice import resolve_kernels
+from fcn_graph.network.spec import ModelSpec
+from fcn_graph.weights.checkpoint_files import checkpoint_prefix, list_checkpoints
 
 # TensorFlow is imported only to read checkpoints (build_onnx_model): running
 # a `.onnx` file or a cached model does not load it (docs/performance.md:
@@ -76,13 +76,13 @@ def check_opset(opset):
 def _read_weights(prefix, spec):
     """Checkpoint name (without scope) -> array for every variable of `spec`'s
     model, each shape checked against `model.variable_shapes`."""
-    from fcn_graph import checkpoint
-    from fcn_graph import model as fcn_model
-    expected = fcn_model.variable_shapes(spec.num_classes, vgg_widths=spec.widths,
+    from fcn_graph.network import definition
+    from fcn_graph.weights import checkpoint
+    expected = definition.variable_shapes(spec.num_classes, vgg_widths=spec.widths,
                                          fc_width=spec.fc_width, architecture=spec.architecture,
                                          skips=spec.skips)
     stored = checkpoint.read_variable_shapes(prefix)
-    scope = fcn_model.SCOPE
+    scope = definition.SCOPE
     wrong = [f"{scope}/{name} is {list(stored[f'{scope}/{name}'])}, expected {list(shape)}"
              if f"{scope}/{name}" in stored else f"{scope}/{name} is missing"
              for name, shape in expected.items() if stored.get(f"{scope}/{name}") != shape]
@@ -102,7 +102,7 @@ def build_onnx_model(prefix, *, opset=DEFAULT_OPSET, mean_pixel=None, kernels="a
     `model.build`). kernels: "cpu", "reference" or "auto" (`choose_onnx_kernels`).
     `opset` 13 or later.
     """
-    from fcn_graph import checkpoint
+    from fcn_graph.weights import checkpoint
     check_opset(opset)
     spec = checkpoint.model_spec_from_checkpoint(prefix)
     weights = _read_weights(prefix, spec)
@@ -187,7 +187,7 @@ def converted_model(prefix, *, mean_pixel=None, kernels="auto", opset=DEFAULT_OP
     cache when there, else built (TensorFlow reads the checkpoint) and cached.
     Its `info["spec"]` is the checkpoint's `ModelSpec` as a dict."""
     def build(folder):
-        from fcn_graph import checkpoint
+        from fcn_graph.weights import checkpoint
         check_opset(opset)
         spec = checkpoint.model_spec_from_checkpoint(prefix)
         weights = _read_weights(prefix, spec)
@@ -263,8 +263,8 @@ def onnx_model(spec, weights, *, opset=DEFAULT_OPSET, mean_pixel=None, kernels="
     """`model.network` for `spec` written as ONNX with `weights` (name without
     scope -> array, each of the shape the network asks for); head: as in
     `model.network`."""
-    from fcn_graph import model as fcn_model
-    from fcn_graph.onnx_layers import Builder, OnnxLayers
+    from fcn_graph.network import definition
+    from fcn_graph.network.onnx_layers import Builder, OnnxLayers
     b = Builder()
     helper, onnx = b.helper, b.onnx
     mean = spec.resolved_mean(mean_pixel)
@@ -273,7 +273,7 @@ def onnx_model(spec, weights, *, opset=DEFAULT_OPSET, mean_pixel=None, kernels="
         # the mean pixel is already in the model's channel order
         net = b.op("Gather", [net, b.const("bgr", np.array([2, 1, 0], np.int64))], "bgr", axis=3)
     ops = OnnxLayers(b, dict(weights), choose_onnx_kernels(kernels))
-    logits = fcn_model.network(ops, net, spec, mean_pixel=mean, head=head)  # [N, K, H, W]
+    logits = definition.network(ops, net, spec, mean_pixel=mean, head=head)  # [N, K, H, W]
     b.op("ArgMax", [logits], outputs=["labels"], axis=1, keepdims=0)        # [N, H, W]
     b.op("Transpose", [logits], outputs=["scores"], perm=[0, 2, 3, 1])      # [N, H, W, K]
 
@@ -392,7 +392,7 @@ class OnnxSegmenter:
             # with a lower peak (docs/performance.md).
             found = find_converted(path_or_prefix, mean_pixel=mean_pixel, kernels=kernels)
             if found is None:
-                from fcn_graph import checkpoint
+                from fcn_graph.weights import checkpoint
                 prefix = checkpoint.resolve_checkpoint(str(path_or_prefix))
                 found = converted_model(prefix, mean_pixel=mean_pixel, kernels=kernels)
             with found:

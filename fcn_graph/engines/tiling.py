@@ -27,7 +27,7 @@ import math
 
 import numpy as np
 
-from fcn_graph.errors import UserError
+from fcn_graph.core.errors import UserError
 
 # The model (and so TensorFlow) is imported only where a field or an
 # estimate is traced: the flags parse without it.
@@ -75,9 +75,9 @@ class _Field(tuple):
 def field_layers():
     """A `FieldLayers` (below): `model.ShapeLayers` that also carries each
     tensor's receptive field."""
-    from fcn_graph import model as fcn_model
+    from fcn_graph.network import definition
 
-    class FieldLayers(fcn_model.ShapeLayers):
+    class FieldLayers(definition.ShapeLayers):
         """`model.ShapeLayers` that also carries each tensor's receptive field:
         a stride-1 SAME k x k conv widens it by (k - 1) // 2 cells before and
         k // 2 after; a 2x2/2 SAME pool (padding after only) by one cell after,
@@ -128,8 +128,8 @@ def field_layers():
 def receptive_field(spec, *, head=None):
     """The `ReceptiveField` of the logits of `spec`'s network, traced through
     the model definition (`model.network`; `head` as there)."""
-    from fcn_graph import model as fcn_model
-    layers = fcn_model.trace(spec, height=1, width=1, head=head, layers=field_layers())
+    from fcn_graph.network import definition
+    layers = definition.trace(spec, height=1, width=1, head=head, layers=field_layers())
     logits = layers.end_points[next(reversed(layers.end_points))]
     stride = max(point.jump for point in layers.end_points.values())
     return ReceptiveField(logits.lo, logits.hi, stride)
@@ -140,8 +140,8 @@ def activation_bytes(spec, height, width, *, batch=1, head=None):
     width, 3]: every end point of the traced network (each layer's output,
     ReLUs and pools included) in float32, summed. An over-estimate of what
     is alive at once, which leaves room for the kernels' own workspaces."""
-    from fcn_graph import model as fcn_model
-    layers = fcn_model.trace(spec, batch=batch, height=height, width=width, head=head)
+    from fcn_graph.network import definition
+    layers = definition.trace(spec, batch=batch, height=height, width=width, head=head)
     return FLOAT_BYTES * sum(math.prod(shape) for shape in layers.end_points.values())
 
 
@@ -244,29 +244,6 @@ def check_memory_budget(gigabytes):
     if not (math.isfinite(gigabytes) and gigabytes > 0):
         raise ValueError(f"--memory-budget: expected a positive number of GB, found {gigabytes}")
     return gigabytes
-
-
-def add_tile_args(parser):
-    """Add --tile and --memory-budget to a command's parser."""
-    parser.add_argument(
-        "--tile", default="auto", metavar="auto|SIZE|off",
-        help="tiled inference for large images: auto (default) tiles an image whose "
-             "estimated activation memory exceeds --memory-budget; SIZE (a multiple of 32) "
-             "tiles every image larger than SIZE x SIZE; off runs every image whole")
-    parser.add_argument(
-        "--memory-budget", type=float, default=DEFAULT_MEMORY_BUDGET_GB, metavar="GB",
-        help=f"activation memory allowed for one image with --tile auto "
-             f"(default {DEFAULT_MEMORY_BUDGET_GB:g})")
-
-
-def tile_option(parser, args):
-    """The parsed --tile of `args` ("auto", None or a size), errors through
-    parser.error."""
-    try:
-        check_memory_budget(args.memory_budget)
-        return parse_tile(args.tile)
-    except ValueError as err:
-        parser.error(str(err))
 
 
 # ---------------------------------------------------------------- the segmenter

@@ -1,32 +1,43 @@
-"""Choices made per CPU: whether TensorFlow runs its oneDNN kernels (for
-inference and for training), and which forms the "cpu" kernel set
-(`cpu_kernels.CpuLayers`) gives conv6/conv7 and the upsampling.
+"""The one place that decides what runs on this machine: the device (one GPU
+detector, `gpu_visible`), the engine of `--engine auto` (`choose_engine`),
+the kernel set and the layer implementation it builds with (`choose_kernels`,
+`kernel_layers`), and per CPU whether TensorFlow runs its oneDNN kernels (for
+inference and for training) and which forms the "cpu" kernel set
+(`network.cpu_layers.CpuLayers`) gives conv6/conv7 and the upsampling.
 
-Each choice comes from the first of these that has it:
+Each per-CPU choice comes from the first of these that has it:
 - the environment: TF_ENABLE_ONEDNN_OPTS=0/1 decides oneDNN, whatever else;
 - `--kernels cpu` or `reference`: the forms those sets name;
-- a calibration of this CPU (`python -m fcn_graph.calibrate`), cached in
-  `model_cache.cache_dir()`/calibration and keyed by the CPU (model name and
+- a kernel timing of this CPU (`python -m fcn_graph.calibrate`), cached in
+  `fileio.cache_dir()`/calibration and keyed by the CPU (model name and
   flags), the TensorFlow version and the thread count: the timings of the
   candidate forms, from which `derive_choices` picks;
 - the rule (`rule_choices`), from the CPU's flags.
 
-This module never imports TensorFlow: commands call `apply_onednn` before
-TensorFlow loads, since TensorFlow reads TF_ENABLE_ONEDNN_OPTS only then.
+This module never imports TensorFlow at import time: commands call
+`apply_onednn` before TensorFlow loads, since TensorFlow reads
+TF_ENABLE_ONEDNN_OPTS only then.
 """
 
 import dataclasses
 import hashlib
+import importlib.util
 import json
 import os
 import sys
 
-from fcn_graph import cpuinfo
+from fcn_graph.core.constants import (
+    DEFAULT_FC_FORM,
+    DEFAULT_ROW_BLOCK,
+    DEFAULT_UPSAMPLE_FORM,
+    KERNELS,
+    UPSAMPLE_FORMS,
+)
+from fcn_graph.core.fileio import cache_dir
+from fcn_graph.host import cpuinfo
 
 ONEDNN_ENV = "TF_ENABLE_ONEDNN_OPTS"
 TASKS = ("inference", "training")
-FC_FORMS = ("matmul", "conv")              # conv6/conv7: im2col + row blocks, or tf.nn.conv2d
-UPSAMPLE_FORMS = ("phases", "transpose")   # upsample_by_phases, or tf.nn.conv2d_transpose
 
 # The rule. oneDNN for training: on x86 CPUs with all of these flags (AVX2 and
 # FMA, or wider), whose convolution gradients oneDNN computes faster than
@@ -40,19 +51,15 @@ INFERENCE_ONEDNN_FLAGS = ("avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", 
 # Flags that mark an x86 CPU: elsewhere (ARM, or no flags to read) the rule
 # leaves oneDNN to TensorFlow's own default.
 X86_FLAGS = frozenset(("sse2", "avx", "avx2", "avx512f"))
-# The forms the rule takes, measured fastest on an AVX2 CPU: conv6/conv7 as
-# im2col + a matrix product in blocks of DEFAULT_ROW_BLOCK rows, and every
-# upsampling as one phase convolution.
-DEFAULT_FC_FORM = "matmul"
-DEFAULT_ROW_BLOCK = 100
-DEFAULT_UPSAMPLE_FORM = "phases"
+# The forms the rule takes are core.constants' DEFAULT_FC_FORM,
+# DEFAULT_ROW_BLOCK and DEFAULT_UPSAMPLE_FORM.
 
 # The calibration. Row blocks it times (0: all rows in one product).
 ROW_BLOCKS = (50, 100, 200, 0)
 # A form replaces the rule's only when the calibration finds it faster by more
 # than this fraction (a tie, or noise, keeps the rule's form).
 CALIBRATION_MARGIN = 0.03
-CALIBRATION_FORMAT = "fcn_graph.calibration"
+CALIBRATION_FORMAT = "fcn_graph.host.kernel_timing"
 CALIBRATION_VERSION = 1
 CALIBRATION_DIR = "calibration"            # the sub-folder of the cache
 PASSES = {"inference": "forward", "training": "training"}  # the timings a task's choice uses
@@ -186,8 +193,7 @@ def calibration_key(*, threads=None, text=None, tf_version=None):
 
 def calibration_path(key, root=None):
     """The cache file of calibration `key`: ROOT/calibration/<hash of the key>.json."""
-    from fcn_graph import model_cache
-    root = root or model_cache.cache_dir()
+    root = root or cache_dir()
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     return os.path.join(root, CALIBRATION_DIR, f"cpu-{digest}.json")
 
@@ -278,7 +284,7 @@ def read_calibration(path, key):
     """(timings, None) from the calibration file at `path` for `key`; (None,
     None) when there is no such file; (None, problem) when it cannot be used
     (unreadable, not JSON, another format, another key, bad timings)."""
-    from fcn_graph.fileio import NotARegularFile, kind_of, read_regular_file
+    from fcn_graph.core.fileio import NotARegularFile, kind_of, read_regular_file
     if not os.path.lexists(path):
         return None, None
     try:
@@ -336,7 +342,7 @@ def choose(task, *, threads=None, kernels="auto", onednn=None, environ=None, tex
     onednn: the oneDNN setting this process runs with, when known (TensorFlow
         loaded): the forms are then the ones measured fastest with it;
     environ: the environment (default os.environ); text: cpuinfo text (default
-        /proc/cpuinfo); root: the cache folder (default `model_cache.cache_dir()`);
+        /proc/cpuinfo); root: the cache folder (default `fileio.cache_dir()`);
     warn: called with the one-line warning about an unusable calibration file
         (default: printed to stderr, once per process).
     """
@@ -385,8 +391,7 @@ def choose(task, *, threads=None, kernels="auto", onednn=None, environ=None, tex
 
 
 def _cache_root(environ):
-    from fcn_graph import model_cache
-    return model_cache.cache_dir(environ)
+    return cache_dir(environ)
 
 
 _applied = []  # the task `apply_onednn` chose for, in this process
@@ -418,3 +423,95 @@ def apply_onednn(task, *, threads=None, require=False, environ=None, warn=None):
             values[f"onednn_{task}"] = True
             choices = Choices(**values)
     return choices
+
+
+# ---------------------------------------------------------------- device, engine, kernel set
+
+AUTO = "auto"
+# Where the NVIDIA driver lists the GPUs it drives, one folder each.
+NVIDIA_GPUS = "/proc/driver/nvidia/gpus"
+
+
+def gpu_visible(environ=None, gpus_dir=NVIDIA_GPUS):
+    """Whether an NVIDIA GPU is there for this process: the driver lists one
+    and CUDA_VISIBLE_DEVICES does not hide them all ("" or "-1"). Read without
+    TensorFlow, so that the choices can be made before it loads."""
+    environ = os.environ if environ is None else environ
+    if environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    try:
+        return bool(os.listdir(gpus_dir))
+    except OSError:
+        return False
+
+
+def onnxruntime_installed():
+    return importlib.util.find_spec("onnxruntime") is not None
+
+
+def choose_engine(requested, *, precision="float32", xla=False, gpu=None, has_onnxruntime=None):
+    """(engine, reason) for `--engine requested` ("auto", None, "tf" or
+    "onnxruntime"). `gpu` and `has_onnxruntime` default to what this machine has.
+
+    - an engine named on the command line is kept;
+    - int8 runs on ONNX Runtime; bfloat16, float16 and XLA on TensorFlow;
+    - with a GPU, TensorFlow, whose reference kernels run there as
+      cuDNN/cuBLAS calls;
+    - without ONNX Runtime installed, TensorFlow;
+    - otherwise ONNX Runtime: on the CPU it computes the same network faster
+      than TensorFlow on every CPU kind measured (docs/performance.md), and
+      after the first run it starts from the converted model without loading
+      TensorFlow.
+    """
+    if requested not in (None, AUTO):
+        return requested, "--engine"
+    if precision == "int8":
+        return "onnxruntime", "auto: int8 runs on ONNX Runtime"
+    if precision != "float32":
+        return "tf", f"auto: {precision} runs on TensorFlow"
+    if xla:
+        return "tf", "auto: --xla compiles the TensorFlow graph"
+    gpu = gpu_visible() if gpu is None else gpu
+    if gpu:
+        return "tf", "auto: a GPU is visible"
+    has_onnxruntime = onnxruntime_installed() if has_onnxruntime is None else has_onnxruntime
+    if not has_onnxruntime:
+        return "tf", "auto: onnxruntime is not installed (pip install fcn_graph[export])"
+    return "onnxruntime", "auto: the faster engine on a CPU"
+
+
+def resolve_kernels(kernels, has_gpu):
+    """The kernel set `kernels` asks for: "reference" or "cpu" as given; "auto"
+    is "reference" when `has_gpu()` is true (a GPU runs the plain ops as single
+    cuDNN/cuBLAS calls) and "cpu" otherwise."""
+    if kernels not in KERNELS:
+        raise ValueError(f"unknown kernels {kernels!r}; expected one of {', '.join(KERNELS)}")
+    if kernels != "auto":
+        return kernels
+    return "reference" if has_gpu() else "cpu"
+
+
+def choose_kernels(kernels="auto"):
+    """"reference" or "cpu" for `kernels` ("auto", "reference" or "cpu"): auto
+    is the reference ops with a GPU, the CPU forms otherwise."""
+    return resolve_kernels(kernels, gpu_visible)
+
+
+def kernel_layers(kernels="auto"):
+    """A fresh TensorFlow `Layers` for the kernel set `kernels`: `TFLayers`
+    (the reference ops) or `CpuLayers`; "auto" without a GPU: `CpuLayers` with
+    the forms `choose` picks for this process's task and oneDNN setting."""
+    from fcn_graph.network.cpu_layers import CpuLayers
+    from fcn_graph.network.tf_layers import TFLayers
+    if choose_kernels(kernels) != "cpu":
+        return TFLayers()
+    if kernels == "cpu":
+        return CpuLayers()
+    return CpuLayers.from_choices(chosen_forms())
+
+
+def chosen_forms():
+    """`choose` for this process (the task `apply_onednn` chose for, the
+    oneDNN setting TensorFlow runs with)."""
+    from fcn_graph.host.session import onednn_enabled
+    return choose(process_task(), onednn=onednn_enabled())

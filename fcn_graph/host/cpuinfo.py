@@ -8,7 +8,7 @@ bfloat16 units and warns for int8 where it has no int8 dot-product units.
 
 import sys
 
-from fcn_graph.errors import UserError
+from fcn_graph.core.errors import UserError
 
 CPUINFO_PATH = "/proc/cpuinfo"
 

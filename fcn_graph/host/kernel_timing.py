@@ -5,7 +5,7 @@ the choices are about, with oneDNN off and on, and cache what it finds.
 reads TF_ENABLE_ONEDNN_OPTS only when it loads); each runs `measure`, which
 times, at the full network's shapes for 224x224 and 512x512 inputs:
 - conv6 (7x7, C5 -> F) and conv7 (1x1, F -> F) as tf.nn.conv2d and as
-  im2col + matrix products of `cpu_choice.ROW_BLOCKS` rows;
+  im2col + matrix products of `choice.ROW_BLOCKS` rows;
 - the legacy head's three upsamplings (conv_t1, conv_t2 by 2, conv_t3 by 8)
   as conv2d_transpose and as phase convolutions;
 - one VGG-body 3x3 conv (conv3_2, 256 -> 256 at 1/4), counted as many times
@@ -27,8 +27,8 @@ import sys
 import tempfile
 import time
 
-from fcn_graph import cpu_choice
-from fcn_graph.errors import UserError
+from fcn_graph.core.errors import UserError
+from fcn_graph.host import choice
 
 WARMUP = 1             # untimed calls of each form first (the first optimises the graph)
 REPEATS = 3            # timed calls of each form; the median counts
@@ -66,8 +66,8 @@ def fc_variants(rows):
     of `rows` rows: candidate -> the candidate timed for it (blocks that cut
     `rows` into the same number of products are one computation)."""
     timed, same = {}, {}
-    for form in cpu_choice.FC_CANDIDATES:
-        kind, block = cpu_choice.parse_fc_form(form)
+    for form in choice.FC_CANDIDATES:
+        kind, block = choice.parse_fc_form(form)
         what = "conv" if kind == "conv" else ("all" if not block else -(-rows // block))
         same[form] = timed.setdefault(what, form)
     return same
@@ -95,36 +95,35 @@ def _time(session, op, warmup, repeats, give_up=None):
 
 
 def _rule_first(form):
-    rule = (cpu_choice.fc_form_name(cpu_choice.DEFAULT_FC_FORM, cpu_choice.DEFAULT_ROW_BLOCK),
-            cpu_choice.DEFAULT_UPSAMPLE_FORM)
+    rule = (choice.fc_form_name(choice.DEFAULT_FC_FORM, choice.DEFAULT_ROW_BLOCK),
+            choice.DEFAULT_UPSAMPLE_FORM)
     return (form not in rule, form)
 
 
 def _layer_cases(size, batch, scale):
     """(layer, input shape, builder(net, kernel, bias, form) -> output, kernel shape,
     forms, count) for each layer timed at input size `size`."""
-    from fcn_graph import cpu_kernels
-    from fcn_graph import model as fcn_model
+    from fcn_graph.network import cpu_layers, tf_layers
     c3, c4, c5, fc = (scaled(WIDTHS[k], scale) for k in ("c3", "c4", "c5", "fc"))
     k = NUM_CLASSES
     s32, s16, s8 = (-(-size // d) for d in (32, 16, 8))
 
     def fc_layer(net, kernel, bias, form):
-        kind, block = cpu_choice.parse_fc_form(form)
+        kind, block = choice.parse_fc_form(form)
         if kind == "conv":
-            return fcn_model.conv2d(net, kernel, bias)
-        return cpu_kernels.dense_conv2d(net, kernel, bias, block=block)
+            return tf_layers.conv2d(net, kernel, bias)
+        return cpu_layers.dense_conv2d(net, kernel, bias, block=block)
 
     def upsampling(out_hw, stride):
         def build(net, kernel, bias, form):
             shape = [batch, out_hw, out_hw, kernel.shape[2]]
             if form == "transpose":
-                return fcn_model.upsample(net, kernel, bias, shape, stride)
-            return cpu_kernels.upsample_by_phases(net, kernel, bias, shape, stride)
+                return tf_layers.upsample(net, kernel, bias, shape, stride)
+            return cpu_layers.upsample_by_phases(net, kernel, bias, shape, stride)
         return build
 
     def body(net, kernel, bias, form):
-        return fcn_model.conv2d(net, kernel, bias)
+        return tf_layers.conv2d(net, kernel, bias)
 
     s4 = -(-size // 4)
     b_in, b_out, _ = BODY[BODY_SAMPLE]
@@ -132,12 +131,12 @@ def _layer_cases(size, batch, scale):
         ("conv6", [batch, s32, s32, c5], fc_layer, [7, 7, c5, fc], None, 1.0),
         ("conv7", [batch, s32, s32, fc], fc_layer, [1, 1, fc, fc], None, 1.0),
         ("conv_t1", [batch, s32, s32, k], upsampling(s16, 2), [4, 4, c4, k],
-         cpu_choice.UPSAMPLE_FORMS, 1.0),
+         choice.UPSAMPLE_FORMS, 1.0),
         ("conv_t2", [batch, s16, s16, c4], upsampling(s8, 2), [4, 4, c3, c4],
-         cpu_choice.UPSAMPLE_FORMS, 1.0),
+         choice.UPSAMPLE_FORMS, 1.0),
         ("conv_t3", [batch, s8, s8, c3], upsampling(size, 8), [16, 16, k, c3],
-         cpu_choice.UPSAMPLE_FORMS, 1.0),
-        (cpu_choice.BODY_LAYER, [batch, s4, s4, scaled(b_in, scale)], body,
+         choice.UPSAMPLE_FORMS, 1.0),
+        (choice.BODY_LAYER, [batch, s4, s4, scaled(b_in, scale)], body,
          [3, 3, scaled(b_in, scale), scaled(b_out, scale)], ("conv",), body_count(scale)),
     ]
 
@@ -149,7 +148,7 @@ def measure(*, threads, scale=1.0, warmup=WARMUP, repeats=REPEATS, sizes=INPUT_S
     import numpy as np
     import tensorflow as tf
 
-    from fcn_graph.session import onednn_enabled, session_config
+    from fcn_graph.host.session import onednn_enabled, session_config
     tf1 = tf.compat.v1
     onednn = onednn_enabled()
     runs = [("forward", 1, size) for size in sizes] + [("training", *TRAINING_INPUT)]
@@ -213,17 +212,17 @@ def worker_command(setting, result, *, threads, scale):
 
 def run_calibration(*, threads=None, scale=1.0, root=None, log=None):
     """Measure with oneDNN off, then on, each in a fresh process; write and return
-    (path, record). The file goes to `cpu_choice.calibration_path` atomically."""
-    from fcn_graph.fileio import write_json_atomic
-    threads = threads or cpu_choice.thread_count()
-    key = cpu_choice.calibration_key(threads=threads)
-    path = cpu_choice.calibration_path(key, root)
+    (path, record). The file goes to `choice.calibration_path` atomically."""
+    from fcn_graph.core.fileio import write_json_atomic
+    threads = threads or choice.thread_count()
+    key = choice.calibration_key(threads=threads)
+    path = choice.calibration_path(key, root)
     started = time.time()
     timings = []
     with tempfile.TemporaryDirectory(prefix="fcn_calibrate_") as work:
         for setting in ("0", "1"):
             result = os.path.join(work, f"onednn{setting}.json")
-            env = dict(os.environ, **{cpu_choice.ONEDNN_ENV: setting,
+            env = dict(os.environ, **{choice.ONEDNN_ENV: setting,
                                       "OMP_NUM_THREADS": str(threads)})
             env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
             if log:
@@ -234,21 +233,21 @@ def run_calibration(*, threads=None, scale=1.0, root=None, log=None):
                                       env=env, capture_output=True, text=True,
                                       timeout=WORKER_TIMEOUT)
             except subprocess.TimeoutExpired:
-                raise UserError(f"calibration with {cpu_choice.ONEDNN_ENV}={setting}: no result "
+                raise UserError(f"calibration with {choice.ONEDNN_ENV}={setting}: no result "
                                 f"within {WORKER_TIMEOUT} s") from None
             if log and proc.stderr:
                 log.write(proc.stderr)
             if proc.returncode != 0 or not os.path.isfile(result):
                 tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-3:])
-                raise UserError(f"calibration with {cpu_choice.ONEDNN_ENV}={setting} failed: "
+                raise UserError(f"calibration with {choice.ONEDNN_ENV}={setting} failed: "
                                 f"{tail or f'exit status {proc.returncode}'}")
             with open(result, encoding="utf-8") as handle:
                 rows = json.load(handle)
             if any(row["onednn"] != (setting == "1") for row in rows):
-                raise UserError(f"calibration: {cpu_choice.ONEDNN_ENV}={setting} did not set "
+                raise UserError(f"calibration: {choice.ONEDNN_ENV}={setting} did not set "
                                 "oneDNN in the TensorFlow process (a build without oneDNN?)")
             timings.extend(rows)
-    record = cpu_choice.calibration_record(key, timings, time.time() - started)
+    record = choice.calibration_record(key, timings, time.time() - started)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     write_json_atomic(path, record)
     return path, record
@@ -272,8 +271,8 @@ def format_calibration(record, path=None):
                  for s in (False, True)]
         count = next(iter(by.values()))["count"]
         lines.append(f"{pass_:<10}{size:>6} {layer:<9}{form:<12}{''.join(cells)}{count:>9.2f}")
-    for task in cpu_choice.TASKS:
-        c = cpu_choice.derive_choices(record["timings"], task)
+    for task in choice.TASKS:
+        c = choice.derive_choices(record["timings"], task)
         block = "-" if c["row_block"] is None else (c["row_block"] or "all")
         lines.append(f"{task}: oneDNN {'on' if c['onednn'] else 'off'} (estimated "
                      f"{1000 * c['totals']['0']:.0f} ms off, {1000 * c['totals']['1']:.0f} ms on); "

@@ -5,7 +5,7 @@ import os
 
 import tensorflow as tf
 
-from fcn_graph.constants import PRECISIONS
+from fcn_graph.core.constants import PRECISIONS
 
 
 def cpu_count():

@@ -1,76 +1,34 @@
-"""CPU forms of the FCN's heaviest layers, and the choice of kernel set.
+"""CPU forms of the FCN's heaviest layers.
 
-The network (`model.network`) is written once; `model.TFLayers` computes it
-with the plain TensorFlow ops (the "reference" kernels: one cuBLAS/cuDNN call
-per layer on a GPU). `CpuLayers` computes the same layers, to float rounding,
-in forms that TensorFlow's CPU kernels run faster (docs/performance.md):
+The network (`definition.network`) is written once; `tf_layers.TFLayers`
+computes it with the plain TensorFlow ops (the "reference" kernels: one
+cuBLAS/cuDNN call per layer on a GPU). `CpuLayers` computes the same layers,
+to float rounding, in forms that TensorFlow's CPU kernels run faster
+(docs/performance.md):
 
 - conv6 and conv7 (`dense_conv2d`): im2col, then the matrix product in blocks
   of `MATMUL_ROW_BLOCK` rows, one after another (`matmul_in_row_blocks`);
   its gradient is the plain product's;
 - every upsampling (`upsample_by_phases`): one dense convolution that yields
   all stride x stride output phases at once, depth_to_space, and the SAME
-  crop, instead of tf.nn.conv2d_transpose;
-- at inference, the upsampling kernels enter the graph as constants
-  (`folded_upsampling_kernels`), so that Grappler rearranges them into phase
-  kernels once instead of on every run.
+  crop, instead of tf.nn.conv2d_transpose.
 
-`choose_kernels` is the one place that picks a set: "reference", "cpu", or
-"auto", which is "reference" when TensorFlow sees a GPU and "cpu" when not.
-"cpu" is the forms above with blocks of MATMUL_ROW_BLOCK rows; "auto" without
-a GPU takes the forms `cpu_choice.choose` picks for this CPU (its calibration,
-else the same as "cpu"), which may mix them with the plain ops
-(`CpuLayers(fc_form=..., row_block=..., upsample_form=...)`).
+Which forms run on this machine is decided in `fcn_graph.host.choice`.
 """
-
-import contextlib
 
 import tensorflow as tf
 
-from fcn_graph import cpu_choice
-from fcn_graph import model as fcn_model
-from fcn_graph.constants import KERNELS, resolve_kernels  # noqa: F401
-
-tf1 = tf.compat.v1
-
-
-def gpu_visible():
-    """Whether TensorFlow sees a GPU."""
-    return bool(tf.config.list_physical_devices("GPU"))
-
-
-def choose_kernels(kernels="auto"):
-    """"reference" or "cpu" for `kernels` ("auto", "reference" or "cpu"): auto
-    is the reference ops when TensorFlow sees a GPU, the CPU forms otherwise."""
-    return resolve_kernels(kernels, gpu_visible)
-
-
-def tf_layers(kernels="auto"):
-    """A fresh `model.Layers` for TensorFlow with the kernel set `kernels` asks
-    for; "auto" without a GPU: `CpuLayers` with the forms `cpu_choice.choose`
-    picks for this process's task and oneDNN setting."""
-    if choose_kernels(kernels) != "cpu":
-        return fcn_model.TFLayers()
-    if kernels == "cpu":
-        return CpuLayers()
-    return CpuLayers.from_choices(chosen_forms())
-
-
-def chosen_forms():
-    """`cpu_choice.choose` for this process (the task `apply_onednn` chose
-    for, the oneDNN setting TensorFlow runs with)."""
-    from fcn_graph.session import onednn_enabled
-    return cpu_choice.choose(cpu_choice.process_task(), onednn=onednn_enabled())
-
+from fcn_graph.core.constants import DEFAULT_ROW_BLOCK, FC_FORMS, UPSAMPLE_FORMS
+from fcn_graph.network.tf_layers import TFLayers, shape_with_channels
 
 # Rows per matrix product in `dense_conv2d`: TensorFlow's CPU matmul with a
 # conv6- or conv7-sized matrix runs faster on blocks of up to about this many
 # rows than on more (docs/performance.md).
-MATMUL_ROW_BLOCK = cpu_choice.DEFAULT_ROW_BLOCK
+MATMUL_ROW_BLOCK = DEFAULT_ROW_BLOCK
 
 
-class CpuLayers(fcn_model.TFLayers):
-    """`model.TFLayers` with conv6/conv7 and the upsampling in the forms given:
+class CpuLayers(TFLayers):
+    """`tf_layers.TFLayers` with conv6/conv7 and the upsampling in the forms given:
     fc_form "matmul" (`dense_conv2d` in blocks of `row_block` rows, 0 = all
     at once) or "conv" (the plain op); upsample_form "phases"
     (`upsample_by_phases`) or "transpose" (the plain op). The same results,
@@ -78,19 +36,19 @@ class CpuLayers(fcn_model.TFLayers):
 
     def __init__(self, *, fc_form="matmul", row_block=MATMUL_ROW_BLOCK, upsample_form="phases"):
         super().__init__()
-        if fc_form not in cpu_choice.FC_FORMS:
-            raise ValueError(f"fc_form: expected one of {', '.join(cpu_choice.FC_FORMS)}, "
+        if fc_form not in FC_FORMS:
+            raise ValueError(f"fc_form: expected one of {', '.join(FC_FORMS)}, "
                              f"found {fc_form!r}")
-        if upsample_form not in cpu_choice.UPSAMPLE_FORMS:
+        if upsample_form not in UPSAMPLE_FORMS:
             raise ValueError(f"upsample_form: expected one of "
-                             f"{', '.join(cpu_choice.UPSAMPLE_FORMS)}, found {upsample_form!r}")
+                             f"{', '.join(UPSAMPLE_FORMS)}, found {upsample_form!r}")
         if fc_form == "matmul" and (not isinstance(row_block, int) or row_block < 0):
             raise ValueError(f"row_block: expected a non-negative integer, found {row_block!r}")
         self.fc_form, self.row_block, self.upsample_form = fc_form, row_block, upsample_form
 
     @classmethod
     def from_choices(cls, choices):
-        """CpuLayers with the forms of a `cpu_choice.Choices`."""
+        """CpuLayers with the forms of a `host.choice.Choices`."""
         return cls(fc_form=choices.fc_form, row_block=choices.row_block,
                    upsample_form=choices.upsample_form)
 
@@ -103,11 +61,11 @@ class CpuLayers(fcn_model.TFLayers):
         if self.upsample_form == "transpose":
             return super()._upsample(net, kernel, bias, like, channels, stride, name)
         return upsample_by_phases(net, kernel, bias,
-                                  fcn_model.shape_with_channels(like, channels), stride)
+                                  shape_with_channels(like, channels), stride)
 
 
 def dense_conv2d(net, kernel, bias, *, block=MATMUL_ROW_BLOCK):
-    """`model.conv2d` for an odd k x k kernel as a matrix product: the k x k
+    """`tf_layers.conv2d` for an odd k x k kernel as a matrix product: the k x k
     patches of `net` (im2col; SAME pads (k - 1) / 2 on every side, as conv2d
     does for odd k) times the kernel as a [k*k*Cin, Cout] matrix,
     `block` rows at a time (0: all rows in one product). For conv6 and conv7, whose thousands of
@@ -174,7 +132,7 @@ def phase_kernel(kernel, stride):
 
 
 def upsample_by_phases(net, kernel, bias, output_shape, stride):
-    """`model.upsample` (same rule, same result to float rounding) as a conv
+    """`tf_layers.upsample` (same rule, same result to float rounding) as a conv
     yielding all phases + depth_to_space + the SAME crop."""
     k = kernel.shape.as_list()[0]
     taps = -(-k // stride)
@@ -191,31 +149,3 @@ def upsample_by_phases(net, kernel, bias, output_shape, stride):
     top = tf.maximum((in_shape[1] - 1) * stride + k - out_h, 0) // 2
     left = tf.maximum((in_shape[2] - 1) * stride + k - out_w, 0) // 2
     return tf.slice(net, tf.stack([0, top, left, 0]), tf.stack([-1, out_h, out_w, -1]))
-
-
-# The upsampling kernels (a few MB) of both heads: the legacy W_t1..W_t3, the
-# paper's upscore* filters.
-UPSAMPLING_KERNELS = ("W_t1", "W_t2", "W_t3", "upscore2_w", "upscore_pool4_w", "upscore8_w",
-                      "upscore16_w", "upscore32_w")
-
-
-def folded_upsampling_kernels(prefix, kernels="auto"):
-    """A context for building an inference graph of checkpoint `prefix`: with the
-    cpu kernels, a variable scope whose getter creates every variable as usual
-    (so that the Saver restores them all) but hands the graph the checkpoint's
-    upsampling kernels as constants, which Grappler then folds into phase
-    kernels once. With the reference kernels, nothing changes."""
-    if choose_kernels(kernels) != "cpu":
-        return contextlib.nullcontext()
-    from fcn_graph import checkpoint
-    stored = checkpoint.read_variable_shapes(prefix)
-    names = [f"{fcn_model.SCOPE}/{name}" for name in UPSAMPLING_KERNELS
-             if f"{fcn_model.SCOPE}/{name}" in stored]
-    values = checkpoint.read_variables(prefix, names)
-
-    def getter(getter, name, *args, **kwargs):
-        variable = getter(name, *args, **kwargs)
-        if name in values:
-            return tf.constant(values[name], name=name.rsplit("/", 1)[-1] + "_value")
-        return variable
-    return tf1.variable_scope(tf1.get_variable_scope(), custom_getter=getter)

@@ -19,10 +19,11 @@ no gradient); the optimizer's element-wise update is left out.
 
 from collections import OrderedDict
 
-from fcn_graph import model as fcn_model
+from fcn_graph.network import definition
+from fcn_graph.network.spec import FC_WIDTH, VGG19_CONVS, VGG19_WIDTHS, ModelSpec
 
 
-class MacCounter(fcn_model.ShapeLayers):
+class MacCounter(definition.ShapeLayers):
     """`model.ShapeLayers` that also adds up each weighted layer's multiply-adds
     in `macs` (layer name -> MACs, in execution order)."""
 
@@ -42,14 +43,14 @@ class MacCounter(fcn_model.ShapeLayers):
 
 
 def _spec(num_classes, vgg_widths, fc_width, architecture, skips):
-    widths = fcn_model.VGG19_WIDTHS if vgg_widths is None else vgg_widths
-    return fcn_model.ModelSpec(num_classes=num_classes, fc_width=fc_width,
-                               vgg_widths=tuple(widths[n] for n in fcn_model.VGG19_CONVS),
+    widths = VGG19_WIDTHS if vgg_widths is None else vgg_widths
+    return ModelSpec(num_classes=num_classes, fc_width=fc_width,
+                               vgg_widths=tuple(widths[n] for n in VGG19_CONVS),
                                architecture=architecture, skips=skips)
 
 
 def layer_macs(batch, height, width, num_classes, *, vgg_widths=None,
-               fc_width=fcn_model.FC_WIDTH, architecture="legacy", skips="8s", head=None):
+               fc_width=FC_WIDTH, architecture="legacy", skips="8s", head=None):
     """layer name -> multiply-adds of one forward pass, in execution order.
 
     vgg_widths: conv name -> output channels (default VGG19's); the names are
@@ -57,7 +58,7 @@ def layer_macs(batch, height, width, num_classes, *, vgg_widths=None,
     conv_t1, conv_t2, conv_t3). head: as in `model.network`.
     """
     spec = _spec(num_classes, vgg_widths, fc_width, architecture, skips)
-    return fcn_model.trace(spec, batch=batch, height=height, width=width, head=head,
+    return definition.trace(spec, batch=batch, height=height, width=width, head=head,
                            layers=MacCounter()).macs
 
 

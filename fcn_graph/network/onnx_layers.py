@@ -12,7 +12,7 @@ shapes, so any input size works.
 
 import numpy as np
 
-from fcn_graph import model as fcn_model
+from fcn_graph.network import definition
 
 
 def _phase_kernel(kernel, stride):
@@ -148,7 +148,7 @@ class Builder:
                        hint)
 
 
-class OnnxLayers(fcn_model.Layers):
+class OnnxLayers(definition.Layers):
     """`model.Layers` writing ONNX nodes (NCHW) through a `Builder`, the weights
     taken from `weights` (name -> array, popped as the network reads them).
     A tensor is its ONNX name; `kernels` "cpu" writes conv6 as im2col + a 1x1

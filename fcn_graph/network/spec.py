@@ -9,8 +9,8 @@ import dataclasses
 import numbers
 from collections import OrderedDict
 
-from fcn_graph.constants import ARCHITECTURES, SKIPS, VGG_MEAN_RGB
-from fcn_graph.finite import check_mean_pixel
+from fcn_graph.core.constants import ARCHITECTURES, SKIPS, VGG_MEAN_RGB
+from fcn_graph.core.finite import check_mean_pixel
 
 # The VGG19 body as a table: one row per layer, built by one loop.
 VGG19_BODY = (

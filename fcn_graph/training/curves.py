@@ -14,9 +14,9 @@ import os
 import cv2
 import numpy as np
 
-from fcn_graph.errors import UserError
-from fcn_graph.fileio import json_text
-from fcn_graph.image_files import write_image
+from fcn_graph.core.errors import UserError
+from fcn_graph.core.fileio import json_text
+from fcn_graph.data.image_files import write_image
 
 HISTORY_NAME = "history.jsonl"
 CURVES_NAME = "training_curves.png"

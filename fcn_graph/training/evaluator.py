@@ -5,12 +5,14 @@ matrix; `evaluate_checkpoint` runs it on a checkpoint with either engine."""
 import numpy as np
 import tensorflow as tf
 
-from fcn_graph import checkpoint, datasets
-from fcn_graph import model as fcn_model
-from fcn_graph.errors import UserError
-from fcn_graph.metrics import ConfusionMatrix
-from fcn_graph.segmenter import make_segmenter
-from fcn_graph.session import session_config
+from fcn_graph.core.errors import UserError
+from fcn_graph.data import datasets
+from fcn_graph.engines.segmenter import make_segmenter
+from fcn_graph.host import choice
+from fcn_graph.host.session import session_config
+from fcn_graph.network import tf_layers
+from fcn_graph.training.metrics import ConfusionMatrix
+from fcn_graph.weights import checkpoint
 
 tf1 = tf.compat.v1
 
@@ -70,7 +72,8 @@ class Evaluator:
 def build_model(images, spec, *, keep_prob, kernels="auto"):
     """`model.build`, with an unavailable architecture reported as a config error."""
     try:
-        return fcn_model.build(images, spec, keep_prob=keep_prob, kernels=kernels)
+        return tf_layers.build(images, spec, layers=choice.kernel_layers(kernels),
+                               keep_prob=keep_prob)
     except ValueError as err:
         if spec.architecture == "legacy":
             raise
@@ -113,7 +116,7 @@ def evaluate_checkpoint(prefix, spec, files, *, engine="tf", threads=None, max_i
     with graph.as_default():
         evaluator = Evaluator(files, spec, num_classes=spec.num_classes, max_images=max_images,
                               kernels=kernels)
-        variables = fcn_model.model_variables(graph)
+        variables = tf_layers.model_variables(graph)
         saver = checkpoint.model_saver(variables)
         graph.finalize()
     predict, segmenter, reference = None, None, None

@@ -12,18 +12,22 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from fcn_graph import checkpoint, cpuinfo, datasets, distributed, image_files, runlock
-from fcn_graph import model as fcn_model
-from fcn_graph.config import save_resolved_config
-from fcn_graph.constants import IGNORE_LABEL
-from fcn_graph.curves import CURVES_NAME, append_history, plot_curves, read_history
-from fcn_graph.errors import UserError
-from fcn_graph.evaluation import Evaluator, build_model
-from fcn_graph.fileio import write_json_atomic
-from fcn_graph.metrics import format_metrics, format_value, metrics_record
-from fcn_graph.progress import Progress
-from fcn_graph.session import onednn_enabled, session_config
-from fcn_graph.spec import VGG19_CONVS, ModelSpec, scaled_vgg_widths
+from fcn_graph.cluster import distributed
+from fcn_graph.core.constants import IGNORE_LABEL
+from fcn_graph.core.errors import UserError
+from fcn_graph.core.fileio import write_json_atomic
+from fcn_graph.core.progress import Progress
+from fcn_graph.data import datasets, image_files
+from fcn_graph.host import cpuinfo
+from fcn_graph.host.session import onednn_enabled, session_config
+from fcn_graph.network import tf_layers
+from fcn_graph.network.spec import VGG19_CONVS, ModelSpec, scaled_vgg_widths
+from fcn_graph.training import runlock
+from fcn_graph.training.config import save_resolved_config
+from fcn_graph.training.curves import CURVES_NAME, append_history, plot_curves, read_history
+from fcn_graph.training.evaluator import Evaluator, build_model
+from fcn_graph.training.metrics import format_metrics, format_value, metrics_record
+from fcn_graph.weights import checkpoint
 
 tf1 = tf.compat.v1
 
@@ -111,7 +115,7 @@ def _model_spec(config, num_classes):
     """(ModelSpec, VggWeights or None) for the config."""
     m = config.model
     if m.vgg_mat:
-        from fcn_graph.matconvnet import load_vgg_mat
+        from fcn_graph.weights.matconvnet import load_vgg_mat
 
         vgg = load_vgg_mat(m.vgg_mat, require_fc=m.architecture == "paper")
         widths, mean = vgg.widths, vgg.mean_pixel
@@ -337,7 +341,7 @@ def build_training_graph(config, spec, train_files, val_files, *, start_step=0, 
         images, labels = tf1.data.make_one_shot_iterator(data).get_next()
         logits, _, _ = build_model(images, spec, keep_prob=t.keep_prob,
                                    kernels=config.model.kernels)  # [B, S, S, K]
-        variables = fcn_model.model_variables(graph)
+        variables = tf_layers.model_variables(graph)
         loss = segmentation_loss(logits, labels)
         valid_pixels = tf.math.count_nonzero(tf.not_equal(labels, IGNORE_LABEL))
         total_loss = loss
@@ -395,7 +399,7 @@ def _build_parallel_graph(config, spec, train_files, val_files, *, start_step, c
                 logits, _, _ = build_model(tower_images, spec, keep_prob=t.keep_prob,
                                            kernels=config.model.kernels)
                 sums.append(segmentation_loss_sum(logits, tower_labels))
-        variables = fcn_model.model_variables(graph)
+        variables = tf_layers.model_variables(graph)
         trainable = tf1.trainable_variables()
         tower_grads = [tf1.gradients(xent, trainable, colocate_gradients_with_ops=True)
                        for xent, _ in sums]

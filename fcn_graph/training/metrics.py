@@ -17,7 +17,7 @@ as "n/a"; the means are taken over the classes whose value is defined.
 
 import numpy as np
 
-from fcn_graph.constants import IGNORE_LABEL
+from fcn_graph.core.constants import IGNORE_LABEL
 
 
 class ConfusionMatrix:

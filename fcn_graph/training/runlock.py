@@ -14,7 +14,7 @@ import socket
 import sys
 import time
 
-from fcn_graph.errors import UserError
+from fcn_graph.core.errors import UserError
 
 LOCK_NAME = ".lock"
 

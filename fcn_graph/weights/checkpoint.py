@@ -22,28 +22,25 @@ from collections import OrderedDict
 import numpy as np
 import tensorflow as tf
 
-from fcn_graph import model as fcn_model
-from fcn_graph.checkpoint_files import (  # noqa: F401  (found by name, without TensorFlow)
+from fcn_graph.core.errors import UserError
+from fcn_graph.core.fileio import atomic_write, write_json_atomic
+from fcn_graph.core.finite import check_mean_pixel, nonfinite
+from fcn_graph.network import definition, tf_layers
+from fcn_graph.network.spec import VGG19_CONVS, ModelSpec
+from fcn_graph.weights.checkpoint_files import (
     DATA_SHARD,
     SIDECAR_SUFFIX,
     STATE_FILE,
-    STEP_SUFFIX,
     TEMP_FILE,
     TEMP_SHARD_DIR,
     TEMP_SHARD_PART,
-    Found,
-    _step_of,
     checkpoint_prefix,
     list_checkpoints,
 )
-from fcn_graph.errors import UserError
-from fcn_graph.fileio import atomic_write, write_json_atomic
-from fcn_graph.finite import check_mean_pixel, nonfinite
-from fcn_graph.spec import VGG19_CONVS, ModelSpec
 
 tf1 = tf.compat.v1
 
-SIDECAR_FORMAT = "fcn_graph.checkpoint"
+SIDECAR_FORMAT = "fcn_graph.weights.checkpoint"
 
 
 def checkpoint_problem(prefix, *, full=True):
@@ -379,8 +376,8 @@ def model_spec_from_checkpoint(prefix, *, num_classes=None, fc_width=None):
     train_upsampling from the sidecar when there is one (a sidecar that names
     another architecture than the variables show is an error)."""
     shapes = read_variable_shapes(prefix)
-    scope = fcn_model.SCOPE
-    variant = fcn_model.detect_architecture(shapes, scope)
+    scope = definition.SCOPE
+    variant = definition.detect_architecture(shapes, scope)
     if variant is None:
         raise UserError(f"{prefix}: neither '{scope}/W8' (legacy FCN-8s) nor "
                         f"'{scope}/score_fr_w' (paper FCN) found; not an FCN checkpoint "
@@ -427,8 +424,8 @@ def check_variables(prefix, variables):
     """Raise a UserError naming every model variable that the checkpoint lacks
     or holds with another shape."""
     shapes = read_variable_shapes(prefix)
-    stored = fcn_model.detect_architecture(shapes)
-    wanted = fcn_model.detect_architecture(variables)
+    stored = definition.detect_architecture(shapes)
+    wanted = definition.detect_architecture(variables)
     if stored is not None and wanted is not None and stored != wanted:
         raise UserError(f"{prefix}: holds a {_variant_name(stored)} model but the graph is a "
                         f"{_variant_name(wanted)}; build the graph from the checkpoint's own "
@@ -456,7 +453,7 @@ def restore_model(sess, prefix, variables=None, saver=None):
     from `model_saver` when the graph is already finalised. A checkpoint that
     cannot be restored, or whose restored values hold NaN or infinities, is a
     UserError naming the prefix and the variables."""
-    variables = variables if variables is not None else fcn_model.model_variables(sess.graph)
+    variables = variables if variables is not None else tf_layers.model_variables(sess.graph)
     check_variables(prefix, variables)
     with sess.graph.as_default():  # outside a graph context, Saver would restore eagerly
         try:
@@ -495,7 +492,7 @@ def assign_arrays(sess, variables, values):
 def vgg_values(vgg, architecture="legacy"):
     """Checkpoint name -> array for the VGG body of a `VggWeights` (and conv6/conv7
     from fc6/fc7 for the paper architecture)."""
-    scope = fcn_model.SCOPE
+    scope = definition.SCOPE
     values = OrderedDict()
     for name, (kernel, bias) in vgg.layers.items():
         values[f"{scope}/{name}_w"], values[f"{scope}/{name}_b"] = kernel, bias
@@ -512,7 +509,7 @@ def vgg_values(vgg, architecture="legacy"):
 def assign_vgg(sess, vgg, variables=None, architecture="legacy"):
     """Copy the VGG body of a `VggWeights` (and fc6/fc7 for the paper
     architecture) into the model variables, checking every shape."""
-    variables = variables if variables is not None else fcn_model.model_variables(sess.graph)
+    variables = variables if variables is not None else tf_layers.model_variables(sess.graph)
     values = vgg_values(vgg, architecture)
     for key, array in values.items():
         if key not in variables:

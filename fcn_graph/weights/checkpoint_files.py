@@ -1,7 +1,7 @@
 """Checkpoint files found by their names, without TensorFlow.
 
 A checkpoint is a prefix with `PREFIX.index` and `PREFIX.data-*` files
-(`fcn_graph.checkpoint` reads them); this module lists the prefixes in a
+(`fcn_graph.weights.checkpoint` reads them); this module lists the prefixes in a
 folder, newest first, and turns a path naming a checkpoint into its prefix,
 so that a command that needs no TensorFlow (a cached ONNX model) can find its
 checkpoint without loading it.
@@ -12,7 +12,7 @@ import os
 import re
 from typing import Optional
 
-from fcn_graph.errors import UserError
+from fcn_graph.core.errors import UserError
 
 SIDECAR_SUFFIX = ".json"
 

@@ -12,15 +12,18 @@ from collections import OrderedDict
 import numpy as np
 import tensorflow as tf
 
-from fcn_graph import checkpoint, image_files, kerash5, matconvnet
-from fcn_graph import model as fcn_model
-from fcn_graph.errors import UserError
-from fcn_graph.fileio import check_output_file, ensure_output_dir
-from fcn_graph.session import session_config
+from fcn_graph.core.errors import UserError
+from fcn_graph.core.fileio import check_output_file, ensure_output_dir
+from fcn_graph.data import image_files
+from fcn_graph.host.session import session_config
+from fcn_graph.network import definition, tf_layers
+from fcn_graph.network.spec import FC_WIDTH, VGG19_CONVS, ModelSpec
+from fcn_graph.weights import checkpoint, kerash5, matconvnet
+from fcn_graph.weights.checkpoint_files import SIDECAR_SUFFIX
 
 tf1 = tf.compat.v1
 
-SCOPE = fcn_model.SCOPE
+SCOPE = definition.SCOPE
 # What an FCN.tensorflow training checkpoint holds besides the model: optimizer
 # slots ("inference/W6/Adam"), Adam's beta powers, perhaps a global step.
 _TRAINING_STATE = re.compile(r"^(beta[12]_power(_\d+)?|global_step|.+/(Adam|Adam_1|Momentum|"
@@ -46,8 +49,8 @@ def _write_checkpoint(spec, values, out, *, seed=0, verbose=False, **sidecar_ext
     with graph.as_default():
         tf1.set_random_seed(seed)
         images = tf1.placeholder(tf.float32, [None, None, None, 3], name="images")
-        fcn_model.build(images, spec)
-        variables = fcn_model.model_variables(graph)
+        tf_layers.build(images, spec)
+        variables = tf_layers.model_variables(graph)
         unknown = sorted(set(values) - set(variables))
         assert not unknown, f"values for variables the graph lacks: {unknown}"
         init = tf1.global_variables_initializer()
@@ -76,7 +79,7 @@ def _check_prefix_out(out):
         raise UserError(f"--out {out}: is a directory; expected a checkpoint prefix to write, "
                         f"such as {os.path.join(out, 'start')}")
     existing = [path for path in (out, out + ".index", out + ".meta",
-                                  out + checkpoint.SIDECAR_SUFFIX) if os.path.lexists(path)]
+                                  out + SIDECAR_SUFFIX) if os.path.lexists(path)]
     existing += sorted(glob.glob(glob.escape(out) + ".data-*"))
     if existing:
         raise UserError(f"--out {out}: {existing[0]} exists; port never replaces a checkpoint "
@@ -117,10 +120,10 @@ def _convert_vgg(vgg, args, source):
                             f"from fc6/fc7, which have width {found}")
         fc_width = found
     elif fc_width is None:
-        fc_width = fcn_model.FC_WIDTH
+        fc_width = FC_WIDTH
     if fc_width < 1:
         raise UserError(f"--fc-width: expected a positive integer, found {fc_width}")
-    spec = fcn_model.ModelSpec(num_classes=args.num_classes, fc_width=fc_width,
+    spec = ModelSpec(num_classes=args.num_classes, fc_width=fc_width,
                                vgg_widths=tuple(vgg.widths.values()),
                                mean_pixel=tuple(float(v) for v in vgg.mean_pixel),
                                architecture=args.architecture, skips=args.skips,
@@ -174,8 +177,8 @@ def legacy(args):
         raise UserError(f"{prefix}: already an fcn_graph checkpoint ({prefix}.json exists); "
                         "expected an FCN.tensorflow checkpoint without a sidecar")
     shapes = checkpoint.read_variable_shapes(prefix)
-    expected_names = {f"{SCOPE}/{name}" for name in fcn_model.HEAD_VARIABLES} | {
-        f"{SCOPE}/{name}_{s}" for name in fcn_model.VGG19_CONVS for s in ("w", "b")}
+    expected_names = {f"{SCOPE}/{name}" for name in definition.HEAD_VARIABLES} | {
+        f"{SCOPE}/{name}_{s}" for name in VGG19_CONVS for s in ("w", "b")}
     model_names = sorted(n for n in shapes if n in expected_names)
     dropped = sorted(n for n in shapes if n not in expected_names and _TRAINING_STATE.match(n))
     unknown = sorted(set(shapes) - set(model_names) - set(dropped))
@@ -185,7 +188,7 @@ def legacy(args):
                         "model variables (inference/...), optimizer slots and beta1/beta2_power")
     missing = sorted(expected_names - set(model_names))
     if missing:
-        variant = fcn_model.detect_architecture(shapes)
+        variant = definition.detect_architecture(shapes)
         what = f" (it looks like a {variant[0]} FCN-{variant[1]})" if variant else ""
         raise UserError(f"{prefix}: missing {', '.join(missing[:5])}"
                         + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
@@ -215,12 +218,12 @@ def ckpt2mat(args):
     spec = checkpoint.model_spec_from_checkpoint(prefix)
     checkpoint.check_finite(prefix)  # the whole checkpoint, not only the layers written
     sidecar = checkpoint.read_sidecar(prefix) or {}
-    names = [f"{SCOPE}/{name}_{s}" for name in fcn_model.VGG19_CONVS for s in ("w", "b")]
+    names = [f"{SCOPE}/{name}_{s}" for name in VGG19_CONVS for s in ("w", "b")]
     if spec.architecture == "paper":
         names += [f"{SCOPE}/{n}" for n in ("W6", "b6", "W7", "b7")]
     values = checkpoint.read_variables(prefix, names)
     layers = OrderedDict((name, (values[f"{SCOPE}/{name}_w"], values[f"{SCOPE}/{name}_b"]))
-                         for name in fcn_model.VGG19_CONVS)
+                         for name in VGG19_CONVS)
     fc = None
     if spec.architecture == "paper":
         fc = {"fc6": (values[f"{SCOPE}/W6"], values[f"{SCOPE}/b6"]),
@@ -301,7 +304,7 @@ def _inspect_checkpoint(path):
     model = OrderedDict(sorted((n, s) for n, s in shapes.items()
                                if n.startswith(SCOPE + "/") and n.count("/") == 1))
     state = [n for n in shapes if n not in model]
-    variant = fcn_model.detect_architecture(shapes)
+    variant = definition.detect_architecture(shapes)
     if sidecar is not None:
         spec = checkpoint.model_spec_from_checkpoint(prefix)
         kind = (f"fcn_graph checkpoint, {spec.name}, {spec.num_classes} classes, mean pixel "

@@ -26,10 +26,10 @@ from collections import OrderedDict
 
 import numpy as np
 
-from fcn_graph.errors import UserError
-from fcn_graph.finite import check_finite_array
-from fcn_graph.matconvnet import VggWeights
-from fcn_graph.spec import VGG19_CONVS
+from fcn_graph.core.errors import UserError
+from fcn_graph.core.finite import check_finite_array
+from fcn_graph.network.spec import VGG19_CONVS
+from fcn_graph.weights.matconvnet import VggWeights
 
 # Caffe's ImageNet mean in BGR order: what keras.applications.vgg19.preprocess_input subtracts.
 KERAS_MEAN_BGR = (103.939, 116.779, 123.68)

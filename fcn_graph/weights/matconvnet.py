@@ -14,10 +14,10 @@ from collections import OrderedDict
 import numpy as np
 import scipy.io
 
-from fcn_graph.errors import UserError
-from fcn_graph.fileio import atomic_write
-from fcn_graph.finite import check_finite_array, check_mean_pixel
-from fcn_graph.spec import VGG19_CONVS, VGG19_FC, VGG19_MAT_LAYERS
+from fcn_graph.core.errors import UserError
+from fcn_graph.core.fileio import atomic_write
+from fcn_graph.core.finite import check_finite_array, check_mean_pixel
+from fcn_graph.network.spec import VGG19_CONVS, VGG19_FC, VGG19_MAT_LAYERS
 
 
 @dataclasses.dataclass
@@ -29,7 +29,7 @@ class VggWeights:
     fc: "fc6"/"fc7"/"fc8" -> (kernel, bias) in the same layout, when the file has them
         (fc6 is 7x7xCx4096, fc7 1x1x4096x4096, fc8 1x1x4096x1000).
     mean_pixel: float64 [3], 0..255 scale, in `channel_order` (RGB for `.mat` files).
-    layout: "old" or "new" (or "keras-h5" for weights read by fcn_graph.kerash5).
+    layout: "old" or "new" (or "keras-h5" for weights read by fcn_graph.weights.kerash5).
     transposed: whether kernels were swapped from MatConvNet's to TensorFlow's order.
     channel_order: "rgb", or "bgr" for weights that expect BGR input.
     """

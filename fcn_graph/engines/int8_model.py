@@ -30,9 +30,9 @@ import tempfile
 
 import numpy as np
 
-from fcn_graph import image_files
-from fcn_graph.errors import UserError
-from fcn_graph.fileio import atomic_write, kind_of
+from fcn_graph.core.errors import UserError
+from fcn_graph.core.fileio import atomic_write, kind_of
+from fcn_graph.data import image_files
 
 # Calibration methods of `quantize_model`: the activation range from the
 # minimum and maximum seen (reduced inside the model, merged image by image:
@@ -238,7 +238,9 @@ def int8_segmenter(prefix, calibration, *, threads=None, mean_pixel=None, kernel
     by the checkpoint, the build options and the calibration images' names
     and bytes, and reused from there. Warns on stderr where the CPU has no
     int8 dot-product units (`cpuinfo.check_precision`)."""
-    from fcn_graph import checkpoint, cpuinfo, model_cache, onnx_engine
+    from fcn_graph.engines import model_cache, onnx_engine
+    from fcn_graph.host import cpuinfo
+    from fcn_graph.weights import checkpoint
     cpuinfo.check_precision("int8")
     paths = calibration if isinstance(calibration, (list, tuple)) else \
         calibration_files(calibration)
@@ -262,7 +264,7 @@ def int8_segmenter(prefix, calibration, *, threads=None, mean_pixel=None, kernel
 def default_reduce_range():
     """Whether weights keep to 7 bits here: on CPUs without int8 dot-product
     units (`cpuinfo.has_int8_units`)."""
-    from fcn_graph import cpuinfo
+    from fcn_graph.host import cpuinfo
     features = cpuinfo.cpu_features()
     return bool(features) and not cpuinfo.has_int8_units(features)
 
@@ -281,34 +283,6 @@ def calibration_digest(paths):
                             f"({err.strerror or err})") from None
         digest.update(b"\0")
     return digest.hexdigest()
-
-
-def add_calibration_arg(parser):
-    """--calibration DIR, for --precision int8."""
-    parser.add_argument("--calibration", default=None, metavar="DIR",
-                        help="--precision int8: a folder of images like the ones to segment; "
-                             f"the int8 model is calibrated on up to {CALIBRATION_IMAGES} of them")
-
-
-def resolve_precision_args(parser, args):
-    """Check --precision, --engine and --calibration together, and resolve
-    --engine auto (`engine_choice.choose_engine`; its reason goes to
-    `args.engine_reason`). Returns the calibration image paths (int8) or None."""
-    from fcn_graph.engine_choice import choose_engine
-    if args.precision == "int8":
-        if args.engine == "tf":
-            parser.error("--precision int8 runs on --engine onnxruntime only; drop --engine tf")
-        if args.calibration is None:
-            parser.error("--precision int8: needs --calibration DIR, a folder of images to "
-                         "calibrate the int8 model on")
-        args.engine, args.engine_reason = choose_engine(args.engine, precision="int8")
-        return calibration_files(args.calibration)
-    if args.calibration is not None:
-        parser.error(f"--calibration applies to --precision int8 only (found --precision "
-                     f"{args.precision})")
-    args.engine, args.engine_reason = choose_engine(args.engine, precision=args.precision,
-                                                    xla=getattr(args, "xla", False))
-    return None
 
 
 def print_progress(index, total, file=None):

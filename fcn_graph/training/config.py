@@ -19,10 +19,10 @@ import typing
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from fcn_graph.constants import KERNELS, TRAIN_KEEP_PROB, TRAIN_PRECISIONS
-from fcn_graph.errors import UserError
-from fcn_graph.fileio import NotARegularFile, kind_of, read_regular_file, write_json_atomic
-from fcn_graph.spec import FC_WIDTH, check_variant
+from fcn_graph.core.constants import KERNELS, TRAIN_KEEP_PROB, TRAIN_PRECISIONS
+from fcn_graph.core.errors import UserError
+from fcn_graph.core.fileio import NotARegularFile, kind_of, read_regular_file, write_json_atomic
+from fcn_graph.network.spec import FC_WIDTH, check_variant
 
 DATASET_KINDS = ("voc", "ade20k", "pets", "folder", "shapes")
 OPTIMIZERS = ("adam", "sgd")
@@ -82,7 +82,7 @@ class ModelConfig:
     # paper only: learn the bilinear-initialised upsampling filters (frozen by default).
     train_upsampling: bool = False
     # Kernel set of the TensorFlow graph: reference (plain conv2d and
-    # conv2d_transpose), cpu (fcn_graph.cpu_kernels' forms), or auto (reference
+    # conv2d_transpose), cpu (fcn_graph.network.cpu_layers' forms), or auto (reference
     # when TensorFlow sees a GPU, cpu otherwise).
     kernels: str = "auto"
 
@@ -153,34 +153,6 @@ class Config:
 
 
 SECTIONS = {f.name: f.default_factory for f in dataclasses.fields(Config)}
-
-
-def add_kernels_arg(parser, default=None):
-    """Add `--kernels auto|reference|cpu` to `parser`; with default None the
-    config's model.kernels applies (auto without a config)."""
-    parser.add_argument(
-        "--kernels", choices=KERNELS, default=default,
-        help="kernel set: reference (tf.nn.conv2d, tf.nn.conv2d_transpose), cpu (faster "
-             "forms on CPUs) or auto (reference when TensorFlow sees a GPU, else cpu); "
-             f"default {default or 'model.kernels of the config, else auto'}")
-
-
-def add_config_args(parser, *, config_required=False):
-    """Add `--config FILE` and repeatable `--set section.key=value` to `parser`.
-
-    `config_required` only changes the help text: the command checks for
-    `--config` itself, so that a missing one is a one-line error."""
-    parser.add_argument(
-        "--config", default=None, metavar="FILE",
-        help="JSON config (comments allowed); its keys override the defaults"
-             + ("; required, e.g. --config config.json" if config_required else ""),
-    )
-    parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-        help="override one config key, e.g. --set train.batch_size=4 "
-             "(value parsed as JSON where it parses, else taken as a string); repeatable",
-    )
-    return parser
 
 
 def load_config(path=None, overrides=(), *, reads=None, command=None):
@@ -512,10 +484,3 @@ def _validate(config, sources, default_source="config"):
                                    f"{t.step_timeout}")
     if not t.log_dir:
         fail("train.log_dir", "expected a directory, found an empty string")
-
-
-def dataset_root(config):
-    """`data.root`, or the default directory of the generated shapes dataset."""
-    if config.data.root:
-        return config.data.root
-    return os.path.join("data", "shapes")
