@@ -19,7 +19,8 @@ setup(
         # python -m fcn_graph.export --format onnx and --engine onnxruntime (SavedModel and
         # frozen exports need only TensorFlow)
         "export": ["onnx>=1.15", "onnxruntime>=1.17"],
-        "dev": ["pytest>=7", "pytest-xdist>=3", "ruff>=0.4", "onnx>=1.15", "onnxruntime>=1.17"],
+        "dev": ["pytest>=7", "pytest-xdist>=3", "ruff>=0.4", "import-linter>=2.1", "onnx>=1.15",
+                "onnxruntime>=1.17"],
         # tools/mutation.sh (not run by CI)
         "mutation": ["mutmut>=3.8,<4", "pytest>=7"],
     },

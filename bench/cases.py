@@ -20,7 +20,7 @@ CASES = collections.OrderedDict([
 # "-"-joined modifiers of the tf engine, e.g. "tf-onednn-reference":
 MODIFIERS = collections.OrderedDict([
     ("reference", ({"kernels": "reference"}, {})),      # the plain ops (model.TFLayers)
-    ("cpu", ({"kernels": "cpu"}, {})),                  # cpu_kernels.CpuLayers
+    ("cpu", ({"kernels": "cpu"}, {})),                  # network.cpu_layers.CpuLayers
     ("xla", ({"xla": True}, {})),                       # XLA JIT scope
     ("onednn", ({}, {"TF_ENABLE_ONEDNN_OPTS": "1"})),   # TF's oneDNN kernels
     ("eigen", ({}, {"TF_ENABLE_ONEDNN_OPTS": "0"})),    # TF's default CPU kernels

@@ -19,7 +19,7 @@ coming from a repeated in-memory `tf.data` dataset straight into the graph.
 The kernel set of every variant is --kernels (default auto: the CPU forms
 without a GPU); a variant's -reference or -cpu modifier overrides it. FLOPs
 come from `fcn_graph.network.flops` (what the legacy graph runs: conv5_4 is not
-counted); the per-layer profile's layers are `model.layer_ends`. The same run
+counted); the per-layer profile's layers are `definition.layer_ends`. The same run
 times a 4096^3 float32 matmul through NumPy's BLAS with the same thread count;
 "% sgemm" is each case's GFLOP/s against it (for a bfloat16 variant, marked
 "*", against this FP32 figure, not a bf16 peak). One
@@ -183,7 +183,7 @@ def _run_one(args, work, prefix, variant, case, peak):
     if not training and len(parse_variants(args.variants)) > 1:
         logits_file = os.path.join(work, f"{variant}-{case}.npy")
         extra += ["--save-logits", logits_file]
-    # oneDNN as train.py or infer choose it (cpu_choice, in the worker), unless
+    # oneDNN as train.py or infer choose it (host.choice, in the worker), unless
     # the variant says otherwise
     error = _spawn(args, extra, variant_settings(variant)[2])
     record = {"variant": variant, "case": case, "batch": batch, "height": height,

@@ -62,6 +62,7 @@ from fcn_graph.host.choice import choose_engine  # noqa: E402
 PEERS_DIR = os.path.normpath(os.path.join(CHECKOUT, "..", "shared", "bench-peers"))
 PEER_PYTHON = "/tmp/peerenv/bin/python"
 REPORT_KEYS = ("suite_started_utc", "goals")  # held by every report the suite writes
+DOC_PATH = os.path.join(CHECKOUT, "docs", "performance.md")  # --write-doc's default
 WORK_MARK = ".fcn_suite_work"  # marks a --work folder as the suite's own
 PARTS = ("sgemm", "inference", "peers", "training", "cold", "folder", "tiles")
 INFERENCE_CASES = ("224_b1", "512_b1", "224_b8", "voc_b1")
@@ -188,6 +189,12 @@ def build_parser():
                              "suite run; default a temporary folder, removed at the end)")
     parser.add_argument("--out", default=None,
                         help="JSON file to write (default bench/results/suite-<UTC time>.json)")
+    parser.add_argument("--write-doc", nargs="?", const=DOC_PATH, default=None, metavar="MD",
+                        help="also put the report into the markdown file's section for this CPU "
+                             f"kind (default {DOC_PATH})")
+    parser.add_argument("--from-report", default=None, metavar="JSON",
+                        help="measure nothing: print the report of an earlier run's JSON (and "
+                             "write it with --write-doc)")
     return parser
 
 
@@ -1027,14 +1034,35 @@ def format_report(results):
 
 # ---------------------------------------------------------------- main
 
+def read_results(path):
+    """An earlier run's results dict (--from-report), or a one-line error."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            results = json.load(handle)
+    except (OSError, ValueError) as err:
+        raise UserError(f"--from-report {path}: cannot read a suite report "
+                        f"({getattr(err, 'strerror', None) or err})") from None
+    if not isinstance(results, dict) or not set(REPORT_KEYS) <= set(results):
+        raise UserError(f"--from-report {path}: not a report the suite wrote (expected the "
+                        f"keys {', '.join(sorted(REPORT_KEYS))})")
+    return results
+
+
 def main(argv=None):
     args = parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from bench import harness
-    out = harness.report_path(args.out, "suite", REPORT_KEYS, "the suite")
-    results = run_suite(args)
-    print(format_report(results), flush=True)
-    harness.write_report(out, results)
+    from bench import doc, harness
+    if args.from_report:
+        results = read_results(args.from_report)
+    else:
+        out = harness.report_path(args.out, "suite", REPORT_KEYS, "the suite")
+        results = run_suite(args)
+    report = format_report(results)
+    print(report, flush=True)
+    if not args.from_report:
+        harness.write_report(out, results)
+    if args.write_doc:
+        print(f"wrote {doc.write_doc(args.write_doc, results, report)}", file=sys.stderr)
     return 0
 
 

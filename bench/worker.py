@@ -116,7 +116,7 @@ def make_weights(prefix, *, num_classes, width_multiplier, fc_width, seed=0):
 def layer_boundaries(spec, end_points):
     """(layer, tensor) in execution order: a layer is everything computed after
     the previous boundary up to this tensor (conv + bias + ReLU together), as
-    `model.layer_ends` lists them, then the prediction."""
+    `definition.layer_ends` lists them, then the prediction."""
     from fcn_graph.network import definition
     rows = [(layer, end_points[end]) for layer, end in definition.layer_ends(spec)]
     return rows + [("prediction", end_points["prediction"])]

@@ -85,13 +85,13 @@ def main(argv=None):
         parser.error("--show and --force: pick one")
     from fcn_graph.host import kernel_timing
     threads = args.threads or choice.thread_count()
-    key = choice.calibration_key(threads=threads)
-    path = choice.calibration_path(key)
-    timings, problem = choice.read_calibration(path, key)
+    key = choice.timing_key(threads=threads)
+    path = choice.timing_path(key)
+    timings, problem = choice.read_timings(path, key)
     if args.show:
         if timings is not None:
             with open(path, encoding="utf-8") as handle:
-                print(kernel_timing.format_calibration(json.load(handle), path))
+                print(kernel_timing.format_timings(json.load(handle), path))
         else:
             print(f"no calibration for this CPU at {threads} threads"
                   + (f" ({problem})" if problem else f" ({path} does not exist)"))
@@ -104,14 +104,14 @@ def main(argv=None):
         return 0
     if problem and not args.force:
         raise UserError(f"calibration {problem}; --force replaces it")
-    path, record = kernel_timing.run_calibration(threads=threads, scale=args.scale, log=sys.stderr)
-    print(kernel_timing.format_calibration(record, path))
+    path, record = kernel_timing.run_timing(threads=threads, scale=args.scale, log=sys.stderr)
+    print(kernel_timing.format_timings(record, path))
     print(show_choices(threads))
     return 0
 
 
 def measure_here(args):
-    """One oneDNN setting, in this process (started by `kernel_timing.run_calibration`)."""
+    """One oneDNN setting, in this process (started by `kernel_timing.run_timing`)."""
     import os
 
     from fcn_graph.core.fileio import write_json_atomic

@@ -467,19 +467,19 @@ def _sidecar(tmp_path, content):
 
 @pytest.mark.parametrize("content, reason", [
     (b"", "unreadable checkpoint sidecar (Expecting value: line 1 column 1 (char 0))"),
-    (b'{"format": "fcn_graph.weights.checkpoint", ',
+    (b'{"format": "fcn_graph.checkpoint", ',
      "unreadable checkpoint sidecar (Expecting property name enclosed in double quotes: "
      "line 1 column 36 (char 35))"),
     (b"\xff\xfe{}", "unreadable checkpoint sidecar ('utf-8' codec can't decode byte 0xff in "
                     "position 0: invalid start byte)"),
-    (["format", "fcn_graph.weights.checkpoint"],
-     'not an fcn_graph sidecar (expected "format": "fcn_graph.weights.checkpoint")'),
-    ({"format": "other"}, 'not an fcn_graph sidecar (expected "format": "fcn_graph.weights.checkpoint")'),
-    ({"format": "fcn_graph.weights.checkpoint", "mean_pixel": [1, 2, "x"]},
+    (["format", "fcn_graph.checkpoint"],
+     'not an fcn_graph sidecar (expected "format": "fcn_graph.checkpoint")'),
+    ({"format": "other"}, 'not an fcn_graph sidecar (expected "format": "fcn_graph.checkpoint")'),
+    ({"format": "fcn_graph.checkpoint", "mean_pixel": [1, 2, "x"]},
      "mean_pixel: expected 3 numbers (one per colour channel, 0..255 scale), found [1, 2, 'x']"),
-    ({"format": "fcn_graph.weights.checkpoint", "train_upsampling": "yes"},
+    ({"format": "fcn_graph.checkpoint", "train_upsampling": "yes"},
      "train_upsampling: expected true or false, found 'yes'"),
-    ({"format": "fcn_graph.weights.checkpoint", "kernels_transposed": 1},
+    ({"format": "fcn_graph.checkpoint", "kernels_transposed": 1},
      "kernels_transposed: expected true or false, found 1"),
 ])
 def test_read_sidecar_names_a_damaged_sidecar(tmp_path, content, reason):
@@ -490,12 +490,12 @@ def test_read_sidecar_names_a_damaged_sidecar(tmp_path, content, reason):
 
 
 def test_read_sidecar_reads_a_good_one_and_refuses_a_directory(tmp_path):
-    written = {"format": "fcn_graph.weights.checkpoint", "mean_pixel": [1, 2, 3], "train_upsampling": True}
+    written = {"format": "fcn_graph.checkpoint", "mean_pixel": [1, 2, 3], "train_upsampling": True}
     prefix, path = _sidecar(tmp_path, written)
     record = checkpoint.read_sidecar(prefix)
     assert record == {**written, "mean_pixel": [1.0, 2.0, 3.0]}
     assert [type(v) for v in record["mean_pixel"]] == [float, float, float]
-    _sidecar(tmp_path, {"format": "fcn_graph.weights.checkpoint", "mean_pixel": None})
+    _sidecar(tmp_path, {"format": "fcn_graph.checkpoint", "mean_pixel": None})
     assert checkpoint.read_sidecar(prefix)["mean_pixel"] is None
     assert checkpoint.read_sidecar(str(tmp_path / "none")) is None
     os.remove(path)

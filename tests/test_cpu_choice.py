@@ -78,7 +78,7 @@ def test_the_environment_wins_for_onednn(tmp_path):
         assert choices.onednn_inference is expected and choices.onednn_training is expected
         assert choices.sources["onednn_inference"] == f"environment TF_ENABLE_ONEDNN_OPTS={value}"
     # over a calibration too, whose forms are then those measured with that setting
-    write_calibration(tmp_path, ZEN4, timings(changes={(False, "forward", "conv7", "conv"): 1e-3}))
+    write_timings(tmp_path, ZEN4, timings(changes={(False, "forward", "conv7", "conv"): 1e-3}))
     choices = cpu_choice.choose("inference", text=ZEN4, root=str(tmp_path), threads=2,
                                 environ={"TF_ENABLE_ONEDNN_OPTS": "0"})
     assert choices.onednn is False and choices.fc_form == "conv"
@@ -148,11 +148,11 @@ def timings(base=0.010, changes=None):
     return rows
 
 
-def write_calibration(root, text, rows, threads=2):
-    key = cpu_choice.calibration_key(threads=threads, text=text)
-    path = cpu_choice.calibration_path(key, str(root))
+def write_timings(root, text, rows, threads=2):
+    key = cpu_choice.timing_key(threads=threads, text=text)
+    path = cpu_choice.timing_path(key, str(root))
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    write_json_atomic(path, cpu_choice.calibration_record(key, rows, 1.0))
+    write_json_atomic(path, cpu_choice.timing_record(key, rows, 1.0))
     return path
 
 
@@ -197,7 +197,7 @@ def test_a_calibration_round_trip(tmp_path):
     rows = timings(changes={(False, "forward", cpu_choice.BODY_LAYER, "conv"): 0.001,
                             (False, "forward", "conv7", "matmul/all"): 0.001,
                             (True, "training", "conv_t2", "transpose"): 0.001})
-    path = write_calibration(tmp_path, SAPPHIRE_RAPIDS, rows)
+    path = write_timings(tmp_path, SAPPHIRE_RAPIDS, rows)
     assert path.startswith(str(tmp_path / "calibration"))
     choices = cpu_choice.choose("inference", text=SAPPHIRE_RAPIDS, root=str(tmp_path), threads=2,
                                 environ={})
@@ -213,7 +213,7 @@ def test_a_calibration_round_trip(tmp_path):
         other = cpu_choice.choose("inference", text=text, root=str(tmp_path), threads=threads,
                                   environ={})
         assert other.onednn_inference is True and other.sources["fc_form"].startswith("rule")
-    table = kernel_timing.format_calibration(json.loads(open(path).read()), path)
+    table = kernel_timing.format_timings(json.loads(open(path).read()), path)
     assert "inference: oneDNN off" in table and "training: oneDNN on" in table
     assert "forward      512 conv7    matmul/all        1.0     10.0" in table
 
@@ -237,7 +237,7 @@ def _broken(path):
 
 
 def test_a_broken_calibration_warns_once_and_the_rule_is_used(tmp_path, monkeypatch):
-    path = write_calibration(tmp_path, ZEN3, timings(base=0.01, changes={
+    path = write_timings(tmp_path, ZEN3, timings(base=0.01, changes={
         (True, "forward", cpu_choice.BODY_LAYER, "conv"): 0.001}))
     good = cpu_choice.choose("inference", text=ZEN3, root=str(tmp_path), threads=2, environ={})
     assert good.onednn is True  # the calibration's, against the rule's off
@@ -291,11 +291,11 @@ def test_run_calibration_writes_atomically_and_keeps_the_old_file(tmp_path, monk
     monkeypatch.setattr(kernel_timing.subprocess, "run", _fake_worker(
         lambda s: [r for r in rows if r["onednn"] == (s == "1")], calls))
     root = tmp_path / "cache"
-    path, record = kernel_timing.run_calibration(threads=2, root=str(root))
+    path, record = kernel_timing.run_timing(threads=2, root=str(root))
     assert calls == [("0", "0"), ("1", "1")]  # one process per setting, off first
-    key = cpu_choice.calibration_key(threads=2)
-    assert path == cpu_choice.calibration_path(key, str(root))
-    assert cpu_choice.read_calibration(path, key) == (rows, None)
+    key = cpu_choice.timing_key(threads=2)
+    assert path == cpu_choice.timing_path(key, str(root))
+    assert cpu_choice.read_timings(path, key) == (rows, None)
     assert record["choices"]["inference"]["fc_form"] == "matmul"
     before = open(path, "rb").read()
     # a failed write (full disk) leaves the previous file and no temporary
@@ -303,7 +303,7 @@ def test_run_calibration_writes_atomically_and_keeps_the_old_file(tmp_path, monk
         raise OSError(28, "No space left on device")
     monkeypatch.setattr(os, "replace", full)
     with pytest.raises(OSError, match="No space left"):
-        kernel_timing.run_calibration(threads=2, root=str(root))
+        kernel_timing.run_timing(threads=2, root=str(root))
     monkeypatch.undo()
     assert open(path, "rb").read() == before
     assert os.listdir(os.path.dirname(path)) == [os.path.basename(path)]
@@ -317,12 +317,12 @@ def test_a_failed_or_wrong_worker_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr(kernel_timing.subprocess, "run", failing)
     with pytest.raises(calibrate.UserError, match=r"^calibration with TF_ENABLE_ONEDNN_OPTS=0 "
                        r"failed: Traceback \| \.\.\. \| MemoryError$"):
-        kernel_timing.run_calibration(threads=2, root=str(tmp_path))
+        kernel_timing.run_timing(threads=2, root=str(tmp_path))
     # a TensorFlow that ignored the setting
     monkeypatch.setattr(kernel_timing.subprocess, "run", _fake_worker(
         lambda s: [r for r in timings() if r["onednn"]], []))
     with pytest.raises(calibrate.UserError, match="did not set oneDNN"):
-        kernel_timing.run_calibration(threads=2, root=str(tmp_path))
+        kernel_timing.run_timing(threads=2, root=str(tmp_path))
     assert not os.path.exists(tmp_path / "calibration")
 
 
@@ -345,11 +345,11 @@ def test_bad_flags_are_one_line_errors(argv, message, capsys):
 
 def test_a_broken_cached_file_is_replaced_only_with_force(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("FCN_GRAPH_CACHE", str(tmp_path))
-    key = cpu_choice.calibration_key(threads=1)
-    path = cpu_choice.calibration_path(key)
+    key = cpu_choice.timing_key(threads=1)
+    path = cpu_choice.timing_path(key)
     os.makedirs(os.path.dirname(path))
     with open(path, "w") as handle:
-        handle.write('{"format": "fcn_graph.host.kernel_timing", "vers')
+        handle.write('{"format": "fcn_graph.calibration", "vers')
     assert run_cli(calibrate.main, ["--threads", "1"], prog="fcn_graph.calibrate") == 2
     err = capsys.readouterr().err
     assert err.startswith(f"fcn_graph.calibrate: error: calibration {path}: not JSON (")
@@ -380,7 +380,7 @@ def test_help_and_choices_never_import_tensorflow():
 def _onednn_child(task, tmp_path, rows):
     """In a fresh process: apply_onednn(task), then import TensorFlow; returns
     (choice, TensorFlow's IsMklEnabled())."""
-    write_calibration(tmp_path, cpuinfo.read_cpuinfo(), rows, threads=cpu_choice.thread_count())
+    write_timings(tmp_path, cpuinfo.read_cpuinfo(), rows, threads=cpu_choice.thread_count())
     code = (f"from fcn_graph.host import choice as cpu_choice\n"
             f"choice = cpu_choice.apply_onednn({task!r})\n"
             "from fcn_graph.host import session\n"
@@ -410,10 +410,10 @@ def test_a_tiny_real_calibration(tmp_path):
     command = [sys.executable, "-m", "fcn_graph.calibrate", "--threads", "1", "--scale", "0.01"]
     proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    key = cpu_choice.calibration_key(threads=1)
-    path = cpu_choice.calibration_path(key, str(tmp_path))
+    key = cpu_choice.timing_key(threads=1)
+    path = cpu_choice.timing_path(key, str(tmp_path))
     assert os.listdir(os.path.dirname(path)) == [os.path.basename(path)]  # no temporary left
-    rows, problem = cpu_choice.read_calibration(path, key)
+    rows, problem = cpu_choice.read_timings(path, key)
     assert problem is None and {r["onednn"] for r in rows} == {False, True}
     assert {(r["pass"], r["input"]) for r in rows} == {("forward", 224), ("forward", 512),
                                                       ("training", 224)}

@@ -1,6 +1,6 @@
 """The kernel sets and the one definition of the network.
 
-Both TensorFlow kernel sets (`model.TFLayers`, the reference ops, and
+Both TensorFlow kernel sets (`tf_layers.TFLayers`, the reference ops, and
 `cpu_layers.CpuLayers`) give the same logits and gradients for every head;
 `choose_kernels` picks by device; and a change to one layer of the definition
 reaches the TensorFlow graph, the ONNX model and the FLOP count together.

@@ -21,7 +21,7 @@ VARIANT = {"opset": 17, "kernels": "cpu"}
 
 
 def _fake_checkpoint(directory, name="model.ckpt-5", index=b"index bytes", data=b"d" * 100,
-                     sidecar=b'{"format": "fcn_graph.weights.checkpoint"}'):
+                     sidecar=b'{"format": "fcn_graph.checkpoint"}'):
     os.makedirs(directory, exist_ok=True)
     prefix = os.path.join(str(directory), name)
     with open(prefix + ".index", "wb") as handle:

@@ -1,5 +1,5 @@
 """The ONNX builder and engine against the TensorFlow graph, on tiny weights,
-for every architecture `model.fcn` builds."""
+for every architecture `tf_layers.fcn` builds."""
 
 import dataclasses
 

@@ -1,5 +1,5 @@
 """The phase formulation of the upsampling (`cpu_layers.upsample_by_phases`)
-against `model.upsample` (tf.nn.conv2d_transpose) and NumPy."""
+against `tf_layers.upsample` (tf.nn.conv2d_transpose) and NumPy."""
 
 import numpy as np
 import pytest

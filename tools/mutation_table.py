@@ -13,13 +13,14 @@ import sys
 
 # module -> (file in mutants/, mutant name patterns), as tools/mutation.sh selects them
 MODULES = {
-    "model": ("fcn_graph/model.py", ["fcn_graph.network.definition.*"]),
-    "metrics": ("fcn_graph/metrics.py", ["fcn_graph.training.metrics.*"]),
-    "loss": ("fcn_graph/training.py", ["fcn_graph.training.x_segmentation_loss__mutmut_*",
-                                    "fcn_graph.training.x_kernel_l2__mutmut_*"]),
-    "checkpoint": ("fcn_graph/checkpoint.py", ["fcn_graph.weights.checkpoint.*"]),
-    "matconvnet": ("fcn_graph/matconvnet.py", ["fcn_graph.weights.matconvnet.*"]),
-    "datasets": ("fcn_graph/datasets.py", ["fcn_graph.data.datasets.x_read_label__mutmut_*"]),
+    "model": ("fcn_graph/network/definition.py", ["fcn_graph.network.definition.*"]),
+    "metrics": ("fcn_graph/training/metrics.py", ["fcn_graph.training.metrics.*"]),
+    "loss": ("fcn_graph/training/loop.py", ["fcn_graph.training.loop.x_segmentation_loss__mutmut_*",
+                                         "fcn_graph.training.loop.x_kernel_l2__mutmut_*"]),
+    "checkpoint": ("fcn_graph/weights/checkpoint.py", ["fcn_graph.weights.checkpoint.*"]),
+    "matconvnet": ("fcn_graph/weights/matconvnet.py", ["fcn_graph.weights.matconvnet.*"]),
+    "datasets": ("fcn_graph/data/datasets.py",
+                 ["fcn_graph.data.datasets.x_read_label__mutmut_*"]),
 }
 KILLED, SURVIVED, NO_TESTS = {1, 3, -24, 24, 36, 152, 255}, {0}, {33}
 

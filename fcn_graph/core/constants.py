@@ -47,7 +47,7 @@ INFERENCE_PRECISIONS = PRECISIONS + ("int8",)
 # What train.precision accepts: float32, or bfloat16 through oneDNN on a CPU
 # with bfloat16 units (`session.session_config`).
 TRAIN_PRECISIONS = ("float32", "bfloat16")
-# What `python -m fcn_graph.export` writes (`exporting.EXPORTERS`).
+# What `python -m fcn_graph.export` writes (`engines.exporters.EXPORTERS`).
 EXPORT_FORMATS = ("savedmodel", "frozen", "onnx")
 
 

@@ -288,7 +288,7 @@ def export_onnx(prefix, out_path, *, opset=onnx_engine.DEFAULT_OPSET, verify=Tru
     verified there with onnxruntime (unless verify=False), then renamed into
     place, the `.onnx` last; a failure leaves `out_path` as it was.
 
-    With `quantize` "int8", the model written is `quantize.quantize_model`'s
+    With `quantize` "int8", the model written is `int8.quantize_model`'s
     int8 model of it, calibrated on the images of folder `calibration`; its
     verification checks the outputs' shapes and reports the scores' error and
     the labels' agreement with the checkpoint without a tolerance (int8 is not

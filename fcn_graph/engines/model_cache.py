@@ -49,7 +49,7 @@ from fcn_graph.weights.checkpoint_files import DATA_SHARD, SIDECAR_SUFFIX
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-MANIFEST_FORMAT = "fcn_graph.engines.model_cache"
+MANIFEST_FORMAT = "fcn_graph.model_cache"
 MODEL_FILE = "model.onnx"
 KIND = "onnx"                    # the sub-folder of the cache holding ONNX models
 TEMP_PREFIX = ".tmp-"            # folders being built: CACHE/onnx/.tmp-HEX

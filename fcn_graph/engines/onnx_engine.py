@@ -1,9 +1,9 @@
 """ONNX models of FCN checkpoints, and ONNX Runtime inference.
 
 `build_onnx_model(prefix)` writes the checkpoint's network (the legacy
-FCN-8s, or the paper's FCN-32s/16s/8s; see `model.ModelSpec`) as an ONNX
+FCN-8s, or the paper's FCN-32s/16s/8s; see `spec.ModelSpec`) as an ONNX
 model directly from the checkpoint's arrays (no TensorFlow graph
-conversion): `model.network`, the one definition the TensorFlow graph is
+conversion): `definition.network`, the one definition the TensorFlow graph is
 built from too, run with `onnx_layers.OnnxLayers`, in the kernel set
 `kernels` ("cpu": the phase-form upsampling and an im2col conv6, faster in
 ONNX Runtime on CPUs; "reference": Conv and ConvTranspose; "auto": by
@@ -59,7 +59,7 @@ def _ort_gpu():
 
 
 def choose_onnx_kernels(kernels="auto"):
-    """"reference" or "cpu" for an ONNX model: `constants.resolve_kernels`, auto
+    """"reference" or "cpu" for an ONNX model: `choice.resolve_kernels`, auto
     deciding by whether ONNX Runtime offers its CUDA provider."""
     return resolve_kernels(kernels, _ort_gpu)
 
@@ -75,7 +75,7 @@ def check_opset(opset):
 
 def _read_weights(prefix, spec):
     """Checkpoint name (without scope) -> array for every variable of `spec`'s
-    model, each shape checked against `model.variable_shapes`."""
+    model, each shape checked against `definition.variable_shapes`."""
     from fcn_graph.network import definition
     from fcn_graph.weights import checkpoint
     expected = definition.variable_shapes(spec.num_classes, vgg_widths=spec.widths,
@@ -99,7 +99,7 @@ def build_onnx_model(prefix, *, opset=DEFAULT_OPSET, mean_pixel=None, kernels="a
     the interface in the module docstring: `onnx_model` of its arrays.
 
     The mean pixel is the sidecar's, else `mean_pixel`, else the VGG mean (as in
-    `model.build`). kernels: "cpu", "reference" or "auto" (`choose_onnx_kernels`).
+    `tf_layers.build`). kernels: "cpu", "reference" or "auto" (`choose_onnx_kernels`).
     `opset` 13 or later.
     """
     from fcn_graph.weights import checkpoint
@@ -111,13 +111,15 @@ def build_onnx_model(prefix, *, opset=DEFAULT_OPSET, mean_pixel=None, kernels="a
 
 # The modules whose code decides what a converted model holds: a change to
 # any of them makes new cache keys (`converter_version`).
-CONVERTER_MODULES = ("onnx_engine.py", "onnx_layers.py", "model.py", "spec.py")
+# Paths relative to the fcn_graph package.
+CONVERTER_MODULES = ("engines/onnx_engine.py", "network/onnx_layers.py", "network/definition.py",
+                     "network/spec.py")
 
 
 def converter_version():
     """SHA-256 (hex, 16 digits) of the source of CONVERTER_MODULES."""
     digest = hashlib.sha256()
-    package = os.path.dirname(os.path.abspath(__file__))
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     for name in CONVERTER_MODULES:
         with open(os.path.join(package, name), "rb") as handle:
             digest.update(name.encode() + b"\0" + handle.read())
@@ -260,9 +262,9 @@ def find_converted(source, *, mean_pixel=None, kernels="auto", opset=DEFAULT_OPS
 
 def onnx_model(spec, weights, *, opset=DEFAULT_OPSET, mean_pixel=None, kernels="auto",
                head=None):
-    """`model.network` for `spec` written as ONNX with `weights` (name without
+    """`definition.network` for `spec` written as ONNX with `weights` (name without
     scope -> array, each of the shape the network asks for); head: as in
-    `model.network`."""
+    `definition.network`."""
     from fcn_graph.network import definition
     from fcn_graph.network.onnx_layers import Builder, OnnxLayers
     b = Builder()

@@ -1,7 +1,7 @@
 """Tiled inference: any image size in bounded memory.
 
 The receptive field and the stride of the network come from the one model
-definition (`model.network` run with `field_layers()`, on shapes); a tile plan
+definition (`definition.network` run with `field_layers()`, on shapes); a tile plan
 (`plan_axis`, `plan_tiles`) cuts an image into overlapping tiles; and
 `TiledSegmenter` runs any segmenter (`.run(batch_uint8, scores=False) ->
 (labels, scores)`, either engine) tile by tile and stitches the results.
@@ -13,7 +13,7 @@ Why the tiled labels equal the whole image's:
 - Every tile is as tall (and as wide) as the image modulo S, so each
   upsampling crops its output exactly as it does on the whole image (the
   SAME padding of a transposed convolution depends on the output size modulo
-  its stride; `model.upsample`).
+  its stride; `tf_layers.upsample`).
 - Each output pixel is taken from one tile in which its whole receptive field
   lies (the margin below), so no zero padding at a tile's edge reaches it.
 
@@ -73,12 +73,12 @@ class _Field(tuple):
 
 
 def field_layers():
-    """A `FieldLayers` (below): `model.ShapeLayers` that also carries each
+    """A `FieldLayers` (below): `definition.ShapeLayers` that also carries each
     tensor's receptive field."""
     from fcn_graph.network import definition
 
     class FieldLayers(definition.ShapeLayers):
-        """`model.ShapeLayers` that also carries each tensor's receptive field:
+        """`definition.ShapeLayers` that also carries each tensor's receptive field:
         a stride-1 SAME k x k conv widens it by (k - 1) // 2 cells before and
         k // 2 after; a 2x2/2 SAME pool (padding after only) by one cell after,
         and doubles the jump; a transposed conv (k, stride s) by the input cells
@@ -100,7 +100,7 @@ def field_layers():
         def _upsample(self, net, kernel, bias, like, channels, stride, name):
             # Output cell o reads input cells i with 0 <= o + top - i * s <= k - 1,
             # where SAME padding crops top = (k - s + r) // 2 rows, r = s * in - out
-            # in 0 .. s - 1 (tf.nn.conv2d_transpose; `model.upsample`). Cell o lies
+            # in 0 .. s - 1 (tf.nn.conv2d_transpose; `tf_layers.upsample`). Cell o lies
             # at o * jump' with jump' = jump / s; the bounds are taken over every
             # phase q = o mod s and every r.
             k, s, j = kernel[0], stride, net.jump
@@ -127,7 +127,7 @@ def field_layers():
 
 def receptive_field(spec, *, head=None):
     """The `ReceptiveField` of the logits of `spec`'s network, traced through
-    the model definition (`model.network`; `head` as there)."""
+    the model definition (`definition.network`; `head` as there)."""
     from fcn_graph.network import definition
     layers = definition.trace(spec, height=1, width=1, head=head, layers=field_layers())
     logits = layers.end_points[next(reversed(layers.end_points))]

@@ -58,10 +58,10 @@ X86_FLAGS = frozenset(("sse2", "avx", "avx2", "avx512f"))
 ROW_BLOCKS = (50, 100, 200, 0)
 # A form replaces the rule's only when the calibration finds it faster by more
 # than this fraction (a tie, or noise, keeps the rule's form).
-CALIBRATION_MARGIN = 0.03
-CALIBRATION_FORMAT = "fcn_graph.host.kernel_timing"
-CALIBRATION_VERSION = 1
-CALIBRATION_DIR = "calibration"            # the sub-folder of the cache
+TIMING_MARGIN = 0.03
+TIMING_FORMAT = "fcn_graph.calibration"
+TIMING_VERSION = 1
+TIMING_DIR = "calibration"            # the sub-folder of the cache
 PASSES = {"inference": "forward", "training": "training"}  # the timings a task's choice uses
 FC_LAYERS = ("conv6", "conv7")
 UPSAMPLE_LAYERS = ("conv_t1", "conv_t2", "conv_t3")
@@ -180,7 +180,7 @@ def thread_count():
         return os.cpu_count() or 1
 
 
-def calibration_key(*, threads=None, text=None, tf_version=None):
+def timing_key(*, threads=None, text=None, tf_version=None):
     """What a calibration holds for: the CPU's model name, a hash of its flags,
     the TensorFlow version and the thread count (default: every core)."""
     text = cpuinfo.read_cpuinfo() if text is None else text
@@ -191,11 +191,11 @@ def calibration_key(*, threads=None, text=None, tf_version=None):
             "threads": int(threads or thread_count())}
 
 
-def calibration_path(key, root=None):
+def timing_path(key, root=None):
     """The cache file of calibration `key`: ROOT/calibration/<hash of the key>.json."""
     root = root or cache_dir()
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    return os.path.join(root, CALIBRATION_DIR, f"cpu-{digest}.json")
+    return os.path.join(root, TIMING_DIR, f"cpu-{digest}.json")
 
 
 def _check_row(row, index):
@@ -213,7 +213,7 @@ def _check_row(row, index):
 
 
 def timings_problem(timings):
-    """None when `timings` (rows of `calibration.measure`) hold every layer's
+    """None when `timings` (rows of `kernel_timing.measure`) hold every layer's
     candidates for both oneDNN settings and both passes; else what is wrong."""
     if not isinstance(timings, list) or not timings:
         return "timings: expected a non-empty list"
@@ -240,9 +240,9 @@ def timings_problem(timings):
 
 def _pick(totals, default):
     """The fastest form in `totals` (form -> seconds); `default` unless another
-    is faster by more than CALIBRATION_MARGIN."""
+    is faster by more than TIMING_MARGIN."""
     best = min(totals, key=totals.get)
-    if default in totals and totals[best] >= totals[default] * (1 - CALIBRATION_MARGIN):
+    if default in totals and totals[best] >= totals[default] * (1 - TIMING_MARGIN):
         return default
     return best
 
@@ -273,14 +273,14 @@ def derive_choices(timings, task, *, onednn=None):
             "upsample_form": picked[chosen][1], "totals": {"0": totals[False], "1": totals[True]}}
 
 
-def calibration_record(key, timings, seconds):
+def timing_record(key, timings, seconds):
     """The JSON object a calibration file holds."""
-    return {"format": CALIBRATION_FORMAT, "version": CALIBRATION_VERSION, "key": key,
+    return {"format": TIMING_FORMAT, "version": TIMING_VERSION, "key": key,
             "seconds": round(seconds, 1), "timings": timings,
             "choices": {task: derive_choices(timings, task) for task in TASKS}}
 
 
-def read_calibration(path, key):
+def read_timings(path, key):
     """(timings, None) from the calibration file at `path` for `key`; (None,
     None) when there is no such file; (None, problem) when it cannot be used
     (unreadable, not JSON, another format, another key, bad timings)."""
@@ -297,11 +297,11 @@ def read_calibration(path, key):
         record = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as err:
         return None, f"{path}: not JSON ({'empty file' if not data.strip() else err})"
-    if not isinstance(record, dict) or record.get("format") != CALIBRATION_FORMAT:
-        return None, f"{path}: not a calibration file (format {CALIBRATION_FORMAT!r} expected)"
-    if record.get("version") != CALIBRATION_VERSION:
+    if not isinstance(record, dict) or record.get("format") != TIMING_FORMAT:
+        return None, f"{path}: not a calibration file (format {TIMING_FORMAT!r} expected)"
+    if record.get("version") != TIMING_VERSION:
         return None, (f"{path}: calibration version {record.get('version')!r}, expected "
-                      f"{CALIBRATION_VERSION}")
+                      f"{TIMING_VERSION}")
     if record.get("key") != key:
         return None, f"{path}: measured for {record.get('key')!r}, not for this {key!r}"
     problem = timings_problem(record.get("timings"))
@@ -358,10 +358,10 @@ def choose(task, *, threads=None, kernels="auto", onednn=None, environ=None, tex
     if onednn is None:
         onednn = from_env
     if kernels == "auto":
-        key = calibration_key(threads=threads, text=text)
+        key = timing_key(threads=threads, text=text)
         root = root if root is not None else _cache_root(environ)
-        path = calibration_path(key, root)
-        timings, problem = read_calibration(path, key)
+        path = timing_path(key, root)
+        timings, problem = read_timings(path, key)
         if problem:
             _warn_once(f"warning: calibration {problem}; using the rule (python -m "
                        "fcn_graph.calibrate --force measures again)", warn)

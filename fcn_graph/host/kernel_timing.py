@@ -1,7 +1,7 @@
-"""The calibration behind `cpu_choice`: time the candidate forms of the layers
+"""The kernel timing behind `choice`: time the candidate forms of the layers
 the choices are about, with oneDNN off and on, and cache what it finds.
 
-`run_calibration` starts one fresh process per oneDNN setting (TensorFlow
+`run_timing` starts one fresh process per oneDNN setting (TensorFlow
 reads TF_ENABLE_ONEDNN_OPTS only when it loads); each runs `measure`, which
 times, at the full network's shapes for 224x224 and 512x512 inputs:
 - conv6 (7x7, C5 -> F) and conv7 (1x1, F -> F) as tf.nn.conv2d and as
@@ -210,13 +210,13 @@ def worker_command(setting, result, *, threads, scale):
             "--threads", str(threads), "--scale", repr(scale)]
 
 
-def run_calibration(*, threads=None, scale=1.0, root=None, log=None):
+def run_timing(*, threads=None, scale=1.0, root=None, log=None):
     """Measure with oneDNN off, then on, each in a fresh process; write and return
-    (path, record). The file goes to `choice.calibration_path` atomically."""
+    (path, record). The file goes to `choice.timing_path` atomically."""
     from fcn_graph.core.fileio import write_json_atomic
     threads = threads or choice.thread_count()
-    key = choice.calibration_key(threads=threads)
-    path = choice.calibration_path(key, root)
+    key = choice.timing_key(threads=threads)
+    path = choice.timing_path(key, root)
     started = time.time()
     timings = []
     with tempfile.TemporaryDirectory(prefix="fcn_calibrate_") as work:
@@ -247,13 +247,13 @@ def run_calibration(*, threads=None, scale=1.0, root=None, log=None):
                 raise UserError(f"calibration: {choice.ONEDNN_ENV}={setting} did not set "
                                 "oneDNN in the TensorFlow process (a build without oneDNN?)")
             timings.extend(rows)
-    record = choice.calibration_record(key, timings, time.time() - started)
+    record = choice.timing_record(key, timings, time.time() - started)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     write_json_atomic(path, record)
     return path, record
 
 
-def format_calibration(record, path=None):
+def format_timings(record, path=None):
     """The calibration as a table: one line per (pass, input, layer, form), ms
     with oneDNN off and on, then the choices for each task."""
     key = record["key"]

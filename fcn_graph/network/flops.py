@@ -1,4 +1,4 @@
-"""Analytic FLOP counts of an FCN, from `model.network` run on shapes.
+"""Analytic FLOP counts of an FCN, from `definition.network` run on shapes.
 
 FLOP = 2 x multiply-adds of every convolution and transposed convolution that
 runs, SAME padding included (a padded tap still costs its multiply-add):
@@ -24,7 +24,7 @@ from fcn_graph.network.spec import FC_WIDTH, VGG19_CONVS, VGG19_WIDTHS, ModelSpe
 
 
 class MacCounter(definition.ShapeLayers):
-    """`model.ShapeLayers` that also adds up each weighted layer's multiply-adds
+    """`definition.ShapeLayers` that also adds up each weighted layer's multiply-adds
     in `macs` (layer name -> MACs, in execution order)."""
 
     def __init__(self):
@@ -55,7 +55,7 @@ def layer_macs(batch, height, width, num_classes, *, vgg_widths=None,
 
     vgg_widths: conv name -> output channels (default VGG19's); the names are
     the model's end points (legacy: conv1_1 ... conv5_3, conv6, conv7, conv8,
-    conv_t1, conv_t2, conv_t3). head: as in `model.network`.
+    conv_t1, conv_t2, conv_t3). head: as in `definition.network`.
     """
     spec = _spec(num_classes, vgg_widths, fc_width, architecture, skips)
     return definition.trace(spec, batch=batch, height=height, width=width, head=head,

@@ -1,10 +1,10 @@
 """The FCN's layer operations written as ONNX nodes (`OnnxLayers`), for
-`onnx_engine.onnx_model`, which runs `model.network` with them.
+`onnx_engine.onnx_model`, which runs `definition.network` with them.
 
 NCHW throughout: `Conv`s that ONNX Runtime pre-packs once, 2x2 pools with
 TF's SAME padding (average pools that skip padded cells), and the upsampling
 in one of two forms, by kernel set: "reference", a `ConvTranspose` and the
-SAME crop; "cpu", the phase form of `cpu_kernels.upsample_by_phases` (one
+SAME crop; "cpu", the phase form of `cpu_layers.upsample_by_phases` (one
 dense `Conv` yielding all stride x stride phases, `DepthToSpace`, the crop),
 with conv6 as im2col + a 1x1 `Conv`. Crops are computed from the run-time
 shapes, so any input size works.
@@ -16,7 +16,7 @@ from fcn_graph.network import definition
 
 
 def _phase_kernel(kernel, stride):
-    """NumPy twin of `cpu_kernels.phase_kernel`: [k, k, C', Cin] -> [T, T, Cin, s*s*C']."""
+    """NumPy twin of `cpu_layers.phase_kernel`: [k, k, C', Cin] -> [T, T, Cin, s*s*C']."""
     k, _, c_out, c_in = kernel.shape
     taps = -(-k // stride)
     extra = taps * stride - k
@@ -98,7 +98,7 @@ class Builder:
                        axis=0)
 
     def upsample(self, net, kernel, bias, like, stride, hint):
-        """`model.upsample` in NCHW (plus `bias` unless it is None): output height
+        """`tf_layers.upsample` in NCHW (plus `bias` unless it is None): output height
         and width those of `like`."""
         k = kernel.shape[0]
         taps = -(-k // stride)
@@ -126,7 +126,7 @@ class Builder:
 
 
     def upsample_transposed(self, net, kernel, bias, like, stride, hint):
-        """`model.upsample` in NCHW as a ConvTranspose (the reference form): the
+        """`tf_layers.upsample` in NCHW as a ConvTranspose (the reference form): the
         full (h - 1) * s + k rows, then the SAME crop to the height and width of
         `like`, start ((h - 1) * s + k - H) // 2. Needs k >= s (every FCN head)."""
         k = kernel.shape[0]
@@ -149,7 +149,7 @@ class Builder:
 
 
 class OnnxLayers(definition.Layers):
-    """`model.Layers` writing ONNX nodes (NCHW) through a `Builder`, the weights
+    """`definition.Layers` writing ONNX nodes (NCHW) through a `Builder`, the weights
     taken from `weights` (name -> array, popped as the network reads them).
     A tensor is its ONNX name; `kernels` "cpu" writes conv6 as im2col + a 1x1
     Conv and every upsampling in the phase form, "reference" writes Conv and

@@ -70,7 +70,7 @@ class Evaluator:
 
 
 def build_model(images, spec, *, keep_prob, kernels="auto"):
-    """`model.build`, with an unavailable architecture reported as a config error."""
+    """`tf_layers.build`, with an unavailable architecture reported as a config error."""
     try:
         return tf_layers.build(images, spec, layers=choice.kernel_layers(kernels),
                                keep_prob=keep_prob)

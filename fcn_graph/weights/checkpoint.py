@@ -40,7 +40,7 @@ from fcn_graph.weights.checkpoint_files import (
 
 tf1 = tf.compat.v1
 
-SIDECAR_FORMAT = "fcn_graph.weights.checkpoint"
+SIDECAR_FORMAT = "fcn_graph.checkpoint"
 
 
 def checkpoint_problem(prefix, *, full=True):
