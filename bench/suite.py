@@ -681,28 +681,39 @@ def _peer_absence(results):
     return "no peer ran"
 
 
-def goals(results):
-    """Each goal as {"goal", "figure", "target", "status"} from a results dict
-    (a pure function of it). status: met, NOT met, not measured (the figure is
-    missing, the figure says why) or not comparable (a reduced width, against
-    a full-size target or the full-size peers)."""
-    settings = results.get("settings", {})
-    full = settings.get("full_width", True)
-    inference = results.get("inference")
-    found = []
+def _not_measured(goal, why, target):
+    return _goal(goal, f"not measured ({why})", target, "not measured")
 
-    def comparable(status):
-        return status if full else "not comparable (reduced width)"
 
-    # the default engine within 10 % of the fastest FP32 engine, in every case
-    goal = f"default engine within {100 * (WITHIN_FASTEST - 1):.0f} % of the fastest FP32 engine"
-    target = f"<= {WITHIN_FASTEST:.2f}x in every case"
-    default = settings.get("default_engine", "tf")
-    goal += f" ({default}, what --engine auto runs here)"
-    worst, missing = None, []
-    for case, rows in (inference or {}).items():
-        ours = {n: r for n, r in rows["ours"].items()
+class _Run:
+    """What the goal checks read of a results dict."""
+
+    def __init__(self, results):
+        self.results = results
+        settings = results.get("settings", {})
+        self.full = settings.get("full_width", True)
+        self.default_engine = settings.get("default_engine", "tf")
+        self.inference = results.get("inference")
+        self.not_run = results.get("not_run", {})
+        self.training = results.get("training")
+
+    def comparable(self, status):
+        return status if self.full else "not comparable (reduced width)"
+
+    def fp32_rows(self, rows):
+        return {n: r for n, r in rows["ours"].items()
                 if "error" not in r and not r.get("low_precision")}
+
+
+def _default_engine_near_fastest(run):
+    """The default engine within 10 % of the fastest FP32 engine, in every case."""
+    default = run.default_engine
+    goal = (f"default engine within {100 * (WITHIN_FASTEST - 1):.0f} % of the fastest FP32 "
+            f"engine ({default}, what --engine auto runs here)")
+    target = f"<= {WITHIN_FASTEST:.2f}x in every case"
+    worst, missing = None, []
+    for case, rows in (run.inference or {}).items():
+        ours = run.fp32_rows(rows)
         if default not in ours:
             missing.append(case)
             continue
@@ -711,26 +722,23 @@ def goals(results):
         if worst is None or ratio > worst[0]:
             worst = (ratio, case, fastest)
     if worst is None:
-        found.append(_goal(goal, "not measured (" + ("inference skipped" if inference is None
-                                                     else f"{default} did not run") + ")",
-                           target, "not measured"))
-    else:
-        ratio, case, fastest = worst
-        figure = (f"worst {_case_name(case)}: {default} {ratio:.2f}x of {fastest}"
-                  if fastest != default else f"{default} the fastest in every case")
-        if missing:
-            figure += f" ({default} not measured: {', '.join(missing)})"
-        found.append(_goal(goal, figure, target,
-                           _met(ratio <= WITHIN_FASTEST and not missing)))
+        return [_not_measured(goal, "inference skipped" if run.inference is None
+                              else f"{default} did not run", target)]
+    ratio, case, fastest = worst
+    figure = (f"worst {_case_name(case)}: {default} {ratio:.2f}x of {fastest}"
+              if fastest != default else f"{default} the fastest in every case")
+    if missing:
+        figure += f" ({default} not measured: {', '.join(missing)})"
+    return [_goal(goal, figure, target, _met(ratio <= WITHIN_FASTEST and not missing))]
 
-    # the fastest FP32 engine beats the best peer, in every case
+
+def _fastest_beats_peers(run):
+    """The fastest FP32 engine beats the best peer, in every case."""
     goal = "fastest FP32 engine faster than the best peer"
     target = "< 1.00x in every case"
     worst, no_peer = None, []
-    for case, rows in (inference or {}).items():
-        ours = {n: r for n, r in rows["ours"].items()
-                if "error" not in r and not r.get("low_precision")}
-        peer = best_peer(rows)
+    for case, rows in (run.inference or {}).items():
+        ours, peer = run.fp32_rows(rows), best_peer(rows)
         if peer is None or not ours:
             no_peer.append(case)
             continue
@@ -739,158 +747,183 @@ def goals(results):
         if worst is None or ratio > worst[0]:
             worst = (ratio, case, fastest, peer[0])
     if worst is None:
-        why = "inference skipped" if inference is None else _peer_absence(results)
-        found.append(_goal(goal, f"not measured ({why})", target, "not measured"))
-    else:
-        ratio, case, fastest, peer = worst
-        figure = f"worst {_case_name(case)}: {fastest} {ratio:.2f}x of peer {peer}"
-        if no_peer:
-            figure += f" (no peer figure: {', '.join(no_peer)})"
-        found.append(_goal(goal, figure, target, comparable(_met(ratio < 1.0))))
+        return [_not_measured(goal, "inference skipped" if run.inference is None
+                              else _peer_absence(run.results), target)]
+    ratio, case, fastest, peer = worst
+    figure = f"worst {_case_name(case)}: {fastest} {ratio:.2f}x of peer {peer}"
+    if no_peer:
+        figure += f" (no peer figure: {', '.join(no_peer)})"
+    return [_goal(goal, figure, target, run.comparable(_met(ratio < 1.0)))]
 
-    # bf16 and int8 at 512x512 against the best FP32 peer
-    for variant, label in (("tf-bf16", "bfloat16"), ("onnxruntime-int8", "int8")):
+
+LOW_PRECISION_VARIANTS = (("tf-bf16", "bfloat16"), ("onnxruntime-int8", "int8"))
+
+
+def _low_precision_speed(run):
+    """bf16 and int8 at 512x512 against the best FP32 peer."""
+    found = []
+    for variant, label in LOW_PRECISION_VARIANTS:
         goal = f"{label} at {_case_name(GOAL_CASE)} faster than the best FP32 peer"
         target = f">= {LOW_PRECISION_SPEEDUP:.1f}x"
-        rows = (inference or {}).get(GOAL_CASE)
+        rows = (run.inference or {}).get(GOAL_CASE)
         row = (rows or {}).get("ours", {}).get(variant)
         peer = best_peer(rows) if rows else None
-        if variant in results.get("not_run", {}):
-            found.append(_goal(goal, f"not measured ({results['not_run'][variant]})", target,
-                               "not measured"))
+        if variant in run.not_run:
+            found.append(_not_measured(goal, run.not_run[variant], target))
         elif rows is None:
-            found.append(_goal(goal, f"not measured ({GOAL_CASE} not run)", target,
-                               "not measured"))
+            found.append(_not_measured(goal, f"{GOAL_CASE} not run", target))
         elif row is None or "error" in row:
-            why = (row or {}).get("error", f"{variant} did not run")
-            found.append(_goal(goal, f"not measured ({why})", target, "not measured"))
+            found.append(_not_measured(goal, (row or {}).get("error", f"{variant} did not run"),
+                                       target))
         elif peer is None:
-            found.append(_goal(goal, f"not measured ({_peer_absence(results)})", target,
-                               "not measured"))
+            found.append(_not_measured(goal, _peer_absence(run.results), target))
         else:
             speedup = peer[1]["median_ms"] / row["median_ms"]
             found.append(_goal(goal, f"{variant} {speedup:.2f}x faster than peer {peer[0]}",
-                               target, comparable(_met(speedup >= LOW_PRECISION_SPEEDUP))))
+                               target, run.comparable(_met(speedup >= LOW_PRECISION_SPEEDUP))))
+    return found
 
-    # bf16 and int8 labels against FP32 (tf) on the run's random weights
-    for variant, label in (("tf-bf16", "bfloat16"), ("onnxruntime-int8", "int8")):
+
+def _low_precision_labels(run):
+    """bf16 and int8 labels against FP32 (tf) on the run's random weights."""
+    found = []
+    for variant, label in LOW_PRECISION_VARIANTS:
         goal = (f"{label} labels equal to FP32 (tf) on random weights (the goal is on trained "
                 "models: evaluate --precision)")
         target = f">= {100 * AGREEMENT:.1f} % of pixels in every case"
         agreements = {case: rows["ours"][variant]["label_agreement_vs_tf"]
-                      for case, rows in (inference or {}).items()
+                      for case, rows in (run.inference or {}).items()
                       if "label_agreement_vs_tf" in rows["ours"].get(variant, {})}
         if not agreements:
-            why = results.get("not_run", {}).get(variant) or (
-                "inference skipped" if inference is None else f"{variant} or tf did not run")
-            found.append(_goal(goal, f"not measured ({why})", target, "not measured"))
-        else:
-            case = min(agreements, key=agreements.get)
-            # Near-tied logits of random weights flip labels: informative only.
-            found.append(_goal(goal, f"worst {_case_name(case)}: {100 * agreements[case]:.2f} %",
-                               target, "informative"))
+            found.append(_not_measured(goal, run.not_run.get(variant) or (
+                "inference skipped" if run.inference is None
+                else f"{variant} or tf did not run"), target))
+            continue
+        case = min(agreements, key=agreements.get)
+        # Near-tied logits of random weights flip labels: informative only.
+        found.append(_goal(goal, f"worst {_case_name(case)}: {100 * agreements[case]:.2f} %",
+                           target, "informative"))
+    return found
 
-    from bench.cold_start import GOAL_GB, GOAL_RATIO, GOAL_SECONDS
-    # cold start on the fastest engine
+
+def _cold_start(run):
+    """Cold start on the engine fastest to start."""
+    from bench.cold_start import GOAL_GB, GOAL_SECONDS
     goal = "cold start, one 500x375 JPEG, the engine fastest to start"
     target = f"< {GOAL_SECONDS:g} s and < {GOAL_GB:g} GB"
-    cold = results.get("cold_start")
+    cold = run.results.get("cold_start")
     engine = (cold or {}).get("fastest_engine") or "tf"
-    run = next((run for run in cold_candidates((cold or {}).get("runs", []))
-                if run["engine"] == engine), None)
-    if run is None:
-        why = ("cold skipped" if cold is None else cold.get("error")
-               or f"no cold run of {engine}")
-        found.append(_goal(goal, f"not measured ({why})", target, "not measured"))
-    else:
-        ok = run["wall_s"] < GOAL_SECONDS and run["peak_bytes"] < GOAL_GB * 1e9
-        found.append(_goal(goal, f"{run['name']}: {run['wall_s']:.2f} s, "
-                                 f"{run['peak_bytes'] / 1e9:.2f} GB", target,
-                           comparable(_met(ok))))
+    found = next((r for r in cold_candidates((cold or {}).get("runs", []))
+                  if r["engine"] == engine), None)
+    if found is None:
+        return [_not_measured(goal, "cold skipped" if cold is None else cold.get("error")
+                              or f"no cold run of {engine}", target)]
+    ok = found["wall_s"] < GOAL_SECONDS and found["peak_bytes"] < GOAL_GB * 1e9
+    return [_goal(goal, f"{found['name']}: {found['wall_s']:.2f} s, "
+                        f"{found['peak_bytes'] / 1e9:.2f} GB", target, run.comparable(_met(ok)))]
 
-    # a folder at network speed
+
+def _folder_rate(run):
+    """A folder at network speed."""
+    from bench.cold_start import GOAL_RATIO
     goal = "folder of 500x375 JPEGs at network speed"
     target = f">= {100 * GOAL_RATIO:.0f} % of the network-only rate"
-    folder = results.get("folder")
+    folder = run.results.get("folder")
     if folder is None or "error" in folder:
-        why = "folder skipped" if folder is None else folder["error"]
-        found.append(_goal(goal, f"not measured ({why})", target, "not measured"))
-    else:
-        found.append(_goal(goal, f"{folder['engine']} {folder['folder_rate']:.2f} img/s, "
-                                 f"{100 * folder['ratio']:.1f} % of {folder['network_rate']:.2f}",
-                           target, _met(folder["ratio"] >= GOAL_RATIO)))
+        return [_not_measured(goal, "folder skipped" if folder is None else folder["error"],
+                              target)]
+    return [_goal(goal, f"{folder['engine']} {folder['folder_rate']:.2f} img/s, "
+                        f"{100 * folder['ratio']:.1f} % of {folder['network_rate']:.2f}",
+                  target, _met(folder["ratio"] >= GOAL_RATIO))]
 
-    # tiles: bounded memory and the same labels
-    tiles = results.get("tiles")
+
+def _tiles(run):
+    """Tiles: bounded memory and the same labels."""
+    tiles = run.results.get("tiles")
     goal = "6000x4000 tiled, full VGG19, peak RSS"
     target = f"< {TILE_PEAK_GB:g} GB"
     large = (tiles or {}).get("large")
     if large is None or "error" in large:
-        why = ("tiles skipped" if tiles is None else "not run with --quick" if large is None
-               else large["error"])
-        found.append(_goal(goal, f"not measured ({why})", target, "not measured"))
+        found = [_not_measured(goal, "tiles skipped" if tiles is None else
+                               "not run with --quick" if large is None else large["error"],
+                               target)]
     else:
         peak_gb = large["peak_mib"] * 2**20 / 1e9
-        found.append(_goal(goal, f"{peak_gb:.2f} GB ({large['peak_mib']} MiB, "
-                                 f"{large['tiles_run']} of {large['tiles']} tiles run)",
-                           target, comparable(_met(peak_gb < TILE_PEAK_GB))))
+        found = [_goal(goal, f"{peak_gb:.2f} GB ({large['peak_mib']} MiB, "
+                             f"{large['tiles_run']} of {large['tiles']} tiles run)",
+                       target, run.comparable(_met(peak_gb < TILE_PEAK_GB)))]
     goal = "tiled labels equal to whole-image labels (1024x768)"
     target = f">= {100 * AGREEMENT:.1f} % of pixels"
     agreement = (tiles or {}).get("agreement")
     if agreement is None or "error" in agreement:
-        why = "tiles skipped" if agreement is None else agreement["error"]
-        found.append(_goal(goal, f"not measured ({why})", target, "not measured"))
+        found.append(_not_measured(goal, "tiles skipped" if agreement is None
+                                   else agreement["error"], target))
     else:
         found.append(_goal(goal, f"{100 * agreement['agreement']:.2f} %", target,
                            _met(agreement["agreement"] >= AGREEMENT)))
+    return found
 
-    # training
-    training = results.get("training")
+
+def _training(run):
+    """The training step against the best peer and against sgemm, in float32 and bfloat16."""
+    training = run.training
     ours = (training or {}).get("ours", {}).get("tf")
+    peer = best_peer(training) if training else None
     goal = "training step (224x224 b2) faster than the best peer's"
     target = "< 1.00x"
-    peer = best_peer(training) if training else None
     if ours is None or "error" in ours:
-        why = ("training skipped" if training is None else (ours or {}).get("error", "no figure"))
-        found.append(_goal(goal, f"not measured ({why})", target, "not measured"))
+        found = [_not_measured(goal, "training skipped" if training is None
+                               else (ours or {}).get("error", "no figure"), target)]
     elif peer is None:
-        found.append(_goal(goal, f"not measured ({_peer_absence(results)})", target,
-                           "not measured"))
+        found = [_not_measured(goal, _peer_absence(run.results), target)]
     else:
         ratio = ours["median_ms"] / peer[1]["median_ms"]
-        found.append(_goal(goal, f"tf {ours['median_ms']:.0f} ms, {ratio:.2f}x of peer "
-                                 f"{peer[0]} ({peer[1]['median_ms']:.0f} ms)", target,
-                           comparable(_met(ratio < 1.0))))
+        found = [_goal(goal, f"tf {ours['median_ms']:.0f} ms, {ratio:.2f}x of peer "
+                             f"{peer[0]} ({peer[1]['median_ms']:.0f} ms)", target,
+                       run.comparable(_met(ratio < 1.0)))]
     goal = "training step at least 85 % of sgemm (with oneDNN, as train runs)"
     target = f">= {100 * TRAIN_SGEMM:.0f} %"
     if ours is None or "error" in ours or "sgemm_fraction" not in ours:
-        why = ("training skipped" if training is None else "no sgemm figure"
-               if ours and "error" not in ours else (ours or {}).get("error", "no figure"))
-        found.append(_goal(goal, f"not measured ({why})", target, "not measured"))
+        found.append(_not_measured(goal, "training skipped" if training is None
+                                   else "no sgemm figure" if ours and "error" not in ours
+                                   else (ours or {}).get("error", "no figure"), target))
     else:
         found.append(_goal(goal, f"{100 * ours['sgemm_fraction']:.0f} % "
                                  f"({ours['gflops']:.0f} GFLOP/s)", target,
-                           comparable(_met(ours["sgemm_fraction"] >= TRAIN_SGEMM))))
+                           run.comparable(_met(ours["sgemm_fraction"] >= TRAIN_SGEMM))))
     bf16 = (training or {}).get("ours", {}).get("tf-bf16")
     goal = "training step in bfloat16 (train.precision), vs the best peer and FP32 sgemm"
     target = f"< 1.00x and >= {100 * TRAIN_SGEMM:.0f} %{bench_report.FP32_MARK}"
     if bf16 is None or "error" in bf16:
-        why = ("training skipped" if training is None
-               else (bf16 or {}).get("error", results.get("not_run", {}).get(
-                   "tf-bf16", "no figure")))
-        found.append(_goal(goal, f"not measured ({why})", target, "not measured"))
+        found.append(_not_measured(goal, "training skipped" if training is None else
+                                   (bf16 or {}).get("error", run.not_run.get("tf-bf16",
+                                                                             "no figure")),
+                                   target))
     elif peer is None or "sgemm_fraction" not in bf16:
-        why = _peer_absence(results) if peer is None else "no sgemm figure"
-        found.append(_goal(goal, f"not measured ({why})", target, "not measured"))
+        found.append(_not_measured(goal, _peer_absence(run.results) if peer is None
+                                   else "no sgemm figure", target))
     else:
         ratio = bf16["median_ms"] / peer[1]["median_ms"]
         found.append(_goal(goal, f"tf-bf16 {bf16['median_ms']:.0f} ms, {ratio:.2f}x of peer "
                                  f"{peer[0]}, {100 * bf16['sgemm_fraction']:.0f} %"
-                                 f"{bench_report.FP32_MARK} "
-                                 f"({bf16['gflops']:.0f} GFLOP/s)", target,
-                           comparable(_met(ratio < 1.0 and bf16["sgemm_fraction"]
-                                           >= TRAIN_SGEMM))))
+                                 f"{bench_report.FP32_MARK} ({bf16['gflops']:.0f} GFLOP/s)",
+                           target, run.comparable(_met(ratio < 1.0 and bf16["sgemm_fraction"]
+                                                       >= TRAIN_SGEMM))))
     return found
+
+
+# The goal checks, in the report's order: each takes a `_Run` and returns its goals.
+GOAL_CHECKS = (_default_engine_near_fastest, _fastest_beats_peers, _low_precision_speed,
+               _low_precision_labels, _cold_start, _folder_rate, _tiles, _training)
+
+
+def goals(results):
+    """Each goal as {"goal", "figure", "target", "status"} from a results dict
+    (a pure function of it). status: met, NOT met, not measured (the figure is
+    missing, the figure says why) or not comparable (a reduced width, against
+    a full-size target or the full-size peers)."""
+    run = _Run(results)
+    return [goal for check in GOAL_CHECKS for goal in check(run)]
 
 
 # ---------------------------------------------------------------- the report
