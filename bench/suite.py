@@ -971,8 +971,8 @@ def _load(values):
     return "/".join(f"{v:.2f}" for v in values) if values else "?"
 
 
-def format_report(results):
-    """The printed report of a results dict."""
+def _header_lines(results):
+    """The run's time, machine, versions, load, network settings, sgemm and absent peers."""
     header, settings = results.get("header", {}), results.get("settings", {})
     lines = [f"fcn_graph benchmark suite, {results.get('suite_started_utc', '?')} UTC, "
              f"{results.get('seconds', '?')} s"]
@@ -1001,10 +1001,15 @@ def format_report(results):
                      f"{sgemm['median_gflops']:.1f} GFLOP/s median, {sgemm['best_gflops']:.1f} best")
     elif sgemm:
         lines.append(f"sgemm: failed: {sgemm['error']}")
-    unavailable = results.get("peers_unavailable") or {}
-    for name, why in unavailable.items():
+    for name, why in (results.get("peers_unavailable") or {}).items():
         lines.append(f"peer {name}: not run: {why}")
-    low = False
+    return lines
+
+
+def _contender_lines(results):
+    """The inference cases and the training step, each beside the peers."""
+    unavailable = results.get("peers_unavailable") or {}
+    lines, low = [], False
     for case, case_rows in (results.get("inference") or {}).items():
         lines.append("")
         lines += format_case(f"inference {_case_name(case)} (ms per call, best median of the "
@@ -1019,6 +1024,12 @@ def format_report(results):
         low = low or any(r.get("low_precision") for r in training["ours"].values())
     if low:
         lines.append(bench_report.FP32_NOTE)
+    return lines
+
+
+def _start_and_folder_lines(results):
+    """The cold start and the folder rate."""
+    lines = []
     cold = results.get("cold_start")
     if cold:
         lines.append("")
@@ -1040,25 +1051,37 @@ def format_report(results):
                          + (f" (medians of {folder['rounds']} rounds: "
                             f"{', '.join(f'{100 * r:.0f}' for r in folder['round_ratios'])} %)"
                             if folder.get("rounds", 1) > 1 else ""))
+    return lines
+
+
+def _tile_lines(results):
+    """The 6000x4000 tiled run and the tiled-against-whole agreement."""
     tiles = results.get("tiles")
-    if tiles:
-        lines.append("")
-        large = tiles.get("large")
-        if large and "error" in large:
-            lines.append(f"6000x4000 tiled: failed: {large['error']}")
-        elif large:
-            lines.append(f"6000x4000 tiled (tiles of {large['tile_size']}, {large['tiles']} "
-                         f"tiles, {large['tiles_run']} run, {large['seconds_per_tile']} s "
-                         f"each): peak RSS {large['peak_mib']} MiB")
-        agreement = tiles.get("agreement")
-        if agreement and "error" in agreement:
-            lines.append(f"1024x768 tiled against whole: failed: {agreement['error']}")
-        elif agreement:
-            lines.append(f"1024x768 tiled (--tile {AGREEMENT_TILE}) against whole: labels equal "
-                         f"on {100 * agreement['agreement']:.2f} %, max |logit difference| / "
-                         f"max |logit| {agreement['max_logit_difference']:.1e}")
-    lines.append("")
-    lines.append("goals:")
+    if not tiles:
+        return []
+    lines = [""]
+    large = tiles.get("large")
+    if large and "error" in large:
+        lines.append(f"6000x4000 tiled: failed: {large['error']}")
+    elif large:
+        lines.append(f"6000x4000 tiled (tiles of {large['tile_size']}, {large['tiles']} "
+                     f"tiles, {large['tiles_run']} run, {large['seconds_per_tile']} s "
+                     f"each): peak RSS {large['peak_mib']} MiB")
+    agreement = tiles.get("agreement")
+    if agreement and "error" in agreement:
+        lines.append(f"1024x768 tiled against whole: failed: {agreement['error']}")
+    elif agreement:
+        lines.append(f"1024x768 tiled (--tile {AGREEMENT_TILE}) against whole: labels equal "
+                     f"on {100 * agreement['agreement']:.2f} %, max |logit difference| / "
+                     f"max |logit| {agreement['max_logit_difference']:.1e}")
+    return lines
+
+
+def format_report(results):
+    """The printed report of a results dict."""
+    lines = (_header_lines(results) + _contender_lines(results)
+             + _start_and_folder_lines(results) + _tile_lines(results))
+    lines += ["", "goals:"]
     for goal in results.get("goals", []):
         lines.append(f"  {goal['goal']}: {goal['figure']}; target {goal['target']}: "
                      f"{goal['status']}")
