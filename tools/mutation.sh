@@ -14,8 +14,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # The modules and the mutants of each are listed in tools/mutation_table.py.
-declare -A PATTERNS=([model]=1 [metrics]=1 [loss]=1 [checkpoint]=1 [matconvnet]=1 [datasets]=1)
-ORDER=(loss metrics datasets checkpoint matconvnet model)  # the smallest first
+declare -A PATTERNS=([model]=1 [tf_layers]=1 [metrics]=1 [loss]=1 [checkpoint]=1 [matconvnet]=1 [datasets]=1)
+ORDER=(loss metrics datasets checkpoint matconvnet model tf_layers)  # the smallest first
 
 if [[ "${1:-}" != "--table" ]]; then
     modules=("$@")

@@ -14,6 +14,7 @@ import sys
 # module -> (file in mutants/, mutant name patterns), as tools/mutation.sh selects them
 MODULES = {
     "model": ("fcn_graph/network/definition.py", ["fcn_graph.network.definition.*"]),
+    "tf_layers": ("fcn_graph/network/tf_layers.py", ["fcn_graph.network.tf_layers.*"]),
     "metrics": ("fcn_graph/training/metrics.py", ["fcn_graph.training.metrics.*"]),
     "loss": ("fcn_graph/training/loop.py", ["fcn_graph.training.loop.x_segmentation_loss__mutmut_*",
                                          "fcn_graph.training.loop.x_kernel_l2__mutmut_*"]),

@@ -13,11 +13,9 @@ def return_freed_memory(threshold=32 * 2**20):
     that a large freed activation goes back to the system at once instead of
     staying in the heap, where the next call's differently sized tensors
     cannot always reuse it. Process-wide; the commands call it, a library
-    user may. 512x512 inference on the TF engine: run peak 1611 -> 1493 MiB at
-    the same speed. A lower threshold saves more memory but costs a page
-    fault per page of every smaller tensor on every call (128 KiB: 1377 MiB,
-    but 15 % slower at 224x224; docs/performance.md). Returns False where
-    there is no glibc."""
+    user may. A lower threshold returns more memory but costs a page fault
+    per page of every smaller tensor on every call. Returns False where there
+    is no glibc."""
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
