@@ -3,7 +3,7 @@
 import sys
 
 # Whether TensorFlow's oneDNN kernels run (TF_ENABLE_ONEDNN_OPTS) is chosen for
-# this CPU by fcn_graph.train.main, before TensorFlow loads (cpu_choice).
+# this CPU by fcn_graph.train.main, before TensorFlow loads (host.choice).
 from fcn_graph.core.errors import run_cli
 from fcn_graph.train import main
 

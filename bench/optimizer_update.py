@@ -31,7 +31,7 @@ def time_update(optimizer, shapes, repeats, warmup=2):
     import tensorflow as tf
 
     from bench import worker
-    from fcn_graph.training import make_optimizer
+    from fcn_graph.training.loop import make_optimizer
     tf1 = tf.compat.v1
     graph = tf.Graph()
     with graph.as_default():

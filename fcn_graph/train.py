@@ -49,7 +49,7 @@ def main(argv=None):
     choice.apply_onednn("training", threads=config.train.threads,
                             require=config.train.precision == "bfloat16")
     tflog.load_tensorflow()
-    from fcn_graph.training import train
+    from fcn_graph.training.loop import train
 
     train(config, exiting=True)
     return 0

@@ -361,14 +361,15 @@ def test_a_broken_cached_file_is_replaced_only_with_force(tmp_path, monkeypatch,
 
 def test_help_and_choices_never_import_tensorflow():
     code = ("import sys, contextlib, io\n"
-            "from fcn_graph import calibrate, cpu_choice, infer, evaluate, train\n"
+            "from fcn_graph import calibrate, infer, evaluate, train\n"
+            "from fcn_graph.host import choice\n"
             "for module in (calibrate, infer, evaluate, train):\n"
             "    with contextlib.redirect_stdout(io.StringIO()):\n"
             "        try:\n"
             "            module.main(['--help'])\n"
             "        except SystemExit:\n"
             "            pass\n"
-            "cpu_choice.choose('inference'); cpu_choice.apply_onednn('training')\n"
+            "choice.choose('inference'); choice.apply_onednn('training')\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'tensorflow'))\n")
     env = dict(os.environ, PYTHONPATH=CHECKOUT)
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,

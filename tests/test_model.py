@@ -274,8 +274,7 @@ def test_fcn_subtracts_a_mean_of_ints_or_float64_in_float32(mean):
     graph = tf.Graph()
     with graph.as_default():
         images = tf1.placeholder(tf.float32, [None, None, None, 3])
-        _, _, end_points = tf_layers.fcn(images, tiny_spec(), mean_pixel=mean,
-                                         kernels="reference")
+        _, _, end_points = tf_layers.fcn(images, tiny_spec(), mean_pixel=mean)
     constant = graph.get_tensor_by_name("inference/mean_pixel:0")
     assert end_points["centred"].dtype == tf.float32 and constant.dtype == tf.float32
     with tf1.Session(graph=graph) as sess:
