@@ -27,6 +27,7 @@ PEERS_DIR = os.path.join(HERE, "..", "..", "shared", "bench-peers")
 sys.path.insert(0, os.path.join(HERE, ".."))  # bench and fcn_graph without installing them
 
 from bench.worker import case_images  # noqa: E402
+from fcn_graph.cli_numbers import REPEATS_RANGE  # noqa: E402
 from fcn_graph.errors import run_cli  # noqa: E402
 
 THREADS = 2
@@ -132,7 +133,7 @@ def main(argv=None):
     parser.add_argument("engine", choices=("tf", "onnxruntime", "torch"))
     parser.add_argument("--cases", default="224x1,512x1,224x8",
                         help="SIZExBATCH, comma-separated (square images)")
-    parser.add_argument("--rounds", type=int, default=7, help="timed calls of each contender")
+    parser.add_argument("--rounds", type=REPEATS_RANGE, default=7, help="timed calls of each contender")
     parser.add_argument("--work", default="/tmp/fcn_side", help="where our weights are written")
     parser.add_argument("--peer-onnx", default="/tmp/peer_bench_work/fcn8s_vgg19.onnx")
     parser.add_argument("--onnx", help="torch: our ONNX model (written by the other modes)")

@@ -17,6 +17,7 @@ import sys
 import numpy as np
 
 from fcn_graph import cpu_choice, image_files, tflog, tiling
+from fcn_graph.cli_numbers import IMAGE_COUNT_RANGE
 from fcn_graph.config import SPLIT_KEYS, add_config_args, add_kernels_arg, load_config
 from fcn_graph.constants import ENGINES, IGNORE_LABEL, INFERENCE_PRECISIONS
 from fcn_graph.errors import UserError, run_cli
@@ -55,7 +56,7 @@ def build_parser():
                              "runs float32 on the same split and reports the mean IU of both "
                              "and the fraction of pixels whose labels agree")
     add_calibration_arg(parser)
-    parser.add_argument("--max-images", type=int, default=None,
+    parser.add_argument("--max-images", type=IMAGE_COUNT_RANGE, default=None,
                         help="evaluate only the first N images of the split")
     tiling.add_tile_args(parser)
     return parser
@@ -64,8 +65,6 @@ def build_parser():
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.max_images is not None and args.max_images < 1:
-        parser.error(f"--max-images: expected a positive integer, found {args.max_images}")
     tile = tiling.tile_option(parser, args)
     calibration = resolve_precision_args(parser, args)
     reads = [*SPLIT_KEYS, "model.num_classes", "train.threads"]

@@ -60,6 +60,7 @@ import logging
 import sys
 
 from fcn_graph import image_files, onnx_engine, tflog
+from fcn_graph.cli_numbers import Range
 from fcn_graph.constants import EXPORT_FORMATS, KERNELS
 from fcn_graph.errors import UserError, run_cli
 from fcn_graph.quantize import CALIBRATION_IMAGES
@@ -73,7 +74,8 @@ def build_parser():
     parser.add_argument("--format", required=True, choices=EXPORT_FORMATS, help="what to write")
     parser.add_argument("--out", required=True,
                         help="SavedModel directory, or the .pb / .onnx file to write")
-    parser.add_argument("--opset", type=int, default=None,
+    parser.add_argument("--opset", type=Range(onnx_engine.MIN_OPSET, 99, integer=True),
+                        default=None,
                         help=f"ONNX opset (default {onnx_engine.DEFAULT_OPSET}, >= "
                              f"{onnx_engine.MIN_OPSET})")
     parser.add_argument("--external-data", action="store_true",

@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from fcn_graph import calibrate, calibration, cpu_choice, cpuinfo
+from fcn_graph.cli_numbers import max_threads
 from fcn_graph.errors import run_cli
 from fcn_graph.fileio import write_json_atomic
 
@@ -327,10 +328,10 @@ def test_a_failed_or_wrong_worker_is_one_line(tmp_path, monkeypatch):
 # ---------------------------------------------------------------- the command
 
 @pytest.mark.parametrize("argv,message", [
-    (["--threads", "0"], "argument --threads: expected a positive integer, found '0'"),
-    (["--threads", "two"], "argument --threads: expected a positive integer, found 'two'"),
+    (["--threads", "0"], f"argument --threads: expected an integer in 1..{max_threads()}, found '0'"),
+    (["--threads", "two"], f"argument --threads: expected an integer in 1..{max_threads()}, found 'two'"),
     (["--show", "--force"], "--show and --force: pick one"),
-    (["--scale", "nan"], "argument --scale: expected a positive number, found 'nan'"),
+    (["--scale", "nan"], "argument --scale: expected a number in (0, 1], found 'nan' (not a finite number)"),
     (["--measure", "1"], "--measure: needs --result"),
 ])
 def test_bad_flags_are_one_line_errors(argv, message, capsys):
