@@ -215,6 +215,7 @@ def run_calibration(*, threads=None, scale=1.0, root=None, log=None):
     """Measure with oneDNN off, then on, each in a fresh process; write and return
     (path, record). The file goes to `cpu_choice.calibration_path` atomically."""
     from fcn_graph.fileio import write_json_atomic
+    from fcn_graph.private_cache import make_private_folder
     threads = threads or cpu_choice.thread_count()
     key = cpu_choice.calibration_key(threads=threads)
     path = cpu_choice.calibration_path(key, root)
@@ -249,7 +250,16 @@ def run_calibration(*, threads=None, scale=1.0, root=None, log=None):
                                 "oneDNN in the TensorFlow process (a build without oneDNN?)")
             timings.extend(rows)
     record = cpu_choice.calibration_record(key, timings, time.time() - started)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    folder = os.path.dirname(path)
+    for private in (os.path.dirname(folder), folder):
+        try:
+            problem = make_private_folder(private, follow=private != folder)
+        except OSError as err:
+            raise UserError(f"{private}: cannot write the calibration "
+                            f"({err.strerror or err})") from None
+        if problem is not None:
+            raise UserError(f"{private}: {problem}; expected a folder only this user can write "
+                            "(the calibration is not written there)")
     write_json_atomic(path, record)
     return path, record
 
