@@ -167,7 +167,7 @@ def build_parser():
     parser.add_argument("--save-scores", action="store_true",
                         help="also write <stem>_scores.npy, float32 [H, W, K] logits")
     parser.add_argument("--mean", type=MEAN_RANGE, nargs=3, metavar=("R", "G", "B"),
-                        help="mean pixel for checkpoints without a sidecar "
+                        help="mean pixel for checkpoints without a sidecar, 0..255 each "
                              f"(default: the VGG mean {list(VGG_MEAN_RGB)})")
     parser.add_argument("--batch", type=BATCH_RANGE, default=1,
                         help="run up to N consecutive same-sized images together "
