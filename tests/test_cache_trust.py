@@ -273,3 +273,32 @@ def test_a_private_folder_is_made_0700_and_a_shared_one_refused(tmp_path):
     (tmp_path / "file").write_bytes(b"")
     with pytest.raises(NotADirectoryError):
         private_cache.make_private_folder(str(tmp_path / "file"))
+
+
+def test_onnxruntime_never_serves_the_model_of_a_replaced_shard(tmp_path, monkeypatch):
+    """Two checkpoints of the same shapes: the shard of one copied over the
+    other's (the same size, under the same .index) is a miss, never the old model."""
+    pytest.importorskip("onnxruntime")
+    import glob
+    import shutil
+
+    from tinyvgg import write_tiny_checkpoint
+
+    from fcn_graph import onnx_engine, port
+    monkeypatch.setenv("FCN_GRAPH_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "a").mkdir()
+    prefix = write_tiny_checkpoint(tmp_path / "a")
+    other = str(tmp_path / "b" / "start")
+    assert port.main(["mat2ckpt", str(tmp_path / "a" / "vgg.mat"), "--num-classes", "4",
+                      "--fc-width", "6", "--seed", "1", "--out", other]) == 0
+    with onnx_engine.converted_model(prefix):
+        pass
+    found = onnx_engine.find_converted(prefix)
+    assert found is not None and found.hit
+    found.close()
+    (shard,) = glob.glob(prefix + ".data-*")
+    replacement = other + shard[len(prefix):]
+    assert os.path.getsize(shard) == os.path.getsize(replacement)
+    assert open(shard, "rb").read() != open(replacement, "rb").read()
+    shutil.copyfile(replacement, shard)
+    assert onnx_engine.find_converted(prefix) is None
