@@ -31,6 +31,7 @@ from fcn_graph.cli_numbers import REPEATS_RANGE  # noqa: E402
 from fcn_graph.errors import run_cli  # noqa: E402
 
 THREADS = 2
+MAX_CASE_SIZE, MAX_CASE_BATCH = 8192, 1024     # --cases SIZExBATCH
 
 
 def ours_weights(work):
@@ -120,8 +121,10 @@ def cases_and_rounds(parser, args):
     cases = []
     for case in args.cases.split(","):
         size, _, batch = case.partition("x")
-        if not (size.isdigit() and batch.isdigit() and int(size) > 0 and int(batch) > 0):
-            parser.error(f"--cases: expected SIZExBATCH like 224x1, found {case!r}")
+        if not (size.isdigit() and batch.isdigit() and len(size + batch) < 12
+                and 0 < int(size) <= MAX_CASE_SIZE and 0 < int(batch) <= MAX_CASE_BATCH):
+            parser.error(f"--cases: expected SIZExBATCH like 224x1 (SIZE 1..{MAX_CASE_SIZE}, "
+                         f"BATCH 1..{MAX_CASE_BATCH}), found {case[:40]!r}")
         cases.append((int(size), int(batch)))
     if args.rounds < 1:
         parser.error(f"--rounds: expected a positive integer, found {args.rounds}")

@@ -5,7 +5,7 @@ comments (read with `commentjson`) overrides them, and `--set section.key=value`
 on the command line overrides the file. Unknown sections or keys, wrong types
 and impossible values are `UserError`s naming the key and where it came from:
 
-    config.json: train.batch_size: expected a positive integer, found -2
+    config.json: train.batch_size: expected an integer in 1..4096, found -2
 
 Relative paths in the config are taken relative to the current directory.
 """

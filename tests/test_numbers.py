@@ -72,7 +72,9 @@ FLAGS = [
     ("bench/optimizer_update", optimizer_update.main, [], "--step-gflop", [], False),
     ("bench/optimizer_update", optimizer_update.main, [], "--sgemm", [], False),
     ("bench/precision", precision.main, [], "--rounds", [], False),
+    ("bench/precision", precision.main, [], "--cases", [], False),
     ("bench/side_by_side", side_by_side.main, ["tf"], "--rounds", [], False),
+    ("bench/side_by_side", side_by_side.main, ["tf"], "--cases", [], False),
     ("bench/suite", suite.main, [], "--rounds", [], False),
     ("bench/tiled_memory", tiled_memory.main, [], "--height", [], False),
     ("bench/tiled_memory", tiled_memory.main, [], "--width", [], False),
@@ -109,6 +111,16 @@ def test_a_bad_number_is_one_line_naming_the_flag(main, before, flag, value, aft
     assert flag in lines[-1] and "expected" in lines[-1] and "Traceback" not in lines[-1]
     assert "found" in lines[-1] and value[:3] in lines[-1]
     assert os.listdir(tmp_path) == []         # nothing made before the check
+
+
+@pytest.mark.parametrize("case", ["224x1025", "8193x1", "224x0", "224x" + TOO_LONG])
+def test_bench_cases_have_a_ceiling(case, capsys):
+    with pytest.raises(SystemExit) as stop:
+        side_by_side.main(["tf", "--cases", f"224x1,{case}"])
+    assert stop.value.code == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--cases: expected SIZExBATCH like 224x1 (SIZE 1..8192, BATCH 1..1024)" in line
+    assert len(line) < 200
 
 
 def test_threads_have_a_ceiling_of_four_per_core(capsys):
