@@ -30,6 +30,14 @@ import sys
 import tempfile
 import time
 
+from fcn_graph.core.ranges import (
+    FC_WIDTH_RANGE,
+    NUM_CLASSES_RANGE,
+    REPEATS_RANGE,
+    WIDTH_MULTIPLIER_RANGE,
+    Range,
+)
+
 CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIME = "/usr/bin/time"
 GOAL_SECONDS, GOAL_GB, GOAL_RATIO = 2.5, 1.5, 0.95
@@ -222,21 +230,19 @@ def main(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--engines", default="tf,onnxruntime",
                         help="engines to measure, comma-separated (default tf,onnxruntime)")
-    parser.add_argument("--images", type=int, default=100,
+    parser.add_argument("--images", type=Range(0, 10**6, integer=True), default=100,
                         help="JPEGs in the folder (default 100; 0 skips the folder figures)")
-    parser.add_argument("--network-calls", type=int, default=10,
+    parser.add_argument("--network-calls", type=REPEATS_RANGE, default=10,
                         help="timed calls of the network alone (default 10)")
-    parser.add_argument("--rounds", type=int, default=10,
+    parser.add_argument("--rounds", type=REPEATS_RANGE, default=10,
                         help="the folder split into this many runs, each followed by the "
                              "network alone; the medians count (default 10)")
-    parser.add_argument("--width-multiplier", type=float, default=1.0,
+    parser.add_argument("--width-multiplier", type=WIDTH_MULTIPLIER_RANGE, default=1.0,
                         help="VGG widths times this (default 1.0, the full VGG19)")
-    parser.add_argument("--fc-width", type=int, default=4096, help="conv6/conv7 width")
-    parser.add_argument("--num-classes", type=int, default=21)
+    parser.add_argument("--fc-width", type=FC_WIDTH_RANGE, default=4096, help="conv6/conv7 width")
+    parser.add_argument("--num-classes", type=NUM_CLASSES_RANGE, default=21)
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = parser.parse_args(argv)
-    if args.images < 0 or args.network_calls < 1 or args.rounds < 1:
-        parser.error("--images: expected 0 or more, --network-calls and --rounds: 1 or more")
     if 0 < args.images < 3 * args.rounds:
         parser.error(f"--images {args.images} for --rounds {args.rounds}: expected at least 3 "
                      "images a round")

@@ -53,6 +53,14 @@ from bench.worker import worker_main
 from fcn_graph.core.constants import KERNELS
 from fcn_graph.core.errors import UserError
 from fcn_graph.core.fileio import check_output_file, json_written_with, write_json_atomic
+from fcn_graph.core.ranges import (
+    FC_WIDTH_RANGE,
+    NUM_CLASSES_RANGE,
+    REPEATS_RANGE,
+    WIDTH_MULTIPLIER_RANGE,
+    Range,
+    threads_range,
+)
 
 # The source checkout that holds bench/ and fcn_graph/: put on the workers' path.
 CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -299,26 +307,26 @@ def build_parser():
                         help="kernel set of every variant (and of the ONNX model): reference, "
                              "cpu, or auto (default: reference when a GPU is seen, else cpu); "
                              "-reference/-cpu in a variant override it")
-    parser.add_argument("--repeats", type=int, default=5,
+    parser.add_argument("--repeats", type=REPEATS_RANGE, default=5,
                         help="timed calls per case, at least (default 5)")
-    parser.add_argument("--warmup", type=int, default=2,
+    parser.add_argument("--warmup", type=Range(0, 1000, integer=True), default=2,
                         help="untimed calls first, the first includes graph optimisation "
                              "(default 2)")
-    parser.add_argument("--min-seconds", type=float, default=0.0,
+    parser.add_argument("--min-seconds", type=Range(0, 86400, unit="seconds"), default=0.0,
                         help="keep timing until this many seconds have passed (default 0)")
-    parser.add_argument("--threads", type=int, default=None,
+    parser.add_argument("--threads", type=threads_range(), default=None,
                         help="threads per op, and for the sgemm probe (default: every core)")
     parser.add_argument("--profile-case", default="224_b1",
                         help="case to trace per layer with the tf variant, or 'none' "
                              "(default 224_b1)")
-    parser.add_argument("--width-multiplier", type=float, default=1.0,
+    parser.add_argument("--width-multiplier", type=WIDTH_MULTIPLIER_RANGE, default=1.0,
                         help="scale the VGG widths (default 1: real VGG19)")
-    parser.add_argument("--fc-width", type=int, default=4096,
+    parser.add_argument("--fc-width", type=FC_WIDTH_RANGE, default=4096,
                         help="conv6/conv7 channels (default 4096)")
-    parser.add_argument("--num-classes", type=int, default=NUM_CLASSES,
+    parser.add_argument("--num-classes", type=NUM_CLASSES_RANGE, default=NUM_CLASSES,
                         help=f"classes (default {NUM_CLASSES})")
-    parser.add_argument("--sgemm-size", type=int, default=4096, help=argparse.SUPPRESS)
-    parser.add_argument("--sgemm-repeats", type=int, default=5,
+    parser.add_argument("--sgemm-size", type=Range(1, 65536, integer=True), default=4096, help=argparse.SUPPRESS)
+    parser.add_argument("--sgemm-repeats", type=REPEATS_RANGE, default=5,
                         help="timed sgemm calls (default 5)")
     parser.add_argument("--out", default=None,
                         help="JSON file to write (default bench/results/bench-<UTC time>.json)")

@@ -22,6 +22,14 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from fcn_graph.core.ranges import (  # noqa: E402
+    FC_WIDTH_RANGE,
+    NUM_CLASSES_RANGE,
+    REPEATS_RANGE,
+    WIDTH_MULTIPLIER_RANGE,
+    Range,
+)
+
 ACCESSES = {"adam": 7, "momentum": 5}  # float32 reads + writes per weight
 
 
@@ -58,24 +66,17 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python bench/optimizer_update.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--optimizer", choices=sorted(ACCESSES), default="adam")
-    parser.add_argument("--num-classes", type=int, default=21)
-    parser.add_argument("--width-multiplier", type=float, default=1.0,
+    parser.add_argument("--num-classes", type=NUM_CLASSES_RANGE, default=21)
+    parser.add_argument("--width-multiplier", type=WIDTH_MULTIPLIER_RANGE, default=1.0,
                         help="VGG widths times this (default 1: the real VGG19)")
-    parser.add_argument("--fc-width", type=int, default=4096)
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--step-gflop", type=float, default=None,
+    parser.add_argument("--fc-width", type=FC_WIDTH_RANGE, default=4096)
+    parser.add_argument("--repeats", type=REPEATS_RANGE, default=7)
+    parser.add_argument("--step-gflop", type=Range(0, 1e9, low_open=True), default=None,
                         help="a training step's FLOP count, for the ceiling (default: 224x224 "
                              "batch 2 of this model)")
-    parser.add_argument("--sgemm", type=float, default=None,
+    parser.add_argument("--sgemm", type=Range(0, 1e9, low_open=True), default=None,
                         help="sgemm GFLOP/s, for the ceiling (default: measured here)")
     args = parser.parse_args(argv)
-    if args.repeats < 1 or args.num_classes < 1 or args.fc_width < 1 or \
-            args.width_multiplier <= 0:
-        parser.error("--repeats, --num-classes, --fc-width: expected 1 or more; "
-                     "--width-multiplier: expected more than 0")
-    for flag, value in (("--step-gflop", args.step_gflop), ("--sgemm", args.sgemm)):
-        if value is not None and not value > 0:
-            parser.error(f"{flag}: expected a number above 0, found {value}")
     from bench import worker
     from fcn_graph.network import definition, flops
     from fcn_graph.network.spec import scaled_vgg_widths

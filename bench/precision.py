@@ -29,6 +29,7 @@ sys.path.insert(0, os.path.join(HERE, ".."))  # bench and fcn_graph without inst
 from bench.side_by_side import cases_and_rounds, interleave, ours_weights  # noqa: E402
 from bench.worker import case_images, generated_calibration  # noqa: E402
 from fcn_graph.core.errors import UserError, run_cli  # noqa: E402
+from fcn_graph.core.ranges import REPEATS_RANGE  # noqa: E402
 
 THREADS = 2
 REFERENCE = "onnxruntime float32"
@@ -71,7 +72,7 @@ def main(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", default="224x1,512x1,224x8",
                         help="SIZExBATCH, comma-separated (square images)")
-    parser.add_argument("--rounds", type=int, default=7, help="timed calls of each contender")
+    parser.add_argument("--rounds", type=REPEATS_RANGE, default=7, help="timed calls of each contender")
     parser.add_argument("--work", default="/tmp/fcn_precision",
                         help="where the weights and the two ONNX models are written")
     parser.add_argument("--calibration", default=None, metavar="DIR",

@@ -28,8 +28,10 @@ sys.path.insert(0, os.path.join(HERE, ".."))  # bench and fcn_graph without inst
 
 from bench.worker import case_images  # noqa: E402
 from fcn_graph.core.errors import run_cli  # noqa: E402
+from fcn_graph.core.ranges import REPEATS_RANGE  # noqa: E402
 
 THREADS = 2
+MAX_CASE_SIZE, MAX_CASE_BATCH = 8192, 1024     # --cases SIZExBATCH
 
 
 def ours_weights(work):
@@ -119,8 +121,10 @@ def cases_and_rounds(parser, args):
     cases = []
     for case in args.cases.split(","):
         size, _, batch = case.partition("x")
-        if not (size.isdigit() and batch.isdigit() and int(size) > 0 and int(batch) > 0):
-            parser.error(f"--cases: expected SIZExBATCH like 224x1, found {case!r}")
+        if not (size.isdigit() and batch.isdigit() and len(size + batch) < 12
+                and 0 < int(size) <= MAX_CASE_SIZE and 0 < int(batch) <= MAX_CASE_BATCH):
+            parser.error(f"--cases: expected SIZExBATCH like 224x1 (SIZE 1..{MAX_CASE_SIZE}, "
+                         f"BATCH 1..{MAX_CASE_BATCH}), found {case[:40]!r}")
         cases.append((int(size), int(batch)))
     if args.rounds < 1:
         parser.error(f"--rounds: expected a positive integer, found {args.rounds}")
@@ -132,7 +136,7 @@ def main(argv=None):
     parser.add_argument("engine", choices=("tf", "onnxruntime", "torch"))
     parser.add_argument("--cases", default="224x1,512x1,224x8",
                         help="SIZExBATCH, comma-separated (square images)")
-    parser.add_argument("--rounds", type=int, default=7, help="timed calls of each contender")
+    parser.add_argument("--rounds", type=REPEATS_RANGE, default=7, help="timed calls of each contender")
     parser.add_argument("--work", default="/tmp/fcn_side", help="where our weights are written")
     parser.add_argument("--peer-onnx", default="/tmp/peer_bench_work/fcn8s_vgg19.onnx")
     parser.add_argument("--onnx", help="torch: our ONNX model (written by the other modes)")

@@ -57,6 +57,7 @@ sys.path.insert(0, CHECKOUT)  # bench and fcn_graph without installing them
 from bench import cases as bench_cases  # noqa: E402
 from bench import report as bench_report  # noqa: E402
 from fcn_graph.core.errors import UserError, run_cli  # noqa: E402
+from fcn_graph.core.ranges import REPEATS_RANGE  # noqa: E402
 from fcn_graph.host.choice import choose_engine  # noqa: E402
 
 PEERS_DIR = os.path.normpath(os.path.join(CHECKOUT, "..", "shared", "bench-peers"))
@@ -136,17 +137,6 @@ def estimate_seconds(rounds=2, *, repeats=5, warmup=2, ours=4, images=FOLDER_IMA
 
 # ---------------------------------------------------------------- arguments
 
-def _positive_int(text):
-    """argparse type: a whole number, at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number, at least 1, found {text!r}")
-    return value
-
-
 class _Parser(argparse.ArgumentParser):
     """Reports a bad argument as a UserError: one line, exit status 2."""
 
@@ -172,7 +162,7 @@ def build_parser():
                         help=f"comma-separated parts to leave out: {', '.join(PARTS)}")
     parser.add_argument("--cases", default=None,
                         help=f"inference cases (default {','.join(INFERENCE_CASES)})")
-    parser.add_argument("--rounds", type=_positive_int, default=None, metavar="N",
+    parser.add_argument("--rounds", type=REPEATS_RANGE, default=None, metavar="N",
                         help="rounds over the contenders, each keeping its best median "
                              "(default 2; 1 with --quick)")
     parser.add_argument("--peer-python", default=PEER_PYTHON, metavar="PATH",

@@ -25,6 +25,8 @@ import time
 
 import numpy as np
 
+from fcn_graph.core.ranges import MEMORY_BUDGET_RANGE, SEED_RANGE, Range
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
@@ -164,18 +166,18 @@ def main(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--prefix", help=argparse.SUPPRESS)
-    parser.add_argument("--height", type=int, default=4000, help=argparse.SUPPRESS)
-    parser.add_argument("--width", type=int, default=6000, help=argparse.SUPPRESS)
-    parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--height", type=Range(1, 65536, integer=True), default=4000, help=argparse.SUPPRESS)
+    parser.add_argument("--width", type=Range(1, 65536, integer=True), default=6000, help=argparse.SUPPRESS)
+    parser.add_argument("--seed", type=SEED_RANGE, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--save", help=argparse.SUPPRESS)
     parser.add_argument("--scores", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--only", default="large,agreement,tiny",
                         help="comma-separated: large, agreement, tiny (default all)")
     parser.add_argument("--tile", default="auto", help="--tile of the large image (default auto)")
-    parser.add_argument("--memory-budget", type=float, default=2.0,
+    parser.add_argument("--memory-budget", type=MEMORY_BUDGET_RANGE, default=2.0,
                         help="--memory-budget in GB (default 2)")
     parser.add_argument("--engine", default="tf", help="tf or onnxruntime (default tf)")
-    parser.add_argument("--max-tiles", type=int, default=None,
+    parser.add_argument("--max-tiles", type=Range(1, 10**6, integer=True), default=None,
                         help="large: stop after N tiles and extrapolate the time from their "
                              "mean (the peak is reached by the first tiles: every tile has "
                              "the same size, and the labels are allocated at the first)")

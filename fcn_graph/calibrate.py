@@ -21,33 +21,14 @@ import json
 import sys
 
 from fcn_graph.core.errors import UserError, run_cli
+from fcn_graph.core.ranges import Range, threads_range
 from fcn_graph.host import choice
-
-
-def positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, found {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, found {text!r}")
-    return value
-
-
-def positive_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, found {text!r}")
-    return value
 
 
 def build_parser():
     parser = argparse.ArgumentParser(prog="python -m fcn_graph.calibrate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--threads", type=positive_int, default=None,
+    parser.add_argument("--threads", type=threads_range(), default=None,
                         help="threads per op to measure with (default: every core); "
                              "commands use the calibration of their own thread count")
     parser.add_argument("--show", action="store_true",
@@ -57,7 +38,8 @@ def build_parser():
                              "a cached file that cannot be read)")
     # internal: the layers' channels scaled by this (tests), and one oneDNN
     # setting measured in this process, its rows written to --result
-    parser.add_argument("--scale", type=positive_float, default=1.0, help=argparse.SUPPRESS)
+    parser.add_argument("--scale", type=Range(0, 1, low_open=True), default=1.0,
+                        help=argparse.SUPPRESS)
     parser.add_argument("--measure", choices=("0", "1"), help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     return parser

@@ -4,6 +4,7 @@ take (`--config`/`--set`, `--kernels`, `--tile`/`--memory-budget`,
 Only the commands import this module."""
 
 from fcn_graph.core.constants import KERNELS
+from fcn_graph.core.ranges import MEMORY_BUDGET_RANGE
 from fcn_graph.engines.int8_model import CALIBRATION_IMAGES, calibration_files
 from fcn_graph.engines.tiling import DEFAULT_MEMORY_BUDGET_GB, check_memory_budget, parse_tile
 from fcn_graph.host.choice import choose_engine
@@ -45,9 +46,10 @@ def add_tile_args(parser):
              "estimated activation memory exceeds --memory-budget; SIZE (a multiple of 32) "
              "tiles every image larger than SIZE x SIZE; off runs every image whole")
     parser.add_argument(
-        "--memory-budget", type=float, default=DEFAULT_MEMORY_BUDGET_GB, metavar="GB",
-        help=f"activation memory allowed for one image with --tile auto "
-             f"(default {DEFAULT_MEMORY_BUDGET_GB:g})")
+        "--memory-budget", type=MEMORY_BUDGET_RANGE, default=DEFAULT_MEMORY_BUDGET_GB,
+        metavar="GB", help=f"activation memory allowed for one image with --tile auto "
+                           f"({MEMORY_BUDGET_RANGE.describe()}, default "
+                           f"{DEFAULT_MEMORY_BUDGET_GB:g})")
 
 
 def tile_option(parser, args):

@@ -17,6 +17,7 @@ import sys
 import numpy as np
 
 from fcn_graph import cli
+from fcn_graph.core.config import SPLIT_KEYS, load_config
 from fcn_graph.core.constants import ENGINES, IGNORE_LABEL, INFERENCE_PRECISIONS
 from fcn_graph.core.errors import UserError, run_cli
 from fcn_graph.core.fileio import (
@@ -26,11 +27,11 @@ from fcn_graph.core.fileio import (
     write_json_atomic,
 )
 from fcn_graph.core.progress import Progress
+from fcn_graph.core.ranges import IMAGE_COUNT_RANGE
 from fcn_graph.data import image_files
 from fcn_graph.engines import tiling
 from fcn_graph.host import choice, tflog
 from fcn_graph.host.memory import return_freed_memory
-from fcn_graph.training.config import SPLIT_KEYS, load_config
 from fcn_graph.training.metrics import METRICS_KEYS, format_metrics, format_value, metrics_record
 
 
@@ -62,7 +63,7 @@ def build_parser():
                              "runs float32 on the same split and reports the mean IU of both "
                              "and the fraction of pixels whose labels agree")
     cli.add_calibration_arg(parser)
-    parser.add_argument("--max-images", type=int, default=None,
+    parser.add_argument("--max-images", type=IMAGE_COUNT_RANGE, default=None,
                         help="evaluate only the first N images of the split")
     cli.add_tile_args(parser)
     return parser
@@ -71,8 +72,6 @@ def build_parser():
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.max_images is not None and args.max_images < 1:
-        parser.error(f"--max-images: expected a positive integer, found {args.max_images}")
     tile = cli.tile_option(parser, args)
     args.engine, args.engine_reason, calibration = cli.resolve_precision_args(parser, args)
     reads = [*SPLIT_KEYS, "model.num_classes", "train.threads"]

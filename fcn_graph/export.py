@@ -61,9 +61,10 @@ import sys
 
 from fcn_graph.core.constants import EXPORT_FORMATS, KERNELS
 from fcn_graph.core.errors import UserError, run_cli
+from fcn_graph.core.ranges import Range
 from fcn_graph.data import image_files
 from fcn_graph.engines import onnx_engine
-from fcn_graph.engines.int8_model import CALIBRATION_IMAGES
+from fcn_graph.engines.int8 import CALIBRATION_IMAGES
 from fcn_graph.host import tflog
 
 
@@ -75,7 +76,8 @@ def build_parser():
     parser.add_argument("--format", required=True, choices=EXPORT_FORMATS, help="what to write")
     parser.add_argument("--out", required=True,
                         help="SavedModel directory, or the .pb / .onnx file to write")
-    parser.add_argument("--opset", type=int, default=None,
+    parser.add_argument("--opset", type=Range(onnx_engine.MIN_OPSET, 99, integer=True),
+                        default=None,
                         help=f"ONNX opset (default {onnx_engine.DEFAULT_OPSET}, >= "
                              f"{onnx_engine.MIN_OPSET})")
     parser.add_argument("--external-data", action="store_true",

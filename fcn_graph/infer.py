@@ -26,17 +26,18 @@ import time
 import numpy as np
 
 from fcn_graph import cli
+from fcn_graph.core.config import load_config
 from fcn_graph.core.constants import ENGINES, INFERENCE_PRECISIONS, VGG_MEAN_RGB
 from fcn_graph.core.errors import UserError, run_cli
 from fcn_graph.core.fileio import OutputFolder, kind_of
 from fcn_graph.core.progress import Progress
+from fcn_graph.core.ranges import ALPHA_RANGE, BATCH_RANGE, MEAN_RANGE, threads_range
 from fcn_graph.data import image_files
 from fcn_graph.data.image_files import IMAGE_EXTENSIONS
 from fcn_graph.engines import tiling
 from fcn_graph.engines.pipeline import run_pipeline, terminate_as_interrupt
 from fcn_graph.host import choice, tflog
 from fcn_graph.host.memory import return_freed_memory
-from fcn_graph.training.config import load_config
 
 
 def list_images(inputs):
@@ -167,15 +168,17 @@ def build_parser():
                         help="where to write the outputs (default: predictions)")
     parser.add_argument("--save-scores", action="store_true",
                         help="also write <stem>_scores.npy, float32 [H, W, K] logits")
-    parser.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"),
-                        help="mean pixel for checkpoints without a sidecar "
+    parser.add_argument("--mean", type=MEAN_RANGE, nargs=3, metavar=("R", "G", "B"),
+                        help="mean pixel for checkpoints without a sidecar, 0..255 each "
                              f"(default: the VGG mean {list(VGG_MEAN_RGB)})")
-    parser.add_argument("--batch", type=int, default=1,
-                        help="run up to N consecutive same-sized images together (default 1)")
-    parser.add_argument("--alpha", type=float, default=0.5,
-                        help="opacity of the mask in the overlay (default 0.5)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="CPU threads per op (default: every core)")
+    parser.add_argument("--batch", type=BATCH_RANGE, default=1,
+                        help="run up to N consecutive same-sized images together "
+                             f"({BATCH_RANGE.describe()}, default 1)")
+    parser.add_argument("--alpha", type=ALPHA_RANGE, default=0.5,
+                        help="opacity of the mask in the overlay (0..1, default 0.5)")
+    parser.add_argument("--threads", type=threads_range(), default=None,
+                        help="CPU threads per op (default: every core; at most "
+                             "4 per core)")
     parser.add_argument("--engine", choices=("auto",) + ENGINES, default="auto",
                         help="auto (default: onnxruntime on a CPU when it is installed and "
                              "the precision allows, else tf), tf (the reference), or "
@@ -196,10 +199,6 @@ def build_parser():
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.batch < 1:
-        parser.error(f"--batch: expected a positive integer, found {args.batch}")
-    if not 0.0 <= args.alpha <= 1.0:
-        parser.error(f"--alpha: expected a value in [0, 1], found {args.alpha}")
     tile = cli.tile_option(parser, args)
     if args.checkpoint is None and args.config is None:
         parser.error("--checkpoint: required unless --config names a train.log_dir")

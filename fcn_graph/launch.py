@@ -32,28 +32,14 @@ import signal
 import sys
 
 from fcn_graph.core.errors import UserError, run_cli
+from fcn_graph.core.ranges import Range
 
 PROG = "fcn_graph.launch"
 
 
-def _number(convert, kind, accept, wanted):
-    """An argparse type: `convert(text)` ("expected {kind}" when it fails),
-    kept when `accept(value)` holds ("expected {wanted}" when not)."""
-    def parse(text):
-        try:
-            value = convert(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {kind}, found {text!r}") from None
-        if not accept(value):
-            raise argparse.ArgumentTypeError(f"expected {wanted}, found {value:g}")
-        return value
-    return parse
-
-
-_positive_int = _number(int, "a whole number", lambda v: v >= 1, "at least 1")
-_count = _number(int, "a whole number", lambda v: v >= 0, "0 or more")
-_seconds = _number(float, "a number of seconds", lambda v: 0 < v < float("inf"),
-                   "a positive number of seconds")
+_positive_int = Range(1, 256, integer=True)                    # --workers
+_count = Range(0, 1000, integer=True)                          # --max-restarts
+_seconds = Range(0, 3600, low_open=True, unit="seconds")       # --grace
 
 
 class _Parser(argparse.ArgumentParser):

@@ -21,11 +21,13 @@ import sys
 
 from fcn_graph.core.constants import ARCHITECTURES, SKIPS, VGG_MEAN_RGB
 from fcn_graph.core.errors import UserError, run_cli
+from fcn_graph.core.ranges import FC_WIDTH_RANGE, MEAN_RANGE, NUM_CLASSES_RANGE, SEED_RANGE
 from fcn_graph.host import tflog
 
 
 def _add_start_options(p):
-    p.add_argument("--num-classes", type=int, required=True, help="number of output classes K")
+    p.add_argument("--num-classes", type=NUM_CLASSES_RANGE, required=True,
+                   help=f"number of output classes K ({NUM_CLASSES_RANGE.describe()})")
     p.add_argument("--out", required=True, help="checkpoint prefix to write, e.g. ckpt/start")
     p.add_argument("--architecture", choices=ARCHITECTURES, default="legacy",
                    help="legacy (FCN.tensorflow's graph, default) or paper")
@@ -34,10 +36,11 @@ def _add_start_options(p):
     p.add_argument("--train-upsampling", action="store_true",
                    help="paper: record that the bilinear upsampling filters are to be trained "
                         "(they are frozen by default, as in the reference code)")
-    p.add_argument("--fc-width", type=int, default=None,
+    p.add_argument("--fc-width", type=FC_WIDTH_RANGE, default=None,
                    help="legacy: channels of conv6/conv7 (default 4096); paper: taken from "
                         "fc6/fc7")
-    p.add_argument("--seed", type=int, default=0, help="seed of the head initialisation")
+    p.add_argument("--seed", type=SEED_RANGE, default=0,
+                   help=f"seed of the head initialisation ({SEED_RANGE.describe()})")
     p.add_argument("-v", "--verbose", action="store_true", help="list every variable")
 
 
@@ -65,7 +68,7 @@ def build_parser():
                    help="checkpoint prefix (model.ckpt-100000), one of its files, or its "
                         "directory (the latest checkpoint)")
     p.add_argument("--out", required=True, help="checkpoint prefix to write")
-    p.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"),
+    p.add_argument("--mean", type=MEAN_RANGE, nargs=3, metavar=("R", "G", "B"),
                    help=f"RGB mean pixel it was trained with (default {list(VGG_MEAN_RGB)})")
     p.add_argument("-v", "--verbose", action="store_true", help="list every variable")
     p.set_defaults(verb_name="legacy")

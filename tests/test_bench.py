@@ -178,4 +178,4 @@ def test_optimizer_update_ceiling_and_a_tiny_run(capsys):
     for argv in (["--repeats", "0"], ["--sgemm", "0"], ["--step-gflop", "-1"]):
         with pytest.raises(SystemExit):
             optimizer_update.main(argv)
-    assert "--sgemm: expected a number above 0, found 0.0" in capsys.readouterr().err
+    assert "--sgemm: expected a number in (0, 1e+09], found '0'" in capsys.readouterr().err

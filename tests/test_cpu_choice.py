@@ -13,8 +13,8 @@ import pytest
 from fcn_graph import calibrate
 from fcn_graph.core.errors import run_cli
 from fcn_graph.core.fileio import write_json_atomic
-from fcn_graph.host import choice as cpu_choice
-from fcn_graph.host import cpuinfo, kernel_timing
+from fcn_graph.core.ranges import max_threads
+from fcn_graph.host import choice, cpuinfo, kernel_timing
 
 CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -45,14 +45,14 @@ def fake_cpuinfo(monkeypatch, tmp_path, text):
     ("flags\t: fpu sse2 avx\n", False, False),
 ])
 def test_the_rule_by_cpu_flags(text, inference, training):
-    for task in cpu_choice.TASKS:
-        choices = cpu_choice.choose(task, text=text, environ={})
+    for task in choice.TASKS:
+        choices = choice.choose(task, text=text, environ={})
         assert (choices.onednn_inference, choices.onednn_training) == (inference, training)
         assert choices.onednn == (inference if task == "inference" else training)
         assert (choices.fc_form, choices.row_block, choices.upsample_form) == (
-            "matmul", cpu_choice.DEFAULT_ROW_BLOCK, "phases")
+            "matmul", choice.DEFAULT_ROW_BLOCK, "phases")
         assert all(source.startswith("rule: ") for source in choices.sources.values())
-    reasons = cpu_choice.rule_choices(cpuinfo.parse_cpu_flags(text)).sources
+    reasons = choice.rule_choices(cpuinfo.parse_cpu_flags(text)).sources
     assert reasons["onednn_inference"] == {
         ZEN3: "rule: no avx512f", SKYLAKE: "rule: avx512f without avx512_vnni or avx512_bf16 "
         "or amx_tile or amx_bf16 or amx_int8", ZEN4: "rule: avx512f with avx512_vnni, "
@@ -63,23 +63,23 @@ def test_the_rule_by_cpu_flags(text, inference, training):
                                       (GRAVITON, "not an x86 CPU")])
 def test_without_x86_flags_tensorflow_keeps_its_default(text, why, monkeypatch, tmp_path):
     fake_cpuinfo(monkeypatch, tmp_path, text)
-    choices = cpu_choice.choose("training", text=text, environ={})
+    choices = choice.choose("training", text=text, environ={})
     assert choices.onednn_inference is None and choices.onednn_training is None
     assert choices.sources["onednn_training"] == f"rule: {why}, TensorFlow's default"
     environ = {}
-    assert cpu_choice.apply_onednn("training", environ=environ).onednn is None
+    assert choice.apply_onednn("training", environ=environ).onednn is None
     assert environ == {}
 
 
 def test_the_environment_wins_for_onednn(tmp_path):
     for value, expected in (("0", False), ("1", True), ("false", False), ("TRUE", True)):
-        choices = cpu_choice.choose("inference", text=ZEN4 if expected is False else ZEN3,
+        choices = choice.choose("inference", text=ZEN4 if expected is False else ZEN3,
                                     environ={"TF_ENABLE_ONEDNN_OPTS": value})
         assert choices.onednn_inference is expected and choices.onednn_training is expected
         assert choices.sources["onednn_inference"] == f"environment TF_ENABLE_ONEDNN_OPTS={value}"
     # over a calibration too, whose forms are then those measured with that setting
     write_timings(tmp_path, ZEN4, timings(changes={(False, "forward", "conv7", "conv"): 1e-3}))
-    choices = cpu_choice.choose("inference", text=ZEN4, root=str(tmp_path), threads=2,
+    choices = choice.choose("inference", text=ZEN4, root=str(tmp_path), threads=2,
                                 environ={"TF_ENABLE_ONEDNN_OPTS": "0"})
     assert choices.onednn is False and choices.fc_form == "conv"
     assert choices.sources["fc_form"].startswith("calibration ")
@@ -88,35 +88,35 @@ def test_the_environment_wins_for_onednn(tmp_path):
 def test_apply_onednn_sets_the_choice_only_where_unset(monkeypatch, tmp_path):
     fake_cpuinfo(monkeypatch, tmp_path, ZEN3)
     environ = {}
-    assert cpu_choice.apply_onednn("inference", environ=environ).onednn is False
+    assert choice.apply_onednn("inference", environ=environ).onednn is False
     assert environ == {"TF_ENABLE_ONEDNN_OPTS": "0"}
     environ = {}
-    cpu_choice.apply_onednn("training", environ=environ)
+    choice.apply_onednn("training", environ=environ)
     assert environ == {"TF_ENABLE_ONEDNN_OPTS": "1"}
     environ = {"TF_ENABLE_ONEDNN_OPTS": "1"}
-    assert cpu_choice.apply_onednn("inference", environ=environ).onednn is True
+    assert choice.apply_onednn("inference", environ=environ).onednn is True
     assert environ == {"TF_ENABLE_ONEDNN_OPTS": "1"}
     # bfloat16 runs through oneDNN: turned on whatever the choice
     environ = {}
-    choices = cpu_choice.apply_onednn("inference", environ=environ, require=True)
+    choices = choice.apply_onednn("inference", environ=environ, require=True)
     assert environ == {"TF_ENABLE_ONEDNN_OPTS": "1"} and choices.onednn is True
     assert choices.sources["onednn_inference"] == "needed by bfloat16"
-    assert cpu_choice.process_task() == "inference"
+    assert choice.process_task() == "inference"
 
 
 def test_choices_and_forms_are_checked():
     with pytest.raises(ValueError, match="task: expected one of inference, training"):
-        cpu_choice.choose("serving", text=ZEN3, environ={})
+        choice.choose("serving", text=ZEN3, environ={})
     with pytest.raises(ValueError, match="kernels: expected auto, cpu or reference"):
-        cpu_choice.choose("inference", text=ZEN3, environ={}, kernels="gpu")
-    reference = cpu_choice.choose("inference", text=ZEN3, environ={}, kernels="reference")
+        choice.choose("inference", text=ZEN3, environ={}, kernels="gpu")
+    reference = choice.choose("inference", text=ZEN3, environ={}, kernels="reference")
     assert (reference.fc_form, reference.upsample_form) == ("conv", "transpose")
     assert reference.sources["fc_form"] == "--kernels reference"
-    assert cpu_choice.parse_fc_form("matmul/all") == ("matmul", 0)
-    assert cpu_choice.parse_fc_form("conv") == ("conv", None)
+    assert choice.parse_fc_form("matmul/all") == ("matmul", 0)
+    assert choice.parse_fc_form("conv") == ("conv", None)
     for bad in ("matmul/0", "matmul/x", "dense"):
         with pytest.raises(ValueError, match="unknown conv6/conv7 form"):
-            cpu_choice.parse_fc_form(bad)
+            choice.parse_fc_form(bad)
     from fcn_graph.network import cpu_layers
     with pytest.raises(ValueError, match="fc_form: expected one of matmul, conv, found 'fc'"):
         cpu_layers.CpuLayers(fc_form="fc")
@@ -136,11 +136,11 @@ def timings(base=0.010, changes=None):
     for onednn in (False, True):
         for pass_, inputs in (("forward", (224, 512)), ("training", (224,))):
             for size in inputs:
-                forms = ([(layer, form) for layer in cpu_choice.FC_LAYERS
-                          for form in cpu_choice.FC_CANDIDATES]
-                         + [(layer, form) for layer in cpu_choice.UPSAMPLE_LAYERS
-                            for form in cpu_choice.UPSAMPLE_FORMS]
-                         + [(cpu_choice.BODY_LAYER, "conv")])
+                forms = ([(layer, form) for layer in choice.FC_LAYERS
+                          for form in choice.FC_CANDIDATES]
+                         + [(layer, form) for layer in choice.UPSAMPLE_LAYERS
+                            for form in choice.UPSAMPLE_FORMS]
+                         + [(choice.BODY_LAYER, "conv")])
                 for layer, form in forms:
                     rows.append({"onednn": onednn, "pass": pass_, "input": size, "batch": 1,
                                  "layer": layer, "form": form, "count": 1.0,
@@ -149,17 +149,17 @@ def timings(base=0.010, changes=None):
 
 
 def write_timings(root, text, rows, threads=2):
-    key = cpu_choice.timing_key(threads=threads, text=text)
-    path = cpu_choice.timing_path(key, str(root))
+    key = choice.timing_key(threads=threads, text=text)
+    path = choice.timing_path(key, str(root))
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    write_json_atomic(path, cpu_choice.timing_record(key, rows, 1.0))
+    write_json_atomic(path, choice.timing_record(key, rows, 1.0))
     return path
 
 
 def test_choices_derived_from_timings():
     rows = timings(changes={
         # inference: oneDNN on is faster in the summed time (the body), blocks of 200 by 10 %
-        (True, "forward", cpu_choice.BODY_LAYER, "conv"): 0.002,
+        (True, "forward", choice.BODY_LAYER, "conv"): 0.002,
         (True, "forward", "conv6", "matmul/200"): 0.009,
         (True, "forward", "conv7", "matmul/200"): 0.009,
         # ... the transposed upsampling only by 2 %: under the margin, phases kept
@@ -167,50 +167,50 @@ def test_choices_derived_from_timings():
         # with oneDNN off the conv form would win, but off is slower
         (False, "forward", "conv6", "conv"): 0.005,
         # training: oneDNN off faster; there conv and the transposed upsampling win
-        (True, "training", cpu_choice.BODY_LAYER, "conv"): 0.050,
+        (True, "training", choice.BODY_LAYER, "conv"): 0.050,
         (False, "training", "conv6", "conv"): 0.004,
         (False, "training", "conv7", "conv"): 0.004,
         (False, "training", "conv_t1", "transpose"): 0.001,
         (False, "training", "conv_t2", "transpose"): 0.001,
     })
-    inference = cpu_choice.derive_choices(rows, "inference")
+    inference = choice.derive_choices(rows, "inference")
     assert {k: inference[k] for k in ("onednn", "fc_form", "row_block", "upsample_form")} == {
         "onednn": True, "fc_form": "matmul", "row_block": 200, "upsample_form": "phases"}
     assert inference["totals"]["1"] < inference["totals"]["0"]
-    training = cpu_choice.derive_choices(rows, "training")
+    training = choice.derive_choices(rows, "training")
     assert {k: training[k] for k in ("onednn", "fc_form", "row_block", "upsample_form")} == {
         "onednn": False, "fc_form": "conv", "row_block": None, "upsample_form": "transpose"}
     # oneDNN forced (the environment): the forms measured with it
-    forced = cpu_choice.derive_choices(rows, "inference", onednn=False)
+    forced = choice.derive_choices(rows, "inference", onednn=False)
     assert (forced["onednn"], forced["fc_form"]) == (False, "conv")
     # a tie keeps the rule's forms
-    even = cpu_choice.derive_choices(timings(), "training")
+    even = choice.derive_choices(timings(), "training")
     assert (even["fc_form"], even["row_block"], even["upsample_form"]) == ("matmul", 100, "phases")
     # the count weighs a layer: the body counted 20 times turns the sum
-    weighed = [dict(r, count=20.0) if r["layer"] == cpu_choice.BODY_LAYER else r
+    weighed = [dict(r, count=20.0) if r["layer"] == choice.BODY_LAYER else r
                for r in timings(changes={(True, "forward", "body", "conv"): 0.009,
                                          (True, "forward", "conv6", "matmul/100"): 0.020})]
-    assert cpu_choice.derive_choices(weighed, "inference")["onednn"] is True
+    assert choice.derive_choices(weighed, "inference")["onednn"] is True
 
 
 def test_a_calibration_round_trip(tmp_path):
-    rows = timings(changes={(False, "forward", cpu_choice.BODY_LAYER, "conv"): 0.001,
+    rows = timings(changes={(False, "forward", choice.BODY_LAYER, "conv"): 0.001,
                             (False, "forward", "conv7", "matmul/all"): 0.001,
                             (True, "training", "conv_t2", "transpose"): 0.001})
     path = write_timings(tmp_path, SAPPHIRE_RAPIDS, rows)
     assert path.startswith(str(tmp_path / "calibration"))
-    choices = cpu_choice.choose("inference", text=SAPPHIRE_RAPIDS, root=str(tmp_path), threads=2,
+    choices = choice.choose("inference", text=SAPPHIRE_RAPIDS, root=str(tmp_path), threads=2,
                                 environ={})
     # the rule says on for this CPU; the calibration found off faster
     assert (choices.onednn_inference, choices.onednn_training) == (False, True)
     assert (choices.fc_form, choices.row_block, choices.upsample_form) == ("matmul", 0, "phases")
     assert set(choices.sources.values()) == {f"calibration {path}"}
-    training = cpu_choice.choose("training", text=SAPPHIRE_RAPIDS, root=str(tmp_path),
+    training = choice.choose("training", text=SAPPHIRE_RAPIDS, root=str(tmp_path),
                                  threads=2, environ={})
     assert training.upsample_form == "transpose"
     # another thread count, TensorFlow or CPU has its own file: the rule
     for text, threads in ((SAPPHIRE_RAPIDS, 4), (ZEN4, 2)):
-        other = cpu_choice.choose("inference", text=text, root=str(tmp_path), threads=threads,
+        other = choice.choose("inference", text=text, root=str(tmp_path), threads=threads,
                                   environ={})
         assert other.onednn_inference is True and other.sources["fc_form"].startswith("rule")
     table = kernel_timing.format_timings(json.loads(open(path).read()), path)
@@ -238,17 +238,17 @@ def _broken(path):
 
 def test_a_broken_calibration_warns_once_and_the_rule_is_used(tmp_path, monkeypatch):
     path = write_timings(tmp_path, ZEN3, timings(base=0.01, changes={
-        (True, "forward", cpu_choice.BODY_LAYER, "conv"): 0.001}))
-    good = cpu_choice.choose("inference", text=ZEN3, root=str(tmp_path), threads=2, environ={})
+        (True, "forward", choice.BODY_LAYER, "conv"): 0.001}))
+    good = choice.choose("inference", text=ZEN3, root=str(tmp_path), threads=2, environ={})
     assert good.onednn is True  # the calibration's, against the rule's off
     cases = list(_broken(pytest.importorskip("pathlib").Path(path)))
-    monkeypatch.setattr(cpu_choice, "_warned", set())
+    monkeypatch.setattr(choice, "_warned", set())
     for name, data, problem in cases:
         with open(path, "wb") as handle:
             handle.write(data)
         warnings = []
         for _ in range(2):
-            choices = cpu_choice.choose("inference", text=ZEN3, root=str(tmp_path), threads=2,
+            choices = choice.choose("inference", text=ZEN3, root=str(tmp_path), threads=2,
                                         environ={}, warn=warnings.append)
             assert choices.onednn is False and choices.sources["fc_form"].startswith("rule"), name
         assert len(warnings) == 1, name  # once per process
@@ -260,14 +260,14 @@ def test_a_broken_calibration_warns_once_and_the_rule_is_used(tmp_path, monkeypa
     os.remove(path)
     os.mkdir(path)
     warnings = []
-    assert cpu_choice.choose("inference", text=ZEN3, root=str(tmp_path), threads=2, environ={},
+    assert choice.choose("inference", text=ZEN3, root=str(tmp_path), threads=2, environ={},
                              warn=warnings.append).onednn is False
     assert warnings == [f"warning: calibration {path}: Is a directory; using the rule "
                         "(python -m fcn_graph.calibrate --force measures again)"]
     os.rmdir(path)
     os.mkfifo(path)
     warnings = []
-    assert cpu_choice.choose("inference", text=ZEN3, root=str(tmp_path), threads=2, environ={},
+    assert choice.choose("inference", text=ZEN3, root=str(tmp_path), threads=2, environ={},
                              warn=warnings.append).onednn is False
     assert "is a FIFO" in warnings[0]
 
@@ -293,9 +293,9 @@ def test_run_calibration_writes_atomically_and_keeps_the_old_file(tmp_path, monk
     root = tmp_path / "cache"
     path, record = kernel_timing.run_timing(threads=2, root=str(root))
     assert calls == [("0", "0"), ("1", "1")]  # one process per setting, off first
-    key = cpu_choice.timing_key(threads=2)
-    assert path == cpu_choice.timing_path(key, str(root))
-    assert cpu_choice.read_timings(path, key) == (rows, None)
+    key = choice.timing_key(threads=2)
+    assert path == choice.timing_path(key, str(root))
+    assert choice.read_timings(path, key) == (rows, None)
     assert record["choices"]["inference"]["fc_form"] == "matmul"
     before = open(path, "rb").read()
     # a failed write (full disk) leaves the previous file and no temporary
@@ -329,10 +329,10 @@ def test_a_failed_or_wrong_worker_is_one_line(tmp_path, monkeypatch):
 # ---------------------------------------------------------------- the command
 
 @pytest.mark.parametrize("argv,message", [
-    (["--threads", "0"], "argument --threads: expected a positive integer, found '0'"),
-    (["--threads", "two"], "argument --threads: expected a positive integer, found 'two'"),
+    (["--threads", "0"], f"argument --threads: expected an integer in 1..{max_threads()}, found '0'"),
+    (["--threads", "two"], f"argument --threads: expected an integer in 1..{max_threads()}, found 'two'"),
     (["--show", "--force"], "--show and --force: pick one"),
-    (["--scale", "nan"], "argument --scale: expected a positive number, found 'nan'"),
+    (["--scale", "nan"], "argument --scale: expected a number in (0, 1], found 'nan' (not a finite number)"),
     (["--measure", "1"], "--measure: needs --result"),
 ])
 def test_bad_flags_are_one_line_errors(argv, message, capsys):
@@ -345,8 +345,8 @@ def test_bad_flags_are_one_line_errors(argv, message, capsys):
 
 def test_a_broken_cached_file_is_replaced_only_with_force(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("FCN_GRAPH_CACHE", str(tmp_path))
-    key = cpu_choice.timing_key(threads=1)
-    path = cpu_choice.timing_path(key)
+    key = choice.timing_key(threads=1)
+    path = choice.timing_path(key)
     os.makedirs(os.path.dirname(path))
     with open(path, "w") as handle:
         handle.write('{"format": "fcn_graph.calibration", "vers')
@@ -381,9 +381,9 @@ def test_help_and_choices_never_import_tensorflow():
 def _onednn_child(task, tmp_path, rows):
     """In a fresh process: apply_onednn(task), then import TensorFlow; returns
     (choice, TensorFlow's IsMklEnabled())."""
-    write_timings(tmp_path, cpuinfo.read_cpuinfo(), rows, threads=cpu_choice.thread_count())
-    code = (f"from fcn_graph.host import choice as cpu_choice\n"
-            f"choice = cpu_choice.apply_onednn({task!r})\n"
+    write_timings(tmp_path, cpuinfo.read_cpuinfo(), rows, threads=choice.thread_count())
+    code = (f"from fcn_graph.host import choice\n"
+            f"choice = choice.apply_onednn({task!r})\n"
             "from fcn_graph.host import session\n"
             "print(choice.onednn, session.onednn_enabled(), choice.sources['onednn_' + "
             f"{task!r}].split()[0])\n")
@@ -411,10 +411,10 @@ def test_a_tiny_real_calibration(tmp_path):
     command = [sys.executable, "-m", "fcn_graph.calibrate", "--threads", "1", "--scale", "0.01"]
     proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    key = cpu_choice.timing_key(threads=1)
-    path = cpu_choice.timing_path(key, str(tmp_path))
+    key = choice.timing_key(threads=1)
+    path = choice.timing_path(key, str(tmp_path))
     assert os.listdir(os.path.dirname(path)) == [os.path.basename(path)]  # no temporary left
-    rows, problem = cpu_choice.read_timings(path, key)
+    rows, problem = choice.read_timings(path, key)
     assert problem is None and {r["onednn"] for r in rows} == {False, True}
     assert {(r["pass"], r["input"]) for r in rows} == {("forward", 224), ("forward", 512),
                                                       ("training", 224)}
@@ -432,7 +432,7 @@ def test_the_benchmark_prints_the_cpu_block(tmp_path, monkeypatch):
     machine = harness._machine()
     assert machine["cpu"] == "AMD EPYC 7R13 Processor"
     assert machine["features"] == ["avx2", "fma"]
-    assert machine["tensorflow"] == cpu_choice.tensorflow_version()
+    assert machine["tensorflow"] == choice.tensorflow_version()
     rows = {row["choice"]: row for row in machine["choices"]["inference"]}
     assert rows["oneDNN for inference"] == {"choice": "oneDNN for inference", "value": "off",
                                             "source": "rule: no avx512f"}

@@ -242,7 +242,7 @@ def test_a_lost_peer_is_named():
     ('train.devices=["CPU:0", "/device:CPU:0"]', "train.devices: /device:CPU:0 appears 2"),
     ('train.devices=["CPU:0", "CPU:1", "CPU:2"]', "train.batch_size: expected a multiple of "
                                                   "the 3 train.devices"),
-    ("train.step_timeout=0", "train.step_timeout: expected a positive number of seconds"),
+    ("train.step_timeout=0", "train.step_timeout: expected a number of seconds in \\(0, 604800\\]"),
 ])
 def test_device_and_timeout_keys_are_checked(override, message):
     with pytest.raises(UserError, match=message):

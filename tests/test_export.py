@@ -285,8 +285,11 @@ def test_export_refusals(checkpoints, tmp_path, capsys):
         assert code == 2 and err.count("\n") == 1, err
         return err
 
-    assert "expected 13 or later" in error("--checkpoint", checkpoints["legacy"], "--format",
-                                           "onnx", "--opset", 11, "--out", tmp_path / "m.onnx")
+    with pytest.raises(SystemExit) as stop:
+        export.main(["--checkpoint", checkpoints["legacy"], "--format", "onnx", "--opset", "11",
+                     "--out", str(tmp_path / "m.onnx")])
+    assert stop.value.code == 2
+    assert "--opset: expected an integer in 13..99, found '11'" in capsys.readouterr().err
     assert "--opset 99: expected 13 or later, up to" in error(
         "--checkpoint", checkpoints["legacy"], "--format", "onnx", "--opset", 99, "--out",
         tmp_path / "m.onnx")

@@ -479,9 +479,10 @@ def test_describe_status_and_tf_config():
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--workers", "0", "--", "worker.py"], "argument --workers: expected at least 1, found 0"),
+    (["--workers", "0", "--", "worker.py"],
+     "argument --workers: expected an integer in 1..256, found '0'"),
     (["--workers", "two", "--", "worker.py"],
-     "argument --workers: expected a whole number, found 'two'"),
+     "argument --workers: expected an integer in 1..256, found 'two'"),
     (["--", "worker.py"], "the following arguments are required: --workers"),
     (["--workers", "2"], "no command given; expected one after '--'"),
     (["--workers", "2", "--"], "no command given; expected one after '--'"),
@@ -492,9 +493,9 @@ def test_describe_status_and_tf_config():
     (["--workers", "2", "--", "no-such-program-here"],
      "no-such-program-here: command not found on PATH"),
     (["--workers", "2", "--max-restarts", "-1", "--", "worker.py"],
-     "argument --max-restarts: expected 0 or more, found -1"),
+     "argument --max-restarts: expected an integer in 0..1000, found '-1'"),
     (["--workers", "2", "--grace", "0", "--", "worker.py"],
-     "argument --grace: expected a positive number of seconds, found 0"),
+     "argument --grace: expected a number of seconds in (0, 3600], found '0'"),
     (["--workers", "2", "--host", "192.0.2.1", "--", "worker.py"],
      "--host 192.0.2.1: expected an address of this machine"),
 ])

@@ -290,13 +290,13 @@ def test_tile_flag_values(text, want):
 
 @pytest.mark.parametrize("command", [infer, evaluate])
 @pytest.mark.parametrize("flags,message", [
-    (["--tile", "100"], "--tile: expected a positive multiple of 32 (the network's stride), "
-                        "found 100"),
+    (["--tile", "100"], "--tile: expected a positive multiple of 32 (the network's stride) "
+                        "up to 65536, found 100"),
     (["--tile", "-64"], "--tile: expected a positive multiple of 32"),
     (["--tile", "0"], "--tile: expected a positive multiple of 32"),
     (["--tile", "big"], "--tile: expected auto, off or a tile size in pixels, found 'big'"),
-    (["--memory-budget", "0"], "--memory-budget: expected a positive number of GB, found 0.0"),
-    (["--memory-budget", "nan"], "--memory-budget: expected a positive number of GB"),
+    (["--memory-budget", "0"], "argument --memory-budget: expected a number of GB in (0, 4096], found '0'"),
+    (["--memory-budget", "nan"], "argument --memory-budget: expected a number of GB in (0, 4096]"),
 ])
 def test_bad_tile_flags_are_one_line_errors(command, flags, message, capsys):
     argv = (["x.png", "--checkpoint", "nowhere"] if command is infer else

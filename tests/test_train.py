@@ -200,7 +200,7 @@ def test_bad_inputs_give_one_line_errors(tmp_path, folder_root, capsys):
         return err[-1]
 
     config = empty_config(tmp_path)
-    assert "train.batch_size: expected a positive integer, found -2" in run(
+    assert "train.batch_size: expected an integer in 1..4096, found -2" in run(
         train_module.main, "--config", config, "--set", "train.batch_size=-2")
     assert "data.root: required for data.kind 'voc'" in run(
         train_module.main, "--config", config, "--set", "data.kind=voc")

@@ -28,11 +28,13 @@ import math
 import numpy as np
 
 from fcn_graph.core.errors import UserError
+from fcn_graph.core.ranges import MEMORY_BUDGET_RANGE, shown
 
 # The model (and so TensorFlow) is imported only where a field or an
 # estimate is traced: the flags parse without it.
 
 DEFAULT_MEMORY_BUDGET_GB = 2.0       # --memory-budget: auto tiles above this estimate
+MAX_TILE = 65536                     # --tile: the largest size in pixels
 FLOAT_BYTES = 4                      # activations are float32
 
 
@@ -222,10 +224,10 @@ def parse_tile(text):
         size = int(text)
     except ValueError:
         raise ValueError(f"--tile: expected auto, off or a tile size in pixels, found "
-                         f"{text!r}") from None
-    if size <= 0 or size % 32:
-        raise ValueError(f"--tile: expected a positive multiple of 32 (the network's stride), "
-                         f"found {size}")
+                         f"{shown(text)}") from None
+    if size <= 0 or size % 32 or size > MAX_TILE:
+        raise ValueError(f"--tile: expected a positive multiple of 32 (the network's stride) "
+                         f"up to {MAX_TILE}, found {size}")
     return size
 
 
@@ -240,9 +242,10 @@ def check_tile(tile, field):
 
 
 def check_memory_budget(gigabytes):
-    """--memory-budget: a positive, finite number of GB; ValueError otherwise."""
-    if not (math.isfinite(gigabytes) and gigabytes > 0):
-        raise ValueError(f"--memory-budget: expected a positive number of GB, found {gigabytes}")
+    """--memory-budget: a number of GB in MEMORY_BUDGET_RANGE; ValueError otherwise."""
+    problem = MEMORY_BUDGET_RANGE.problem(gigabytes)
+    if problem is not None:
+        raise ValueError(f"--memory-budget: {problem}")
     return gigabytes
 
 

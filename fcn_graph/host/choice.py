@@ -285,8 +285,13 @@ def read_timings(path, key):
     None) when there is no such file; (None, problem) when it cannot be used
     (unreadable, not JSON, another format, another key, bad timings)."""
     from fcn_graph.core.fileio import NotARegularFile, kind_of, read_regular_file
+    from fcn_graph.core.private_files import untrusted
     if not os.path.lexists(path):
         return None, None
+    for where, kind in ((os.path.dirname(path), "folder"), (path, "file")):
+        problem = untrusted(where, kind=kind)
+        if problem is not None and not problem.startswith("is not a "):
+            return None, f"{where} {problem}, not this user's alone; ignored"
     try:
         data = read_regular_file(path)
     except NotARegularFile as err:

@@ -214,6 +214,7 @@ def run_timing(*, threads=None, scale=1.0, root=None, log=None):
     """Measure with oneDNN off, then on, each in a fresh process; write and return
     (path, record). The file goes to `choice.timing_path` atomically."""
     from fcn_graph.core.fileio import write_json_atomic
+    from fcn_graph.core.private_files import make_private_folder
     threads = threads or choice.thread_count()
     key = choice.timing_key(threads=threads)
     path = choice.timing_path(key, root)
@@ -248,7 +249,16 @@ def run_timing(*, threads=None, scale=1.0, root=None, log=None):
                                 "oneDNN in the TensorFlow process (a build without oneDNN?)")
             timings.extend(rows)
     record = choice.timing_record(key, timings, time.time() - started)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    folder = os.path.dirname(path)
+    for private in (os.path.dirname(folder), folder):
+        try:
+            problem = make_private_folder(private, follow=private != folder)
+        except OSError as err:
+            raise UserError(f"{private}: cannot write the calibration "
+                            f"({err.strerror or err})") from None
+        if problem is not None:
+            raise UserError(f"{private}: {problem}; expected a folder only this user can write "
+                            "(the calibration is not written there)")
     write_json_atomic(path, record)
     return path, record
 

@@ -5,7 +5,7 @@ comments (read with `commentjson`) overrides them, and `--set section.key=value`
 on the command line overrides the file. Unknown sections or keys, wrong types
 and impossible values are `UserError`s naming the key and where it came from:
 
-    config.json: train.batch_size: expected a positive integer, found -2
+    config.json: train.batch_size: expected an integer in 1..4096, found -2
 
 Relative paths in the config are taken relative to the current directory.
 """
@@ -22,6 +22,15 @@ from typing import List, Optional
 from fcn_graph.core.constants import KERNELS, TRAIN_KEEP_PROB, TRAIN_PRECISIONS
 from fcn_graph.core.errors import UserError
 from fcn_graph.core.fileio import NotARegularFile, kind_of, read_regular_file, write_json_atomic
+from fcn_graph.core.ranges import (
+    FC_WIDTH_RANGE,
+    IMAGE_COUNT_RANGE,
+    NUM_CLASSES_RANGE,
+    SEED_RANGE,
+    WIDTH_MULTIPLIER_RANGE,
+    Range,
+    threads_range,
+)
 from fcn_graph.network.spec import FC_WIDTH, check_variant
 
 DATASET_KINDS = ("voc", "ade20k", "pets", "folder", "shapes")
@@ -36,6 +45,36 @@ DEVICE_NAME = re.compile(r"(?:/device:|/)?(cpu|gpu|CPU|GPU):(\d+)")
 # images decoded in parallel), the most a training machine can be assumed to
 # hold; larger scales only crop ever smaller parts of an object.
 MAX_TRAIN_SCALE = 4.0
+
+# The range of every numeric key (of each element of a list); null stays
+# allowed where the key's default is null. train.threads: `threads_range()`.
+STEPS = Range(1, 10**12, integer=True)
+RANGES = {
+    "data.val_fraction": Range(0, 1, low_open=True, high_open=True),
+    "data.shapes_train_images": Range(1, 10**6, integer=True),
+    "data.shapes_val_images": Range(1, 10**6, integer=True),
+    "data.shapes_image_size": Range(16, 4096, integer=True),
+    "model.num_classes": NUM_CLASSES_RANGE,
+    "model.fc_width": FC_WIDTH_RANGE,
+    "model.vgg_width": WIDTH_MULTIPLIER_RANGE,
+    "train.batch_size": Range(1, 4096, integer=True),
+    "train.image_size": Range(1, 16384, integer=True),
+    "train.max_steps": STEPS,
+    "train.learning_rate": Range(0, 10, low_open=True),
+    "train.keep_prob": Range(0, 1, low_open=True),
+    "train.seed": SEED_RANGE,
+    "train.momentum": Range(0, 1, high_open=True),
+    "train.weight_decay": Range(0, 1),
+    "train.lr_power": Range(0, 10, low_open=True),
+    "train.scale_range": Range(0, MAX_TRAIN_SCALE, low_open=True),
+    "train.checkpoint_every": STEPS,
+    "train.keep_checkpoints": Range(1, 10000, integer=True),
+    "train.eval_every": Range(0, 10**12, integer=True),
+    "train.eval_max_images": IMAGE_COUNT_RANGE,
+    "train.log_every": STEPS,
+    "train.summary_images": Range(0, 100, integer=True),
+    "train.step_timeout": Range(0, 7 * 86400, low_open=True, unit="seconds"),
+}
 
 # Name of the resolved config that every run writes into its log directory.
 RESOLVED_CONFIG_NAME = "config.json"
@@ -350,7 +389,11 @@ def _coerce(value, hint, where):
         raise UserError(f"{where}: expected an integer, found {_show(value)}")
     if hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                return float(value)
+            except OverflowError:  # an integer of hundreds of digits
+                raise UserError(f"{where}: expected a finite number, found an integer of "
+                                f"{len(str(abs(value)))} digits") from None
         raise UserError(f"{where}: expected a number, found {_show(value)}")
     if hint is str:
         if isinstance(value, str):
@@ -383,38 +426,26 @@ def _validate(config, sources, default_source="config"):
         source = sources.get(dotted, default_source)
         raise UserError(f"{source}: {dotted}: {message}")
 
-    def positive(dotted, value, allow_zero=False):
-        if value < 0 or (value == 0 and not allow_zero):
-            kind = "a non-negative integer" if allow_zero else "a positive integer"
-            fail(dotted, f"expected {kind}, found {value}")
-
     def one_of(dotted, value, choices):
         if value not in choices:
             fail(dotted, f"expected one of {', '.join(choices)}, found {value!r}")
 
     d, m, t = config.data, config.model, config.train
+    for dotted, numbers in [*RANGES.items(), ("train.threads", threads_range())]:
+        section, key = dotted.split(".")
+        value = getattr(getattr(config, section), key)
+        for item in value if isinstance(value, list) else [value]:
+            problem = None if item is None else numbers.problem(item)
+            if problem is not None:
+                fail(dotted, problem)
     one_of("data.kind", d.kind, DATASET_KINDS)
     if d.kind != "shapes" and not d.root:
         fail("data.root", f"required for data.kind {d.kind!r}: the dataset directory")
-    if not 0.0 < d.val_fraction < 1.0:
-        fail("data.val_fraction", f"expected a number in (0, 1), found {d.val_fraction}")
-    for key in ("shapes_train_images", "shapes_val_images"):
-        positive(f"data.{key}", getattr(d, key))
-    if d.shapes_image_size < 16:
-        fail("data.shapes_image_size", f"expected an integer >= 16, found {d.shapes_image_size}")
     if not d.train_split:
         fail("data.train_split", "expected a split name, found an empty string")
     if not d.val_split:
         fail("data.val_split", "expected a split name, found an empty string")
 
-    if m.num_classes is not None and m.num_classes < 2:
-        fail("model.num_classes", f"expected an integer >= 2 or null, found {m.num_classes}")
-    if m.num_classes is not None and m.num_classes > 255:
-        fail("model.num_classes", f"expected at most 255 (255 is the ignore label), "
-                                  f"found {m.num_classes}")
-    positive("model.fc_width", m.fc_width)
-    if not m.vgg_width > 0:
-        fail("model.vgg_width", f"expected a positive number, found {m.vgg_width}")
     if m.vgg_mat is not None and m.vgg_width != 1.0:
         fail("model.vgg_width", f"must be 1.0 when model.vgg_mat is given (the .mat fixes the "
                                 f"widths), found {m.vgg_width}; set model.vgg_mat to null for a "
@@ -426,38 +457,15 @@ def _validate(config, sources, default_source="config"):
         fail(f"model.{field}", message)
     one_of("model.kernels", m.kernels, KERNELS)
 
-    positive("train.batch_size", t.batch_size)
-    if t.image_size < 1:
-        fail("train.image_size", f"expected an integer >= 1, found {t.image_size}")
-    positive("train.max_steps", t.max_steps)
-    if not t.learning_rate > 0:
-        fail("train.learning_rate", f"expected a positive number, found {t.learning_rate}")
     if t.keep_prob is None:
         t.keep_prob = TRAIN_KEEP_PROB[m.architecture]
-    if not 0.0 < t.keep_prob <= 1.0:
-        fail("train.keep_prob", f"expected a number in (0, 1], found {t.keep_prob}")
     one_of("train.optimizer", t.optimizer, OPTIMIZERS)
-    if not 0.0 <= t.momentum < 1.0:
-        fail("train.momentum", f"expected a number in [0, 1), found {t.momentum}")
-    if t.weight_decay < 0:
-        fail("train.weight_decay", f"expected a number >= 0, found {t.weight_decay}")
     one_of("train.lr_schedule", t.lr_schedule, LR_SCHEDULES)
-    if not t.lr_power > 0:
-        fail("train.lr_power", f"expected a positive number, found {t.lr_power}")
     if (len(t.scale_range) != 2
             or not 0 < t.scale_range[0] <= t.scale_range[1] <= MAX_TRAIN_SCALE):
         fail("train.scale_range", f"expected [min, max] with 0 < min <= max <= "
                                   f"{MAX_TRAIN_SCALE:g} (the memory of a scaled image grows "
                                   f"with the scale squared), found {t.scale_range}")
-    positive("train.checkpoint_every", t.checkpoint_every)
-    positive("train.keep_checkpoints", t.keep_checkpoints)
-    positive("train.eval_every", t.eval_every, allow_zero=True)
-    if t.eval_max_images is not None:
-        positive("train.eval_max_images", t.eval_max_images)
-    positive("train.log_every", t.log_every)
-    positive("train.summary_images", t.summary_images, allow_zero=True)
-    if t.threads is not None:
-        positive("train.threads", t.threads)
     one_of("train.precision", t.precision, TRAIN_PRECISIONS)
     if t.devices is not None:
         if not t.devices:
@@ -479,8 +487,5 @@ def _validate(config, sources, default_source="config"):
             fail("train.batch_size", f"expected a multiple of the {len(names)} train.devices "
                                      f"(each trains on an equal part of the batch), found "
                                      f"{t.batch_size}")
-    if not t.step_timeout > 0:
-        fail("train.step_timeout", f"expected a positive number of seconds, found "
-                                   f"{t.step_timeout}")
     if not t.log_dir:
         fail("train.log_dir", "expected a directory, found an empty string")
