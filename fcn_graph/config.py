@@ -388,15 +388,15 @@ def _coerce(value, hint, where):
         if value is None:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0] if len(inner) == 1 else typing.Union[tuple(inner)],
-                       where)
-    if origin is typing.Union:  # e.g. a list of numbers or a string: by the JSON type
-        for inner in args:
-            if isinstance(value, typing.get_origin(inner) or inner):
-                return _coerce(value, inner, where)
+        if len(inner) == 1:
+            return _coerce(value, inner[0], where)
+        # several types (a list of numbers or a string): the one of the JSON value
+        for hint in inner:
+            if isinstance(value, typing.get_origin(hint) or hint):
+                return _coerce(value, hint, where)
         names = {list: "a list", str: "a string", float: "a number", int: "an integer"}
-        kinds = " or ".join(names[typing.get_origin(a) or a] for a in args)
-        raise UserError(f"{where}: expected {kinds}, found {_show(value)}")
+        kinds = ", ".join(names[typing.get_origin(a) or a] for a in inner)
+        raise UserError(f"{where}: expected {kinds} or null, found {_show(value)}")
     if hint is bool:
         if isinstance(value, bool):
             return value

@@ -19,6 +19,7 @@ from fcn_graph import checkpoint, datasets
 from fcn_graph.config import MEDIAN_FREQUENCY, class_weights_problem
 from fcn_graph.constants import IGNORE_LABEL
 from fcn_graph.errors import UserError
+from fcn_graph.progress import Progress
 
 # Below this, 1 - p_t is taken as this value in the focal factor: its
 # gradient there is 0 instead of the 0 * infinity of pow at 0.
@@ -68,7 +69,8 @@ def label_pixel_counts(files, num_classes):
     split `files`; IGNORE_LABEL pixels count in neither."""
     class_pixels = np.zeros(num_classes, np.int64)
     image_pixels = np.zeros(num_classes, np.int64)
-    for path in files.label_paths:
+    progress = Progress(len(files.label_paths), label="counting label pixels", unit="file")
+    for done, path in enumerate(files.label_paths, 1):
         try:
             label = datasets.read_label(path, num_classes, files.label_offset)
         except datasets.LabelFileError as err:
@@ -76,6 +78,8 @@ def label_pixel_counts(files, num_classes):
         counts = np.bincount(label[label != IGNORE_LABEL].ravel(), minlength=num_classes)
         class_pixels += counts
         image_pixels[counts > 0] += counts.sum()
+        progress.update(done)
+    progress.close()
     return class_pixels, image_pixels
 
 

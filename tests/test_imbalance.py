@@ -320,3 +320,61 @@ def test_class_weights_of_the_wrong_length_or_value_are_one_line_errors(weights,
     with pytest.raises(UserError, match="train.class_weights: ") as caught:
         imbalance.resolve_class_weights(weights, files, 3)
     assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+# --------------------------------------------------------------------------- config
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("train.class_weights=[1, 2]", "--set: train.class_weights: expected one weight per "
+                                   "class, 3 numbers (model.num_classes), found 2"),
+    ("train.class_weights=[1, -0.5, 1]", "train.class_weights: expected finite numbers >= 0, "
+                                         "found -0.5"),
+    ("train.class_weights=[1, NaN, 1]", "train.class_weights: expected finite numbers >= 0, "
+                                        "found nan"),
+    ("train.class_weights=[1, Infinity, 1]", "found inf"),
+    ("train.class_weights=[0, 0, 0]", "train.class_weights: every weight is 0"),
+    ("train.class_weights=[]", "train.class_weights: expected one weight per class, found an "
+                               "empty list"),
+    ("train.class_weights=[1, \"a\", 1]", "train.class_weights: expected a number, found "
+                                          "string 'a'"),
+    ("train.class_weights=[1, true, 1]", "train.class_weights: expected a number, found true"),
+    ("train.class_weights=median", "train.class_weights: expected a list of numbers, "
+                                   "\"median_frequency\" or null, found 'median'"),
+    ("train.class_weights=3", "train.class_weights: expected a list, a string or null, "
+                              "found 3"),
+    ("train.loss=dice", "train.loss: expected one of cross_entropy, focal, found 'dice'"),
+    ("train.focal_gamma=-1", "train.focal_gamma: expected a finite number >= 0, found -1.0"),
+    ("train.focal_gamma=NaN", "train.focal_gamma: expected a finite number >= 0, found nan"),
+    ("train.focal_gamma=Infinity", "train.focal_gamma: expected a finite number >= 0"),
+    ("train.hard_pixels=0", "train.hard_pixels: expected a fraction in (0, 1]"),
+    ("train.hard_pixels=1.5", "train.hard_pixels: expected a fraction in (0, 1]"),
+    ("train.hard_pixels=NaN", "train.hard_pixels: expected a fraction in (0, 1]"),
+    ("train.patience_steps=-1", "train.patience_steps: expected a non-negative integer"),
+    ("train.patience_steps=1.5", "train.patience_steps: expected an integer, found 1.5"),
+    ("train.stop_on_collapse=1", "train.stop_on_collapse: expected true or false, found 1"),
+    ("train.warn_on_collapse=\"no\"", "train.warn_on_collapse: expected true or false"),
+])
+def test_config_errors_name_the_key_on_one_line(setting, message):
+    from fcn_graph.config import load_config
+
+    with pytest.raises(UserError) as caught:
+        load_config(None, ["model.num_classes=3", setting])
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_config_accepts_the_new_keys_and_keeps_todays_defaults(tmp_path):
+    from fcn_graph.config import load_config
+
+    t = load_config(None).train
+    assert (t.class_weights, t.loss, t.hard_pixels, t.stop_on_collapse, t.warn_on_collapse) \
+        == (None, "cross_entropy", 1.0, False, True)
+    path = tmp_path / "c.json"
+    path.write_text('{"model": {"num_classes": 3}, "train": {"class_weights": [1, 2.5, 0],'
+                    ' "loss": "focal", "focal_gamma": 0, "hard_pixels": 0.25}}')
+    t = load_config(str(path)).train
+    assert t.class_weights == [1.0, 2.5, 0.0] and t.focal_gamma == 0.0
+    assert load_config(None, ["train.class_weights=median_frequency"]).train.class_weights \
+        == "median_frequency"
+    # without model.num_classes the length is checked against the dataset's count
+    assert load_config(None, ["train.class_weights=[1, 2]"]).train.class_weights == [1.0, 2.0]
