@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from datafixtures import block_label, random_image, write_gray, write_list, write_rgb
+from test_distributed import EXACT, assert_close, checkpoint_values, ordered_dataset, run_tasks
+from test_distributed import shapes_args as parallel_args
 
-from fcn_graph import checkpoint, training
+from fcn_graph import checkpoint, datasets, training
 from fcn_graph import train as train_module
 from fcn_graph.config import load_config
 from fcn_graph.curves import read_history
@@ -144,3 +146,21 @@ def test_training_runs_with_each_loss_option(tmp_path, extra):
     args = collapse_args(tmp_path, "train.max_steps=3", "train.eval_every=0", *extra)
     metrics = training.train(load_config(None, args))
     assert metrics["num_images"] == 3
+
+
+def test_two_devices_equal_one_device_with_class_weights_and_focal_loss(tmp_path, monkeypatch):
+    """The weighted focal loss is a sum over pixels divided by a sum of weights,
+    both added over the devices: two devices on two halves of the batch train
+    as one device on all of it."""
+    monkeypatch.setattr(datasets, "train_dataset", ordered_dataset)
+    steps = ["train.max_steps=2", "train.checkpoint_every=2", "train.batch_size=4", *EXACT,
+             "train.loss=focal", "train.focal_gamma=1.5", "train.class_weights=[0.25, 3, 2, 1]"]
+    run_tasks(tmp_path, [parallel_args(tmp_path, "one", *steps)], [{}])
+    run_tasks(tmp_path, [parallel_args(tmp_path, "two", *steps,
+                                       'train.devices=["CPU:0", "/cpu:1"]')], [{}])
+    one, two = checkpoint_values(tmp_path / "one"), checkpoint_values(tmp_path / "two")
+    assert_close(two, one)
+    plain = parallel_args(tmp_path, "plain", *steps[:-3])
+    run_tasks(tmp_path, [plain], [{}])
+    with pytest.raises(AssertionError):  # the options changed the training
+        assert_close(checkpoint_values(tmp_path / "plain"), one)
