@@ -557,15 +557,16 @@ def _validate(config, sources, default_source="config"):
         fail("train.log_dir", "expected a directory, found an empty string")
 
 
-def class_weights_problem(weights, num_classes=None):
+def class_weights_problem(weights, num_classes=None, counted="model.num_classes"):
     """None when `weights` is a list of finite numbers >= 0, not all 0, one per
-    class (`num_classes`; None: any length); else what is wrong, as a phrase."""
+    class (`num_classes`, which `counted` names; None: any length); else what
+    is wrong, as a phrase."""
     if not isinstance(weights, list):
         return f"expected a list of numbers, found {_show(weights)}"
     if not weights:
         return "expected one weight per class, found an empty list"
     if num_classes is not None and len(weights) != num_classes:
-        return (f"expected one weight per class, {num_classes} numbers (model.num_classes), "
+        return (f"expected one weight per class, {num_classes} numbers ({counted}), "
                 f"found {len(weights)}")
     for weight in weights:
         if (not isinstance(weight, (int, float)) or isinstance(weight, bool)

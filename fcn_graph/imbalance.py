@@ -124,7 +124,8 @@ def resolve_class_weights(setting, files, num_classes, *, class_names=(), record
     if setting is None:
         return None
     if setting != MEDIAN_FREQUENCY:
-        problem = class_weights_problem(setting, num_classes)
+        problem = class_weights_problem(setting, num_classes,
+                                        counted=f"the classes of split {files.split!r}")
         if problem:
             raise UserError(f"train.class_weights: {problem}")
         return [float(w) for w in setting]

@@ -311,7 +311,8 @@ def test_recorded_weights_are_used_instead_of_the_labels(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("weights, message", [
-    ([1.0, 2.0], "expected one weight per class, 3 numbers"),
+    ([1.0, 2.0], "expected one weight per class, 3 numbers (the classes of split 'train'), "
+                 "found 2"),
     ([1.0, -2.0, 1.0], "expected finite numbers >= 0, found -2.0"),
     ([1.0, float("nan"), 1.0], "found nan"),
     ([0.0, 0.0, 0.0], "every weight is 0")])

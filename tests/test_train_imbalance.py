@@ -164,3 +164,18 @@ def test_two_devices_equal_one_device_with_class_weights_and_focal_loss(tmp_path
     run_tasks(tmp_path, [plain], [{}])
     with pytest.raises(AssertionError):  # the options changed the training
         assert_close(checkpoint_values(tmp_path / "plain"), one)
+
+
+def test_class_weights_of_another_length_than_the_dataset_classes_stop_in_one_line(
+        tmp_path, capsys):
+    args = collapse_args(tmp_path, "train.class_weights=[1, 2]")
+    config = tmp_path / "empty.json"
+    config.write_text("{}\n")
+    code = run_cli(train_module.main, ["--config", str(config)]
+                   + [arg for a in args for arg in ("--set", a)], prog="train.py")
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.strip().splitlines()[-1] == (
+        "train.py: error: train.class_weights: expected one weight per class, 3 numbers "
+        "(the classes of split 'train'), found 2")
+    assert not any(name.startswith("model.ckpt") for name in os.listdir(tmp_path / "run"))
