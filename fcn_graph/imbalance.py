@@ -106,7 +106,7 @@ def recorded_weights(prefix, num_classes):
     if sidecar is None or sidecar.get("class_weights") is None:
         return None
     weights = sidecar["class_weights"]
-    problem = class_weights_problem(weights, num_classes)
+    problem = class_weights_problem(weights, num_classes, counted="the model's classes")
     if problem:
         raise UserError(f"{checkpoint.sidecar_path(prefix)}: class_weights: {problem}")
     return [float(w) for w in weights]

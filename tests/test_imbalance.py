@@ -379,3 +379,52 @@ def test_config_accepts_the_new_keys_and_keeps_todays_defaults(tmp_path):
         == "median_frequency"
     # without model.num_classes the length is checked against the dataset's count
     assert load_config(None, ["train.class_weights=[1, 2]"]).train.class_weights == [1.0, 2.0]
+
+
+@pytest.mark.parametrize("recorded, message", [
+    ("[1, 2]", "expected one weight per class, 3 numbers"),
+    ('[1, -1, 2]', "expected finite numbers >= 0, found -1"),
+    ('"median_frequency"', "expected a list of numbers"),
+])
+def test_bad_recorded_weights_name_the_sidecar(tmp_path, recorded, message):
+    from fcn_graph.checkpoint import SIDECAR_FORMAT
+
+    prefix = str(tmp_path / "model.ckpt-4")
+    sidecar = tmp_path / "model.ckpt-4.json"
+    sidecar.write_text(f'{{"format": "{SIDECAR_FORMAT}", "class_weights": {recorded}}}')
+    with pytest.raises(UserError) as caught:
+        imbalance.recorded_weights(prefix, 3)
+    assert str(caught.value).startswith(f"{sidecar}: class_weights: ")
+    assert message in str(caught.value)
+
+
+def test_recorded_weights_absent_from_a_sidecar_are_none(tmp_path):
+    from fcn_graph.checkpoint import SIDECAR_FORMAT
+
+    assert imbalance.recorded_weights(str(tmp_path / "none"), 3) is None
+    (tmp_path / "m.json").write_text(f'{{"format": "{SIDECAR_FORMAT}"}}')
+    assert imbalance.recorded_weights(str(tmp_path / "m"), 3) is None
+    (tmp_path / "w.json").write_text(f'{{"format": "{SIDECAR_FORMAT}", '
+                                     f'"class_weights": [0.5, 1, 2]}}')
+    assert imbalance.recorded_weights(str(tmp_path / "w"), 3) == [0.5, 1.0, 2.0]
+
+
+@pytest.mark.parametrize("content", [b"", b"\x89PNG\r\n\x1a\n garbled", b"not a png"])
+def test_an_unreadable_label_file_stops_the_count_in_one_line(tmp_path, content):
+    good = tmp_path / "good.png"
+    write_gray(str(good), np.zeros((3, 3), np.uint8))
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(content)
+    files = SplitFiles("folder", "train", (str(good), str(bad)), (str(good), str(bad)), ())
+    with pytest.raises(UserError) as caught:
+        imbalance.resolve_class_weights("median_frequency", files, 2)
+    text = str(caught.value)
+    assert text.startswith("train.class_weights: ") and str(bad) in text and "\n" not in text
+
+
+def test_a_split_without_labelled_pixels_has_no_median_frequency(tmp_path):
+    path = tmp_path / "ignored.png"
+    write_gray(str(path), np.full((4, 5), IGNORE_LABEL, np.uint8))
+    files = SplitFiles("folder", "train", (str(path),), (str(path),), ())
+    with pytest.raises(UserError, match="found no labelled pixel in the 1 label files"):
+        imbalance.resolve_class_weights("median_frequency", files, 2)
