@@ -334,7 +334,7 @@ def _with_class_weights(config, train_files, class_names, resume_prefix):
     if t.class_weights == MEDIAN_FREQUENCY and resume_prefix:
         recorded = recorded_weights(resume_prefix, len(class_names))
     weights = resolve_class_weights(t.class_weights, train_files, len(class_names),
-                                              class_names=class_names, recorded=recorded)
+                                    class_names=class_names, recorded=recorded)
     return dataclasses.replace(config, train=dataclasses.replace(t, class_weights=weights))
 
 
@@ -426,9 +426,9 @@ def _build_parallel_graph(config, spec, train_files, val_files, *, start_step, c
     of the weighted mean loss over every valid pixel of the step, whatever
     share of them each device or task holds. With train.hard_pixels < 1 each
     device keeps the hardest fraction of its own valid pixels, so the pixels
-    kept depend on how the batch is split. The weight decay is added once, as in single-device training.
-    Variables, optimizer and global step are the single-device ones, so
-    checkpoints move between the two freely. Each task seeds its data and
+    kept depend on how the batch is split. The weight decay is added once,
+    as in single-device training. Variables, optimizer and global step are
+    the single-device ones, so checkpoints move between the two freely. Each task seeds its data and
     dropout with its rank; rank 0's variables reach the others through
     `sync`."""
     t = config.train
@@ -549,8 +549,7 @@ class TrainingRun:
         t = config.train
         self.watch = None
         if t.warn_on_collapse or t.stop_on_collapse:
-            self.watch = CollapseWatch(patience_steps=t.patience_steps,
-                                                class_names=class_names)
+            self.watch = CollapseWatch(patience_steps=t.patience_steps, class_names=class_names)
         if cluster is not None:
             self.step_options = tf1.RunOptions(
                 timeout_in_ms=max(1, int(config.train.step_timeout * 1000)))
@@ -726,8 +725,7 @@ class TrainingRun:
             return
         t = self.config.train
         line = warning_line(finding, learning_rate=t.learning_rate,
-                                     vgg_mat=self.config.model.vgg_mat,
-                                     class_weights=t.class_weights)
+                            vgg_mat=self.config.model.vgg_mat, class_weights=t.class_weights)
         if self.chief and t.warn_on_collapse:
             self.progress.write(line, file=sys.stderr)
         if not t.stop_on_collapse:
