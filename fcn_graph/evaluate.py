@@ -17,7 +17,6 @@ import sys
 import numpy as np
 
 from fcn_graph import cli
-from fcn_graph.core.config import SPLIT_KEYS, load_config
 from fcn_graph.core.constants import ENGINES, IGNORE_LABEL, INFERENCE_PRECISIONS
 from fcn_graph.core.errors import UserError, run_cli
 from fcn_graph.core.fileio import (
@@ -32,6 +31,7 @@ from fcn_graph.data import image_files
 from fcn_graph.engines import tiling
 from fcn_graph.host import choice, tflog
 from fcn_graph.host.memory import return_freed_memory
+from fcn_graph.training.config import SPLIT_KEYS, load_config
 from fcn_graph.training.metrics import METRICS_KEYS, format_metrics, format_value, metrics_record
 
 

@@ -26,7 +26,6 @@ import time
 import numpy as np
 
 from fcn_graph import cli
-from fcn_graph.core.config import load_config
 from fcn_graph.core.constants import ENGINES, INFERENCE_PRECISIONS, VGG_MEAN_RGB
 from fcn_graph.core.errors import UserError, run_cli
 from fcn_graph.core.fileio import OutputFolder, kind_of
@@ -38,6 +37,7 @@ from fcn_graph.engines import tiling
 from fcn_graph.engines.pipeline import run_pipeline, terminate_as_interrupt
 from fcn_graph.host import choice, tflog
 from fcn_graph.host.memory import return_freed_memory
+from fcn_graph.training.config import load_config
 
 
 def list_images(inputs):

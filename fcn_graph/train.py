@@ -12,7 +12,11 @@ newer ones that do not read are named and skipped; when checkpoint files are
 there but none reads, it stops rather than start over). Ctrl-C or SIGTERM
 saves a checkpoint and exits; a second signal during that save is ignored. A
 non-finite loss, a full disk or an unwritable file stops the run with one
-line, keeping the last good checkpoint. One run at a time per log directory.
+line, keeping the last good checkpoint. A run that learns nothing (one class
+predicted nearly everywhere, a mean IU below always predicting the most
+frequent class, a loss that stopped falling) gets a one-line warning naming
+the usual causes; with train.stop_on_collapse it saves and stops (exit 2).
+One run at a time per log directory.
 With train.precision bfloat16 (CPUs with bfloat16 units), the convolutions
 and products run in bfloat16 through oneDNN; the weights stay float32.
 

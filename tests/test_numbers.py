@@ -12,9 +12,9 @@ from bench import cold_start, optimizer_update, precision, side_by_side, suite, 
 from fcn_graph import bench as bench_command
 from fcn_graph import calibrate, evaluate, export, infer, launch, port
 from fcn_graph import train as train_command
-from fcn_graph.core import config
 from fcn_graph.core.errors import UserError, run_cli
 from fcn_graph.core.ranges import Range, max_threads
+from fcn_graph.training import config
 
 # Values outside every range: not numbers, not finite, too large for a float,
 # negative, and finite but far too large.

@@ -12,6 +12,7 @@ Relative paths in the config are taken relative to the current directory.
 
 import dataclasses
 import json
+import math
 import os
 import re
 import sys
@@ -36,6 +37,9 @@ from fcn_graph.network.spec import FC_WIDTH, check_variant
 DATASET_KINDS = ("voc", "ade20k", "pets", "folder", "shapes")
 OPTIMIZERS = ("adam", "sgd")
 LR_SCHEDULES = ("constant", "poly")
+LOSSES = ("cross_entropy", "focal")
+# train.class_weights computed from the training labels (`imbalance`).
+MEDIAN_FREQUENCY = "median_frequency"
 # A train.devices entry: GPU:0, /gpu:1, /device:CPU:0 ...
 DEVICE_NAME = re.compile(r"(?:/device:|/)?(cpu|gpu|CPU|GPU):(\d+)")
 
@@ -74,6 +78,9 @@ RANGES = {
     "train.log_every": STEPS,
     "train.summary_images": Range(0, 100, integer=True),
     "train.step_timeout": Range(0, 7 * 86400, low_open=True, unit="seconds"),
+    "train.focal_gamma": Range(0, 100),
+    "train.hard_pixels": Range(0, 1, low_open=True),
+    "train.patience_steps": Range(0, 10**12, integer=True),
 }
 
 # Name of the resolved config that every run writes into its log directory.
@@ -149,6 +156,23 @@ class TrainConfig:
     momentum: float = 0.9
     # L2 penalty on the convolution kernels (0 = none), added to the loss.
     weight_decay: float = 0.0
+    # Per-class loss weights: null (all 1), a list of model.num_classes finite
+    # numbers >= 0, or "median_frequency" (computed once from the training labels).
+    class_weights: Optional[typing.Union[List[float], str]] = None
+    # Per-pixel loss: cross_entropy, or focal: (1 - p) ** focal_gamma * cross-entropy.
+    loss: str = "cross_entropy"
+    # Exponent of the focal loss (0 = the cross-entropy).
+    focal_gamma: float = 2.0
+    # Online hard-pixel mining: the loss over this fraction of each device's
+    # labelled pixels, those with the largest loss; 1.0 = every pixel.
+    hard_pixels: float = 1.0
+    # Warn (one line) when validations or the loss show that the run learns nothing.
+    warn_on_collapse: bool = True
+    # Such a warning saves a checkpoint and stops the run (exit status 2).
+    stop_on_collapse: bool = False
+    # Steps per block of the loss check: a block whose median loss is not below
+    # the best earlier block's is a warning; 0 = no loss check.
+    patience_steps: int = 2000
     # Learning rate schedule: constant, or poly: lr * (1 - step / max_steps) ** lr_power.
     lr_schedule: str = "constant"
     # Exponent of the poly schedule.
@@ -377,8 +401,16 @@ def _coerce(value, hint, where):
     if origin is typing.Union and type(None) in args:
         if value is None:
             return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _coerce(value, inner, where)
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) == 1:
+            return _coerce(value, inner[0], where)
+        # several types (a list of numbers or a string): the one of the JSON value
+        for hint in inner:
+            if isinstance(value, typing.get_origin(hint) or hint):
+                return _coerce(value, hint, where)
+        names = {list: "a list", str: "a string", float: "a number", int: "an integer"}
+        kinds = ", ".join(names[typing.get_origin(a) or a] for a in inner)
+        raise UserError(f"{where}: expected {kinds} or null, found {_show(value)}")
     if hint is bool:
         if isinstance(value, bool):
             return value
@@ -460,6 +492,14 @@ def _validate(config, sources, default_source="config"):
     if t.keep_prob is None:
         t.keep_prob = TRAIN_KEEP_PROB[m.architecture]
     one_of("train.optimizer", t.optimizer, OPTIMIZERS)
+    if isinstance(t.class_weights, str) and t.class_weights != MEDIAN_FREQUENCY:
+        fail("train.class_weights", f"expected a list of numbers, \"{MEDIAN_FREQUENCY}\" or "
+                                    f"null, found {t.class_weights!r}")
+    if isinstance(t.class_weights, list):
+        problem = class_weights_problem(t.class_weights, m.num_classes)
+        if problem:
+            fail("train.class_weights", problem)
+    one_of("train.loss", t.loss, LOSSES)
     one_of("train.lr_schedule", t.lr_schedule, LR_SCHEDULES)
     if (len(t.scale_range) != 2
             or not 0 < t.scale_range[0] <= t.scale_range[1] <= MAX_TRAIN_SCALE):
@@ -489,3 +529,23 @@ def _validate(config, sources, default_source="config"):
                                      f"{t.batch_size}")
     if not t.log_dir:
         fail("train.log_dir", "expected a directory, found an empty string")
+
+
+def class_weights_problem(weights, num_classes=None, counted="model.num_classes"):
+    """None when `weights` is a list of finite numbers >= 0, not all 0, one per
+    class (`num_classes`, which `counted` names; None: any length); else what
+    is wrong, as a phrase."""
+    if not isinstance(weights, list):
+        return f"expected a list of numbers, found {_show(weights)}"
+    if not weights:
+        return "expected one weight per class, found an empty list"
+    if num_classes is not None and len(weights) != num_classes:
+        return (f"expected one weight per class, {num_classes} numbers ({counted}), "
+                f"found {len(weights)}")
+    for weight in weights:
+        if (not isinstance(weight, (int, float)) or isinstance(weight, bool)
+                or not (math.isfinite(weight) and weight >= 0)):
+            return f"expected finite numbers >= 0, found {_show(weight)}"
+    if not any(weight > 0 for weight in weights):
+        return "every weight is 0, so no pixel would count; expected a positive weight"
+    return None

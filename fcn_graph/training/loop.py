@@ -4,6 +4,7 @@ evaluation and summaries. `train(config)` runs what `python train.py` runs."""
 import dataclasses
 import io
 import os
+import re
 import signal
 import sys
 import threading
@@ -23,9 +24,16 @@ from fcn_graph.host.session import onednn_enabled, session_config
 from fcn_graph.network import tf_layers
 from fcn_graph.network.spec import VGG19_CONVS, ModelSpec, scaled_vgg_widths
 from fcn_graph.training import runlock
-from fcn_graph.training.config import save_resolved_config
+from fcn_graph.training.collapse import CollapseWatch, shares, warning_line
+from fcn_graph.training.config import MEDIAN_FREQUENCY, save_resolved_config
 from fcn_graph.training.curves import CURVES_NAME, append_history, plot_curves, read_history
 from fcn_graph.training.evaluator import Evaluator, build_model
+from fcn_graph.training.imbalance import (
+    focal_loss,
+    hardest_pixels,
+    recorded_weights,
+    resolve_class_weights,
+)
 from fcn_graph.training.metrics import format_metrics, format_value, metrics_record
 from fcn_graph.weights import checkpoint
 
@@ -39,31 +47,62 @@ class TrainingDiverged(UserError):
     """The loss or the weights became NaN or infinite."""
 
 
+class TrainingCollapsed(UserError):
+    """A collapse warning with train.stop_on_collapse (`collapse`)."""
+
+
 # --------------------------------------------------------------------------- graph pieces
 
 
-def segmentation_loss(logits, labels):
+def segmentation_loss(logits, labels, **options):
     """Mean softmax cross-entropy over the pixels not labelled IGNORE_LABEL.
 
     logits float32 [N, H, W, K], labels int32 [N, H, W] -> scalar; 0 when every
-    pixel is ignored.
+    pixel is ignored. `options` (those of `segmentation_loss_sum`) make it the
+    weighted mean sum(w * l) / sum(w) of another per-pixel loss l.
     """
+    total, weight = segmentation_loss_sum(logits, labels, **options)
+    if options.get("class_weights") is None:
+        return total / tf.maximum(weight, 1.0)
+    return tf.math.divide_no_nan(total, weight)
+
+
+def segmentation_loss_sum(logits, labels, *, class_weights=None, loss="cross_entropy",
+                          focal_gamma=2.0, hard_pixels=1.0):
+    """(sum of w * l, sum of w) over the pixels not labelled IGNORE_LABEL, as
+    float32: the two parts of `segmentation_loss`, which add up across devices
+    and tasks. l: the softmax cross-entropy, or with `loss` "focal" the focal
+    loss of `focal_gamma` (`imbalance.focal_loss`); w: 1, times the weight of
+    the pixel's class in `class_weights` (a list of K numbers), times, with
+    `hard_pixels` < 1, the mask of that fraction of the valid pixels with the
+    largest l (`imbalance.hardest_pixels`)."""
     valid = tf.not_equal(labels, IGNORE_LABEL)                        # [N, H, W]
     safe = tf.where(valid, labels, tf.zeros_like(labels))
     xent = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=safe, logits=logits)
     weights = tf.cast(valid, tf.float32)
-    return tf.reduce_sum(xent * weights) / tf.maximum(tf.reduce_sum(weights), 1.0)
-
-
-def segmentation_loss_sum(logits, labels):
-    """(sum of the softmax cross-entropy over the pixels not labelled
-    IGNORE_LABEL, the number of those pixels as float32): the two parts of
-    `segmentation_loss`, which add up across devices and tasks."""
-    valid = tf.not_equal(labels, IGNORE_LABEL)                        # [N, H, W]
-    safe = tf.where(valid, labels, tf.zeros_like(labels))
-    xent = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=safe, logits=logits)
-    weights = tf.cast(valid, tf.float32)
+    if loss == "focal":
+        xent = focal_loss(xent, focal_gamma)
+    if hard_pixels < 1.0:
+        weights = weights * hardest_pixels(xent, valid, hard_pixels)
+    if class_weights is not None:
+        weights = weights * tf.gather(tf.constant(class_weights, tf.float32), safe)
     return tf.reduce_sum(xent * weights), tf.reduce_sum(weights)
+
+
+def loss_scale(weight, class_weights=None):
+    """1 / the denominator of `segmentation_loss` from the sum of the pixel
+    weights `weight`: without `class_weights` a count of pixels, taken as at
+    least 1; with them a sum that may be below 1, and 0 when it is 0."""
+    if class_weights is None:
+        return 1.0 / tf.maximum(weight, 1.0)
+    return tf.math.divide_no_nan(1.0, weight)
+
+
+def loss_options(t):
+    """The keyword arguments of `segmentation_loss` for a TrainConfig whose
+    class_weights are resolved (`imbalance.resolve_class_weights`)."""
+    return {"class_weights": t.class_weights, "loss": t.loss, "focal_gamma": t.focal_gamma,
+            "hard_pixels": t.hard_pixels}
 
 
 def kernel_l2(variables):
@@ -247,6 +286,7 @@ def _train(config, exiting, cluster=None):
                         f"{t.batch_size}")
     train_files, val_files, num_classes = datasets.splits_from_config(config)
     class_names = datasets.class_names_for(train_files, num_classes)
+    all_train_files = train_files
     pass_images = len(train_files)
     if cluster is not None:
         pass_images = -(-len(train_files) // cluster.size)
@@ -260,6 +300,9 @@ def _train(config, exiting, cluster=None):
                   f"{t.log_dir}: {', '.join(removed[:5])}"
                   + (" ..." if len(removed) > 5 else ""), file=sys.stderr)
         resume_prefix, start_step = _resume_point(t.log_dir, spec)
+    config = _with_class_weights(config, all_train_files, class_names, resume_prefix)
+    t = config.train
+    if chief:
         _write_or_fail(save_resolved_config, config, t.log_dir)
     if cluster is not None:
         base = _session_config(t, devices)
@@ -273,7 +316,8 @@ def _train(config, exiting, cluster=None):
                                  cluster=cluster, devices=devices)
     run = TrainingRun(config, graph, spec, saved=resume_prefix,
                       saved_step=start_step if resume_prefix else -1, exiting=exiting,
-                      cluster=cluster, server=server, devices=devices, pass_images=pass_images)
+                      cluster=cluster, server=server, devices=devices, pass_images=pass_images,
+                      class_names=class_names)
     metrics, step = run.run(start_step, resume_prefix=resume_prefix, vgg=None if resume_prefix
                             or not chief else vgg, train_files=train_files, val_files=val_files)
     if not chief:
@@ -290,6 +334,19 @@ def _train(config, exiting, cluster=None):
     return metrics
 
 
+def _with_class_weights(config, train_files, class_names, resume_prefix):
+    """`config` with train.class_weights resolved to the list the loss uses
+    (`imbalance.resolve_class_weights`): on a resume, median frequency
+    weights are those the checkpoint's sidecar records."""
+    t = config.train
+    recorded = None
+    if t.class_weights == MEDIAN_FREQUENCY and resume_prefix:
+        recorded = recorded_weights(resume_prefix, len(class_names))
+    weights = resolve_class_weights(t.class_weights, train_files, len(class_names),
+                                    class_names=class_names, recorded=recorded)
+    return dataclasses.replace(config, train=dataclasses.replace(t, class_weights=weights))
+
+
 @dataclasses.dataclass
 class TrainingGraph:
     """The finalised graph of a training run and what the loop runs in it."""
@@ -297,7 +354,7 @@ class TrainingGraph:
     graph: tf.Graph
     global_step: tf.Variable
     train_op: tf.Operation
-    loss: tf.Tensor                  # scalar: the mean cross-entropy of the batch
+    loss: tf.Tensor                  # scalar: the (weighted) mean loss of the batch
     valid_pixels: tf.Tensor          # scalar: pixels of the batch not IGNORE_LABEL
     summaries: tf.Tensor             # the merged training summaries
     all_finite: tf.Tensor            # scalar bool: every model variable is finite
@@ -342,7 +399,7 @@ def build_training_graph(config, spec, train_files, val_files, *, start_step=0, 
         logits, _, _ = build_model(images, spec, keep_prob=t.keep_prob,
                                    kernels=config.model.kernels)  # [B, S, S, K]
         variables = tf_layers.model_variables(graph)
-        loss = segmentation_loss(logits, labels)
+        loss = segmentation_loss(logits, labels, **loss_options(t))
         valid_pixels = tf.math.count_nonzero(tf.not_equal(labels, IGNORE_LABEL))
         total_loss = loss
         if t.weight_decay > 0:
@@ -371,14 +428,16 @@ def _build_parallel_graph(config, spec, train_files, val_files, *, start_step, c
     """`build_training_graph` over several devices (`devices`) and tasks
     (`cluster`, or None for this machine alone).
 
-    Each device computes the gradients of the SUM of its pixels' losses and
-    counts its valid pixels; the sums are added over the devices, then over
-    the tasks (one collective all-reduce of everything, flattened), and
-    divided by the total count: the gradient of the mean loss over every
-    valid pixel of the step, whatever share of them each device or task
-    holds. The weight decay is added once, as in single-device training.
-    Variables, optimizer and global step are the single-device ones, so
-    checkpoints move between the two freely. Each task seeds its data and
+    Each device computes the gradients of the SUM of its pixels' weighted
+    losses and sums their weights (`segmentation_loss_sum`); the sums are
+    added over the devices, then over the tasks (one collective all-reduce
+    of everything, flattened), and divided by the total weight: the gradient
+    of the weighted mean loss over every valid pixel of the step, whatever
+    share of them each device or task holds. With train.hard_pixels < 1 each
+    device keeps the hardest fraction of its own valid pixels, so the pixels
+    kept depend on how the batch is split. The weight decay is added once,
+    as in single-device training. Variables, optimizer and global step are
+    the single-device ones, so checkpoints move between the two freely. Each task seeds its data and
     dropout with its rank; rank 0's variables reach the others through
     `sync`."""
     t = config.train
@@ -398,22 +457,26 @@ def _build_parallel_graph(config, spec, train_files, val_files, *, start_step, c
             with tf.device(device):  # [B / devices, S, S, 3] each
                 logits, _, _ = build_model(tower_images, spec, keep_prob=t.keep_prob,
                                            kernels=config.model.kernels)
-                sums.append(segmentation_loss_sum(logits, tower_labels))
+                valid_count = tf.reduce_sum(
+                    tf.cast(tf.not_equal(tower_labels, IGNORE_LABEL), tf.float32))
+                sums.append(segmentation_loss_sum(logits, tower_labels, **loss_options(t))
+                            + (valid_count,))
         variables = tf_layers.model_variables(graph)
         trainable = tf1.trainable_variables()
         tower_grads = [tf1.gradients(xent, trainable, colocate_gradients_with_ops=True)
-                       for xent, _ in sums]
+                       for xent, *_ in sums]
         trained = [i for i, grad in enumerate(tower_grads[0]) if grad is not None]
         grads = [tf.add_n([grads[i] for grads in tower_grads]) for i in trained]
         stop_request = tf1.placeholder_with_default(0.0, [], name="stop_request")
-        totals = tf.stack([tf.add_n([xent for xent, _ in sums]),
-                           tf.add_n([count for _, count in sums]), stop_request])
+        totals = tf.stack([tf.add_n([xent for xent, _, _ in sums]),
+                           tf.add_n([weight for _, weight, _ in sums]), stop_request,
+                           tf.add_n([count for _, _, count in sums])])
         if cluster is not None:
             grads, totals = _all_reduce_flat(
                 distributed.Collectives(cluster, first_key=distributed.GRAPH_INSTANCE_KEYS),
                 grads, totals)
-        xent_sum, valid, stop_requests = tf.unstack(totals)
-        scale = 1.0 / tf.maximum(valid, 1.0)
+        xent_sum, weight_sum, stop_requests, valid = tf.unstack(totals)
+        scale = loss_scale(weight_sum, t.class_weights)
         loss = xent_sum * scale
         final = {i: grad * scale for i, grad in zip(trained, grads)}
         if t.weight_decay > 0:  # on the kernels the loss does not reach too
@@ -451,7 +514,7 @@ def _all_reduce_flat(collectives, grads, totals):
     flattened into one float32 vector."""
     flat = tf.concat([tf.reshape(grad, [-1]) for grad in grads] + [totals], axis=0)
     summed = collectives.all_reduce(flat)
-    sizes = [grad.shape.num_elements() for grad in grads] + [3]
+    sizes = [grad.shape.num_elements() for grad in grads] + [totals.shape.num_elements()]
     pieces = tf.split(summed, sizes)
     return ([tf.reshape(piece, grad.shape) for piece, grad in zip(pieces, grads)],
             pieces[-1])
@@ -478,10 +541,11 @@ class TrainingRun:
     several tasks. Then every task runs every step, evaluation and stop in
     step with the others; only rank 0 (the chief) writes; each step waits at
     most train.step_timeout seconds for the other tasks.
+    `class_names`: the names of the classes, in collapse warnings and summaries.
     """
 
     def __init__(self, config, graph, spec, *, saved=None, saved_step=-1, exiting=False,
-                 cluster=None, server=None, devices=None, pass_images=None):
+                 cluster=None, server=None, devices=None, pass_images=None, class_names=()):
         self.config, self.graph, self.spec = config, graph, spec
         self.saved, self.saved_step = saved, saved_step
         self.cluster, self.server, self.devices = cluster, server, devices
@@ -490,6 +554,11 @@ class TrainingRun:
         self.stop = StopSignals(keep_after_stop=exiting)
         self.sess = self.writer = self.progress = None
         self.step_options = None
+        self.class_names = tuple(class_names)
+        t = config.train
+        self.watch = None
+        if t.warn_on_collapse or t.stop_on_collapse:
+            self.watch = CollapseWatch(patience_steps=t.patience_steps, class_names=class_names)
         if cluster is not None:
             self.step_options = tf1.RunOptions(
                 timeout_in_ms=max(1, int(config.train.step_timeout * 1000)))
@@ -653,6 +722,27 @@ class TrainingRun:
             record = {"step": step, "loss": float(out["loss"])}
             self.write(append_history, self.config.train.log_dir, record)
         self.progress.update(step, loss=f"{out['loss']:.4f}", **{"img/s": f"{speed:.1f}"})
+        if self.watch is not None:
+            self.report(self.watch.loss(step, float(out["loss"])))
+
+    def report(self, finding):
+        """A collapse `finding` (or None): its warning line (the chief prints
+        it), or with train.stop_on_collapse a checkpoint and a
+        TrainingCollapsed error. Every task reaches the same findings, from
+        the same all-reduced losses and the same validations."""
+        if finding is None:
+            return
+        t = self.config.train
+        line = warning_line(finding, learning_rate=t.learning_rate,
+                            vgg_mat=self.config.model.vgg_mat, class_weights=t.class_weights)
+        if self.chief and t.warn_on_collapse:
+            self.progress.write(line, file=sys.stderr)
+        if not t.stop_on_collapse:
+            return
+        if finding.step > self.saved_step:
+            self.save(finding.step)
+        raise TrainingCollapsed(f"step {finding.step}: stopped (train.stop_on_collapse is "
+                                f"true): {finding.text}. {self.last_good()}")
 
     def save(self, step):
         """A checkpoint of `step` (`checkpoint.save_checkpoint`), then the curves.
@@ -671,7 +761,8 @@ class TrainingRun:
         try:
             prefix = checkpoint.save_checkpoint(
                 self.sess, self.graph.saver, t.log_dir, self.spec, step=int(step),
-                keep=t.keep_checkpoints, basename=CHECKPOINT_BASENAME, on_saved=saved)
+                keep=t.keep_checkpoints, basename=CHECKPOINT_BASENAME, on_saved=saved,
+                **({} if t.class_weights is None else {"class_weights": t.class_weights}))
         except OSError as err:
             raise UserError(_os_error_message(err, t.log_dir, self.last_good())) from None
         except UserError as err:
@@ -694,28 +785,57 @@ class TrainingRun:
         start = time.perf_counter()
         metrics, count = self.graph.evaluator.run(self.sess, on_image=keep_panel)
         if not self.chief:  # it evaluates to stay in step with the chief
+            self.check_validation(step, metrics)
             return metrics
+        predicted = shares(metrics["predicted_pixels"])
         self.writer.add_summary(scalar_summary({
             "val/mean_iou": metrics["mean_iou"], "val/pixel_accuracy": metrics["pixel_accuracy"],
             "val/mean_accuracy": metrics["mean_accuracy"],
-            "val/frequency_weighted_iou": metrics["frequency_weighted_iou"]}), step)
+            "val/frequency_weighted_iou": metrics["frequency_weighted_iou"],
+            **share_tags("val/predicted_share", predicted, self.class_names)}), step)
         if panels:
             self.writer.add_summary(panel_summary("val/image_prediction_truth", panels), step)
         self.writer.flush()
         record = {"step": int(step), **{
             key: _finite_or_none(metrics[key]) for key in (
                 "mean_iou", "pixel_accuracy", "mean_accuracy", "frequency_weighted_iou")}}
+        record["predicted_shares"] = _rounded(predicted)
+        record["label_shares"] = _rounded(shares(metrics["label_pixels"]))
         self.write(append_history, t.log_dir, record)
         self.write(_plot, t.log_dir)
         self.progress.write(
             f"step {step}: validation mean IU {format_value(metrics['mean_iou'])}, pixel "
             f"accuracy {format_value(metrics['pixel_accuracy'])} ({count} images, "
             f"{time.perf_counter() - start:.1f} s)")
+        self.check_validation(step, metrics)
         return metrics
+
+    def check_validation(self, step, metrics):
+        """The collapse rules on the validation `metrics` of `step` (`report`)."""
+        if self.watch is not None:
+            self.report(self.watch.validation(
+                step, predicted_counts=metrics["predicted_pixels"],
+                label_counts=metrics["label_pixels"], mean_iou=metrics["mean_iou"]))
 
 
 def _plot(log_dir):
     plot_curves(read_history(log_dir), os.path.join(log_dir, CURVES_NAME))
+
+
+def share_tags(prefix, values, class_names):
+    """{PREFIX/03_name: value} for summaries of one value per class (none when
+    `values` is None); the index is zero-padded so that tags sort by class."""
+    if values is None:
+        return {}
+    digits = len(str(len(values) - 1))
+    names = [re.sub(r"[^A-Za-z0-9_.-]+", "_", name) for name in class_names]
+    return {f"{prefix}/{index:0{digits}d}" + (f"_{names[index]}" if index < len(names) else ""):
+            float(value) for index, value in enumerate(values)}
+
+
+def _rounded(values, digits=6):
+    """A list of floats rounded to `digits` decimals, or None."""
+    return None if values is None else [round(float(v), digits) for v in values]
 
 
 def _finite_or_none(value):

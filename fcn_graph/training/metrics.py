@@ -66,8 +66,10 @@ class ConfusionMatrix:
     def compute(self):
         """Return a dict of pixel_accuracy, mean_accuracy, mean_iou,
         frequency_weighted_iou (floats; None when nothing was counted),
-        per_class_iou (a list; None for classes absent from labels and predictions)
-        and labelled_pixels (the number of pixels counted).
+        per_class_iou (a list; None for classes absent from labels and predictions),
+        labelled_pixels (the number of pixels counted), and label_pixels and
+        predicted_pixels (lists: the pixels of each class in the labels and in
+        the predictions, over the labelled pixels).
         """
         return compute_metrics(self.hist)
 
@@ -95,6 +97,8 @@ def compute_metrics(hist):
         "frequency_weighted_iou": fw_iou,
         "per_class_iou": [None if np.isnan(v) else float(v) for v in iu],
         "labelled_pixels": int(total),
+        "label_pixels": [int(v) for v in label_counts],
+        "predicted_pixels": [int(v) for v in hist.sum(0)],
     }
 
 

@@ -588,14 +588,16 @@ def save_model(sess, saver, prefix, spec, *, global_step=None, **sidecar_extra):
 
 
 def save_checkpoint(sess, saver, directory, spec, *, step, keep, basename="model.ckpt",
-                    on_saved=None):
+                    on_saved=None, **sidecar_extra):
     """A training checkpoint DIRECTORY/BASENAME-STEP, its files in one order:
     the checkpoint itself (`save_model`: sidecar, data, index), then the
     checkpoints older than the `keep` newest complete ones removed
     (`prune_checkpoints`), then TensorFlow's state file naming those kept
     (`write_state_file`). `on_saved(prefix)` is called as soon as the
-    checkpoint is complete, before the pruning. Returns the prefix written."""
-    prefix = save_model(sess, saver, os.path.join(directory, basename), spec, global_step=step)
+    checkpoint is complete, before the pruning. `sidecar_extra`: more keys
+    of the sidecar. Returns the prefix written."""
+    prefix = save_model(sess, saver, os.path.join(directory, basename), spec, global_step=step,
+                        **sidecar_extra)
     if on_saved is not None:
         on_saved(prefix)
     kept = prune_checkpoints(directory, keep, pattern=re.escape(basename) + r"-\d+")
