@@ -24,7 +24,9 @@ from fcn_graph.errors import UserError
 from fcn_graph.fileio import NotARegularFile, kind_of, read_regular_file, write_json_atomic
 from fcn_graph.spec import FC_WIDTH, check_variant
 
-DATASET_KINDS = ("voc", "ade20k", "pets", "folder", "shapes")
+DATASET_KINDS = ("voc", "ade20k", "pets", "folder", "shapes", "coco", "labelme", "colour_masks")
+COCO_CROWD_RULES = ("ignore", "class")
+UNKNOWN_COLOUR_RULES = ("error", "ignore")
 OPTIMIZERS = ("adam", "sgd")
 LR_SCHEDULES = ("constant", "poly")
 # A train.devices entry: GPU:0, /gpu:1, /device:CPU:0 ...
@@ -41,12 +43,15 @@ MAX_TRAIN_SCALE = 4.0
 RESOLVED_CONFIG_NAME = "config.json"
 # The config keys that `datasets.open_config_split` reads, besides the split's name.
 SPLIT_KEYS = ("data.kind", "data.root", "data.val_fraction", "data.shapes_train_images",
-              "data.shapes_val_images", "data.shapes_image_size", "train.seed")
+              "data.shapes_val_images", "data.shapes_image_size", "data.coco_crowd",
+              "data.unknown_colour", "data.class_names", "train.seed", "train.log_dir")
 
 
 @dataclass
 class DataConfig:
-    # Dataset layout: voc, ade20k, pets, folder or shapes (generated on first use).
+    # Dataset layout: voc, ade20k, pets, folder, shapes (generated on first use), or an
+    # annotation-tool export read directly: coco (COCO JSON), labelme (labelme JSON
+    # files) or colour_masks (RGB label PNGs and a colour map).
     kind: str = "shapes"
     # Dataset directory. Required for every kind but shapes (default data/shapes).
     root: Optional[str] = None
@@ -63,6 +68,16 @@ class DataConfig:
     shapes_val_images: int = 100
     # shapes: height and width of the generated images, in pixels.
     shapes_image_size: int = 96
+    # coco: crowd regions (iscrowd 1) become the ignore label 255 (ignore) or their
+    # category's class (class).
+    coco_crowd: str = "ignore"
+    # colour_masks: a mask colour missing from the colour map is an error naming the
+    # file (error) or becomes the ignore label 255 (ignore).
+    unknown_colour: str = "error"
+    # labelme without classes.txt: the class names, class 0 first; null = the
+    # background followed by the sorted label names found (written here in the run's
+    # resolved config, so that a resumed run keeps the mapping).
+    class_names: Optional[List[str]] = None
 
 
 @dataclass
@@ -430,6 +445,12 @@ def _validate(config, sources, default_source="config"):
         positive(f"data.{key}", getattr(d, key))
     if d.shapes_image_size < 16:
         fail("data.shapes_image_size", f"expected an integer >= 16, found {d.shapes_image_size}")
+    one_of("data.coco_crowd", d.coco_crowd, COCO_CROWD_RULES)
+    one_of("data.unknown_colour", d.unknown_colour, UNKNOWN_COLOUR_RULES)
+    if d.class_names is not None:
+        problem = class_names_problem(d.class_names)
+        if problem:
+            fail("data.class_names", problem)
     if not d.train_split:
         fail("data.train_split", "expected a split name, found an empty string")
     if not d.val_split:
@@ -512,6 +533,30 @@ def _validate(config, sources, default_source="config"):
                                    f"{t.step_timeout}")
     if not t.log_dir:
         fail("train.log_dir", "expected a directory, found an empty string")
+
+
+def normal_class_name(name):
+    """The form in which class names are compared: stripped and case-folded."""
+    return name.strip().casefold()
+
+
+def class_names_problem(names):
+    """What is wrong with a list of class names (class 0 first), or None: fewer
+    than 2 or more than 255 names, an empty name, a line break, or two names
+    equal after `normal_class_name`."""
+    if not 2 <= len(names) <= 255:
+        return (f"expected 2 to 255 class names (class 0 first; 255 is the ignore label), "
+                f"found {len(names)}")
+    seen = {}
+    for index, name in enumerate(names):
+        if not name.strip() or "\n" in name or "\r" in name:
+            return f"class {index}: expected a non-empty one-line name, found {name!r}"
+        key = normal_class_name(name)
+        if key in seen:
+            return (f"classes {seen[key]} ({names[seen[key]]!r}) and {index} ({name!r}) "
+                    f"have the same name once stripped and case-folded")
+        seen[key] = index
+    return None
 
 
 def dataset_root(config):

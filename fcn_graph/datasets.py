@@ -14,6 +14,10 @@ Layouts (`data.kind`):
             value = class id, 255 ignored), optional classes.txt; splits from
             <split>.txt, else images/<split>/ and labels/<split>/, else a seeded split.
     shapes  generated on first use (see fcn_graph.shapes_dataset), then read as `folder`.
+    coco, labelme, colour_masks
+            annotation-tool exports, read directly (see fcn_graph.coco_data,
+            fcn_graph.labelme_data, fcn_graph.colour_masks): their SplitFiles carry
+            a `reader` that decodes an item's image and rasterises its label.
 
 `open_split` scans a split before training starts (missing split files, empty
 splits and images without labels are `UserError`s naming the file). Each image
@@ -30,8 +34,8 @@ returns the palette colours instead of the indices.
 
 import os
 import re
-from dataclasses import dataclass
-from typing import Tuple
+from dataclasses import dataclass, field
+from typing import Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -64,6 +68,10 @@ class SplitFiles:
     label_paths: Tuple[str, ...]
     class_names: Tuple[str, ...]  # empty when the dataset does not name its classes
     label_offset: int = 0  # subtracted from stored label values (pets trimaps: 1)
+    # Decodes (image, label) of an item from (image path, label path) for kinds whose
+    # labels are not id PNGs: an object with `read(image_path, label_path)` returning
+    # (uint8 [H, W, 3], uint8 [H, W]) and raising ImageFileError / LabelFileError.
+    reader: Optional[object] = field(default=None, compare=False, repr=False)
 
     def __len__(self):
         return len(self.image_paths)
@@ -99,6 +107,7 @@ def open_split(kind, root, split, *, seed=0, val_fraction=0.1):
     raise UserError(f"data.kind: expected one of voc, ade20k, pets, folder, shapes, found {kind!r}")
 
 
+
 def splits_from_config(config):
     """(train SplitFiles, val SplitFiles, num_classes) for a config; generates shapes."""
     train = open_config_split(config, config.data.train_split)
@@ -115,6 +124,10 @@ def open_config_split(config, split):
         shapes_dataset.ensure_shapes(root, num_train=d.shapes_train_images,
                                      num_val=d.shapes_val_images,
                                      image_size=d.shapes_image_size, seed=config.train.seed)
+    if d.kind in ("coco", "labelme", "colour_masks"):
+        from fcn_graph import annotation_data
+
+        return annotation_data.open_split(config, split)
     return open_split(d.kind, root, split, seed=config.train.seed, val_fraction=d.val_fraction)
 
 
@@ -331,6 +344,11 @@ def read_label(label_path, num_classes, offset=0, image_path=None, image_hw=None
         label = image_files.read_label(label_path)
     except UserError as err:
         raise LabelFileError(str(err)) from None
+    return check_label(label, label_path, num_classes, offset, image_path, image_hw)
+
+
+def check_label(label, label_path, num_classes, offset=0, image_path=None, image_hw=None):
+    """`label` (uint8 [H, W] as stored) minus `offset`, checked as `read_label` says."""
     if image_hw is not None and tuple(label.shape) != tuple(int(v) for v in image_hw):
         raise LabelFileError(
             f"{label_path}: label is {label.shape[1]}x{label.shape[0]} (WxH) but its image "
@@ -348,20 +366,35 @@ def read_label(label_path, num_classes, offset=0, image_path=None, image_hw=None
     return values.astype(np.uint8)
 
 
-def read_pair(image_path, label_path, num_classes, offset=0):
-    """Decode one (image uint8 [H, W, 3], label uint8 [H, W]) pair with the readers
-    that infer uses (`image_files.read_image`, `read_label`), so that every command
-    sees the same pixels of a file. Raises `ImageFileError` naming an image that
-    cannot be decoded and `LabelFileError` for a label `read_label` refuses."""
+def read_raw_pair(image_path, label_path, reader=None):
+    """One (image uint8 [H, W, 3], label uint8 [H, W] as stored) pair, unchecked:
+    through `reader` (a SplitFiles' reader) when given, else the image and label
+    files. Raises `ImageFileError` or `LabelFileError` naming the file."""
+    if reader is not None:
+        return reader.read(image_path, label_path)
     try:
         image = image_files.read_image(image_path)
     except UserError as err:
         raise ImageFileError(str(err)) from None
-    label = read_label(label_path, num_classes, offset, image_path, image.shape[:2])
+    try:
+        label = image_files.read_label(label_path)
+    except UserError as err:
+        raise LabelFileError(str(err)) from None
     return image, label
 
 
-def _load_pair(image_path, label_path, *, num_classes, offset):
+def read_pair(image_path, label_path, num_classes, offset=0, reader=None):
+    """Decode one (image uint8 [H, W, 3], label uint8 [H, W]) pair with the readers
+    that infer uses (`image_files.read_image`, `read_label`), so that every command
+    sees the same pixels of a file. Raises `ImageFileError` naming an image that
+    cannot be decoded and `LabelFileError` for a label `read_label` refuses.
+    `reader`: a SplitFiles' reader, for kinds whose labels are not id PNGs."""
+    image, label = read_raw_pair(image_path, label_path, reader)
+    label = check_label(label, label_path, num_classes, offset, image_path, image.shape[:2])
+    return image, label
+
+
+def _load_pair(image_path, label_path, *, num_classes, offset, reader=None):
     """Decode one (image float32 [H, W, 3], label uint8 [H, W]) pair, in the graph.
 
     Decoding runs in Python through `read_pair` rather than `tf.io.decode_image`,
@@ -370,7 +403,7 @@ def _load_pair(image_path, label_path, *, num_classes, offset):
     """
     def load(image_path_bytes, label_path_bytes):
         return read_pair(image_path_bytes.decode(), label_path_bytes.decode(), num_classes,
-                         offset)
+                         offset, reader)
 
     image, label = tf.numpy_function(load, [image_path, label_path], (tf.uint8, tf.uint8),
                                      stateful=False, name="read_pair")
@@ -411,7 +444,7 @@ def train_dataset(files, *, num_classes, batch_size, image_size, scale_range=(1.
     def load_and_augment(index, pair):
         image_path, label_path = pair
         image, label = _load_pair(image_path, label_path, num_classes=num_classes,
-                                  offset=files.label_offset)
+                                  offset=files.label_offset, reader=files.reader)
         return augment(image, label, tf.stack([tf.constant(seed, tf.int64), index]),
                        image_size=image_size, scale_range=scale_range, flip=flip,
                        mean_pixel=mean_pixel)
@@ -431,7 +464,7 @@ def eval_dataset(files, *, num_classes, max_images=None):
 
     def load(image_path, label_path, name):
         image, label = _load_pair(image_path, label_path, num_classes=num_classes,
-                                  offset=files.label_offset)
+                                  offset=files.label_offset, reader=files.reader)
         return {"image": image, "label": tf.cast(label, tf.int32), "name": name}
 
     data = data.map(load, num_parallel_calls=tf.data.AUTOTUNE)

@@ -1,0 +1,98 @@
+"""What the annotation-tool kinds (coco, labelme, colour_masks) share.
+
+`open_split(config, split)` opens one split of such a dataset; the result is a
+`datasets.SplitFiles` whose `reader` decodes each item's image and rasterises
+its label on the fly. The helpers here read JSON with one-line errors and check
+class names.
+"""
+
+import json
+import math
+
+from fcn_graph import image_files
+from fcn_graph.config import class_names_problem, dataset_root, normal_class_name
+from fcn_graph.errors import UserError
+from fcn_graph.fileio import NotARegularFile, kind_of, read_regular_file
+
+
+def open_split(config, split):
+    """The SplitFiles of `split` of the config's coco, labelme or colour_masks dataset."""
+    d = config.data
+    root = dataset_root(config)
+    seed, fraction = config.train.seed, d.val_fraction
+    if d.kind == "coco":
+        from fcn_graph import coco_data
+
+        return coco_data.open_split(root, split, seed=seed, val_fraction=fraction,
+                                    crowd=d.coco_crowd)
+    if d.kind == "labelme":
+        from fcn_graph import labelme_data
+
+        return labelme_data.open_split_of_config(config, split)
+    if d.kind == "colour_masks":
+        from fcn_graph import colour_masks
+
+        return colour_masks.open_split(root, split, seed=seed, val_fraction=fraction,
+                                       unknown=d.unknown_colour)
+    raise AssertionError(f"not an annotation kind: {d.kind!r}")
+
+
+def read_json(path, expected):
+    """The parsed JSON file at `path` (a regular UTF-8 file), or a UserError
+    naming it: missing, not a regular file, not UTF-8, not JSON or cut short."""
+    try:
+        raw = read_regular_file(path)
+    except NotARegularFile as err:
+        raise UserError(f"{path}: is {kind_of(err.mode)}, not a regular file "
+                        f"(expected {expected})") from None
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file (expected {expected})") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a directory (expected {expected})") from None
+    except OSError as err:
+        raise UserError(f"{path}: cannot read ({err.strerror}; expected {expected})") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not UTF-8 text (byte 0x{raw[err.start]:02x} at offset "
+                        f"{err.start}; expected {expected})") from None
+    if not text.strip():
+        raise UserError(f"{path}: empty file (expected {expected})")
+    try:
+        return json.loads(text, parse_constant=_refuse_constant)
+    except json.JSONDecodeError as err:
+        cut = " (cut short?)" if err.pos >= len(text.rstrip()) else ""
+        raise UserError(f"{path}: not valid JSON{cut}: {err.msg} at line {err.lineno}, "
+                        f"column {err.colno} (expected {expected})") from None
+    except ValueError as err:
+        raise UserError(f"{path}: {err} (expected {expected})") from None
+
+
+def _refuse_constant(name):
+    raise ValueError(f"found {name}, which is not a JSON number")
+
+
+def check_class_names(names, where):
+    """Raise UserError naming `where` when `names` (class 0 first) are not usable:
+    more than 255 classes, fewer than 2, an empty name or two names that are
+    equal once stripped and case-folded."""
+    image_files.check_num_classes(len(names), where)
+    problem = class_names_problem(list(names))
+    if problem:
+        raise UserError(f"{where}: {problem}")
+
+
+def class_index(names):
+    """{normalised name: class id} of `names`."""
+    return {normal_class_name(name): index for index, name in enumerate(names)}
+
+
+def is_number(value):
+    """Whether `value` is a finite JSON number (not a bool)."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+def is_count(value):
+    """Whether `value` is a JSON integer >= 0 (not a bool)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
