@@ -447,6 +447,9 @@ def _validate(config, sources, default_source="config"):
         fail("data.shapes_image_size", f"expected an integer >= 16, found {d.shapes_image_size}")
     one_of("data.coco_crowd", d.coco_crowd, COCO_CROWD_RULES)
     one_of("data.unknown_colour", d.unknown_colour, UNKNOWN_COLOUR_RULES)
+    if d.class_names is not None and d.kind != "labelme":
+        fail("data.class_names", f"used only by data.kind labelme, found data.kind {d.kind!r}; "
+                                 f"set it to null")
     if d.class_names is not None:
         problem = class_names_problem(d.class_names)
         if problem:

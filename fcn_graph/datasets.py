@@ -112,6 +112,11 @@ def splits_from_config(config):
     """(train SplitFiles, val SplitFiles, num_classes) for a config; generates shapes."""
     train = open_config_split(config, config.data.train_split)
     val = open_config_split(config, config.data.val_split)
+    if train.class_names and val.class_names and train.class_names != val.class_names:
+        raise UserError(
+            f"data.val_split {val.split!r}: its classes ({', '.join(val.class_names)}) differ "
+            f"from those of data.train_split {train.split!r} ({', '.join(train.class_names)}); "
+            f"both splits must name the same classes in the same order")
     num_classes = resolve_num_classes(config.model.num_classes, train)
     return train, val, num_classes
 

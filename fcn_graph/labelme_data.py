@@ -129,6 +129,11 @@ def _class_names(root, configured, parsed):
         names = [line.strip() for line in
                  datasets._read_lines(classes_file, "one class name per line") if line.strip()]
         check_class_names(names, classes_file)
+        if configured and [normal_class_name(n) for n in configured] != [
+                normal_class_name(n) for n in names]:
+            raise UserError(f"data.class_names {configured} differ from the classes of "
+                            f"{classes_file} {names}; set data.class_names to null or edit "
+                            f"the file")
         return names, classes_file
     if configured:
         check_class_names(configured, "data.class_names")

@@ -229,3 +229,15 @@ def test_category_list_order_not_ids_gives_the_classes(tmp_path):
     write_rgb(str(tmp_path / "images" / "img2.png"), np.zeros((4, 5, 3), np.uint8))
     names, class_of = coco_data.class_names_of(categories, "x")
     assert names == ("background", "person", "car") and class_of == {3: 1, 7: 2}
+
+
+def test_split_files_must_name_the_same_classes(tmp_path):
+    write_coco_splits(str(tmp_path), np.random.default_rng(11))
+    path = tmp_path / "annotations" / "instances_val.json"
+    document = json.loads(path.read_text())
+    document["categories"].append({"id": 50, "name": "bus"})
+    path.write_text(json.dumps(document))
+    config = load_config(None, ["data.kind=coco", f"data.root={tmp_path}"])
+    with pytest.raises(UserError, match=r"data.val_split 'val': its classes \(background, car, "
+                                        r"person, bus\) differ from those of"):
+        datasets.splits_from_config(config)

@@ -161,3 +161,29 @@ def test_too_many_classes_refused(tmp_path):
     (tmp_path / "classes.txt").write_text("\n".join(f"c{i}" for i in range(256)) + "\n")
     with pytest.raises(UserError, match=r"classes.txt: expected at most 255 classes"):
         labelme_data.open_split(str(tmp_path), "train")
+
+
+@pytest.mark.parametrize("value, message", [
+    (["background", "Cat", " cat"], "classes 1 ('Cat') and 2 (' cat') have the same name"),
+    (["background"], "expected 2 to 255 class names"),
+    (["background", ""], "class 1: expected a non-empty one-line name"),
+])
+def test_class_names_key_is_checked(value, message):
+    with pytest.raises(UserError, match=r"^--set: data.class_names: ") as err:
+        load_config(None, ["data.kind=labelme", "data.root=x",
+                           f"data.class_names={json.dumps(value)}"])
+    assert message in str(err.value)
+    with pytest.raises(UserError, match=r"data.class_names: used only by data.kind labelme"):
+        load_config(None, ["data.kind=folder", "data.root=x",
+                           'data.class_names=["a", "b"]'])
+
+
+def test_class_names_key_and_classes_txt_must_agree(tmp_path):
+    write_labelme(str(tmp_path), np.random.default_rng(6))
+    (tmp_path / "classes.txt").write_text("background\ncat\ndog\n")
+    same = labelme_data.open_split(str(tmp_path), "train", class_names=["Background", "cat",
+                                                                        "dog"])
+    assert same.class_names == ("background", "cat", "dog")
+    with pytest.raises(UserError, match=r"data.class_names .* differ from the classes of "):
+        labelme_data.open_split(str(tmp_path), "train", class_names=["background", "dog",
+                                                                     "cat"])
