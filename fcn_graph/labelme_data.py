@@ -57,10 +57,11 @@ def open_split_of_config(config, split):
     run's resolved config then records."""
     d = config.data
     root = dataset_root(config)
-    names = d.class_names or _run_class_names(config.train.log_dir, root)
+    listed = os.path.isfile(os.path.join(root, "classes.txt"))
+    names = d.class_names or (None if listed else _run_class_names(config.train.log_dir, root))
     files = open_split(root, split, seed=config.train.seed, val_fraction=d.val_fraction,
                        class_names=names)
-    if not os.path.isfile(os.path.join(root, "classes.txt")):
+    if not listed:
         d.class_names = list(files.class_names)
     return files
 

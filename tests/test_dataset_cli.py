@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 from datafixtures import write_rgb
-from owndata import write_coco_single, write_cvat_masks, write_labelme
+from owndata import EXPECTED_1_CLASS, write_coco_single, write_cvat_masks, write_labelme
 
 from fcn_graph import dataset, datasets
 from fcn_graph.config import load_config
@@ -77,6 +77,17 @@ def test_convert_refuses_a_folder_it_did_not_create_and_a_changed_file(tmp_path,
     err = capsys.readouterr().err
     assert "classes.txt: exists and was not written by fcn_graph" in err
     assert (out / "classes.txt").read_text() == "edited by hand\n"
+
+
+def test_convert_of_another_source_rewrites_everything(tmp_path, capsys):
+    root, config = make(tmp_path, "coco")
+    out = tmp_path / "out"
+    argv = ["convert", "--config", config, "--out", str(out), "--quiet"]
+    assert run_cli(dataset.main, argv) == 0
+    assert run_cli(dataset.main, argv + ["--set", "data.coco_crowd=class"]) == 0
+    assert "wrote 3 item(s)" in capsys.readouterr().out.splitlines()[-1]
+    folder, _ = items(["data.kind=folder", f"data.root={out}"])
+    np.testing.assert_array_equal(folder["img1"][1], EXPECTED_1_CLASS)
 
 
 def test_an_interrupted_convert_resumes(tmp_path, monkeypatch, capsys):

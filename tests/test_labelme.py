@@ -21,12 +21,14 @@ def read_all(files):
             for image, label in zip(files.image_paths, files.label_paths)}
 
 
-def test_labels_external_and_embedded_images(tmp_path):
+def test_labels_external_and_embedded_images(tmp_path, capsys):
     pixels = write_labelme(str(tmp_path), np.random.default_rng(0))
     (tmp_path / "train.txt").write_text("a\nc\n")
     (tmp_path / "val.txt").write_text("b\n")
     train = labelme_data.open_split(str(tmp_path), "train")
+    assert "labelme split 'train': 1 line or point shape(s) ignored" in capsys.readouterr().err
     val = labelme_data.open_split(str(tmp_path), "val")
+    assert "ignored" not in capsys.readouterr().err
     assert train.class_names == ("background", "cat", "dog") == val.class_names
     assert train.image_paths[0] == str(tmp_path / "a.png")  # external image
     assert val.image_paths[0] == str(tmp_path / "b.json")  # embedded
