@@ -141,7 +141,7 @@ def format_report(report):
                      f"{max(widths)}x{max(heights)}")
     if report.pixels is not None:
         labelled = int(report.pixels.sum())
-        lines.append(f"{'class':>5}  {'name':<24} {'pixels':>8}  images")
+        lines.append(f"{'class':>5}  {'name':<24} {'share':>8}  images")
         for index, name in enumerate(report.class_names):
             share = report.pixels[index] / labelled if labelled else 0.0
             lines.append(f"{index:>5}  {name[:24]:<24} {100 * share:7.2f}%  "
