@@ -57,13 +57,13 @@ def find_layout(root, split):
     for prefix in ("instances", "stuff"):
         for name in (f"{prefix}_{split}.json", f"{prefix}_{split}2017.json"):
             path = os.path.join(notes, name)
-            if os.path.isfile(path):
+            if os.path.lexists(path):
                 dirs = [os.path.join(root, "images"), os.path.join(root, split),
                         os.path.join(root, f"{split}2017"),
                         os.path.join(root, "images", split), root]
                 return path, dirs, False
     for name in (split, _ROBOFLOW_ALIASES.get(split)):
-        if name and os.path.isfile(os.path.join(root, name, _ROBOFLOW)):
+        if name and os.path.lexists(os.path.join(root, name, _ROBOFLOW)):
             return os.path.join(root, name, _ROBOFLOW), [os.path.join(root, name)], False
     singles = [os.path.join(root, name) for name in _SINGLE_FILES]
     if os.path.isdir(notes):
@@ -71,7 +71,7 @@ def find_layout(root, split):
         if len(found) == 1:
             singles.append(os.path.join(notes, found[0]))
     for path in singles:
-        if os.path.isfile(path):
+        if os.path.lexists(path):
             dirs = [os.path.join(root, "images"), os.path.join(root, "images", "default"), root]
             return path, dirs, True
     raise UserError(

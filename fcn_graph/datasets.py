@@ -104,7 +104,8 @@ def open_split(kind, root, split, *, seed=0, val_fraction=0.1):
         return _pets(root, split, seed, val_fraction)
     if kind in ("folder", "shapes"):
         return _folder(root, split, seed, val_fraction, kind)
-    raise UserError(f"data.kind: expected one of voc, ade20k, pets, folder, shapes, found {kind!r}")
+    raise UserError(f"data.kind: expected one of voc, ade20k, pets, folder, shapes, found {kind!r} "
+                    f"(coco, labelme and colour_masks open through open_config_split)")
 
 
 

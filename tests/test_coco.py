@@ -241,3 +241,23 @@ def test_split_files_must_name_the_same_classes(tmp_path):
     with pytest.raises(UserError, match=r"data.val_split 'val': its classes \(background, car, "
                                         r"person, bus\) differ from those of"):
         datasets.splits_from_config(config)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_annotation_file_that_is_a_fifo_directory_or_not_utf8(tmp_path):
+    write_coco_single(str(tmp_path), np.random.default_rng(12))
+    path = tmp_path / "annotations" / "instances_default.json"
+    path.write_bytes(b'{"images": "\xff"}')
+    with pytest.raises(UserError, match=r"instances_default.json: not UTF-8 text \(byte 0xff"):
+        coco_data.open_split(str(tmp_path), "train")
+    os.remove(path)
+    os.mkfifo(path)
+    with pytest.raises(UserError, match=r"instances_default.json: is a FIFO, not a regular file"):
+        coco_data.open_split(str(tmp_path), "train")
+    os.remove(path)
+    os.mkdir(tmp_path / "labelme")
+    os.mkdir(tmp_path / "labelme" / "x.json")
+    from fcn_graph import labelme_data
+
+    with pytest.raises(UserError, match=r"x.json: is a directory"):
+        labelme_data.open_split(str(tmp_path / "labelme"), "train")
