@@ -33,6 +33,7 @@ JSON's width and height when read.
 """
 
 import os
+import sys
 
 import numpy as np
 from pycocotools import mask as coco_mask
@@ -123,6 +124,14 @@ def open_split(root, split, *, seed=0, val_fraction=0.1, crowd="ignore"):
         refs.append(ref)
         items[ref] = record
     reader = CocoReader(path, items, class_of, crowd)
+    crowds = sum(bool(ann.get("iscrowd", 0)) for key in keys
+                 for ann in records[key]["annotations"])
+    if crowds and crowd == "ignore":
+        reader.warnings.append(
+            f"{path}: split {split!r}: {crowds} crowd annotation(s) (iscrowd 1) become the "
+            f"ignore label; CVAT exports its brush masks as crowd regions: set "
+            f"data.coco_crowd to class to train on them")
+        print(f"note: {reader.warnings[-1]}", file=sys.stderr)
     return SplitFiles("coco", split, tuple(image_paths), tuple(refs), names, reader=reader)
 
 
@@ -290,6 +299,7 @@ class CocoReader:
 
     def __init__(self, path, items, class_of, crowd):
         self.path, self.items, self.class_of, self.crowd = path, items, class_of, crowd
+        self.warnings = []  # what the dataset check reports about the split
 
     def read(self, image_path, label_ref):
         record = self.items[label_ref]

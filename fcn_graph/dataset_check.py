@@ -78,6 +78,7 @@ def check_dataset(config, *, show_progress=True):
             done += 1
             if progress:
                 progress.update(done)
+        report.warnings += getattr(files.reader, "warnings", [])
         empty = getattr(files.reader, "empty", [])
         if empty:
             report.warnings.append(

@@ -149,6 +149,16 @@ def test_check_counts_shares_and_warnings(tmp_path, capsys, monkeypatch):
     assert "the same image as" in out and "warning" in out
 
 
+def test_check_warns_of_ignored_crowd_regions(tmp_path, capsys, monkeypatch):
+    root, config = make(tmp_path, "coco")
+    monkeypatch.chdir(tmp_path)
+    status = run_cli(dataset.main, ["check", "--config", config, "--quiet"])
+    out = capsys.readouterr().out
+    assert status == 1 and "1 crowd annotation(s) (iscrowd 1) become the ignore label" in out
+    assert run_cli(dataset.main, ["check", "--config", config, "--quiet", "--set",
+                                  "data.coco_crowd=class"]) == 0
+
+
 def test_check_names_every_bad_file(tmp_path, capsys, monkeypatch):
     root, config = make(tmp_path, "colour_masks")
     monkeypatch.chdir(tmp_path)
