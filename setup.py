@@ -14,6 +14,7 @@ setup(
         "commentjson>=0.9",
         "Pillow>=9.0",
         "h5py>=3.8",  # port keras-h5
+        "pycocotools>=2.0.6",  # data.kind coco: polygons and RLE masks
     ],
     extras_require={
         # python -m fcn_graph.export --format onnx and --engine onnxruntime (SavedModel and

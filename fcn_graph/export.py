@@ -64,7 +64,7 @@ from fcn_graph.core.errors import UserError, run_cli
 from fcn_graph.core.ranges import Range
 from fcn_graph.data import image_files
 from fcn_graph.engines import onnx_engine
-from fcn_graph.engines.int8 import CALIBRATION_IMAGES
+from fcn_graph.engines.int8_model import CALIBRATION_IMAGES
 from fcn_graph.host import tflog
 
 

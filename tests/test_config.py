@@ -56,7 +56,7 @@ def test_repo_config_json_is_valid():
     ('{"train": {"keep_prob": 0}}', "train.keep_prob: expected a number in (0, 1], found 0"),
     ('{"train": {"keep_prob": 1.5}}', "train.keep_prob: expected a number in (0, 1]"),
     ('{"data": {"kind": "voc"}}', "config.json: data.root: required for data.kind 'voc'"),
-    ('{"data": {"kind": "coco", "root": "x"}}', "data.kind: expected one of voc, ade20k"),
+    ('{"data": {"kind": "cityscapes", "root": "x"}}', "data.kind: expected one of voc, ade20k"),
     ('{"model": {"vgg_mat": "vgg.mat", "vgg_width": 0.5}}', "model.vgg_width: must be 1.0"),
     ('{"model": {"architecture": "fcn32"}}', "model.architecture: expected one of legacy, paper"),
     ('{"model": {"kernels": "gpu"}}', "model.kernels: expected one of auto, reference, cpu, found 'gpu'"),

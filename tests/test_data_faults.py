@@ -19,7 +19,7 @@ from fcn_graph import train as train_module
 from fcn_graph.core.constants import IGNORE_LABEL
 from fcn_graph.core.errors import UserError, run_cli
 from fcn_graph.core.fileio import write_json_atomic
-from fcn_graph.data import datasets, image_files
+from fcn_graph.data import datasets, image_files, splits
 from fcn_graph.engines.segmenter import make_segmenter
 from fcn_graph.network.spec import ModelSpec
 from fcn_graph.training import loop
@@ -231,7 +231,7 @@ def test_read_pair_names_an_empty_image(tmp_path):
     image, label = str(tmp_path / "x.jpg"), str(tmp_path / "x.png")
     open(image, "wb").close()
     write_gray(label, np.zeros((4, 4)))
-    with pytest.raises(datasets.ImageFileError, match=r"x\.jpg: not a readable image.*empty"):
+    with pytest.raises(splits.ImageFileError, match=r"x\.jpg: not a readable image.*empty"):
         datasets.read_pair(image, label, NUM_CLASSES)
 
 

@@ -12,7 +12,6 @@ from fcn_graph.core.constants import IGNORE_LABEL
 from fcn_graph.core.errors import UserError
 from fcn_graph.data import datasets, shapes
 from fcn_graph.data.datasets import (
-    LabelFileError,
     augment,
     data_error_message,
     eval_dataset,
@@ -20,6 +19,7 @@ from fcn_graph.data.datasets import (
     read_label,
     train_dataset,
 )
+from fcn_graph.data.splits import LabelFileError
 from fcn_graph.training.config import load_config
 
 

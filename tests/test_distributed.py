@@ -22,7 +22,7 @@ from fcn_graph import infer
 from fcn_graph import train as train_module
 from fcn_graph.cluster import distributed
 from fcn_graph.core.errors import UserError, run_cli
-from fcn_graph.data import datasets
+from fcn_graph.data import datasets, splits
 from fcn_graph.training import loop
 from fcn_graph.training.config import load_config
 
@@ -200,14 +200,14 @@ def test_chief_ranks_first_and_shards_are_disjoint():
         "task": {"type": "worker", "index": 0}}))
     assert cluster.rank == 1 and not cluster.is_chief and cluster.size == 3
     assert cluster.name(0) == "chief 0 of 1 (c:1)"
-    files = datasets.SplitFiles("folder", "train", tuple(f"i{n}.png" for n in (3, 1, 4, 0, 2)),
+    files = splits.SplitFiles("folder", "train", tuple(f"i{n}.png" for n in (3, 1, 4, 0, 2)),
                                 tuple(f"l{n}.png" for n in (3, 1, 4, 0, 2)), ())
     shards = [distributed.shard(files, distributed.Cluster(
         cluster.jobs, job, index, cluster.tasks)) for job, index in cluster.tasks]
     assert [s.image_paths for s in shards] == [("i0.png", "i3.png"), ("i1.png", "i4.png"),
                                                ("i2.png",)]
     assert [s.label_paths for s in shards][2] == ("l2.png",)
-    small = datasets.SplitFiles("folder", "train", ("a",), ("b",), ())
+    small = splits.SplitFiles("folder", "train", ("a",), ("b",), ())
     with pytest.raises(UserError, match="1 images for 3 training tasks"):
         distributed.shard(small, cluster)
 

@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from fcn_graph.core.constants import IGNORE_LABEL
 from fcn_graph.core.errors import UserError
-from fcn_graph.data.datasets import SplitFiles
+from fcn_graph.data.splits import SplitFiles
 from fcn_graph.training import imbalance
 from fcn_graph.training import loop as train_module
 from tests.datafixtures import write_gray

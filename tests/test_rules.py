@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from fcn_graph.core.constants import IGNORE_LABEL
 from fcn_graph.core.errors import UserError
-from fcn_graph.data import datasets, image_files
+from fcn_graph.data import datasets, image_files, splits
 from fcn_graph.network.spec import ModelSpec
 from fcn_graph.training import metrics
 from fcn_graph.weights import checkpoint
@@ -208,11 +208,11 @@ def test_read_label_accepts_ids_below_num_classes_and_255_only(tmp_path):
     label = np.array([[0, 1, 2], [IGNORE_LABEL, 2, 0]], np.uint8)
     image_files.write_label_png(path, label)
     np.testing.assert_array_equal(datasets.read_label(path, 3), label)  # no offset by default
-    with pytest.raises(datasets.LabelFileError, match=r"values \[2\] outside \[0, 2\)"):
+    with pytest.raises(splits.LabelFileError, match=r"values \[2\] outside \[0, 2\)"):
         datasets.read_label(path, 2)
     many = np.arange(10, 22, dtype=np.uint8).reshape(3, 4)
     image_files.write_label_png(path, many)
-    with pytest.raises(datasets.LabelFileError) as caught:
+    with pytest.raises(splits.LabelFileError) as caught:
         datasets.read_label(path, 3)
     assert f"values {list(range(10, 18))} outside" in str(caught.value)
 

@@ -8,6 +8,9 @@ IGNORE_LABEL = 255
 # Mean pixel of the ImageNet VGG models, RGB order, 0..255 scale.
 VGG_MEAN_RGB = (123.68, 116.779, 103.939)
 
+# The resolved config every training run writes into its log directory.
+RESOLVED_CONFIG_NAME = "config.json"
+
 # The network downsamples by 32 before conv6; scores come back at stride 8.
 OUTPUT_STRIDE = 8
 

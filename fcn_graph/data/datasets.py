@@ -14,12 +14,16 @@ Layouts (`data.kind`):
             value = class id, 255 ignored), optional classes.txt; splits from
             <split>.txt, else images/<split>/ and labels/<split>/, else a seeded split.
     shapes  generated on first use (see fcn_graph.data.shapes), then read as `folder`.
+    coco, labelme, colour_masks
+            annotation-tool exports, read directly (see fcn_graph.data.coco,
+            fcn_graph.data.labelme, fcn_graph.data.colour_masks): their SplitFiles carry
+            a `reader` that decodes an item's image and rasterises its label.
 
 `open_split` scans a split before training starts (missing split files, empty
 splits and images without labels are `UserError`s naming the file). Each image
 and label is checked when the pipeline first reads it (the image decodable, the
 label the size of its image with values in [0, num_classes) or IGNORE_LABEL); a
-failure raises `ImageFileError` or `LabelFileError` inside the pipeline, which
+failure raises `splits.ImageFileError` or `splits.LabelFileError` inside the pipeline, which
 `data_error_message` turns back into a one-line message naming the file.
 
 Images are decoded by `image_files.read_image` (OpenCV, accurate IDCT), the reader
@@ -30,15 +34,13 @@ returns the palette colours instead of the indices.
 
 import os
 import re
-from dataclasses import dataclass
-from typing import Tuple
 
 import numpy as np
 import tensorflow as tf
 
 from fcn_graph.core.constants import IGNORE_LABEL, VGG_MEAN_RGB
 from fcn_graph.core.errors import UserError
-from fcn_graph.data import image_files, shapes
+from fcn_graph.data import image_files, shapes, splits
 from fcn_graph.data.image_files import IMAGE_EXTENSIONS
 
 VOC_CLASSES = (
@@ -52,40 +54,6 @@ _ADE_SPLITS = {"train": "training", "training": "training",
                "val": "validation", "validation": "validation"}
 _PETS_SPLITS = {"train": "trainval", "trainval": "trainval", "val": "test", "test": "test"}
 
-
-
-def dataset_root(config):
-    """`data.root`, or the default directory of the generated shapes dataset."""
-    if config.data.root:
-        return config.data.root
-    return os.path.join("data", "shapes")
-
-
-@dataclass(frozen=True)
-class SplitFiles:
-    """The checked file list of one split."""
-
-    kind: str
-    split: str
-    image_paths: Tuple[str, ...]
-    label_paths: Tuple[str, ...]
-    class_names: Tuple[str, ...]  # empty when the dataset does not name its classes
-    label_offset: int = 0  # subtracted from stored label values (pets trimaps: 1)
-
-    def __len__(self):
-        return len(self.image_paths)
-
-    @property
-    def names(self):
-        return tuple(os.path.splitext(os.path.basename(p))[0] for p in self.image_paths)
-
-
-class LabelFileError(Exception):
-    """A label file that cannot be used; raised inside the tf.data pipeline."""
-
-
-class ImageFileError(Exception):
-    """An image file that cannot be decoded; raised inside the tf.data pipeline."""
 
 
 # --------------------------------------------------------------------------- file lists
@@ -103,13 +71,20 @@ def open_split(kind, root, split, *, seed=0, val_fraction=0.1):
         return _pets(root, split, seed, val_fraction)
     if kind in ("folder", "shapes"):
         return _folder(root, split, seed, val_fraction, kind)
-    raise UserError(f"data.kind: expected one of voc, ade20k, pets, folder, shapes, found {kind!r}")
+    raise UserError(f"data.kind: expected one of voc, ade20k, pets, folder, shapes, found {kind!r} "
+                    f"(coco, labelme and colour_masks open through open_config_split)")
+
 
 
 def splits_from_config(config):
     """(train SplitFiles, val SplitFiles, num_classes) for a config; generates shapes."""
     train = open_config_split(config, config.data.train_split)
     val = open_config_split(config, config.data.val_split)
+    if train.class_names and val.class_names and train.class_names != val.class_names:
+        raise UserError(
+            f"data.val_split {val.split!r}: its classes ({', '.join(val.class_names)}) differ "
+            f"from those of data.train_split {train.split!r} ({', '.join(train.class_names)}); "
+            f"both splits must name the same classes in the same order")
     num_classes = resolve_num_classes(config.model.num_classes, train)
     return train, val, num_classes
 
@@ -117,12 +92,36 @@ def splits_from_config(config):
 def open_config_split(config, split):
     """SplitFiles of one split of the config's dataset (generating shapes if needed)."""
     d = config.data
-    root = dataset_root(config)
+    root = splits.dataset_root(config)
     if d.kind == "shapes":
         shapes.ensure_shapes(root, num_train=d.shapes_train_images,
                                      num_val=d.shapes_val_images,
                                      image_size=d.shapes_image_size, seed=config.train.seed)
+    if d.kind in ("coco", "labelme", "colour_masks"):
+        return _annotation_split(config, split)
     return open_split(d.kind, root, split, seed=config.train.seed, val_fraction=d.val_fraction)
+
+
+def _annotation_split(config, split):
+    """The SplitFiles of `split` of the config's coco, labelme or colour_masks dataset."""
+    d = config.data
+    root = splits.dataset_root(config)
+    seed, fraction = config.train.seed, d.val_fraction
+    if d.kind == "coco":
+        from fcn_graph.data import coco
+
+        return coco.open_split(root, split, seed=seed, val_fraction=fraction,
+                               crowd=d.coco_crowd)
+    if d.kind == "labelme":
+        from fcn_graph.data import labelme
+
+        return labelme.open_split_of_config(config, split)
+    if d.kind == "colour_masks":
+        from fcn_graph.data import colour_masks
+
+        return colour_masks.open_split(root, split, seed=seed, val_fraction=fraction,
+                                       unknown=d.unknown_colour)
+    raise AssertionError(f"not an annotation kind: {d.kind!r}")
 
 
 def resolve_num_classes(configured, files):
@@ -149,41 +148,6 @@ def class_names_for(files, num_classes):
     return names + [f"class_{i}" for i in range(len(names), num_classes)]
 
 
-def _read_lines(path, what):
-    """The lines of a UTF-8 text file, or a UserError naming it."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            return f.read().splitlines()
-    except UnicodeDecodeError as err:
-        raise UserError(f"{path}: not UTF-8 text (byte {err.start}; expected {what})") from None
-    except OSError as err:
-        raise UserError(f"{path}: cannot read ({err.strerror or err}; expected {what})") from None
-
-
-def _read_list(path, what):
-    if not os.path.isfile(path):
-        raise UserError(f"{path}: split file not found ({what})")
-    stems = [line.split()[0] for line in _read_lines(path, f"a split file, {what}")
-             if line.strip() and not line.startswith("#")]
-    if not stems:
-        raise UserError(f"{path}: split file is empty ({what})")
-    return stems
-
-
-def _pair(image_paths, label_dir, label_ext=".png", listed_in=None):
-    labels = []
-    for image in image_paths:
-        stem = os.path.splitext(os.path.basename(image))[0]
-        label = os.path.join(label_dir, stem + label_ext)
-        if not os.path.isfile(image):
-            where = f" (listed in {listed_in})" if listed_in else ""
-            raise UserError(f"{image}: image not found{where}")
-        if not os.path.isfile(label):
-            raise UserError(f"{image}: no label; expected {label}")
-        labels.append(label)
-    return tuple(labels)
-
-
 def _voc(root, split):
     base = root
     for sub in ("VOC2012", os.path.join("VOCdevkit", "VOC2012")):
@@ -192,10 +156,10 @@ def _voc(root, split):
         ):
             base = os.path.join(root, sub)
     list_file = os.path.join(base, "ImageSets", "Segmentation", f"{split}.txt")
-    stems = _read_list(list_file, f"VOC split {split!r}")
+    stems = splits.read_list(list_file, f"VOC split {split!r}")
     images = tuple(os.path.join(base, "JPEGImages", s + ".jpg") for s in stems)
-    labels = _pair(images, os.path.join(base, "SegmentationClass"), listed_in=list_file)
-    return SplitFiles("voc", split, images, labels, VOC_CLASSES)
+    labels = splits.pair_labels(images, os.path.join(base, "SegmentationClass"), listed_in=list_file)
+    return splits.SplitFiles("voc", split, images, labels, VOC_CLASSES)
 
 
 def _ade20k(root, split):
@@ -211,11 +175,11 @@ def _ade20k(root, split):
     image_dir = os.path.join(base, "images", folder)
     if not os.path.isdir(image_dir):
         raise UserError(f"{image_dir}: ADE20K image directory not found")
-    images = tuple(_list_images(image_dir, (".jpg",)))
+    images = tuple(splits.list_images(image_dir, (".jpg",)))
     if not images:
         raise UserError(f"{image_dir}: no .jpg images in ADE20K split {split!r}")
-    labels = _pair(images, os.path.join(base, "annotations", folder))
-    return SplitFiles("ade20k", split, images, labels, _ade20k_class_names(base))
+    labels = splits.pair_labels(images, os.path.join(base, "annotations", folder))
+    return splits.SplitFiles("ade20k", split, images, labels, _ade20k_class_names(base))
 
 
 def _ade20k_class_names(base):
@@ -223,7 +187,7 @@ def _ade20k_class_names(base):
     names = ["other"] + [f"class_{i}" for i in range(1, ADE20K_NUM_CLASSES)]
     info = os.path.join(base, "objectInfo150.txt")
     if os.path.isfile(info):
-        for line in _read_lines(info, "ADE20K's tab-separated class list")[1:]:
+        for line in splits.read_lines(info, "ADE20K's tab-separated class list")[1:]:
             fields = line.split("\t")
             if len(fields) >= 5 and fields[0].strip().isdigit():
                 index = int(fields[0])
@@ -242,14 +206,14 @@ def _pets(root, split, seed, val_fraction):
         raise UserError(f"data split {split!r}: pets splits are trainval (train) and test (val)")
     list_file = os.path.join(root, "annotations", _PETS_SPLITS[split] + ".txt")
     if os.path.isfile(list_file):
-        stems = _read_list(list_file, f"pets split {split!r}")
+        stems = splits.read_list(list_file, f"pets split {split!r}")
         images = tuple(os.path.join(image_dir, s + ".jpg") for s in stems)
-        labels = _pair(images, label_dir, listed_in=list_file)
+        labels = splits.pair_labels(images, label_dir, listed_in=list_file)
     else:
-        everything = _list_images(image_dir, (".jpg",))
-        images = tuple(_seeded_split(everything, split, seed, val_fraction, image_dir))
-        labels = _pair(images, label_dir)
-    return SplitFiles("pets", split, images, labels, PETS_CLASSES, label_offset=1)
+        everything = splits.list_images(image_dir, (".jpg",))
+        images = tuple(splits.seeded_split(everything, split, seed, val_fraction, image_dir))
+        labels = splits.pair_labels(images, label_dir)
+    return splits.SplitFiles("pets", split, images, labels, PETS_CLASSES, label_offset=1)
 
 
 def _folder(root, split, seed, val_fraction, kind):
@@ -262,65 +226,32 @@ def _folder(root, split, seed, val_fraction, kind):
     classes_file = os.path.join(root, "classes.txt")
     if os.path.isfile(classes_file):
         class_names = tuple(line.strip() for line in
-                            _read_lines(classes_file, "one class name per line") if line.strip())
+                            splits.read_lines(classes_file, "one class name per line") if line.strip())
         if not class_names:
             raise UserError(f"{classes_file}: empty; expected one class name per line")
         image_files.check_num_classes(len(class_names), classes_file)
     list_file = os.path.join(root, f"{split}.txt")
     if os.path.isfile(list_file):
-        by_stem = _images_by_stem(image_dir)
-        stems = _read_list(list_file, f"{kind} split {split!r}")
+        by_stem = splits.images_by_stem(image_dir)
+        stems = splits.read_list(list_file, f"{kind} split {split!r}")
         images = []
         for stem in stems:
             if stem not in by_stem:
                 raise UserError(f"{list_file}: lists {stem!r} but {image_dir} has no "
                                 f"{stem}{{{','.join(IMAGE_EXTENSIONS)}}}")
             images.append(by_stem[stem])
-        labels = _pair(images, label_dir, listed_in=list_file)
+        labels = splits.pair_labels(images, label_dir, listed_in=list_file)
     elif os.path.isdir(os.path.join(image_dir, split)):
-        images = _list_images(os.path.join(image_dir, split), IMAGE_EXTENSIONS)
+        images = splits.list_images(os.path.join(image_dir, split), IMAGE_EXTENSIONS)
         if not images:
             raise UserError(f"{os.path.join(image_dir, split)}: no images in split {split!r}")
-        labels = _pair(images, os.path.join(label_dir, split))
+        labels = splits.pair_labels(images, os.path.join(label_dir, split))
     else:
-        everything = list(_images_by_stem(image_dir).values())
-        images = _seeded_split(everything, split, seed, val_fraction, image_dir,
+        everything = list(splits.images_by_stem(image_dir).values())
+        images = splits.seeded_split(everything, split, seed, val_fraction, image_dir,
                                missing=list_file)
-        labels = _pair(images, label_dir)
-    return SplitFiles(kind, split, tuple(images), labels, class_names)
-
-
-def _list_images(directory, extensions):
-    return sorted(
-        os.path.join(directory, name) for name in os.listdir(directory)
-        if name.lower().endswith(extensions) and not name.startswith(".")
-    )
-
-
-def _images_by_stem(image_dir):
-    by_stem = {}
-    for path in _list_images(image_dir, IMAGE_EXTENSIONS):
-        stem = os.path.splitext(os.path.basename(path))[0]
-        if stem in by_stem:
-            raise UserError(f"{path}: two images share the stem {stem!r} "
-                            f"({os.path.basename(by_stem[stem])})")
-        by_stem[stem] = path
-    return by_stem
-
-
-def _seeded_split(paths, split, seed, val_fraction, where, missing=None):
-    """Deterministic train/val split of `paths` (a sorted list) from `seed`."""
-    if split not in ("train", "val"):
-        hint = f"{missing} not found and " if missing else ""
-        raise UserError(f"{where}: {hint}split {split!r} is neither train nor val, so it "
-                        f"cannot be drawn at random; provide a list file")
-    paths = sorted(paths)
-    if len(paths) < 2:
-        raise UserError(f"{where}: {len(paths)} image(s); a train/val split needs at least 2")
-    order = np.random.default_rng(seed).permutation(len(paths))
-    num_val = min(len(paths) - 1, max(1, int(round(len(paths) * val_fraction))))
-    chosen = order[:num_val] if split == "val" else order[num_val:]
-    return [paths[i] for i in sorted(chosen)]
+        labels = splits.pair_labels(images, label_dir)
+    return splits.SplitFiles(kind, split, tuple(images), labels, class_names)
 
 
 # --------------------------------------------------------------------------- decoding
@@ -330,16 +261,21 @@ def read_label(label_path, num_classes, offset=0, image_path=None, image_hw=None
     """A label PNG as uint8 [H, W] of class ids (palette indices for palette PNGs).
 
     `offset` is subtracted from every value except IGNORE_LABEL. Raises
-    `LabelFileError` naming the file when it is unreadable or a colour image,
+    `splits.LabelFileError` naming the file when it is unreadable or a colour image,
     its size differs from `image_hw`, or a value is outside [0, num_classes)
     and not IGNORE_LABEL.
     """
     try:
         label = image_files.read_label(label_path)
     except UserError as err:
-        raise LabelFileError(str(err)) from None
+        raise splits.LabelFileError(str(err)) from None
+    return check_label(label, label_path, num_classes, offset, image_path, image_hw)
+
+
+def check_label(label, label_path, num_classes, offset=0, image_path=None, image_hw=None):
+    """`label` (uint8 [H, W] as stored) minus `offset`, checked as `read_label` says."""
     if image_hw is not None and tuple(label.shape) != tuple(int(v) for v in image_hw):
-        raise LabelFileError(
+        raise splits.LabelFileError(
             f"{label_path}: label is {label.shape[1]}x{label.shape[0]} (WxH) but its image "
             f"{image_path} is {int(image_hw[1])}x{int(image_hw[0])}")
     values = label.astype(np.int16)
@@ -349,26 +285,41 @@ def read_label(label_path, num_classes, offset=0, image_path=None, image_hw=None
     if bad.any():
         found = np.unique(label[bad])[:8].tolist()
         shown = f"stored values {found} (minus {offset})" if offset else f"values {found}"
-        raise LabelFileError(
+        raise splits.LabelFileError(
             f"{label_path}: {shown} outside [0, {num_classes}) and not {IGNORE_LABEL} "
             f"(model.num_classes = {num_classes})")
     return values.astype(np.uint8)
 
 
-def read_pair(image_path, label_path, num_classes, offset=0):
-    """Decode one (image uint8 [H, W, 3], label uint8 [H, W]) pair with the readers
-    that infer uses (`image_files.read_image`, `read_label`), so that every command
-    sees the same pixels of a file. Raises `ImageFileError` naming an image that
-    cannot be decoded and `LabelFileError` for a label `read_label` refuses."""
+def read_raw_pair(image_path, label_path, reader=None):
+    """One (image uint8 [H, W, 3], label uint8 [H, W] as stored) pair, unchecked:
+    through `reader` (a splits.SplitFiles' reader) when given, else the image and label
+    files. Raises `splits.ImageFileError` or `splits.LabelFileError` naming the file."""
+    if reader is not None:
+        return reader.read(image_path, label_path)
     try:
         image = image_files.read_image(image_path)
     except UserError as err:
-        raise ImageFileError(str(err)) from None
-    label = read_label(label_path, num_classes, offset, image_path, image.shape[:2])
+        raise splits.ImageFileError(str(err)) from None
+    try:
+        label = image_files.read_label(label_path)
+    except UserError as err:
+        raise splits.LabelFileError(str(err)) from None
     return image, label
 
 
-def _load_pair(image_path, label_path, *, num_classes, offset):
+def read_pair(image_path, label_path, num_classes, offset=0, reader=None):
+    """Decode one (image uint8 [H, W, 3], label uint8 [H, W]) pair with the readers
+    that infer uses (`image_files.read_image`, `read_label`), so that every command
+    sees the same pixels of a file. Raises `splits.ImageFileError` naming an image that
+    cannot be decoded and `splits.LabelFileError` for a label `read_label` refuses.
+    `reader`: a splits.SplitFiles' reader, for kinds whose labels are not id PNGs."""
+    image, label = read_raw_pair(image_path, label_path, reader)
+    label = check_label(label, label_path, num_classes, offset, image_path, image.shape[:2])
+    return image, label
+
+
+def _load_pair(image_path, label_path, *, num_classes, offset, reader=None):
     """Decode one (image float32 [H, W, 3], label uint8 [H, W]) pair, in the graph.
 
     Decoding runs in Python through `read_pair` rather than `tf.io.decode_image`,
@@ -377,7 +328,7 @@ def _load_pair(image_path, label_path, *, num_classes, offset):
     """
     def load(image_path_bytes, label_path_bytes):
         return read_pair(image_path_bytes.decode(), label_path_bytes.decode(), num_classes,
-                         offset)
+                         offset, reader)
 
     image, label = tf.numpy_function(load, [image_path, label_path], (tf.uint8, tf.uint8),
                                      stateful=False, name="read_pair")
@@ -418,7 +369,7 @@ def train_dataset(files, *, num_classes, batch_size, image_size, scale_range=(1.
     def load_and_augment(index, pair):
         image_path, label_path = pair
         image, label = _load_pair(image_path, label_path, num_classes=num_classes,
-                                  offset=files.label_offset)
+                                  offset=files.label_offset, reader=files.reader)
         return augment(image, label, tf.stack([tf.constant(seed, tf.int64), index]),
                        image_size=image_size, scale_range=scale_range, flip=flip,
                        mean_pixel=mean_pixel)
@@ -438,7 +389,7 @@ def eval_dataset(files, *, num_classes, max_images=None):
 
     def load(image_path, label_path, name):
         image, label = _load_pair(image_path, label_path, num_classes=num_classes,
-                                  offset=files.label_offset)
+                                  offset=files.label_offset, reader=files.reader)
         return {"image": image, "label": tf.cast(label, tf.int32), "name": name}
 
     data = data.map(load, num_parallel_calls=tf.data.AUTOTUNE)

@@ -95,8 +95,13 @@ def read_image(path):
     image OpenCV can decode, or has an unsupported sample type or channel count.
     """
     path = os.fspath(path)
+    return decode_image(_read_bytes(path, "an image (PNG or JPEG)"), path)
+
+
+def decode_image(data, path):
+    """Decode the bytes of an image file as `read_image` does; `path` names the
+    source in errors."""
     expected = "an image (PNG or JPEG)"
-    data = _read_bytes(path, expected)
     if not data:
         raise UserError(f"{path}: not a readable image (the file is empty; expected {expected})")
     try:

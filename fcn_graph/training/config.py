@@ -20,7 +20,12 @@ import typing
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from fcn_graph.core.constants import KERNELS, TRAIN_KEEP_PROB, TRAIN_PRECISIONS
+from fcn_graph.core.constants import (
+    KERNELS,
+    RESOLVED_CONFIG_NAME,
+    TRAIN_KEEP_PROB,
+    TRAIN_PRECISIONS,
+)
 from fcn_graph.core.errors import UserError
 from fcn_graph.core.fileio import NotARegularFile, kind_of, read_regular_file, write_json_atomic
 from fcn_graph.core.ranges import (
@@ -32,9 +37,12 @@ from fcn_graph.core.ranges import (
     Range,
     threads_range,
 )
+from fcn_graph.data.annotations import class_names_problem
 from fcn_graph.network.spec import FC_WIDTH, check_variant
 
-DATASET_KINDS = ("voc", "ade20k", "pets", "folder", "shapes")
+DATASET_KINDS = ("voc", "ade20k", "pets", "folder", "shapes", "coco", "labelme", "colour_masks")
+COCO_CROWD_RULES = ("ignore", "class")
+UNKNOWN_COLOUR_RULES = ("error", "ignore")
 OPTIMIZERS = ("adam", "sgd")
 LR_SCHEDULES = ("constant", "poly")
 LOSSES = ("cross_entropy", "focal")
@@ -83,16 +91,17 @@ RANGES = {
     "train.patience_steps": Range(0, 10**12, integer=True),
 }
 
-# Name of the resolved config that every run writes into its log directory.
-RESOLVED_CONFIG_NAME = "config.json"
 # The config keys that `datasets.open_config_split` reads, besides the split's name.
 SPLIT_KEYS = ("data.kind", "data.root", "data.val_fraction", "data.shapes_train_images",
-              "data.shapes_val_images", "data.shapes_image_size", "train.seed")
+              "data.shapes_val_images", "data.shapes_image_size", "data.coco_crowd",
+              "data.unknown_colour", "data.class_names", "train.seed", "train.log_dir")
 
 
 @dataclass
 class DataConfig:
-    # Dataset layout: voc, ade20k, pets, folder or shapes (generated on first use).
+    # Dataset layout: voc, ade20k, pets, folder, shapes (generated on first use), or an
+    # annotation-tool export read directly: coco (COCO JSON), labelme (labelme JSON
+    # files) or colour_masks (RGB label PNGs and a colour map).
     kind: str = "shapes"
     # Dataset directory. Required for every kind but shapes (default data/shapes).
     root: Optional[str] = None
@@ -109,6 +118,16 @@ class DataConfig:
     shapes_val_images: int = 100
     # shapes: height and width of the generated images, in pixels.
     shapes_image_size: int = 96
+    # coco: crowd regions (iscrowd 1) become the ignore label 255 (ignore) or their
+    # category's class (class).
+    coco_crowd: str = "ignore"
+    # colour_masks: a mask colour missing from the colour map is an error naming the
+    # file (error) or becomes the ignore label 255 (ignore).
+    unknown_colour: str = "error"
+    # labelme without classes.txt: the class names, class 0 first; null = the
+    # background followed by the sorted label names found (written here in the run's
+    # resolved config, so that a resumed run keeps the mapping).
+    class_names: Optional[List[str]] = None
 
 
 @dataclass
@@ -473,6 +492,15 @@ def _validate(config, sources, default_source="config"):
     one_of("data.kind", d.kind, DATASET_KINDS)
     if d.kind != "shapes" and not d.root:
         fail("data.root", f"required for data.kind {d.kind!r}: the dataset directory")
+    one_of("data.coco_crowd", d.coco_crowd, COCO_CROWD_RULES)
+    one_of("data.unknown_colour", d.unknown_colour, UNKNOWN_COLOUR_RULES)
+    if d.class_names is not None and d.kind != "labelme":
+        fail("data.class_names", f"used only by data.kind labelme, found data.kind {d.kind!r}; "
+                                 f"set it to null")
+    if d.class_names is not None:
+        problem = class_names_problem(d.class_names)
+        if problem:
+            fail("data.class_names", problem)
     if not d.train_split:
         fail("data.train_split", "expected a split name, found an empty string")
     if not d.val_split:

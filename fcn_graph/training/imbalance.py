@@ -18,7 +18,7 @@ import tensorflow as tf
 from fcn_graph.core.constants import IGNORE_LABEL
 from fcn_graph.core.errors import UserError
 from fcn_graph.core.progress import Progress
-from fcn_graph.data import datasets
+from fcn_graph.data import datasets, splits
 from fcn_graph.training.config import MEDIAN_FREQUENCY, class_weights_problem
 from fcn_graph.weights import checkpoint
 
@@ -74,7 +74,7 @@ def label_pixel_counts(files, num_classes):
     for done, path in enumerate(files.label_paths, 1):
         try:
             label = datasets.read_label(path, num_classes, files.label_offset)
-        except datasets.LabelFileError as err:
+        except splits.LabelFileError as err:
             raise UserError(f"train.class_weights: {err}") from None
         counts = np.bincount(label[label != IGNORE_LABEL].ravel(), minlength=num_classes)
         class_pixels += counts
