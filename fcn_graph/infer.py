@@ -6,7 +6,8 @@
 For each image (at its own size) writes OUT/<stem>.png, a palette PNG whose
 pixel values are the class ids (VOC colours), OUT/<stem>_overlay.png, the
 image blended with the coloured mask, and with --save-scores
-OUT/<stem>_scores.npy, float32 [H, W, K] logits. When several inputs share
+OUT/<stem>_scores.npy, float32 [H, W, K] logits (with --tta, the mean
+probabilities of the variants). When several inputs share
 a stem (a.jpg and a.png), their outputs keep the extension: a_jpg.png,
 a_png.png.
 
@@ -35,6 +36,7 @@ from fcn_graph.memory import return_freed_memory
 from fcn_graph.pipeline import run_pipeline, terminate_as_interrupt
 from fcn_graph.progress import Progress
 from fcn_graph.quantize import add_calibration_arg, resolve_precision_args
+from fcn_graph.tta import add_tta_arg, tta_option, wrap_tta
 
 
 def list_images(inputs):
@@ -164,7 +166,8 @@ def build_parser():
     parser.add_argument("--output-dir", default="predictions",
                         help="where to write the outputs (default: predictions)")
     parser.add_argument("--save-scores", action="store_true",
-                        help="also write <stem>_scores.npy, float32 [H, W, K] logits")
+                        help="also write <stem>_scores.npy, float32 [H, W, K] logits (with "
+                             "--tta: the mean probabilities)")
     parser.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"),
                         help="mean pixel for checkpoints without a sidecar "
                              f"(default: the VGG mean {list(VGG_MEAN_RGB)})")
@@ -188,6 +191,7 @@ def build_parser():
                              "a GPU; int8 through ONNX Runtime, quantized with --calibration")
     add_calibration_arg(parser)
     tiling.add_tile_args(parser)
+    add_tta_arg(parser)
     return parser
 
 
@@ -199,6 +203,7 @@ def main(argv=None):
     if not 0.0 <= args.alpha <= 1.0:
         parser.error(f"--alpha: expected a value in [0, 1], found {args.alpha}")
     tile = tiling.tile_option(parser, args)
+    tta = tta_option(parser, args)
     if args.checkpoint is None and args.config is None:
         parser.error("--checkpoint: required unless --config names a train.log_dir")
     source = args.checkpoint
@@ -253,10 +258,13 @@ def main(argv=None):
                                    kernels=args.kernels or "auto", calibration=calibration)
     segmenter = tiling.TiledSegmenter(segmenter, spec, tile=tile, field=field,
                                       budget_bytes=args.memory_budget * 2**30)
+    segmenter = wrap_tta(segmenter, tta, spec=spec, tile=tile,
+                         budget_bytes=args.memory_budget * 2**30,
+                         note=lambda text: print(text, file=sys.stderr))
     mean_pixel = spec.resolved_mean(args.mean)
     print(f"checkpoint {prefix}: {spec.num_classes} classes, "
           f"mean pixel {[round(v, 3) for v in mean_pixel]}, engine {args.engine} ({args.engine_reason}), "
-          f"{args.precision}",
+          f"{args.precision}" + (f", --tta {tta.text}" if tta else ""),
           file=sys.stderr)
 
     failures = []
