@@ -127,6 +127,9 @@ class TrainConfig:
     eval_every: int = 5000
     # Validation images used by the periodic evaluation; null = the whole split.
     eval_max_images: Optional[int] = None
+    # Test-time augmentation of the periodic evaluation, as evaluate --tta:
+    # "flip", "scales=0.75,1,1.25" or both ("flip,scales=..."); null = off.
+    val_tta: Optional[str] = None
     # Print the progress line and write scalar summaries every this many steps.
     log_every: int = 10
     # Number of image / prediction / ground-truth panels written per evaluation.
@@ -482,6 +485,12 @@ def _validate(config, sources, default_source="config"):
     positive("train.eval_every", t.eval_every, allow_zero=True)
     if t.eval_max_images is not None:
         positive("train.eval_max_images", t.eval_max_images)
+    if t.val_tta is not None:
+        from fcn_graph.tta import parse_tta
+        try:
+            parse_tta(t.val_tta, flag="train.val_tta")
+        except ValueError as err:
+            fail("train.val_tta", str(err).removeprefix("train.val_tta: "))
     positive("train.log_every", t.log_every)
     positive("train.summary_images", t.summary_images, allow_zero=True)
     if t.threads is not None:

@@ -18,12 +18,13 @@ from fcn_graph.config import save_resolved_config
 from fcn_graph.constants import IGNORE_LABEL
 from fcn_graph.curves import CURVES_NAME, append_history, plot_curves, read_history
 from fcn_graph.errors import UserError
-from fcn_graph.evaluation import Evaluator, build_model
+from fcn_graph.evaluation import BranchSegmenter, Evaluator, build_model
 from fcn_graph.fileio import write_json_atomic
 from fcn_graph.metrics import format_metrics, format_value, metrics_record
 from fcn_graph.progress import Progress
 from fcn_graph.session import onednn_enabled, session_config
 from fcn_graph.spec import VGG19_CONVS, ModelSpec, scaled_vgg_widths
+from fcn_graph.tta import TtaSegmenter, parse_tta
 
 tf1 = tf.compat.v1
 
@@ -688,7 +689,8 @@ class TrainingRun:
                 panels.append((name, image, label, prediction))
 
         start = time.perf_counter()
-        metrics, count = self.graph.evaluator.run(self.sess, on_image=keep_panel)
+        metrics, count = self.graph.evaluator.run(self.sess, on_image=keep_panel,
+                                                  predict=self.tta_predict())
         if not self.chief:  # it evaluates to stay in step with the chief
             return metrics
         self.writer.add_summary(scalar_summary({
@@ -708,6 +710,15 @@ class TrainingRun:
             f"accuracy {format_value(metrics['pixel_accuracy'])} ({count} images, "
             f"{time.perf_counter() - start:.1f} s)")
         return metrics
+
+    def tta_predict(self):
+        """None, or with train.val_tta the labels of the validation branch
+        under test-time augmentation (`tta.TtaSegmenter`), per image."""
+        tta = parse_tta(self.config.train.val_tta or "off", flag="train.val_tta")
+        if tta is None:
+            return None
+        augmenter = TtaSegmenter(BranchSegmenter(self.sess, self.graph.evaluator), tta)
+        return lambda image: augmenter.run(image)[0]
 
 
 def _plot(log_dir):
