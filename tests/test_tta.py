@@ -337,3 +337,43 @@ def test_infer_tta_writes_the_mean_probabilities(tmp_path, tiny_prefix, segmente
     want = _reference(segmenters("tf"), batch, FLIP_SCALES)[0]
     np.testing.assert_allclose(scores, want, atol=1e-5)
     _agree_but_near_ties(labels, scores, np.argmax(want, -1), 1e-5)
+
+
+# ---------------------------------------------------------------- train.val_tta
+
+def test_train_val_tta_is_parsed_as_the_flag():
+    from fcn_graph.config import load_config
+    assert load_config(None, ["train.val_tta=flip,scales=0.5,1"]).train.val_tta == \
+        "flip,scales=0.5,1"
+    assert load_config(None, []).train.val_tta is None
+    for value, message in (("flip,scales=9", "--set: train.val_tta: expected scales from 0.25 "
+                                             "to 4"),
+                           ("mirror", "--set: train.val_tta: unknown variant 'mirror'"),
+                           ('""', "--set: train.val_tta: expected flip, scales=S1,S2,... or "
+                                  "both (or off), found an empty value")):
+        with pytest.raises(UserError) as err:
+            load_config(None, [f"train.val_tta={value}"])
+        assert str(err.value).startswith(message) and "\n" not in str(err.value)
+
+
+def test_training_validates_with_tta_as_evaluate_does(tmp_path):
+    """The validation of train.val_tta gives the mean IU of evaluate --tta
+    on the same checkpoint and split."""
+    import json
+
+    from fcn_graph import evaluate, training
+    from fcn_graph.config import load_config
+    overrides = [f"data.root={tmp_path / 'shapes'}", "data.shapes_train_images=4",
+                 "data.shapes_val_images=2", "data.shapes_image_size=37",
+                 f"train.log_dir={tmp_path / 'run'}", "model.vgg_width=0.0625",
+                 "model.fc_width=16", "train.image_size=32", "train.batch_size=2",
+                 "train.eval_every=0", "train.max_steps=2", "train.threads=2",
+                 "train.val_tta=flip,scales=0.75,1.25"]
+    metrics = training.train(load_config(None, overrides))
+    assert evaluate.main([*[arg for o in overrides[:-1] for arg in ("--set", o)],
+                          "--engine", "tf", "--tta", "flip,scales=0.75,1.25", "--json",
+                          str(tmp_path / "m.json")]) == 0
+    record = json.loads((tmp_path / "m.json").read_text())
+    # the plain run differs, so an ignored train.val_tta would fail here
+    assert abs(record["mean_iou"] - record["tta"]["mean_iou"]) > 1e-3
+    assert metrics["mean_iou"] == pytest.approx(record["tta"]["mean_iou"], abs=1e-3)
