@@ -11,7 +11,7 @@ import tensorflow as tf
 from tfutil import build_graph, random_values
 from tinyvgg import TINY_MEAN, TINY_WIDTHS
 
-from fcn_graph import checkpoint, infer, tiling
+from fcn_graph import checkpoint, evaluate, infer, tiling
 from fcn_graph import model as fcn_model
 from fcn_graph.errors import UserError
 from fcn_graph.image_files import read_label
@@ -189,14 +189,19 @@ def test_bad_tta_values_are_one_line_errors(text, message):
     assert message in str(err.value)
 
 
-@pytest.mark.parametrize("flags", [["--tta", "scales=0"], ["--tta", "blur"]])
-def test_infer_refuses_a_bad_tta_before_anything(tmp_path, capsys, flags):
+@pytest.mark.parametrize("command", ["infer", "evaluate"])
+@pytest.mark.parametrize("value", ["scales=0", "blur", "scales=1,1"])
+def test_commands_refuse_a_bad_tta_before_anything(tmp_path, capsys, command, value):
+    args = {"infer": ["x.png", "--checkpoint", str(tmp_path / "none"), "--output-dir",
+                      str(tmp_path / "out")],
+            "evaluate": ["--checkpoint", str(tmp_path / "none"), "--report",
+                         str(tmp_path / "out")]}[command]
+    main = infer.main if command == "infer" else evaluate.main
     with pytest.raises(SystemExit) as exit_info:
-        infer.main(["x.png", "--checkpoint", str(tmp_path / "none"), "--output-dir",
-                    str(tmp_path / "out"), *flags])
+        main([*args, "--tta", value])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith(
-        "python -m fcn_graph.infer: error: --tta: ")
+        f"python -m fcn_graph.{command}: error: --tta: ")
     assert not os.path.exists(tmp_path / "out")
 
 
@@ -361,7 +366,7 @@ def test_training_validates_with_tta_as_evaluate_does(tmp_path):
     on the same checkpoint and split."""
     import json
 
-    from fcn_graph import evaluate, training
+    from fcn_graph import training
     from fcn_graph.config import load_config
     overrides = [f"data.root={tmp_path / 'shapes'}", "data.shapes_train_images=4",
                  "data.shapes_val_images=2", "data.shapes_image_size=37",
