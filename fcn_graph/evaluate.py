@@ -28,7 +28,7 @@ from fcn_graph.memory import return_freed_memory
 from fcn_graph.metrics import METRICS_KEYS, format_metrics, format_value, metrics_record
 from fcn_graph.progress import Progress
 from fcn_graph.quantize import add_calibration_arg, resolve_precision_args
-from fcn_graph.reports import compare_files, report_names, write_report
+from fcn_graph.reports import claim_report, compare_files, write_report
 from fcn_graph.tta import add_tta_arg, tta_option, wrap_tta
 
 
@@ -126,11 +126,10 @@ def main(argv=None):
 
     return_freed_memory()
     total = len(files) if args.max_images is None else min(len(files), args.max_images)
-    folder = report = None
-    if args.report:
-        report = OutputFolder(args.report, "--report")
-        report.claim(report_names(["", "tta_"] if tta else [""]),
-                     inputs=files.image_paths[:total] + files.label_paths[:total])
+    inputs = files.image_paths[:total] + files.label_paths[:total]
+    report = None if not args.report else claim_report(args.report, augmented=tta is not None,
+                                                       inputs=inputs)
+    folder = None
     if args.save_predictions:
         # Never over the dataset's own files, nor a file fcn_graph did not write there.
         folder = OutputFolder(args.save_predictions, "--save-predictions")
@@ -156,14 +155,9 @@ def main(argv=None):
                                       progress=progress,
                                       kernels=args.kernels or config.model.kernels,
                                       precision=args.precision, calibration=calibration,
-                                      tiled=lambda segmenter: tiling.TiledSegmenter(
-                                          segmenter, spec, tile=tile, field=field,
-                                          budget_bytes=args.memory_budget * 2**30),
-                                      augmented=None if tta is None else (
-                                          lambda segmenter: wrap_tta(
-                                              segmenter, tta, spec=spec, tile=tile,
-                                              budget_bytes=args.memory_budget * 2**30,
-                                              note=progress.write)))
+                                      **wrappers(spec, tile=tile, field=field, tta=tta,
+                                                 budget_bytes=args.memory_budget * 2**30,
+                                                 note=progress.write))
     finally:
         progress.close()
         if folder is not None:
@@ -175,6 +169,21 @@ def main(argv=None):
     finish(metrics, class_names, checkpoint=prefix, split=split, precision=args.precision,
            engine=args.engine, tta=tta, json_path=args.json, report=report)
     return 0
+
+
+def wrappers(spec, *, tile, field, tta, budget_bytes, note):
+    """The `tiled` and `augmented` wrappers of `evaluation.evaluate_checkpoint`:
+    a `tiling.TiledSegmenter` for --tile, and a `tta.TtaSegmenter` for --tta
+    (None without it)."""
+    def tiled(segmenter):
+        return tiling.TiledSegmenter(segmenter, spec, tile=tile, field=field,
+                                     budget_bytes=budget_bytes)
+
+    def augmented(segmenter):
+        return wrap_tta(segmenter, tta, spec=spec, tile=tile, budget_bytes=budget_bytes,
+                        note=note)
+
+    return {"tiled": tiled, "augmented": None if tta is None else augmented}
 
 
 def finish(metrics, class_names, *, checkpoint, split, precision, engine, tta, json_path,

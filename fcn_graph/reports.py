@@ -23,7 +23,13 @@ import cv2
 import numpy as np
 
 from fcn_graph.errors import UserError
-from fcn_graph.fileio import atomic_write, kind_of, read_regular_file, write_json_atomic
+from fcn_graph.fileio import (
+    OutputFolder,
+    atomic_write,
+    kind_of,
+    read_regular_file,
+    write_json_atomic,
+)
 from fcn_graph.image_files import save_npy_atomic
 from fcn_graph.metrics import compute_metrics
 
@@ -71,6 +77,15 @@ def report_record(hist, class_names, **meta):
 def report_names(prefixes):
     """The file names a report writes, for each prefix ("" and "tta_")."""
     return [prefix + name for prefix in prefixes for name in REPORT_FILES]
+
+
+def claim_report(directory, *, augmented, inputs=()):
+    """The `fileio.OutputFolder` of --report `directory`, with the files of
+    the plain run (and with `augmented`, of the tta_ run) claimed: a file
+    there that fcn_graph did not write, or one of `inputs`, is refused."""
+    folder = OutputFolder(directory, "--report")
+    folder.claim(report_names(["", "tta_"] if augmented else [""]), inputs=inputs)
+    return folder
 
 
 def _csv_text(rows):

@@ -24,9 +24,9 @@ probability distribution.
 Tiling: `TtaSegmenter` wraps the tiled segmenter (`tiling.TiledSegmenter`),
 so every variant, at its own size, is tiled by the same rule as a plain
 image: with --tile auto a scaled copy whose activation estimate exceeds
---memory-budget runs in tiles (`note` says so once per scale above 1). With --tile
-off nothing is tiled, and a scaled copy over the budget is refused before
-it runs (`limit`).
+--memory-budget runs in tiles (`note` says so once per scale above 1).
+With --tile off nothing is tiled, and a scaled copy over the budget is
+refused before it runs (`limit`).
 """
 
 import collections
@@ -63,13 +63,13 @@ class Tta(collections.namedtuple("Tta", "flip scales")):
 
 def parse_tta(text, flag="--tta"):
     """--tta (or train.val_tta, named by `flag`): "off" -> None, or a `Tta`
-    from comma-separated items: "flip" and/or "scales=S1,S2,..." (the numbers
-    after scales= up to the next item). ValueError with a one-line message
+    from comma-separated items, in any case: "flip" and/or "scales=S1,S2,..."
+    (the numbers after scales= up to the next item). ValueError with a one-line message
     naming `flag` for anything else."""
     if not isinstance(text, str):
         raise ValueError(f"{flag}: expected a string like flip,scales=0.75,1,1.25, found "
                          f"{text!r}")
-    words = [word.strip() for word in text.strip().split(",")]
+    words = [word.strip() for word in text.strip().lower().split(",")]
     if words == ["off"]:
         return None
     if words == [""]:

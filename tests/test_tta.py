@@ -149,6 +149,7 @@ def test_scaled_size_rounds_half_up_and_keeps_a_pixel():
     ("scales=0.75,1,1.25", Tta(False, (0.75, 1.0, 1.25))),
     ("flip,scales=0.75,1,1.25", Tta(True, (0.75, 1.0, 1.25))),
     (" scales = 0.5, 2 ,flip", Tta(True, (0.5, 2.0))),
+    ("FLIP", Tta(True, (1.0,))),
     (f"scales={MIN_SCALE},{MAX_SCALE}", Tta(False, (MIN_SCALE, MAX_SCALE))),
     ("off", None),
 ])
