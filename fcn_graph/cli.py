@@ -1,12 +1,13 @@
 """Command-line pieces shared by the commands: the arguments several commands
 take (`--config`/`--set`, `--kernels`, `--tile`/`--memory-budget`,
-`--calibration`) and the checks that turn them into values for the library.
+`--calibration`, `--tta`) and the checks that turn them into values for the library.
 Only the commands import this module."""
 
 from fcn_graph.core.constants import KERNELS
 from fcn_graph.core.ranges import MEMORY_BUDGET_RANGE
 from fcn_graph.engines.int8_model import CALIBRATION_IMAGES, calibration_files
 from fcn_graph.engines.tiling import DEFAULT_MEMORY_BUDGET_GB, check_memory_budget, parse_tile
+from fcn_graph.engines.tta import MAX_SCALE, MIN_SCALE, parse_tta
 from fcn_graph.host.choice import choose_engine
 
 
@@ -87,3 +88,22 @@ def resolve_precision_args(parser, args):
     engine, reason = choose_engine(args.engine, precision=args.precision,
                                    xla=getattr(args, "xla", False))
     return engine, reason, None
+
+
+def add_tta_arg(parser):
+    """Add --tta to a command's parser."""
+    parser.add_argument(
+        "--tta", default="off", metavar="flip|scales=S,...",
+        help="test-time augmentation: average the softmax scores of the image flipped "
+             "(flip) and/or resized by each scale (scales=0.75,1,1.25; from "
+             f"{MIN_SCALE:g} to {MAX_SCALE:g}), e.g. flip,scales=0.75,1,1.25 "
+             "(default off)")
+
+
+def tta_option(parser, args):
+    """The parsed --tta of `args` (a `Tta` or None), errors through parser.error."""
+    try:
+        return parse_tta(args.tta)
+    except ValueError as err:
+        parser.error(str(err))
+

@@ -4,6 +4,9 @@ frequency-weighted IU and the IoU of every class, from one confusion matrix.
     python -m fcn_graph.evaluate --config config.json
     python -m fcn_graph.evaluate --config config.json --checkpoint runs/shapes \\
         --split val --json val.json --save-predictions out/val
+    python -m fcn_graph.evaluate --config config.json --tta flip --report out/report
+    python -m fcn_graph.evaluate --compare out/report/per_class.json \\
+        out/report/tta_per_class.json
 
 Each image runs at its full size, one at a time, through one graph. The model
 is rebuilt from the checkpoint (class count and widths from its variables, the
@@ -29,10 +32,12 @@ from fcn_graph.core.progress import Progress
 from fcn_graph.core.ranges import IMAGE_COUNT_RANGE
 from fcn_graph.data import image_files
 from fcn_graph.engines import tiling
+from fcn_graph.engines.tta import wrap_tta
 from fcn_graph.host import choice, tflog
 from fcn_graph.host.memory import return_freed_memory
 from fcn_graph.training.config import SPLIT_KEYS, load_config
 from fcn_graph.training.metrics import METRICS_KEYS, format_metrics, format_value, metrics_record
+from fcn_graph.training.reports import claim_report, compare_files, write_report
 
 
 def build_parser():
@@ -66,13 +71,25 @@ def build_parser():
     parser.add_argument("--max-images", type=IMAGE_COUNT_RANGE, default=None,
                         help="evaluate only the first N images of the split")
     cli.add_tile_args(parser)
+    cli.add_tta_arg(parser)
+    parser.add_argument("--report", default=None, metavar="DIR",
+                        help="also write DIR/per_class.json and .csv (IoU, accuracy and pixel "
+                             "counts per class), DIR/confusion.npy, .csv and .png (the confusion "
+                             "matrix); with --tta also the tta_ files of the augmented run")
+    parser.add_argument("--compare", nargs=2, default=None, metavar=("A.json", "B.json"),
+                        help="print the per-class differences between two evaluations "
+                             "(--json files or per_class.json) and exit")
     return parser
 
 
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.compare:
+        print(compare_files(*args.compare))
+        return 0
     tile = cli.tile_option(parser, args)
+    tta = cli.tta_option(parser, args)
     args.engine, args.engine_reason, calibration = cli.resolve_precision_args(parser, args)
     reads = [*SPLIT_KEYS, "model.num_classes", "train.threads"]
     if args.checkpoint is None:
@@ -116,6 +133,9 @@ def main(argv=None):
 
     return_freed_memory()
     total = len(files) if args.max_images is None else min(len(files), args.max_images)
+    inputs = files.image_paths[:total] + files.label_paths[:total]
+    report = None if not args.report else claim_report(args.report, augmented=tta is not None,
+                                                       inputs=inputs)
     folder = None
     if args.save_predictions:
         # Never over the dataset's own files, nor a file fcn_graph did not write there.
@@ -132,7 +152,7 @@ def main(argv=None):
         folder.wrote(name + ".png")
 
     print(f"evaluating {prefix} on {files.kind} split {split!r} ({total} images), "
-          f"engine {args.engine} ({args.engine_reason})",
+          f"engine {args.engine} ({args.engine_reason})" + (f", --tta {tta.text}" if tta else ""),
           file=sys.stderr)
     progress = Progress(total, label="images", unit="img")
     try:
@@ -142,9 +162,9 @@ def main(argv=None):
                                       progress=progress,
                                       kernels=args.kernels or config.model.kernels,
                                       precision=args.precision, calibration=calibration,
-                                      tiled=lambda segmenter: tiling.TiledSegmenter(
-                                          segmenter, spec, tile=tile, field=field,
-                                          budget_bytes=args.memory_budget * 2**30))
+                                      **wrappers(spec, tile=tile, field=field, tta=tta,
+                                                 budget_bytes=args.memory_budget * 2**30,
+                                                 note=progress.write))
     finally:
         progress.close()
         if folder is not None:
@@ -153,18 +173,78 @@ def main(argv=None):
         raise UserError(f"{files.kind} split {split!r}: no pixel is labelled in the "
                         f"{metrics['num_images']} images evaluated (every label value is "
                         f"{IGNORE_LABEL}, the ignore label), so no metric is defined")
+    finish(metrics, class_names, checkpoint=prefix, split=split, precision=args.precision,
+           engine=args.engine, tta=tta, json_path=args.json, report=report)
+    return 0
+
+
+def wrappers(spec, *, tile, field, tta, budget_bytes, note):
+    """The `tiled` and `augmented` wrappers of `evaluation.evaluate_checkpoint`:
+    a `tiling.TiledSegmenter` for --tile, and a `tta.TtaSegmenter` for --tta
+    (None without it)."""
+    def tiled(segmenter):
+        return tiling.TiledSegmenter(segmenter, spec, tile=tile, field=field,
+                                     budget_bytes=budget_bytes)
+
+    def augmented(segmenter):
+        return wrap_tta(segmenter, tta, spec=spec, tile=tile, budget_bytes=budget_bytes,
+                        note=note)
+
+    return {"tiled": tiled, "augmented": None if tta is None else augmented}
+
+
+def finish(metrics, class_names, *, checkpoint, split, precision, engine, tta, json_path,
+           report):
+    """Print the metrics of an evaluation (and of its low-precision or
+    augmented comparison), then write the --json file and the --report files
+    (`report`, a claimed `fileio.OutputFolder`, or None)."""
     print(format_metrics(metrics, class_names))
     extra = {}
-    if args.precision != "float32":
-        extra = precision_record(metrics, args.precision, args.engine)
+    if precision != "float32":
+        extra = precision_record(metrics, precision, engine)
         print(format_precision(extra))
-    if args.json:
+    if tta is not None:
+        extra.update(tta_record(metrics, tta))
+        print(format_tta(metrics, tta, class_names))
+    if json_path:
         try:
-            write_json_atomic(args.json, metrics_record(metrics, class_names, checkpoint=prefix,
-                                                        split=split, **extra))
+            write_json_atomic(json_path, metrics_record(metrics, class_names,
+                                                        checkpoint=checkpoint, split=split,
+                                                        **extra))
         except OSError as err:
-            raise UserError(f"--json {args.json}: cannot write ({err.strerror})") from None
-    return 0
+            raise UserError(f"--json {json_path}: cannot write ({err.strerror})") from None
+    if report is not None:
+        runs = [("", metrics["confusion"], None)]
+        if tta is not None:
+            runs.append(("tta_", metrics["tta"]["confusion"], tta.text))
+        try:
+            for prefix, hist, variants in runs:
+                write_report(report, hist, class_names, prefix=prefix, checkpoint=checkpoint,
+                             split=split, tta=variants)
+        finally:
+            report.flush()
+
+
+def tta_record(metrics, tta):
+    """The JSON keys of an evaluation with --tta: the variants, the augmented
+    run's metrics and the seconds of the plain runs and of the augmentation."""
+    augmented = metrics["tta"]
+    return {"tta": {"variants": tta.text, **{key: augmented[key] for key in (
+                "pixel_accuracy", "mean_accuracy", "mean_iou", "frequency_weighted_iou",
+                "per_class_iou")}},
+            "seconds": dict(metrics["seconds"])}
+
+
+def format_tta(metrics, tta, class_names):
+    """Text: the augmented run's metrics and the time of both runs."""
+    seconds = metrics["seconds"]
+    return "\n".join([
+        "", f"with --tta {tta.text} ({len(tta.variants)} variants):",
+        format_metrics(metrics["tta"], class_names), "",
+        f"time plain              {seconds['plain']:.2f} s",
+        f"time augmentation       {seconds['tta']:.2f} s more "
+        f"({seconds['plain'] + seconds['tta']:.2f} s in all)",
+    ])
 
 
 def precision_record(metrics, precision, engine):

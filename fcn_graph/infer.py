@@ -6,7 +6,8 @@
 For each image (at its own size) writes OUT/<stem>.png, a palette PNG whose
 pixel values are the class ids (VOC colours), OUT/<stem>_overlay.png, the
 image blended with the coloured mask, and with --save-scores
-OUT/<stem>_scores.npy, float32 [H, W, K] logits. When several inputs share
+OUT/<stem>_scores.npy, float32 [H, W, K] logits (with --tta, the mean
+probabilities of the variants). When several inputs share
 a stem (a.jpg and a.png), their outputs keep the extension: a_jpg.png,
 a_png.png.
 
@@ -35,6 +36,7 @@ from fcn_graph.data import image_files
 from fcn_graph.data.image_files import IMAGE_EXTENSIONS
 from fcn_graph.engines import tiling
 from fcn_graph.engines.pipeline import run_pipeline, terminate_as_interrupt
+from fcn_graph.engines.tta import wrap_tta
 from fcn_graph.host import choice, tflog
 from fcn_graph.host.memory import return_freed_memory
 from fcn_graph.training.config import load_config
@@ -167,7 +169,8 @@ def build_parser():
     parser.add_argument("--output-dir", default="predictions",
                         help="where to write the outputs (default: predictions)")
     parser.add_argument("--save-scores", action="store_true",
-                        help="also write <stem>_scores.npy, float32 [H, W, K] logits")
+                        help="also write <stem>_scores.npy, float32 [H, W, K] logits (with "
+                             "--tta: the mean probabilities)")
     parser.add_argument("--mean", type=MEAN_RANGE, nargs=3, metavar=("R", "G", "B"),
                         help="mean pixel for checkpoints without a sidecar, 0..255 each "
                              f"(default: the VGG mean {list(VGG_MEAN_RGB)})")
@@ -193,6 +196,7 @@ def build_parser():
                              "a GPU; int8 through ONNX Runtime, quantized with --calibration")
     cli.add_calibration_arg(parser)
     cli.add_tile_args(parser)
+    cli.add_tta_arg(parser)
     return parser
 
 
@@ -200,6 +204,7 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     tile = cli.tile_option(parser, args)
+    tta = cli.tta_option(parser, args)
     if args.checkpoint is None and args.config is None:
         parser.error("--checkpoint: required unless --config names a train.log_dir")
     source = args.checkpoint
@@ -254,10 +259,13 @@ def main(argv=None):
                                    kernels=args.kernels or "auto", calibration=calibration)
     segmenter = tiling.TiledSegmenter(segmenter, spec, tile=tile, field=field,
                                       budget_bytes=args.memory_budget * 2**30)
+    segmenter = wrap_tta(segmenter, tta, spec=spec, tile=tile,
+                         budget_bytes=args.memory_budget * 2**30,
+                         note=lambda text: print(text, file=sys.stderr))
     mean_pixel = spec.resolved_mean(args.mean)
     print(f"checkpoint {prefix}: {spec.num_classes} classes, "
           f"mean pixel {[round(v, 3) for v in mean_pixel]}, engine {args.engine} ({args.engine_reason}), "
-          f"{args.precision}",
+          f"{args.precision}" + (f", --tta {tta.text}" if tta else ""),
           file=sys.stderr)
 
     failures = []

@@ -209,6 +209,9 @@ class TrainConfig:
     eval_every: int = 5000
     # Validation images used by the periodic evaluation; null = the whole split.
     eval_max_images: Optional[int] = None
+    # Test-time augmentation of the periodic evaluation, as evaluate --tta:
+    # "flip", "scales=0.75,1,1.25" or both ("flip,scales=..."); null = off.
+    val_tta: Optional[str] = None
     # Print the progress line and write scalar summaries every this many steps.
     log_every: int = 10
     # Number of image / prediction / ground-truth panels written per evaluation.
@@ -534,6 +537,12 @@ def _validate(config, sources, default_source="config"):
         fail("train.scale_range", f"expected [min, max] with 0 < min <= max <= "
                                   f"{MAX_TRAIN_SCALE:g} (the memory of a scaled image grows "
                                   f"with the scale squared), found {t.scale_range}")
+    if t.val_tta is not None:
+        from fcn_graph.engines.tta import parse_tta
+        try:
+            parse_tta(t.val_tta, flag="train.val_tta")
+        except ValueError as err:
+            fail("train.val_tta", str(err).removeprefix("train.val_tta: "))
     one_of("train.precision", t.precision, TRAIN_PRECISIONS)
     if t.devices is not None:
         if not t.devices:

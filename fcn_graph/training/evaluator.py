@@ -31,10 +31,11 @@ class Evaluator:
         self.iterator = tf1.data.make_initializable_iterator(data)
         self.next_item = self.iterator.get_next()
         self.images = tf1.placeholder(tf.float32, [None, None, None, 3], name="eval_images")
-        _, self.prediction, _ = build_model(self.images, spec, keep_prob=1.0, kernels=kernels)
+        self.logits, self.prediction, _ = build_model(self.images, spec, keep_prob=1.0, kernels=kernels)
 
     def run(self, sess, *, on_image=None, progress=None, predict=None):
-        """Run every image; returns (metrics dict, number of images).
+        """Run every image; returns (metrics dict, number of images). The dict
+        also holds "confusion", the confusion matrix (int64 [K, K]).
 
         predict(image uint8 [1, H, W, 3]) -> labels [1, H, W] replaces the graph's
         model branch (another engine); the dataset still streams through `sess`.
@@ -66,6 +67,7 @@ class Evaluator:
                 progress.update(count)
         metrics = matrix.compute()
         metrics["num_images"] = count
+        metrics["confusion"] = matrix.hist.copy()
         return metrics, count
 
 
@@ -82,16 +84,17 @@ def build_model(images, spec, *, keep_prob, kernels="auto"):
 
 class BranchSegmenter:
     """An `Evaluator`'s model branch in session `sess` as a segmenter
-    (`.run(batch_uint8, scores=False) -> (labels, None)`), for wrappers such
-    as `tiling.TiledSegmenter`."""
+    (`.run(batch_uint8, scores=False) -> (labels, logits or None)`), for
+    wrappers such as `tiling.TiledSegmenter` and `tta.TtaSegmenter`."""
 
     def __init__(self, sess, evaluator):
         self.sess, self.evaluator = sess, evaluator
 
     def run(self, batch_rgb, *, scores=False):
-        assert not scores, "the evaluation branch computes labels only"
         batch = np.asarray(batch_rgb, dtype=np.float32)
-        return self.sess.run(self.evaluator.prediction, {self.evaluator.images: batch}), None
+        fetches = [self.evaluator.prediction, self.evaluator.logits]
+        out = self.sess.run(fetches if scores else fetches[:1], {self.evaluator.images: batch})
+        return out[0], (out[1] if scores else None)
 
     def close(self):
         pass
@@ -99,7 +102,7 @@ class BranchSegmenter:
 
 def evaluate_checkpoint(prefix, spec, files, *, engine="tf", threads=None, max_images=None,
                         on_image=None, progress=None, kernels="auto", precision="float32",
-                        calibration=None, tiled=None):
+                        calibration=None, tiled=None, augmented=None):
     """The metrics dict of checkpoint `prefix` (its `ModelSpec` `spec`) on the
     dataset split `files`, every image at full size, one at a time, through
     one finalised graph. `engine` "onnxruntime" runs the images through an
@@ -111,7 +114,14 @@ def evaluate_checkpoint(prefix, spec, files, *, engine="tf", threads=None, max_i
     With a `precision` other than float32 (`segmenter.make_segmenter`; int8
     with `calibration`), every image also runs through the same engine in
     float32, and the dict gets "float32": that run's metrics, and
-    "labels_agree": the fraction of pixels whose labels the two runs agree on."""
+    "labels_agree": the fraction of pixels whose labels the two runs agree on.
+
+    `augmented(segmenter) -> tta.TtaSegmenter`: test-time augmentation. Each
+    image runs once plain, and the other variants reuse that run
+    (`TtaSegmenter.run_with_plain`); the dict (the plain metrics) gets "tta":
+    the augmented metrics, and "seconds": {"plain", "tta"}, the time of the
+    plain runs and the extra time of the augmentation. `on_image` then sees
+    the augmented labels."""
     graph = tf.Graph()
     with graph.as_default():
         evaluator = Evaluator(files, spec, num_classes=spec.num_classes, max_images=max_images,
@@ -119,25 +129,29 @@ def evaluate_checkpoint(prefix, spec, files, *, engine="tf", threads=None, max_i
         variables = tf_layers.model_variables(graph)
         saver = checkpoint.model_saver(variables)
         graph.finalize()
-    predict, segmenter, reference = None, None, None
+    predict, segmenter, reference, augmenter = None, None, None, None
     if engine != "tf" or precision != "float32":
         segmenter = make_segmenter(prefix, engine=engine, threads=threads, kernels=kernels,
                                    precision=precision, calibration=calibration)
-
-    compare = on_image
     if precision != "float32":
         reference = make_segmenter(prefix, engine=engine, threads=threads, kernels=kernels)
         float32 = reference if tiled is None else tiled(reference)
         matrix = ConfusionMatrix(spec.num_classes)
         agree = [0, 0]  # pixels with equal labels, pixels
+    tta_matrix = ConfusionMatrix(spec.num_classes)
+    shown = {}  # the augmented labels [1, H, W] of the current image
 
-        def compare(name, image, label, prediction):
+    def hook(name, image, label, prediction):
+        if augmenter is not None:
+            tta_matrix.update(label[np.newaxis], shown["labels"])
+        if reference is not None:
             want = float32.run(image[np.newaxis])[0]           # [1, H, W]
             matrix.update(label[np.newaxis], want)
             agree[0] += int(np.count_nonzero(want[0] == prediction))
             agree[1] += prediction.size
-            if on_image is not None:
-                on_image(name, image, label, prediction)
+        if on_image is not None:
+            on_image(name, image, label,
+                     prediction if augmenter is None else shown["labels"][0])
 
     try:
         with tf1.Session(graph=graph, config=session_config(threads)) as sess:
@@ -146,11 +160,18 @@ def evaluate_checkpoint(prefix, spec, files, *, engine="tf", threads=None, max_i
             runner = segmenter
             if tiled is not None:
                 runner = tiled(segmenter or BranchSegmenter(sess, evaluator))
-            if runner is not None:
+            if augmented is not None:
+                augmenter = augmented(runner or BranchSegmenter(sess, evaluator))
+
+                def predict(image):
+                    plain, shown["labels"], _ = augmenter.run_with_plain(image)
+                    return plain
+            elif runner is not None:
                 def predict(image):
                     return runner.run(image)[0]
+            needs_hook = on_image is not None or reference is not None or augmenter is not None
             metrics, _ = evaluator.run(sess, progress=progress, predict=predict,
-                                       on_image=compare)
+                                       on_image=hook if needs_hook else None)
     finally:
         for runner in (segmenter, reference):
             if runner is not None:
@@ -158,4 +179,8 @@ def evaluate_checkpoint(prefix, spec, files, *, engine="tf", threads=None, max_i
     if reference is not None:
         metrics["float32"] = matrix.compute()
         metrics["labels_agree"] = agree[0] / agree[1] if agree[1] else None
+    if augmenter is not None:
+        metrics["tta"] = tta_matrix.compute()
+        metrics["tta"]["confusion"] = tta_matrix.hist.copy()
+        metrics["seconds"] = dict(augmenter.seconds)
     return metrics

@@ -19,6 +19,7 @@ from fcn_graph.core.errors import UserError
 from fcn_graph.core.fileio import write_json_atomic
 from fcn_graph.core.progress import Progress
 from fcn_graph.data import datasets, image_files
+from fcn_graph.engines.tta import TtaSegmenter, parse_tta
 from fcn_graph.host import cpuinfo
 from fcn_graph.host.session import onednn_enabled, session_config
 from fcn_graph.network import tf_layers
@@ -27,7 +28,7 @@ from fcn_graph.training import runlock
 from fcn_graph.training.collapse import CollapseWatch, shares, warning_line
 from fcn_graph.training.config import MEDIAN_FREQUENCY, save_resolved_config
 from fcn_graph.training.curves import CURVES_NAME, append_history, plot_curves, read_history
-from fcn_graph.training.evaluator import Evaluator, build_model
+from fcn_graph.training.evaluator import BranchSegmenter, Evaluator, build_model
 from fcn_graph.training.imbalance import (
     focal_loss,
     hardest_pixels,
@@ -783,7 +784,8 @@ class TrainingRun:
                 panels.append((name, image, label, prediction))
 
         start = time.perf_counter()
-        metrics, count = self.graph.evaluator.run(self.sess, on_image=keep_panel)
+        metrics, count = self.graph.evaluator.run(self.sess, on_image=keep_panel,
+                                                  predict=self.tta_predict())
         if not self.chief:  # it evaluates to stay in step with the chief
             self.check_validation(step, metrics)
             return metrics
@@ -816,6 +818,15 @@ class TrainingRun:
             self.report(self.watch.validation(
                 step, predicted_counts=metrics["predicted_pixels"],
                 label_counts=metrics["label_pixels"], mean_iou=metrics["mean_iou"]))
+
+    def tta_predict(self):
+        """None, or with train.val_tta the labels of the validation branch
+        under test-time augmentation (`tta.TtaSegmenter`), per image."""
+        tta = parse_tta(self.config.train.val_tta or "off", flag="train.val_tta")
+        if tta is None:
+            return None
+        augmenter = TtaSegmenter(BranchSegmenter(self.sess, self.graph.evaluator), tta)
+        return lambda image: augmenter.run(image)[0]
 
 
 def _plot(log_dir):
