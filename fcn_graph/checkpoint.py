@@ -37,7 +37,7 @@ from fcn_graph.checkpoint_files import (  # noqa: F401  (found by name, without 
     list_checkpoints,
 )
 from fcn_graph.errors import UserError
-from fcn_graph.fileio import atomic_write, write_json_atomic
+from fcn_graph.fileio import atomic_write, input_problem, write_json_atomic
 from fcn_graph.finite import check_mean_pixel, nonfinite
 from fcn_graph.spec import VGG19_CONVS, ModelSpec
 
@@ -145,9 +145,10 @@ def _open_reader(prefix):
     if not os.path.exists(index):
         raise UserError(f"{prefix}: no checkpoint here (expected {index} and {prefix}.data-*)")
     for path in [index] + glob.glob(glob.escape(prefix) + ".data-*"):
-        if not os.path.isfile(path):
-            raise UserError(f"{path}: not a regular file; expected a file of the checkpoint "
-                            f"{prefix}")
+        problem = input_problem(path)
+        if problem is not None:
+            raise UserError(f"{path}: {problem}, not a regular file; expected a file of the "
+                            f"checkpoint {prefix}")
     try:
         reader = tf.train.load_checkpoint(prefix)
     except Exception as err:  # a truncated or foreign file; TensorFlow raises several types

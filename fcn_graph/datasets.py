@@ -40,6 +40,7 @@ from fcn_graph import image_files, shapes_dataset
 from fcn_graph.config import dataset_root
 from fcn_graph.constants import IGNORE_LABEL, VGG_MEAN_RGB
 from fcn_graph.errors import UserError
+from fcn_graph.fileio import check_input_file, input_problem, read_regular_file
 from fcn_graph.image_files import IMAGE_EXTENSIONS
 
 VOC_CLASSES = (
@@ -143,10 +144,10 @@ def class_names_for(files, num_classes):
 
 
 def _read_lines(path, what):
-    """The lines of a UTF-8 text file, or a UserError naming it."""
+    """The lines of a UTF-8 text file (a regular file only), or a UserError naming it."""
+    check_input_file(path, what)
     try:
-        with open(path, encoding="utf-8") as f:
-            return f.read().splitlines()
+        return read_regular_file(path).decode("utf-8").splitlines()
     except UnicodeDecodeError as err:
         raise UserError(f"{path}: not UTF-8 text (byte {err.start}; expected {what})") from None
     except OSError as err:
@@ -154,10 +155,20 @@ def _read_lines(path, what):
 
 
 def _read_list(path, what):
-    if not os.path.isfile(path):
+    """The stems a split file lists, one per line (blank lines and # comments
+    skipped). A stem listed twice is an error naming both lines."""
+    if not os.path.lexists(path):
         raise UserError(f"{path}: split file not found ({what})")
-    stems = [line.split()[0] for line in _read_lines(path, f"a split file, {what}")
-             if line.strip() and not line.startswith("#")]
+    stems, line_of = [], {}
+    for number, line in enumerate(_read_lines(path, f"a split file, {what}"), start=1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        stem = line.split()[0]
+        if stem in line_of:
+            raise UserError(f"{path}: line {number} lists {stem!r} again (first on line "
+                            f"{line_of[stem]}); expected each image once")
+        line_of[stem] = number
+        stems.append(stem)
     if not stems:
         raise UserError(f"{path}: split file is empty ({what})")
     return stems
@@ -168,11 +179,16 @@ def _pair(image_paths, label_dir, label_ext=".png", listed_in=None):
     for image in image_paths:
         stem = os.path.splitext(os.path.basename(image))[0]
         label = os.path.join(label_dir, stem + label_ext)
-        if not os.path.isfile(image):
+        problem = input_problem(image)
+        if problem is not None:
             where = f" (listed in {listed_in})" if listed_in else ""
-            raise UserError(f"{image}: image not found{where}")
-        if not os.path.isfile(label):
+            problem = "image not found" if problem == "no such file" else problem
+            raise UserError(f"{image}: {problem}{where}")
+        problem = input_problem(label)
+        if problem == "no such file":
             raise UserError(f"{image}: no label; expected {label}")
+        if problem is not None:
+            raise UserError(f"{label}: {problem} (expected the label of {image})")
         labels.append(label)
     return tuple(labels)
 
@@ -234,7 +250,7 @@ def _pets(root, split, seed, val_fraction):
     if split not in _PETS_SPLITS:
         raise UserError(f"data split {split!r}: pets splits are trainval (train) and test (val)")
     list_file = os.path.join(root, "annotations", _PETS_SPLITS[split] + ".txt")
-    if os.path.isfile(list_file):
+    if os.path.lexists(list_file):
         stems = _read_list(list_file, f"pets split {split!r}")
         images = tuple(os.path.join(image_dir, s + ".jpg") for s in stems)
         labels = _pair(images, label_dir, listed_in=list_file)
@@ -260,7 +276,7 @@ def _folder(root, split, seed, val_fraction, kind):
             raise UserError(f"{classes_file}: empty; expected one class name per line")
         image_files.check_num_classes(len(class_names), classes_file)
     list_file = os.path.join(root, f"{split}.txt")
-    if os.path.isfile(list_file):
+    if os.path.lexists(list_file):
         by_stem = _images_by_stem(image_dir)
         stems = _read_list(list_file, f"{kind} split {split!r}")
         images = []

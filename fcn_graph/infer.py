@@ -19,7 +19,6 @@ over one of its inputs.
 import argparse
 import collections
 import os
-import stat
 import sys
 import time
 
@@ -29,7 +28,7 @@ from fcn_graph import cpu_choice, image_files, tflog, tiling
 from fcn_graph.config import add_config_args, add_kernels_arg, load_config
 from fcn_graph.constants import ENGINES, INFERENCE_PRECISIONS, VGG_MEAN_RGB
 from fcn_graph.errors import UserError, run_cli
-from fcn_graph.fileio import OutputFolder, kind_of
+from fcn_graph.fileio import OutputFolder, check_input_file, input_problem
 from fcn_graph.image_files import IMAGE_EXTENSIONS
 from fcn_graph.memory import return_freed_memory
 from fcn_graph.pipeline import run_pipeline, terminate_as_interrupt
@@ -41,9 +40,10 @@ def list_images(inputs):
     """Files as given; directories expanded to their image files, sorted.
 
     A directory's entries that carry an image extension but are not regular
-    files (folders, FIFOs, devices, broken links) are skipped with a note; an
-    input named on the command line that is such a thing is refused. A file
-    given twice is read once.
+    files (folders, FIFOs, devices, broken links) are skipped with a note, and
+    so is each subfolder (folders are not searched recursively). An input
+    named on the command line that is missing, unreadable or not a regular
+    file is refused, before any model loads. A file given twice is read once.
     """
     paths, seen = [], set()
 
@@ -61,16 +61,16 @@ def list_images(inputs):
                 raise UserError(f"{item}: cannot list this folder ({err.strerror})") from None
             found = 0
             for name in names:
-                if not name.lower().endswith(IMAGE_EXTENSIONS):
-                    continue
                 path = os.path.join(item, name)
-                try:
-                    mode = os.stat(path).st_mode
-                except OSError as err:
-                    print(f"note: skipping {path}: {err.strerror}", file=sys.stderr)
+                if not name.lower().endswith(IMAGE_EXTENSIONS):
+                    if not name.startswith(".") and os.path.isdir(path):
+                        print(f"note: skipping {path}{os.sep}: a subfolder (only the images "
+                              f"directly in {item} are read)", file=sys.stderr)
                     continue
-                if not stat.S_ISREG(mode):
-                    print(f"note: skipping {path}: {kind_of(mode)}, not an image file",
+                problem = input_problem(path)
+                if problem is not None:
+                    print(f"note: skipping {path}: {problem.removeprefix('is ')}, not an image "
+                          "file",
                           file=sys.stderr)
                     continue
                 add(path)
@@ -79,11 +79,7 @@ def list_images(inputs):
                 raise UserError(f"{item}: directory holds no images (expected files ending in "
                                 f"{', '.join(IMAGE_EXTENSIONS)})")
         else:
-            if os.path.exists(item):
-                mode = os.stat(item).st_mode
-                if not stat.S_ISREG(mode):
-                    raise UserError(f"{item}: is {kind_of(mode)}; expected an image file or a "
-                                    "folder of images")
+            check_input_file(item, "an image file or a folder of images")
             add(item)
     return paths
 

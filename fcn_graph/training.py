@@ -19,7 +19,7 @@ from fcn_graph.constants import IGNORE_LABEL
 from fcn_graph.curves import CURVES_NAME, append_history, plot_curves, read_history
 from fcn_graph.errors import UserError
 from fcn_graph.evaluation import Evaluator, build_model
-from fcn_graph.fileio import write_json_atomic
+from fcn_graph.fileio import link_problem, write_json_atomic
 from fcn_graph.metrics import format_metrics, format_value, metrics_record
 from fcn_graph.progress import Progress
 from fcn_graph.session import onednn_enabled, session_config
@@ -157,6 +157,10 @@ def _resume_point(log_dir, spec):
 
 def _prepare_log_dir(log_dir):
     """Create `log_dir` (UserError naming it when that fails)."""
+    problem = link_problem(log_dir)
+    if problem is not None:
+        raise UserError(f"train.log_dir: {log_dir} {problem}; expected a directory (or a path "
+                        "to create one at)")
     if os.path.exists(log_dir) and not os.path.isdir(log_dir):
         raise UserError(f"train.log_dir: {log_dir} is a file, expected a directory")
     try:
