@@ -97,6 +97,28 @@ def build_parser():
     return parser
 
 
+def _export(prefix, args, kwargs):
+    """Export checkpoint `prefix` as `args` say; the exporter's report. An OSError
+    reading the checkpoint is raised as it is (`checkpoint.with_newest` tells a
+    checkpoint deleted meanwhile); one writing --out is a UserError."""
+    from fcn_graph import checkpoint
+    from fcn_graph.exporting import EXPORTERS
+
+    spec = checkpoint.model_spec_from_checkpoint(prefix)
+    image_files.check_num_classes(spec.num_classes, f"{prefix} (checkpoint)")
+    print(f"read {prefix}: {spec.name}, {spec.num_classes} classes, "
+          f"{spec.channel_order.upper()} weights, mean pixel "
+          f"{[round(v, 3) for v in spec.mean_pixel] if spec.mean_pixel else 'unknown (the VGG mean is used)'} "
+          "(subtracted inside the graph)", flush=True)
+    try:
+        return EXPORTERS[args.format](prefix, args.out, verify=not args.no_verify,
+                                      force=args.force, **kwargs)
+    except OSError as err:  # a full disk, a folder made read-only meanwhile
+        if err.filename and str(err.filename).startswith(prefix):
+            raise  # reading the checkpoint: with_newest tells a vanished one
+        raise UserError(f"{err.filename or args.out}: cannot write ({err.strerror})") from None
+
+
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -118,27 +140,21 @@ def main(argv=None):
     import tensorflow as tf
 
     from fcn_graph import checkpoint
-    from fcn_graph.exporting import EXPORTERS, INPUT_NAME, OUTPUT_NAMES, SIGNATURE_KEY
+    from fcn_graph.exporting import INPUT_NAME, OUTPUT_NAMES, SIGNATURE_KEY
 
     # TF1 deprecation notices are noise on this command line.
     tf.get_logger().setLevel(logging.ERROR)
-    prefix = checkpoint.resolve_checkpoint(args.checkpoint)
-    spec = checkpoint.model_spec_from_checkpoint(prefix)
-    image_files.check_num_classes(spec.num_classes, f"{prefix} (checkpoint)")
-    print(f"read {prefix}: {spec.name}, {spec.num_classes} classes, "
-          f"{spec.channel_order.upper()} weights, mean pixel "
-          f"{[round(v, 3) for v in spec.mean_pixel] if spec.mean_pixel else 'unknown (the VGG mean is used)'} "
-          "(subtracted inside the graph)", flush=True)
     kwargs = {"kernels": args.kernels}
     if args.format == "onnx":
         opset = onnx_engine.DEFAULT_OPSET if args.opset is None else args.opset
         kwargs.update(opset=opset, external_data=args.external_data, quantize=args.quantize,
                       calibration=args.calibration)
+
     try:
-        report = EXPORTERS[args.format](prefix, args.out, verify=not args.no_verify,
-                                        force=args.force, **kwargs)
-    except OSError as err:  # a full disk, a folder made read-only meanwhile
-        raise UserError(f"{err.filename or args.out}: cannot write ({err.strerror})") from None
+        report = checkpoint.with_newest(args.checkpoint,
+                                         lambda prefix: _export(prefix, args, kwargs))
+    except OSError as err:
+        raise UserError(f"{err.filename}: cannot read ({err.strerror})") from None
     names = report.get("tensors") or {INPUT_NAME: INPUT_NAME, **{n: n for n in OUTPUT_NAMES}}
     if args.format == "savedmodel":
         where = f"signature '{SIGNATURE_KEY}', tag 'serve': "

@@ -243,10 +243,12 @@ def main(argv=None):
         from fcn_graph.onnx_engine import OnnxSegmenter
         segmenter = OnnxSegmenter(cached, threads=args.threads)
     else:
+        from fcn_graph import checkpoint
         from fcn_graph.segmenter import make_segmenter
-        segmenter = make_segmenter(prefix, engine=args.engine, mean_pixel=args.mean,
-                                   threads=args.threads, xla=args.xla, precision=args.precision,
-                                   kernels=args.kernels or "auto", calibration=calibration)
+        segmenter = checkpoint.with_newest(source, lambda pinned: make_segmenter(
+            pinned, engine=args.engine, mean_pixel=args.mean, threads=args.threads, xla=args.xla,
+            precision=args.precision, kernels=args.kernels or "auto", calibration=calibration),
+            prefix=prefix)
     segmenter = tiling.TiledSegmenter(segmenter, spec, tile=tile, field=field,
                                       budget_bytes=args.memory_budget * 2**30)
     mean_pixel = spec.resolved_mean(args.mean)

@@ -255,3 +255,79 @@ def test_a_bad_input_image_is_refused_before_any_model_library_loads(tmp_path, p
              "folder_link_loop": "is a symbolic link loop"}[problem]
     assert run.stderr == f"fcn_graph.infer: error: {image}: {words}; expected an image file " \
                          "or a folder of images\n"
+
+
+# -- a log_dir whose checkpoints a running training prunes ---------------------------------
+
+def _two_checkpoints(tmp_path):
+    """runs/model.ckpt-1 and runs/model.ckpt-2, tiny and different."""
+    mat = str(tmp_path / "vgg.mat")
+    write_vgg_mat(mat, make_vgg_layers(), TINY_MEAN, fc=make_fc_layers(TINY_WIDTHS["conv5_4"]))
+    runs = tmp_path / "runs"
+    for step in (1, 2):
+        assert port.main(["mat2ckpt", mat, "--num-classes", str(NUM_CLASSES), "--fc-width", "6",
+                          "--seed", str(step), "--out", str(runs / f"model.ckpt-{step}")]) == 0
+    return runs
+
+
+def _delete_on_first_call(monkeypatch, module, name):
+    """Wrap module.name so that its first call deletes the files of the
+    checkpoint it is given (as a pruning training would) before running."""
+    original, deleted = getattr(module, name), []
+
+    def wrapper(prefix, *args, **kwargs):
+        if not deleted:
+            for path in os.listdir(os.path.dirname(prefix)):
+                if path.startswith(os.path.basename(prefix) + "."):
+                    os.remove(os.path.join(os.path.dirname(prefix), path))
+            deleted.append(prefix)
+        return original(prefix, *args, **kwargs)
+
+    monkeypatch.setattr(module, name, wrapper)
+    return deleted
+
+
+def test_export_falls_back_to_the_next_checkpoint_when_the_chosen_one_is_pruned(
+        tmp_path, monkeypatch, capsys):
+    from fcn_graph import checkpoint, export
+    runs = _two_checkpoints(tmp_path)
+    deleted = _delete_on_first_call(monkeypatch, checkpoint, "model_spec_from_checkpoint")
+    out = tmp_path / "model.pb"
+    code = run_cli(export.main, ["--checkpoint", str(runs), "--format", "frozen", "--out",
+                                 str(out), "--no-verify"], "fcn_graph.export")
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    assert deleted == [str(runs / "model.ckpt-2")]
+    assert (f"note: the checkpoint {runs / 'model.ckpt-2'} was deleted while being read "
+            f"(a training pruning old checkpoints?); using {runs / 'model.ckpt-1'}") in printed.err
+    assert "cannot write" not in printed.err and out.is_file()
+    assert f"read {runs / 'model.ckpt-1'}:" in printed.out
+
+
+def test_infer_falls_back_to_the_next_checkpoint_when_the_chosen_one_is_pruned(
+        tmp_path, monkeypatch, capsys):
+    from fcn_graph import segmenter
+    runs = _two_checkpoints(tmp_path)
+    write_rgb(str(tmp_path / "a.png"), np.full((9, 11, 3), 60, np.uint8))
+    deleted = _delete_on_first_call(monkeypatch, segmenter, "make_segmenter")
+    code = run_cli(infer.main, [str(tmp_path / "a.png"), "--checkpoint", str(runs), "--engine",
+                                "tf", "--output-dir", str(tmp_path / "out")], "fcn_graph.infer")
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    assert deleted == [str(runs / "model.ckpt-2")]
+    assert f"using {runs / 'model.ckpt-1'}" in printed.err
+    assert (tmp_path / "out" / "a.png").is_file()
+
+
+def test_a_read_failure_with_the_files_still_there_is_not_retried(tmp_path, monkeypatch):
+    from fcn_graph import checkpoint
+    runs = _two_checkpoints(tmp_path)
+    calls = []
+
+    def use(prefix):
+        calls.append(prefix)
+        raise UserError(f"{prefix}: broken")
+
+    with pytest.raises(UserError, match="model.ckpt-2: broken"):
+        checkpoint.with_newest(str(runs), use)
+    assert calls == [str(runs / "model.ckpt-2")]
