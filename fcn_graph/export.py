@@ -57,9 +57,11 @@ never are.
 
 import argparse
 import logging
+import os
 import sys
 
 from fcn_graph import image_files, onnx_engine, tflog
+from fcn_graph.checkpoint_files import checkpoint_prefix
 from fcn_graph.constants import EXPORT_FORMATS, KERNELS
 from fcn_graph.errors import UserError, run_cli
 from fcn_graph.quantize import CALIBRATION_IMAGES
@@ -136,6 +138,8 @@ def main(argv=None):
     if args.quantize:
         from fcn_graph.quantize import calibration_files
         calibration_files(args.calibration)   # a bad folder fails before the checkpoint loads
+    if not os.path.isdir(args.checkpoint):  # a missing checkpoint too, before TensorFlow loads
+        checkpoint_prefix(args.checkpoint)
     tflog.load_tensorflow()
     import tensorflow as tf
 

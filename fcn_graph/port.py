@@ -22,6 +22,7 @@ import sys
 from fcn_graph import tflog
 from fcn_graph.constants import ARCHITECTURES, SKIPS, VGG_MEAN_RGB
 from fcn_graph.errors import UserError, run_cli
+from fcn_graph.fileio import check_input_file
 
 
 def _add_start_options(p):
@@ -86,6 +87,10 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    weights = getattr(args, "mat", None) or getattr(args, "h5", None)
+    if weights is not None:  # before TensorFlow loads (seconds)
+        check_input_file(weights, f"a {'Keras' if args.verb_name == 'keras_h5' else 'MatConvNet'} "
+                                  "VGG19 weight file")
     tflog.load_tensorflow()
     from fcn_graph import porting
 

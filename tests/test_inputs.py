@@ -331,3 +331,31 @@ def test_a_read_failure_with_the_files_still_there_is_not_retried(tmp_path, monk
     with pytest.raises(UserError, match="model.ckpt-2: broken"):
         checkpoint.with_newest(str(runs), use)
     assert calls == [str(runs / "model.ckpt-2")]
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["fcn_graph.port", "mat2ckpt", "{tmp}/vgg.mat", "--num-classes", "3", "--out", "{tmp}/c"],
+     "{tmp}/vgg.mat: no such file; expected a MatConvNet VGG19 weight file"),
+    (["fcn_graph.port", "keras-h5", "{tmp}/fifo", "--num-classes", "3", "--out", "{tmp}/c"],
+     "{tmp}/fifo: is a FIFO; expected a Keras VGG19 weight file"),
+    (["fcn_graph.export", "--checkpoint", "{tmp}/model.ckpt-9", "--format", "frozen", "--out",
+      "{tmp}/m.pb"], "{tmp}/model.ckpt-9: no checkpoint here"),
+])
+def test_port_and_export_check_their_input_before_tensorflow_loads(tmp_path, argv, words):
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(tmp_path / "fifo")
+    elif "fifo" in words:
+        pytest.skip("needs FIFOs")
+    module, *rest = [a.format(tmp=tmp_path) for a in argv]
+    code = ("import sys, importlib\n"
+            "from fcn_graph.errors import run_cli\n"
+            f"main = importlib.import_module({module!r}).main\n"
+            f"code = run_cli(main, {rest!r}, {module!r})\n"
+            "loaded = [m for m in ('tensorflow', 'onnxruntime') if m in sys.modules]\n"
+            "assert not loaded, f'loaded {loaded}'\n"
+            "sys.exit(code)\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=os.getcwd()), timeout=120)
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.startswith(f"{module}: error: {words.format(tmp=tmp_path)}"), run.stderr
+    assert run.stderr.count("\n") == 1
