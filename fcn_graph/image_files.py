@@ -74,7 +74,35 @@ def _to_uint8(pixels, path):
     )
 
 
-def read_image(path):
+# EXIF orientation tag (0x0112) value -> the change of the stored pixels
+# [H, W, C] that shows the image upright, as the EXIF specification defines:
+# 2 mirrored, 3 turned 180 degrees, 4 flipped, 5 transposed, 6 turned 90
+# degrees clockwise, 7 transversed, 8 turned 90 degrees counter-clockwise.
+EXIF_ORIENTATION_TAG = 0x0112
+_UPRIGHT = {
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.transpose(1, 0, 2),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: a[::-1, ::-1].transpose(1, 0, 2),
+    8: lambda a: np.rot90(a, 1),
+}
+
+
+def exif_orientation(data):
+    """The EXIF orientation (1..8) of an encoded image's bytes; 1 (as stored)
+    when it has no EXIF or no valid orientation tag."""
+    import io
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            value = im.getexif().get(EXIF_ORIENTATION_TAG, 1)
+    except Exception:  # Pillow raises several types for data it does not know
+        return 1
+    return value if value in _UPRIGHT else 1
+
+
+def read_image(path, *, exif_rotate=False):
     """Read an image file as RGB uint8 [H, W, 3].
 
     Rules:
@@ -90,6 +118,8 @@ def read_image(path):
       PNGs come back as BGRA with the gray value in B, G and R.
     - The EXIF orientation tag is not applied (IMREAD_UNCHANGED ignores it):
       pixels are returned in stored order, the order label files match.
+      With `exif_rotate`, they are turned upright as the tag says (a phone
+      photo held upright), by `exif_orientation` and the table _UPRIGHT.
 
     Raises UserError naming `path` when the file is missing, empty, not an
     image OpenCV can decode, or has an unsupported sample type or channel count.
@@ -120,6 +150,8 @@ def read_image(path):
         raise UserError(
             f"{path}: image has {channels} channels (expected gray, gray + alpha, RGB or RGBA)"
         )
+    if exif_rotate:
+        rgb = _UPRIGHT.get(exif_orientation(data), lambda a: a)(rgb)
     return np.ascontiguousarray(rgb)
 
 

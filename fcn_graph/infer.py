@@ -18,6 +18,7 @@ over one of its inputs.
 
 import argparse
 import collections
+import functools
 import os
 import sys
 import time
@@ -118,10 +119,10 @@ def output_stems(paths):
     return stems, notes
 
 
-def _read(path):
+def _read(path, exif_rotate=False):
     """(image, None), or (None, the UserError) for an image that cannot be read."""
     try:
-        return image_files.read_image(path), None
+        return image_files.read_image(path, exif_rotate=exif_rotate), None
     except UserError as err:
         return None, err
 
@@ -182,6 +183,10 @@ def build_parser():
                         help="float32 (default); bfloat16 through oneDNN (needs "
                              "TF_ENABLE_ONEDNN_OPTS=1 and a CPU with bf16 units); float16 on "
                              "a GPU; int8 through ONNX Runtime, quantized with --calibration")
+    parser.add_argument("--exif-rotate", action="store_true",
+                        help="turn each image upright as its EXIF orientation tag says (phone "
+                             "photos) before segmenting it; outputs are written upright too "
+                             "(default: pixels as stored, as evaluate and training read them)")
     add_calibration_arg(parser)
     tiling.add_tile_args(parser)
     return parser
@@ -312,7 +317,8 @@ def main(argv=None):
 
     try:
         with terminate_as_interrupt():
-            run_pipeline(paths, read=_read, compute=compute, write=write,
+            run_pipeline(paths, read=functools.partial(_read, exif_rotate=args.exif_rotate),
+                         compute=compute, write=write,
                          read_ahead=max(2, args.batch))
     finally:
         if progress:
