@@ -245,6 +245,7 @@ def test_more_than_255_classes_are_refused_everywhere(tmp_path, capsys):
     with pytest.raises(UserError, match=r"model\.num_classes: expected at most 255.*found 256"):
         load_config(None, ["model.num_classes=256"])
     for verb, source in (("mat2ckpt", "missing.mat"), ("keras-h5", "missing.h5")):
+        (tmp_path / source).write_bytes(b"")  # there, so that only --num-classes is wrong
         message = one_line_error(capsys, port.main, [verb, str(tmp_path / source),
                                                      "--num-classes", "300", "--out",
                                                      str(tmp_path / "out")])
