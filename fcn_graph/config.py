@@ -21,7 +21,13 @@ from typing import List, Optional
 
 from fcn_graph.constants import KERNELS, TRAIN_KEEP_PROB, TRAIN_PRECISIONS
 from fcn_graph.errors import UserError
-from fcn_graph.fileio import NotARegularFile, kind_of, read_regular_file, write_json_atomic
+from fcn_graph.fileio import (
+    NotARegularFile,
+    kind_of,
+    link_problem,
+    read_regular_file,
+    write_json_atomic,
+)
 from fcn_graph.spec import FC_WIDTH, check_variant
 
 DATASET_KINDS = ("voc", "ade20k", "pets", "folder", "shapes")
@@ -278,6 +284,9 @@ def _read_text(path):
     """The file at `path` as text: UTF-8 (a leading byte-order mark allowed), from
     a regular file only (`fileio.read_regular_file`), so that a FIFO or a
     device never blocks the command."""
+    problem = link_problem(path)
+    if problem is not None:
+        raise UserError(f"{path}: {problem}; expected a JSON config file")
     try:
         raw = read_regular_file(path)
     except NotARegularFile as err:

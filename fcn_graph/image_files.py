@@ -20,7 +20,7 @@ from PIL import Image
 
 from fcn_graph.constants import IGNORE_LABEL, voc_palette
 from fcn_graph.errors import UserError
-from fcn_graph.fileio import NotARegularFile, atomic_write, kind_of, read_regular_file
+from fcn_graph.fileio import NotARegularFile, atomic_write, kind_of, link_problem, read_regular_file
 
 # Extensions of the image files that `read_image` reads and that folders of
 # images (infer's inputs, the datasets) are searched for.
@@ -46,6 +46,9 @@ def check_num_classes(num_classes, where):
 def _read_bytes(path, expected):
     """The bytes of `path` (a regular file only: `fileio.read_regular_file`), or a
     UserError saying why the file could not be read."""
+    problem = link_problem(path)
+    if problem is not None:
+        raise UserError(f"{path}: {problem} (expected {expected})")
     try:
         return read_regular_file(path)
     except NotARegularFile as err:
@@ -173,6 +176,9 @@ def read_label(path):
     """
     path = os.fspath(path)
     expected = "a palette or single-channel label PNG"
+    problem = link_problem(path)
+    if problem is not None:
+        raise UserError(f"{path}: {problem} (expected {expected})")
     try:
         kind = os.stat(path).st_mode
     except OSError:

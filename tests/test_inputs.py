@@ -359,3 +359,19 @@ def test_port_and_export_check_their_input_before_tensorflow_loads(tmp_path, arg
     assert run.returncode == 2, run.stderr
     assert run.stderr.startswith(f"{module}: error: {words.format(tmp=tmp_path)}"), run.stderr
     assert run.stderr.count("\n") == 1
+
+
+def test_images_labels_and_config_files_name_link_loops_and_dangling_links(tmp_path):
+    from fcn_graph import image_files
+    from fcn_graph.config import load_config
+    loop, dangling = _links(tmp_path, "file")
+    for read in (image_files.read_image, image_files.read_label):
+        with pytest.raises(UserError, match=r"file_loop: is a symbolic link loop \(expected"):
+            read(str(loop))
+        with pytest.raises(UserError, match=r"file_dangling: is a dangling symbolic link to "
+                                            r"nowhere \(expected"):
+            read(str(dangling))
+    with pytest.raises(UserError, match=r"file_loop: is a symbolic link loop; expected a JSON"):
+        load_config(str(loop))
+    with pytest.raises(UserError, match=r"file_dangling: is a dangling symbolic link to nowhere"):
+        load_config(str(dangling))
