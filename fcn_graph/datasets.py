@@ -377,6 +377,12 @@ def read_pair(image_path, label_path, num_classes, offset=0):
     return image, label
 
 
+def _fsencoded(paths):
+    """`paths` as the bytes the file system holds (os.fsencode), so that tf.data
+    carries names that are not UTF-8 unchanged; os.fsdecode reverses it."""
+    return [os.fsencode(path) for path in paths]
+
+
 def _load_pair(image_path, label_path, *, num_classes, offset):
     """Decode one (image float32 [H, W, 3], label uint8 [H, W]) pair, in the graph.
 
@@ -385,8 +391,8 @@ def _load_pair(image_path, label_path, *, num_classes, offset):
     Pillow's and whose errors do not name the file.
     """
     def load(image_path_bytes, label_path_bytes):
-        return read_pair(image_path_bytes.decode(), label_path_bytes.decode(), num_classes,
-                         offset)
+        return read_pair(os.fsdecode(image_path_bytes), os.fsdecode(label_path_bytes),
+                         num_classes, offset)
 
     image, label = tf.numpy_function(load, [image_path, label_path], (tf.uint8, tf.uint8),
                                      stateful=False, name="read_pair")
@@ -420,7 +426,7 @@ def train_dataset(files, *, num_classes, batch_size, image_size, scale_range=(1.
     index), so a run is reproducible whatever the parallelism.
     """
     paths = tf.data.Dataset.from_tensor_slices(
-        (list(files.image_paths), list(files.label_paths)))
+        (_fsencoded(files.image_paths), _fsencoded(files.label_paths)))
     paths = paths.shuffle(len(files), seed=seed, reshuffle_each_iteration=True).repeat()
     paths = paths.enumerate()
 
@@ -442,8 +448,8 @@ def eval_dataset(files, *, num_classes, max_images=None):
     label int32 [1, H, W] and name string [1] (the file stem)."""
     count = len(files) if max_images is None else min(len(files), max_images)
     data = tf.data.Dataset.from_tensor_slices((
-        list(files.image_paths[:count]), list(files.label_paths[:count]),
-        list(files.names[:count])))
+        _fsencoded(files.image_paths[:count]), _fsencoded(files.label_paths[:count]),
+        _fsencoded(files.names[:count])))
 
     def load(image_path, label_path, name):
         image, label = _load_pair(image_path, label_path, num_classes=num_classes,

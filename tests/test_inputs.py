@@ -375,3 +375,26 @@ def test_images_labels_and_config_files_name_link_loops_and_dangling_links(tmp_p
         load_config(str(loop))
     with pytest.raises(UserError, match=r"file_dangling: is a dangling symbolic link to nowhere"):
         load_config(str(dangling))
+
+
+def test_evaluate_reads_a_dataset_image_named_in_bytes_that_are_not_utf8(
+        tmp_path, tiny_checkpoint, capsys):
+    from datafixtures import block_label, write_gray
+
+    from fcn_graph import evaluate
+    root = os.fsencode(tmp_path / "data")
+    rng = np.random.default_rng(5)
+    for stem in (b"plain", b"caf\xe9"):
+        write_rgb(os.fsdecode(os.path.join(root, b"images", b"val", stem + b".png")),
+                  rng.integers(0, 256, (12, 10, 3), dtype=np.uint8))
+        write_gray(os.fsdecode(os.path.join(root, b"labels", b"val", stem + b".png")),
+                   block_label(rng, [0, 1, 2], h=12, w=10))
+    out = os.fsencode(tmp_path / "pred")
+    code = run_cli(evaluate.main, ["--set", "data.kind=folder", "--set",
+                                   f"data.root={os.fsdecode(root)}", "--split", "val",
+                                   "--checkpoint", tiny_checkpoint,
+                                   "--save-predictions", os.fsdecode(out)], "fcn_graph.evaluate")
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    assert sorted(os.listdir(out)) == sorted([os.fsencode(fileio.OUTPUT_RECORD),
+                                              b"caf\xe9.png", b"plain.png"])
