@@ -398,3 +398,12 @@ def test_evaluate_reads_a_dataset_image_named_in_bytes_that_are_not_utf8(
     assert code == 0, printed.err
     assert sorted(os.listdir(out)) == sorted([os.fsencode(fileio.OUTPUT_RECORD),
                                               b"caf\xe9.png", b"plain.png"])
+
+
+def test_a_calibration_folder_that_is_a_link_loop_or_dangling_is_named_as_such(tmp_path):
+    from fcn_graph.quantize import calibration_files
+    loop, dangling = _links(tmp_path, "calib")
+    with pytest.raises(UserError, match=r"--calibration .*calib_loop: is a symbolic link loop"):
+        calibration_files(str(loop))
+    with pytest.raises(UserError, match=r"calib_dangling: is a dangling symbolic link to nowhere"):
+        calibration_files(str(dangling))
