@@ -366,6 +366,7 @@ def _inspect_savedmodel(path):
     pb = os.path.join(path, "saved_model.pb")
     if not os.path.exists(pb):
         raise UserError(f"{path}: only binary SavedModels (saved_model.pb) can be inspected")
+    check_input_file(pb, "the SavedModel's graph, a binary protocol buffer")
     with open(pb, "rb") as handle:
         saved.ParseFromString(handle.read())
     print(f"{path}: SavedModel, {len(saved.meta_graphs)} meta graph(s)")

@@ -407,3 +407,12 @@ def test_a_calibration_folder_that_is_a_link_loop_or_dangling_is_named_as_such(t
         calibration_files(str(loop))
     with pytest.raises(UserError, match=r"calib_dangling: is a dangling symbolic link to nowhere"):
         calibration_files(str(dangling))
+
+
+@needs_fifo
+def test_port_inspect_refuses_a_savedmodel_whose_graph_is_a_fifo(tmp_path, capsys):
+    saved = tmp_path / "saved"
+    saved.mkdir()
+    os.mkfifo(saved / "saved_model.pb")
+    err = _error_line(capsys, port.main, ["inspect", saved], "fcn_graph.port")
+    assert f"{saved / 'saved_model.pb'}: is a FIFO; expected the SavedModel's graph" in err
