@@ -115,13 +115,13 @@ def main(argv=None):
     from fcn_graph.training.evaluator import evaluate_checkpoint
     from fcn_graph.weights import checkpoint
 
+    split = args.split or config.data.val_split
+    files = datasets.open_config_split(config, split)  # every file checked before the model
     prefix = checkpoint.resolve_checkpoint(source)
     spec = checkpoint.model_spec_from_checkpoint(prefix)
     image_files.check_num_classes(spec.num_classes, f"{prefix} (checkpoint)")
     field = tiling.receptive_field(spec)
     tiling.check_tile(tile, field)
-    split = args.split or config.data.val_split
-    files = datasets.open_config_split(config, split)
     num_classes = spec.num_classes
     if config.model.num_classes is not None and config.model.num_classes != num_classes:
         raise UserError(f"model.num_classes: is {config.model.num_classes} but the checkpoint "

@@ -57,6 +57,7 @@ never are.
 
 import argparse
 import logging
+import os
 import sys
 
 from fcn_graph.core.constants import EXPORT_FORMATS, KERNELS
@@ -66,6 +67,7 @@ from fcn_graph.data import image_files
 from fcn_graph.engines import onnx_engine
 from fcn_graph.engines.int8_model import CALIBRATION_IMAGES
 from fcn_graph.host import tflog
+from fcn_graph.weights.checkpoint_files import checkpoint_prefix
 
 
 def build_parser():
@@ -101,6 +103,28 @@ def build_parser():
     return parser
 
 
+def _export(prefix, args, kwargs):
+    """Export checkpoint `prefix` as `args` say; the exporter's report. An OSError
+    reading the checkpoint is raised as it is (`checkpoint.with_newest` tells a
+    checkpoint deleted meanwhile); one writing --out is a UserError."""
+    from fcn_graph.engines.exporters import EXPORTERS
+    from fcn_graph.weights import checkpoint
+
+    spec = checkpoint.model_spec_from_checkpoint(prefix)
+    image_files.check_num_classes(spec.num_classes, f"{prefix} (checkpoint)")
+    print(f"read {prefix}: {spec.name}, {spec.num_classes} classes, "
+          f"{spec.channel_order.upper()} weights, mean pixel "
+          f"{[round(v, 3) for v in spec.mean_pixel] if spec.mean_pixel else 'unknown (the VGG mean is used)'} "
+          "(subtracted inside the graph)", flush=True)
+    try:
+        return EXPORTERS[args.format](prefix, args.out, verify=not args.no_verify,
+                                      force=args.force, **kwargs)
+    except OSError as err:  # a full disk, a folder made read-only meanwhile
+        if err.filename and str(err.filename).startswith(prefix):
+            raise  # reading the checkpoint: with_newest tells a vanished one
+        raise UserError(f"{err.filename or args.out}: cannot write ({err.strerror})") from None
+
+
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -118,31 +142,27 @@ def main(argv=None):
     if args.quantize:
         from fcn_graph.engines.int8_model import calibration_files
         calibration_files(args.calibration)   # a bad folder fails before the checkpoint loads
+    if not os.path.isdir(args.checkpoint):  # a missing checkpoint too, before TensorFlow loads
+        checkpoint_prefix(args.checkpoint)
     tflog.load_tensorflow()
     import tensorflow as tf
 
-    from fcn_graph.engines.exporters import EXPORTERS, INPUT_NAME, OUTPUT_NAMES, SIGNATURE_KEY
+    from fcn_graph.engines.exporters import INPUT_NAME, OUTPUT_NAMES, SIGNATURE_KEY
     from fcn_graph.weights import checkpoint
 
     # TF1 deprecation notices are noise on this command line.
     tf.get_logger().setLevel(logging.ERROR)
-    prefix = checkpoint.resolve_checkpoint(args.checkpoint)
-    spec = checkpoint.model_spec_from_checkpoint(prefix)
-    image_files.check_num_classes(spec.num_classes, f"{prefix} (checkpoint)")
-    print(f"read {prefix}: {spec.name}, {spec.num_classes} classes, "
-          f"{spec.channel_order.upper()} weights, mean pixel "
-          f"{[round(v, 3) for v in spec.mean_pixel] if spec.mean_pixel else 'unknown (the VGG mean is used)'} "
-          "(subtracted inside the graph)", flush=True)
     kwargs = {"kernels": args.kernels}
     if args.format == "onnx":
         opset = onnx_engine.DEFAULT_OPSET if args.opset is None else args.opset
         kwargs.update(opset=opset, external_data=args.external_data, quantize=args.quantize,
                       calibration=args.calibration)
+
     try:
-        report = EXPORTERS[args.format](prefix, args.out, verify=not args.no_verify,
-                                        force=args.force, **kwargs)
-    except OSError as err:  # a full disk, a folder made read-only meanwhile
-        raise UserError(f"{err.filename or args.out}: cannot write ({err.strerror})") from None
+        report = checkpoint.with_newest(args.checkpoint,
+                                         lambda prefix: _export(prefix, args, kwargs))
+    except OSError as err:
+        raise UserError(f"{err.filename}: cannot read ({err.strerror})") from None
     names = report.get("tensors") or {INPUT_NAME: INPUT_NAME, **{n: n for n in OUTPUT_NAMES}}
     if args.format == "savedmodel":
         where = f"signature '{SIGNATURE_KEY}', tag 'serve': "

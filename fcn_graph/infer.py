@@ -19,8 +19,8 @@ over one of its inputs.
 
 import argparse
 import collections
+import functools
 import os
-import stat
 import sys
 import time
 
@@ -29,7 +29,7 @@ import numpy as np
 from fcn_graph import cli
 from fcn_graph.core.constants import ENGINES, INFERENCE_PRECISIONS, VGG_MEAN_RGB
 from fcn_graph.core.errors import UserError, run_cli
-from fcn_graph.core.fileio import OutputFolder, kind_of
+from fcn_graph.core.fileio import OutputFolder, check_input_file, input_problem
 from fcn_graph.core.progress import Progress
 from fcn_graph.core.ranges import ALPHA_RANGE, BATCH_RANGE, MEAN_RANGE, threads_range
 from fcn_graph.data import image_files
@@ -46,9 +46,10 @@ def list_images(inputs):
     """Files as given; directories expanded to their image files, sorted.
 
     A directory's entries that carry an image extension but are not regular
-    files (folders, FIFOs, devices, broken links) are skipped with a note; an
-    input named on the command line that is such a thing is refused. A file
-    given twice is read once.
+    files (folders, FIFOs, devices, broken links) are skipped with a note, and
+    so is each subfolder (folders are not searched recursively). An input
+    named on the command line that is missing, unreadable or not a regular
+    file is refused, before any model loads. A file given twice is read once.
     """
     paths, seen = [], set()
 
@@ -66,16 +67,16 @@ def list_images(inputs):
                 raise UserError(f"{item}: cannot list this folder ({err.strerror})") from None
             found = 0
             for name in names:
-                if not name.lower().endswith(IMAGE_EXTENSIONS):
-                    continue
                 path = os.path.join(item, name)
-                try:
-                    mode = os.stat(path).st_mode
-                except OSError as err:
-                    print(f"note: skipping {path}: {err.strerror}", file=sys.stderr)
+                if not name.lower().endswith(IMAGE_EXTENSIONS):
+                    if not name.startswith(".") and os.path.isdir(path):
+                        print(f"note: skipping {path}{os.sep}: a subfolder (only the images "
+                              f"directly in {item} are read)", file=sys.stderr)
                     continue
-                if not stat.S_ISREG(mode):
-                    print(f"note: skipping {path}: {kind_of(mode)}, not an image file",
+                problem = input_problem(path)
+                if problem is not None:
+                    print(f"note: skipping {path}: {problem.removeprefix('is ')}, not an image "
+                          "file",
                           file=sys.stderr)
                     continue
                 add(path)
@@ -84,11 +85,7 @@ def list_images(inputs):
                 raise UserError(f"{item}: directory holds no images (expected files ending in "
                                 f"{', '.join(IMAGE_EXTENSIONS)})")
         else:
-            if os.path.exists(item):
-                mode = os.stat(item).st_mode
-                if not stat.S_ISREG(mode):
-                    raise UserError(f"{item}: is {kind_of(mode)}; expected an image file or a "
-                                    "folder of images")
+            check_input_file(item, "an image file or a folder of images")
             add(item)
     return paths
 
@@ -127,10 +124,10 @@ def output_stems(paths):
     return stems, notes
 
 
-def _read(path):
+def _read(path, exif_rotate=False):
     """(image, None), or (None, the UserError) for an image that cannot be read."""
     try:
-        return image_files.read_image(path), None
+        return image_files.read_image(path, exif_rotate=exif_rotate), None
     except UserError as err:
         return None, err
 
@@ -194,6 +191,10 @@ def build_parser():
                         help="float32 (default); bfloat16 through oneDNN (needs "
                              "TF_ENABLE_ONEDNN_OPTS=1 and a CPU with bf16 units); float16 on "
                              "a GPU; int8 through ONNX Runtime, quantized with --calibration")
+    parser.add_argument("--exif-rotate", action="store_true",
+                        help="turn each image upright as its EXIF orientation tag says (phone "
+                             "photos) before segmenting it; outputs are written upright too "
+                             "(default: pixels as stored, as evaluate and training read them)")
     cli.add_calibration_arg(parser)
     cli.add_tile_args(parser)
     cli.add_tta_arg(parser)
@@ -254,9 +255,11 @@ def main(argv=None):
         segmenter = OnnxSegmenter(cached, threads=args.threads)
     else:
         from fcn_graph.engines.segmenter import make_segmenter
-        segmenter = make_segmenter(prefix, engine=args.engine, mean_pixel=args.mean,
-                                   threads=args.threads, xla=args.xla, precision=args.precision,
-                                   kernels=args.kernels or "auto", calibration=calibration)
+        from fcn_graph.weights import checkpoint
+        segmenter = checkpoint.with_newest(source, lambda pinned: make_segmenter(
+            pinned, engine=args.engine, mean_pixel=args.mean, threads=args.threads, xla=args.xla,
+            precision=args.precision, kernels=args.kernels or "auto", calibration=calibration),
+            prefix=prefix)
     segmenter = tiling.TiledSegmenter(segmenter, spec, tile=tile, field=field,
                                       budget_bytes=args.memory_budget * 2**30)
     segmenter = wrap_tta(segmenter, tta, spec=spec, tile=tile,
@@ -323,7 +326,8 @@ def main(argv=None):
 
     try:
         with terminate_as_interrupt():
-            run_pipeline(paths, read=_read, compute=compute, write=write,
+            run_pipeline(paths, read=functools.partial(_read, exif_rotate=args.exif_rotate),
+                         compute=compute, write=write,
                          read_ahead=max(2, args.batch))
     finally:
         if progress:

@@ -23,6 +23,12 @@ running. On Linux, a launcher killed with SIGKILL takes its workers along.
 Exit status: 0 when every worker exits 0; 1 when the restarts are used up;
 2 for bad arguments; 130 or 143 after Ctrl-C or SIGTERM.
 
+The workers' TensorFlow servers listen on every interface, whatever --host
+is: TensorFlow's gRPC server binds 0.0.0.0:PORT and offers no other address.
+To keep them from other machines, run the launcher in a network namespace of
+its own (unshare -rn, then ip link set lo up) or close the ports with a
+firewall.
+
 For trying multi-worker training and for tests: on a cluster, the cluster
 manager starts and restarts the tasks and sets TF_CONFIG itself.
 """
@@ -60,7 +66,8 @@ def build_parser():
                              "(default: %(default)s)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="the address of this machine the workers name in TF_CONFIG "
-                             "(default: %(default)s)")
+                             "(default: %(default)s); their servers listen on every "
+                             "interface whatever it is")
     parser.add_argument("--grace", type=_seconds, default=10.0, metavar="SECONDS",
                         help="after a failure, how long the other workers get to exit after "
                              "SIGTERM before SIGKILL (default: %(default)g)")

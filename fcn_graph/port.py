@@ -21,6 +21,7 @@ import sys
 
 from fcn_graph.core.constants import ARCHITECTURES, SKIPS, VGG_MEAN_RGB
 from fcn_graph.core.errors import UserError, run_cli
+from fcn_graph.core.fileio import check_input_file
 from fcn_graph.core.ranges import FC_WIDTH_RANGE, MEAN_RANGE, NUM_CLASSES_RANGE, SEED_RANGE
 from fcn_graph.host import tflog
 
@@ -89,6 +90,10 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    weights = getattr(args, "mat", None) or getattr(args, "h5", None)
+    if weights is not None:  # before TensorFlow loads (seconds)
+        check_input_file(weights, f"a {'Keras' if args.verb_name == 'keras_h5' else 'MatConvNet'} "
+                                  "VGG19 weight file")
     tflog.load_tensorflow()
     from fcn_graph.weights import conversion
 

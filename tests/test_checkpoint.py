@@ -115,7 +115,7 @@ def test_mat2ckpt_writes_a_complete_checkpoint(tiny_mat, tmp_path, capsys):
 def test_mat2ckpt_bad_inputs(tmp_path, tiny_mat):
     with pytest.raises(UserError, match="--num-classes"):
         port.main(["mat2ckpt", tiny_mat, "--num-classes", "0", "--out", str(tmp_path / "x")])
-    with pytest.raises(UserError, match="file not found"):
+    with pytest.raises(UserError, match="missing.mat: no such file"):
         port.main(["mat2ckpt", str(tmp_path / "missing.mat"), "--num-classes", "3",
                    "--out", str(tmp_path / "x")])
     assert not list(tmp_path.glob("x*"))
@@ -357,7 +357,7 @@ def test_checkpoint_problem_names_what_is_wrong(tmp_path):
     os.mkdir(data)
     # the message starts with the data file's path, not the prefix: kept whole
     assert checkpoint.checkpoint_problem(folder) == (
-        f"{data}: not a regular file; expected a file of the checkpoint {folder}")
+        f"{data}: is a directory, not a regular file; expected a file of the checkpoint {folder}")
 
     shards = _write_variables(str(tmp_path / "shards"), {"inference/a": A_VALUES})
     os.rename(shards + ".data-00000-of-00001", shards + ".data-00000-of-00002")

@@ -137,6 +137,7 @@ def test_help_does_not_import_tensorflow(command):
 def test_ctrl_c_while_tensorflow_loads_prints_one_line(tmp_path):
     """SIGINT once TensorFlow has started to import (its first module is in the
     import-time trace) ends `python -m fcn_graph.infer` with one line, status 130."""
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((5, 7, 3), np.uint8))  # checked before TF
     proc = subprocess.Popen(
         [sys.executable, "-X", "importtime", "-m", "fcn_graph.infer", str(tmp_path / "a.png"),
          "--checkpoint", str(tmp_path / "ckpt")],

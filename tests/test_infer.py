@@ -116,7 +116,8 @@ def test_mean_flag_applies_without_sidecar(tmp_path, tiny_checkpoint):
 
 def test_cli_errors_are_one_line(tmp_path, tiny_checkpoint):
     env = dict(os.environ, PYTHONPATH=os.getcwd())
-    run = subprocess.run([sys.executable, "-m", "fcn_graph.infer", str(tmp_path / "nope.jpg"),
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((5, 7, 3), np.uint8))
+    run = subprocess.run([sys.executable, "-m", "fcn_graph.infer", str(tmp_path / "a.png"),
                           "--checkpoint", str(tmp_path / "no_ckpt")],
                          capture_output=True, text=True, env=env)
     assert run.returncode == 2

@@ -127,7 +127,8 @@ def _error(path, **kwargs):
 
 
 def test_missing_file(tmp_path):
-    assert "file not found" in _error(str(tmp_path / "nope.mat"))
+    message = _error(str(tmp_path / "nope.mat"))
+    assert "nope.mat: no such file; expected a MatConvNet VGG19 .mat" in message
 
 
 def test_not_a_mat_file(tmp_path):

@@ -13,7 +13,13 @@ class UserError(ValueError):
 
 
 def run_cli(main_fn, argv=None, prog="fcn_graph"):
-    """Call `main_fn(argv)`; report a UserError or Ctrl-C on one line."""
+    """Call `main_fn(argv)`; report a UserError or Ctrl-C on one line.
+
+    Output and errors are printed with backslash escapes for what the stream's
+    encoding cannot hold (file names that are not UTF-8), never a traceback."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     try:
         return main_fn(argv)
     except UserError as err:

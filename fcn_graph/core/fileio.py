@@ -1,6 +1,7 @@
 """Atomic file writes: a target is either its old self or complete, never partial."""
 
 import contextlib
+import errno
 import json
 import os
 import stat
@@ -68,10 +69,21 @@ def _json_default(obj):
 
 def json_text(obj, *, indent=None, where="JSON"):
     """`obj` as strict JSON text: NaN and infinite numbers raise ValueError
-    naming `where` (standard JSON has no such values; write None instead)."""
+    naming `where` (standard JSON has no such values; write None instead).
+
+    Text is written as it is, except where it holds file names that are not
+    UTF-8 (Python keeps their bytes as lone surrogates, os.fsdecode): then
+    every non-ASCII character is written as a \\u escape, which json.loads
+    reads back to the same string, so os.fsencode gives the same bytes."""
     try:
-        return json.dumps(obj, indent=indent, ensure_ascii=False, allow_nan=False,
+        text = json.dumps(obj, indent=indent, ensure_ascii=False, allow_nan=False,
                           default=_json_default)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            text = json.dumps(obj, indent=indent, ensure_ascii=True, allow_nan=False,
+                              default=_json_default)
+        return text
     except ValueError as err:
         raise ValueError(f"{where}: {err} (NaN and infinite numbers have no strict JSON "
                          "form; undefined values are written as null)") from None
@@ -150,8 +162,8 @@ def ensure_output_dir(path, flag):
     path = os.fspath(path)
     where = f"{flag} {path}" if flag else path
     if os.path.lexists(path) and not os.path.isdir(path):
-        raise UserError(f"{where}: is {kind_of(os.lstat(path).st_mode)}; expected a folder "
-                        "(or a path to create one at)")
+        problem = link_problem(path) or f"is {kind_of(os.lstat(path).st_mode)}"
+        raise UserError(f"{where}: {problem}; expected a folder (or a path to create one at)")
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as err:
@@ -331,3 +343,57 @@ def cache_dir(environ=None):
         return environ["FCN_GRAPH_CACHE"]
     base = environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "fcn_graph")
+
+
+# -- input paths -------------------------------------------------------------------
+
+def link_problem(path):
+    """Why `path` does not lead to a file because of symbolic links, in words
+    ("is a symbolic link loop", "is a dangling symbolic link to X"), or None
+    when it resolves (or is missing for another reason)."""
+    try:
+        os.stat(path)
+        return None
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return ("is a symbolic link loop" if os.path.islink(path)
+                    else "passes through a symbolic link loop")
+        if os.path.islink(path):
+            try:
+                target = os.readlink(path)
+            except OSError:
+                return "is a dangling symbolic link"
+            return f"is a dangling symbolic link to {target}"
+    return None
+
+
+def input_problem(path, *, folder=False):
+    """Why `path` cannot be read as an input, in words ("no such file",
+    "is a FIFO", "is a dangling symbolic link to X", "is a directory"...), or
+    None when it is a readable regular file (a readable directory with
+    `folder=True` too). Nothing is opened, so nothing blocks."""
+    problem = link_problem(path)
+    if problem is not None:
+        return problem
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "no such file or directory" if folder else "no such file"
+    except NotADirectoryError:
+        return "a part of this path is not a directory"
+    except OSError as err:
+        return f"cannot be examined ({err.strerror})"
+    if not (stat.S_ISREG(mode) or (folder and stat.S_ISDIR(mode))):
+        return f"is {kind_of(mode)}"
+    if not os.access(path, os.R_OK | (os.X_OK if stat.S_ISDIR(mode) else 0)):
+        return "cannot be read (permission denied)"
+    return None
+
+
+def check_input_file(path, expected, *, folder=False):
+    """Raise UserError "PATH: PROBLEM; expected EXPECTED" unless `path` is a
+    readable regular file (or, with `folder=True`, a readable directory); see
+    `input_problem`."""
+    problem = input_problem(path, folder=folder)
+    if problem is not None:
+        raise UserError(f"{os.fspath(path)}: {problem}; expected {expected}")

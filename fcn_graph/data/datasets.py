@@ -205,7 +205,7 @@ def _pets(root, split, seed, val_fraction):
     if split not in _PETS_SPLITS:
         raise UserError(f"data split {split!r}: pets splits are trainval (train) and test (val)")
     list_file = os.path.join(root, "annotations", _PETS_SPLITS[split] + ".txt")
-    if os.path.isfile(list_file):
+    if os.path.lexists(list_file):
         stems = splits.read_list(list_file, f"pets split {split!r}")
         images = tuple(os.path.join(image_dir, s + ".jpg") for s in stems)
         labels = splits.pair_labels(images, label_dir, listed_in=list_file)
@@ -231,7 +231,7 @@ def _folder(root, split, seed, val_fraction, kind):
             raise UserError(f"{classes_file}: empty; expected one class name per line")
         image_files.check_num_classes(len(class_names), classes_file)
     list_file = os.path.join(root, f"{split}.txt")
-    if os.path.isfile(list_file):
+    if os.path.lexists(list_file):
         by_stem = splits.images_by_stem(image_dir)
         stems = splits.read_list(list_file, f"{kind} split {split!r}")
         images = []
@@ -319,6 +319,12 @@ def read_pair(image_path, label_path, num_classes, offset=0, reader=None):
     return image, label
 
 
+def _fsencoded(paths):
+    """`paths` as the bytes the file system holds (os.fsencode), so that tf.data
+    carries names that are not UTF-8 unchanged; os.fsdecode reverses it."""
+    return [os.fsencode(path) for path in paths]
+
+
 def _load_pair(image_path, label_path, *, num_classes, offset, reader=None):
     """Decode one (image float32 [H, W, 3], label uint8 [H, W]) pair, in the graph.
 
@@ -327,8 +333,8 @@ def _load_pair(image_path, label_path, *, num_classes, offset, reader=None):
     Pillow's and whose errors do not name the file.
     """
     def load(image_path_bytes, label_path_bytes):
-        return read_pair(image_path_bytes.decode(), label_path_bytes.decode(), num_classes,
-                         offset, reader)
+        return read_pair(os.fsdecode(image_path_bytes), os.fsdecode(label_path_bytes),
+                         num_classes, offset, reader)
 
     image, label = tf.numpy_function(load, [image_path, label_path], (tf.uint8, tf.uint8),
                                      stateful=False, name="read_pair")
@@ -362,7 +368,7 @@ def train_dataset(files, *, num_classes, batch_size, image_size, scale_range=(1.
     index), so a run is reproducible whatever the parallelism.
     """
     paths = tf.data.Dataset.from_tensor_slices(
-        (list(files.image_paths), list(files.label_paths)))
+        (_fsencoded(files.image_paths), _fsencoded(files.label_paths)))
     paths = paths.shuffle(len(files), seed=seed, reshuffle_each_iteration=True).repeat()
     paths = paths.enumerate()
 
@@ -384,8 +390,8 @@ def eval_dataset(files, *, num_classes, max_images=None):
     label int32 [1, H, W] and name string [1] (the file stem)."""
     count = len(files) if max_images is None else min(len(files), max_images)
     data = tf.data.Dataset.from_tensor_slices((
-        list(files.image_paths[:count]), list(files.label_paths[:count]),
-        list(files.names[:count])))
+        _fsencoded(files.image_paths[:count]), _fsencoded(files.label_paths[:count]),
+        _fsencoded(files.names[:count])))
 
     def load(image_path, label_path, name):
         image, label = _load_pair(image_path, label_path, num_classes=num_classes,

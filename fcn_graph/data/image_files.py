@@ -20,7 +20,13 @@ from PIL import Image
 
 from fcn_graph.core.constants import IGNORE_LABEL, voc_palette
 from fcn_graph.core.errors import UserError
-from fcn_graph.core.fileio import NotARegularFile, atomic_write, kind_of, read_regular_file
+from fcn_graph.core.fileio import (
+    NotARegularFile,
+    atomic_write,
+    kind_of,
+    link_problem,
+    read_regular_file,
+)
 
 # Extensions of the image files that `read_image` reads and that folders of
 # images (infer's inputs, the datasets) are searched for.
@@ -46,6 +52,9 @@ def check_num_classes(num_classes, where):
 def _read_bytes(path, expected):
     """The bytes of `path` (a regular file only: `fileio.read_regular_file`), or a
     UserError saying why the file could not be read."""
+    problem = link_problem(path)
+    if problem is not None:
+        raise UserError(f"{path}: {problem} (expected {expected})")
     try:
         return read_regular_file(path)
     except NotARegularFile as err:
@@ -74,7 +83,35 @@ def _to_uint8(pixels, path):
     )
 
 
-def read_image(path):
+# EXIF orientation tag (0x0112) value -> the change of the stored pixels
+# [H, W, C] that shows the image upright, as the EXIF specification defines:
+# 2 mirrored, 3 turned 180 degrees, 4 flipped, 5 transposed, 6 turned 90
+# degrees clockwise, 7 transversed, 8 turned 90 degrees counter-clockwise.
+EXIF_ORIENTATION_TAG = 0x0112
+_UPRIGHT = {
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.transpose(1, 0, 2),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: a[::-1, ::-1].transpose(1, 0, 2),
+    8: lambda a: np.rot90(a, 1),
+}
+
+
+def exif_orientation(data):
+    """The EXIF orientation (1..8) of an encoded image's bytes; 1 (as stored)
+    when it has no EXIF or no valid orientation tag."""
+    import io
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            value = im.getexif().get(EXIF_ORIENTATION_TAG, 1)
+    except Exception:  # Pillow raises several types for data it does not know
+        return 1
+    return value if value in _UPRIGHT else 1
+
+
+def read_image(path, *, exif_rotate=False):
     """Read an image file as RGB uint8 [H, W, 3].
 
     Rules:
@@ -90,15 +127,18 @@ def read_image(path):
       PNGs come back as BGRA with the gray value in B, G and R.
     - The EXIF orientation tag is not applied (IMREAD_UNCHANGED ignores it):
       pixels are returned in stored order, the order label files match.
+      With `exif_rotate`, they are turned upright as the tag says (a phone
+      photo held upright), by `exif_orientation` and the table _UPRIGHT.
 
     Raises UserError naming `path` when the file is missing, empty, not an
     image OpenCV can decode, or has an unsupported sample type or channel count.
     """
     path = os.fspath(path)
-    return decode_image(_read_bytes(path, "an image (PNG or JPEG)"), path)
+    return decode_image(_read_bytes(path, "an image (PNG or JPEG)"), path,
+                        exif_rotate=exif_rotate)
 
 
-def decode_image(data, path):
+def decode_image(data, path, *, exif_rotate=False):
     """Decode the bytes of an image file as `read_image` does; `path` names the
     source in errors."""
     expected = "an image (PNG or JPEG)"
@@ -125,6 +165,8 @@ def decode_image(data, path):
         raise UserError(
             f"{path}: image has {channels} channels (expected gray, gray + alpha, RGB or RGBA)"
         )
+    if exif_rotate:
+        rgb = _UPRIGHT.get(exif_orientation(data), lambda a: a)(rgb)
     return np.ascontiguousarray(rgb)
 
 
@@ -146,6 +188,9 @@ def read_label(path):
     """
     path = os.fspath(path)
     expected = "a palette or single-channel label PNG"
+    problem = link_problem(path)
+    if problem is not None:
+        raise UserError(f"{path}: {problem} (expected {expected})")
     try:
         kind = os.stat(path).st_mode
     except OSError:

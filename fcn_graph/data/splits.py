@@ -9,6 +9,7 @@ from typing import Optional, Tuple
 import numpy as np
 
 from fcn_graph.core.errors import UserError
+from fcn_graph.core.fileio import check_input_file, input_problem, read_regular_file
 from fcn_graph.data.image_files import IMAGE_EXTENSIONS
 
 
@@ -51,24 +52,36 @@ class ImageFileError(Exception):
 
 
 def read_lines(path, what):
-    """The lines of a UTF-8 text file, or a UserError naming it."""
+    """The lines of a UTF-8 text file (a regular file only), or a UserError naming it."""
+    check_input_file(path, what)
     try:
-        with open(path, encoding="utf-8") as f:
-            return f.read().splitlines()
+        return read_regular_file(path).decode("utf-8").splitlines()
     except UnicodeDecodeError as err:
         raise UserError(f"{path}: not UTF-8 text (byte {err.start}; expected {what})") from None
     except OSError as err:
         raise UserError(f"{path}: cannot read ({err.strerror or err}; expected {what})") from None
 
 
+
 def read_list(path, what):
-    if not os.path.isfile(path):
+    """The stems a split file lists, one per line (blank lines and # comments
+    skipped). A stem listed twice is an error naming both lines."""
+    if not os.path.lexists(path):
         raise UserError(f"{path}: split file not found ({what})")
-    stems = [line.split()[0] for line in read_lines(path, f"a split file, {what}")
-             if line.strip() and not line.startswith("#")]
+    stems, line_of = [], {}
+    for number, line in enumerate(read_lines(path, f"a split file, {what}"), start=1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        stem = line.split()[0]
+        if stem in line_of:
+            raise UserError(f"{path}: line {number} lists {stem!r} again (first on line "
+                            f"{line_of[stem]}); expected each image once")
+        line_of[stem] = number
+        stems.append(stem)
     if not stems:
         raise UserError(f"{path}: split file is empty ({what})")
     return stems
+
 
 
 def pair_labels(image_paths, label_dir, label_ext=".png", listed_in=None):
@@ -76,13 +89,19 @@ def pair_labels(image_paths, label_dir, label_ext=".png", listed_in=None):
     for image in image_paths:
         stem = os.path.splitext(os.path.basename(image))[0]
         label = os.path.join(label_dir, stem + label_ext)
-        if not os.path.isfile(image):
+        problem = input_problem(image)
+        if problem is not None:
             where = f" (listed in {listed_in})" if listed_in else ""
-            raise UserError(f"{image}: image not found{where}")
-        if not os.path.isfile(label):
+            problem = "image not found" if problem == "no such file" else problem
+            raise UserError(f"{image}: {problem}{where}")
+        problem = input_problem(label)
+        if problem == "no such file":
             raise UserError(f"{image}: no label; expected {label}")
+        if problem is not None:
+            raise UserError(f"{label}: {problem} (expected the label of {image})")
         labels.append(label)
     return tuple(labels)
+
 
 
 def list_images(directory, extensions):

@@ -31,7 +31,7 @@ import tempfile
 import numpy as np
 
 from fcn_graph.core.errors import UserError
-from fcn_graph.core.fileio import atomic_write, kind_of
+from fcn_graph.core.fileio import atomic_write, kind_of, link_problem
 from fcn_graph.data import image_files
 
 # Calibration methods of `quantize_model`: the activation range from the
@@ -57,6 +57,10 @@ def calibration_files(directory, flag="--calibration", limit=CALIBRATION_IMAGES)
     """The image files (by extension) of folder `directory`, sorted; at most
     `limit`, taken evenly over the list. A missing path, a path that is not a
     folder, or a folder without images is a UserError naming `flag`."""
+    problem = link_problem(directory)
+    if problem is not None:
+        raise UserError(f"{flag} {directory}: {problem}; expected a folder of images to "
+                        "calibrate int8 on")
     try:
         mode = os.stat(directory).st_mode
     except OSError as err:

@@ -27,7 +27,13 @@ from fcn_graph.core.constants import (
     TRAIN_PRECISIONS,
 )
 from fcn_graph.core.errors import UserError
-from fcn_graph.core.fileio import NotARegularFile, kind_of, read_regular_file, write_json_atomic
+from fcn_graph.core.fileio import (
+    NotARegularFile,
+    kind_of,
+    link_problem,
+    read_regular_file,
+    write_json_atomic,
+)
 from fcn_graph.core.ranges import (
     FC_WIDTH_RANGE,
     IMAGE_COUNT_RANGE,
@@ -335,6 +341,9 @@ def _read_text(path):
     """The file at `path` as text: UTF-8 (a leading byte-order mark allowed), from
     a regular file only (`fileio.read_regular_file`), so that a FIFO or a
     device never blocks the command."""
+    problem = link_problem(path)
+    if problem is not None:
+        raise UserError(f"{path}: {problem}; expected a JSON config file")
     try:
         raw = read_regular_file(path)
     except NotARegularFile as err:

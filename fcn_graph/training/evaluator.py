@@ -2,6 +2,8 @@
 streams every image at full size through the model and fills one confusion
 matrix; `evaluate_checkpoint` runs it on a checkpoint with either engine."""
 
+import os
+
 import numpy as np
 import tensorflow as tf
 
@@ -57,7 +59,7 @@ class Evaluator:
                 prediction = sess.run(self.prediction, {self.images: item["image"]})
             else:
                 prediction = predict(item["image"].astype(np.uint8))
-            name = item["name"][0].decode()
+            name = os.fsdecode(item["name"][0])
             matrix.update(item["label"], prediction)
             count += 1
             if on_image is not None:

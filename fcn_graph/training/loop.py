@@ -16,7 +16,7 @@ import tensorflow as tf
 from fcn_graph.cluster import distributed
 from fcn_graph.core.constants import IGNORE_LABEL
 from fcn_graph.core.errors import UserError
-from fcn_graph.core.fileio import write_json_atomic
+from fcn_graph.core.fileio import link_problem, write_json_atomic
 from fcn_graph.core.progress import Progress
 from fcn_graph.data import datasets, image_files
 from fcn_graph.engines.tta import TtaSegmenter, parse_tta
@@ -201,6 +201,10 @@ def _resume_point(log_dir, spec):
 
 def _prepare_log_dir(log_dir):
     """Create `log_dir` (UserError naming it when that fails)."""
+    problem = link_problem(log_dir)
+    if problem is not None:
+        raise UserError(f"train.log_dir: {log_dir} {problem}; expected a directory (or a path "
+                        "to create one at)")
     if os.path.exists(log_dir) and not os.path.isdir(log_dir):
         raise UserError(f"train.log_dir: {log_dir} is a file, expected a directory")
     try:

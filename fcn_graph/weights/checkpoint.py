@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from fcn_graph.core.errors import UserError
-from fcn_graph.core.fileio import atomic_write, write_json_atomic
+from fcn_graph.core.fileio import atomic_write, input_problem, write_json_atomic
 from fcn_graph.core.finite import check_mean_pixel, nonfinite
 from fcn_graph.network import definition, tf_layers
 from fcn_graph.network.spec import VGG19_CONVS, ModelSpec
@@ -80,12 +80,12 @@ def find_checkpoints(directory, *, full=True):
     return found
 
 
-def newest_complete(directory, *, what="checkpoint", log=None):
+def newest_complete(directory, *, what="checkpoint", log=None, exclude=()):
     """The newest checkpoint in `directory` that fully reads, or None when the
     directory holds no checkpoint file at all. The newer ones that do not read
     are named with the reason on `log`; when none reads, a UserError names
-    each file and its problem."""
-    found = list_checkpoints(directory)
+    each file and its problem. Prefixes in `exclude` are passed over."""
+    found = [record for record in list_checkpoints(directory) if record.prefix not in exclude]
     skipped = []
     for record in found:
         record.problem = checkpoint_problem(record.prefix, full=True)
@@ -112,6 +112,48 @@ def resolve_checkpoint(path):
                             "PREFIX.index and PREFIX.data-* files)")
         return found.prefix
     return checkpoint_prefix(path)
+
+
+def _vanished(prefix):
+    """Whether a file of the checkpoint at `prefix` is gone: its .index, or a
+    data shard the first shard's name counts."""
+    shards = glob.glob(glob.escape(prefix) + ".data-[0-9][0-9][0-9][0-9][0-9]-of-[0-9]*")
+    if not os.path.lexists(prefix + ".index") or not shards:
+        return True
+    count = int(shards[0][-5:])
+    return any(not os.path.lexists(f"{prefix}.data-{i:05d}-of-{count:05d}")
+               for i in range(count))
+
+
+def with_newest(source, use, *, prefix=None, log=None):
+    """`use(prefix)` for the checkpoint `source` names (`resolve_checkpoint`;
+    `prefix` when already resolved from it), and its result.
+
+    When `source` is a directory (a train.log_dir that a running training
+    prunes), the files of the chosen checkpoint can vanish between choosing
+    it and reading it. When `use` then fails and those files are gone, a note
+    on `log` says so and `use` runs again on the newest checkpoint that reads
+    now; a failure with the files still there is raised as it is.
+    """
+    if prefix is None:
+        prefix = resolve_checkpoint(source)
+    if not os.path.isdir(source):
+        return use(prefix)
+    gone = set()
+    while True:
+        try:
+            return use(prefix)
+        except Exception:
+            if not _vanished(prefix):
+                raise
+        gone.add(prefix)
+        found = newest_complete(source, exclude=gone, log=log)
+        if found is None:
+            raise UserError(f"{source}: the checkpoint {prefix} was deleted while being read, "
+                            "and no other checkpoint is left") from None
+        print(f"note: the checkpoint {prefix} was deleted while being read (a training "
+              f"pruning old checkpoints?); using {found.prefix}", file=log or sys.stderr)
+        prefix = found.prefix
 
 
 def _read_error(err):
@@ -142,9 +184,10 @@ def _open_reader(prefix):
     if not os.path.exists(index):
         raise UserError(f"{prefix}: no checkpoint here (expected {index} and {prefix}.data-*)")
     for path in [index] + glob.glob(glob.escape(prefix) + ".data-*"):
-        if not os.path.isfile(path):
-            raise UserError(f"{path}: not a regular file; expected a file of the checkpoint "
-                            f"{prefix}")
+        problem = input_problem(path)
+        if problem is not None:
+            raise UserError(f"{path}: {problem}, not a regular file; expected a file of the "
+                            f"checkpoint {prefix}")
     try:
         reader = tf.train.load_checkpoint(prefix)
     except Exception as err:  # a truncated or foreign file; TensorFlow raises several types

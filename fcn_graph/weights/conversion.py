@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from fcn_graph.core.errors import UserError
-from fcn_graph.core.fileio import check_output_file, ensure_output_dir
+from fcn_graph.core.fileio import check_input_file, check_output_file, ensure_output_dir
 from fcn_graph.data import image_files
 from fcn_graph.host.session import session_config
 from fcn_graph.network import definition, tf_layers
@@ -75,9 +75,10 @@ def _check_prefix_out(out):
     missing and check that it can be written. Refuse a prefix that names a
     folder, or whose files (PREFIX, .index, .data-*, .meta, .json) exist: port
     never replaces a checkpoint or another file."""
-    if os.path.isdir(out):
-        raise UserError(f"--out {out}: is a directory; expected a checkpoint prefix to write, "
-                        f"such as {os.path.join(out, 'start')}")
+    if os.path.isdir(out) or out.endswith(("/", os.sep)):
+        what = "is a directory" if os.path.isdir(out) else "names a folder"
+        raise UserError(f"--out {out}: {what}; expected a checkpoint prefix to write, such as "
+                        f"{os.path.join(out, 'start')} (its folder is created where missing)")
     existing = [path for path in (out, out + ".index", out + ".meta",
                                   out + SIDECAR_SUFFIX) if os.path.lexists(path)]
     existing += sorted(glob.glob(glob.escape(out) + ".data-*"))
@@ -90,6 +91,9 @@ def _check_prefix_out(out):
 def _check_file_out(out):
     """Prepare --out, a file to write: its folder created and writable; an
     existing file refused."""
+    if out.endswith(("/", os.sep)):
+        raise UserError(f"--out {out}: names a folder; expected a file to write, such as "
+                        f"{os.path.join(out, 'vgg19.mat')} (its folder is created where missing)")
     if check_output_file(out, "--out"):
         raise UserError(f"--out {out}: exists; port never replaces a file (remove it or choose "
                         "another --out)")
@@ -263,10 +267,11 @@ def detect_format(path):
             return "savedmodel"
         checkpoint.resolve_checkpoint(path)  # raises when the directory holds none
         return "checkpoint"
-    if not os.path.exists(path):
+    if not os.path.lexists(path):
         if os.path.exists(path + ".index"):
             return "checkpoint"
         raise UserError(f"{path}: no such file, directory or checkpoint prefix")
+    check_input_file(path, "a file, a checkpoint prefix or a SavedModel directory")
     with open(path, "rb") as handle:
         head = handle.read(128)
     lower = path.lower()
@@ -364,6 +369,7 @@ def _inspect_savedmodel(path):
     pb = os.path.join(path, "saved_model.pb")
     if not os.path.exists(pb):
         raise UserError(f"{path}: only binary SavedModels (saved_model.pb) can be inspected")
+    check_input_file(pb, "the SavedModel's graph, a binary protocol buffer")
     with open(pb, "rb") as handle:
         saved.ParseFromString(handle.read())
     print(f"{path}: SavedModel, {len(saved.meta_graphs)} meta graph(s)")

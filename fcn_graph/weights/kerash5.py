@@ -21,12 +21,12 @@ KERAS_MEAN_BGR. Keras 3 `.weights.h5` files (groups `layers/<name>/vars/0`)
 are a different layout and are refused.
 """
 
-import os
 from collections import OrderedDict
 
 import numpy as np
 
 from fcn_graph.core.errors import UserError
+from fcn_graph.core.fileio import check_input_file
 from fcn_graph.core.finite import check_finite_array
 from fcn_graph.network.spec import VGG19_CONVS
 from fcn_graph.weights.matconvnet import VggWeights
@@ -60,9 +60,7 @@ def _attribute_list(group, name):
 def _open(path):
     import h5py  # imported here: only this format needs it
 
-    if not os.path.isfile(path):
-        raise UserError(f"{path}: file not found (expected a Keras VGG19 .h5, e.g. "
-                        "vgg19_weights_tf_dim_ordering_tf_kernels.h5)")
+    check_input_file(path, "a Keras VGG19 .h5, e.g. vgg19_weights_tf_dim_ordering_tf_kernels.h5")
     try:
         return h5py.File(path, "r")
     except OSError as err:

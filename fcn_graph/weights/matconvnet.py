@@ -8,14 +8,13 @@ Cout x 1. Both are parsed here once, by field name, into `VggWeights`.
 """
 
 import dataclasses
-import os
 from collections import OrderedDict
 
 import numpy as np
 import scipy.io
 
 from fcn_graph.core.errors import UserError
-from fcn_graph.core.fileio import atomic_write
+from fcn_graph.core.fileio import atomic_write, check_input_file
 from fcn_graph.core.finite import check_finite_array, check_mean_pixel
 from fcn_graph.network.spec import VGG19_CONVS, VGG19_FC, VGG19_MAT_LAYERS
 
@@ -77,9 +76,8 @@ def _struct(value):
 
 
 def _load(path):
-    if not os.path.isfile(path):
-        raise UserError(f"{path}: file not found (expected a MatConvNet VGG19 .mat, "
-                        "e.g. imagenet-vgg-verydeep-19.mat; see weights/README.md)")
+    check_input_file(path, "a MatConvNet VGG19 .mat, e.g. imagenet-vgg-verydeep-19.mat "
+                     "(see weights/README.md)")
     try:
         return scipy.io.loadmat(path)
     except NotImplementedError as err:
@@ -141,7 +139,7 @@ def load_vgg_mat(path, *, transpose=True, require_fc=False):
         keys = ", ".join(sorted(k for k in mat if not k.startswith("__"))) or "none"
         raise UserError(f"{path}: no 'layers' variable; expected a MatConvNet model (found: {keys})")
     cells = np.asarray(mat["layers"]).ravel()
-    raw = OrderedDict()
+    raw, position, unknown = OrderedDict(), {}, []
     for index, cell in enumerate(cells):
         layer = _struct(cell)
         if layer is None:
@@ -150,7 +148,13 @@ def load_vgg_mat(path, *, transpose=True, require_fc=False):
         kind = _string(_field(layer, "type"))
         if not name:
             raise UserError(f"{path}: layers{{{index + 1}}} has no name")
-        raw[name] = (kind, layer)
+        if name in raw:
+            raise UserError(f"{path}: layer '{name}' appears twice (layers{{{position[name]}}} "
+                            f"and layers{{{index + 1}}}); expected each layer once")
+        weights = _field(layer, "weights")
+        if name not in VGG19_MAT_LAYERS and weights is not None and np.size(weights):
+            unknown.append(f"layers{{{index + 1}}} '{name}' (type '{kind}')")
+        raw[name], position[name] = (kind, layer), index + 1
     first = next(iter(raw.values()), (None, None))[1]
     layout = "old" if first is not None and first.dtype.names[0] == "weights" else "new"
 
@@ -196,6 +200,9 @@ def load_vgg_mat(path, *, transpose=True, require_fc=False):
                             f"but {source}")
         layers[name] = (kernel, bias)
         previous, cin = name, kernel.shape[3]
+    if unknown:  # weights that would be ignored: another network, or an edited file
+        raise UserError(f"{path}: {unknown[0]} has weights but is not a layer of "
+                        "imagenet-vgg-verydeep-19 (expected conv1_1 ... conv5_4, fc6, fc7, fc8)")
 
     fc = {}
     for name in VGG19_FC:
