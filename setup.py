@@ -16,10 +16,11 @@ setup(
         "h5py>=3.8",  # port keras-h5
     ],
     extras_require={
-        # python -m fcn_graph.export --format onnx and --engine onnxruntime (SavedModel and
-        # frozen exports need only TensorFlow)
-        "export": ["onnx>=1.15", "onnxruntime>=1.17"],
-        "dev": ["pytest>=7", "pytest-xdist>=3", "ruff>=0.4", "onnx>=1.15", "onnxruntime>=1.17"],
+        # python -m fcn_graph.export --format onnx and --engine onnxruntime, and the LiteRT
+        # interpreter of --format tflite (SavedModel and frozen exports need only TensorFlow)
+        "export": ["onnx>=1.15", "onnxruntime>=1.17", "ai-edge-litert>=2.0"],
+        "dev": ["pytest>=7", "pytest-xdist>=3", "ruff>=0.4", "onnx>=1.15", "onnxruntime>=1.17",
+                "ai-edge-litert>=2.0"],
         # tools/mutation.sh (not run by CI)
         "mutation": ["mutmut>=3.8,<4", "pytest>=7"],
     },

@@ -46,7 +46,7 @@ INFERENCE_PRECISIONS = PRECISIONS + ("int8",)
 # with bfloat16 units (`session.session_config`).
 TRAIN_PRECISIONS = ("float32", "bfloat16")
 # What `python -m fcn_graph.export` writes (`exporting.EXPORTERS`).
-EXPORT_FORMATS = ("savedmodel", "frozen", "onnx")
+EXPORT_FORMATS = ("savedmodel", "frozen", "onnx", "tflite")
 
 
 def voc_palette(num_entries=256):

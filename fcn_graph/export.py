@@ -1,10 +1,12 @@
-"""Export a checkpoint for serving: a SavedModel, a frozen GraphDef or ONNX.
+"""Export a checkpoint for serving: a SavedModel, a frozen GraphDef, ONNX or LiteRT.
 
     python -m fcn_graph.export --checkpoint ckpt/voc --format savedmodel --out export/voc
     python -m fcn_graph.export --checkpoint ckpt/voc --format frozen --out export/voc.pb
     python -m fcn_graph.export --checkpoint ckpt/voc --format onnx --out export/voc.onnx [--external-data]
     python -m fcn_graph.export --checkpoint ckpt/voc --format onnx --out export/voc_int8.onnx \
         --quantize int8 --calibration photos/
+    python -m fcn_graph.export --checkpoint ckpt/voc --format tflite --out export/voc.tflite \
+        [--quantize int8 --calibration photos/ [--val held_out/]]
 
 Every format has the same contract:
 
@@ -42,6 +44,13 @@ upsamplings kept float) after calibrating its activation ranges on up to 32
 images of `--calibration DIR` (images over 1024 pixels on their long side are
 scaled down for it); its interface is unchanged. Its check reports
 the error against the checkpoint without a limit.
+
+The LiteRT model (`fcn_graph.litert`) has the same contract (labels int32,
+any size: resize the input tensor at run time). Its int8 model is
+full-integer (int8 weights and activations, calibrated on --calibration);
+export prints how its labels agree with the float32 checkpoint's, and their
+mean IU with the float32 labels as the truth, on the images of --val DIR
+(else the calibration images).
 
 Each export is checked before it replaces the target: the written file is
 loaded back (TensorFlow for SavedModel and frozen graphs, onnxruntime for
@@ -90,10 +99,15 @@ def build_parser():
                         help="skip loading the export back and comparing its scores")
     parser.add_argument("--quantize", choices=("int8",), default=None,
                         help="ONNX: write an int8 model (ONNX Runtime static quantization, QDQ, "
-                             "per-channel weights), calibrated on --calibration")
+                             "per-channel weights); tflite: a full-integer int8 model; both "
+                             "calibrated on --calibration")
     parser.add_argument("--calibration", default=None, metavar="DIR",
                         help="--quantize int8: a folder of images like the ones the model will "
                              f"segment (up to {CALIBRATION_IMAGES} of them are used)")
+    parser.add_argument("--val", default=None, metavar="DIR",
+                        help="--format tflite --quantize int8: a folder of held-out images on "
+                             "which the int8 labels are compared with float32's (default: the "
+                             "calibration images)")
     return parser
 
 
@@ -102,10 +116,13 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.format != "onnx":
         for flag, given in (("--opset", args.opset is not None),
-                            ("--external-data", args.external_data),
-                            ("--quantize", args.quantize is not None)):
+                            ("--external-data", args.external_data)):
             if given:
                 parser.error(f"{flag} applies to --format onnx only")
+    if args.quantize and args.format not in ("onnx", "tflite"):
+        parser.error("--quantize applies to --format onnx and tflite only")
+    if args.val is not None and not (args.quantize and args.format == "tflite"):
+        parser.error("--val applies to --format tflite --quantize int8 only")
     if args.quantize and args.calibration is None:
         parser.error("--quantize int8: needs --calibration DIR, a folder of images to calibrate "
                      "the int8 model on")
@@ -114,6 +131,8 @@ def main(argv=None):
     if args.quantize:
         from fcn_graph.quantize import calibration_files
         calibration_files(args.calibration)   # a bad folder fails before the checkpoint loads
+        if args.val is not None:
+            calibration_files(args.val, "--val")
     tflog.load_tensorflow()
     import tensorflow as tf
 
@@ -134,6 +153,8 @@ def main(argv=None):
         opset = onnx_engine.DEFAULT_OPSET if args.opset is None else args.opset
         kwargs.update(opset=opset, external_data=args.external_data, quantize=args.quantize,
                       calibration=args.calibration)
+    elif args.format == "tflite":
+        kwargs.update(quantize=args.quantize, calibration=args.calibration, val=args.val)
     try:
         report = EXPORTERS[args.format](prefix, args.out, verify=not args.no_verify,
                                         force=args.force, **kwargs)
@@ -147,6 +168,10 @@ def main(argv=None):
         if report.get("quantize"):
             where = f"opset {report['opset']}, {report['quantize']} (calibrated on " \
                     f"{report['calibration_images']} images): "
+    elif args.format == "tflite":
+        where = "LiteRT, " + ("int8 full integer (calibrated on "
+                              f"{report['calibration_images']} images): " if report["quantize"]
+                              else "float32: ")
     else:
         where = ""
     written = report["path"]

@@ -1,0 +1,153 @@
+"""LiteRT (TensorFlow Lite) models of a checkpoint: conversion, and the LiteRT
+interpreter behind the segmenter interface.
+
+    data = convert(session, images, (labels, scores))                    # float32
+    data = convert(session, images, (labels, scores), calibration=paths)  # int8
+    segmenter = LiteRTSegmenter("voc.tflite", threads=2)
+    labels, scores = segmenter.run(batch_uint8, scores=True)
+
+`convert` runs `tf.compat.v1.lite.TFLiteConverter.from_session` on the
+serving graph of `exporting.serving_graph` (reference kernel set): uint8
+images [N, H, W, 3] in, int32 labels [N, H, W] and float32 scores
+[N, H, W, K] out, with N, H and W dynamic (shape signature [-1, -1, -1, 3]).
+The three transposed convolutions take their output shape from the input's
+at run time (SHAPE, STRIDED_SLICE, PACK into TRANSPOSE_CONV), so one model
+runs every size: `resize_tensor_input` then `allocate_tensors` for each new
+shape, as `LiteRTSegmenter.run` does.
+
+int8 is full-integer quantization: int8 weights (per output channel) and
+int8 activations, calibrated on the user's images (read as
+`quantize.calibration_image` reads them), every op an int8 builtin; the
+uint8 input and the int32 labels stay as they are and the scores come out
+dequantized to float32, so the interface is the float model's. Dynamic-range
+quantization (int8 weights, float activations) needs no calibration but its
+hybrid kernels run outside LiteRT's XNNPACK delegate: many times slower than
+float32 on a CPU, where full-integer int8 is faster than float32.
+
+The interpreter is `ai_edge_litert.interpreter.Interpreter` (the LiteRT
+package, pip install ai-edge-litert, in the `export` and `dev` extras).
+"""
+
+import contextlib
+import os
+import re
+
+import numpy as np
+
+from fcn_graph import tflog
+from fcn_graph.errors import UserError
+from fcn_graph.metrics import ConfusionMatrix
+
+OUTPUT_NAMES = ("labels", "scores")
+# What the converter and the interpreter print on standard error as a matter
+# of course, left out of a command's output (`quiet`).
+NOTICES = re.compile(rb"(INFO: Created TensorFlow Lite XNNPACK delegate for CPU\."
+                     rb"|fully_quantize: \d+, inference_type: \d+, input_inference_type: \w+, "
+                     rb"output_inference_type: \w+)\r?\n?\Z")
+
+
+def quiet():
+    """A context in which LiteRT's routine notices (NOTICES) and TensorFlow's
+    start-up lines are dropped from standard error; every other line shows.
+    With TF_CPP_MIN_LOG_LEVEL=0 nothing is dropped."""
+    if not tflog.filtering_enabled():
+        return contextlib.nullcontext()
+    startup = tflog.StartupFilter()
+    return tflog.filtered_stderr(lambda line: not NOTICES.match(line) and startup.keep(line))
+
+
+def interpreter_class():
+    """LiteRT's `Interpreter`; a UserError naming the package when it is missing."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError as err:
+        raise UserError(f"--format tflite needs the LiteRT interpreter ({err}); install it with "
+                        "pip install ai-edge-litert (or pip install -e '.[export]')") from None
+    return Interpreter
+
+
+def convert(session, images, outputs, *, calibration=None, progress=None):
+    """The LiteRT flatbuffer (bytes) of the graph of `session` from the input
+    tensor `images` to the tensors `outputs`, their names kept. With
+    `calibration` (a list of image paths) the model is full-integer int8,
+    its activation ranges taken from running the float model on those
+    images (`quantize.calibration_image`); `progress(i, n)` is called after
+    each."""
+    import tensorflow as tf
+
+    converter = tf.compat.v1.lite.TFLiteConverter.from_session(session, [images], list(outputs))
+    if calibration is not None:
+        from fcn_graph.quantize import calibration_image
+
+        def representative():
+            for index, path in enumerate(calibration):
+                yield [calibration_image(path)]                   # uint8 [1, H, W, 3]
+                if progress is not None:
+                    progress(index + 1, len(calibration))
+
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = representative
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    with quiet():
+        return converter.convert()
+
+
+class LiteRTSegmenter:
+    """A LiteRT model written by `convert` in the interpreter, with
+    `.run(batch_uint8, scores=False) -> (labels int32 [N, H, W], scores
+    float32 [N, H, W, K] or None)` and `.close()`. The input tensor is
+    resized (and the tensors allocated again) whenever the batch's shape
+    differs from the previous one's."""
+
+    def __init__(self, model_path, *, threads=None):
+        interpreter = interpreter_class()
+        kwargs = {} if threads is None else {"num_threads": int(threads)}
+        with quiet():
+            self.interpreter = interpreter(model_path=os.fspath(model_path), **kwargs)
+        inputs = self.interpreter.get_input_details()
+        outputs = {detail["name"]: detail["index"]
+                   for detail in self.interpreter.get_output_details()}
+        if len(inputs) != 1 or not set(OUTPUT_NAMES) <= set(outputs):
+            raise UserError(f"{model_path}: expected a LiteRT model with one input and outputs "
+                            f"{', '.join(OUTPUT_NAMES)}, found inputs "
+                            f"{[d['name'] for d in inputs]} and outputs {sorted(outputs)}")
+        self.input = inputs[0]["index"]
+        self.outputs = outputs
+        self.shape = None
+
+    def run(self, batch_rgb, *, scores=False):
+        batch = np.ascontiguousarray(batch_rgb, dtype=np.uint8)      # [N, H, W, 3]
+        if batch.shape != self.shape:
+            self.interpreter.resize_tensor_input(self.input, list(batch.shape))
+            with quiet():
+                self.interpreter.allocate_tensors()
+            self.shape = batch.shape
+        self.interpreter.set_tensor(self.input, batch)
+        self.interpreter.invoke()
+        labels = self.interpreter.get_tensor(self.outputs["labels"])            # [N, H, W]
+        logits = self.interpreter.get_tensor(self.outputs["scores"]) if scores else None
+        return labels, logits
+
+    def close(self):
+        self.interpreter = None
+
+
+def label_agreement(segmenter, reference, paths, num_classes):
+    """How `segmenter`'s labels compare with `reference`'s (both segmenters)
+    on the images `paths`, each read as `quantize.calibration_image` reads
+    it: a dict with images, labels_agree (the fraction of pixels with equal
+    labels) and mean_iou (the mean IU of `segmenter`'s labels taking
+    `reference`'s as the truth: 1.0 where they agree everywhere; None when
+    undefined)."""
+    from fcn_graph.quantize import calibration_image
+    matrix = ConfusionMatrix(num_classes)
+    same = total = 0
+    for path in paths:
+        image = calibration_image(path)                                 # [1, H, W, 3]
+        want = np.asarray(reference.run(image)[0])
+        got = np.asarray(segmenter.run(image)[0])
+        matrix.update(want, got)
+        same += int(np.count_nonzero(want == got))
+        total += want.size
+    return {"images": len(paths), "labels_agree": same / total if total else None,
+            "mean_iou": matrix.compute()["mean_iou"]}
