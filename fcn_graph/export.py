@@ -6,7 +6,7 @@
     python -m fcn_graph.export --checkpoint ckpt/voc --format onnx --out export/voc_int8.onnx \
         --quantize int8 --calibration photos/
     python -m fcn_graph.export --checkpoint ckpt/voc --format tflite --out export/voc.tflite \
-        [--quantize int8 --calibration photos/ [--val held_out/]]
+        [--quantize int8 --calibration photos/ [--val held_out/ | --config config.json]]
 
 Every format has the same contract:
 
@@ -50,7 +50,8 @@ any size: resize the input tensor at run time). Its int8 model is
 full-integer (int8 weights and activations, calibrated on --calibration);
 export prints how its labels agree with the float32 checkpoint's, and their
 mean IU with the float32 labels as the truth, on the images of --val DIR
-(else the calibration images).
+(else the calibration images); with --config, on up to 32 images of the
+config's validation split, with the mean IU of both against its labels.
 
 Each export is checked before it replaces the target: the written file is
 loaded back (TensorFlow for SavedModel and frozen graphs, onnxruntime for
@@ -69,6 +70,7 @@ import logging
 import sys
 
 from fcn_graph import image_files, onnx_engine, tflog
+from fcn_graph.config import SPLIT_KEYS, add_config_args, load_config
 from fcn_graph.constants import EXPORT_FORMATS, KERNELS
 from fcn_graph.errors import UserError, run_cli
 from fcn_graph.quantize import CALIBRATION_IMAGES
@@ -108,7 +110,21 @@ def build_parser():
                         help="--format tflite --quantize int8: a folder of held-out images on "
                              "which the int8 labels are compared with float32's (default: the "
                              "calibration images)")
+    add_config_args(parser)
     return parser
+
+
+def validation_split(parser, args):
+    """The labelled split that --config names for checking a LiteRT int8 model
+    (`datasets.SplitFiles` of data.val_split), or None without --config."""
+    if args.config is None and not args.overrides:
+        return None
+    if not (args.quantize and args.format == "tflite") or args.val is not None:
+        parser.error("--config/--set apply to --format tflite --quantize int8 without --val")
+    config = load_config(args.config, args.overrides, reads=[*SPLIT_KEYS, "data.val_split"],
+                         command="fcn_graph.export")
+    from fcn_graph import datasets
+    return datasets.open_config_split(config, config.data.val_split)
 
 
 def main(argv=None):
@@ -141,6 +157,7 @@ def main(argv=None):
 
     # TF1 deprecation notices are noise on this command line.
     tf.get_logger().setLevel(logging.ERROR)
+    split = validation_split(parser, args)
     prefix = checkpoint.resolve_checkpoint(args.checkpoint)
     spec = checkpoint.model_spec_from_checkpoint(prefix)
     image_files.check_num_classes(spec.num_classes, f"{prefix} (checkpoint)")
@@ -154,7 +171,8 @@ def main(argv=None):
         kwargs.update(opset=opset, external_data=args.external_data, quantize=args.quantize,
                       calibration=args.calibration)
     elif args.format == "tflite":
-        kwargs.update(quantize=args.quantize, calibration=args.calibration, val=args.val)
+        kwargs.update(quantize=args.quantize, calibration=args.calibration,
+                      val=split if split is not None else args.val)
     try:
         report = EXPORTERS[args.format](prefix, args.out, verify=not args.no_verify,
                                         force=args.force, **kwargs)

@@ -379,9 +379,10 @@ def export_tflite(prefix, out_path, *, verify=True, force=False, kernels="refere
     of TFLITE_VERIFY_SIZES the scores must match the checkpoint's (max
     relative error below TOLERANCE) and the labels agree on at least
     TFLITE_LABELS_AGREE of the pixels. int8: the errors are reported, and
-    `label_agreement` with the float32 checkpoint on the images of folder
-    `val` (else the calibration images) is printed and returned as
-    "int8_check".
+    `litert.label_agreement` with the float32 checkpoint on the images of
+    `val` (a folder, or a labelled `datasets.SplitFiles`: then also the mean
+    IU of both against its labels; else the calibration images) is printed
+    and returned as "int8_check".
 
     Returns `_report`'s dict with quantize, calibration_images and bytes."""
     from fcn_graph import litert
@@ -394,7 +395,9 @@ def export_tflite(prefix, out_path, *, verify=True, force=False, kernels="refere
     if verify:
         litert.interpreter_class()
     paths = calibration_files(calibration) if quantize else None
-    held_out = calibration_files(val, "--val") if quantize and val else None
+    held_out = None
+    if quantize and val is not None:
+        held_out = val if hasattr(val, "label_paths") else calibration_files(val, "--val")
     _check_target(out_path, "tflite", force=force)
     restored = _Restored(prefix, "reference")
     try:
@@ -415,12 +418,13 @@ def export_tflite(prefix, out_path, *, verify=True, force=False, kernels="refere
         del data
         if verify:
             report.update(_verify_tflite(report["checkpoint"], tmp, out_path, quantize,
-                                         held_out or paths, "--val" if held_out else "calibration"))
+                                         held_out or paths, "--val images" if held_out
+                                         else "calibration images"))
     report["bytes"] = _size(out_path)
     return report
 
 
-def _verify_tflite(prefix, model_path, out_path, quantize, paths, source):
+def _verify_tflite(prefix, model_path, out_path, quantize, images, source):
     """`export_tflite`'s check of the model at `model_path` against the checkpoint."""
     from fcn_graph import litert
     from fcn_graph.segmenter import Segmenter
@@ -443,17 +447,10 @@ def _verify_tflite(prefix, model_path, out_path, quantize, paths, source):
             found = {"max_rel_error": max(found["max_rel_error"], checked["max_rel_error"]),
                      "labels_agree": min(found["labels_agree"], checked["labels_agree"])}
         if quantize:
-            check = litert.label_agreement(segmenter, reference, paths,
-                                           reference.spec.num_classes)
-            check["images_from"] = source
-            found["int8_check"] = check
-            mean_iou = check["mean_iou"]
-            iou = "n/a" if mean_iou is None else \
-                f"{mean_iou:.4f} ({(mean_iou - 1) * 100:+.2f} points)"
-            where = "--val images" if source == "--val" else "calibration images"
-            print(f"int8 against the float32 checkpoint on {check['images']} {where}: labels "
-                  f"agree on {check['labels_agree']:.2%} of pixels; mean IU {iou} with the "
-                  "float32 labels as the truth", flush=True)
+            found["int8_check"] = litert.label_agreement(segmenter, reference, images,
+                                                         reference.spec.num_classes,
+                                                         source=source)
+            print(litert.format_agreement(found["int8_check"]), flush=True)
     finally:
         segmenter.close()
         reference.close()

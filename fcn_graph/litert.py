@@ -132,22 +132,76 @@ class LiteRTSegmenter:
         self.interpreter = None
 
 
-def label_agreement(segmenter, reference, paths, num_classes):
-    """How `segmenter`'s labels compare with `reference`'s (both segmenters)
-    on the images `paths`, each read as `quantize.calibration_image` reads
-    it: a dict with images, labels_agree (the fraction of pixels with equal
-    labels) and mean_iou (the mean IU of `segmenter`'s labels taking
-    `reference`'s as the truth: 1.0 where they agree everywhere; None when
-    undefined)."""
+def label_agreement(segmenter, reference, images, num_classes, *, source="images", limit=32):
+    """How `segmenter`'s labels compare with `reference`'s (both segmenters).
+
+    `images` is a list of image paths (the calibration images, or a folder's,
+    read as `quantize.calibration_image` reads them), or a labelled
+    `datasets.SplitFiles` (up to `limit` of its images, spread evenly, read
+    by `datasets.read_pair`). Returns a dict: images, source (`source` for a
+    list, "KIND split 'SPLIT'" for a split), labels_agree (the fraction of pixels with equal
+    labels), mean_iou (of `segmenter`'s labels taking `reference`'s as the
+    truth: 1.0 where they agree everywhere) and, for a split, split_mean_iou
+    and reference_mean_iou (both against the split's labels). Undefined
+    means are None."""
     from fcn_graph.quantize import calibration_image
-    matrix = ConfusionMatrix(num_classes)
+    agreement = ConfusionMatrix(num_classes)
+    truth = {"segmenter": ConfusionMatrix(num_classes), "reference": ConfusionMatrix(num_classes)}
+    labelled = hasattr(images, "label_paths")
+    if labelled:
+        picks = np.linspace(0, len(images) - 1, min(limit, len(images))).round().astype(int)
+        items = [(images.image_paths[i], images.label_paths[i]) for i in sorted(set(picks))]
+    else:
+        items = [(path, None) for path in images]
     same = total = 0
-    for path in paths:
-        image = calibration_image(path)                                 # [1, H, W, 3]
-        want = np.asarray(reference.run(image)[0])
+    for image_path, label_path in items:
+        if label_path is None:
+            image, label = calibration_image(image_path), None          # [1, H, W, 3]
+        else:
+            image, label = _read_pair(image_path, label_path, num_classes, images.label_offset)
+        want = np.asarray(reference.run(image)[0])                      # [H, W]
         got = np.asarray(segmenter.run(image)[0])
-        matrix.update(want, got)
+        agreement.update(want, got)
+        if label is not None:
+            truth["reference"].update(label, want)
+            truth["segmenter"].update(label, got)
         same += int(np.count_nonzero(want == got))
         total += want.size
-    return {"images": len(paths), "labels_agree": same / total if total else None,
-            "mean_iou": matrix.compute()["mean_iou"]}
+    found = {"images": len(items), "labels_agree": same / total if total else None,
+             "mean_iou": agreement.compute()["mean_iou"],
+             "source": f"images of the {images.kind} split {images.split!r}" if labelled
+             else source}
+    if labelled:
+        found["split_mean_iou"] = truth["segmenter"].compute()["mean_iou"]
+        found["reference_mean_iou"] = truth["reference"].compute()["mean_iou"]
+    return found
+
+
+def _read_pair(image_path, label_path, num_classes, offset):
+    """uint8 [1, H, W, 3] image and [1, H, W] label of a dataset pair; UserError
+    naming the file that does not read."""
+    from fcn_graph import datasets
+    try:
+        image, label = datasets.read_pair(image_path, label_path, num_classes, offset)
+    except (datasets.ImageFileError, datasets.LabelFileError) as err:
+        raise UserError(str(err)) from None
+    return image[np.newaxis], label[np.newaxis]
+
+
+def format_agreement(found, what="int8"):
+    """`label_agreement`'s dict as one line."""
+    def points(value, base):
+        return "n/a" if value is None or base is None else f"{(value - base) * 100:+.2f} points"
+
+    def mean(value):
+        return "n/a" if value is None else f"{value:.4f}"
+
+    line = (f"{what} against the float32 checkpoint on {found['images']} {found['source']}: "
+            f"labels agree on {found['labels_agree']:.2%} of pixels; mean IU "
+            f"{mean(found['mean_iou'])} ({points(found['mean_iou'], 1.0)}) with the float32 "
+            "labels as the truth")
+    if "split_mean_iou" in found:
+        line += (f"; mean IU against the split's labels {mean(found['split_mean_iou'])}, "
+                 f"float32 {mean(found['reference_mean_iou'])} "
+                 f"({points(found['split_mean_iou'], found['reference_mean_iou'])})")
+    return line

@@ -14,9 +14,10 @@ from datafixtures import write_rgb
 from tfutil import build_graph, random_values
 from tinyvgg import TINY_MEAN, TINY_WIDTHS, write_tiny_checkpoint
 
-from fcn_graph import checkpoint, export, exporting, litert
+from fcn_graph import checkpoint, datasets, export, exporting, litert
 from fcn_graph import model as fcn_model
 from fcn_graph.errors import UserError, run_cli
+from fcn_graph.image_files import read_image, read_label
 from fcn_graph.quantize import calibration_image
 from fcn_graph.segmenter import Segmenter
 from fcn_graph.shapes_dataset import render_sample
@@ -153,6 +154,47 @@ def test_int8_export_prints_its_agreement_with_float32(checkpoints, calibration_
     assert _export("--checkpoint", prefix, "--format", "tflite", "--quantize", "int8",
                    "--calibration", calibration_dir, "--val", val, "--out", out, "--force") == 0
     assert "int8 against the float32 checkpoint on 1 --val images" in capsys.readouterr().out
+
+
+def test_int8_on_the_config_split_reports_mean_iu_against_its_labels(checkpoints,
+                                                                     calibration_dir,
+                                                                     tmp_path, capsys):
+    prefix = checkpoints["legacy"]
+    sets = ["data.kind=shapes", f"data.root={tmp_path / 'shapes'}", "data.shapes_train_images=2",
+            "data.shapes_val_images=3", "data.shapes_image_size=40"]
+    argv = [arg for item in sets for arg in ("--set", item)]
+    out = tmp_path / "int8.tflite"
+    assert _export("--checkpoint", prefix, "--format", "tflite", "--quantize", "int8",
+                   "--calibration", calibration_dir, "--out", out, *argv) == 0
+    printed = capsys.readouterr().out
+    found = re.search(r"on 3 images of the shapes split 'val': labels agree on ([\d.]+)% of "
+                      r"pixels; .*; mean IU against the split's labels ([\d.]+), float32 "
+                      r"([\d.]+) \(([-+\d.]+) points\)", printed)
+    assert found, printed
+
+    files = datasets.open_split("shapes", str(tmp_path / "shapes"), "val")
+    reference = Segmenter(prefix)
+    rows = {"int8": [], "float32": [], "truth": []}
+    try:
+        for image_path, label_path in zip(files.image_paths, files.label_paths):
+            image = read_image(image_path)[np.newaxis]
+            rows["int8"].append(_run_interpreter(out, image)[0].ravel())
+            rows["float32"].append(reference.run(image)[0].ravel())
+            rows["truth"].append(read_label(label_path).ravel())
+    finally:
+        reference.close()
+    int8, float32, truth = (np.concatenate(rows[k]) for k in ("int8", "float32", "truth"))
+    assert float(found.group(1)) == pytest.approx(100 * np.mean(int8 == float32), abs=0.006)
+    keep = truth != 255
+    want_int8 = _mean_iou(truth[keep], int8[keep], 4)
+    want_float32 = _mean_iou(truth[keep], float32[keep], 4)
+    assert float(found.group(2)) == pytest.approx(want_int8, abs=6e-5)
+    assert float(found.group(3)) == pytest.approx(want_float32, abs=6e-5)
+    assert float(found.group(4)) == pytest.approx((want_int8 - want_float32) * 100, abs=0.006)
+
+    with pytest.raises(SystemExit):
+        export.main(["--checkpoint", prefix, "--format", "tflite", "--out", str(out), *argv])
+    assert "--config/--set apply to --format tflite --quantize int8" in capsys.readouterr().err
 
 
 def test_refusals_write_nothing(checkpoints, calibration_dir, tmp_path, capsys):
