@@ -3,9 +3,11 @@ segmented on a tiny checkpoint; the frames' labels equal those of the same
 frames segmented as images; the overlay video's size, rate and order; cut-short,
 damaged and otherwise bad videos; the no-overwrite rules."""
 
+import io
 import os
 import subprocess
 import sys
+import time
 
 import cv2
 import numpy as np
@@ -14,7 +16,9 @@ from tinyvgg import write_tiny_checkpoint
 
 from fcn_graph import infer, video
 from fcn_graph.errors import run_cli
+from fcn_graph.fileio import OutputFolder
 from fcn_graph.image_files import overlay, read_label
+from fcn_graph.progress import Progress
 
 FRAMES, HEIGHT, WIDTH, FPS = 5, 37, 45, 7
 
@@ -265,3 +269,49 @@ def test_outputs_are_never_written_over_foreign_files(prefix, tmp_path, capsys):
     assert _infer(clip, "--checkpoint", prefix, "--output-dir", other, "--save-labels") == 2
     assert "is a symbolic link" in capsys.readouterr().err
     assert os.listdir(elsewhere) == []
+
+
+class _StopAt:
+    """A segmenter that labels every pixel 1 and raises KeyboardInterrupt on
+    its call number `stop` (Ctrl-C in the middle of a video)."""
+
+    def __init__(self, stop):
+        self.calls, self.stop = 0, stop
+
+    def run(self, batch, scores=False):
+        self.calls += 1
+        if self.calls == self.stop:
+            raise KeyboardInterrupt
+        return np.ones(batch.shape[:3], np.int64), None
+
+    def close(self):
+        pass
+
+
+def test_interrupted_video_leaves_no_partial_overlay(tmp_path):
+    clip = write_video(tmp_path / "clip.avi", _frames())
+    out = tmp_path / "out"
+    folder = OutputFolder(str(out), "--output-dir")
+    jobs = video.open_videos([clip], ["clip"], folder, save_labels=True)
+    with pytest.raises(KeyboardInterrupt):
+        video.segment_videos(jobs, _StopAt(4), stream=io.StringIO())
+    folder.flush()
+    assert sorted(os.listdir(out)) == [".fcn_graph-outputs.json", "clip"]   # no temporary
+    written = sorted(n for n in os.listdir(out / "clip") if n.endswith(".png"))
+    assert written == [f"frame_{i:06d}.png" for i in range(len(written))] and len(written) <= 3
+    labels = OutputFolder(str(out / "clip"), "--output-dir")
+    assert all(labels.owns(name) for name in written)
+    for name in written:
+        np.testing.assert_array_equal(read_label(out / "clip" / name),
+                                      np.ones((HEIGHT, WIDTH), np.uint8))
+
+
+def test_progress_without_a_known_total_shows_count_and_rate():
+    stream = io.StringIO()
+    progress = Progress(None, label="clip.mp4: frames", unit="frame", stream=stream, every=0)
+    progress.update(7)
+    line = stream.getvalue().strip()
+    assert line.startswith("clip.mp4: frames  7  ") and "frame/s" in line and "ETA" not in line
+    known = Progress(10, label="frames", unit="frame", stream=io.StringIO())
+    time.sleep(0.01)
+    assert "ETA" in known.line(5, {}) and "5/10" in known.line(5, {})
