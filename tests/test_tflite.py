@@ -5,6 +5,8 @@ recomputed here; refusals and the overwrite rules."""
 
 import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -259,3 +261,18 @@ def test_failed_verification_writes_nothing(checkpoints, tmp_path, monkeypatch):
     with pytest.raises(exporting.VerificationError, match="labels agree with the checkpoint"):
         exporting.export_tflite(checkpoints["legacy"], str(out))
     assert os.listdir(tmp_path) == []
+
+
+def test_export_prints_its_own_lines_only(checkpoints, calibration_dir, tmp_path):
+    """In a fresh process: the converter's and the interpreter's routine
+    notices (NOTICES) never reach the command's standard error."""
+    out = tmp_path / "int8.tflite"
+    run = subprocess.run([sys.executable, "-m", "fcn_graph.export", "--checkpoint",
+                          checkpoints["legacy"], "--format", "tflite", "--quantize", "int8",
+                          "--calibration", calibration_dir, "--out", str(out)],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    assert run.stderr.splitlines() == [f"calibrating int8: image {i} of 7" for i in range(1, 8)]
+    assert litert.NOTICES.match(b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n")
+    assert litert.NOTICES.match(b"fully_quantize: 0, inference_type: 6, input_inference_type: "
+                                b"FLOAT32, output_inference_type: FLOAT32\n")
