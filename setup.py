@@ -17,11 +17,11 @@ setup(
         "pycocotools>=2.0.6",  # data.kind coco: polygons and RLE masks
     ],
     extras_require={
-        # python -m fcn_graph.export --format onnx and --engine onnxruntime (SavedModel and
-        # frozen exports need only TensorFlow)
-        "export": ["onnx>=1.15", "onnxruntime>=1.17"],
+        # python -m fcn_graph.export --format onnx and --engine onnxruntime, and the LiteRT
+        # interpreter of --format tflite (SavedModel and frozen exports need only TensorFlow)
+        "export": ["onnx>=1.15", "onnxruntime>=1.17", "ai-edge-litert>=2.0"],
         "dev": ["pytest>=7", "pytest-xdist>=3", "ruff>=0.4", "import-linter>=2.1", "onnx>=1.15",
-                "onnxruntime>=1.17"],
+                "onnxruntime>=1.17", "ai-edge-litert>=2.0"],
         # tools/mutation.sh (not run by CI)
         "mutation": ["mutmut>=3.8,<4", "pytest>=7"],
     },

@@ -28,6 +28,7 @@ from fcn_graph.core.fileio import (
     json_written_with,
     write_json_atomic,
 )
+from fcn_graph.core.metrics import METRICS_KEYS, format_metrics, format_value, metrics_record
 from fcn_graph.core.progress import Progress
 from fcn_graph.core.ranges import IMAGE_COUNT_RANGE
 from fcn_graph.data import image_files
@@ -36,7 +37,6 @@ from fcn_graph.engines.tta import wrap_tta
 from fcn_graph.host import choice, tflog
 from fcn_graph.host.memory import return_freed_memory
 from fcn_graph.training.config import SPLIT_KEYS, load_config
-from fcn_graph.training.metrics import METRICS_KEYS, format_metrics, format_value, metrics_record
 from fcn_graph.training.reports import claim_report, compare_files, write_report
 
 

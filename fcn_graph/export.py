@@ -1,10 +1,12 @@
-"""Export a checkpoint for serving: a SavedModel, a frozen GraphDef or ONNX.
+"""Export a checkpoint for serving: a SavedModel, a frozen GraphDef, ONNX or LiteRT.
 
     python -m fcn_graph.export --checkpoint ckpt/voc --format savedmodel --out export/voc
     python -m fcn_graph.export --checkpoint ckpt/voc --format frozen --out export/voc.pb
     python -m fcn_graph.export --checkpoint ckpt/voc --format onnx --out export/voc.onnx [--external-data]
     python -m fcn_graph.export --checkpoint ckpt/voc --format onnx --out export/voc_int8.onnx \
         --quantize int8 --calibration photos/
+    python -m fcn_graph.export --checkpoint ckpt/voc --format tflite --out export/voc.tflite \
+        [--quantize int8 --calibration photos/ [--val held_out/ | --config config.json]]
 
 Every format has the same contract:
 
@@ -43,6 +45,14 @@ images of `--calibration DIR` (images over 1024 pixels on their long side are
 scaled down for it); its interface is unchanged. Its check reports
 the error against the checkpoint without a limit.
 
+The LiteRT model (`fcn_graph.engines.litert`) has the same contract (labels int32,
+any size: resize the input tensor at run time). Its int8 model is
+full-integer (int8 weights and activations, calibrated on --calibration);
+export prints how its labels agree with the float32 checkpoint's, and their
+mean IU with the float32 labels as the truth, on the images of --val DIR
+(else the calibration images); with --config, on up to 32 images of the
+config's validation split, with the mean IU of both against its labels.
+
 Each export is checked before it replaces the target: the written file is
 loaded back (TensorFlow for SavedModel and frozen graphs, onnxruntime for
 ONNX), run on a seeded random 67x93 image, and its scores compared with the
@@ -60,6 +70,7 @@ import logging
 import os
 import sys
 
+from fcn_graph import cli
 from fcn_graph.core.constants import EXPORT_FORMATS, KERNELS
 from fcn_graph.core.errors import UserError, run_cli
 from fcn_graph.core.ranges import Range
@@ -67,6 +78,7 @@ from fcn_graph.data import image_files
 from fcn_graph.engines import onnx_engine
 from fcn_graph.engines.int8_model import CALIBRATION_IMAGES
 from fcn_graph.host import tflog
+from fcn_graph.training.config import SPLIT_KEYS, load_config
 from fcn_graph.weights.checkpoint_files import checkpoint_prefix
 
 
@@ -96,10 +108,16 @@ def build_parser():
                         help="skip loading the export back and comparing its scores")
     parser.add_argument("--quantize", choices=("int8",), default=None,
                         help="ONNX: write an int8 model (ONNX Runtime static quantization, QDQ, "
-                             "per-channel weights), calibrated on --calibration")
+                             "per-channel weights); tflite: a full-integer int8 model; both "
+                             "calibrated on --calibration")
     parser.add_argument("--calibration", default=None, metavar="DIR",
                         help="--quantize int8: a folder of images like the ones the model will "
                              f"segment (up to {CALIBRATION_IMAGES} of them are used)")
+    parser.add_argument("--val", default=None, metavar="DIR",
+                        help="--format tflite --quantize int8: a folder of held-out images on "
+                             "which the int8 labels are compared with float32's (default: the "
+                             "calibration images)")
+    cli.add_config_args(parser)
     return parser
 
 
@@ -125,15 +143,31 @@ def _export(prefix, args, kwargs):
         raise UserError(f"{err.filename or args.out}: cannot write ({err.strerror})") from None
 
 
+def validation_split(parser, args):
+    """The labelled split that --config names for checking a LiteRT int8 model
+    (`datasets.SplitFiles` of data.val_split), or None without --config."""
+    if args.config is None and not args.overrides:
+        return None
+    if not (args.quantize and args.format == "tflite") or args.val is not None:
+        parser.error("--config/--set apply to --format tflite --quantize int8 without --val")
+    config = load_config(args.config, args.overrides, reads=[*SPLIT_KEYS, "data.val_split"],
+                         command="fcn_graph.export")
+    from fcn_graph.data import datasets
+    return datasets.open_config_split(config, config.data.val_split)
+
+
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.format != "onnx":
         for flag, given in (("--opset", args.opset is not None),
-                            ("--external-data", args.external_data),
-                            ("--quantize", args.quantize is not None)):
+                            ("--external-data", args.external_data)):
             if given:
                 parser.error(f"{flag} applies to --format onnx only")
+    if args.quantize and args.format not in ("onnx", "tflite"):
+        parser.error("--quantize applies to --format onnx and tflite only")
+    if args.val is not None and not (args.quantize and args.format == "tflite"):
+        parser.error("--val applies to --format tflite --quantize int8 only")
     if args.quantize and args.calibration is None:
         parser.error("--quantize int8: needs --calibration DIR, a folder of images to calibrate "
                      "the int8 model on")
@@ -142,6 +176,8 @@ def main(argv=None):
     if args.quantize:
         from fcn_graph.engines.int8_model import calibration_files
         calibration_files(args.calibration)   # a bad folder fails before the checkpoint loads
+        if args.val is not None:
+            calibration_files(args.val, "--val")
     if not os.path.isdir(args.checkpoint):  # a missing checkpoint too, before TensorFlow loads
         checkpoint_prefix(args.checkpoint)
     tflog.load_tensorflow()
@@ -152,12 +188,15 @@ def main(argv=None):
 
     # TF1 deprecation notices are noise on this command line.
     tf.get_logger().setLevel(logging.ERROR)
+    split = validation_split(parser, args)
     kwargs = {"kernels": args.kernels}
     if args.format == "onnx":
         opset = onnx_engine.DEFAULT_OPSET if args.opset is None else args.opset
         kwargs.update(opset=opset, external_data=args.external_data, quantize=args.quantize,
                       calibration=args.calibration)
-
+    elif args.format == "tflite":
+        kwargs.update(quantize=args.quantize, calibration=args.calibration,
+                      val=split if split is not None else args.val)
     try:
         report = checkpoint.with_newest(args.checkpoint,
                                          lambda prefix: _export(prefix, args, kwargs))
@@ -171,6 +210,10 @@ def main(argv=None):
         if report.get("quantize"):
             where = f"opset {report['opset']}, {report['quantize']} (calibrated on " \
                     f"{report['calibration_images']} images): "
+    elif args.format == "tflite":
+        where = "LiteRT, " + ("int8 full integer (calibrated on "
+                              f"{report['calibration_images']} images): " if report["quantize"]
+                              else "float32: ")
     else:
         where = ""
     written = report["path"]

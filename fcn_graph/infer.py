@@ -11,6 +11,11 @@ probabilities of the variants). When several inputs share
 a stem (a.jpg and a.png), their outputs keep the extension: a_jpg.png,
 a_png.png.
 
+A video (clip.mp4; `fcn_graph.engines.video.VIDEO_EXTENSIONS`) gives
+OUT/<stem>_overlay.avi, its frames blended with their labels (MJPG, at the
+video's frame rate and size), and with --save-labels OUT/<stem>/frame_000000.png,
+... (palette PNGs of class ids).
+
 infer creates OUT where missing and overwrites only files it wrote there
 before (listed in OUT/.fcn_graph-outputs.json and unchanged since); it
 refuses, before loading the model, to write over any other file, and never
@@ -34,7 +39,7 @@ from fcn_graph.core.progress import Progress
 from fcn_graph.core.ranges import ALPHA_RANGE, BATCH_RANGE, MEAN_RANGE, threads_range
 from fcn_graph.data import image_files
 from fcn_graph.data.image_files import IMAGE_EXTENSIONS
-from fcn_graph.engines import tiling
+from fcn_graph.engines import tiling, video
 from fcn_graph.engines.pipeline import run_pipeline, terminate_as_interrupt
 from fcn_graph.engines.tta import wrap_tta
 from fcn_graph.host import choice, tflog
@@ -158,7 +163,7 @@ def build_parser():
     parser = argparse.ArgumentParser(prog="python -m fcn_graph.infer", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR",
-                        help="image files and/or directories of images")
+                        help="image files and/or directories of images, or video files")
     parser.add_argument("--checkpoint", default=None,
                         help="checkpoint prefix, or a directory (its latest checkpoint); "
                              "default with --config: the latest in train.log_dir")
@@ -168,6 +173,9 @@ def build_parser():
     parser.add_argument("--save-scores", action="store_true",
                         help="also write <stem>_scores.npy, float32 [H, W, K] logits (with "
                              "--tta: the mean probabilities)")
+    parser.add_argument("--save-labels", action="store_true",
+                        help="videos: also write each frame's labels as "
+                             "<stem>/frame_000000.png, ... (palette PNGs of class ids)")
     parser.add_argument("--mean", type=MEAN_RANGE, nargs=3, metavar=("R", "G", "B"),
                         help="mean pixel for checkpoints without a sidecar, 0..255 each "
                              f"(default: the VGG mean {list(VGG_MEAN_RGB)})")
@@ -221,8 +229,13 @@ def main(argv=None):
     # before TensorFlow loads: it reads TF_ENABLE_ONEDNN_OPTS once
     choice.apply_onednn("inference", threads=args.threads,
                             require=args.engine == "tf" and args.precision == "bfloat16")
-    paths = list_images(args.inputs)
-    stems, notes = output_stems(paths)
+    videos = video.video_inputs(args.inputs)
+    if videos and args.save_scores:
+        parser.error("--save-scores applies to images; for videos use --save-labels")
+    if args.save_labels and not videos:
+        parser.error("--save-labels applies to videos (images always get their label PNG)")
+    paths = videos or list_images(args.inputs)
+    stems, notes = (video.output_stems if videos else output_stems)(paths)
     cached = None
     if args.engine == "onnxruntime" and args.precision == "float32" and not args.xla:
         # A model converted before: no TensorFlow at all (model_cache).
@@ -242,7 +255,10 @@ def main(argv=None):
     # writable, no output over an input or over a file fcn_graph did not write.
     folder = OutputFolder(args.output_dir, "--output-dir")
     kinds = OUTPUT_SUFFIXES if args.save_scores else OUTPUT_SUFFIXES[:2]
-    folder.claim([stem + suffix for stem in stems for suffix in kinds], inputs=paths)
+    if videos:
+        jobs = video.open_videos(paths, stems, folder, save_labels=args.save_labels)
+    else:
+        folder.claim([stem + suffix for stem in stems for suffix in kinds], inputs=paths)
     stem_of = dict(zip(paths, stems))
     for note in notes:
         print(note, file=sys.stderr)
@@ -271,6 +287,13 @@ def main(argv=None):
           f"{args.precision}" + (f", --tta {tta.text}" if tta else ""),
           file=sys.stderr)
 
+    if videos:
+        try:
+            with terminate_as_interrupt():
+                return video.segment_videos(jobs, segmenter, alpha=args.alpha, batch=args.batch)
+        finally:
+            segmenter.close()
+            folder.flush()
     failures = []
     progress = Progress(len(paths), label="images", unit="img") if len(paths) > 1 else None
     done = 0

@@ -25,7 +25,7 @@ def test_majority_mean_iou_by_hand():
 
 
 def test_majority_mean_iou_is_what_the_metrics_give_for_that_prediction():
-    from fcn_graph.training.metrics import compute_metrics
+    from fcn_graph.core.metrics import compute_metrics
 
     hist = np.zeros((4, 4), np.int64)
     hist[:, 0] = LABELS                          # every pixel predicted background

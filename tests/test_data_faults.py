@@ -19,13 +19,13 @@ from fcn_graph import train as train_module
 from fcn_graph.core.constants import IGNORE_LABEL
 from fcn_graph.core.errors import UserError, run_cli
 from fcn_graph.core.fileio import write_json_atomic
+from fcn_graph.core.metrics import ConfusionMatrix, format_metrics
 from fcn_graph.data import datasets, image_files, splits
 from fcn_graph.engines.segmenter import make_segmenter
 from fcn_graph.network.spec import ModelSpec
 from fcn_graph.training import loop
 from fcn_graph.training.config import load_config
 from fcn_graph.training.curves import HISTORY_NAME, append_history, read_history, series
-from fcn_graph.training.metrics import ConfusionMatrix, format_metrics
 from fcn_graph.weights import conversion
 from fcn_graph.weights.matconvnet import write_vgg_mat
 

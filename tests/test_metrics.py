@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from fcn_graph.core.constants import IGNORE_LABEL
-from fcn_graph.training.metrics import (
+from fcn_graph.core.metrics import (
     ConfusionMatrix,
     compute_metrics,
     format_metrics,

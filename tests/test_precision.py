@@ -368,9 +368,9 @@ def test_export_quantize_int8_writes_a_model_the_engine_runs(tmp_path, tiny_pref
     assert labels.shape == (1, 29, 31) and scores.shape == (1, 29, 31, NUM_CLASSES)
     want = make_segmenter(tiny_prefix, engine="onnxruntime").run(image)[0]
     assert _agreement(labels, want) >= 0.9
-    # --quantize is for ONNX only, and needs --calibration
+    # --quantize is for ONNX and LiteRT only, and needs --calibration
     for argv, expected in ((["--format", "frozen", "--quantize", "int8"],
-                            "--quantize applies to --format onnx only"),
+                            "--quantize applies to --format onnx and tflite only"),
                            (["--format", "onnx", "--quantize", "int8"],
                             "--quantize int8: needs --calibration DIR")):
         with pytest.raises(SystemExit):

@@ -16,10 +16,10 @@ from tinyvgg import TINY_MEAN, TINY_WIDTHS
 from fcn_graph import evaluate
 from fcn_graph.core.errors import run_cli
 from fcn_graph.core.fileio import OutputFolder
+from fcn_graph.core.metrics import ConfusionMatrix
 from fcn_graph.engines.segmenter import make_segmenter
 from fcn_graph.engines.tta import Tta, TtaSegmenter
 from fcn_graph.network.spec import ModelSpec
-from fcn_graph.training.metrics import ConfusionMatrix
 from fcn_graph.training.reports import (
     REPORT_FILES,
     SORT_ABOVE,

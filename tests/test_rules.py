@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from fcn_graph.core import metrics
 from fcn_graph.core.constants import IGNORE_LABEL
 from fcn_graph.core.errors import UserError
 from fcn_graph.data import datasets, image_files, splits
 from fcn_graph.network.spec import ModelSpec
-from fcn_graph.training import metrics
 from fcn_graph.weights import checkpoint
 
 tf1 = tf.compat.v1

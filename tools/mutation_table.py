@@ -15,7 +15,7 @@ import sys
 MODULES = {
     "model": ("fcn_graph/network/definition.py", ["fcn_graph.network.definition.*"]),
     "tf_layers": ("fcn_graph/network/tf_layers.py", ["fcn_graph.network.tf_layers.*"]),
-    "metrics": ("fcn_graph/training/metrics.py", ["fcn_graph.training.metrics.*"]),
+    "metrics": ("fcn_graph/core/metrics.py", ["fcn_graph.core.metrics.*"]),
     "loss": ("fcn_graph/training/loop.py", ["fcn_graph.training.loop.x_segmentation_loss__mutmut_*",
                                          "fcn_graph.training.loop.x_kernel_l2__mutmut_*"]),
     "checkpoint": ("fcn_graph/weights/checkpoint.py", ["fcn_graph.weights.checkpoint.*"]),

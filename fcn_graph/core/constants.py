@@ -51,7 +51,7 @@ INFERENCE_PRECISIONS = PRECISIONS + ("int8",)
 # with bfloat16 units (`session.session_config`).
 TRAIN_PRECISIONS = ("float32", "bfloat16")
 # What `python -m fcn_graph.export` writes (`engines.exporters.EXPORTERS`).
-EXPORT_FORMATS = ("savedmodel", "frozen", "onnx")
+EXPORT_FORMATS = ("savedmodel", "frozen", "onnx", "tflite")
 
 
 def voc_palette(num_entries=256):

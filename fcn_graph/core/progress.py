@@ -12,7 +12,8 @@ def format_seconds(seconds):
 
 
 class Progress:
-    """`update(done, **fields)` redraws `label done/total rate ETA fields`.
+    """`update(done, **fields)` redraws `label done/total rate ETA fields`
+    (`label done rate fields` when `total` is None: a count not known ahead).
 
     On a terminal the line is redrawn in place; otherwise (logs, CI) a line is
     printed at most every `every` seconds and at the end.
@@ -33,17 +34,18 @@ class Progress:
     def line(self, done, fields):
         elapsed = time.perf_counter() - self.start_time
         rate = (done - self.start_count) / elapsed if elapsed > 0 else 0.0
-        parts = [self.label, f"{done}/{self.total}"] if self.label else [f"{done}/{self.total}"]
+        count = f"{done}" if self.total is None else f"{done}/{self.total}"
+        parts = [self.label, count] if self.label else [count]
         parts += [f"{key} {value}" for key, value in fields.items()]
         parts.append(f"{rate:.2f} {self.unit}/s")
-        if rate > 0 and self.total > done:
+        if rate > 0 and self.total is not None and self.total > done:
             parts.append(f"ETA {format_seconds((self.total - done) / rate)}")
         parts.append(f"elapsed {format_seconds(elapsed)}")
         return "  ".join(parts)
 
     def update(self, done, **fields):
         now = time.perf_counter()
-        final = done >= self.total
+        final = self.total is not None and done >= self.total
         if self.tty:
             self.stream.write("\r\033[K" + self.line(done, fields) + ("\n" if final else ""))
             self.stream.flush()

@@ -1,4 +1,4 @@
-"""Exporting a checkpoint for serving: a SavedModel, a frozen GraphDef or ONNX,
+"""Exporting a checkpoint for serving: a SavedModel, a frozen GraphDef, ONNX or LiteRT,
 each loaded back and checked against the checkpoint before it replaces the
 target (`python -m fcn_graph.export` describes the contract)."""
 
@@ -28,7 +28,12 @@ SIGNATURE_KEY = "serving_default"
 TOLERANCE = 1e-4                 # largest accepted max relative error of the scores
 VERIFY_SIZE = (67, 93)           # odd sizes: every SAME-padding corner case on the way
 PROTOBUF_LIMIT = 2 ** 31 - 2 ** 24  # a GraphDef or ONNX file must stay below 2 GB
-LABELS_DTYPE = {"savedmodel": "int32", "frozen": "int32", "onnx": "int64"}  # ONNX: ArgMax's own
+LABELS_DTYPE = {"savedmodel": "int32", "frozen": "int32", "onnx": "int64",  # ONNX: ArgMax's own
+                "tflite": "int32"}
+# LiteRT exports are checked at several sizes, odd and tiny ones included, and
+# their labels must agree with the checkpoint's on this fraction of pixels.
+TFLITE_VERIFY_SIZES = ((67, 93), (1, 1), (37, 45), (130, 101))
+TFLITE_LABELS_AGREE = 0.999
 
 
 class VerificationError(UserError):
@@ -161,11 +166,13 @@ def _is_export(path, fmt):
     """Whether existing `path` looks like an earlier export of format `fmt`."""
     if fmt == "savedmodel":
         return os.path.isfile(os.path.join(path, "saved_model.pb"))
-    suffixes = {"frozen": (".pb",), "onnx": (".onnx", ".onnx" + onnx_engine.EXTERNAL_DATA_SUFFIX)}
+    suffixes = {"frozen": (".pb",), "onnx": (".onnx", ".onnx" + onnx_engine.EXTERNAL_DATA_SUFFIX),
+                "tflite": (".tflite",)}
     return os.path.isfile(path) and path.lower().endswith(suffixes[fmt])
 
 
-_KIND = {"savedmodel": "a SavedModel", "frozen": "a frozen graph (.pb)", "onnx": "an ONNX export"}
+_KIND = {"savedmodel": "a SavedModel", "frozen": "a frozen graph (.pb)", "onnx": "an ONNX export",
+         "tflite": "a LiteRT model (.tflite)"}
 
 
 def _check_target(out_path, fmt, *, force=False, extra=()):
@@ -363,4 +370,96 @@ def export_onnx(prefix, out_path, *, opset=onnx_engine.DEFAULT_OPSET, verify=Tru
     return report
 
 
-EXPORTERS = {"savedmodel": export_savedmodel, "frozen": export_frozen, "onnx": export_onnx}
+def export_tflite(prefix, out_path, *, verify=True, force=False, kernels="reference",
+                  quantize=None, calibration=None, val=None):
+    """Write the LiteRT model of the checkpoint (`litert.convert`): input
+    `images` uint8 [N, H, W, 3] RGB, outputs `labels` int32 [N, H, W] and
+    `scores` float32 [N, H, W, K], N, H and W dynamic; the reference kernel
+    set (the cpu set's loops do not convert). With `quantize` "int8", the
+    full-integer int8 model calibrated on the images of folder `calibration`.
+
+    Written under a temporary name, checked there with the LiteRT interpreter
+    (unless verify=False), then renamed into place. float32: at every size
+    of TFLITE_VERIFY_SIZES the scores must match the checkpoint's (max
+    relative error below TOLERANCE) and the labels agree on at least
+    TFLITE_LABELS_AGREE of the pixels. int8: the errors are reported, and
+    `litert.label_agreement` with the float32 checkpoint on the images of
+    `val` (a folder, or a labelled `datasets.SplitFiles`: then also the mean
+    IU of both against its labels; else the calibration images) is printed
+    and returned as "int8_check".
+
+    Returns `_report`'s dict with quantize, calibration_images and bytes."""
+    from fcn_graph.engines import litert
+    from fcn_graph.engines.int8_model import calibration_files, print_progress
+    if kernels == "cpu":
+        raise UserError("--kernels cpu: --format tflite writes the reference kernels (the cpu "
+                        "set's loops do not convert to LiteRT ops); drop --kernels")
+    if quantize not in (None, "int8"):
+        raise UserError(f"--quantize: expected int8, found {quantize!r}")
+    if verify:
+        litert.interpreter_class()
+    paths = calibration_files(calibration) if quantize else None
+    held_out = None
+    if quantize and val is not None:
+        held_out = val if hasattr(val, "label_paths") else calibration_files(val, "--val")
+    _check_target(out_path, "tflite", force=force)
+    restored = _Restored(prefix, "reference")
+    try:
+        if quantize:
+            print(f"quantizing to int8 (full integer), calibrated on {len(paths)} images",
+                  flush=True)
+        data = litert.convert(restored.session, restored.images,
+                              (restored.labels, restored.scores), calibration=paths,
+                              progress=print_progress if quantize else None)
+        report = _report(restored.prefix, restored.spec, "tflite", out_path,
+                         kernels="reference", quantize=quantize,
+                         calibration_images=len(paths) if paths else None)
+    finally:
+        restored.close()
+    with atomic_write(out_path) as tmp:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+        del data
+        if verify:
+            report.update(_verify_tflite(report["checkpoint"], tmp, out_path, quantize,
+                                         held_out or paths, "--val images" if held_out
+                                         else "calibration images"))
+    report["bytes"] = _size(out_path)
+    return report
+
+
+def _verify_tflite(prefix, model_path, out_path, quantize, images, source):
+    """`export_tflite`'s check of the model at `model_path` against the checkpoint."""
+    from fcn_graph.engines import litert
+    from fcn_graph.engines.segmenter import Segmenter
+
+    what = "LiteRT (int8)" if quantize else "LiteRT"
+    segmenter = litert.LiteRTSegmenter(model_path)
+    reference = Segmenter(prefix)
+    try:
+        found = {"max_rel_error": 0.0, "labels_agree": 1.0}
+        for index, size in enumerate(TFLITE_VERIFY_SIZES):
+            image = np.random.default_rng(index).integers(0, 256, (1,) + size + (3,), np.uint8)
+            labels, scores = segmenter.run(image, scores=True)
+            checked = _compare(what, out_path, labels, scores, *reference.run(image, scores=True),
+                               exact=not quantize)
+            if not quantize and checked["labels_agree"] < TFLITE_LABELS_AGREE:
+                raise VerificationError(
+                    f"{out_path}: labels agree with the checkpoint's on "
+                    f"{checked['labels_agree']:.2%} of the pixels of a {size[1]}x{size[0]} "
+                    f"image (expected at least {TFLITE_LABELS_AGREE:.1%}); nothing written")
+            found = {"max_rel_error": max(found["max_rel_error"], checked["max_rel_error"]),
+                     "labels_agree": min(found["labels_agree"], checked["labels_agree"])}
+        if quantize:
+            found["int8_check"] = litert.label_agreement(segmenter, reference, images,
+                                                         reference.spec.num_classes,
+                                                         source=source)
+            print(litert.format_agreement(found["int8_check"]), flush=True)
+    finally:
+        segmenter.close()
+        reference.close()
+    return found
+
+
+EXPORTERS = {"savedmodel": export_savedmodel, "frozen": export_frozen, "onnx": export_onnx,
+             "tflite": export_tflite}

@@ -8,12 +8,12 @@ import numpy as np
 import tensorflow as tf
 
 from fcn_graph.core.errors import UserError
+from fcn_graph.core.metrics import ConfusionMatrix
 from fcn_graph.data import datasets
 from fcn_graph.engines.segmenter import make_segmenter
 from fcn_graph.host import choice
 from fcn_graph.host.session import session_config
 from fcn_graph.network import tf_layers
-from fcn_graph.training.metrics import ConfusionMatrix
 from fcn_graph.weights import checkpoint
 
 tf1 = tf.compat.v1

@@ -17,6 +17,7 @@ from fcn_graph.cluster import distributed
 from fcn_graph.core.constants import IGNORE_LABEL
 from fcn_graph.core.errors import UserError
 from fcn_graph.core.fileio import link_problem, write_json_atomic
+from fcn_graph.core.metrics import format_metrics, format_value, metrics_record
 from fcn_graph.core.progress import Progress
 from fcn_graph.data import datasets, image_files
 from fcn_graph.engines.tta import TtaSegmenter, parse_tta
@@ -35,7 +36,6 @@ from fcn_graph.training.imbalance import (
     recorded_weights,
     resolve_class_weights,
 )
-from fcn_graph.training.metrics import format_metrics, format_value, metrics_record
 from fcn_graph.weights import checkpoint
 
 tf1 = tf.compat.v1

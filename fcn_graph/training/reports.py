@@ -30,8 +30,8 @@ from fcn_graph.core.fileio import (
     read_regular_file,
     write_json_atomic,
 )
+from fcn_graph.core.metrics import compute_metrics
 from fcn_graph.data.image_files import save_npy_atomic
-from fcn_graph.training.metrics import compute_metrics
 
 REPORT_FILES = ("per_class.json", "per_class.csv", "confusion.npy", "confusion.csv",
                 "confusion.png")
