@@ -33,6 +33,7 @@ from fcn_graph.core.progress import Progress
 from fcn_graph.core.ranges import IMAGE_COUNT_RANGE
 from fcn_graph.data import image_files
 from fcn_graph.engines import tiling
+from fcn_graph.engines.opening import open_checkpoint
 from fcn_graph.engines.tta import wrap_tta
 from fcn_graph.host import choice, tflog
 from fcn_graph.host.memory import return_freed_memory
@@ -82,15 +83,10 @@ def build_parser():
     return parser
 
 
-def main(argv=None):
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.compare:
-        print(compare_files(*args.compare))
-        return 0
-    tile = cli.tile_option(parser, args)
-    tta = cli.tta_option(parser, args)
-    args.engine, args.engine_reason, calibration = cli.resolve_precision_args(parser, args)
+def _config(args):
+    """The config (reading only what this run uses) and the checkpoint source;
+    an existing --json is checked first, and oneDNN is set for inference
+    before TensorFlow loads."""
     reads = [*SPLIT_KEYS, "model.num_classes", "train.threads"]
     if args.checkpoint is None:
         reads.append("train.log_dir")
@@ -109,57 +105,80 @@ def main(argv=None):
                         f"--checkpoint")
     # before TensorFlow loads: it reads TF_ENABLE_ONEDNN_OPTS once
     choice.apply_onednn("inference", threads=config.train.threads,
-                            require=args.engine == "tf" and args.precision == "bfloat16")
-    tflog.load_tensorflow()
-    from fcn_graph.data import datasets
-    from fcn_graph.training.evaluator import evaluate_checkpoint
-    from fcn_graph.weights import checkpoint
+                        require=args.engine == "tf" and args.precision == "bfloat16")
+    return config, source
 
-    split = args.split or config.data.val_split
-    files = datasets.open_config_split(config, split)  # every file checked before the model
-    prefix = checkpoint.resolve_checkpoint(source)
-    spec = checkpoint.model_spec_from_checkpoint(prefix)
-    image_files.check_num_classes(spec.num_classes, f"{prefix} (checkpoint)")
-    field = tiling.receptive_field(spec)
-    tiling.check_tile(tile, field)
-    num_classes = spec.num_classes
+
+def _class_names(config, files, opened):
+    """The class names of the evaluation, once the checkpoint's class count
+    agrees with model.num_classes and with the dataset's classes."""
+    from fcn_graph.data import datasets
+    num_classes = opened.spec.num_classes
     if config.model.num_classes is not None and config.model.num_classes != num_classes:
         raise UserError(f"model.num_classes: is {config.model.num_classes} but the checkpoint "
-                        f"{prefix} has {num_classes} classes")
+                        f"{opened.prefix} has {num_classes} classes")
     if files.class_names and len(files.class_names) != num_classes:
-        raise UserError(f"{prefix}: the checkpoint has {num_classes} classes but the "
+        raise UserError(f"{opened.prefix}: the checkpoint has {num_classes} classes but the "
                         f"{files.kind} dataset has {len(files.class_names)}")
-    class_names = datasets.class_names_for(files, num_classes)
+    return datasets.class_names_for(files, num_classes)
 
-    return_freed_memory()
-    total = len(files) if args.max_images is None else min(len(files), args.max_images)
-    inputs = files.image_paths[:total] + files.label_paths[:total]
-    report = None if not args.report else claim_report(args.report, augmented=tta is not None,
-                                                       inputs=inputs)
-    folder = None
-    if args.save_predictions:
-        # Never over the dataset's own files, nor a file fcn_graph did not write there.
-        folder = OutputFolder(args.save_predictions, "--save-predictions")
-        folder.claim([name + ".png" for name in files.names[:total]],
-                     inputs=files.image_paths[:total] + files.label_paths[:total])
+
+def _prediction_saver(directory, files, total):
+    """(folder, on_image) for --save-predictions: the claimed output folder and
+    the callback that writes each prediction; (None, None) without it."""
+    if not directory:
+        return None, None
+    # Never over the dataset's own files, nor a file fcn_graph did not write there.
+    folder = OutputFolder(directory, "--save-predictions")
+    folder.claim([name + ".png" for name in files.names[:total]],
+                 inputs=files.image_paths[:total] + files.label_paths[:total])
 
     def save(name, image, label, prediction):
-        path = os.path.join(args.save_predictions, name + ".png")
+        path = os.path.join(directory, name + ".png")
         try:
             image_files.write_label_png(path, prediction.astype(np.uint8))
         except OSError as err:
             raise UserError(f"{path}: cannot write ({err.strerror})") from None
         folder.wrote(name + ".png")
 
-    print(f"evaluating {prefix} on {files.kind} split {split!r} ({total} images), "
+    return folder, save
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.compare:
+        print(compare_files(*args.compare))
+        return 0
+    tile = cli.tile_option(parser, args)
+    tta = cli.tta_option(parser, args)
+    args.engine, args.engine_reason, calibration = cli.resolve_precision_args(parser, args)
+    config, source = _config(args)
+    tflog.load_tensorflow()
+    from fcn_graph.data import datasets
+    from fcn_graph.training.evaluator import evaluate_checkpoint
+
+    split = args.split or config.data.val_split
+    files = datasets.open_config_split(config, split)  # every file checked before the model
+    opened = open_checkpoint(source)
+    spec = opened.spec
+    field = tiling.receptive_field(spec)
+    tiling.check_tile(tile, field)
+    class_names = _class_names(config, files, opened)
+    return_freed_memory()
+    total = len(files) if args.max_images is None else min(len(files), args.max_images)
+    report = None if not args.report else claim_report(
+        args.report, augmented=tta is not None,
+        inputs=files.image_paths[:total] + files.label_paths[:total])
+    folder, save = _prediction_saver(args.save_predictions, files, total)
+    print(f"evaluating {opened.prefix} on {files.kind} split {split!r} ({total} images), "
           f"engine {args.engine} ({args.engine_reason})" + (f", --tta {tta.text}" if tta else ""),
           file=sys.stderr)
     progress = Progress(total, label="images", unit="img")
     try:
-        metrics = evaluate_checkpoint(prefix, spec, files, engine=args.engine,
+        metrics = evaluate_checkpoint(opened.prefix, spec, files, engine=args.engine,
                                       threads=config.train.threads, max_images=args.max_images,
-                                      on_image=save if args.save_predictions else None,
-                                      progress=progress,
+                                      on_image=save, progress=progress,
                                       kernels=args.kernels or config.model.kernels,
                                       precision=args.precision, calibration=calibration,
                                       **wrappers(spec, tile=tile, field=field, tta=tta,
@@ -173,8 +192,9 @@ def main(argv=None):
         raise UserError(f"{files.kind} split {split!r}: no pixel is labelled in the "
                         f"{metrics['num_images']} images evaluated (every label value is "
                         f"{IGNORE_LABEL}, the ignore label), so no metric is defined")
-    finish(metrics, class_names, checkpoint=prefix, split=split, precision=args.precision,
-           engine=args.engine, tta=tta, json_path=args.json, report=report)
+    finish(metrics, class_names, checkpoint=opened.prefix, split=split,
+           precision=args.precision, engine=args.engine, tta=tta, json_path=args.json,
+           report=report)
     return 0
 
 

@@ -156,6 +156,32 @@ def validation_split(parser, args):
     return datasets.open_config_split(config, config.data.val_split)
 
 
+def _written_line(report, fmt):
+    """The line that names what an exporter wrote (`report`) in format `fmt`."""
+    from fcn_graph.engines.exporters import INPUT_NAME, OUTPUT_NAMES, SIGNATURE_KEY
+
+    names = report.get("tensors") or {INPUT_NAME: INPUT_NAME, **{n: n for n in OUTPUT_NAMES}}
+    if fmt == "savedmodel":
+        where = f"signature '{SIGNATURE_KEY}', tag 'serve': "
+    elif fmt == "onnx":
+        where = f"opset {report['opset']}: "
+        if report.get("quantize"):
+            where = f"opset {report['opset']}, {report['quantize']} (calibrated on " \
+                    f"{report['calibration_images']} images): "
+    elif fmt == "tflite":
+        where = "LiteRT, " + ("int8 full integer (calibrated on "
+                              f"{report['calibration_images']} images): " if report["quantize"]
+                              else "float32: ")
+    else:
+        where = ""
+    written = report["path"]
+    if report.get("external_data"):
+        written += f" and its weights {report['external_data']}"
+    return (f"wrote {written} ({report['bytes'] / 2**20:.1f} MiB), {where}"
+            f"input {names[INPUT_NAME]} {report['inputs'][INPUT_NAME]}; outputs "
+            + ", ".join(f"{names[n]} {report['outputs'][n]}" for n in OUTPUT_NAMES))
+
+
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -183,7 +209,6 @@ def main(argv=None):
     tflog.load_tensorflow()
     import tensorflow as tf
 
-    from fcn_graph.engines.exporters import INPUT_NAME, OUTPUT_NAMES, SIGNATURE_KEY
     from fcn_graph.weights import checkpoint
 
     # TF1 deprecation notices are noise on this command line.
@@ -202,26 +227,7 @@ def main(argv=None):
                                          lambda prefix: _export(prefix, args, kwargs))
     except OSError as err:
         raise UserError(f"{err.filename}: cannot read ({err.strerror})") from None
-    names = report.get("tensors") or {INPUT_NAME: INPUT_NAME, **{n: n for n in OUTPUT_NAMES}}
-    if args.format == "savedmodel":
-        where = f"signature '{SIGNATURE_KEY}', tag 'serve': "
-    elif args.format == "onnx":
-        where = f"opset {report['opset']}: "
-        if report.get("quantize"):
-            where = f"opset {report['opset']}, {report['quantize']} (calibrated on " \
-                    f"{report['calibration_images']} images): "
-    elif args.format == "tflite":
-        where = "LiteRT, " + ("int8 full integer (calibrated on "
-                              f"{report['calibration_images']} images): " if report["quantize"]
-                              else "float32: ")
-    else:
-        where = ""
-    written = report["path"]
-    if report.get("external_data"):
-        written += f" and its weights {report['external_data']}"
-    print(f"wrote {written} ({report['bytes'] / 2**20:.1f} MiB), {where}"
-          f"input {names[INPUT_NAME]} {report['inputs'][INPUT_NAME]}; outputs "
-          + ", ".join(f"{names[n]} {report['outputs'][n]}" for n in OUTPUT_NAMES))
+    print(_written_line(report, args.format))
     return 0
 
 

@@ -88,6 +88,26 @@ def build_parser():
     return parser
 
 
+def _run(conversion, args):
+    """The verb `args` name, called with the values it takes."""
+    verb = args.verb_name
+    if verb in ("mat2ckpt", "keras_h5"):
+        options = conversion.StartOptions(
+            num_classes=args.num_classes, out=args.out, architecture=args.architecture,
+            skips=args.skips, train_upsampling=args.train_upsampling, fc_width=args.fc_width,
+            seed=args.seed, verbose=args.verbose)
+        if verb == "mat2ckpt":
+            return conversion.mat2ckpt(args.mat, options, no_transpose=args.no_transpose)
+        return conversion.keras_h5(args.h5, options)
+    if verb == "legacy":
+        return conversion.legacy(args.checkpoint, out=args.out, mean=args.mean,
+                                 verbose=args.verbose)
+    if verb == "ckpt2mat":
+        return conversion.ckpt2mat(args.checkpoint, out=args.out, layout=args.layout,
+                                   verbose=args.verbose)
+    return conversion.inspect(args.path)
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     weights = getattr(args, "mat", None) or getattr(args, "h5", None)
@@ -98,7 +118,7 @@ def main(argv=None):
     from fcn_graph.weights import conversion
 
     try:
-        return getattr(conversion, args.verb_name)(args)
+        return _run(conversion, args)
     except OSError as err:  # a full disk, a folder made read-only meanwhile
         where = err.filename or getattr(args, "out", None) or args.path
         raise UserError(f"{where}: {err.strerror}") from None

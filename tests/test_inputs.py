@@ -18,6 +18,7 @@ from fcn_graph import infer, port
 from fcn_graph.core import fileio
 from fcn_graph.core.errors import UserError, run_cli
 from fcn_graph.data import datasets
+from fcn_graph.engines import images as images_module
 from fcn_graph.weights.matconvnet import load_vgg_mat, write_vgg_mat
 
 NUM_CLASSES = 4
@@ -128,7 +129,7 @@ def test_subfolders_of_an_input_folder_get_a_note_each(tmp_path, capsys):
     (images / "more").mkdir()
     (images / "older.d").mkdir()
     (images / ".hidden").mkdir()
-    assert infer.list_images([str(images)]) == [str(images / "a.png")]
+    assert images_module.list_images([str(images)]) == [str(images / "a.png")]
     notes = capsys.readouterr().err.splitlines()
     assert notes == [f"note: skipping {images / 'more'}/: a subfolder (only the images directly "
                      f"in {images} are read)",

@@ -276,6 +276,7 @@ def load_config(path=None, overrides=(), *, reads=None, command=None):
         _set(config, dotted, value, "--set")
         sources[dotted] = "--set"
     _validate(config, sources, default_source=path or "config")
+    _resolve(config)
     if reads is not None:
         command = command or "fcn_graph"
         for dotted in unread_overrides(overrides, reads):
@@ -307,6 +308,7 @@ def config_from_dict(data, source="config"):
             _set(config, f"{section}.{key}", value, source)
             sources[f"{section}.{key}"] = source
     _validate(config, sources)
+    _resolve(config)
     return config
 
 
@@ -482,99 +484,132 @@ def _show(value):
     return repr(value)
 
 
-def _validate(config, sources, default_source="config"):
-    """Checks beyond the types; errors name the key and where its value came from."""
+class _Checker:
+    """One-line errors naming the key and where its value came from."""
 
-    def fail(dotted, message):
-        source = sources.get(dotted, default_source)
+    def __init__(self, sources, default_source):
+        self.sources, self.default_source = sources, default_source
+
+    def fail(self, dotted, message):
+        source = self.sources.get(dotted, self.default_source)
         raise UserError(f"{source}: {dotted}: {message}")
 
-    def one_of(dotted, value, choices):
+    def one_of(self, dotted, value, choices):
         if value not in choices:
-            fail(dotted, f"expected one of {', '.join(choices)}, found {value!r}")
+            self.fail(dotted, f"expected one of {', '.join(choices)}, found {value!r}")
 
-    d, m, t = config.data, config.model, config.train
+
+def _validate(config, sources, default_source="config"):
+    """Checks beyond the types, section by section; errors name the key and
+    where its value came from. Changes nothing (`_resolve` derives values)."""
+    check = _Checker(sources, default_source)
     for dotted, numbers in [*RANGES.items(), ("train.threads", threads_range())]:
         section, key = dotted.split(".")
         value = getattr(getattr(config, section), key)
         for item in value if isinstance(value, list) else [value]:
             problem = None if item is None else numbers.problem(item)
             if problem is not None:
-                fail(dotted, problem)
-    one_of("data.kind", d.kind, DATASET_KINDS)
+                check.fail(dotted, problem)
+    _validate_data(config.data, check)
+    _validate_model(config.model, check)
+    _validate_train(config.train, config.model, check)
+
+
+def _validate_data(d, check):
+    check.one_of("data.kind", d.kind, DATASET_KINDS)
     if d.kind != "shapes" and not d.root:
-        fail("data.root", f"required for data.kind {d.kind!r}: the dataset directory")
-    one_of("data.coco_crowd", d.coco_crowd, COCO_CROWD_RULES)
-    one_of("data.unknown_colour", d.unknown_colour, UNKNOWN_COLOUR_RULES)
+        check.fail("data.root", f"required for data.kind {d.kind!r}: the dataset directory")
+    check.one_of("data.coco_crowd", d.coco_crowd, COCO_CROWD_RULES)
+    check.one_of("data.unknown_colour", d.unknown_colour, UNKNOWN_COLOUR_RULES)
     if d.class_names is not None and d.kind != "labelme":
-        fail("data.class_names", f"used only by data.kind labelme, found data.kind {d.kind!r}; "
-                                 f"set it to null")
+        check.fail("data.class_names", f"used only by data.kind labelme, found data.kind "
+                                       f"{d.kind!r}; set it to null")
     if d.class_names is not None:
         problem = class_names_problem(d.class_names)
         if problem:
-            fail("data.class_names", problem)
+            check.fail("data.class_names", problem)
     if not d.train_split:
-        fail("data.train_split", "expected a split name, found an empty string")
+        check.fail("data.train_split", "expected a split name, found an empty string")
     if not d.val_split:
-        fail("data.val_split", "expected a split name, found an empty string")
+        check.fail("data.val_split", "expected a split name, found an empty string")
 
+
+def _validate_model(m, check):
     if m.vgg_mat is not None and m.vgg_width != 1.0:
-        fail("model.vgg_width", f"must be 1.0 when model.vgg_mat is given (the .mat fixes the "
-                                f"widths), found {m.vgg_width}; set model.vgg_mat to null for a "
-                                f"narrower randomly initialised VGG")
+        check.fail("model.vgg_width", f"must be 1.0 when model.vgg_mat is given (the .mat fixes "
+                                      f"the widths), found {m.vgg_width}; set model.vgg_mat to "
+                                      f"null for a narrower randomly initialised VGG")
     try:
         check_variant(m.architecture, m.skips)
     except ValueError as err:
         field, _, message = str(err).partition(": ")
-        fail(f"model.{field}", message)
-    one_of("model.kernels", m.kernels, KERNELS)
+        check.fail(f"model.{field}", message)
+    check.one_of("model.kernels", m.kernels, KERNELS)
 
-    if t.keep_prob is None:
-        t.keep_prob = TRAIN_KEEP_PROB[m.architecture]
-    one_of("train.optimizer", t.optimizer, OPTIMIZERS)
+
+def _validate_train(t, m, check):
+    check.one_of("train.optimizer", t.optimizer, OPTIMIZERS)
     if isinstance(t.class_weights, str) and t.class_weights != MEDIAN_FREQUENCY:
-        fail("train.class_weights", f"expected a list of numbers, \"{MEDIAN_FREQUENCY}\" or "
-                                    f"null, found {t.class_weights!r}")
+        check.fail("train.class_weights", f"expected a list of numbers, \"{MEDIAN_FREQUENCY}\" "
+                                          f"or null, found {t.class_weights!r}")
     if isinstance(t.class_weights, list):
         problem = class_weights_problem(t.class_weights, m.num_classes)
         if problem:
-            fail("train.class_weights", problem)
-    one_of("train.loss", t.loss, LOSSES)
-    one_of("train.lr_schedule", t.lr_schedule, LR_SCHEDULES)
+            check.fail("train.class_weights", problem)
+    check.one_of("train.loss", t.loss, LOSSES)
+    check.one_of("train.lr_schedule", t.lr_schedule, LR_SCHEDULES)
     if (len(t.scale_range) != 2
             or not 0 < t.scale_range[0] <= t.scale_range[1] <= MAX_TRAIN_SCALE):
-        fail("train.scale_range", f"expected [min, max] with 0 < min <= max <= "
-                                  f"{MAX_TRAIN_SCALE:g} (the memory of a scaled image grows "
-                                  f"with the scale squared), found {t.scale_range}")
+        check.fail("train.scale_range", f"expected [min, max] with 0 < min <= max <= "
+                                        f"{MAX_TRAIN_SCALE:g} (the memory of a scaled image "
+                                        f"grows with the scale squared), found {t.scale_range}")
     if t.val_tta is not None:
         from fcn_graph.engines.tta import parse_tta
         try:
             parse_tta(t.val_tta, flag="train.val_tta")
         except ValueError as err:
-            fail("train.val_tta", str(err).removeprefix("train.val_tta: "))
-    one_of("train.precision", t.precision, TRAIN_PRECISIONS)
+            check.fail("train.val_tta", str(err).removeprefix("train.val_tta: "))
+    check.one_of("train.precision", t.precision, TRAIN_PRECISIONS)
     if t.devices is not None:
-        if not t.devices:
-            fail("train.devices", "expected a list of devices like [\"GPU:0\", \"GPU:1\"] or "
-                                  "null, found an empty list")
-        names = []
-        for name in t.devices:
-            match = DEVICE_NAME.fullmatch(name.strip())
-            if not match:
-                fail("train.devices", f"expected device names like GPU:0 or CPU:0, found "
-                                      f"{name!r}")
-            names.append(f"/device:{match.group(1).upper()}:{int(match.group(2))}")
-        for name in names:
-            if names.count(name) > 1:
-                fail("train.devices", f"{name} appears {names.count(name)} times; expected "
-                                      f"each device once")
-        t.devices = names
-        if t.batch_size % len(names):
-            fail("train.batch_size", f"expected a multiple of the {len(names)} train.devices "
-                                     f"(each trains on an equal part of the batch), found "
-                                     f"{t.batch_size}")
+        _validate_devices(t, check)
     if not t.log_dir:
-        fail("train.log_dir", "expected a directory, found an empty string")
+        check.fail("train.log_dir", "expected a directory, found an empty string")
+
+
+def _device_name(name):
+    """"gpu:1" -> "/device:GPU:1"; None when `name` is not a device name."""
+    match = DEVICE_NAME.fullmatch(name.strip())
+    return match and f"/device:{match.group(1).upper()}:{int(match.group(2))}"
+
+
+def _validate_devices(t, check):
+    if not t.devices:
+        check.fail("train.devices", "expected a list of devices like [\"GPU:0\", \"GPU:1\"] "
+                                    "or null, found an empty list")
+    names = []
+    for name in t.devices:
+        if not _device_name(name):
+            check.fail("train.devices", f"expected device names like GPU:0 or CPU:0, found "
+                                        f"{name!r}")
+        names.append(_device_name(name))
+    for name in names:
+        if names.count(name) > 1:
+            check.fail("train.devices", f"{name} appears {names.count(name)} times; expected "
+                                        f"each device once")
+    if t.batch_size % len(names):
+        check.fail("train.batch_size", f"expected a multiple of the {len(names)} train.devices "
+                                       f"(each trains on an equal part of the batch), found "
+                                       f"{t.batch_size}")
+
+
+def _resolve(config):
+    """The values a checked config derives: train.keep_prob's default for the
+    architecture, and train.devices in TensorFlow's spelling."""
+    t = config.train
+    if t.keep_prob is None:
+        t.keep_prob = TRAIN_KEEP_PROB[config.model.architecture]
+    if t.devices is not None:
+        t.devices = [_device_name(name) for name in t.devices]
 
 
 def class_weights_problem(weights, num_classes=None, counted="model.num_classes"):

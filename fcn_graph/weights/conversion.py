@@ -8,6 +8,7 @@ import glob
 import os
 import re
 from collections import OrderedDict
+from typing import Optional
 
 import numpy as np
 import tensorflow as tf
@@ -99,20 +100,38 @@ def _check_file_out(out):
                         "another --out)")
 
 
-def _check_start_args(args):
-    if args.num_classes < 1:
-        raise UserError(f"--num-classes: expected a positive integer, found {args.num_classes}")
-    image_files.check_num_classes(args.num_classes, "--num-classes")
-    if args.architecture == "legacy" and args.skips != "8s":
-        raise UserError(f"--skips {args.skips}: the legacy architecture is FCN-8s only "
+@dataclasses.dataclass(frozen=True)
+class StartOptions:
+    """What a starting checkpoint is made with (mat2ckpt, keras-h5): the class
+    count, the output prefix, the head (architecture, skips, whether the paper's
+    upsampling trains), conv6/conv7's width (None: 4096 legacy, fc6/fc7's
+    paper), the seed of the head initialisation, and whether every variable is
+    listed."""
+
+    num_classes: int
+    out: str
+    architecture: str = "legacy"
+    skips: str = "8s"
+    train_upsampling: bool = False
+    fc_width: Optional[int] = None
+    seed: int = 0
+    verbose: bool = False
+
+
+def _check_start_options(options):
+    if options.num_classes < 1:
+        raise UserError(f"--num-classes: expected a positive integer, found {options.num_classes}")
+    image_files.check_num_classes(options.num_classes, "--num-classes")
+    if options.architecture == "legacy" and options.skips != "8s":
+        raise UserError(f"--skips {options.skips}: the legacy architecture is FCN-8s only "
                         "(use --architecture paper)")
-    _check_prefix_out(args.out)
+    _check_prefix_out(options.out)
 
 
-def _convert_vgg(vgg, args, source):
+def _convert_vgg(vgg, options, source):
     """mat2ckpt and keras-h5: a starting checkpoint from parsed VGG weights."""
-    fc_width = args.fc_width
-    if args.architecture == "paper":
+    fc_width = options.fc_width
+    if options.architecture == "paper":
         c5 = vgg.layers["conv5_4"][0].shape[3]
         fc6, fc7 = vgg.fc["fc6"][0], vgg.fc["fc7"][0]
         found = fc6.shape[3]
@@ -127,56 +146,56 @@ def _convert_vgg(vgg, args, source):
         fc_width = FC_WIDTH
     if fc_width < 1:
         raise UserError(f"--fc-width: expected a positive integer, found {fc_width}")
-    spec = ModelSpec(num_classes=args.num_classes, fc_width=fc_width,
+    spec = ModelSpec(num_classes=options.num_classes, fc_width=fc_width,
                                vgg_widths=tuple(vgg.widths.values()),
                                mean_pixel=tuple(float(v) for v in vgg.mean_pixel),
-                               architecture=args.architecture, skips=args.skips,
+                               architecture=options.architecture, skips=options.skips,
                                channel_order=vgg.channel_order,
-                               train_upsampling=args.train_upsampling)
+                               train_upsampling=options.train_upsampling)
     heads = ("conv6/conv7 from fc6/fc7, score layers zero, bilinear upsampling"
-             if args.architecture == "paper" else "heads truncated normal 0.02, biases zero")
+             if options.architecture == "paper" else "heads truncated normal 0.02, biases zero")
     print(f"building {spec.name}: {heads}")
-    return _write_checkpoint(spec, checkpoint.vgg_values(vgg, args.architecture), args.out, seed=args.seed,
-                             verbose=args.verbose, source=source,
+    return _write_checkpoint(spec, checkpoint.vgg_values(vgg, options.architecture), options.out, seed=options.seed,
+                             verbose=options.verbose, source=source,
                              kernels_transposed=vgg.transposed)
 
 
-def mat2ckpt(args):
+def mat2ckpt(mat, options, *, no_transpose=False):
     """A complete starting checkpoint from a MatConvNet `.mat`: VGG from the
     file; legacy heads as FCN.tensorflow starts them (truncated normal 0.02,
     zero biases), or the paper's (conv6/conv7 from fc6/fc7)."""
-    _check_start_args(args)
-    vgg = matconvnet.load_vgg_mat(args.mat, transpose=not args.no_transpose,
-                                  require_fc=args.architecture == "paper")
-    print(f"read {args.mat}: {vgg.layout} layout, {len(vgg.layers)} conv layers, "
+    _check_start_options(options)
+    vgg = matconvnet.load_vgg_mat(mat, transpose=not no_transpose,
+                                  require_fc=options.architecture == "paper")
+    print(f"read {mat}: {vgg.layout} layout, {len(vgg.layers)} conv layers, "
           f"fc layers: {', '.join(vgg.fc) or 'none'}, mean pixel "
           f"{np.round(vgg.mean_pixel, 3).tolist()}"
           + ("" if vgg.transposed else ", kernels kept in file order"))
-    _convert_vgg(vgg, args, f"mat2ckpt {args.mat}")
+    _convert_vgg(vgg, options, f"mat2ckpt {mat}")
     return 0
 
 
-def keras_h5(args):
+def keras_h5(h5, options):
     """A starting checkpoint from the Keras VGG19 ImageNet weights (BGR input,
     Caffe mean; kernels used as they are)."""
-    _check_start_args(args)
-    vgg = kerash5.load_keras_vgg19_h5(args.h5, require_fc=args.architecture == "paper")
+    _check_start_options(options)
+    vgg = kerash5.load_keras_vgg19_h5(h5, require_fc=options.architecture == "paper")
     params = _parameters([a.shape for pair in vgg.layers.values() for a in pair]
                          + [a.shape for pair in vgg.fc.values() for a in pair])
     fc = ", ".join(f"{keras} {list(vgg.fc[name][0].shape)}"
                    for keras, name in kerash5.KERAS_FC_LAYERS.items() if name in vgg.fc)
-    print(f"read {args.h5}: Keras VGG19, {len(vgg.layers)} conv layers, dense layers as convs: "
+    print(f"read {h5}: Keras VGG19, {len(vgg.layers)} conv layers, dense layers as convs: "
           f"{fc or 'none (notop)'}; {params:,} parameters; input BGR minus "
           f"{list(kerash5.KERAS_MEAN_BGR)} (BGR)")
-    _convert_vgg(vgg, args, f"keras-h5 {args.h5}")
+    _convert_vgg(vgg, options, f"keras-h5 {h5}")
     return 0
 
 
-def legacy(args):
+def legacy(source, *, out, mean=None, verbose=False):
     """An FCN.tensorflow training checkpoint -> a clean fcn_graph checkpoint:
     the 44 model variables only, with a sidecar."""
-    _check_prefix_out(args.out)
-    prefix = checkpoint.resolve_checkpoint(args.checkpoint)
+    _check_prefix_out(out)
+    prefix = checkpoint.resolve_checkpoint(source)
     if checkpoint.read_sidecar(prefix) is not None:
         raise UserError(f"{prefix}: already an fcn_graph checkpoint ({prefix}.json exists); "
                         "expected an FCN.tensorflow checkpoint without a sidecar")
@@ -198,7 +217,7 @@ def legacy(args):
                         + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
                         + f"; not an FCN.tensorflow checkpoint{what}")
     spec = checkpoint.model_spec_from_checkpoint(prefix)
-    spec = dataclasses.replace(spec, mean_pixel=spec.resolved_mean(args.mean))
+    spec = dataclasses.replace(spec, mean_pixel=spec.resolved_mean(mean))
     slots = sum(1 for n in dropped if "/" in n)
     others = [n for n in dropped if "/" not in n]
     print(f"read {prefix}: {len(model_names)} model variables "
@@ -206,19 +225,19 @@ def legacy(args):
           f"classes, fc width {spec.fc_width}); dropping {slots} optimizer slots"
           + (f" and {', '.join(others)}" if others else ""))
     print(f"mean pixel {list(spec.mean_pixel)} (RGB; "
-          + ("from --mean)" if args.mean else "the VGG mean; pass --mean R G B if it was trained "
+          + ("from --mean)" if mean else "the VGG mean; pass --mean R G B if it was trained "
                                               "with another)"))
     values = checkpoint.read_variables(prefix, model_names)
-    _write_checkpoint(spec, values, args.out, verbose=args.verbose,
+    _write_checkpoint(spec, values, out, verbose=verbose,
                       source=f"legacy {prefix}", kernels_transposed=True)
     return 0
 
 
-def ckpt2mat(args):
+def ckpt2mat(source, *, out, layout="new", verbose=False):
     """The VGG body of a checkpoint (and fc6/fc7 for the paper architecture)
     as a MatConvNet `.mat` that mat2ckpt reads back unchanged."""
-    _check_file_out(args.out)
-    prefix = checkpoint.resolve_checkpoint(args.checkpoint)
+    _check_file_out(out)
+    prefix = checkpoint.resolve_checkpoint(source)
     spec = checkpoint.model_spec_from_checkpoint(prefix)
     checkpoint.check_finite(prefix)  # the whole checkpoint, not only the layers written
     sidecar = checkpoint.read_sidecar(prefix) or {}
@@ -245,12 +264,12 @@ def ckpt2mat(args):
         print("the checkpoint takes BGR input; conv1_1's input channels and the mean are "
               "reversed so that the .mat takes RGB, as MatConvNet files do")
     transposed = bool(sidecar.get("kernels_transposed", True))
-    matconvnet.write_vgg_mat(args.out, layers, mean, fc=fc, layout=args.layout,
+    matconvnet.write_vgg_mat(out, layers, mean, fc=fc, layout=layout,
                              transposed=transposed)
     written = [f"{name} {list(k.shape)}" for name, (k, _) in list(layers.items()) + list((fc or {}).items())]
-    if args.verbose:
+    if verbose:
         print("\n".join("  " + line for line in written))
-    print(f"wrote {args.out} ({args.layout} layout, {len(written)} conv layers"
+    print(f"wrote {out} ({layout} layout, {len(written)} conv layers"
           + (" incl. fc6, fc7" if fc else "") + f", mean pixel {np.round(mean, 3).tolist()})"
           + ("" if transposed else "; kernels in the checkpoint's order: read it back with "
                                    "mat2ckpt --no-transpose"))
@@ -431,12 +450,12 @@ def _inspect_onnx(path):
                        if t.data_type == onnx.TensorProto.FLOAT and int(np.prod(t.dims)) > 1)
 
 
-def inspect(args):
+def inspect(path):
     """Detect a file's format and list its variables or layers."""
-    kind = detect_format(args.path)
+    kind = detect_format(path)
     shapes = {"mat": _inspect_mat, "checkpoint": _inspect_checkpoint,
               "keras-h5": _inspect_keras_h5, "savedmodel": _inspect_savedmodel,
-              "frozen": _inspect_frozen, "onnx": _inspect_onnx}[kind](args.path)
+              "frozen": _inspect_frozen, "onnx": _inspect_onnx}[kind](path)
     _print_shapes(shapes)
     what = "constants" if kind in ("frozen", "onnx") else "arrays"
     print(f"{len(shapes)} {what}, {_parameters(shapes.values()):,} parameters")
