@@ -61,7 +61,6 @@ from fcn_graph.errors import UserError, run_cli  # noqa: E402
 
 PEERS_DIR = os.path.normpath(os.path.join(CHECKOUT, "..", "shared", "bench-peers"))
 PEER_PYTHON = "/tmp/peerenv/bin/python"
-REPORT_KEYS = ("suite_started_utc", "goals")  # held by every report the suite writes
 WORK_MARK = ".fcn_suite_work"  # marks a --work folder as the suite's own
 PARTS = ("sgemm", "inference", "peers", "training", "cold", "folder", "tiles")
 INFERENCE_CASES = ("224_b1", "512_b1", "224_b8", "voc_b1")
@@ -1031,7 +1030,7 @@ def main(argv=None):
     args = parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from bench import harness
-    out = harness.report_path(args.out, "suite", REPORT_KEYS, "the suite")
+    out = harness.report_path(args.out, "suite")
     results = run_suite(args)
     print(format_report(results), flush=True)
     harness.write_report(out, results)

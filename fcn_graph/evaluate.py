@@ -20,9 +20,9 @@ from fcn_graph import cpu_choice, image_files, tflog, tiling
 from fcn_graph.config import SPLIT_KEYS, add_config_args, add_kernels_arg, load_config
 from fcn_graph.constants import ENGINES, IGNORE_LABEL, INFERENCE_PRECISIONS
 from fcn_graph.errors import UserError, run_cli
-from fcn_graph.fileio import OutputFolder, check_output_file, json_written_with, write_json_atomic
+from fcn_graph.fileio import OutputFolder, claim_output, record_output, write_json_atomic
 from fcn_graph.memory import return_freed_memory
-from fcn_graph.metrics import METRICS_KEYS, format_metrics, format_value, metrics_record
+from fcn_graph.metrics import format_metrics, format_value, metrics_record
 from fcn_graph.progress import Progress
 from fcn_graph.quantize import add_calibration_arg, resolve_precision_args
 
@@ -76,10 +76,8 @@ def main(argv=None):
     if args.kernels is None:
         reads.append("model.kernels")
     config = load_config(args.config, args.overrides, reads=reads, command="fcn_graph.evaluate")
-    if args.json and check_output_file(args.json, "--json") and not json_written_with(
-            args.json, METRICS_KEYS):
-        raise UserError(f"--json {args.json}: exists and is not a metrics file evaluate wrote; "
-                        "refusing to overwrite it (choose another --json)")
+    if args.json:  # replaced only when fcn_graph wrote it there and nobody changed it
+        claim_output(args.json, "--json")
     source = args.checkpoint or config.train.log_dir
     if args.checkpoint is None and not os.path.isdir(source):
         raise UserError(f"{source}: no such directory (train.log_dir); train first or pass "
@@ -155,6 +153,7 @@ def main(argv=None):
         try:
             write_json_atomic(args.json, metrics_record(metrics, class_names, checkpoint=prefix,
                                                         split=split, **extra))
+            record_output(args.json)
         except OSError as err:
             raise UserError(f"--json {args.json}: cannot write ({err.strerror})") from None
     return 0
