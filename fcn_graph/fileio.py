@@ -409,25 +409,10 @@ class OutputFolder:
         return entry["sha256"] == fingerprint(path)
 
     def claim(self, names, inputs=(), *, force=False, folders=()):
-        """Check that this run may write every entry in `names` (names within
-        the folder), then record them as claimed.
-
-        `inputs` are the paths this run reads; an output that is the same file
-        as one of them (by its directory entry or the file it links to) is
-        refused, naming both. Any other existing file that fcn_graph did not
-        write here (with `force`: wrote here, changed since or not), a link,
-        another user's file, or a directory not named in `folders` is refused.
-        """
-        protected = {}
-        for path in inputs:
-            for fn in (os.lstat, os.stat):
-                with contextlib.suppress(OSError):
-                    info = fn(path)
-                    protected.setdefault((info.st_dev, info.st_ino), path)
+        """`check` that this run may write every entry in `names` (names within
+        the folder), then record them as claimed."""
         with self._locked():
-            self.files = self._load()
-            for name in names:
-                self._check_claim(name, protected, force, name in folders)
+            self._check(names, inputs, force, folders)
             for name in names:
                 # A file on record stays on its fingerprint until rewritten: a run
                 # that fails before recording it cannot make an edit of it count.
@@ -437,6 +422,30 @@ class OutputFolder:
                     entry = {"pending": True}
                 self._mine[name] = self.files[name] = entry
             self._save()
+
+    def check(self, names, inputs=(), *, force=False, folders=()):
+        """Check that this run may write every entry in `names` (names within
+        the folder), recording nothing.
+
+        `inputs` are the paths this run reads; an output that is the same file
+        as one of them (by its directory entry or the file it links to) is
+        refused, naming both. Any other existing file that fcn_graph did not
+        write here (with `force`: wrote here, changed since or not), a link,
+        another user's file, or a directory not named in `folders` is refused.
+        """
+        with self._locked():
+            self._check(names, inputs, force, folders)
+
+    def _check(self, names, inputs, force, folders):
+        protected = {}
+        for path in inputs:
+            for fn in (os.lstat, os.stat):
+                with contextlib.suppress(OSError):
+                    info = fn(path)
+                    protected.setdefault((info.st_dev, info.st_ino), path)
+        self.files = self._load()
+        for name in names:
+            self._check_claim(name, protected, force, name in folders)
 
     def _check_claim(self, name, protected, force, folder):
         path = os.path.join(self.directory, name)
@@ -505,8 +514,10 @@ class OutputFolder:
 
 def claim_output(path, flag, *, force=False, also=(), folder=False):
     """Before a command writes file `path` (and `also`, more names in its
-    folder): create the folder where missing and claim the names in the
-    folder's record (`OutputFolder.claim`): an existing entry is replaced only
+    folder): create the folder where missing and check the names against the
+    folder's record (`OutputFolder.check`; nothing is written, so a run that
+    fails leaves no trace; `record_output` records the files once written,
+    atomically, so no claim is needed): an existing entry is replaced only
     when fcn_graph wrote it there and nobody changed it since, or with `force`
     when fcn_graph wrote it there. `folder`: `path` is a folder written whole
     (a SavedModel)."""
@@ -518,8 +529,7 @@ def claim_output(path, flag, *, force=False, also=(), folder=False):
         check_output_file(path, flag)
     record = OutputFolder(directory, flag, one_file=True)
     names = [os.path.basename(path), *(os.path.basename(p) for p in also)]
-    record.claim(names, force=force, folders=names[:1] if folder else ())
-    return record
+    record.check(names, force=force, folders=names[:1] if folder else ())
 
 
 def record_output(path, also=()):
