@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from test_checkpoint import tiny_spec
+from test_outputs_safe import weights  # noqa: F401  (a fixture)
 from test_train import empty_config, shapes_args
 
-from fcn_graph import checkpoint, curves, fileio, runlock, training
+from bench import harness
+from fcn_graph import checkpoint, curves, evaluate, export, fileio, runlock, training
 from fcn_graph import train as train_module
 from fcn_graph.config import load_config
 from fcn_graph.errors import UserError, run_cli
@@ -210,4 +212,36 @@ def test_an_output_that_is_a_link_is_refused_even_when_recorded(tmp_path, victim
     for force in (False, True):
         with pytest.raises(UserError, match=re.escape(f"{out / 'a.png'}: is a symbolic link")):
             fileio.OutputFolder(str(out), "--output-dir").claim(["a.png"], force=force)
+    assert victim.read_bytes() == PRECIOUS
+
+
+# -- exports and single output files --------------------------------------------------------
+
+@pytest.mark.parametrize("fmt, name, extra", [("frozen", "m.pb", ()), ("onnx", "m.onnx", ()),
+                                              ("onnx", "m.onnx.data", ("--external-data",)),
+                                              ("savedmodel", "sm", ())])
+def test_export_never_writes_through_a_link(tmp_path, weights, victim, capsys,  # noqa: F811
+                                            fmt, name, extra):
+    out = tmp_path / "out"
+    _plant(out / name, victim.parent if fmt == "savedmodel" else victim)
+    target = out / name.replace(".data", "")
+    for force in ((), ("--force",)):
+        err = _one_line(capsys, export.main, ["--checkpoint", weights["ckpt"], "--format", fmt,
+                                              "--no-verify", "--out", target, *extra, *force])
+        assert f"--out {out / name}: is a symbolic link" in err
+    assert victim.read_bytes() == PRECIOUS and os.listdir(victim.parent) == ["precious.txt"]
+    assert os.listdir(out) == [name]
+
+
+def test_evaluate_json_and_bench_out_never_write_through_a_link(tmp_path, weights,  # noqa: F811
+                                                                victim, voc_root, capsys,
+                                                                monkeypatch):
+    out = tmp_path / "out" / "m.json"
+    _plant(out, victim)
+    err = _one_line(capsys, evaluate.main, ["--set", "data.kind=voc", "--set",
+                                            f"data.root={voc_root}", "--checkpoint",
+                                            weights["voc"], "--json", out])
+    assert f"--json {out}: is a symbolic link" in err
+    monkeypatch.setattr(harness, "run_benchmark", lambda args: {"results": []})
+    assert f"--out {out}: is a symbolic link" in _one_line(capsys, harness.main, ["--out", out])
     assert victim.read_bytes() == PRECIOUS
