@@ -14,7 +14,14 @@ from fcn_graph import checkpoint, onnx_engine
 from fcn_graph import model as fcn_model
 from fcn_graph.constants import EXPORT_FORMATS
 from fcn_graph.errors import UserError
-from fcn_graph.fileio import atomic_write, claim_output, kind_of, record_output, refuse_planted
+from fcn_graph.fileio import (
+    atomic_write,
+    claim_output,
+    kind_of,
+    place_file,
+    record_output,
+    refuse_planted,
+)
 from fcn_graph.session import session_config
 
 tf1 = tf.compat.v1
@@ -343,11 +350,9 @@ def export_onnx(prefix, out_path, *, opset=onnx_engine.DEFAULT_OPSET, verify=Tru
             # An int8 model is compared without a limit: its error is reported.
             report.update(_compare("onnxruntime (int8)" if quantize else "onnxruntime",
                                    out_path, labels, scores, *want, exact=not quantize))
-        for path in filter(None, (data_path, out_path)):
-            refuse_planted(path)  # a rename replaces a link; refuse one planted meanwhile
         if external_data:
-            os.replace(onnx_engine.external_data_path(tmp), data_path)
-        os.replace(tmp, out_path)
+            place_file(onnx_engine.external_data_path(tmp), data_path)
+        place_file(tmp, out_path)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     record_output(out_path, also=[data_path] if data_path else [])

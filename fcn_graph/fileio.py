@@ -136,6 +136,16 @@ def atomic_write(path):
         raise
 
 
+def place_file(tmp, path):
+    """Move file `tmp` onto `path` (in the same folder): replacing `path` only
+    when it is a regular file of this user (`refuse_planted`), and, when
+    `path` is absent, never replacing a file that appears there meanwhile."""
+    if refuse_planted(path) is None:
+        _link_new(tmp, path)
+    else:
+        os.replace(tmp, path)
+
+
 def _link_new(tmp, path):
     """Put file `tmp` at the absent name `path` without replacing anything
     that appeared there (a hard link, then `tmp` removed); where the file

@@ -245,3 +245,21 @@ def test_evaluate_json_and_bench_out_never_write_through_a_link(tmp_path, weight
     monkeypatch.setattr(harness, "run_benchmark", lambda args: {"results": []})
     assert f"--out {out}: is a symbolic link" in _one_line(capsys, harness.main, ["--out", out])
     assert victim.read_bytes() == PRECIOUS
+
+
+def test_place_file_never_replaces_what_it_may_not(tmp_path, victim):
+    """How exports put their files in place: a new name is never taken from a
+    file that appeared there meanwhile, and a link is refused, not replaced."""
+    new = tmp_path / "m.onnx"
+    (tmp_path / "tmp").write_bytes(b"export")
+    new.write_bytes(PRECIOUS)  # appeared after the check
+    with pytest.raises(UserError, match="was created by someone else"):
+        fileio._link_new(str(tmp_path / "tmp"), str(new))
+    os.remove(new)
+    os.symlink(victim, new)
+    with pytest.raises(UserError, match=re.escape(f"{new}: is a symbolic link")):
+        fileio.place_file(str(tmp_path / "tmp"), str(new))
+    assert victim.read_bytes() == PRECIOUS and os.path.islink(new)
+    os.remove(new)
+    fileio.place_file(str(tmp_path / "tmp"), str(new))
+    assert new.read_bytes() == b"export" and not (tmp_path / "tmp").exists()
