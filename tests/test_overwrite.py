@@ -11,11 +11,11 @@ import os
 
 import pytest
 from outputwriters import write_outputs
-from test_outputs_safe import _error, weights  # noqa: F401  (a fixture)
+from test_outputs_safe import _error, _image, weights  # noqa: F401  (a fixture)
 from test_train import shapes_args
 
 from bench import harness
-from fcn_graph import checkpoint, evaluate, export, fileio, training
+from fcn_graph import checkpoint, evaluate, export, fileio, infer, training
 from fcn_graph.config import load_config
 from fcn_graph.errors import UserError
 
@@ -167,6 +167,34 @@ def test_two_writers_interleaved_keep_both_records(tmp_path):
     assert sorted(again.files) == ["a1.png", "b1.png", "b2.png"]
     assert all(again.owns(name) for name in again.files)
     again.claim(["a1.png", "b1.png", "b2.png"])  # a rerun of either is not refused
+
+
+def test_two_infer_runs_into_one_folder_both_stay_on_record(tmp_path, weights,  # noqa: F811
+                                                            monkeypatch):
+    """Run B starts and finishes while run A is between loading the record
+    and claiming its files; afterwards both are on record and a rerun of
+    either replaces its own files."""
+    out = tmp_path / "out"
+    runs = {}
+    for name in ("a", "b"):
+        _image(tmp_path / name / f"{name}.png", seed=len(runs))
+        runs[name] = [str(tmp_path / name), "--checkpoint", weights["ckpt"], "--output-dir",
+                      str(out)]
+    real_claim = fileio.OutputFolder.claim
+
+    def claim_after_the_other_run(self, names, *args, **kwargs):
+        monkeypatch.setattr(fileio.OutputFolder, "claim", real_claim)
+        assert infer.main(runs["b"]) == 0
+        return real_claim(self, names, *args, **kwargs)
+
+    monkeypatch.setattr(fileio.OutputFolder, "claim", claim_after_the_other_run)
+    assert infer.main(runs["a"]) == 0
+    assert fileio.OutputFolder.claim is real_claim  # run B did run inside run A
+    record = fileio.OutputFolder(str(out), "--output-dir")
+    written = sorted(n for n in os.listdir(out) if n != fileio.OUTPUT_RECORD)
+    assert written == ["a.png", "a_overlay.png", "b.png", "b_overlay.png"]
+    assert sorted(record.files) == written and all(record.owns(n) for n in written)
+    assert infer.main(runs["b"]) == 0 and infer.main(runs["a"]) == 0
 
 
 def test_writers_in_several_processes_keep_one_consistent_record(tmp_path):
