@@ -52,7 +52,11 @@ from bench.report import format_report, format_row
 from bench.worker import worker_main
 from fcn_graph.core.constants import KERNELS
 from fcn_graph.core.errors import UserError
-from fcn_graph.core.fileio import check_output_file, json_written_with, write_json_atomic
+from fcn_graph.core.fileio import (
+    claim_output,
+    record_output,
+    write_json_atomic,
+)
 from fcn_graph.core.ranges import (
     FC_WIDTH_RANGE,
     NUM_CLASSES_RANGE,
@@ -65,7 +69,6 @@ from fcn_graph.core.ranges import (
 # The source checkout that holds bench/ and fcn_graph/: put on the workers' path.
 CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS_DIR = os.path.join("bench", "results")
-REPORT_KEYS = ("started_utc", "results")  # held by every report run_benchmark returns
 
 
 def max_relative_error(got, want):
@@ -340,15 +343,14 @@ def build_parser():
     return parser
 
 
-def report_path(out, name, keys, writer=None):
+def report_path(out, name):
     """--out, else bench/results/<name>-<UTC time>.json; checked before the
     (long) run: its folder made and writable, and an existing file replaced
-    only when it is an earlier report of `writer` (one holding `keys`)."""
+    only when fcn_graph wrote it there and nobody changed it since
+    (`fileio.claim_output`)."""
     out = out or os.path.join(RESULTS_DIR, time.strftime(f"{name}-%Y%m%dT%H%M%SZ.json",
                                                          time.gmtime()))
-    if check_output_file(out, "--out") and not json_written_with(out, keys):
-        raise UserError(f"--out {out}: exists and is not a report {writer or name} wrote; "
-                        "refusing to overwrite it (choose another --out)")
+    claim_output(out, "--out")  # replaced only when fcn_graph wrote it and it is unchanged
     return out
 
 
@@ -356,6 +358,7 @@ def write_report(out, report):
     """`report` as JSON to `out`, atomically; a one-line error where it cannot be written."""
     try:
         write_json_atomic(out, report)
+        record_output(out)
     except OSError as err:
         raise UserError(f"--out {out}: cannot write ({err.strerror})") from None
     print(f"wrote {out}", file=sys.stderr)
@@ -373,7 +376,7 @@ def main(argv=None):
         parser.error("--profile-case: pick an inference case")
     if args.worker:
         return worker_main(args)
-    out = report_path(args.out, "bench", REPORT_KEYS)
+    out = report_path(args.out, "bench")
     report = run_benchmark(args)
     print(format_report(report))
     write_report(out, report)

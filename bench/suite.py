@@ -1101,7 +1101,7 @@ def main(argv=None):
     if args.from_report:
         results = read_results(args.from_report)
     else:
-        out = harness.report_path(args.out, "suite", REPORT_KEYS, "the suite")
+        out = harness.report_path(args.out, "suite")
         results = run_suite(args)
     report = format_report(results)
     print(report, flush=True)

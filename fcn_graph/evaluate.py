@@ -24,11 +24,11 @@ from fcn_graph.core.constants import ENGINES, IGNORE_LABEL, INFERENCE_PRECISIONS
 from fcn_graph.core.errors import UserError, run_cli
 from fcn_graph.core.fileio import (
     OutputFolder,
-    check_output_file,
-    json_written_with,
+    claim_output,
+    record_output,
     write_json_atomic,
 )
-from fcn_graph.core.metrics import METRICS_KEYS, format_metrics, format_value, metrics_record
+from fcn_graph.core.metrics import format_metrics, format_value, metrics_record
 from fcn_graph.core.progress import Progress
 from fcn_graph.core.ranges import IMAGE_COUNT_RANGE
 from fcn_graph.data import image_files
@@ -95,10 +95,8 @@ def _config(args):
     if args.kernels is None:
         reads.append("model.kernels")
     config = load_config(args.config, args.overrides, reads=reads, command="fcn_graph.evaluate")
-    if args.json and check_output_file(args.json, "--json") and not json_written_with(
-            args.json, METRICS_KEYS):
-        raise UserError(f"--json {args.json}: exists and is not a metrics file evaluate wrote; "
-                        "refusing to overwrite it (choose another --json)")
+    if args.json:  # replaced only when fcn_graph wrote it there and nobody changed it
+        claim_output(args.json, "--json")
     source = args.checkpoint or config.train.log_dir
     if args.checkpoint is None and not os.path.isdir(source):
         raise UserError(f"{source}: no such directory (train.log_dir); train first or pass "
@@ -231,6 +229,7 @@ def finish(metrics, class_names, *, checkpoint, split, precision, engine, tta, j
             write_json_atomic(json_path, metrics_record(metrics, class_names,
                                                         checkpoint=checkpoint, split=split,
                                                         **extra))
+            record_output(json_path)
         except OSError as err:
             raise UserError(f"--json {json_path}: cannot write ({err.strerror})") from None
     if report is not None:

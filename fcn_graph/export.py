@@ -60,9 +60,10 @@ checkpoint's (`fcn_graph.engines.segmenter.Segmenter`). A maximum relative error
 1e-4 or more is an error and nothing is written.
 
 The folder of --out is created where missing. An existing --out is refused;
-with --force, an earlier export of the same format (a SavedModel folder, a
-.pb, an .onnx and its .onnx.data) is replaced, but a checkpoint's files
-never are.
+with --force, an earlier export that fcn_graph wrote there (a SavedModel
+folder, a .pb, an .onnx and its .onnx.data, named in the folder's record
+.fcn_graph-outputs.json) is replaced, changed since or not; any other file,
+a link, or a checkpoint's files never are.
 """
 
 import argparse
@@ -98,8 +99,8 @@ def build_parser():
                         help="ONNX: write the weights to OUT.data beside the .onnx (loads with "
                              "less memory; keep the two files together)")
     parser.add_argument("--force", action="store_true",
-                        help="replace an existing --out that is an earlier export of the same "
-                             "format (never a checkpoint's file)")
+                        help="replace an existing --out that export wrote there earlier "
+                             "(never another file, a link or a checkpoint's file)")
     parser.add_argument("--kernels", choices=KERNELS, default="reference",
                         help="kernel set written: reference (default; plain conv and "
                              "transposed conv, for any device), cpu (faster forms on CPUs) or "

@@ -13,6 +13,7 @@ from tfutil import build_graph, random_values
 from tinyvgg import TINY_MEAN, TINY_WIDTHS, make_fc_layers, make_vgg_layers
 
 from fcn_graph import export, port
+from fcn_graph.core import fileio
 from fcn_graph.core.errors import UserError, run_cli
 from fcn_graph.engines import exporters, onnx_engine
 from fcn_graph.engines.segmenter import Segmenter
@@ -96,7 +97,8 @@ def test_savedmodel(checkpoints, tmp_path, capsys, which):
     printed = capsys.readouterr().out
     assert "verified with TensorFlow (SavedModel signature) on a 93x67 image" in printed
     assert "signature 'serving_default'" in printed
-    assert not [p for p in os.listdir(tmp_path) if p.startswith(".")], "temporary left behind"
+    assert [p for p in os.listdir(tmp_path) if p.startswith(".")] == [fileio.OUTPUT_RECORD], \
+        "temporary left behind"
     serve = tf.saved_model.load(out).signatures["serving_default"]
     for batch in _batches():
         got = serve(images=tf.constant(batch))
@@ -217,7 +219,8 @@ def test_export_onnx_external_data(checkpoints, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "verified with onnxruntime on a 93x67 image" in printed
     assert f"wrote {out} and its weights {out}.data (" in printed and "opset 17" in printed
-    assert sorted(os.listdir(tmp_path)) == ["voc.onnx", "voc.onnx.data"], "temporary left behind"
+    assert sorted(os.listdir(tmp_path)) == [fileio.OUTPUT_RECORD, "voc.onnx", "voc.onnx.data"], \
+        "temporary left behind"
     stored = onnx.load(str(out), load_external_data=False)
     external = [t for t in stored.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
     assert external and {e.value for t in external for e in t.external_data
@@ -308,7 +311,8 @@ def test_export_refusals(checkpoints, tmp_path, capsys):
     assert "no checkpoint here" in error("--checkpoint", tmp_path / "nothing", "--format",
                                          "frozen", "--out", tmp_path / "m.pb")
     (tmp_path / "busy").mkdir()
-    assert "is not a SavedModel" in error("--checkpoint", checkpoints["legacy"], "--format",
-                                          "savedmodel", "--out", tmp_path / "busy")
-    with pytest.raises(UserError, match="is not a SavedModel"):
+    assert "busy: exists and was not written by fcn_graph" in error(
+        "--checkpoint", checkpoints["legacy"], "--format", "savedmodel", "--force", "--out",
+        tmp_path / "busy")
+    with pytest.raises(UserError, match="busy: exists; refusing to replace it"):
         exporters.export_savedmodel(checkpoints["legacy"], str(tmp_path / "busy"))

@@ -284,11 +284,13 @@ def test_export_output_checks(tmp_path, weights, capsys):
             target = os.path.join(os.path.dirname(ckpt), name)
             assert "is a file of a checkpoint; export never replaces one" in error(
                 fmt, target, "--force")
-    assert f"--out {file}: exists and is not a frozen graph (.pb)" in error("frozen", file,
-                                                                            "--force")
+    assert f"--out {file}: exists and was not written by fcn_graph; --force replaces only" in (
+        error("frozen", file, "--force"))
     assert f"--out {file}: is a regular file; expected a SavedModel folder" in error(
         "savedmodel", file)
-    assert f"--out {folder}: exists and is not a SavedModel" in error("savedmodel", folder)
+    assert f"--out {folder}: exists; refusing to replace it" in error("savedmodel", folder)
+    assert f"--out {folder}: exists and was not written by fcn_graph" in error(
+        "savedmodel", folder, "--force")
     assert file.read_text() == "a user's file\n"
     assert before == {name: os.path.getmtime(os.path.join(os.path.dirname(ckpt), name))
                       for name in os.listdir(os.path.dirname(ckpt))}
@@ -343,7 +345,7 @@ def test_evaluate_output_checks(tmp_path, weights, voc_root, capsys):
     file, folder, under = _bad_outputs(tmp_path)
     run = ("--set", "data.kind=voc", "--set", f"data.root={voc_root}",
            "--checkpoint", weights["voc"])
-    assert f"--json {file}: exists and is not a metrics file evaluate wrote" in _error(
+    assert f"--json {file}: exists and was not written by fcn_graph" in _error(
         capsys, evaluate.main, *run, "--json", file)
     assert f"--json {folder}: is a directory; expected a file" in _error(
         capsys, evaluate.main, *run, "--json", folder)
@@ -374,7 +376,7 @@ def test_bench_checks_out_before_running(tmp_path, capsys, monkeypatch):
         raise AssertionError("the benchmark ran before --out was checked")
 
     monkeypatch.setattr(harness, "run_benchmark", never)
-    assert f"--out {file}: exists and is not a report bench wrote" in _error(
+    assert f"--out {file}: exists and was not written by fcn_graph" in _error(
         capsys, harness.main, "--out", file)
     assert f"--out {folder}: is a directory; expected a file" in _error(
         capsys, harness.main, "--out", folder)

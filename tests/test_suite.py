@@ -219,7 +219,7 @@ def test_work_and_out_that_are_not_the_suites_are_refused(tmp_path, capsys):
             (["--work", str(tmp_path / "file")], "exists and is not a folder"),
             (["--work", str(tmp_path / "busy")], "a folder of other files"),
             (["--out", str(report), "--skip", ",".join(suite.PARTS)],
-             "exists and is not a report the suite wrote")):
+             "exists and was not written by fcn_graph")):
         assert run_cli(suite.main, argv, prog="bench/suite.py") == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and expected in err, err

@@ -1,7 +1,12 @@
-"""Atomic file writes: a target is either its old self or complete, never partial."""
+"""Safe file writes: atomic (a target is either its old self or complete, never
+partial), never through a link or over another user's file planted at the
+target's name, and replacing only what the folder's record of fcn_graph's
+outputs shows it wrote (`OutputFolder`, `claim_output`)."""
 
 import contextlib
 import errno
+import fcntl
+import hashlib
 import json
 import os
 import stat
@@ -14,6 +19,64 @@ import numpy as np
 from fcn_graph.core.errors import UserError
 
 
+def refuse_planted(path, *, directory_ok=False):
+    """Check that `path` is absent or an entry fcn_graph may replace: a regular
+    file (or, with `directory_ok`, a directory) that this user owns. A
+    symbolic link, any other kind of file, or a file of another user (planted
+    in a shared folder) raises UserError naming `path`. Returns its lstat
+    result, or None when `path` does not exist."""
+    path = os.fspath(path)
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    if stat.S_ISLNK(info.st_mode):
+        raise UserError(f"{path}: is a symbolic link; fcn_graph never writes through a link "
+                        "(remove it, or choose another path)")
+    if stat.S_ISDIR(info.st_mode) and not directory_ok:
+        raise UserError(f"{path}: cannot write a file; a directory of that name exists")
+    if not (stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode)):
+        raise UserError(f"{path}: is {kind_of(info.st_mode)}; expected a file to write")
+    if hasattr(os, "geteuid") and info.st_uid != os.geteuid():
+        raise UserError(f"{path}: belongs to another user (uid {info.st_uid}); fcn_graph "
+                        "replaces only files of its own user (move it, or choose another path)")
+    return info
+
+
+def open_own(path, flags, mode=0o644):
+    """`os.open(path, flags | O_NOFOLLOW)` for a file that fcn_graph creates or
+    appends to in a folder others may write in: returns the descriptor of a
+    regular file of this user with one link. A symbolic link in its place, any
+    other kind of file, a file of another user or a hard link to a file
+    elsewhere raises UserError naming `path`; nothing has been written then."""
+    path = os.fspath(path)
+    nofollow = getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags | nofollow | getattr(os, "O_NONBLOCK", 0), mode)
+    except OSError as err:
+        if err.errno == errno.ELOOP or os.path.islink(path):
+            raise UserError(f"{path}: is a symbolic link; fcn_graph never writes through a "
+                            "link (remove it)") from None
+        if err.errno == errno.ENXIO:  # a FIFO without a reader
+            raise UserError(f"{path}: is a FIFO; expected a file to write") from None
+        raise
+    info = os.fstat(fd)
+    problem = None
+    if not stat.S_ISREG(info.st_mode):
+        problem = f"is {kind_of(info.st_mode)}; expected a file to write"
+    elif hasattr(os, "geteuid") and info.st_uid != os.geteuid():
+        problem = f"belongs to another user (uid {info.st_uid}); fcn_graph writes only its own files"
+    elif info.st_nlink != 1:
+        problem = (f"has {info.st_nlink} hard links; fcn_graph writes only a file of its own "
+                   "that no other name shares")
+    if problem is not None:
+        os.close(fd)
+        raise UserError(f"{path}: {problem} (move it away)")
+    if getattr(os, "O_NONBLOCK", 0):
+        os.set_blocking(fd, True)
+    return fd
+
+
 @contextlib.contextmanager
 def atomic_write(path):
     """Yield a temporary path beside `path`; move it onto `path` on success.
@@ -23,18 +86,25 @@ def atomic_write(path):
       final `os.replace` is a rename within one file system, atomic on POSIX
       and Windows) and keeps the extension of `path` (so that writers that
       pick a format by extension, such as OpenCV, still work). Its name starts
-      with a dot and contains `.tmp`.
+      with a dot and contains `.tmp` and 48 random bits.
     - The caller creates the temporary file itself; it is created with the
       ordinary permissions of the process (umask), not mkstemp's 0600.
     - If the body raises (KeyboardInterrupt included), the temporary file is
       removed and `path` is left untouched.
     - If the body returns without creating the temporary file, that is an
       error: nothing would have been written.
+    - Never through a planted link: `path` must be absent or a regular file
+      of this user (`refuse_planted`), checked before the body and again
+      before the rename, and the temporary file must still be a regular file
+      of this user. A `path` that was absent is put in place with a hard link,
+      which fails rather than replace a file created there meanwhile. The
+      rename replaces directory entries, so it never writes into the file a
+      link points to.
     - No fsync: this guards against crashes of the program, not of the
       machine.
 
-    Raises UserError when the directory of `path` does not exist or `path` is
-    a directory.
+    Raises UserError when the directory of `path` does not exist, or `path`
+    is a directory, a link, another kind of file or another user's file.
     """
     path = os.fspath(path)
     directory = os.path.dirname(path) or "."
@@ -42,20 +112,57 @@ def atomic_write(path):
         raise UserError(
             f"{path}: cannot write; directory {directory!r} does not exist (create it first)"
         )
-    if os.path.isdir(path):
-        raise UserError(f"{path}: cannot write a file; a directory of that name exists")
+    before = refuse_planted(path)
     base = os.path.basename(path)
     ext = os.path.splitext(base)[1]
     tmp = os.path.join(directory, f".{base}.{uuid.uuid4().hex[:12]}.tmp{ext}")
     try:
         yield tmp
-        if not os.path.exists(tmp):
+        if not os.path.lexists(tmp):
             raise RuntimeError(f"{path}: the writer produced no file (expected {tmp})")
-        os.replace(tmp, path)
+        refuse_planted(tmp)
+        now = refuse_planted(path)
+        if before is None and now is None:
+            _link_new(tmp, path)
+        elif before is None or now is None or (now.st_dev, now.st_ino) != (before.st_dev,
+                                                                           before.st_ino):
+            raise UserError(f"{path}: was created, replaced or removed by someone else while "
+                            "fcn_graph wrote it; left as it is (run again)")
+        else:
+            os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
         raise
+
+
+def place_file(tmp, path):
+    """Move file `tmp` onto `path` (in the same folder): replacing `path` only
+    when it is a regular file of this user (`refuse_planted`), and, when
+    `path` is absent, never replacing a file that appears there meanwhile."""
+    if refuse_planted(path) is None:
+        _link_new(tmp, path)
+    else:
+        os.replace(tmp, path)
+
+
+def _link_new(tmp, path):
+    """Put file `tmp` at the absent name `path` without replacing anything
+    that appeared there (a hard link, then `tmp` removed); where the file
+    system has no hard links, a rename."""
+    try:
+        os.link(tmp, path, follow_symlinks=False)
+    except FileExistsError:
+        raise UserError(f"{path}: was created by someone else while fcn_graph wrote it; "
+                        "left as it is (move it away and run again)") from None
+    except OSError as err:
+        if err.errno not in (errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOTSUP,
+                             errno.EOPNOTSUPP, errno.ENOSYS):
+            raise
+        os.replace(tmp, path)
+        return
+    with contextlib.suppress(FileNotFoundError):  # removed by another clean-up meanwhile
+        os.remove(tmp)
 
 
 def _json_default(obj):
@@ -198,51 +305,91 @@ def check_output_file(path, flag):
     return os.path.exists(path)
 
 
-def json_written_with(path, keys):
-    """Whether file `path` is a JSON object holding every key in `keys`: an
-    earlier output of the writer that puts those keys there."""
-    try:
-        with open(path, "rb") as handle:
-            record = json.loads(handle.read(1 << 24).decode("utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
-        return False
-    return isinstance(record, dict) and all(key in record for key in keys)
-
-
 OUTPUT_RECORD = ".fcn_graph-outputs.json"
 RECORD_FORMAT = "fcn_graph.outputs"
 
 
-class OutputFolder:
-    """A folder that a command writes many files into, and the record of the
-    files fcn_graph wrote there, FOLDER/.fcn_graph-outputs.json.
+def fingerprint(path):
+    """The SHA-256 of what `path` holds, without following links: a regular
+    file's bytes, or for a folder every entry's relative name, kind and
+    content, in name order. None when `path` is anything else."""
+    info = os.lstat(path)
+    digest = hashlib.sha256()
+    if stat.S_ISREG(info.st_mode):
+        _hash_file(path, digest)
+    elif stat.S_ISDIR(info.st_mode):
+        for root, dirs, files in os.walk(path):
+            dirs.sort()
+            for name in sorted(dirs + files):
+                full = os.path.join(root, name)
+                mode = os.lstat(full).st_mode
+                digest.update(os.path.relpath(full, path).encode("utf-8", "surrogateescape"))
+                digest.update(b"\0" + kind_of(mode).encode() + b"\0")
+                if stat.S_ISREG(mode):
+                    _hash_file(full, digest)
+                elif stat.S_ISLNK(mode):
+                    digest.update(os.readlink(full).encode("utf-8", "surrogateescape"))
+    else:
+        return None
+    return digest.hexdigest()
 
-    The record maps each file name written to its size and modification time.
-    A file counts as fcn_graph's own while both still match, or while it is
-    claimed by a run that has not recorded it yet (a run that was killed).
+
+def _hash_file(path, digest):
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+
+
+class OutputFolder:
+    """A folder that commands write files into, and the record of the files
+    fcn_graph wrote there, FOLDER/.fcn_graph-outputs.json.
+
+    The record maps each name written (a file, or a folder such as a
+    SavedModel) to its size and the SHA-256 of its content (`fingerprint`).
+    An entry counts as fcn_graph's own while both still match, or while it is
+    claimed by a run that has not recorded it yet (a run that was killed); a
+    file on record when a run claims it keeps its fingerprint until recorded
+    again, so an edit after a failed run is still seen.
     `claim` refuses to let a run write over any other existing file: a user's
-    file, or one of fcn_graph's that was edited since, is never replaced, and
-    neither is an input of the run.
+    file, or one of fcn_graph's that was edited since (unless `force`), is
+    never replaced, and neither is an input of the run, a link or another
+    user's file.
+
+    Several processes may write into one folder at once: every change of the
+    record is a read-modify-write under an exclusive `flock` on the folder,
+    which keeps the other writers' entries.
     """
 
-    def __init__(self, directory, flag):
+    def __init__(self, directory, flag, *, one_file=False):
         ensure_output_dir(directory, flag)
         self.directory = os.fspath(directory)
         self.flag = flag
+        self.one_file = one_file  # `flag` names one file of the folder, not the folder
         self.path = os.path.join(self.directory, OUTPUT_RECORD)
         self.files = self._load()
-        self._changed = False
+        self._mine = {}  # the entries this object set, merged into the record on save
         self._flushed = time.monotonic()
+
+    @contextlib.contextmanager
+    def _locked(self):
+        """An exclusive flock on the folder for the body (other writers wait)."""
+        fd = os.open(self.directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
 
     def _load(self):
         if not os.path.lexists(self.path):
             return {}
         problem = None
         try:
-            if not os.path.isfile(self.path):
-                raise OSError(0, f"it is {kind_of(os.lstat(self.path).st_mode)}")
-            with open(self.path, "rb") as handle:
-                record = json.loads(handle.read().decode("utf-8"))
+            mode = os.lstat(self.path).st_mode
+            if not stat.S_ISREG(mode):
+                raise OSError(0, f"it is {kind_of(mode)}")
+            record = json.loads(read_regular_file(self.path).decode("utf-8"))
             if not (isinstance(record, dict) and record.get("format") == RECORD_FORMAT
                     and isinstance(record.get("files"), dict)
                     and all(isinstance(v, dict) for v in record["files"].values())):
@@ -261,69 +408,122 @@ class OutputFolder:
         return {name: entry for name, entry in files.items()
                 if os.path.lexists(os.path.join(self.directory, name))}
 
-    def owns(self, name):
-        """Whether existing file `name` is one that fcn_graph wrote here."""
+    def owns(self, name, *, force=False):
+        """Whether existing entry `name` is one that fcn_graph wrote here and
+        nobody changed since; with `force`, whether fcn_graph wrote it here,
+        changed or not. Never a link or another user's file."""
         entry = self.files.get(name)
         if entry is None:
             return False
-        if entry.get("pending"):
+        path = os.path.join(self.directory, name)
+        info = os.lstat(path)
+        if (stat.S_ISLNK(info.st_mode)
+                or hasattr(os, "geteuid") and info.st_uid != os.geteuid()):
+            return False
+        if entry.get("pending") or force:
             return True
-        info = os.lstat(os.path.join(self.directory, name))
-        return (stat.S_ISREG(info.st_mode) and entry.get("size") == info.st_size
-                and entry.get("mtime_ns") == info.st_mtime_ns)
+        if "sha256" not in entry:  # a record of an earlier version: size and time
+            return (stat.S_ISREG(info.st_mode) and entry.get("size") == info.st_size
+                    and entry.get("mtime_ns") == info.st_mtime_ns)
+        if stat.S_ISREG(info.st_mode) and entry.get("size") != info.st_size:
+            return False
+        return entry["sha256"] == fingerprint(path)
 
-    def claim(self, names, inputs=()):
-        """Check that this run may write every file in `names` (names within the
-        folder), then record them as claimed.
+    def claim(self, names, inputs=(), *, force=False, folders=()):
+        """`check` that this run may write every entry in `names` (names within
+        the folder), then record them as claimed."""
+        with self._locked():
+            self._check(names, inputs, force, folders)
+            for name in names:
+                # A file on record stays on its fingerprint until rewritten: a run
+                # that fails before recording it cannot make an edit of it count.
+                entry = self.files.get(name)
+                if not (entry and "sha256" in entry
+                        and os.path.lexists(os.path.join(self.directory, name))):
+                    entry = {"pending": True}
+                self._mine[name] = self.files[name] = entry
+            self._save()
+
+    def check(self, names, inputs=(), *, force=False, folders=()):
+        """Check that this run may write every entry in `names` (names within
+        the folder), recording nothing.
 
         `inputs` are the paths this run reads; an output that is the same file
         as one of them (by its directory entry or the file it links to) is
         refused, naming both. Any other existing file that fcn_graph did not
-        write here, a directory or a link is refused too.
+        write here (with `force`: wrote here, changed since or not), a link,
+        another user's file, or a directory not named in `folders` is refused.
         """
+        with self._locked():
+            self._check(names, inputs, force, folders)
+
+    def _check(self, names, inputs, force, folders):
         protected = {}
         for path in inputs:
             for fn in (os.lstat, os.stat):
                 with contextlib.suppress(OSError):
                     info = fn(path)
                     protected.setdefault((info.st_dev, info.st_ino), path)
+        self.files = self._load()
         for name in names:
-            path = os.path.join(self.directory, name)
-            try:
-                info = os.lstat(path)
-            except FileNotFoundError:
-                continue
-            where = f"{self.flag} {self.directory}" if self.flag else self.directory
-            source = protected.get((info.st_dev, info.st_ino))
-            if source is not None:
-                raise UserError(f"{path}: is the input {source}; refusing to write an output "
-                                f"over an input (choose another {self.flag or 'folder'})")
-            if not stat.S_ISREG(info.st_mode):
-                raise UserError(f"{path}: is {kind_of(info.st_mode)}; expected to write a file "
-                                f"there (move it or choose another {self.flag or 'folder'})")
-            if not self.owns(name):
-                raise UserError(f"{path}: exists and was not written by fcn_graph into {where} "
-                                f"(or was changed since; see {OUTPUT_RECORD}); refusing to "
-                                f"overwrite it: move it or choose another "
-                                f"{self.flag or 'folder'}")
-        for name in names:
-            self.files[name] = {"pending": True}
-        self._changed = True
-        self.flush()
+            self._check_claim(name, protected, force, name in folders)
+
+    def _check_claim(self, name, protected, force, folder):
+        path = os.path.join(self.directory, name)
+        try:
+            info = os.lstat(path)
+        except FileNotFoundError:
+            return
+        other = f"choose another {self.flag or 'folder'}"
+        where = f"{self.flag} {path}" if self.one_file and self.flag else path
+        source = protected.get((info.st_dev, info.st_ino))
+        if source is not None:
+            raise UserError(f"{where}: is the input {source}; refusing to write an output "
+                            f"over an input ({other})")
+        if stat.S_ISLNK(info.st_mode):
+            raise UserError(f"{where}: is a symbolic link; fcn_graph never writes through or "
+                            f"over a link (remove it or {other})")
+        if not (stat.S_ISREG(info.st_mode) or folder and stat.S_ISDIR(info.st_mode)):
+            raise UserError(f"{where}: is {kind_of(info.st_mode)}; expected to write "
+                            f"{'a folder' if folder else 'a file'} there (move it or {other})")
+        if not self.owns(name, force=force):
+            into = "" if self.one_file else (
+                f" into {self.flag} {self.directory}" if self.flag else f" into {self.directory}")
+            why = ("; --force replaces only fcn_graph's own earlier output" if force
+                   else " (or was changed since)")
+            raise UserError(f"{where}: exists and was not written by fcn_graph{into}{why} "
+                            f"(see {os.path.join(self.directory, OUTPUT_RECORD)}); refusing "
+                            f"to overwrite it: move it or {other}")
 
     def wrote(self, name):
-        """Record that file `name` has been written; the record is saved every
-        few seconds and by `flush`."""
-        info = os.stat(os.path.join(self.directory, name))
-        self.files[name] = {"size": info.st_size, "mtime_ns": info.st_mtime_ns}
-        self._changed = True
+        """Record that `name` (a file or folder) has been written; the record is
+        saved every few seconds and by `flush`."""
+        path = os.path.join(self.directory, name)
+        info = os.lstat(path)
+        self._mine[name] = self.files[name] = {
+            "size": info.st_size if stat.S_ISREG(info.st_mode) else None,
+            "mtime_ns": info.st_mtime_ns, "sha256": fingerprint(path)}
         if time.monotonic() - self._flushed > 5.0:
             self.flush()
 
     def flush(self):
-        """Save the record (atomically) if it changed."""
-        if not self._changed:
+        """Merge this object's entries into the record on disk (under the
+        folder's lock, so entries other writers recorded meanwhile stay) and
+        save it atomically."""
+        if not self._mine:
             return
+        with self._locked():
+            self.files = self._load()
+            self._save()
+        self._flushed = time.monotonic()
+
+    def _save(self):
+        for name, entry in self._mine.items():
+            if entry is None:
+                self.files.pop(name, None)
+            else:
+                self.files[name] = entry
+        self._mine = {name: entry for name, entry in self._mine.items() if entry is not None}
         record = {"format": RECORD_FORMAT,
                   "note": "files fcn_graph wrote in this folder; it overwrites only these",
                   "files": dict(sorted(self.files.items()))}
@@ -397,3 +597,33 @@ def check_input_file(path, expected, *, folder=False):
     problem = input_problem(path, folder=folder)
     if problem is not None:
         raise UserError(f"{os.fspath(path)}: {problem}; expected {expected}")
+
+
+def claim_output(path, flag, *, force=False, also=(), folder=False):
+    """Before a command writes file `path` (and `also`, more names in its
+    folder): create the folder where missing and check the names against the
+    folder's record (`OutputFolder.check`; nothing is written, so a run that
+    fails leaves no trace; `record_output` records the files once written,
+    atomically, so no claim is needed): an existing entry is replaced only
+    when fcn_graph wrote it there and nobody changed it since, or with `force`
+    when fcn_graph wrote it there. `folder`: `path` is a folder written whole
+    (a SavedModel)."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    if folder:
+        ensure_output_dir(directory, f"{flag} {path}: folder" if flag else f"{path}: folder")
+    else:
+        check_output_file(path, flag)
+    record = OutputFolder(directory, flag, one_file=True)
+    names = [os.path.basename(path), *(os.path.basename(p) for p in also)]
+    record.check(names, force=force, folders=names[:1] if folder else ())
+
+
+def record_output(path, also=()):
+    """After a command wrote `path` (and `also`): record them in their
+    folder's record as fcn_graph's, with their fingerprints."""
+    directory = os.path.dirname(os.path.abspath(os.fspath(path)))
+    record = OutputFolder(directory, None)
+    for name in (path, *also):
+        record.wrote(os.path.basename(os.fspath(name)))
+    record.flush()

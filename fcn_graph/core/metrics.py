@@ -130,11 +130,6 @@ def format_metrics(metrics, class_names=None):
     return "\n".join(lines)
 
 
-# Keys every metrics file evaluate writes holds: an existing --json file with
-# them is an earlier output that may be replaced.
-METRICS_KEYS = ("pixel_accuracy", "mean_iou", "per_class_iou", "class_names", "checkpoint",
-                "split")
-
 
 def metrics_record(metrics, class_names, **extra):
     """The JSON record of an evaluation."""

@@ -4,6 +4,7 @@ target (`python -m fcn_graph.export` describes the contract)."""
 
 import os
 import shutil
+import stat
 import uuid
 
 import numpy as np
@@ -11,7 +12,14 @@ import tensorflow as tf
 
 from fcn_graph.core.constants import EXPORT_FORMATS
 from fcn_graph.core.errors import UserError
-from fcn_graph.core.fileio import atomic_write, check_output_file, ensure_output_dir, kind_of
+from fcn_graph.core.fileio import (
+    atomic_write,
+    claim_output,
+    kind_of,
+    place_file,
+    record_output,
+    refuse_planted,
+)
 from fcn_graph.engines import onnx_engine
 from fcn_graph.host import choice
 from fcn_graph.host.session import session_config
@@ -162,44 +170,33 @@ def is_checkpoint_file(path):
         path[:-len(SIDECAR_SUFFIX)] + ".index")
 
 
-def _is_export(path, fmt):
-    """Whether existing `path` looks like an earlier export of format `fmt`."""
-    if fmt == "savedmodel":
-        return os.path.isfile(os.path.join(path, "saved_model.pb"))
-    suffixes = {"frozen": (".pb",), "onnx": (".onnx", ".onnx" + onnx_engine.EXTERNAL_DATA_SUFFIX),
-                "tflite": (".tflite",)}
-    return os.path.isfile(path) and path.lower().endswith(suffixes[fmt])
-
-
 _KIND = {"savedmodel": "a SavedModel", "frozen": "a frozen graph (.pb)", "onnx": "an ONNX export",
          "tflite": "a LiteRT model (.tflite)"}
 
 
 def _check_target(out_path, fmt, *, force=False, extra=()):
     """Prepare to write `out_path` (and the files in `extra`): create the
-    folder where missing and check that it can be written. An existing target
-    is refused unless `force` is given and it is an earlier export of the same
-    format; a checkpoint's file is never replaced."""
+    folder where missing, check that it can be written and claim the names in
+    the folder's record of fcn_graph's outputs (`fileio.claim_output`). An
+    existing target is refused unless `force` is given and export wrote it
+    there (changed since or not); a checkpoint's file, a link or anyone
+    else's file is never replaced."""
     for path in (out_path, *extra):
-        if fmt == "savedmodel" and path == out_path:
-            if os.path.lexists(path) and not os.path.isdir(path):
-                raise UserError(f"--out {path}: is {kind_of(os.lstat(path).st_mode)}; expected "
-                                "a SavedModel folder to write")
-            ensure_output_dir(os.path.dirname(os.path.abspath(path)), f"--out {path}: folder")
-            exists = os.path.exists(path)
-        else:
-            exists = check_output_file(path, "--out")
-        if not exists:
+        if not os.path.lexists(path):
             continue
         if is_checkpoint_file(path):
             raise UserError(f"--out {path}: is a file of a checkpoint; export never replaces "
                             "one (choose another --out)")
-        if not _is_export(path, fmt):
-            raise UserError(f"--out {path}: exists and is not {_KIND[fmt]}; refusing to "
-                            "replace it (choose another --out)")
+        mode = os.lstat(path).st_mode
+        if fmt == "savedmodel" and path == out_path and not stat.S_ISDIR(mode):
+            raise UserError(f"--out {path}: is {kind_of(mode)}; expected {_KIND[fmt]} folder "
+                            "to write")
+        if (fmt != "savedmodel" or path != out_path) and not stat.S_ISREG(mode):
+            raise UserError(f"--out {path}: is {kind_of(mode)}; expected a file to write")
         if not force:
             raise UserError(f"--out {path}: exists; refusing to replace it (pass --force to "
-                            f"replace an earlier export)")
+                            f"replace an earlier export of fcn_graph's)")
+    claim_output(out_path, "--out", force=force, also=extra, folder=fmt == "savedmodel")
 
 
 def export_frozen(prefix, out_path, *, verify=True, force=False, kernels="reference"):
@@ -230,6 +227,7 @@ def export_frozen(prefix, out_path, *, verify=True, force=False, kernels="refere
             with tf1.Session(graph=graph, config=frozen_session_config()) as sess:
                 labels, scores = sess.run(["labels:0", "scores:0"], {"images:0": image})
             report.update(_compare("TensorFlow (frozen graph)", out_path, labels, scores, *want))
+    record_output(out_path)
     report["bytes"] = _size(out_path)
     return report
 
@@ -269,7 +267,7 @@ def export_savedmodel(prefix, out_dir, *, verify=True, force=False, kernels="ref
                                    out["labels"].numpy(), out["scores"].numpy(), *want))
         # Swap the new directory in: rename the old one aside, then drop it.
         old = None
-        if os.path.exists(out_dir):
+        if refuse_planted(out_dir, directory_ok=True) is not None:
             old = os.path.join(parent, f".{base}.{uuid.uuid4().hex[:12]}.old")
             os.replace(out_dir, old)
         os.replace(tmp, out_dir)
@@ -278,6 +276,7 @@ def export_savedmodel(prefix, out_dir, *, verify=True, force=False, kernels="ref
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    record_output(out_dir)
     report["bytes"] = _size(out_dir)
     return report
 
@@ -362,10 +361,11 @@ def export_onnx(prefix, out_path, *, opset=onnx_engine.DEFAULT_OPSET, verify=Tru
             report.update(_compare("onnxruntime (int8)" if quantize else "onnxruntime",
                                    out_path, labels, scores, *want, exact=not quantize))
         if external_data:
-            os.replace(onnx_engine.external_data_path(tmp), data_path)
-        os.replace(tmp, out_path)
+            place_file(onnx_engine.external_data_path(tmp), data_path)
+        place_file(tmp, out_path)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    record_output(out_path, also=[data_path] if data_path else [])
     report["bytes"] = sum(_size(path) for path in filter(None, (out_path, data_path)))
     return report
 
@@ -424,6 +424,7 @@ def export_tflite(prefix, out_path, *, verify=True, force=False, kernels="refere
             report.update(_verify_tflite(report["checkpoint"], tmp, out_path, quantize,
                                          held_out or paths, "--val images" if held_out
                                          else "calibration images"))
+    record_output(out_path)
     report["bytes"] = _size(out_path)
     return report
 

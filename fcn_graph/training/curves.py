@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from fcn_graph.core.errors import UserError
-from fcn_graph.core.fileio import json_text
+from fcn_graph.core.fileio import json_text, open_own
 from fcn_graph.data.image_files import write_image
 
 HISTORY_NAME = "history.jsonl"
@@ -28,13 +28,14 @@ def append_history(log_dir, record):
     path = os.path.join(log_dir, HISTORY_NAME)
     line = json_text(record, where=path) + "\n"
     try:
-        torn = False
-        if os.path.exists(path) and os.path.getsize(path):
-            with open(path, "rb") as handle:
+        fd = open_own(path, os.O_RDWR | os.O_APPEND | os.O_CREAT)  # never through a link
+        with os.fdopen(fd, "r+b") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            torn = False
+            if size:
                 handle.seek(-1, os.SEEK_END)
                 torn = handle.read(1) != b"\n"  # the last write was cut short
-        with open(path, "a", encoding="utf-8") as handle:
-            handle.write(("\n" if torn else "") + line)
+            handle.write((("\n" if torn else "") + line).encode("utf-8"))
     except OSError as err:
         raise UserError(f"{path}: cannot append to the training history "
                         f"({err.strerror or err})") from None

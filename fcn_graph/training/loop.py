@@ -9,6 +9,7 @@ import signal
 import sys
 import threading
 import time
+import uuid
 
 import numpy as np
 import tensorflow as tf
@@ -176,13 +177,21 @@ def _model_spec(config, num_classes):
 
 
 def _resume_point(log_dir, spec):
-    """(newest checkpoint that fully reads, its global step), or (None, 0) when
-    `log_dir` holds no checkpoint file at all. Newer checkpoints that do not
-    read are named on stderr; when none reads, a UserError (never a fresh
-    start over existing checkpoints)."""
-    found = checkpoint.newest_complete(log_dir) if os.path.isdir(log_dir) else None
+    """(newest checkpoint that fully reads, its global step, the newer
+    checkpoints of this run's name that do not read), or (None, 0, []) when
+    `log_dir` holds no checkpoint file at all. The newer checkpoints that do
+    not read are named on stderr; when none reads, a UserError (never a fresh
+    start over existing checkpoints). Nothing is written."""
+    if not os.path.isdir(log_dir):
+        return None, 0, []
+    found = checkpoint.newest_complete(log_dir)
     if found is None:
-        return None, 0
+        return None, 0, []
+    broken = [r for r in checkpoint.list_checkpoints(log_dir)
+              if r.step is not None and r.step > (found.step or 0)
+              and os.path.basename(r.prefix) == f"{CHECKPOINT_BASENAME}-{r.step}"]
+    for record in broken:
+        record.problem = checkpoint.checkpoint_problem(record.prefix, full=True)
     prefix = found.prefix
     spec_found = checkpoint.model_spec_from_checkpoint(prefix)
     for field in ("num_classes", "fc_width", "vgg_widths", "architecture", "skips"):
@@ -196,7 +205,26 @@ def _resume_point(log_dir, spec):
         raise UserError(f"{prefix}: no global_step in this checkpoint, so it cannot be "
                         f"resumed; set train.log_dir to a new directory")
     step = int(tf.train.load_checkpoint(prefix).get_tensor("global_step"))
-    return prefix, step
+    return prefix, step, broken
+
+
+def _start_log_dir(config, broken):
+    """What a run writes in train.log_dir once its start is accepted (the
+    config read, the resumed checkpoint matched): the temporary files of an
+    interrupted save removed, the newer checkpoints that do not read moved
+    aside (`checkpoint.move_aside`; the steps training passes again), and the
+    resolved config.json."""
+    t = config.train
+    removed = checkpoint.clean_temp_files(t.log_dir)
+    if removed:
+        print(f"removed {len(removed)} temporary file(s) of an interrupted save from "
+              f"{t.log_dir}: {', '.join(removed[:5])}"
+              + (" ..." if len(removed) > 5 else ""), file=sys.stderr)
+    for record in broken:
+        where = _write_or_fail(checkpoint.move_aside, record.prefix, record.problem)
+        print(f"moved checkpoint {os.path.basename(record.prefix)} aside to {where}/ "
+              f"({record.problem}); training passes step {record.step} again", file=sys.stderr)
+    _write_or_fail(save_resolved_config, config, t.log_dir)
 
 
 def _prepare_log_dir(log_dir):
@@ -297,18 +325,11 @@ def _train(config, exiting, cluster=None):
         pass_images = -(-len(train_files) // cluster.size)
         train_files = distributed.shard(train_files, cluster)
     spec, vgg = _model_spec(config, num_classes)
-    resume_prefix, start_step, server = None, 0, None
+    resume_prefix, start_step, server, broken = None, 0, None, []
     if chief:
-        removed = checkpoint.clean_temp_files(t.log_dir)
-        if removed:
-            print(f"removed {len(removed)} temporary file(s) of an interrupted save from "
-                  f"{t.log_dir}: {', '.join(removed[:5])}"
-                  + (" ..." if len(removed) > 5 else ""), file=sys.stderr)
-        resume_prefix, start_step = _resume_point(t.log_dir, spec)
+        resume_prefix, start_step, broken = _resume_point(t.log_dir, spec)
     config = _with_class_weights(config, all_train_files, class_names, resume_prefix)
     t = config.train
-    if chief:
-        _write_or_fail(save_resolved_config, config, t.log_dir)
     if cluster is not None:
         base = _session_config(t, devices)
         server = distributed.start_server(cluster, base)
@@ -322,7 +343,7 @@ def _train(config, exiting, cluster=None):
     run = TrainingRun(config, graph, spec, saved=resume_prefix,
                       saved_step=start_step if resume_prefix else -1, exiting=exiting,
                       cluster=cluster, server=server, devices=devices, pass_images=pass_images,
-                      class_names=class_names)
+                      class_names=class_names, broken=broken)
     metrics, step = run.run(start_step, resume_prefix=resume_prefix, vgg=None if resume_prefix
                             or not chief else vgg, train_files=train_files, val_files=val_files)
     if not chief:
@@ -550,8 +571,10 @@ class TrainingRun:
     """
 
     def __init__(self, config, graph, spec, *, saved=None, saved_step=-1, exiting=False,
-                 cluster=None, server=None, devices=None, pass_images=None, class_names=()):
+                 cluster=None, server=None, devices=None, pass_images=None, class_names=(),
+                 broken=()):
         self.config, self.graph, self.spec = config, graph, spec
+        self.broken = list(broken)
         self.saved, self.saved_step = saved, saved_step
         self.cluster, self.server, self.devices = cluster, server, devices
         self.pass_images = pass_images
@@ -590,7 +613,6 @@ class TrainingRun:
                                         config=distributed.session_config(self.cluster, config))
             else:
                 self.sess = tf1.Session(graph=g.graph, config=config)
-            self.writer = _SummaryWriter(t.log_dir, self.last_good) if self.chief else None
             self.progress = Progress(t.max_steps, label="step", unit="step", start=start_step)
             self.stop.install()
             completed = False
@@ -603,6 +625,9 @@ class TrainingRun:
                     print(f"resuming from {resume_prefix} at step {start_step}", file=sys.stderr)
                 elif vgg is not None:
                     checkpoint.assign_vgg(self.sess, vgg, g.variables, self.spec.architecture)
+                if self.chief:  # the start is accepted: only now write in train.log_dir
+                    _start_log_dir(self.config, self.broken)
+                    self.writer = _SummaryWriter(t.log_dir, self.last_good)
                 if g.sync is not None:
                     self.step_run(g.sync, when="the copy of the chief's variables")
                     start_step = int(self.sess.run(g.global_step))
@@ -896,7 +921,11 @@ class _SummaryWriter:
 
     def __init__(self, log_dir, last_good):
         self.log_dir, self.last_good = log_dir, last_good
-        self.writer = self._call(lambda: tf1.summary.FileWriter(log_dir))
+        # A random suffix: TensorFlow opens the events file by a name that
+        # would otherwise be predictable (time and host), so a link planted at
+        # that name in a shared log_dir could redirect the writes.
+        self.writer = self._call(lambda: tf1.summary.FileWriter(
+            log_dir, filename_suffix=f".{uuid.uuid4().hex}"))
 
     def _call(self, action):
         try:

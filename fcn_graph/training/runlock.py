@@ -15,6 +15,7 @@ import sys
 import time
 
 from fcn_graph.core.errors import UserError
+from fcn_graph.core.fileio import open_own
 
 LOCK_NAME = ".lock"
 
@@ -25,7 +26,7 @@ def locked_log_dir(log_dir):
     holder, when another process holds it."""
     path = os.path.join(log_dir, LOCK_NAME)
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = open_own(path, os.O_RDWR | os.O_CREAT)  # never a planted link or foreign file
     except OSError as err:
         raise UserError(f"{path}: cannot create the lock file of train.log_dir: "
                         f"{err.strerror}") from None

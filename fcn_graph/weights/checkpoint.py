@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from fcn_graph.core.errors import UserError
-from fcn_graph.core.fileio import atomic_write, input_problem, write_json_atomic
+from fcn_graph.core.fileio import atomic_write, input_problem, refuse_planted, write_json_atomic
 from fcn_graph.core.finite import check_mean_pixel, nonfinite
 from fcn_graph.network import definition, tf_layers
 from fcn_graph.network.spec import VGG19_CONVS, ModelSpec
@@ -350,6 +350,42 @@ def remove_checkpoint(prefix):
             pass
 
 
+BROKEN_DIR = "broken"
+REASON_NAME = "REASON.txt"
+
+
+def move_aside(prefix, reason):
+    """Move the files of checkpoint `prefix` (index, data shards, `.meta`,
+    sidecar) that does not read into DIRECTORY/broken/BASE/ (BASE.2, ... when
+    taken), with REASON.txt saying why; nothing is deleted or overwritten.
+    Returns the folder they went to."""
+    directory, base = os.path.split(os.path.abspath(prefix))
+    broken = os.path.join(directory, BROKEN_DIR)
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(broken)
+    refuse_planted(broken, directory_ok=True)
+    if not os.path.isdir(broken):
+        raise UserError(f"{broken}: is not a folder; cannot move checkpoint {base} aside there")
+    target, count = os.path.join(broken, base), 1
+    while True:
+        try:
+            os.mkdir(target)  # never an existing folder or a link
+            break
+        except FileExistsError:
+            count += 1
+            target = os.path.join(broken, f"{base}.{count}")
+    names = [n for n in sorted(os.listdir(directory)) if n.startswith(base)
+             and (n[len(base):] in (".index", ".meta", SIDECAR_SUFFIX)
+                  or DATA_SHARD.fullmatch(n[len(base):]))]
+    with atomic_write(os.path.join(target, REASON_NAME)) as tmp:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(f"{base}: {reason}\nmoved here from {directory} by fcn_graph, which "
+                         f"does not read it; its files: {', '.join(names)}\n")
+    for name in names:  # a rename moves the entry itself, never what a link points to
+        os.rename(os.path.join(directory, name), os.path.join(target, name))
+    return target
+
+
 def prune_checkpoints(directory, keep, *, pattern=r"model\.ckpt-\d+"):
     """Keep the `keep` newest complete checkpoints whose names match `pattern`
     (found by scanning, so a resumed run prunes what earlier runs wrote) and
@@ -616,6 +652,11 @@ def save_model(sess, saver, prefix, spec, *, global_step=None, **sidecar_extra):
         before = set(os.listdir(directory))
     except OSError as err:
         raise UserError(f"{prefix}: cannot write the checkpoint: {_os_reason(err)}") from None
+    base = os.path.basename(prefix)
+    for name in sorted(before):  # TensorFlow's renames would replace a planted link
+        rest = name[len(base):] if name.startswith(base) else None
+        if rest in (".index", ".meta", SIDECAR_SUFFIX) or rest and DATA_SHARD.fullmatch(rest):
+            refuse_planted(os.path.join(directory, name))
     try:
         write_sidecar(prefix, spec, **sidecar_extra)
         with sess.graph.as_default():
