@@ -112,9 +112,12 @@ def test_mat2ckpt_writes_a_complete_checkpoint(tiny_mat, tmp_path, capsys):
     assert not os.path.exists(prefix + ".meta")
 
 
-def test_mat2ckpt_bad_inputs(tmp_path, tiny_mat):
-    with pytest.raises(UserError, match="--num-classes"):
+def test_mat2ckpt_bad_inputs(tmp_path, tiny_mat, capsys):
+    with pytest.raises(SystemExit) as stop:
         port.main(["mat2ckpt", tiny_mat, "--num-classes", "0", "--out", str(tmp_path / "x")])
+    assert stop.value.code == 2
+    assert "argument --num-classes: expected an integer in 2..255, found '0'" in \
+        capsys.readouterr().err
     with pytest.raises(UserError, match="missing.mat: no such file"):
         port.main(["mat2ckpt", str(tmp_path / "missing.mat"), "--num-classes", "3",
                    "--out", str(tmp_path / "x")])

@@ -16,6 +16,7 @@ from tinyvgg import TINY_MEAN, TINY_WIDTHS
 
 from fcn_graph import evaluate, export, infer
 from fcn_graph.core.errors import UserError, run_cli
+from fcn_graph.core.fileio import OUTPUT_RECORD
 from fcn_graph.data.shapes import render_sample
 from fcn_graph.engines import int8_model
 from fcn_graph.engines.segmenter import Segmenter, make_segmenter
@@ -360,7 +361,7 @@ def test_export_quantize_int8_writes_a_model_the_engine_runs(tmp_path, tiny_pref
                         "--quantize", "int8", "--calibration", calibration_dir]) == 0
     printed = capsys.readouterr().out
     assert "int8 (calibrated on 6 images)" in printed and "(no limit)" in printed
-    assert sorted(os.listdir(tmp_path)) == ["int8.onnx"], "temporary left behind"
+    assert sorted(os.listdir(tmp_path)) == [OUTPUT_RECORD, "int8.onnx"], "temporary left behind"
     proto = onnx.load(str(out))
     assert "QuantizeLinear" in {n.op_type for n in proto.graph.node}
     image = np.random.default_rng(1).integers(0, 256, (1, 29, 31, 3), np.uint8)

@@ -18,6 +18,7 @@ from tinyvgg import TINY_MEAN, TINY_WIDTHS, write_tiny_checkpoint
 
 from fcn_graph import export
 from fcn_graph.core.errors import UserError, run_cli
+from fcn_graph.core.fileio import OUTPUT_RECORD
 from fcn_graph.data import datasets
 from fcn_graph.data.image_files import read_image, read_label
 from fcn_graph.data.shapes import render_sample
@@ -83,7 +84,7 @@ def test_float32_export_agrees_with_the_checkpoint_at_odd_sizes(checkpoints, tmp
     printed = capsys.readouterr().out
     assert printed.count("verified with LiteRT on a") == len(exporters.TFLITE_VERIFY_SIZES)
     assert f"wrote {out} " in printed and "labels int32 [N, H, W]" in printed
-    assert sorted(os.listdir(tmp_path)) == ["m.tflite"]
+    assert sorted(os.listdir(tmp_path)) == [OUTPUT_RECORD, "m.tflite"]
 
     reference = Segmenter(checkpoints[which])
     rng = np.random.default_rng(3)
@@ -237,18 +238,18 @@ def test_refusals_write_nothing(checkpoints, calibration_dir, tmp_path, capsys):
     with pytest.raises(UserError, match="--kernels cpu: --format tflite writes the reference"):
         exporters.export_tflite(prefix, str(out), kernels="cpu")
 
-    # An existing file: refused, also with --force unless it is a LiteRT model.
+    # An existing file: refused; --force replaces only an export fcn_graph wrote there.
     mine = tmp_path / "mine.tflite"
     mine.write_bytes(b"x")
     assert "exists; refusing to replace it" in error("--checkpoint", prefix, "--format",
                                                      "tflite", "--out", mine)
-    other = tmp_path / "notes.txt"
-    other.write_bytes(b"x")
-    assert "is not a LiteRT model (.tflite)" in error("--checkpoint", prefix, "--format",
-                                                      "tflite", "--out", other, "--force")
-    assert other.read_bytes() == b"x"
-    assert _export("--checkpoint", prefix, "--format", "tflite", "--out", mine, "--force") == 0
-    assert mine.read_bytes()[4:8] == b"TFL3"
+    assert "was not written by fcn_graph" in error("--checkpoint", prefix, "--format",
+                                                   "tflite", "--out", mine, "--force")
+    assert mine.read_bytes() == b"x"
+    ours = tmp_path / "ours.tflite"
+    assert _export("--checkpoint", prefix, "--format", "tflite", "--out", ours) == 0
+    assert _export("--checkpoint", prefix, "--format", "tflite", "--out", ours, "--force") == 0
+    assert ours.read_bytes()[4:8] == b"TFL3"
     capsys.readouterr()
 
 

@@ -94,7 +94,7 @@ def test_nan_loss_stops_without_saving_the_bad_state(tmp_path, capsys):
     args = shapes_args(tmp_path, "train.max_steps=2", "train.eval_every=0")
     loop.train(load_config(None, args))
     diverging = args + ["train.max_steps=40", "train.checkpoint_every=1",
-                        "train.learning_rate=1e30", "train.keep_prob=1.0"]
+                        "train.learning_rate=10", "train.keep_prob=1.0"]
     code = run_cli(train_module.main, ["--config", empty_config(tmp_path)]
                    + [arg for a in diverging for arg in ("--set", a)], prog="train.py")
     err = capsys.readouterr().err
