@@ -86,3 +86,20 @@ def test_missing_mask_and_size_mismatch(tmp_path):
     with pytest.raises(LabelFileError, match=r"frame_001.png: label is 7x5 \(WxH\) but its "
                                              r"image .* is 7x6"):
         read_pair(files.image_paths[1], files.label_paths[1], 3, reader=files.reader)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (37, 45), (64, 3)])
+def test_colours_to_ids_equals_a_lookup_pixel_by_pixel(shape):
+    from fcn_graph.data.colour_masks import colours_to_ids
+    rng = np.random.default_rng(sum(shape))
+    colours = np.array([[250, 50, 50], [0, 0, 0], [0, 128, 0], [128, 0, 128], [1, 2, 3]])
+    palette = np.concatenate([colours, [[9, 9, 9], [255, 255, 255]]])  # two colours not mapped
+    rgb = palette[rng.integers(0, len(palette), shape)].astype(np.uint8)
+    by_colour = {tuple(c): i for i, c in enumerate(colours.tolist())}
+    expected = np.array([[by_colour.get(tuple(p), 255) for p in row] for row in rgb.tolist()],
+                        np.uint8)
+    assert np.array_equal(colours_to_ids(rgb, colours, "ignore", "m.png", "map"), expected)
+    if (expected == 255).any():
+        with pytest.raises(LabelFileError, match=r"m.png: colours not in map: \(9, 9, 9\)|"
+                                                 r"m.png: colours not in map: \(255, 255, 255\)"):
+            colours_to_ids(rgb, colours, "error", "m.png", "map")

@@ -100,26 +100,30 @@ def open_split(root, split, *, seed=0, val_fraction=0.1, unknown="error"):
 
 
 def colours_to_ids(rgb, colours, unknown, path, map_file):
-    """Class ids uint8 [H, W] of a colour mask uint8 [H, W, 3]."""
+    """Class ids uint8 [H, W] of a colour mask uint8 [H, W, 3]: each pixel's
+    24-bit colour looked up among the map's sorted colours (a binary search);
+    colours not in the map are IGNORE_LABEL with `unknown` "ignore", else an
+    error naming the file, the first colours and their pixel counts."""
     codes = (rgb[..., 0].astype(np.int64) << 16) | (rgb[..., 1].astype(np.int64) << 8) \
         | rgb[..., 2]
-    known = (colours[:, 0] << 16) | (colours[:, 1] << 8) | colours[:, 2]
-    present, inverse, counts = np.unique(codes, return_inverse=True, return_counts=True)
-    table = np.full(len(present), IGNORE_LABEL, np.uint8)
-    lookup = {int(code): index for index, code in enumerate(known)}
-    missing = []
-    for position, code in enumerate(present.tolist()):
-        if code in lookup:
-            table[position] = lookup[code]
-        else:
-            missing.append((code, int(counts[position])))
-    if missing and unknown != "ignore":
+    known = (colours[:, 0].astype(np.int64) << 16) | (colours[:, 1].astype(np.int64) << 8) \
+        | colours[:, 2]
+    order = np.argsort(known, kind="stable")
+    ranked = known[order]
+    position = np.minimum(np.searchsorted(ranked, codes), len(ranked) - 1)
+    ids = order[position].astype(np.uint8)
+    found = ranked[position] == codes
+    if found.all():
+        return ids
+    if unknown != "ignore":
+        missing, counts = np.unique(codes[~found], return_counts=True)
         shown = ", ".join(f"({c >> 16}, {(c >> 8) & 255}, {c & 255}) in {n} pixels"
-                          for c, n in missing[:4])
+                          for c, n in zip(missing[:4].tolist(), counts[:4].tolist()))
         more = f" and {len(missing) - 4} more" if len(missing) > 4 else ""
         raise LabelFileError(f"{path}: colours not in {map_file}: {shown}{more} "
                              f"(add them to the map, or set data.unknown_colour to ignore)")
-    return table[inverse.reshape(codes.shape)]
+    ids[~found] = IGNORE_LABEL
+    return ids
 
 
 class ColourMaskReader:
