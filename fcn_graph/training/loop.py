@@ -396,6 +396,36 @@ class TrainingGraph:
     sync: tf.Operation = None
 
 
+def _batches(t, spec, train_files, seed):
+    """(images, labels) of the augmented training batches, seeded with `seed`."""
+    data = datasets.train_dataset(
+        train_files, num_classes=spec.num_classes, batch_size=t.batch_size,
+        image_size=t.image_size, scale_range=tuple(t.scale_range), flip=t.flip,
+        seed=seed, mean_pixel=spec.mean_pixel)
+    return tf1.data.make_one_shot_iterator(data).get_next()
+
+
+def _rate_and_optimizer(t, global_step):
+    """The learning rate tensor of train.lr_schedule and the optimizer of train.optimizer."""
+    rate = learning_rate(t.learning_rate, global_step, schedule=t.lr_schedule,
+                         max_steps=t.max_steps, power=t.lr_power)
+    return rate, make_optimizer(t.optimizer, rate, momentum=t.momentum)
+
+
+def _watch_and_validate(config, spec, val_files, variables, loss, rate):
+    """What every training graph adds after its step: the all-finite check of
+    the model variables, the loss and rate summaries, and the validation
+    branch; returns (all_finite, summaries, evaluator)."""
+    t = config.train
+    all_finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in variables.values()])
+    tf1.summary.scalar("train/loss", loss)
+    tf1.summary.scalar("train/learning_rate", rate)
+    summaries = tf1.summary.merge_all()
+    evaluator = Evaluator(val_files, spec, num_classes=spec.num_classes,
+                          max_images=t.eval_max_images, kernels=config.model.kernels)
+    return all_finite, summaries, evaluator
+
+
 def build_training_graph(config, spec, train_files, val_files, *, start_step=0, cluster=None,
                          devices=None):
     """The training graph of `config` for the model `spec`: the augmented
@@ -412,16 +442,11 @@ def build_training_graph(config, spec, train_files, val_files, *, start_step=0, 
                                      start_step=start_step, cluster=cluster,
                                      devices=devices or [None])
     t = config.train
-    num_classes = spec.num_classes
     graph = tf.Graph()
     with graph.as_default():
         tf1.set_random_seed(t.seed)
         global_step = tf1.train.get_or_create_global_step()
-        data = datasets.train_dataset(
-            train_files, num_classes=num_classes, batch_size=t.batch_size,
-            image_size=t.image_size, scale_range=tuple(t.scale_range), flip=t.flip,
-            seed=t.seed + start_step, mean_pixel=spec.mean_pixel)
-        images, labels = tf1.data.make_one_shot_iterator(data).get_next()
+        images, labels = _batches(t, spec, train_files, t.seed + start_step)
         logits, _, _ = build_model(images, spec, keep_prob=t.keep_prob,
                                    kernels=config.model.kernels)  # [B, S, S, K]
         variables = tf_layers.model_variables(graph)
@@ -430,17 +455,10 @@ def build_training_graph(config, spec, train_files, val_files, *, start_step=0, 
         total_loss = loss
         if t.weight_decay > 0:
             total_loss = loss + t.weight_decay * kernel_l2(variables)
-        rate = learning_rate(t.learning_rate, global_step, schedule=t.lr_schedule,
-                             max_steps=t.max_steps, power=t.lr_power)
-        train_op = make_optimizer(t.optimizer, rate, momentum=t.momentum).minimize(
-            total_loss, global_step=global_step)
-        all_finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(v))
-                                    for v in variables.values()])
-        tf1.summary.scalar("train/loss", loss)
-        tf1.summary.scalar("train/learning_rate", rate)
-        summaries = tf1.summary.merge_all()
-        evaluator = Evaluator(val_files, spec, num_classes=num_classes,
-                              max_images=t.eval_max_images, kernels=config.model.kernels)
+        rate, optimizer = _rate_and_optimizer(t, global_step)
+        train_op = optimizer.minimize(total_loss, global_step=global_step)
+        all_finite, summaries, evaluator = _watch_and_validate(config, spec, val_files,
+                                                               variables, loss, rate)
         saver = tf1.train.Saver(max_to_keep=None, save_relative_paths=True)
         init = tf1.global_variables_initializer()
         graph.finalize()
@@ -472,11 +490,7 @@ def _build_parallel_graph(config, spec, train_files, val_files, *, start_step, c
     with graph.as_default(), tf.device(cluster.device if cluster is not None else None):
         tf1.set_random_seed(t.seed + rank)
         global_step = tf1.train.get_or_create_global_step()
-        data = datasets.train_dataset(
-            train_files, num_classes=spec.num_classes, batch_size=t.batch_size,
-            image_size=t.image_size, scale_range=tuple(t.scale_range), flip=t.flip,
-            seed=t.seed + start_step + (rank << 32), mean_pixel=spec.mean_pixel)
-        images, labels = tf1.data.make_one_shot_iterator(data).get_next()
+        images, labels = _batches(t, spec, train_files, t.seed + start_step + (rank << 32))
         parts = zip(tf.split(images, len(devices)), tf.split(labels, len(devices)))
         sums = []
         for device, (tower_images, tower_labels) in zip(devices, parts):
@@ -510,17 +524,11 @@ def _build_parallel_graph(config, spec, train_files, val_files, *, start_step, c
             for i, grad in enumerate(decay):
                 if grad is not None:
                     final[i] = final[i] + grad if i in final else grad
-        rate = learning_rate(t.learning_rate, global_step, schedule=t.lr_schedule,
-                             max_steps=t.max_steps, power=t.lr_power)
-        train_op = make_optimizer(t.optimizer, rate, momentum=t.momentum).apply_gradients(
+        rate, optimizer = _rate_and_optimizer(t, global_step)
+        train_op = optimizer.apply_gradients(
             [(final[i], trainable[i]) for i in sorted(final)], global_step=global_step)
-        all_finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(v))
-                                    for v in variables.values()])
-        tf1.summary.scalar("train/loss", loss)
-        tf1.summary.scalar("train/learning_rate", rate)
-        summaries = tf1.summary.merge_all()
-        evaluator = Evaluator(val_files, spec, num_classes=spec.num_classes,
-                              max_images=t.eval_max_images, kernels=config.model.kernels)
+        all_finite, summaries, evaluator = _watch_and_validate(config, spec, val_files,
+                                                               variables, loss, rate)
         sync = None
         if cluster is not None:
             collectives = distributed.Collectives(
