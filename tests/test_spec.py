@@ -8,13 +8,14 @@ import sys
 import pytest
 
 from fcn_graph.core.constants import VGG_MEAN_RGB
-from fcn_graph.network.spec import VGG19_CONVS, VGG19_MAT_LAYERS, VGG19_WIDTHS, ModelSpec
+from fcn_graph.network.spec import VGG19_CONVS, VGG19_WIDTHS, VGG_MAT_LAYERS, ModelSpec
 
 
 def test_tables_agree():
     assert len(VGG19_CONVS) == 16 and list(VGG19_WIDTHS) == list(VGG19_CONVS)
-    assert len(VGG19_MAT_LAYERS) == 43
-    assert VGG19_MAT_LAYERS[VGG19_MAT_LAYERS.index("relu5_4") + 1] == "pool5"
+    vgg19, vgg16 = VGG_MAT_LAYERS["vgg19"], VGG_MAT_LAYERS["vgg16"]
+    assert len(vgg19) == 43 and vgg19[vgg19.index("relu5_4") + 1] == "pool5"
+    assert len(vgg16) == 37 and vgg16[vgg16.index("relu5_3") + 1] == "pool5"
 
 
 @pytest.mark.parametrize("fields,message", [
