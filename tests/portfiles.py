@@ -6,8 +6,8 @@ import numpy as np
 import tensorflow as tf
 from tfutil import build_graph, random_values
 
-from fcn_graph.weights import checkpoint
 from fcn_graph.network.spec import backbone_of
+from fcn_graph.weights import checkpoint
 from fcn_graph.weights.kerash5 import KERAS_FC_LAYERS, keras_conv_layers
 
 tf1 = tf.compat.v1
