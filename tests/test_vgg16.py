@@ -303,3 +303,50 @@ def test_benchmark_prints_vgg16_flops_beside_vgg19():
     assert lines[0].split() == ["forward", "GFLOP", "vgg19", "vgg16"]
     assert lines[2].split() == ["512_b1", f"{table['vgg19']['512_b1']:.1f}",
                                 f"{table['vgg16']['512_b1']:.1f}"]
+
+
+# -- training, evaluation, tiling ------------------------------------------------------
+
+def test_config_backbone_is_checked(tmp_path):
+    from fcn_graph.training.config import load_config
+    with pytest.raises(UserError, match="model.backbone: expected one of vgg19, vgg16, "
+                                        "found 'vgg11'"):
+        load_config(None, ["model.backbone=vgg11"])
+
+
+def test_vgg16_trains_resumes_evaluates_and_tiles(files, tmp_path):
+    from test_train import latest_step, restore_and_check_finite, shapes_args
+
+    from fcn_graph import evaluate
+    from fcn_graph.engines.segmenter import Segmenter
+    from fcn_graph.training import loop
+    from fcn_graph.training.config import load_config
+    args = shapes_args(tmp_path, "train.max_steps=2", f"model.vgg_mat={files['mat_new']}",
+                       "model.vgg_width=1.0", f"model.fc_width={FC}", "model.architecture=paper",
+                       "model.backbone=vgg16")
+    with pytest.raises(UserError, match="set model.backbone vgg16"):
+        loop.train(load_config(None, args[:-1]))
+    loop.train(load_config(None, args))
+    prefix, step = latest_step(tmp_path / "run")
+    spec = restore_and_check_finite(prefix)
+    assert (spec.backbone, spec.architecture, step) == ("vgg16", "paper", 2)
+    with pytest.raises(UserError, match=r"another model \(backbone vgg16, the config asks "
+                                        r"vgg19\)"):
+        loop.train(load_config(None, shapes_args(tmp_path, "train.max_steps=4",
+                                                 f"model.fc_width={FC}", "model.vgg_width=1.0",
+                                                 "model.architecture=paper")))
+    code = run_cli(evaluate.main, ["--config", str(tmp_path / "run" / "config.json"),
+                                   "--json", str(tmp_path / "metrics.json")])
+    assert code == 0
+    field = tiling.receptive_field(spec)
+    height, width = field.min_tile + 45, field.min_tile + 3
+    image = np.random.default_rng(0).integers(0, 256, (1, height, width, 3), dtype=np.uint8)
+    segmenter = Segmenter(prefix)
+    try:
+        _, whole = segmenter.run(image, scores=True)
+        tiled = tiling.TiledSegmenter(segmenter, spec, tile=field.min_tile, field=field)
+        _, pieces = tiled.run(image, scores=True)
+    finally:
+        segmenter.close()
+    assert tiled.tiles_run > 1 and whole.shape == (1, height, width, 4)
+    np.testing.assert_allclose(pieces, whole, rtol=1e-4, atol=1e-5 * np.abs(whole).max())

@@ -195,7 +195,7 @@ def _resume_point(log_dir, spec):
         record.problem = checkpoint.checkpoint_problem(record.prefix, full=True)
     prefix = found.prefix
     spec_found = checkpoint.model_spec_from_checkpoint(prefix)
-    for field in ("num_classes", "fc_width", "vgg_widths", "architecture", "skips", "backbone"):
+    for field in ("num_classes", "fc_width", "backbone", "vgg_widths", "architecture", "skips"):
         if getattr(spec_found, field) != getattr(spec, field):
             raise UserError(
                 f"{prefix}: train.log_dir holds a checkpoint of another model ({field} "
