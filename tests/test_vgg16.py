@@ -350,3 +350,37 @@ def test_vgg16_trains_resumes_evaluates_and_tiles(files, tmp_path):
         segmenter.close()
     assert tiled.tiles_run > 1 and whole.shape == (1, height, width, 4)
     np.testing.assert_allclose(pieces, whole, rtol=1e-4, atol=1e-5 * np.abs(whole).max())
+
+
+def test_vgg16_engines_agree_and_int8_quantizes_its_convs(files, tmp_path):
+    import onnx
+    from datafixtures import write_rgb
+
+    from fcn_graph.engines import int8_model, onnx_engine
+    from fcn_graph.engines.segmenter import make_segmenter
+    prefix = str(tmp_path / "start")
+    _port("mat2ckpt", files["mat_old"], "--backbone", "vgg16", "--num-classes", 3,
+          "--fc-width", FC, "--out", prefix)
+    image = np.random.default_rng(9).integers(0, 256, (2, 37, 45, 3), dtype=np.uint8)
+    scores = []
+    for engine in ("tf", "onnxruntime"):
+        segmenter = make_segmenter(prefix, engine=engine)
+        try:
+            scores.append(segmenter.run(image, scores=True)[1])
+        finally:
+            segmenter.close()
+    assert scores[0].shape == (2, 37, 45, 3) and np.abs(scores[0]).max() > 1e-3
+    np.testing.assert_allclose(scores[1], scores[0], rtol=1e-4,
+                               atol=1e-5 * np.abs(scores[0]).max())
+    calibration = tmp_path / "calibration"
+    calibration.mkdir()
+    for index in range(3):
+        write_rgb(str(calibration / f"{index}.png"), image[index % 2])
+    out = str(tmp_path / "int8.onnx")
+    int8_model.quantize_model(onnx_engine.build_onnx_model(prefix, kernels="reference"),
+                              str(calibration), out)
+    proto = onnx.load(out)
+    produced = {o: node for node in proto.graph.node for o in node.output}
+    quantized = [n for n in proto.graph.node if n.op_type == "Conv"
+                 and produced.get(n.input[1]) is not None]
+    assert len(quantized) == 13 + 3  # the body's convs, conv6, conv7, conv8
