@@ -130,6 +130,9 @@ def _check_start_options(options):
     if options.num_classes < 1:
         raise UserError(f"--num-classes: expected a positive integer, found {options.num_classes}")
     image_files.check_num_classes(options.num_classes, "--num-classes")
+    if options.backbone not in VGG_CONVS:
+        raise UserError(f"--backbone: expected one of {', '.join(VGG_CONVS)}, found "
+                        f"{options.backbone!r}")
     if options.architecture == "legacy" and options.skips != "8s":
         raise UserError(f"--skips {options.skips}: the legacy architecture is FCN-8s only "
                         "(use --architecture paper)")
