@@ -40,7 +40,7 @@ def test_default_widths_follow_the_backbone():
     assert ModelSpec(num_classes=3).vgg_widths == tuple(VGG19_WIDTHS.values())
     vgg16 = ModelSpec(num_classes=3, backbone="vgg16")
     assert vgg16.vgg_widths == (64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512)
-    assert list(vgg16.widths)[-1] == "conv5_3" and len(vgg16.body) == 31
+    assert list(vgg16.widths)[-1] == "conv5_3" and len(vgg16.body) == 13 + 13 + 4  # + pools 1-4
 
 
 def test_replace_checks_too():
