@@ -141,7 +141,7 @@ def _kernel_and_bias(path, layer, weights, kernel_ndim):
 def h5_backbone(layer_names):
     """The backbone whose Keras conv layers (block1_conv1 ...) are exactly those
     among `layer_names`, or None."""
-    every = keras_conv_layers("vgg19")
+    every = keras_conv_layers("vgg19")  # VGG19's conv names include all of VGG16's
     return backbone_of(every[name] for name in layer_names if name in every)
 
 

@@ -142,7 +142,7 @@ def check_backbone_found(path, found, backbone, flag):
     the backbone is set."""
     if found is not None and found != backbone:
         extra = sorted(set(VGG_CONVS[found]) ^ set(VGG_CONVS[backbone]))
-        has = "has" if found == "vgg19" else "lacks"
+        has = "has" if len(VGG_CONVS[found]) > len(VGG_CONVS[backbone]) else "lacks"
         raise UserError(f"{path}: {found.upper()} weights ({len(VGG_CONVS[found])} conv "
                         f"layers; it {has} {', '.join(extra)}) but the backbone is "
                         f"{backbone}; set {flag} {found}")
