@@ -3,8 +3,8 @@
     python -m fcn_graph.bench                       # every case, tf + onnxruntime, ~6 min
     python -m fcn_graph.bench --cases 224_b1,512_b1 --variants tf,tf-reference --repeats 7
 
-Weights are random, full VGG19 size (He-normal body, FCN.tensorflow's heads), 21
-classes, written once to a temporary checkpoint. Every (variant, case) runs in
+Weights are random, full VGG19 size (--backbone vgg16: VGG16; He-normal body,
+FCN.tensorflow's heads), 21 classes, written once to a temporary checkpoint. Every (variant, case) runs in
 its own process, so that one case's memory does not hide another's: the
 process loads the weights, runs the warm-up calls, resets the resident-memory
 high-water mark (/proc/self/clear_refs = 5), then times >= --repeats calls.
@@ -24,7 +24,8 @@ times a 4096^3 float32 matmul through NumPy's BLAS with the same thread count;
 "% sgemm" is each case's GFLOP/s against it (for a bfloat16 variant, marked
 "*", against this FP32 figure, not a bf16 peak). One
 case (default 224_b1, variant tf) is also traced with TensorFlow's step stats
-and its time split per op kind and per layer. Results go to
+and its time split per op kind and per layer. The report also gives each
+inference case's forward GFLOP on both backbones, side by side. Results go to
 bench/results/bench-<UTC time>.json (or --out), written atomically.
 """
 
@@ -65,6 +66,7 @@ from fcn_graph.core.ranges import (
     Range,
     threads_range,
 )
+from fcn_graph.network.spec import BACKBONES, DEFAULT_BACKBONE
 
 # The source checkout that holds bench/ and fcn_graph/: put on the workers' path.
 CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -100,7 +102,7 @@ def _worker_args(args, prefix, result, variant, case):
              "--threads", str(args.threads), "--warmup", str(args.warmup),
              "--repeats", str(args.repeats), "--min-seconds", str(args.min_seconds),
              "--num-classes", str(args.num_classes), "--fc-width", str(args.fc_width),
-             "--width-multiplier", str(args.width_multiplier),
+             "--width-multiplier", str(args.width_multiplier), "--backbone", args.backbone,
              "--sgemm-size", str(args.sgemm_size), "--sgemm-repeats", str(args.sgemm_repeats),
              "--kernels", args.kernels]
     return extra
@@ -118,7 +120,8 @@ def run_benchmark(args):
               "machine": _machine(args.kernels, args.threads), "threads": args.threads,
               "num_classes": args.num_classes,
               "width_multiplier": args.width_multiplier, "fc_width": args.fc_width,
-              "kernels": args.kernels,
+              "kernels": args.kernels, "backbone": args.backbone,
+              "flops_by_backbone": flops_by_backbone(args, cases),
               "warmup": args.warmup, "repeats": args.repeats, "results": []}
     try:
         write_models(args, work, prefix, variants)
@@ -207,7 +210,7 @@ def _run_one(args, work, prefix, variant, case, peak):
     count = flops.train_flops if training else flops.forward_flops
     widths = _widths(args)
     work_flops = count(batch, height, width, args.num_classes, vgg_widths=widths,
-                       fc_width=args.fc_width)
+                       fc_width=args.fc_width, backbone=args.backbone)
     median, best = statistics.median(raw["times_s"]), min(raw["times_s"])
     record.update(
         gflop=work_flops / 1e9, runs=len(raw["times_s"]),
@@ -244,7 +247,8 @@ def _run_profile(args, work, prefix):
     with open(result, encoding="utf-8") as handle:
         profile = json.load(handle)["profile"]
     layer_flops = flops.layer_flops(batch, height, width, args.num_classes,
-                                    vgg_widths=_widths(args), fc_width=args.fc_width)
+                                    vgg_widths=_widths(args), fc_width=args.fc_width,
+                                    backbone=args.backbone)
     total_ms = sum(profile["layers_ms"].values())
     total_flops = sum(layer_flops.values())
     layers = []
@@ -257,9 +261,19 @@ def _run_profile(args, work, prefix):
             "op_kinds_ms": profile["op_kinds_ms"], "fused_kinds": profile["fused_kinds"]}
 
 
-def _widths(args):
+def _widths(args, backbone=None):
     from fcn_graph.network.spec import scaled_vgg_widths
-    return scaled_vgg_widths(args.width_multiplier)
+    return scaled_vgg_widths(args.width_multiplier, backbone or args.backbone)
+
+
+def flops_by_backbone(args, cases):
+    """{backbone: {case: forward GFLOP of one call}} of the benchmark's legacy
+    FCN-8s on each backbone, for the inference cases of the run."""
+    from fcn_graph.network import flops
+    return {backbone: {case: flops.forward_flops(
+        *CASES[case][:3], args.num_classes, vgg_widths=_widths(args, backbone),
+        fc_width=args.fc_width, backbone=backbone) / 1e9
+        for case in cases if not CASES[case][3]} for backbone in BACKBONES}
 
 
 # The cpuinfo flags that decide the engines' choices (vector width, bf16 and
@@ -324,6 +338,8 @@ def build_parser():
                              "(default 224_b1)")
     parser.add_argument("--width-multiplier", type=WIDTH_MULTIPLIER_RANGE, default=1.0,
                         help="scale the VGG widths (default 1: real VGG19)")
+    parser.add_argument("--backbone", choices=BACKBONES, default=DEFAULT_BACKBONE,
+                        help="the VGG body of the weights timed (default vgg19)")
     parser.add_argument("--fc-width", type=FC_WIDTH_RANGE, default=4096,
                         help="conv6/conv7 channels (default 4096)")
     parser.add_argument("--num-classes", type=NUM_CLASSES_RANGE, default=NUM_CLASSES,

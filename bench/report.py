@@ -57,6 +57,18 @@ def format_cpu(machine):
     return lines
 
 
+def format_flops_by_backbone(table):
+    """Lines of forward GFLOP per case, one column per backbone (none without a table)."""
+    if not table or not any(table.values()):
+        return []
+    backbones = list(table)
+    cases = list(table[backbones[0]])
+    lines = [f"{'forward GFLOP':<22}" + "".join(f"{b:>10}" for b in backbones)]
+    lines += [f"{case:<22}" + "".join(f"{table[b][case]:>10.1f}" for b in backbones)
+              for case in cases]
+    return lines
+
+
 def format_report(report):
     lines = []
     machine = report.get("machine") or {}
@@ -66,6 +78,7 @@ def format_report(report):
     if sgemm:
         lines.append(f"sgemm 4096^3, NumPy BLAS, {report['threads']} threads: "
                      f"{sgemm['median_gflops']:.1f} GFLOP/s (median), {sgemm['best_gflops']:.1f} best")
+    lines.extend(format_flops_by_backbone(report.get("flops_by_backbone")))
     lines.append(HEADER)
     lines.extend(format_row(r) for r in report["results"])
     if any("fraction_of_fp32_sgemm" in r for r in report["results"]):

@@ -90,17 +90,18 @@ def generated_calibration(folder, count=8, size=224):
     return folder
 
 
-def make_weights(prefix, *, num_classes, width_multiplier, fc_width, seed=0):
-    """Write a checkpoint of random full-size (or scaled) weights to `prefix`."""
+def make_weights(prefix, *, num_classes, width_multiplier, fc_width, seed=0, backbone="vgg19"):
+    """Write a checkpoint of random full-size (or scaled) weights of the legacy
+    FCN-8s on `backbone` to `prefix`."""
     import tensorflow as tf
 
     from fcn_graph.network import tf_layers
     from fcn_graph.network.spec import ModelSpec, scaled_vgg_widths
     from fcn_graph.weights import checkpoint
     tf1 = tf.compat.v1
-    widths = scaled_vgg_widths(width_multiplier)
+    widths = scaled_vgg_widths(width_multiplier, backbone)
     spec = ModelSpec(num_classes=num_classes, fc_width=fc_width,
-                               vgg_widths=tuple(widths.values()))
+                     vgg_widths=tuple(widths.values()), backbone=backbone)
     with tf.Graph().as_default() as graph:
         tf1.set_random_seed(seed)
         images = tf1.placeholder(tf.float32, [None, None, None, 3])
@@ -286,7 +287,8 @@ def worker_main(args):
     case = args.worker
     if case == "make-weights":
         make_weights(args.prefix, num_classes=args.num_classes,
-                     width_multiplier=args.width_multiplier, fc_width=args.fc_width)
+                     width_multiplier=args.width_multiplier, fc_width=args.fc_width,
+                     backbone=args.backbone)
         return 0
     if case == "make-onnx":
         from fcn_graph.engines.onnx_engine import build_onnx_model, save_model

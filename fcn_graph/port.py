@@ -6,6 +6,8 @@
     python -m fcn_graph.port legacy logs/model.ckpt-100000 --out ckpt/ade20k
     python -m fcn_graph.port keras-h5 vgg19_weights_tf_dim_ordering_tf_kernels.h5 \\
         --num-classes 21 --architecture paper --out ckpt/keras_start
+    python -m fcn_graph.port mat2ckpt imagenet-vgg-verydeep-16.mat --backbone vgg16 \\
+        --num-classes 21 --architecture paper --out ckpt/fcn8s_vgg16_start
     python -m fcn_graph.port ckpt2mat ckpt/vgg19_voc --out vgg19_again.mat
     python -m fcn_graph.port inspect ANY_FILE_OR_PREFIX
 
@@ -24,6 +26,7 @@ from fcn_graph.core.errors import UserError, run_cli
 from fcn_graph.core.fileio import check_input_file
 from fcn_graph.core.ranges import FC_WIDTH_RANGE, MEAN_RANGE, NUM_CLASSES_RANGE, SEED_RANGE
 from fcn_graph.host import tflog
+from fcn_graph.network.spec import BACKBONES, DEFAULT_BACKBONE
 
 
 def _add_start_options(p):
@@ -42,6 +45,8 @@ def _add_start_options(p):
                         "fc6/fc7")
     p.add_argument("--seed", type=SEED_RANGE, default=0,
                    help=f"seed of the head initialisation ({SEED_RANGE.describe()})")
+    p.add_argument("--backbone", choices=BACKBONES, default=DEFAULT_BACKBONE,
+                   help="the VGG body the file holds: vgg19 (default) or vgg16")
     p.add_argument("-v", "--verbose", action="store_true", help="list every variable")
 
 
@@ -51,16 +56,17 @@ def build_parser():
     verbs = parser.add_subparsers(dest="verb", metavar="VERB")
     verbs.required = True
 
-    p = verbs.add_parser("mat2ckpt", help="MatConvNet VGG19 .mat -> starting checkpoint")
-    p.add_argument("mat", help="imagenet-vgg-verydeep-19.mat (old or new layout)")
+    p = verbs.add_parser("mat2ckpt", help="MatConvNet VGG19/VGG16 .mat -> starting checkpoint")
+    p.add_argument("mat", help="imagenet-vgg-verydeep-19.mat or -16.mat (old or new layout)")
     _add_start_options(p)
     p.add_argument("--no-transpose", action="store_true",
                    help="keep kernels in the file's [kh, kw] order instead of FCN.tensorflow's "
                         "(1, 0, 2, 3) swap")
     p.set_defaults(verb_name="mat2ckpt")
 
-    p = verbs.add_parser("keras-h5", help="Keras VGG19 ImageNet .h5 -> starting checkpoint")
-    p.add_argument("h5", help="vgg19_weights_tf_dim_ordering_tf_kernels(_notop).h5")
+    p = verbs.add_parser("keras-h5",
+                         help="Keras VGG19/VGG16 ImageNet .h5 -> starting checkpoint")
+    p.add_argument("h5", help="vgg19_weights_tf_dim_ordering_tf_kernels(_notop).h5 or vgg16_...")
     _add_start_options(p)
     p.set_defaults(verb_name="keras_h5")
 
@@ -95,7 +101,7 @@ def _run(conversion, args):
         options = conversion.StartOptions(
             num_classes=args.num_classes, out=args.out, architecture=args.architecture,
             skips=args.skips, train_upsampling=args.train_upsampling, fc_width=args.fc_width,
-            seed=args.seed, verbose=args.verbose)
+            seed=args.seed, verbose=args.verbose, backbone=args.backbone)
         if verb == "mat2ckpt":
             return conversion.mat2ckpt(args.mat, options, no_transpose=args.no_transpose)
         return conversion.keras_h5(args.h5, options)
@@ -113,7 +119,7 @@ def main(argv=None):
     weights = getattr(args, "mat", None) or getattr(args, "h5", None)
     if weights is not None:  # before TensorFlow loads (seconds)
         check_input_file(weights, f"a {'Keras' if args.verb_name == 'keras_h5' else 'MatConvNet'} "
-                                  "VGG19 weight file")
+                                  f"{args.backbone.upper()} weight file")
     tflog.load_tensorflow()
     from fcn_graph.weights import conversion
 

@@ -1,4 +1,5 @@
-"""A float64 NumPy reference of the network's building blocks and the legacy FCN-8s.
+"""A float64 NumPy reference of the network's building blocks, the legacy FCN-8s
+and the paper's FCN-32s/16s/8s, on a VGG19 or VGG16 body.
 
 Written from the definitions, without TensorFlow, so that tests can check the
 TF graph against something that does not share its code. Layout is NHWC for
@@ -25,6 +26,7 @@ __all__ = [
     "fcn8s_legacy_forward",
     "fcn_paper_forward",
     "VGG_CONV_LAYERS",
+    "VGG16_CONV_LAYERS",
 ]
 
 
@@ -144,7 +146,7 @@ def conv2d_transpose_same(x, w, output_shape, stride):
     return buf[:, ph0:ph0 + oh, pw0:pw0 + ow]
 
 
-# VGG19 conv layers in order, with the pool that follows each block.
+# VGG19 conv layers in order, one tuple per block; a pool follows each block.
 VGG_CONV_LAYERS = (
     ("conv1_1", "conv1_2"),
     ("conv2_1", "conv2_2"),
@@ -152,13 +154,21 @@ VGG_CONV_LAYERS = (
     ("conv4_1", "conv4_2", "conv4_3", "conv4_4"),
     ("conv5_1", "conv5_2", "conv5_3", "conv5_4"),
 )
+# VGG16 (Simonyan and Zisserman's configuration D): three convs in blocks 3-5.
+VGG16_CONV_LAYERS = (
+    ("conv1_1", "conv1_2"),
+    ("conv2_1", "conv2_2"),
+    ("conv3_1", "conv3_2", "conv3_3"),
+    ("conv4_1", "conv4_2", "conv4_3"),
+    ("conv5_1", "conv5_2", "conv5_3"),
+)
 
 
 def _relu(x):
     return np.maximum(x, 0.0)
 
 
-def fcn8s_legacy_forward(image_rgb, weights, mean_pixel):
+def fcn8s_legacy_forward(image_rgb, weights, mean_pixel, blocks=VGG_CONV_LAYERS):
     """The legacy FCN.tensorflow FCN-8s graph in float64 (inference: no dropout).
 
     image_rgb: [N, H, W, 3] RGB, 0..255. mean_pixel: [3] RGB, subtracted first.
@@ -167,6 +177,7 @@ def fcn8s_legacy_forward(image_rgb, weights, mean_pixel):
     transposed-conv kernels [kh, kw, out, in]):
     conv1_1_w, conv1_1_b, ..., conv5_3_w, conv5_3_b (conv5_4_* optional: it
     feeds nothing), W6, b6, W7, b7, W8, b8, W_t1, b_t1, W_t2, b_t2, W_t3, b_t3.
+    blocks: the body's conv names per block (VGG_CONV_LAYERS, VGG16_CONV_LAYERS).
 
     Graph: conv + ReLU layers; pool1..pool4 are 2x2/2 SAME average pools;
     pool5 is a 2x2/2 SAME max pool of conv5_3 before its ReLU; conv6 (ReLU),
@@ -183,7 +194,7 @@ def fcn8s_legacy_forward(image_rgb, weights, mean_pixel):
     n, h, w, _ = x.shape
     end_points = {}
     net = x
-    for block, names in enumerate(VGG_CONV_LAYERS, start=1):
+    for block, names in enumerate(blocks, start=1):
         for name in names:
             if name == "conv5_4":
                 if name + "_w" in weights:  # built by the legacy code, feeds nothing
@@ -217,7 +228,7 @@ def fcn8s_legacy_forward(image_rgb, weights, mean_pixel):
     return net, end_points
 
 
-def fcn_paper_forward(image, weights, mean_pixel, skips="8s"):
+def fcn_paper_forward(image, weights, mean_pixel, skips="8s", blocks=VGG_CONV_LAYERS):
     """The paper's FCN-32s/16s/8s (Long, Shelhamer, Darrell) in float64, inference.
 
     image: [N, H, W, 3], 0..255, in the weights' channel order; mean_pixel in
@@ -226,10 +237,12 @@ def fcn_paper_forward(image, weights, mean_pixel, skips="8s"):
     conv5_4_b, W6, b6, W7, b7, score_fr_w, score_fr_b, and per skips
     upscore32_w (32s); upscore2_w, score_pool4_w/b, upscore16_w (16s);
     upscore2_w, score_pool4_w/b, upscore_pool4_w, score_pool3_w/b,
-    upscore8_w (8s). Upsampling filters have no bias.
+    upscore8_w (8s). Upsampling filters have no bias. blocks: the body's conv
+    names per block (VGG_CONV_LAYERS, VGG16_CONV_LAYERS: then conv5_3_b is the
+    body's last).
 
-    Graph: all 16 conv + ReLU layers, a 2x2/2 SAME max pool after each block
-    (pool5 after relu5_4); conv6, conv7 with ReLU; score_fr (1x1, no ReLU);
+    Graph: all 16 (VGG16: 13) conv + ReLU layers, a 2x2/2 SAME max pool after
+    each block (pool5 after relu5_4, VGG16: relu5_3); conv6, conv7 with ReLU; score_fr (1x1, no ReLU);
     32s: upsample x32 to [N, H, W, K];
     16s: upsample x2 to pool4's size, add score_pool4 (1x1 on pool4),
          upsample x16 to [N, H, W, K];
@@ -241,7 +254,7 @@ def fcn_paper_forward(image, weights, mean_pixel, skips="8s"):
     net = np.asarray(image, np.float64) - np.asarray(mean_pixel, np.float64)
     n, h, w, _ = net.shape
     end_points = {}
-    for block, names in enumerate(VGG_CONV_LAYERS, start=1):
+    for block, names in enumerate(blocks, start=1):
         for name in names:
             conv = end_points[name] = conv2d_same(net, weights[name + "_w"], weights[name + "_b"])
             net = end_points["relu" + name[4:]] = _relu(conv)

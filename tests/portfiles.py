@@ -1,13 +1,14 @@
 """Files in the formats users bring, written small: an FCN.tensorflow training
-checkpoint and a classic-layout Keras VGG19 `.h5`."""
+checkpoint and a classic-layout Keras VGG19 or VGG16 `.h5`."""
 
 import h5py
 import numpy as np
 import tensorflow as tf
 from tfutil import build_graph, random_values
 
+from fcn_graph.network.spec import backbone_of
 from fcn_graph.weights import checkpoint
-from fcn_graph.weights.kerash5 import KERAS_CONV_LAYERS, KERAS_FC_LAYERS
+from fcn_graph.weights.kerash5 import KERAS_FC_LAYERS, keras_conv_layers
 
 tf1 = tf.compat.v1
 
@@ -36,19 +37,21 @@ def write_legacy_checkpoint(prefix, spec, seed=0, height=9, width=11):
 
 
 def write_keras_h5(path, layers, fc=None, *, style="applications", skip=()):
-    """Write VGG19 weights in the classic Keras layout (for tests and examples).
+    """Write VGG19 or VGG16 weights in the classic Keras layout (for tests and examples).
 
-    layers: conv name -> (kernel HWIO, bias); fc: optional "fc6"/"fc7"/"fc8" ->
+    layers: conv name -> (kernel HWIO, bias), the convs of VGG19 or VGG16; fc: optional "fc6"/"fc7"/"fc8" ->
     (kernel, bias) as 7x7/1x1 convs, flattened back to Dense kernels.
     style: "applications" (`block1_conv1_W_1:0` directly in the layer group) or
     "keras2" (`block1_conv1/kernel:0`, a nested group).
     skip: Keras layer names to leave out (to test missing layers).
     """
     fc = fc or {}
+    convs = keras_conv_layers(backbone_of(layers))
+    last = "4" if len(convs) == 16 else "3"  # the last conv of blocks 3-5
     order = ["input_1"]
-    for keras_name, name in KERAS_CONV_LAYERS.items():
+    for keras_name, name in convs.items():
         order.append(keras_name)
-        if name.endswith("2") and name[4] in "12" or name.endswith("4") and name[4] in "345":
+        if name.endswith("2") and name[4] in "12" or name.endswith(last) and name[4] in "345":
             order.append(f"block{name[4]}_pool")
     if fc:
         order.append("flatten")
@@ -58,7 +61,7 @@ def write_keras_h5(path, layers, fc=None, *, style="applications", skip=()):
         handle.attrs["layer_names"] = [n.encode("utf8") for n in order]
         handle.attrs["backend"] = b"tensorflow"
         handle.attrs["keras_version"] = b"2.0.0"
-        conv_names = dict(KERAS_CONV_LAYERS)
+        conv_names = dict(convs)
         fc_names = dict(KERAS_FC_LAYERS)
         for keras_name in order:
             group = handle.create_group(keras_name)

@@ -106,7 +106,7 @@ def test_a_worker_process_runs_from_another_folder(tmp_path, monkeypatch):
     monkeypatch.delenv("PYTHONPATH", raising=False)
     args = argparse.Namespace(threads=1, warmup=1, repeats=1, min_seconds=0.0, num_classes=3,
                               fc_width=8, width_multiplier=1 / 64, sgemm_size=64,
-                              sgemm_repeats=1, kernels="auto")
+                              sgemm_repeats=1, kernels="auto", backbone="vgg19")
     result = tmp_path / "sgemm.json"
     extra = harness._worker_args(args, str(tmp_path / "w"), str(result), "tf", "sgemm")
     assert harness._spawn(args, extra) is None

@@ -144,12 +144,13 @@ def test_mat_without_layers(tmp_path):
     assert "no 'layers'" in message and "something" in message
 
 
-def test_missing_layer_suggests_vgg16(tmp_path, vgg_layers):
+def test_missing_layer_is_named(tmp_path, vgg_layers):
     del vgg_layers["conv5_4"]
     path = str(tmp_path / "vgg16ish.mat")
     write_vgg_mat(path, vgg_layers, TINY_MEAN, layout="new")
     message = _error(path)
-    assert "layer 'conv5_4' not found; is this VGG16? (expected the 16 conv layers" in message
+    assert ("layer 'conv5_4' not found (expected the 16 conv layers of "
+            "imagenet-vgg-verydeep-19)") in message
 
 
 def test_misnamed_layer(tmp_path, vgg_layers):

@@ -8,7 +8,7 @@ from tinyvgg import TINY_WIDTHS
 
 from fcn_graph.core.constants import VGG_MEAN_RGB
 from fcn_graph.network import definition, flops, tf_layers
-from fcn_graph.network.spec import ModelSpec, scaled_vgg_widths
+from fcn_graph.network.spec import VGG19_BODY, ModelSpec, scaled_vgg_widths
 
 tf1 = tf.compat.v1
 
@@ -323,15 +323,15 @@ def test_initializers_draw_he_normal_and_head_normal_truncated_at_two_sigma():
     assert 0.038 < np.abs(head).max() <= 0.04
 
 
-def test_vgg19_body_stops_at_its_row_and_refuses_an_unknown_one():
+def test_vgg_body_stops_at_its_row_and_refuses_an_unknown_one():
     widths = dict(TINY_WIDTHS)
-    points = definition.vgg19_body(definition.ShapeLayers(), (1, 9, 7, 3), widths,
-                                  pool_method="max", through="pool2")
+    points = definition.vgg_body(definition.ShapeLayers(), (1, 9, 7, 3), VGG19_BODY, widths,
+                                pool_method="max", through="pool2")
     assert list(points)[-3:] == ["conv2_2", "relu2_2", "pool2"]
     assert points["pool2"] == (1, 3, 2, widths["conv2_2"])
     with pytest.raises(ValueError, match="through='relu6_1' is not a row"):
-        definition.vgg19_body(definition.ShapeLayers(), (1, 9, 7, 3), widths,
-                             pool_method="max", through="relu6_1")
+        definition.vgg_body(definition.ShapeLayers(), (1, 9, 7, 3), VGG19_BODY, widths,
+                            pool_method="max", through="relu6_1")
 
 
 class NameRecorder(definition.ShapeLayers):

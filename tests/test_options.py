@@ -344,7 +344,7 @@ def _bench_args(tmp_path):
     return argparse.Namespace(prefix=str(tmp_path / "w"), threads=2, warmup=1, repeats=1,
                               min_seconds=0.0, num_classes=3, fc_width=8, width_multiplier=1 / 64,
                               sgemm_size=64, sgemm_repeats=1, variants="tf", save_logits=None,
-                              kernels="auto")
+                              kernels="auto", backbone="vgg19")
 
 
 @pytest.mark.parametrize("variant", ["tf", "tf-bf16", "tf-onednn-bf16"])

@@ -194,7 +194,7 @@ def test_dense_fc1_equals_a_7x7_valid_conv():
 
 @pytest.mark.parametrize("style", ["h5", "h5_keras2"])
 def test_keras_h5_reader(files, style):
-    vgg = kerash5.load_keras_vgg19_h5(files[style])
+    vgg = kerash5.load_keras_vgg_h5(files[style])
     assert vgg.channel_order == "bgr" and vgg.transposed is False
     np.testing.assert_array_equal(vgg.mean_pixel, kerash5.KERAS_MEAN_BGR)
     for name, (kernel, bias) in files["layers"].items():
@@ -241,7 +241,7 @@ def test_keras_h5_refusals(files, tmp_path, capsys):
     missing = tmp_path / "vgg16ish.h5"
     write_keras_h5(str(missing), files["layers"], skip=("block3_conv4",))
     err = _error_line(capsys, "keras-h5", missing, "--num-classes", 3, "--out", out)
-    assert "layer 'block3_conv4' not found; is this VGG16?" in err
+    assert "layer 'block3_conv4' not found (expected the 16 conv layers" in err
     keras3 = tmp_path / "model.weights.h5"
     with h5py.File(keras3, "w") as handle:
         handle.create_dataset("layers/conv2d/vars/0", data=np.zeros((3, 3, 3, 2)))

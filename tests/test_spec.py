@@ -8,13 +8,14 @@ import sys
 import pytest
 
 from fcn_graph.core.constants import VGG_MEAN_RGB
-from fcn_graph.network.spec import VGG19_CONVS, VGG19_MAT_LAYERS, VGG19_WIDTHS, ModelSpec
+from fcn_graph.network.spec import VGG19_CONVS, VGG19_WIDTHS, VGG_MAT_LAYERS, ModelSpec
 
 
 def test_tables_agree():
     assert len(VGG19_CONVS) == 16 and list(VGG19_WIDTHS) == list(VGG19_CONVS)
-    assert len(VGG19_MAT_LAYERS) == 43
-    assert VGG19_MAT_LAYERS[VGG19_MAT_LAYERS.index("relu5_4") + 1] == "pool5"
+    vgg19, vgg16 = VGG_MAT_LAYERS["vgg19"], VGG_MAT_LAYERS["vgg16"]
+    assert len(vgg19) == 43 and vgg19[vgg19.index("relu5_4") + 1] == "pool5"
+    assert len(vgg16) == 37 and vgg16[vgg16.index("relu5_3") + 1] == "pool5"
 
 
 @pytest.mark.parametrize("fields,message", [
@@ -26,10 +27,20 @@ def test_tables_agree():
     ({"num_classes": 3, "skips": "16s"}, "skips: the legacy architecture is FCN-8s only"),
     ({"num_classes": 3, "channel_order": "rbg"}, "channel_order: expected one of rgb, bgr"),
     ({"num_classes": 3, "train_upsampling": 1}, "train_upsampling: expected true or false"),
+    ({"num_classes": 3, "backbone": "vgg11"}, "backbone: expected one of vgg19, vgg16"),
+    ({"num_classes": 3, "backbone": "vgg16", "vgg_widths": (4,) * 16},
+     r"vgg_widths: expected 13 positive integers \(one per VGG16 conv\)"),
 ])
 def test_model_spec_checks_every_field(fields, message):
     with pytest.raises(ValueError, match=message):
         ModelSpec(**fields)
+
+
+def test_default_widths_follow_the_backbone():
+    assert ModelSpec(num_classes=3).vgg_widths == tuple(VGG19_WIDTHS.values())
+    vgg16 = ModelSpec(num_classes=3, backbone="vgg16")
+    assert vgg16.vgg_widths == (64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512)
+    assert list(vgg16.widths)[-1] == "conv5_3" and len(vgg16.body) == 13 + 13 + 4  # + pools 1-4
 
 
 def test_replace_checks_too():

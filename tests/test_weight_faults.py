@@ -176,7 +176,7 @@ def test_keras_h5_with_nonfinite_weights_is_refused(tmp_path, capsys):
     write_keras_h5(path, layers)
     found = "layer 'block3_conv2' weight 'block3_conv2_W_1:0' holds 3 NaN values"
     with pytest.raises(UserError, match=found):
-        kerash5.load_keras_vgg19_h5(path)
+        kerash5.load_keras_vgg_h5(path)
     assert found in _one_line(capsys, "port", port.main, "inspect", path)
     assert found in _one_line(capsys, "port", port.main, "keras-h5", path, "--num-classes", 3,
                               "--out", tmp_path / "start")

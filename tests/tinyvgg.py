@@ -1,15 +1,17 @@
-"""Tiny VGG19-shaped weights for fast tests."""
+"""Tiny VGG19- and VGG16-shaped weights for fast tests."""
 
 from collections import OrderedDict
 
 import numpy as np
 
-from fcn_graph.network.spec import VGG19_CONVS
+from fcn_graph.network.spec import VGG19_CONVS, VGG_CONVS
 
 # A VGG19 with 2..5 channels per block: every layer exists, every width differs
 # from its neighbours' blocks, and channel counts are odd where they can be.
 TINY_WIDTHS = OrderedDict(
     (name, {"1": 2, "2": 3, "3": 4, "4": 5, "5": 3}[name[4]]) for name in VGG19_CONVS)
+# The same per block for VGG16's 13 convs.
+TINY_WIDTHS_16 = OrderedDict((name, TINY_WIDTHS[name]) for name in VGG_CONVS["vgg16"])
 TINY_MEAN = (121.0, 113.5, 99.25)
 
 

@@ -80,7 +80,7 @@ def _read_weights(prefix, spec):
     from fcn_graph.weights import checkpoint
     expected = definition.variable_shapes(spec.num_classes, vgg_widths=spec.widths,
                                          fc_width=spec.fc_width, architecture=spec.architecture,
-                                         skips=spec.skips)
+                                         skips=spec.skips, backbone=spec.backbone)
     stored = checkpoint.read_variable_shapes(prefix)
     scope = definition.SCOPE
     wrong = [f"{scope}/{name} is {list(stored[f'{scope}/{name}'])}, expected {list(shape)}"

@@ -1,8 +1,9 @@
-"""The FCN on a VGG19 body, written once, NHWC: FCN.tensorflow's graph and the paper's.
+"""The FCN on a VGG19 or VGG16 body, written once, NHWC: FCN.tensorflow's graph and the paper's.
 
 The network is written once, as functions of a small set of layer operations
-(`Layers`: conv, fc, relu, dropout, pool, upsample, add): the VGG19 body is a
-table and one loop (`vgg19_body`), each head is written out line by line
+(`Layers`: conv, fc, relu, dropout, pool, upsample, add): the VGG body is a
+table (`spec.body`: VGG19_BODY or VGG16_BODY) and one loop (`vgg_body`), each
+head is written out line by line
 (`legacy_fcn`, `paper_fcn`). Every form of the model is that definition run
 against one implementation of the operations:
 
@@ -21,21 +22,25 @@ This module imports neither TensorFlow nor anything that knows the machine.
 included, with its variable names, so that its checkpoints restore unchanged:
 
 - pool1..pool4 are *average* pools; pool5 is a max pool of conv5_3 taken
-  before its ReLU; conv5_4 has variables but nothing reads it, so it is not
-  computed;
+  before its ReLU (FCN.tensorflow reads conv5_3 by name); a conv after it
+  (VGG19's conv5_4) has variables but nothing reads it, so it is not
+  computed. On VGG16, conv5_3 ends block 5: pool5 is the block's last conv
+  before its ReLU and no conv is left unused;
 - the first two upsampling steps produce pool4/pool3-shaped *features*
   (512 and 256 channels) that are added to pool4/pool3, not class scores;
 - the upsampling filters are learned from a truncated-normal start and carry
   biases.
 
 "paper" is FCN-32s/16s/8s of Long, Shelhamer and Darrell (`skips`): max
-pooling throughout, pool5 after relu5_4, conv6/conv7 (the convolutionalised
+pooling throughout, pool5 after the ReLU of block 5's last conv (relu5_4 on
+VGG19, relu5_3 on VGG16: the paper's own network), conv6/conv7 (the convolutionalised
 fc6/fc7), class scores from pool5 (score_fr), pool4 (score_pool4) and pool3
 (score_pool3), fused after each upsampling; the upsampling filters have no
 bias, start as bilinear interpolation and are frozen unless
 `train_upsampling`. Its variables, under scope "inference":
 
-    conv1_1_w ... conv5_4_b            the VGG19 body, as in the legacy graph
+    conv1_1_w ... conv5_4_b            the VGG19 body (VGG16: ... conv5_3_b), as in
+                                       the legacy graph
     W6 [7, 7, C5, F], b6 [F]           conv6 (fc6)
     W7 [1, 1, F, F], b7 [F]            conv7 (fc7)
     score_fr_w [1, 1, F, K], score_fr_b [K]
@@ -58,7 +63,15 @@ from collections import OrderedDict
 import numpy as np
 
 from fcn_graph.core.constants import VGG_MEAN_RGB
-from fcn_graph.network.spec import FC_WIDTH, VGG19_BODY, VGG19_CONVS, VGG19_WIDTHS, ModelSpec
+from fcn_graph.network.spec import (
+    DEFAULT_BACKBONE,
+    FC_WIDTH,
+    VGG_CONVS,
+    ModelSpec,
+    backbone_of,
+    last_conv,
+    ordered_widths,
+)
 from fcn_graph.network.spec import check_variant as _check_variant
 
 SCOPE = "inference"
@@ -74,14 +87,18 @@ ZEROS = "zeros"             # biases, and the paper's score layers
 BILINEAR = "bilinear"       # the paper's upsampling: `bilinear_kernel`
 
 
+# FCN.tensorflow's pool5 reads this conv by name, before its ReLU.
+LEGACY_POOL5_INPUT = "conv5_3"
+
+
 def variable_shapes(num_classes, *, vgg_widths=None, fc_width=FC_WIDTH, architecture="legacy",
-                    skips="8s"):
-    """name (without scope) -> shape of every model variable, in creation order."""
+                    skips="8s", backbone=DEFAULT_BACKBONE):
+    """name (without scope) -> shape of every model variable, in creation order.
+    vgg_widths: conv name -> channels (default the backbone's real ones)."""
     _check_variant(architecture, skips)
-    widths = VGG19_WIDTHS if vgg_widths is None else vgg_widths
     spec = ModelSpec(num_classes=num_classes, fc_width=fc_width,
-                     vgg_widths=tuple(widths[name] for name in VGG19_CONVS),
-                     architecture=architecture, skips=skips)
+                     vgg_widths=ordered_widths(vgg_widths, backbone),
+                     architecture=architecture, skips=skips, backbone=backbone)
     return trace(spec).variables
 
 
@@ -209,13 +226,15 @@ class Layers:
         return a
 
 
-def vgg19_body(ops, net, widths, *, pool_method, through="relu5_4"):
-    """The VGG19 convs, ReLUs and pools 1-4 from the table, up to and with the
-    row `through`. The input is the mean-subtracted [N, H, W, 3]."""
-    names = [name for name, _ in VGG19_BODY]
+def vgg_body(ops, net, body, widths, *, pool_method, through=None):
+    """The VGG convs, ReLUs and pools 1-4 of `body` (a table of (layer, kind)
+    rows: VGG19_BODY, VGG16_BODY), up to and with the row `through` (None: the
+    last). The input is the mean-subtracted [N, H, W, 3]."""
+    names = [name for name, _ in body]
+    through = names[-1] if through is None else through
     if through not in names:
-        raise ValueError(f"vgg19_body: through={through!r} is not a row of VGG19_BODY")
-    for name, kind in VGG19_BODY[:names.index(through) + 1]:
+        raise ValueError(f"vgg_body: through={through!r} is not a row of the body table")
+    for name, kind in body[:names.index(through) + 1]:
         if kind == "conv":
             net = ops.conv(net, name, (name + "_w", name + "_b"), size=3,
                            channels=widths[name], init=VGG_INIT)
@@ -243,14 +262,14 @@ def legacy_fcn(ops, net, spec, keep_prob):
     """FCN.tensorflow's FCN-8s on the centred images [N, H, W, 3]; returns
     conv_t3, the logits [N, H, W, K]."""
     k, f, widths = spec.num_classes, spec.fc_width, spec.widths
-    c3, c4, c5 = widths["conv3_4"], widths["conv4_4"], widths["conv5_3"]
+    c3, c4 = widths[last_conv(spec.backbone, 3)], widths[last_conv(spec.backbone, 4)]
     images = net
-    points = vgg19_body(ops, net, widths, pool_method="avg", through="relu5_3")
-    ops.unused_conv(("conv5_4_w", "conv5_4_b"), channels_in=c5, size=3,
-                    channels=widths["conv5_4"], init=VGG_INIT)
+    end = "relu" + LEGACY_POOL5_INPUT[4:]
+    points = vgg_body(ops, net, spec.body, widths, pool_method="avg", through=end)
+    _unused_convs(ops, spec, after=LEGACY_POOL5_INPUT)                  # VGG19: conv5_4
     pool3, pool4 = points["pool3"], points["pool4"]                     # 1/8, 1/16
 
-    net = ops.pool(points["conv5_3"], "pool5", "max")                   # [N, H/32, W/32, C5]
+    net = ops.pool(points[LEGACY_POOL5_INPUT], "pool5", "max")          # [N, H/32, W/32, C5]
     net = conv6_conv7(ops, net, f, keep_prob, init=HEAD_INIT)           # [N, H/32, W/32, F]
     net = ops.conv(net, "conv8", ("W8", "b8"), size=1, channels=k,
                    init=HEAD_INIT)                                      # [N, H/32, W/32, K]
@@ -265,6 +284,15 @@ def legacy_fcn(ops, net, spec, keep_prob):
                         size=16, stride=8, init=HEAD_INIT)              # [N, H, W, K]
 
 
+def _unused_convs(ops, spec, *, after):
+    """The variables of the body's convs after `after`, created in table order
+    and never read."""
+    convs, widths = VGG_CONVS[spec.backbone], spec.widths
+    for previous, name in zip(convs[convs.index(after):], convs[convs.index(after) + 1:]):
+        ops.unused_conv((name + "_w", name + "_b"), channels_in=widths[previous], size=3,
+                        channels=widths[name], init=VGG_INIT)
+
+
 def paper_fcn(ops, net, spec, keep_prob):
     """The paper's FCN-32s/16s/8s (spec.skips) on the centred images [N, H, W, 3];
     returns the logits [N, H, W, K].
@@ -276,8 +304,9 @@ def paper_fcn(ops, net, spec, keep_prob):
     """
     k, f, widths = spec.num_classes, spec.fc_width, spec.widths
     images = net
-    points = vgg19_body(ops, net, widths, pool_method="max")
+    points = vgg_body(ops, net, spec.body, widths, pool_method="max")
     pool3, pool4 = points["pool3"], points["pool4"]                     # 1/8, 1/16
+    relu5 = "relu" + last_conv(spec.backbone, 5)[4:]                    # relu5_4 / relu5_3
 
     def score(net, name):                                               # 1x1 conv to K
         return ops.conv(net, name, (name + "_w", name + "_b"), size=1, channels=k, init=ZEROS)
@@ -286,7 +315,7 @@ def paper_fcn(ops, net, spec, keep_prob):
         return ops.upsample(net, name, (name + "_w", None), like=like, channels=k, size=size,
                             stride=stride, init=BILINEAR, trainable=spec.train_upsampling)
 
-    net = ops.pool(points["relu5_4"], "pool5", "max")                   # [N, H/32, W/32, C5]
+    net = ops.pool(points[relu5], "pool5", "max")                       # [N, H/32, W/32, C5]
     net = conv6_conv7(ops, net, f, keep_prob, init=VGG_INIT)            # [N, H/32, W/32, F]
     net = score(net, "score_fr")                                        # [N, H/32, W/32, K]
     if spec.skips == "32s":
@@ -389,3 +418,12 @@ def detect_architecture(names, scope=SCOPE):
             return "paper", "16s"
         return "paper", "32s"
     return None
+
+
+def detect_backbone(names, scope=SCOPE):
+    """"vgg19" or "vgg16" from checkpoint or graph variable names (the body's
+    conv kernels, `{scope}/conv3_4_w` ...), or None when the kernels present are
+    neither body's convs exactly."""
+    prefix = f"{scope}/"
+    return backbone_of(name[len(prefix):-2] for name in names
+                       if name.startswith(prefix) and name.endswith("_w"))

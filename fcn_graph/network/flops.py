@@ -9,8 +9,8 @@ runs, SAME padding included (a padded tap still costs its multiply-add):
   equal to the input gradient of the conv it is the transpose of).
 
 Pools, ReLUs, bias adds, the fusing adds and the argmax are left out. The
-legacy graph's conv5_4 is not counted: its variables exist, but nothing reads
-it, so it never runs.
+legacy graph's conv5_4 (VGG19) is not counted: its variables exist, but nothing
+reads it, so it never runs.
 
 Training = forward + weight gradients (as many MACs as the forward pass) +
 input gradients (as many as the forward pass, less conv1_1, whose input needs
@@ -20,7 +20,7 @@ no gradient); the optimizer's element-wise update is left out.
 from collections import OrderedDict
 
 from fcn_graph.network import definition
-from fcn_graph.network.spec import FC_WIDTH, VGG19_CONVS, VGG19_WIDTHS, ModelSpec
+from fcn_graph.network.spec import DEFAULT_BACKBONE, FC_WIDTH, ModelSpec, ordered_widths
 
 
 class MacCounter(definition.ShapeLayers):
@@ -42,22 +42,19 @@ class MacCounter(definition.ShapeLayers):
         return super()._upsample(net, kernel, bias, like, channels, stride, name)
 
 
-def _spec(num_classes, vgg_widths, fc_width, architecture, skips):
-    widths = VGG19_WIDTHS if vgg_widths is None else vgg_widths
-    return ModelSpec(num_classes=num_classes, fc_width=fc_width,
-                               vgg_widths=tuple(widths[n] for n in VGG19_CONVS),
-                               architecture=architecture, skips=skips)
-
-
 def layer_macs(batch, height, width, num_classes, *, vgg_widths=None,
-               fc_width=FC_WIDTH, architecture="legacy", skips="8s", head=None):
+               fc_width=FC_WIDTH, architecture="legacy", skips="8s", head=None,
+               backbone=DEFAULT_BACKBONE):
     """layer name -> multiply-adds of one forward pass, in execution order.
 
-    vgg_widths: conv name -> output channels (default VGG19's); the names are
-    the model's end points (legacy: conv1_1 ... conv5_3, conv6, conv7, conv8,
-    conv_t1, conv_t2, conv_t3). head: as in `definition.network`.
+    vgg_widths: conv name -> output channels (default the backbone's real
+    ones); the names are the model's end points (legacy: conv1_1 ... conv5_3,
+    conv6, conv7, conv8, conv_t1, conv_t2, conv_t3). head: as in
+    `definition.network`.
     """
-    spec = _spec(num_classes, vgg_widths, fc_width, architecture, skips)
+    spec = ModelSpec(num_classes=num_classes, fc_width=fc_width,
+                     vgg_widths=ordered_widths(vgg_widths, backbone),
+                     architecture=architecture, skips=skips, backbone=backbone)
     return definition.trace(spec, batch=batch, height=height, width=width, head=head,
                            layers=MacCounter()).macs
 

@@ -66,7 +66,7 @@ def fcn(images, spec, *, layers=None, keep_prob=1.0, mean_pixel=VGG_MEAN_RGB, he
       logits: float32 [N, H, W, K];
       prediction: int64 [N, H, W], the argmax over K;
       end_points: name -> tensor for every layer: centred, conv1_1 ... relu5_3
-        (and conv5_4, relu5_4 in the paper graph), pool1 [N, H/2, W/2, C1] ...
+        (and, on VGG19, conv5_4, relu5_4 in the paper graph), pool1 [N, H/2, W/2, C1] ...
         pool4 [N, H/16, W/16, C4] (ceil everywhere), pool5 [N, H/32, W/32, C5],
         conv6, relu6, drop6, conv7, relu7, drop7 [N, H/32, W/32, F], then
         legacy: conv8 [N, H/32, W/32, K], conv_t1 and fuse_1 [N, H/16, W/16, C4],

@@ -44,7 +44,7 @@ from fcn_graph.core.ranges import (
     threads_range,
 )
 from fcn_graph.data.annotations import class_names_problem
-from fcn_graph.network.spec import FC_WIDTH, check_variant
+from fcn_graph.network.spec import BACKBONES, DEFAULT_BACKBONE, FC_WIDTH, check_variant
 
 DATASET_KINDS = ("voc", "ade20k", "pets", "folder", "shapes", "coco", "labelme", "colour_masks")
 COCO_CROWD_RULES = ("ignore", "class")
@@ -140,12 +140,15 @@ class DataConfig:
 class ModelConfig:
     # Number of classes, including background; null = the dataset's own count.
     num_classes: Optional[int] = None
-    # MatConvNet VGG19 weights (.mat) for the VGG body; null = random initialisation.
+    # MatConvNet weights (.mat) of the backbone for the VGG body; null = random
+    # initialisation.
     vgg_mat: Optional[str] = None
     # Channels of conv6 and conv7 (the convolutionalized fc6/fc7); VGG19 uses 4096.
     fc_width: int = FC_WIDTH
-    # Width multiplier of a randomly initialised VGG body; 1.0 = the real VGG19.
+    # Width multiplier of a randomly initialised VGG body; 1.0 = the real network.
     vgg_width: float = 1.0
+    # The VGG body: vgg19 (16 convs) or vgg16 (13 convs, the paper's own network).
+    backbone: str = DEFAULT_BACKBONE
     # Graph variant: legacy (FCN.tensorflow) or paper (the reference FCN-32s/16s/8s).
     architecture: str = "legacy"
     # paper only: 32s, 16s or 8s (FCN-32s/16s/8s); legacy is always 8s.
@@ -545,6 +548,7 @@ def _validate_model(m, check):
         field, _, message = str(err).partition(": ")
         check.fail(f"model.{field}", message)
     check.one_of("model.kernels", m.kernels, KERNELS)
+    check.one_of("model.backbone", m.backbone, BACKBONES)
 
 
 def _validate_train(t, m, check):

@@ -25,7 +25,7 @@ from fcn_graph.engines.tta import TtaSegmenter, parse_tta
 from fcn_graph.host import cpuinfo
 from fcn_graph.host.session import onednn_enabled, session_config
 from fcn_graph.network import tf_layers
-from fcn_graph.network.spec import VGG19_CONVS, ModelSpec, scaled_vgg_widths
+from fcn_graph.network.spec import ModelSpec, ordered_widths, scaled_vgg_widths
 from fcn_graph.training import runlock
 from fcn_graph.training.collapse import CollapseWatch, shares, warning_line
 from fcn_graph.training.config import MEDIAN_FREQUENCY, save_resolved_config
@@ -158,7 +158,8 @@ def _model_spec(config, num_classes):
     if m.vgg_mat:
         from fcn_graph.weights.matconvnet import load_vgg_mat
 
-        vgg = load_vgg_mat(m.vgg_mat, require_fc=m.architecture == "paper")
+        vgg = load_vgg_mat(m.vgg_mat, require_fc=m.architecture == "paper",
+                           backbone=m.backbone, flag="model.backbone")
         widths, mean = vgg.widths, vgg.mean_pixel
         if m.architecture == "paper" and vgg.fc["fc6"][0].shape[3] != m.fc_width:
             raise UserError(f"model.fc_width: the paper architecture takes conv6/conv7 from "
@@ -167,11 +168,11 @@ def _model_spec(config, num_classes):
     else:
         print("warning: model.vgg_mat is null: the VGG body starts from random weights "
               f"(He-normal, width x{m.vgg_width:g})", file=sys.stderr)
-        vgg, widths, mean = None, scaled_vgg_widths(m.vgg_width), None
+        vgg, widths, mean = None, scaled_vgg_widths(m.vgg_width, m.backbone), None
     spec = ModelSpec(num_classes=num_classes, fc_width=m.fc_width,
-                     vgg_widths=tuple(widths[name] for name in VGG19_CONVS),
+                     vgg_widths=ordered_widths(widths, m.backbone),
                      mean_pixel=mean, architecture=m.architecture, skips=m.skips,
-                     train_upsampling=m.train_upsampling)
+                     train_upsampling=m.train_upsampling, backbone=m.backbone)
     # The sidecars record the mean: the .mat's, else the VGG mean.
     return dataclasses.replace(spec, mean_pixel=spec.resolved_mean()), vgg
 
@@ -194,7 +195,7 @@ def _resume_point(log_dir, spec):
         record.problem = checkpoint.checkpoint_problem(record.prefix, full=True)
     prefix = found.prefix
     spec_found = checkpoint.model_spec_from_checkpoint(prefix)
-    for field in ("num_classes", "fc_width", "vgg_widths", "architecture", "skips"):
+    for field in ("num_classes", "fc_width", "backbone", "vgg_widths", "architecture", "skips"):
         if getattr(spec_found, field) != getattr(spec, field):
             raise UserError(
                 f"{prefix}: train.log_dir holds a checkpoint of another model ({field} "

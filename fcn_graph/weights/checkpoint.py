@@ -26,7 +26,7 @@ from fcn_graph.core.errors import UserError
 from fcn_graph.core.fileio import atomic_write, input_problem, refuse_planted, write_json_atomic
 from fcn_graph.core.finite import check_mean_pixel, nonfinite
 from fcn_graph.network import definition, tf_layers
-from fcn_graph.network.spec import VGG19_CONVS, ModelSpec
+from fcn_graph.network.spec import DEFAULT_BACKBONE, VGG_CONVS, ModelSpec
 from fcn_graph.weights.checkpoint_files import (
     DATA_SHARD,
     SIDECAR_SUFFIX,
@@ -287,6 +287,8 @@ def write_sidecar(prefix, spec, **extra):
     """Write `PREFIX.json` for a `ModelSpec` (atomically)."""
     record = {"format": SIDECAR_FORMAT, "version": 1}
     record.update(dataclasses.asdict(spec))
+    if spec.backbone == DEFAULT_BACKBONE:  # a sidecar without "backbone" means VGG19
+        del record["backbone"]
     record["vgg_widths"] = list(spec.vgg_widths)
     record["mean_pixel"] = None if spec.mean_pixel is None else [float(v) for v in spec.mean_pixel]
     record.update(extra)
@@ -453,7 +455,10 @@ def model_spec_from_checkpoint(prefix, *, num_classes=None, fc_width=None):
     variable names, class count and widths from their shapes (checked against
     `num_classes`/`fc_width` when given), mean pixel, channel order and
     train_upsampling from the sidecar when there is one (a sidecar that names
-    another architecture than the variables show is an error)."""
+    another architecture or backbone than the variables show is an error;
+    without "backbone" a sidecar means VGG19). The backbone is the one whose
+    conv layers the variables hold exactly (VGG16: no conv3_4, conv4_4,
+    conv5_4)."""
     shapes = read_variable_shapes(prefix)
     scope = definition.SCOPE
     variant = definition.detect_architecture(shapes, scope)
@@ -474,7 +479,9 @@ def model_spec_from_checkpoint(prefix, *, num_classes=None, fc_width=None):
     classes_name = "b8" if architecture == "legacy" else "score_fr_b"
     found_classes = shape_of(classes_name)[0]
     found_fc = shape_of("b6")[0]
-    widths = tuple(shape_of(name + "_b")[0] for name in VGG19_CONVS)
+    sidecar = read_sidecar(prefix)
+    backbone = _checkpoint_backbone(prefix, shapes, sidecar)
+    widths = tuple(shape_of(name + "_b")[0] for name in VGG_CONVS[backbone])
     if num_classes is not None and num_classes != found_classes:
         raise UserError(f"{prefix}: the checkpoint has {found_classes} classes "
                         f"({scope}/{classes_name}), not {num_classes}")
@@ -482,8 +489,7 @@ def model_spec_from_checkpoint(prefix, *, num_classes=None, fc_width=None):
         raise UserError(f"{prefix}: the checkpoint has fc width {found_fc} ({scope}/b6), "
                         f"not {fc_width}")
     fields = dict(num_classes=found_classes, fc_width=found_fc, vgg_widths=widths,
-                  architecture=architecture, skips=skips)
-    sidecar = read_sidecar(prefix)
+                  architecture=architecture, skips=skips, backbone=backbone)
     if sidecar is not None:
         recorded = (sidecar.get("architecture", "legacy"), sidecar.get("skips", "8s"))
         if recorded != variant:
@@ -499,6 +505,18 @@ def model_spec_from_checkpoint(prefix, *, num_classes=None, fc_width=None):
     return spec
 
 
+def _checkpoint_backbone(prefix, shapes, sidecar):
+    """The backbone of a checkpoint's variables; the sidecar's (else VGG19) when
+    they are neither body exactly, so that the missing variable is named next.
+    A sidecar that names another backbone than the variables is an error."""
+    recorded = (sidecar or {}).get("backbone", DEFAULT_BACKBONE)
+    found = definition.detect_backbone(shapes)
+    if sidecar is not None and found is not None and recorded != found:
+        raise UserError(f"{sidecar_path(prefix)}: says backbone {recorded!r} but the "
+                        f"checkpoint's variables are a {found.upper()} body")
+    return found or (recorded if recorded in VGG_CONVS else DEFAULT_BACKBONE)
+
+
 def check_variables(prefix, variables):
     """Raise a UserError naming every model variable that the checkpoint lacks
     or holds with another shape."""
@@ -509,6 +527,11 @@ def check_variables(prefix, variables):
         raise UserError(f"{prefix}: holds a {_variant_name(stored)} model but the graph is a "
                         f"{_variant_name(wanted)}; build the graph from the checkpoint's own "
                         "spec (model_spec_from_checkpoint) or convert the weights")
+    stored, wanted = definition.detect_backbone(shapes), definition.detect_backbone(variables)
+    if stored is not None and wanted is not None and stored != wanted:
+        raise UserError(f"{prefix}: holds a {stored.upper()} body but the graph is a "
+                        f"{wanted.upper()}; build the graph from the checkpoint's own spec "
+                        "(model_spec_from_checkpoint) or set the backbone to " + stored)
     missing, wrong = [], []
     for name, variable in variables.items():
         expected = tuple(variable.shape.as_list())

@@ -1,5 +1,5 @@
-"""Porting weights between formats: MatConvNet `.mat` and Keras `.h5` VGG19
-files into starting checkpoints, FCN.tensorflow checkpoints into clean ones,
+"""Porting weights between formats: MatConvNet `.mat` and Keras `.h5` VGG19 or
+VGG16 files into starting checkpoints, FCN.tensorflow checkpoints into clean ones,
 a checkpoint's VGG body back into a `.mat`, and `inspect` for any of them.
 Each verb takes the parsed arguments of `python -m fcn_graph.port VERB`."""
 
@@ -18,7 +18,14 @@ from fcn_graph.core.fileio import check_input_file, check_output_file, ensure_ou
 from fcn_graph.data import image_files
 from fcn_graph.host.session import session_config
 from fcn_graph.network import definition, tf_layers
-from fcn_graph.network.spec import FC_WIDTH, VGG19_CONVS, ModelSpec
+from fcn_graph.network.spec import (
+    DEFAULT_BACKBONE,
+    FC_WIDTH,
+    VGG19_CONVS,
+    VGG_CONVS,
+    ModelSpec,
+    last_conv,
+)
 from fcn_graph.weights import checkpoint, kerash5, matconvnet
 from fcn_graph.weights.checkpoint_files import SIDECAR_SUFFIX
 
@@ -105,8 +112,8 @@ class StartOptions:
     """What a starting checkpoint is made with (mat2ckpt, keras-h5): the class
     count, the output prefix, the head (architecture, skips, whether the paper's
     upsampling trains), conv6/conv7's width (None: 4096 legacy, fc6/fc7's
-    paper), the seed of the head initialisation, and whether every variable is
-    listed."""
+    paper), the seed of the head initialisation, whether every variable is
+    listed, and the backbone the weight file must hold."""
 
     num_classes: int
     out: str
@@ -116,12 +123,16 @@ class StartOptions:
     fc_width: Optional[int] = None
     seed: int = 0
     verbose: bool = False
+    backbone: str = DEFAULT_BACKBONE
 
 
 def _check_start_options(options):
     if options.num_classes < 1:
         raise UserError(f"--num-classes: expected a positive integer, found {options.num_classes}")
     image_files.check_num_classes(options.num_classes, "--num-classes")
+    if options.backbone not in VGG_CONVS:
+        raise UserError(f"--backbone: expected one of {', '.join(VGG_CONVS)}, found "
+                        f"{options.backbone!r}")
     if options.architecture == "legacy" and options.skips != "8s":
         raise UserError(f"--skips {options.skips}: the legacy architecture is FCN-8s only "
                         "(use --architecture paper)")
@@ -132,7 +143,7 @@ def _convert_vgg(vgg, options, source):
     """mat2ckpt and keras-h5: a starting checkpoint from parsed VGG weights."""
     fc_width = options.fc_width
     if options.architecture == "paper":
-        c5 = vgg.layers["conv5_4"][0].shape[3]
+        c5 = vgg.layers[last_conv(vgg.backbone, 5)][0].shape[3]
         fc6, fc7 = vgg.fc["fc6"][0], vgg.fc["fc7"][0]
         found = fc6.shape[3]
         if fc6.shape[:3] != (7, 7, c5) or fc7.shape != (1, 1, found, found):
@@ -151,7 +162,8 @@ def _convert_vgg(vgg, options, source):
                                mean_pixel=tuple(float(v) for v in vgg.mean_pixel),
                                architecture=options.architecture, skips=options.skips,
                                channel_order=vgg.channel_order,
-                               train_upsampling=options.train_upsampling)
+                               train_upsampling=options.train_upsampling,
+                               backbone=vgg.backbone)
     heads = ("conv6/conv7 from fc6/fc7, score layers zero, bilinear upsampling"
              if options.architecture == "paper" else "heads truncated normal 0.02, biases zero")
     print(f"building {spec.name}: {heads}")
@@ -160,14 +172,20 @@ def _convert_vgg(vgg, options, source):
                              kernels_transposed=vgg.transposed)
 
 
+def _backbone_words(backbone):
+    """"VGG16, " for a VGG16 file; nothing for VGG19, the default."""
+    return "" if backbone == DEFAULT_BACKBONE else f"{backbone.upper()}, "
+
+
 def mat2ckpt(mat, options, *, no_transpose=False):
     """A complete starting checkpoint from a MatConvNet `.mat`: VGG from the
     file; legacy heads as FCN.tensorflow starts them (truncated normal 0.02,
     zero biases), or the paper's (conv6/conv7 from fc6/fc7)."""
     _check_start_options(options)
     vgg = matconvnet.load_vgg_mat(mat, transpose=not no_transpose,
-                                  require_fc=options.architecture == "paper")
-    print(f"read {mat}: {vgg.layout} layout, {len(vgg.layers)} conv layers, "
+                                  require_fc=options.architecture == "paper",
+                                  backbone=options.backbone)
+    print(f"read {mat}: {_backbone_words(vgg.backbone)}{vgg.layout} layout, {len(vgg.layers)} conv layers, "
           f"fc layers: {', '.join(vgg.fc) or 'none'}, mean pixel "
           f"{np.round(vgg.mean_pixel, 3).tolist()}"
           + ("" if vgg.transposed else ", kernels kept in file order"))
@@ -176,15 +194,16 @@ def mat2ckpt(mat, options, *, no_transpose=False):
 
 
 def keras_h5(h5, options):
-    """A starting checkpoint from the Keras VGG19 ImageNet weights (BGR input,
-    Caffe mean; kernels used as they are)."""
+    """A starting checkpoint from the Keras VGG19 or VGG16 ImageNet weights (BGR
+    input, Caffe mean; kernels used as they are)."""
     _check_start_options(options)
-    vgg = kerash5.load_keras_vgg19_h5(h5, require_fc=options.architecture == "paper")
+    vgg = kerash5.load_keras_vgg_h5(h5, require_fc=options.architecture == "paper",
+                                    backbone=options.backbone)
     params = _parameters([a.shape for pair in vgg.layers.values() for a in pair]
                          + [a.shape for pair in vgg.fc.values() for a in pair])
     fc = ", ".join(f"{keras} {list(vgg.fc[name][0].shape)}"
                    for keras, name in kerash5.KERAS_FC_LAYERS.items() if name in vgg.fc)
-    print(f"read {h5}: Keras VGG19, {len(vgg.layers)} conv layers, dense layers as convs: "
+    print(f"read {h5}: Keras {vgg.backbone.upper()}, {len(vgg.layers)} conv layers, dense layers as convs: "
           f"{fc or 'none (notop)'}; {params:,} parameters; input BGR minus "
           f"{list(kerash5.KERAS_MEAN_BGR)} (BGR)")
     _convert_vgg(vgg, options, f"keras-h5 {h5}")
@@ -241,12 +260,13 @@ def ckpt2mat(source, *, out, layout="new", verbose=False):
     spec = checkpoint.model_spec_from_checkpoint(prefix)
     checkpoint.check_finite(prefix)  # the whole checkpoint, not only the layers written
     sidecar = checkpoint.read_sidecar(prefix) or {}
-    names = [f"{SCOPE}/{name}_{s}" for name in VGG19_CONVS for s in ("w", "b")]
+    convs = VGG_CONVS[spec.backbone]
+    names = [f"{SCOPE}/{name}_{s}" for name in convs for s in ("w", "b")]
     if spec.architecture == "paper":
         names += [f"{SCOPE}/{n}" for n in ("W6", "b6", "W7", "b7")]
     values = checkpoint.read_variables(prefix, names)
     layers = OrderedDict((name, (values[f"{SCOPE}/{name}_w"], values[f"{SCOPE}/{name}_b"]))
-                         for name in VGG19_CONVS)
+                         for name in convs)
     fc = None
     if spec.architecture == "paper":
         fc = {"fc6": (values[f"{SCOPE}/W6"], values[f"{SCOPE}/b6"]),
@@ -311,11 +331,11 @@ def detect_format(path):
 
 
 def _inspect_mat(path):
-    vgg = matconvnet.load_vgg_mat(path, transpose=False)
+    vgg = matconvnet.load_vgg_mat(path, transpose=False, backbone=None)
     shapes = OrderedDict()
     for name, (kernel, bias) in list(vgg.layers.items()) + list(vgg.fc.items()):
         shapes[name + ".weights{1}"], shapes[name + ".weights{2}"] = kernel.shape, bias.shape
-    print(f"{path}: MatConvNet VGG19 .mat, {vgg.layout} layout, {len(vgg.layers)} conv layers"
+    print(f"{path}: MatConvNet {vgg.backbone.upper()} .mat, {vgg.layout} layout, {len(vgg.layers)} conv layers"
           f" + {', '.join(vgg.fc) or 'no fc layers'}, mean pixel "
           f"{np.round(vgg.mean_pixel, 3).tolist()} (RGB)")
     return shapes
@@ -354,7 +374,9 @@ def _inspect_keras_h5(path):
     layers = kerash5.read_h5_layers(path)
     shapes = OrderedDict((f"{layer}/{name}", array.shape)
                          for layer, weights in layers.items() for name, array in weights)
-    print(f"{path}: Keras HDF5 weights (classic layout), {len(layers)} layers with weights")
+    backbone = kerash5.h5_backbone(layers)
+    print(f"{path}: Keras HDF5 weights (classic layout)"
+          + (f", {backbone.upper()}" if backbone else "") + f", {len(layers)} layers with weights")
     return shapes
 
 

@@ -1,5 +1,6 @@
-"""Read the Keras VGG19 ImageNet weight files (`vgg19_weights_tf_dim_ordering_tf_kernels.h5`
-and `..._notop.h5`), the classic Keras HDF5 weight layout.
+"""Read the Keras VGG19 and VGG16 ImageNet weight files
+(`vgg19_weights_tf_dim_ordering_tf_kernels.h5`, `vgg16_...` and their `_notop.h5`),
+the classic Keras HDF5 weight layout.
 
 Layout (what Keras 2 `save_weights`/`load_weights` and the applications files use):
 the root group (or its `model_weights` group, in a whole-model `.h5`) has the
@@ -10,8 +11,8 @@ lists its arrays as paths inside it, kernel first, then bias:
 `block1_conv1/kernel:0`, `block1_conv1/bias:0` in Keras 2 files. Layers without
 weights (input, pools, flatten) have an empty list.
 
-VGG19's layers: block1_conv1 ... block5_conv4 (kernels [3, 3, Cin, Cout], HWIO,
-no transpose needed), then in the full file fc1 [7*7*C5, F], fc2 [F, F] and
+VGG19's layers: block1_conv1 ... block5_conv4 (VGG16's: ... block5_conv3;
+kernels [3, 3, Cin, Cout], HWIO, no transpose needed), then in the full file fc1 [7*7*C5, F], fc2 [F, F] and
 predictions [F, 1000] (Dense kernels, [in, out]). Keras flattens block5_pool's
 [7, 7, C5] map in row-major (H, W, C) order, so fc1's kernel reshapes to
 [7, 7, C5, F]: a 7x7 VALID convolution on the unflattened map.
@@ -28,15 +29,20 @@ import numpy as np
 from fcn_graph.core.errors import UserError
 from fcn_graph.core.fileio import check_input_file
 from fcn_graph.core.finite import check_finite_array
-from fcn_graph.network.spec import VGG19_CONVS
-from fcn_graph.weights.matconvnet import VggWeights
+from fcn_graph.network.spec import DEFAULT_BACKBONE, VGG_CONVS, backbone_of
+from fcn_graph.weights.matconvnet import VggWeights, check_backbone_found
 
 # Caffe's ImageNet mean in BGR order: what keras.applications.vgg19.preprocess_input subtracts.
 KERAS_MEAN_BGR = (103.939, 116.779, 123.68)
 
-# Keras layer name -> MatConvNet/fcn_graph layer name.
-KERAS_CONV_LAYERS = OrderedDict(
-    (f"block{name[4]}_conv{name[6]}", name) for name in VGG19_CONVS)
+
+def keras_conv_layers(backbone=DEFAULT_BACKBONE):
+    """Keras layer name -> fcn_graph conv name for the backbone's body
+    (block1_conv1 -> conv1_1 ...)."""
+    return OrderedDict((f"block{name[4]}_conv{name[6]}", name) for name in VGG_CONVS[backbone])
+
+
+# Keras layer name -> MatConvNet/fcn_graph layer name of the classifier.
 KERAS_FC_LAYERS = OrderedDict((("fc1", "fc6"), ("fc2", "fc7"), ("predictions", "fc8")))
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
@@ -57,10 +63,11 @@ def _attribute_list(group, name):
     return values
 
 
-def _open(path):
+def _open(path, backbone=DEFAULT_BACKBONE):
     import h5py  # imported here: only this format needs it
 
-    check_input_file(path, "a Keras VGG19 .h5, e.g. vgg19_weights_tf_dim_ordering_tf_kernels.h5")
+    check_input_file(path, f"a Keras {backbone.upper()} .h5, e.g. "
+                     f"{backbone}_weights_tf_dim_ordering_tf_kernels.h5")
     try:
         return h5py.File(path, "r")
     except OSError as err:
@@ -83,10 +90,10 @@ def _weights_root(path, handle):
                     f"(found groups: {top}); not a Keras weight file in the classic layout")
 
 
-def read_h5_layers(path):
+def read_h5_layers(path, backbone=DEFAULT_BACKBONE):
     """Keras layer name -> list of (weight name, array), in file order, for every
-    layer with weights."""
-    with _open(path) as handle:
+    layer with weights; `backbone` names the file expected in errors."""
+    with _open(path, backbone) as handle:
         root = _weights_root(path, handle)
         layers = OrderedDict()
         for layer in _attribute_list(root, "layer_names"):
@@ -131,21 +138,31 @@ def _kernel_and_bias(path, layer, weights, kernel_ndim):
     return kernel, bias
 
 
-def load_keras_vgg19_h5(path, *, require_fc=False):
-    """Parse a classic-layout Keras VGG19 `.h5` into a `VggWeights` (BGR,
-    kernels untransposed; fc1/fc2/predictions as fc6/fc7/fc8 convs).
+def h5_backbone(layer_names):
+    """The backbone whose Keras conv layers (block1_conv1 ...) are exactly those
+    among `layer_names`, or None."""
+    every = keras_conv_layers("vgg19")  # VGG19's conv names include all of VGG16's
+    return backbone_of(every[name] for name in layer_names if name in every)
+
+
+def load_keras_vgg_h5(path, *, require_fc=False, backbone=DEFAULT_BACKBONE):
+    """Parse a classic-layout Keras VGG19 or VGG16 `.h5` into a `VggWeights`
+    (BGR, kernels untransposed; fc1/fc2/predictions as fc6/fc7/fc8 convs).
 
     require_fc: raise if fc1/fc2 are missing (the `_notop` file).
+    backbone: "vgg19" or "vgg16"; a file of the other is a one-line error.
     """
-    found = read_h5_layers(path)
+    found = read_h5_layers(path, backbone)
+    check_backbone_found(path, h5_backbone(found), backbone, "--backbone")
     layers = OrderedDict()
     cin, previous = 3, None
-    for keras_name, name in KERAS_CONV_LAYERS.items():
+    convs = keras_conv_layers(backbone)
+    for keras_name, name in convs.items():
         if keras_name not in found:
-            hint = "; is this VGG16?" if keras_name.endswith("conv4") else ""
-            raise UserError(f"{path}: layer '{keras_name}' not found{hint} (expected the 16 "
-                            f"conv layers block1_conv1 ... block5_conv4 of Keras VGG19; the "
-                            f"file has {', '.join(list(found)[:4]) or 'no layers with weights'}"
+            raise UserError(f"{path}: layer '{keras_name}' not found (expected the {len(convs)} "
+                            f"conv layers block1_conv1 ... {next(reversed(convs))} of Keras "
+                            f"{backbone.upper()}; the file has "
+                            f"{', '.join(list(found)[:4]) or 'no layers with weights'}"
                             + (" ..." if len(found) > 4 else "") + ")")
         kernel, bias = _kernel_and_bias(path, keras_name, found[keras_name], 4)
         if kernel.shape[2] != cin or kernel.shape[:2] != (3, 3):
@@ -180,4 +197,4 @@ def load_keras_vgg19_h5(path, *, require_fc=False):
         cin = kernel.shape[3]
     return VggWeights(path=path, layers=layers, fc=fc,
                       mean_pixel=np.asarray(KERAS_MEAN_BGR, dtype=np.float64), layout="keras-h5",
-                      transposed=False, channel_order="bgr")
+                      transposed=False, channel_order="bgr", backbone=backbone)

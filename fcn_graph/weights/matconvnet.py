@@ -1,4 +1,5 @@
-"""Read and write MatConvNet VGG19 `.mat` files (`imagenet-vgg-verydeep-19.mat`).
+"""Read and write MatConvNet VGG19 and VGG16 `.mat` files (`imagenet-vgg-verydeep-19.mat`,
+`imagenet-vgg-verydeep-16.mat`).
 
 Two layouts exist. The old one (MatConvNet beta16 and earlier) has top-level
 `layers`, `classes` and `normalization`, conv structs with `weights` as their
@@ -16,21 +17,31 @@ import scipy.io
 from fcn_graph.core.errors import UserError
 from fcn_graph.core.fileio import atomic_write, check_input_file
 from fcn_graph.core.finite import check_finite_array, check_mean_pixel
-from fcn_graph.network.spec import VGG19_CONVS, VGG19_FC, VGG19_MAT_LAYERS
+from fcn_graph.network.spec import (
+    DEFAULT_BACKBONE,
+    VGG19_FC,
+    VGG_CONVS,
+    VGG_MAT_LAYERS,
+    backbone_of,
+)
+
+# backbone -> the MatConvNet file of its ImageNet weights.
+MAT_FILES = {"vgg19": "imagenet-vgg-verydeep-19", "vgg16": "imagenet-vgg-verydeep-16"}
 
 
 @dataclasses.dataclass
 class VggWeights:
-    """VGG19 weights parsed from a `.mat` file.
+    """VGG19 or VGG16 weights parsed from a `.mat` or Keras `.h5` file.
 
     layers: conv name -> (kernel [kh, kw, Cin, Cout] float32, bias [Cout] float32),
-        for the 16 conv layers in order.
+        for the backbone's 16 or 13 conv layers in order.
     fc: "fc6"/"fc7"/"fc8" -> (kernel, bias) in the same layout, when the file has them
         (fc6 is 7x7xCx4096, fc7 1x1x4096x4096, fc8 1x1x4096x1000).
     mean_pixel: float64 [3], 0..255 scale, in `channel_order` (RGB for `.mat` files).
     layout: "old" or "new" (or "keras-h5" for weights read by fcn_graph.weights.kerash5).
     transposed: whether kernels were swapped from MatConvNet's to TensorFlow's order.
     channel_order: "rgb", or "bgr" for weights that expect BGR input.
+    backbone: "vgg19" or "vgg16".
     """
 
     path: str
@@ -40,6 +51,7 @@ class VggWeights:
     layout: str
     transposed: bool
     channel_order: str = "rgb"
+    backbone: str = DEFAULT_BACKBONE
 
     @property
     def widths(self):
@@ -75,9 +87,9 @@ def _struct(value):
     return None
 
 
-def _load(path):
-    check_input_file(path, "a MatConvNet VGG19 .mat, e.g. imagenet-vgg-verydeep-19.mat "
-                     "(see weights/README.md)")
+def _load(path, backbone):
+    check_input_file(path, f"a MatConvNet {backbone.upper()} .mat, e.g. "
+                     f"{MAT_FILES[backbone]}.mat (see weights/README.md)")
     try:
         return scipy.io.loadmat(path)
     except NotImplementedError as err:
@@ -124,8 +136,21 @@ def _numeric(value, where, dtype=np.float64):
     return array.astype(dtype)
 
 
-def load_vgg_mat(path, *, transpose=True, require_fc=False):
-    """Parse a MatConvNet VGG19 `.mat` into a validated `VggWeights`.
+def check_backbone_found(path, found, backbone, flag):
+    """A UserError when the conv layers of a weight file are exactly the other
+    backbone's: `found` is the backbone they make (or None), `flag` says where
+    the backbone is set."""
+    if found is not None and found != backbone:
+        extra = sorted(set(VGG_CONVS[found]) ^ set(VGG_CONVS[backbone]))
+        has = "has" if len(VGG_CONVS[found]) > len(VGG_CONVS[backbone]) else "lacks"
+        raise UserError(f"{path}: {found.upper()} weights ({len(VGG_CONVS[found])} conv "
+                        f"layers; it {has} {', '.join(extra)}) but the backbone is "
+                        f"{backbone}; set {flag} {found}")
+
+
+def load_vgg_mat(path, *, transpose=True, require_fc=False, backbone=DEFAULT_BACKBONE,
+                 flag="--backbone"):
+    """Parse a MatConvNet VGG19 or VGG16 `.mat` into a validated `VggWeights`.
 
     transpose: swap the two spatial kernel axes with (1, 0, 2, 3).
         FCN.tensorflow does this because it reads MatConvNet kernels as
@@ -133,8 +158,11 @@ def load_vgg_mat(path, *, transpose=True, require_fc=False):
         is the default. Pass False to keep the file's order.
     require_fc: raise if fc6/fc7 are missing (the paper variant initialises
         conv6/conv7 from them).
+    backbone: "vgg19" or "vgg16", what the file must hold; None: whichever its
+        conv layers make (VGG19 when neither). A file of the other backbone is
+        a one-line error naming `flag`, where the caller's user sets it.
     """
-    mat = _load(path)
+    mat = _load(path, backbone or DEFAULT_BACKBONE)
     if "layers" not in mat:
         keys = ", ".join(sorted(k for k in mat if not k.startswith("__"))) or "none"
         raise UserError(f"{path}: no 'layers' variable; expected a MatConvNet model (found: {keys})")
@@ -152,9 +180,14 @@ def load_vgg_mat(path, *, transpose=True, require_fc=False):
             raise UserError(f"{path}: layer '{name}' appears twice (layers{{{position[name]}}} "
                             f"and layers{{{index + 1}}}); expected each layer once")
         weights = _field(layer, "weights")
-        if name not in VGG19_MAT_LAYERS and weights is not None and np.size(weights):
-            unknown.append(f"layers{{{index + 1}}} '{name}' (type '{kind}')")
+        if weights is not None and np.size(weights):
+            unknown.append((name, f"layers{{{index + 1}}} '{name}' (type '{kind}')"))
         raw[name], position[name] = (kind, layer), index + 1
+    found = backbone_of(raw)
+    backbone = backbone or found or DEFAULT_BACKBONE
+    check_backbone_found(path, found, backbone, flag)
+    known = VGG_MAT_LAYERS[backbone]
+    unknown = [where for name, where in unknown if name not in known]
     first = next(iter(raw.values()), (None, None))[1]
     layout = "old" if first is not None and first.dtype.names[0] == "weights" else "new"
 
@@ -188,11 +221,11 @@ def load_vgg_mat(path, *, transpose=True, require_fc=False):
 
     layers = OrderedDict()
     previous, cin = None, 3
-    for name in VGG19_CONVS:
+    convs, file_name = VGG_CONVS[backbone], MAT_FILES[backbone]
+    for name in convs:
         if name not in raw:
-            hint = "; is this VGG16?" if name.endswith("_4") else ""
-            raise UserError(f"{path}: layer '{name}' not found{hint} (expected the 16 conv layers "
-                            "of imagenet-vgg-verydeep-19)")
+            raise UserError(f"{path}: layer '{name}' not found (expected the {len(convs)} conv "
+                            f"layers of {file_name})")
         kernel, bias = conv_weights(name)
         if kernel.shape[2] != cin:
             source = f"'{previous}' gives {cin}" if previous else "the image has 3"
@@ -202,7 +235,7 @@ def load_vgg_mat(path, *, transpose=True, require_fc=False):
         previous, cin = name, kernel.shape[3]
     if unknown:  # weights that would be ignored: another network, or an edited file
         raise UserError(f"{path}: {unknown[0]} has weights but is not a layer of "
-                        "imagenet-vgg-verydeep-19 (expected conv1_1 ... conv5_4, fc6, fc7, fc8)")
+                        f"{file_name} (expected conv1_1 ... {convs[-1]}, fc6, fc7, fc8)")
 
     fc = {}
     for name in VGG19_FC:
@@ -221,14 +254,16 @@ def load_vgg_mat(path, *, transpose=True, require_fc=False):
         raise UserError(f"{path}: no normalization.averageImage (old layout) or "
                         "meta.normalization.averageImage (new layout); cannot tell the mean pixel")
     return VggWeights(path=path, layers=layers, fc=fc, mean_pixel=mean_pixel, layout=layout,
-                      transposed=transpose)
+                      transposed=transpose, backbone=backbone)
 
 
 def write_vgg_mat(path, layers, mean_pixel, *, fc=None, layout="new", transposed=True):
-    """Write VGG weights as a MatConvNet simplenn `.mat` in the old or new layout.
+    """Write VGG19 or VGG16 weights as a MatConvNet simplenn `.mat` in the old or
+    new layout.
 
-    layers: conv name -> (kernel, bias) in the order of VGG19_CONVS, kernels in
-        TensorFlow order when `transposed` (they are swapped back, the inverse of
+    layers: conv name -> (kernel, bias) for the convs of VGG16 or (any other set
+        of names) of VGG19, kernels in TensorFlow order when
+        `transposed` (they are swapped back, the inverse of
         `load_vgg_mat(transpose=True)`), else in the file's order.
     fc: optional "fc6"/"fc7"/"fc8" -> (kernel, bias).
     The file round-trips through `load_vgg_mat` without loss.
@@ -237,7 +272,9 @@ def write_vgg_mat(path, layers, mean_pixel, *, fc=None, layout="new", transposed
         raise ValueError(f"layout: expected 'old' or 'new', found {layout!r}")
     fc = fc or {}
     mean_pixel = np.asarray(mean_pixel, dtype=np.float64).reshape(3)
-    names = [n for n in VGG19_MAT_LAYERS if n in layers or n in fc or not n.startswith(("conv", "fc"))]
+    backbone = backbone_of(layers) or DEFAULT_BACKBONE
+    names = [n for n in VGG_MAT_LAYERS[backbone] if n in layers or n in fc
+             or not n.startswith(("conv", "fc"))]
     if not fc:
         names = names[:names.index("pool5") + 1]
     cells = np.empty((1, len(names)), dtype=object)
