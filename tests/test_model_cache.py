@@ -16,7 +16,8 @@ from fcn_graph.core.errors import UserError
 from fcn_graph.core.fileio import cache_dir
 from fcn_graph.engines import model_cache
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(model_cache.__file__)))
+# The checkout: fcn_graph/engines/model_cache.py is three levels below it.
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(model_cache.__file__))))
 VARIANT = {"opset": 17, "kernels": "cpu"}
 
 

@@ -244,7 +244,7 @@ def test_a_signal_stops_infer_cleanly(tmp_path, tiny_checkpoint, signum):
     output complete and recorded, no temporary file left."""
     _images(str(tmp_path / "in"), 40)
     out = tmp_path / "out"
-    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(pipeline.__file__)))
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.dirname(pipeline.__file__))))
     proc = subprocess.Popen([sys.executable, "-m", "fcn_graph.infer", str(tmp_path / "in"),
                              "--checkpoint", tiny_checkpoint, "--output-dir", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
