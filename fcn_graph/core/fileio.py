@@ -627,3 +627,25 @@ def record_output(path, also=()):
     for name in (path, *also):
         record.wrote(os.path.basename(os.fspath(name)))
     record.flush()
+
+
+def read_input(path, expected):
+    """The bytes of input file `path` (a regular file only: `read_regular_file`),
+    or a UserError naming it, what was found and `expected`: a link loop or
+    dangling link, a folder, a FIFO or device, a missing or unreadable file."""
+    problem = link_problem(path)
+    if problem is not None:
+        raise UserError(f"{path}: {problem} (expected {expected})")
+    try:
+        return read_regular_file(path)
+    except NotARegularFile as err:
+        if stat.S_ISDIR(err.mode):
+            raise UserError(f"{path}: is a directory (expected {expected})") from None
+        raise UserError(f"{path}: is {kind_of(err.mode)}, not a regular file "
+                        f"(expected {expected})") from None
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file (expected {expected})") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a directory (expected {expected})") from None
+    except OSError as err:
+        raise UserError(f"{path}: cannot read ({err.strerror}; expected {expected})") from None

@@ -10,24 +10,14 @@ import json
 import math
 
 from fcn_graph.core.errors import UserError
-from fcn_graph.core.fileio import NotARegularFile, kind_of, read_regular_file
+from fcn_graph.core.fileio import read_input
 from fcn_graph.data import image_files
 
 
 def read_json(path, expected):
     """The parsed JSON file at `path` (a regular UTF-8 file), or a UserError
     naming it: missing, not a regular file, not UTF-8, not JSON or cut short."""
-    try:
-        raw = read_regular_file(path)
-    except NotARegularFile as err:
-        raise UserError(f"{path}: is {kind_of(err.mode)}, not a regular file "
-                        f"(expected {expected})") from None
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such file (expected {expected})") from None
-    except IsADirectoryError:
-        raise UserError(f"{path}: is a directory (expected {expected})") from None
-    except OSError as err:
-        raise UserError(f"{path}: cannot read ({err.strerror}; expected {expected})") from None
+    raw = read_input(path, expected)
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:

@@ -21,11 +21,10 @@ from PIL import Image
 from fcn_graph.core.constants import IGNORE_LABEL, voc_palette
 from fcn_graph.core.errors import UserError
 from fcn_graph.core.fileio import (
-    NotARegularFile,
     atomic_write,
     kind_of,
     link_problem,
-    read_regular_file,
+    read_input,
 )
 
 # Extensions of the image files that `read_image` reads and that folders of
@@ -47,27 +46,6 @@ def check_num_classes(num_classes, where):
             f"{where}: expected at most {MAX_CLASSES} classes (label PNGs store class ids "
             f"0..{MAX_CLASSES - 1}; {IGNORE_LABEL} is the ignore label), found {num_classes}"
         )
-
-
-def _read_bytes(path, expected):
-    """The bytes of `path` (a regular file only: `fileio.read_regular_file`), or a
-    UserError saying why the file could not be read."""
-    problem = link_problem(path)
-    if problem is not None:
-        raise UserError(f"{path}: {problem} (expected {expected})")
-    try:
-        return read_regular_file(path)
-    except NotARegularFile as err:
-        if stat.S_ISDIR(err.mode):
-            raise UserError(f"{path}: is a directory (expected {expected})") from None
-        raise UserError(f"{path}: is {kind_of(err.mode)}, not a regular file "
-                        f"(expected {expected})") from None
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such file (expected {expected})") from None
-    except IsADirectoryError:
-        raise UserError(f"{path}: is a directory (expected {expected})") from None
-    except OSError as err:
-        raise UserError(f"{path}: cannot read ({err.strerror}; expected {expected})") from None
 
 
 def _to_uint8(pixels, path):
@@ -134,7 +112,7 @@ def read_image(path, *, exif_rotate=False):
     image OpenCV can decode, or has an unsupported sample type or channel count.
     """
     path = os.fspath(path)
-    return decode_image(_read_bytes(path, "an image (PNG or JPEG)"), path,
+    return decode_image(read_input(path, "an image (PNG or JPEG)"), path,
                         exif_rotate=exif_rotate)
 
 
