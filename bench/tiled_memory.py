@@ -161,7 +161,7 @@ def measure_agreement(work, prefix, tile, *, engine="tf", height=768, width=1024
     return {"runs": runs, "agreement": agree, "max_logit_difference": diff}
 
 
-def main(argv=None):
+def build_parser():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -184,7 +184,52 @@ def main(argv=None):
     parser.add_argument("--agreement-tile", default="864",
                         help="--tile of the 1024x768 agreement run (default 864, auto's "
                              "size under 2 GB)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _large(full, args):
+    """The 6000x4000 run: its tiles, time and peak memory, printed."""
+    record = _spawn(full, 4000, 6000, args.tile, budget=args.memory_budget,
+                    engine=args.engine, max_tiles=args.max_tiles)
+    timing = (f"{record['seconds']} s" if record["complete"] else
+              f"{record['tiles_run']} tiles run, {record['seconds_per_tile']} s each: "
+              f"about {record['seconds_per_tile'] * record['tiles']:.0f} s in all")
+    print(f"6000x4000, full VGG19, --tile {args.tile} (tiles of {record['tile_size']}, "
+          f"--memory-budget {args.memory_budget:g}): {record['tiles']} tiles, "
+          f"{timing}, peak RSS {record['peak_mib']} MiB "
+          f"(after loading {record['load_peak_mib']} MiB)", flush=True)
+
+
+def _agreement(work, full, args):
+    """Tiled against whole at 1024x768, printed."""
+    result = measure_agreement(work, full, args.agreement_tile, engine=args.engine)
+    for tile, record in zip(("off", args.agreement_tile), result["runs"]):
+        tiles = f"{record['tiles']} tiles" if record["tile_size"] else "whole"
+        print(f"1024x768, full VGG19, --tile {tile}: {tiles}, "
+              f"{record['seconds']} s, peak RSS {record['peak_mib']} MiB", flush=True)
+    agree, diff = result["agreement"], result["max_logit_difference"]
+    print(f"1024x768, full VGG19 (random weights): labels agree on {agree:.4%}, "
+          f"max |logit difference| / max |logit| = {diff:.1e}", flush=True)
+
+
+def _tiny(work, args):
+    """Tiled against whole at three sizes of a narrow model, printed."""
+    tiny = os.path.join(work, "tiny")
+    _weights(tiny, 1 / 32, 64)
+    for height, width, tile in ((768, 1024, 640), (1001, 777, 608), (1500, 2001, 640)):
+        for kind, value in (("whole", "off"), ("tiled", str(tile))):
+            record = _spawn(tiny, height, width, value, engine=args.engine, scores=True,
+                            save=os.path.join(work, f"tiny_{kind}"))
+            if kind == "tiled":
+                tiles = record["tiles"]
+        agree, diff = _compare(work, "tiny")
+        print(f"{width}x{height}, VGG19 widths / 32, --tile {tile} ({tiles} tiles): "
+              f"labels agree on {agree:.4%}, max |logit difference| / max |logit| = "
+              f"{diff:.1e}", flush=True)
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     if args.worker:
         return worker(args)
     only = set(args.only.split(","))
@@ -197,39 +242,12 @@ def main(argv=None):
         if only & {"large", "agreement"}:
             _weights(full, 1.0, 4096)
         if "large" in only:
-            record = _spawn(full, 4000, 6000, args.tile, budget=args.memory_budget,
-                            engine=args.engine, max_tiles=args.max_tiles)
-            timing = (f"{record['seconds']} s" if record["complete"] else
-                      f"{record['tiles_run']} tiles run, {record['seconds_per_tile']} s each: "
-                      f"about {record['seconds_per_tile'] * record['tiles']:.0f} s in all")
-            print(f"6000x4000, full VGG19, --tile {args.tile} (tiles of {record['tile_size']}, "
-                  f"--memory-budget {args.memory_budget:g}): {record['tiles']} tiles, "
-                  f"{timing}, peak RSS {record['peak_mib']} MiB "
-                  f"(after loading {record['load_peak_mib']} MiB)", flush=True)
+            _large(full, args)
         if "agreement" in only:
-            result = measure_agreement(work, full, args.agreement_tile, engine=args.engine)
-            for tile, record in zip(("off", args.agreement_tile), result["runs"]):
-                tiles = f"{record['tiles']} tiles" if record["tile_size"] else "whole"
-                print(f"1024x768, full VGG19, --tile {tile}: {tiles}, "
-                      f"{record['seconds']} s, peak RSS {record['peak_mib']} MiB", flush=True)
-            agree, diff = result["agreement"], result["max_logit_difference"]
-            print(f"1024x768, full VGG19 (random weights): labels agree on {agree:.4%}, "
-                  f"max |logit difference| / max |logit| = {diff:.1e}", flush=True)
+            _agreement(work, full, args)
         if "tiny" in only:
-            tiny = os.path.join(work, "tiny")
-            _weights(tiny, 1 / 32, 64)
-            for height, width, tile in ((768, 1024, 640), (1001, 777, 608), (1500, 2001, 640)):
-                for kind, value in (("whole", "off"), ("tiled", str(tile))):
-                    record = _spawn(tiny, height, width, value, engine=args.engine, scores=True,
-                                    save=os.path.join(work, f"tiny_{kind}"))
-                    if kind == "tiled":
-                        tiles = record["tiles"]
-                agree, diff = _compare(work, "tiny")
-                print(f"{width}x{height}, VGG19 widths / 32, --tile {tile} ({tiles} tiles): "
-                      f"labels agree on {agree:.4%}, max |logit difference| / max |logit| = "
-                      f"{diff:.1e}", flush=True)
+            _tiny(work, args)
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())
