@@ -39,7 +39,7 @@ def cpu_kind(results):
 def section(results, report_text):
     """The markdown section of one run: markers, caption, the report as text."""
     kind = cpu_kind(results)
-    started = results.get("suite_started_utc", "?")
+    started = str(results.get("suite_started_utc", "?")).removesuffix("Z").replace("T", " ")
     return (f"{BEGIN.format(kind=kind)}\n### {kind}, suite run {started} UTC\n\n"
             f"```text\n{report_text.rstrip()}\n```\n{END}\n")
 
