@@ -12,7 +12,7 @@ import tensorflow as tf
 from datafixtures import write_gray, write_list
 from PIL import Image
 from test_train import empty_config
-from tinyvgg import TINY_MEAN, TINY_WIDTHS, make_fc_layers, make_vgg_layers
+from tinyvgg import TINY_MEAN, TINY_WIDTHS, write_tiny_checkpoint
 
 from fcn_graph import evaluate, export, infer, port
 from fcn_graph import train as train_module
@@ -27,7 +27,6 @@ from fcn_graph.training import loop
 from fcn_graph.training.config import load_config
 from fcn_graph.training.curves import HISTORY_NAME, append_history, read_history, series
 from fcn_graph.weights import conversion
-from fcn_graph.weights.matconvnet import write_vgg_mat
 
 tf1 = tf.compat.v1
 
@@ -94,12 +93,7 @@ def write_folder_dataset(root, images, *, rng, split="val", label_values=(0, 1, 
 
 @pytest.fixture
 def tiny_checkpoint(tmp_path):
-    mat = str(tmp_path / "vgg.mat")
-    write_vgg_mat(mat, make_vgg_layers(), TINY_MEAN, fc=make_fc_layers(TINY_WIDTHS["conv5_4"]))
-    prefix = str(tmp_path / "ckpt" / "start")
-    assert port.main(["mat2ckpt", mat, "--num-classes", str(NUM_CLASSES), "--fc-width", "6",
-                      "--out", prefix]) == 0
-    return prefix
+    return write_tiny_checkpoint(tmp_path, NUM_CLASSES)
 
 
 def one_line_error(capsys, main, argv, prog="prog"):

@@ -12,7 +12,7 @@ import pytest
 import scipy.io
 from blocking import within
 from datafixtures import write_rgb
-from tinyvgg import TINY_MEAN, TINY_WIDTHS, make_fc_layers, make_vgg_layers
+from tinyvgg import TINY_MEAN, TINY_WIDTHS, make_fc_layers, make_vgg_layers, write_tiny_checkpoint
 
 from fcn_graph import infer, port
 from fcn_graph.core import fileio
@@ -26,12 +26,7 @@ NUM_CLASSES = 4
 
 @pytest.fixture
 def tiny_checkpoint(tmp_path):
-    mat = str(tmp_path / "vgg.mat")
-    write_vgg_mat(mat, make_vgg_layers(), TINY_MEAN, fc=make_fc_layers(TINY_WIDTHS["conv5_4"]))
-    prefix = str(tmp_path / "ckpt" / "start")
-    assert port.main(["mat2ckpt", mat, "--num-classes", str(NUM_CLASSES), "--fc-width", "6",
-                      "--out", prefix]) == 0
-    return prefix
+    return write_tiny_checkpoint(tmp_path, NUM_CLASSES)
 
 
 def _error_line(capsys, main, argv, prog):

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 import tensorflow as tf
-from tfutil import build_graph, random_values
+from tfutil import write_random_checkpoint
 from tinyvgg import TINY_MEAN, TINY_WIDTHS
 
 from fcn_graph import evaluate
@@ -30,7 +30,6 @@ from fcn_graph.training.reports import (
     report_names,
     write_report,
 )
-from fcn_graph.weights import checkpoint
 
 tf1 = tf.compat.v1
 
@@ -224,14 +223,7 @@ TINY_SPEC = ModelSpec(num_classes=5, fc_width=6, vgg_widths=tuple(TINY_WIDTHS.va
 
 @pytest.fixture(scope="module")
 def tiny_prefix(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("tiny")
-    graph, _, _, _, _, variables = build_graph(TINY_SPEC)
-    values = random_values(variables, seed=4, scale=0.25)
-    with graph.as_default():
-        saver = checkpoint.model_saver(variables)
-    with tf1.Session(graph=graph) as sess:
-        checkpoint.assign_arrays(sess, variables, values)
-        return checkpoint.save_model(sess, saver, str(directory / "tiny"), TINY_SPEC)
+    return write_random_checkpoint(str(tmp_path_factory.mktemp("tiny") / "tiny"), TINY_SPEC)
 
 
 def _dataset(root):

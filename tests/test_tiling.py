@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 import tensorflow as tf
-from tfutil import build_graph, random_values
+from tfutil import write_random_checkpoint
 from tinyvgg import TINY_MEAN, TINY_WIDTHS
 
 from fcn_graph import evaluate, infer
@@ -19,7 +19,6 @@ from fcn_graph.engines import tiling
 from fcn_graph.engines.segmenter import make_segmenter
 from fcn_graph.network import definition
 from fcn_graph.network.spec import ModelSpec
-from fcn_graph.weights import checkpoint
 
 tf1 = tf.compat.v1
 
@@ -30,16 +29,7 @@ TINY_SPEC = ModelSpec(num_classes=5, fc_width=6, vgg_widths=tuple(TINY_WIDTHS.va
 @pytest.fixture(scope="module")
 def tiny_prefix(tmp_path_factory):
     """A tiny legacy checkpoint with random non-zero weights everywhere."""
-    directory = tmp_path_factory.mktemp("tiny")
-    graph, _, _, _, _, variables = build_graph(TINY_SPEC)
-    # Small weights keep the logits of a deep tiny network in float32's
-    # comfortable range.
-    values = random_values(variables, seed=4, scale=0.25)
-    with graph.as_default():
-        saver = checkpoint.model_saver(variables)
-    with tf1.Session(graph=graph) as sess:
-        checkpoint.assign_arrays(sess, variables, values)
-        return checkpoint.save_model(sess, saver, str(directory / "tiny"), TINY_SPEC)
+    return write_random_checkpoint(str(tmp_path_factory.mktemp("tiny") / "tiny"), TINY_SPEC)
 
 
 def _image(height, width, seed=0):

@@ -12,6 +12,7 @@ import tensorflow as tf
 from datafixtures import block_label, random_image, write_gray, write_list, write_rgb
 from test_distributed import EXACT, assert_close, checkpoint_values, ordered_dataset, run_tasks
 from test_distributed import shapes_args as parallel_args
+from test_train import empty_config
 
 from fcn_graph import train as train_module
 from fcn_graph.core.errors import run_cli
@@ -53,6 +54,12 @@ def collapse_args(tmp_path, *extra):
             "train.eval_every=10", "train.max_steps=30", "train.patience_steps=0", *extra]
 
 
+def train_command(tmp_path, args):
+    """`python train.py --config {} --set ARG ...` in this process; its exit status."""
+    return run_cli(train_module.main, ["--config", empty_config(tmp_path)]
+                   + [arg for a in args for arg in ("--set", a)], prog="train.py")
+
+
 def warnings_in(err):
     return [line for line in err.splitlines() if "may be learning nothing" in line]
 
@@ -80,10 +87,7 @@ def test_a_run_on_background_labels_warns_once_and_records_the_shares(tmp_path, 
 
 def test_stop_on_collapse_saves_a_checkpoint_and_exits_2(tmp_path, capsys):
     args = collapse_args(tmp_path, "train.stop_on_collapse=true", "train.max_steps=100")
-    config = tmp_path / "empty.json"
-    config.write_text("{}\n")
-    code = run_cli(train_module.main, ["--config", str(config)]
-                   + [arg for a in args for arg in ("--set", a)], prog="train.py")
+    code = train_command(tmp_path, args)
     err = capsys.readouterr().err
     assert code == 2
     errors = [line for line in err.splitlines() if line.startswith("train.py: error:")]
@@ -171,10 +175,7 @@ def test_two_devices_equal_one_device_with_class_weights_and_focal_loss(tmp_path
 def test_class_weights_of_another_length_than_the_dataset_classes_stop_in_one_line(
         tmp_path, capsys):
     args = collapse_args(tmp_path, "train.class_weights=[1, 2]")
-    config = tmp_path / "empty.json"
-    config.write_text("{}\n")
-    code = run_cli(train_module.main, ["--config", str(config)]
-                   + [arg for a in args for arg in ("--set", a)], prog="train.py")
+    code = train_command(tmp_path, args)
     err = capsys.readouterr().err
     assert code == 2
     assert err.strip().splitlines()[-1] == (

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 import tensorflow as tf
-from tfutil import build_graph, random_values
+from tfutil import write_random_checkpoint
 from tinyvgg import TINY_MEAN, TINY_WIDTHS
 
 from fcn_graph import evaluate, infer
@@ -27,7 +27,6 @@ from fcn_graph.engines.tta import (
     scaled_size,
 )
 from fcn_graph.network.spec import ModelSpec
-from fcn_graph.weights import checkpoint
 
 tf1 = tf.compat.v1
 
@@ -65,14 +64,7 @@ def numpy_softmax(logits):
 @pytest.fixture(scope="module")
 def tiny_prefix(tmp_path_factory):
     """A tiny legacy checkpoint with random non-zero weights everywhere."""
-    directory = tmp_path_factory.mktemp("tiny")
-    graph, _, _, _, _, variables = build_graph(TINY_SPEC)
-    values = random_values(variables, seed=4, scale=0.25)
-    with graph.as_default():
-        saver = checkpoint.model_saver(variables)
-    with tf1.Session(graph=graph) as sess:
-        checkpoint.assign_arrays(sess, variables, values)
-        return checkpoint.save_model(sess, saver, str(directory / "tiny"), TINY_SPEC)
+    return write_random_checkpoint(str(tmp_path_factory.mktemp("tiny") / "tiny"), TINY_SPEC)
 
 
 @pytest.fixture(scope="module")

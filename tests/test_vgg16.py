@@ -12,11 +12,11 @@ import pytest
 import tensorflow as tf
 from npref import VGG16_CONV_LAYERS, fcn8s_legacy_forward, fcn_paper_forward
 from portfiles import write_keras_h5
+from test_port import _error_line, _port
 from tfutil import build_graph, run_random
 from tinyvgg import TINY_MEAN, TINY_WIDTHS, TINY_WIDTHS_16, make_fc_layers, make_vgg_layers
 
 from bench import harness, report
-from fcn_graph import port
 from fcn_graph.core.errors import UserError, run_cli
 from fcn_graph.engines import tiling
 from fcn_graph.network import definition, flops
@@ -128,17 +128,6 @@ def files(tmp_path_factory):
     found["h5_19"] = str(root / "vgg19.h5")
     write_keras_h5(found["h5_19"], layers19)
     return found
-
-
-def _port(*argv):
-    assert port.main([str(a) for a in argv]) == 0
-
-
-def _error_line(capsys, *argv):
-    assert run_cli(port.main, [str(a) for a in argv], prog="fcn_graph.port") == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("fcn_graph.port: error: "), err
-    return err
 
 
 def _run_checkpoint(prefix, x, seed):

@@ -45,3 +45,16 @@ def run_random(graph, images, variables, fetches, x, seed):
         checkpoint.assign_arrays(sess, variables, values)
         got = sess.run(fetches, {images: x})
     return got, {name.split("/")[1]: a.astype(np.float64) for name, a in values.items()}
+
+
+def write_random_checkpoint(prefix, spec, *, seed=4, scale=0.25):
+    """A checkpoint of `spec` at `prefix` with `random_values` (non-zero
+    everywhere; small weights keep the logits of a deep tiny network in
+    float32's comfortable range); returns the prefix."""
+    graph, _, _, _, _, variables = build_graph(spec)
+    values = random_values(variables, seed=seed, scale=scale)
+    with graph.as_default():
+        saver = checkpoint.model_saver(variables)
+    with tf1.Session(graph=graph) as sess:
+        checkpoint.assign_arrays(sess, variables, values)
+        return checkpoint.save_model(sess, saver, prefix, spec)
