@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from fcn_graph.core import private_files
+from fcn_graph.core import fileio, private_files
 from fcn_graph.engines import model_cache
 
 VARIANT = {"opset": 17, "kernels": "cpu"}
@@ -100,7 +100,7 @@ def test_a_file_changed_just_now_is_hashed_not_remembered(tmp_path):
     path = tmp_path / "shard"
     path.write_bytes(b"x" * 100)
     memo = str(tmp_path / "memo.json")
-    assert private_files.file_digest(str(path), memo) == private_files.file_sha256(str(path))
+    assert private_files.file_digest(str(path), memo) == fileio.file_sha256(str(path))
     assert not os.path.exists(memo)
 
 
@@ -115,7 +115,7 @@ def test_the_memo_follows_size_times_and_inode(tmp_path, quick_memo):
         handle.write(b"y")
     os.utime(path, ns=(status.st_atime_ns, status.st_mtime_ns))  # only the ctime tells
     second = private_files.file_digest(path, memo)
-    assert first != second == private_files.file_sha256(path)
+    assert first != second == fileio.file_sha256(path)
 
 
 @pytest.mark.parametrize("planted", ["memo writable by others", "memo a link"])

@@ -334,10 +334,24 @@ def fingerprint(path):
     return digest.hexdigest()
 
 
-def _hash_file(path, digest):
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
-    with os.fdopen(fd, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
+def file_sha256(path, *, follow=True):
+    """SHA-256 (hex) of the regular file at `path`, read in chunks; a FIFO,
+    device or folder raises NotARegularFile before any read, and with
+    `follow` False a symbolic link raises OSError (ELOOP)."""
+    digest = hashlib.sha256()
+    _hash_file(path, digest, follow=follow)
+    return digest.hexdigest()
+
+
+def _hash_file(path, digest, *, follow=False):
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)
+    if not follow:
+        flags |= getattr(os, "O_NOFOLLOW", 0)
+    with os.fdopen(os.open(path, flags), "rb") as handle:
+        mode = os.fstat(handle.fileno()).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotARegularFile(path, mode)
+        for block in iter(lambda: handle.read(1 << 22), b""):
             digest.update(block)
 
 

@@ -21,7 +21,6 @@ so that a write in the same clock tick as the hashing is never missed.
 
 import contextlib
 import errno
-import hashlib
 import json
 import os
 import stat
@@ -29,9 +28,8 @@ import sys
 import time
 import uuid
 
-from fcn_graph.core.fileio import NotARegularFile, json_text
+from fcn_graph.core.fileio import file_sha256, json_text
 
-HASH_CHUNK = 1 << 22
 MEMO_FORMAT = "fcn_graph.file_digests"
 MEMO_VERSION = 1
 MEMO_ENTRIES = 512        # the memo keeps the files hashed most recently
@@ -125,22 +123,6 @@ def read_private_file(path):
         if status_problem(os.fstat(handle.fileno()), kind="file") is not None:
             return None
         return handle.read()
-
-
-def file_sha256(path):
-    """SHA-256 (hex) of the regular file at `path`, read in chunks; a FIFO,
-    device or folder raises NotARegularFile before any read."""
-    digest = hashlib.sha256()
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    with os.fdopen(fd, "rb") as handle:
-        mode = os.fstat(handle.fileno()).st_mode
-        if not stat.S_ISREG(mode):
-            raise NotARegularFile(path, mode)
-        while True:
-            chunk = handle.read(HASH_CHUNK)
-            if not chunk:
-                return digest.hexdigest()
-            digest.update(chunk)
 
 
 def _signature(status):

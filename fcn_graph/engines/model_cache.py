@@ -56,10 +56,9 @@ import time
 import uuid
 
 from fcn_graph.core.errors import UserError
-from fcn_graph.core.fileio import cache_dir, json_text, read_regular_file
+from fcn_graph.core.fileio import cache_dir, file_sha256, json_text, read_regular_file
 from fcn_graph.core.private_files import (
     file_digest,
-    file_sha256,
     make_private_folder,
     note_once,
     status_problem,
