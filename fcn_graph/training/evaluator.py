@@ -18,6 +18,12 @@ from fcn_graph.weights import checkpoint
 
 tf1 = tf.compat.v1
 
+# Validation images of one size run through the graph's model branch together,
+# up to this many images and pixels per session run: a few large runs instead
+# of many small ones, whose per-op thread hand-offs dominate on a busy CPU.
+EVAL_BATCH_IMAGES = 8
+EVAL_BATCH_PIXELS = 1 << 18
+
 
 class Evaluator:
     """The evaluation part of a graph, built into the current default graph:
@@ -35,8 +41,30 @@ class Evaluator:
         self.images = tf1.placeholder(tf.float32, [None, None, None, 3], name="eval_images")
         self.logits, self.prediction, _ = build_model(self.images, spec, keep_prob=1.0, kernels=kernels)
 
+    def _groups(self, sess, *, batched):
+        """The dataset's items (batch-1 dicts) in lists of consecutive items
+        of one image size, up to EVAL_BATCH_IMAGES items and EVAL_BATCH_PIXELS
+        pixels in all (`batched`), else one item each."""
+        sess.run(self.iterator.initializer)
+        group = []
+        while True:
+            try:
+                item = sess.run(self.next_item)
+            except tf.errors.OutOfRangeError:
+                break
+            except tf.errors.OpError as err:
+                raise UserError(datasets.data_error_message(err)) from None
+            if group and not (batched and _joins(group, item)):
+                yield group
+                group = []
+            group.append(item)
+        if group:
+            yield group
+
     def run(self, sess, *, on_image=None, progress=None, predict=None):
-        """Run every image; returns (metrics dict, number of images). The dict
+        """Run every image, images of one size together in batches
+        (`_groups`) through the graph's branch; returns (metrics dict, number
+        of images). The dict
         also holds "confusion", the confusion matrix (int64 [K, K]).
 
         predict(image uint8 [1, H, W, 3]) -> labels [1, H, W] replaces the graph's
@@ -46,31 +74,34 @@ class Evaluator:
         called for each image. Data errors become one-line UserErrors.
         """
         matrix = ConfusionMatrix(self.num_classes)
-        sess.run(self.iterator.initializer)
         count = 0
-        while True:
-            try:
-                item = sess.run(self.next_item)
-            except tf.errors.OutOfRangeError:
-                break
-            except tf.errors.OpError as err:
-                raise UserError(datasets.data_error_message(err)) from None
+        for group in self._groups(sess, batched=predict is None):
             if predict is None:
-                prediction = sess.run(self.prediction, {self.images: item["image"]})
+                batch = np.concatenate([item["image"] for item in group])
+                predictions = sess.run(self.prediction, {self.images: batch})[:, np.newaxis]
             else:
-                prediction = predict(item["image"].astype(np.uint8))
-            name = os.fsdecode(item["name"][0])
-            matrix.update(item["label"], prediction)
-            count += 1
-            if on_image is not None:
-                on_image(name, item["image"][0].astype(np.uint8), item["label"][0],
-                         prediction[0])
-            if progress is not None:
-                progress.update(count)
+                predictions = [predict(item["image"].astype(np.uint8)) for item in group]
+            for item, prediction in zip(group, predictions):
+                name = os.fsdecode(item["name"][0])
+                matrix.update(item["label"], prediction)
+                count += 1
+                if on_image is not None:
+                    on_image(name, item["image"][0].astype(np.uint8), item["label"][0],
+                             prediction[0])
+                if progress is not None:
+                    progress.update(count)
         metrics = matrix.compute()
         metrics["num_images"] = count
         metrics["confusion"] = matrix.hist.copy()
         return metrics, count
+
+
+def _joins(group, item):
+    """Whether `item` can join the batch `group` (`Evaluator._groups`)."""
+    height, width = item["image"].shape[1:3]
+    return (group[0]["image"].shape[1:3] == (height, width)
+            and len(group) < EVAL_BATCH_IMAGES
+            and (len(group) + 1) * height * width <= EVAL_BATCH_PIXELS)
 
 
 def build_model(images, spec, *, keep_prob, kernels="auto"):
@@ -106,8 +137,8 @@ def evaluate_checkpoint(prefix, spec, files, *, engine="tf", threads=None, max_i
                         on_image=None, progress=None, kernels="auto", precision="float32",
                         calibration=None, tiled=None, augmented=None):
     """The metrics dict of checkpoint `prefix` (its `ModelSpec` `spec`) on the
-    dataset split `files`, every image at full size, one at a time, through
-    one finalised graph. `engine` "onnxruntime" runs the images through an
+    dataset split `files`, every image at full size (in small batches of one
+    size, `Evaluator.run`), through one finalised graph. `engine` "onnxruntime" runs the images through an
     ONNX Runtime segmenter instead; the dataset still streams through the
     graph. `on_image` and `progress` as in `Evaluator.run`; `kernels` is the
     kernel set of both engines. `tiled(segmenter) -> segmenter` wraps the
