@@ -37,6 +37,7 @@ from fcn_graph.core.ranges import (
     WIDTH_MULTIPLIER_RANGE,
     Range,
 )
+from fcn_graph.host import cpuinfo
 
 CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIME = "/usr/bin/time"
@@ -47,6 +48,7 @@ import sys, time
 import numpy as np
 from fcn_graph.data import image_files
 from fcn_graph.engines.segmenter import make_segmenter
+from fcn_graph.host import cpuinfo
 prefix, engine, path, calls = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 segmenter = make_segmenter(prefix, engine=engine)
 batch = image_files.read_image(path)[None]
@@ -58,22 +60,6 @@ for _ in range(calls):
     times.append(time.perf_counter() - start)
 print(sum(times) / len(times))
 """
-
-
-def cpu_model():
-    """lscpu's model name, else /proc/cpuinfo's."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    with open("/proc/cpuinfo", encoding="ascii", errors="replace") as handle:
-        for line in handle:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return "unknown CPU"
 
 
 def environment(work):
@@ -254,7 +240,7 @@ def main(argv=None):
     work = tempfile.mkdtemp(prefix="fcn_cold_")
     env = environment(work)
     try:
-        print(f"CPU: {cpu_model()}, {os.cpu_count()} cores; width x{args.width_multiplier}, "
+        print(f"CPU: {cpuinfo.cpu_label()}, {os.cpu_count()} cores; width x{args.width_multiplier}, "
               f"fc {args.fc_width}, {args.num_classes} classes", flush=True)
         prefix = make_weights(work, args, env)
         photo, folder = make_inputs(work, args.images)

@@ -20,7 +20,6 @@ written once to a temporary folder (`--work` keeps them). Prints medians.
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -32,16 +31,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+from fcn_graph.host import cpuinfo  # noqa: E402
 
 
 def median_ms(fn, rounds, warmup=1):
@@ -156,7 +146,7 @@ def main(argv=None):
     tf.get_logger().setLevel("ERROR")
     from bench.worker import make_weights
 
-    print(f"CPU: {cpu_model()}, {os.cpu_count()} logical CPUs, threads {args.threads}",
+    print(f"CPU: {cpuinfo.cpu_label()}, {os.cpu_count()} logical CPUs, threads {args.threads}",
           flush=True)
     with tempfile.TemporaryDirectory(prefix="fcn_deploy_") as scratch:
         work = args.work or scratch

@@ -27,18 +27,20 @@ BEGIN = "<!-- suite report: {kind} -->"
 END = "<!-- end of suite report -->"
 
 
-def cpu_kind(results):
-    """'MODEL (flag flag ...)' of a suite results dict."""
+def section_label(results):
+    """'KIND: MODEL (flag flag ...)' of a suite results dict (without KIND
+    where the run did not record it)."""
     header = results.get("header") or {}
     machine = header.get("machine") or {}
-    model = header.get("cpu_model") or machine.get("cpu") or "unknown CPU"
+    model = machine.get("cpu") or header.get("cpu_model") or "unknown CPU"
     flags = " ".join(machine.get("features") or []) or "no AVX-512, VNNI, bf16 or AMX"
-    return f"{model} ({flags})"
+    kind = f"{machine['kind']}: " if machine.get("kind") else ""
+    return f"{kind}{model} ({flags})"
 
 
 def section(results, report_text):
     """The markdown section of one run: markers, caption, the report as text."""
-    kind = cpu_kind(results)
+    kind = section_label(results)
     started = str(results.get("suite_started_utc", "?")).removesuffix("Z").replace("T", " ")
     return (f"{BEGIN.format(kind=kind)}\n### {kind}, suite run {started} UTC\n\n"
             f"```text\n{report_text.rstrip()}\n```\n{END}\n")
@@ -49,7 +51,7 @@ def replace_section(text, results, report_text):
     if RESULTS_HEADING not in text:
         raise UserError(f"expected a line {RESULTS_HEADING!r} in the document, found none")
     new = section(results, report_text)
-    begin = BEGIN.format(kind=cpu_kind(results))
+    begin = BEGIN.format(kind=section_label(results))
     pattern = re.compile(re.escape(begin) + r"\n.*?" + re.escape(END) + r"\n", re.S)
     if pattern.search(text):
         return pattern.sub(lambda _: new, text, count=1)

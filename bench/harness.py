@@ -117,7 +117,7 @@ def run_benchmark(args):
     work = tempfile.mkdtemp(prefix="fcn_bench_")
     prefix = os.path.join(work, "weights")
     report = {"started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-              "machine": _machine(args.kernels, args.threads), "threads": args.threads,
+              "machine": machine_info(args.kernels, args.threads), "threads": args.threads,
               "num_classes": args.num_classes,
               "width_multiplier": args.width_multiplier, "fc_width": args.fc_width,
               "kernels": args.kernels, "backbone": args.backbone,
@@ -282,13 +282,14 @@ DECIDING_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx_v
                   "amx_tile", "amx_bf16", "amx_int8")
 
 
-def _machine(kernels="auto", threads=None):
+def machine_info(kernels="auto", threads=None):
     from fcn_graph.host import choice, cpuinfo
     text = cpuinfo.read_cpuinfo()
     features = cpuinfo.cpu_features(text)
     choices = {task: choice.choose(task, threads=threads, kernels=kernels, text=text)
                for task in choice.TASKS}
-    return {"cpu": cpuinfo.cpu_model_name(text), "cores": os.cpu_count(),
+    return {"cpu": cpuinfo.cpu_model_name(text), "kind": cpuinfo.cpu_kind(text),
+            "cores": os.cpu_count(),
             "tensorflow": choice.tensorflow_version(),
             "onednn_env": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
             "features": [flag for flag in DECIDING_FLAGS if flag in features],

@@ -30,22 +30,10 @@ from bench.side_by_side import cases_and_rounds, interleave, ours_weights  # noq
 from bench.worker import case_images, generated_calibration  # noqa: E402
 from fcn_graph.core.errors import UserError, run_cli  # noqa: E402
 from fcn_graph.core.ranges import REPEATS_RANGE  # noqa: E402
+from fcn_graph.host import cpuinfo  # noqa: E402
 
 THREADS = 2
 REFERENCE = "onnxruntime float32"
-
-
-def cpu_model():
-    """The `Model name` of lscpu (the cpuinfo `model name`), or "unknown"."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
-            for line in handle:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name":
-                    return value.strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 def contenders(prefix, fp32_onnx, int8_onnx, batch, size):
@@ -81,7 +69,7 @@ def main(argv=None):
     cases = cases_and_rounds(parser, args)
     os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
     from fcn_graph.engines import int8_model
-    from fcn_graph.host import cpuinfo, session
+    from fcn_graph.host import session
     os.makedirs(args.work, exist_ok=True)
     prefix, fp32_onnx = ours_weights(args.work)
     int8_onnx = os.path.join(args.work, "model_int8.onnx")
@@ -90,7 +78,7 @@ def main(argv=None):
             os.path.join(args.work, "calibration"))
         int8_model.quantize_model(fp32_onnx, calibration, int8_onnx)
     features = cpuinfo.cpu_features()
-    print(f"CPU: {cpu_model()}; bf16 units: "
+    print(f"CPU: {cpuinfo.cpu_label()}; bf16 units: "
           f"{', '.join(f for f in cpuinfo.BF16_FLAGS if f in features) or 'none'}; int8 units: "
           f"{', '.join(f for f in cpuinfo.INT8_FLAGS if f in features) or 'none'}; "
           f"oneDNN {'on' if session.onednn_enabled() else 'off'}; {THREADS} threads")

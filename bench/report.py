@@ -44,7 +44,8 @@ def format_cpu(machine):
                 chosen.get(f"oneDNN for {task}"))
         onednn.append(f"{_onoff(ran)} for {task}")
     tf_version = f", TensorFlow {machine['tensorflow']}" if machine.get("tensorflow") else ""
-    lines = [f"CPU {machine['cpu'] or 'unknown'}, {machine['cores']} cores{tf_version}; "
+    kind = f" ({machine['kind']})" if machine.get("kind") else ""
+    lines = [f"CPU {machine['cpu'] or 'unknown'}{kind}, {machine['cores']} cores{tf_version}; "
              f"flags {' '.join(machine['features']) or 'none of note'}; "
              f"oneDNN {', '.join(onednn)}; bfloat16 {machine['bfloat16']}; int8 {machine['int8']}"]
     for task, rows in choices.items():

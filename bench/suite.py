@@ -58,6 +58,7 @@ from bench import cases as bench_cases  # noqa: E402
 from bench import report as bench_report  # noqa: E402
 from fcn_graph.core.errors import UserError, run_cli  # noqa: E402
 from fcn_graph.core.ranges import REPEATS_RANGE  # noqa: E402
+from fcn_graph.host import cpuinfo  # noqa: E402
 from fcn_graph.host.choice import choose_engine  # noqa: E402
 
 PEERS_DIR = os.path.normpath(os.path.join(CHECKOUT, "..", "shared", "bench-peers"))
@@ -569,15 +570,15 @@ def fastest_engine(inference):
 
 def run_suite(args):
     """Every part not skipped; the results dict (goals included)."""
-    from bench import cold_start, harness
+    from bench import harness
     from fcn_graph.host.session import cpu_count
     started = time.time()
     results = {"suite_started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
                "load_start": list(os.getloadavg())}
     threads = cpu_count()
-    machine = harness._machine()
+    machine = harness.machine_info()
     found_versions, torch_problem = versions(args.peer_python)
-    results["header"] = {"cpu_model": cold_start.cpu_model(), "machine": machine,
+    results["header"] = {"cpu_model": cpuinfo.cpu_model_name(), "machine": machine,
                          "threads": threads, "versions": found_versions}
     results["settings"] = {
         "quick": args.quick, "rounds": args.rounds, "warmup": args.warmup,

@@ -152,7 +152,7 @@ def test_the_report_names_the_cpu_features_and_choices(tmp_path, monkeypatch, cp
     path.write_text("model name\t: Test CPU\n" + cpuinfo_text)
     monkeypatch.setattr(cpuinfo, "CPUINFO_PATH", str(path))
     monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
-    machine = harness._machine()
+    machine = harness.machine_info()
     assert machine["features"] == features.split()
     line = report.format_report({"machine": machine, "results": []}).splitlines()[0]
     assert f"flags {features};" in line and "oneDNN off" in line

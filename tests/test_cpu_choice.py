@@ -18,7 +18,8 @@ from fcn_graph.host import choice, cpuinfo, kernel_timing
 
 CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-ZEN3 = ("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 7R13 Processor\n"
+ZEN3 = ("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 1\n"
+        "model name\t: AMD EPYC 7R13 Processor\n"
         "flags\t\t: fpu sse2 avx avx2 fma\n")
 ZEN4 = ("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9R14\n"
         "flags\t\t: fpu sse2 avx avx2 fma avx512f avx512bw avx512_bf16 avx512_vnni avx512vl\n")
@@ -429,7 +430,7 @@ def test_the_benchmark_prints_the_cpu_block(tmp_path, monkeypatch):
     from bench import harness, report
     fake_cpuinfo(monkeypatch, tmp_path, ZEN3)
     monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
-    machine = harness._machine()
+    machine = harness.machine_info()
     assert machine["cpu"] == "AMD EPYC 7R13 Processor"
     assert machine["features"] == ["avx2", "fma"]
     assert machine["tensorflow"] == choice.tensorflow_version()
@@ -446,7 +447,8 @@ def test_the_benchmark_prints_the_cpu_block(tmp_path, monkeypatch):
     machine["onednn_workers"] = harness.onednn_in_workers(results)
     assert machine["onednn_workers"] == {"inference": False, "training": True}
     lines = report.format_cpu(machine)
-    assert lines[0].startswith(f"CPU AMD EPYC 7R13 Processor, {os.cpu_count()} cores, "
+    assert machine["kind"] == "AMD Zen 3"
+    assert lines[0].startswith(f"CPU AMD EPYC 7R13 Processor (AMD Zen 3), {os.cpu_count()} cores, "
                                f"TensorFlow {machine['tensorflow']}; flags avx2 fma; oneDNN off "
                                "for inference, on for training; bfloat16 refused")
     assert "  oneDNN for inference        off         rule: no avx512f" in lines

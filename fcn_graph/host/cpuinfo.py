@@ -68,6 +68,57 @@ def cpu_vendor(text=None):
     return _first_value(read_cpuinfo() if text is None else text, ("vendor_id",))
 
 
+# AMD's core generations by (cpu family, model range), from AMD's processor
+# programming references: family 0x17 is Zen/Zen 2, 0x19 Zen 3 or Zen 4 by
+# model, 0x1A Zen 5.
+AMD_CORES = (
+    (0x17, range(0x00, 0x30), "Zen"),
+    (0x17, range(0x30, 0x100), "Zen 2"),
+    (0x19, range(0x00, 0x10), "Zen 3"),
+    (0x19, range(0x10, 0x20), "Zen 4"),
+    (0x19, range(0x20, 0x60), "Zen 3"),
+    (0x19, range(0x60, 0x80), "Zen 4"),
+    (0x19, range(0xA0, 0xB0), "Zen 4"),
+    (0x1A, range(0x00, 0x100), "Zen 5"),
+)
+
+
+def _number(text):
+    try:
+        return int(text, 0)
+    except ValueError:
+        return None
+
+
+def cpu_kind(text=None):
+    """The CPU kind the project's figures are kept by, from cpuinfo `text`
+    (default: CPUINFO_PATH): the AMD core generation (`AMD_CORES`, e.g. "AMD
+    Zen 4"), or the vendor with the units that decide the engines' choices
+    (e.g. "Intel, AVX-512 with AMX"); "" where there is nothing to read."""
+    text = read_cpuinfo() if text is None else text
+    vendor, features = cpu_vendor(text), cpu_features(text)
+    if vendor == "AuthenticAMD":
+        family = _number(_first_value(text, ("cpu family",)))
+        model = _number(_first_value(text, ("model",)))
+        for core_family, models, name in AMD_CORES:
+            if family == core_family and model in models:
+                return f"AMD {name}"
+    name = {"AuthenticAMD": "AMD", "GenuineIntel": "Intel"}.get(vendor, vendor)
+    units = ("AVX-512" if "avx512f" in features else "AVX2" if "avx2" in features
+             else "no AVX2" if "sse2" in features else "")
+    if units and "amx_tile" in features:
+        units += " with AMX"
+    return ", ".join(part for part in (name, units) if part)
+
+
+def cpu_label(text=None):
+    """The model name with the kind (`cpu_kind`), e.g. "AMD EPYC (AMD Zen 4)",
+    as reports name the CPU of their figures."""
+    text = read_cpuinfo() if text is None else text
+    model, kind = cpu_model_name(text) or "unknown CPU", cpu_kind(text)
+    return f"{model} ({kind})" if kind else model
+
+
 def has_bf16_units(features):
     return any(flag in features for flag in BF16_FLAGS)
 
