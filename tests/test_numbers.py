@@ -8,7 +8,15 @@ import os
 
 import pytest
 
-from bench import cold_start, optimizer_update, precision, side_by_side, suite, tiled_memory
+from bench import (
+    cold_start,
+    first_run,
+    optimizer_update,
+    precision,
+    side_by_side,
+    suite,
+    tiled_memory,
+)
 from fcn_graph import bench as bench_command
 from fcn_graph import calibrate, evaluate, export, infer, launch, port
 from fcn_graph import train as train_command
@@ -66,6 +74,8 @@ FLAGS = [
     ("bench/cold_start", cold_start.main, [], "--width-multiplier", [], False),
     ("bench/cold_start", cold_start.main, [], "--fc-width", [], False),
     ("bench/cold_start", cold_start.main, [], "--num-classes", [], False),
+    ("bench/first_run", first_run.main, [], "--rounds", [], False),
+    ("bench/first_run", first_run.main, [], "--thresholds", [], False),
     ("bench/optimizer_update", optimizer_update.main, [], "--num-classes", [], False),
     ("bench/optimizer_update", optimizer_update.main, [], "--width-multiplier", [], False),
     ("bench/optimizer_update", optimizer_update.main, [], "--fc-width", [], False),

@@ -260,11 +260,18 @@ def train(config, *, exiting=False, environ=None):
               file=sys.stderr)
         cluster = None
     check_precision(config.train, cluster)
+    started = time.monotonic()
     if cluster is not None and not cluster.is_chief:
-        return _train(config, exiting, cluster)  # writes nothing in train.log_dir
+        return _train(config, exiting, started, cluster)  # writes nothing in train.log_dir
     _prepare_log_dir(config.train.log_dir)
     with runlock.locked_log_dir(config.train.log_dir):
-        return _train(config, exiting, cluster)
+        return _train(config, exiting, started, cluster)
+
+
+def _minutes_seconds(seconds):
+    """161.4 -> "2 min 41 s"."""
+    minutes, seconds = divmod(int(round(seconds)), 60)
+    return f"{minutes} min {seconds} s" if minutes else f"{seconds} s"
 
 
 def check_precision(t, cluster=None):
@@ -310,7 +317,7 @@ def resolve_devices(configured):
     return list(configured)
 
 
-def _train(config, exiting, cluster=None):
+def _train(config, exiting, started, cluster=None):
     t = config.train
     chief = cluster is None or cluster.is_chief
     devices = resolve_devices(t.devices)
@@ -357,7 +364,8 @@ def _train(config, exiting, cluster=None):
               metrics_record(metrics, class_names, checkpoint=run.saved,
                              split=val_files.split, global_step=int(step)))
     print(f"step {step}: validation mean IU {format_value(metrics['mean_iou'])} "
-          f"({metrics['num_images']} images); checkpoint {run.saved}")
+          f"({metrics['num_images']} images); checkpoint {run.saved}; this run took "
+          f"{_minutes_seconds(time.monotonic() - started)}")
     return metrics
 
 
