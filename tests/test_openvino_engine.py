@@ -86,6 +86,17 @@ def test_the_precision_hints():
         openvino_engine.compile_config(2, "float16")
 
 
+def test_bfloat16_is_refused_without_bf16_units(tmp_path, monkeypatch):
+    from fcn_graph.host import cpuinfo
+    path = _onnx_file(tmp_path, _tiny_checkpoint(tmp_path))
+    monkeypatch.setattr(cpuinfo, "cpu_features", lambda text=None: {"avx2", "fma"})
+    with pytest.raises(UserError, match="--precision bfloat16: this CPU has no bfloat16 units"):
+        openvino_engine.OpenVinoSegmenter(path, precision="bfloat16")
+    monkeypatch.setattr(cpuinfo, "cpu_features", lambda text=None: {"avx512f", "avx512_bf16"})
+    engine = openvino_engine.OpenVinoSegmenter(path, precision="bfloat16")
+    assert engine.config["INFERENCE_PRECISION_HINT"] == "bf16"
+
+
 def test_bad_models_and_options_are_one_line_errors(tmp_path):
     with pytest.raises(UserError, match="missing.onnx: no such ONNX file"):
         openvino_engine.OpenVinoSegmenter(str(tmp_path / "missing.onnx"))

@@ -26,6 +26,7 @@ import numpy as np
 
 from fcn_graph.core.errors import UserError
 from fcn_graph.engines import model_cache, onnx_engine
+from fcn_graph.host import cpuinfo
 
 # The CPU plugin's INFERENCE_PRECISION_HINT of each precision the engine runs.
 PRECISION_HINTS = {"float32": "f32", "bfloat16": "bf16"}
@@ -79,6 +80,8 @@ class OpenVinoSegmenter:
                  precision="float32"):
         openvino = openvino_module()
         self.config = compile_config(threads or onnx_engine.cpu_count(), precision)
+        if precision == "bfloat16":
+            cpuinfo.check_precision("bfloat16")  # no emulated bf16
         self.core = openvino.Core()
         if isinstance(path_or_prefix, model_cache.ModelFile):
             with path_or_prefix as found:
