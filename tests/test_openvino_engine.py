@@ -127,3 +127,22 @@ def test_infer_cli_openvino_engine_matches_onnxruntime(tmp_path):
     scale = np.abs(outs["onnxruntime"]).max()
     np.testing.assert_allclose(outs["openvino"], outs["onnxruntime"], rtol=1e-4,
                                atol=1e-4 * scale)
+
+
+def test_infer_in_bfloat16_runs_on_openvino_on_a_cpu_of_the_measured_kind(tmp_path, monkeypatch,
+                                                                          capsys):
+    import cv2
+
+    from fcn_graph.host import choice, cpuinfo
+    monkeypatch.setattr(cpuinfo, "cpu_features",
+                        lambda text=None: {"avx2", "fma", "avx512f", "avx512_bf16"})
+    monkeypatch.setattr(choice, "gpu_visible", lambda *args: False)
+    prefix = _tiny_checkpoint(tmp_path)
+    image = np.random.default_rng(6).integers(0, 256, (21, 34, 3), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / "a.png"), image[..., ::-1])
+    assert infer.main([str(tmp_path / "a.png"), "--checkpoint", prefix, "--output-dir",
+                       str(tmp_path / "out"), "--precision", "bfloat16"]) == 0
+    captured = capsys.readouterr()
+    text = captured.out + captured.err
+    assert "engine openvino (auto: bfloat16 runs on OpenVINO" in text, text
+    assert cv2.imread(str(tmp_path / "out" / "a.png"), cv2.IMREAD_UNCHANGED).shape[:2] == (21, 34)
