@@ -41,9 +41,9 @@ in their own venvs (--peer-python for torch and their ONNX Runtime,
 the work folder. A peer that cannot run is one line saying why. "x best peer"
 is a contender's median ms per call over the best peer's of the case (below
 1: faster; the best peer is the fastest float32 one). "labels=ort" is the
-share of pixels whose label equals the onnxruntime engine's on the same input,
-so that a fast but wrong runtime shows. Peers' GFLOP/s use their own count (conv5_4 included, which the
-legacy graph of ours does not run). The report goes to stdout and, with
+share of pixels whose label equals the onnxruntime engine's on the same
+input, so that a fast but wrong runtime shows. Peers' GFLOP/s use their own
+count (conv5_4 included, which the legacy graph of ours does not run). The report goes to stdout and, with
 every figure, to bench/results/suite-<UTC time>.json (or --out), written
 atomically; progress goes to stderr.
 """
