@@ -1070,7 +1070,9 @@ def _header_lines(results):
             lines.append(f"CPU model (lscpu): {header.get('cpu_model')}")
         found = header.get("versions", {})
         lines.append(f"threads {header.get('threads')}; TensorFlow {found.get('tensorflow')}, "
-                     f"ONNX Runtime {found.get('onnxruntime')}, torch "
+                     f"ONNX Runtime {found.get('onnxruntime')}, OpenVINO "
+                     f"{found.get('openvino') or 'not installed'}, LiteRT "
+                     f"{found.get('ai-edge-litert') or 'not installed'}, torch "
                      f"{found.get('torch') or 'not available'} (peers' venv)")
     lines.append(f"load average (1/5/15 min): start {_load(results.get('load_start'))}, "
                  f"end {_load(results.get('load_end'))}")

@@ -492,6 +492,8 @@ def test_goals_and_report_of_the_other_runtimes():
         case["peers"].pop("openvino-bf16", None)
         if "litert" in case["peers"]:
             case["peers"]["litert"]["label_agreement_vs_onnxruntime"] = 0.5
+    results["header"] = {"cpu_model": "CPU", "threads": 2, "versions": {
+        "tensorflow": "2.21.0", "onnxruntime": "1.32.0", "openvino": "2026.4.1"}}
     results["goals"] = suite.goals(results)
     by_goal = {goal["goal"]: goal for goal in results["goals"]}
     default = by_goal["other runtimes on our exported files: the default engine (tf) against "
@@ -503,6 +505,8 @@ def test_goals_and_report_of_the_other_runtimes():
     assert (low["status"], low["figure"]) == (
         "not measured", "not measured (peer openvino-bf16: the CPU has no bf16 units)")
     lines = suite.format_report(results).splitlines()
+    assert "threads 2; TensorFlow 2.21.0, ONNX Runtime 1.32.0, OpenVINO 2026.4.1, LiteRT not " \
+        "installed, torch not available (peers' venv)" in lines
     assert "  peer openvino-bf16        not run: the CPU has no bf16 units" in lines
     row = next(line for line in lines if line.startswith("  peer litert"))
     assert row.split()[-1] == "50.00%" and row.split()[2] == "150.0", row
