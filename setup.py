@@ -20,8 +20,11 @@ setup(
         # python -m fcn_graph.export --format onnx and --engine onnxruntime, and the LiteRT
         # interpreter of --format tflite (SavedModel and frozen exports need only TensorFlow)
         "export": ["onnx>=1.15", "onnxruntime>=1.17", "ai-edge-litert>=2.0"],
+        # --engine openvino (the ONNX model in OpenVINO's CPU plugin), and the suite's
+        # OpenVINO contenders
+        "openvino": ["onnx>=1.15", "onnxruntime>=1.17", "openvino>=2026.4"],
         "dev": ["pytest>=7", "pytest-xdist>=3", "ruff>=0.4", "import-linter>=2.1", "onnx>=1.15",
-                "onnxruntime>=1.17", "ai-edge-litert>=2.0"],
+                "onnxruntime>=1.17", "ai-edge-litert>=2.0", "openvino>=2026.4"],
         # tools/mutation.sh (not run by CI)
         "mutation": ["mutmut>=3.8,<4", "pytest>=7"],
     },

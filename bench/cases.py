@@ -1,6 +1,6 @@
 """What the benchmark measures: the cases (batch, size, training) and the
-variants (an engine plus modifiers of the tf engine), and the parsing of
---cases and --variants."""
+variants (an engine plus modifiers of the tf engine, or another runtime on
+the files fcn_graph exports), and the parsing of --cases and --variants."""
 
 import collections
 
@@ -32,15 +32,24 @@ MODIFIERS = collections.OrderedDict([
 ONNX_MODIFIERS = collections.OrderedDict([
     ("int8", ({"precision": "int8"}, {})),  # the quantized model (worker's "make-int8")
 ])
+# Other runtimes that users would pick instead, each running a file fcn_graph
+# exports: OpenVINO's CPU plugin the ONNX model (`export --format onnx`), the
+# LiteRT interpreter the .tflite (`export --format tflite`, float32).
+RUNTIMES = ("openvino", "litert")
+# Modifiers of the openvino runtime: its inference precision hint (f32 unless told)
+OPENVINO_MODIFIERS = collections.OrderedDict([
+    ("bf16", ({"precision": "bfloat16"}, {})),
+])
 NUM_CLASSES = 21  # the default --num-classes: PASCAL VOC
 
 
 def variant_settings(name):
     """variant name -> (engine, options, extra environment); ValueError if unknown."""
     engine, *mods = name.split("-")
-    if engine not in ENGINES:
+    if engine not in ENGINES + RUNTIMES:
         raise ValueError(name)
-    table = ONNX_MODIFIERS if engine == "onnxruntime" else MODIFIERS
+    table = {"onnxruntime": ONNX_MODIFIERS, "openvino": OPENVINO_MODIFIERS,
+             "litert": {}}.get(engine, MODIFIERS)
     options, env = {}, {}
     for mod in mods:
         if mod not in table:
@@ -68,8 +77,8 @@ def parse_variants(text):
             variant_settings(item)
         except ValueError:
             raise UserError(f"--variants: unknown variant {item!r}; expected onnxruntime, "
-                            f"onnxruntime-int8, or tf with any of -{', -'.join(MODIFIERS)} "
-                            "(e.g. tf-onednn-xla)") from None
+                            f"onnxruntime-int8, openvino, openvino-bf16, litert, or tf with "
+                            f"any of -{', -'.join(MODIFIERS)} (e.g. tf-onednn-xla)") from None
     if not items:
         raise UserError("--variants: empty list")
     return items

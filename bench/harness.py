@@ -158,15 +158,17 @@ def run_benchmark(args):
 
 def write_models(args, work, prefix, variants):
     """Write the random weights to `prefix`, and the float and int8 ONNX models
-    where `variants` run them; UserError when one cannot be written."""
+    and the float LiteRT model where `variants` run them; UserError when one
+    cannot be written."""
     print(f"writing random weights (width x{args.width_multiplier}) ...", file=sys.stderr)
     error = _spawn(args, _worker_args(args, prefix, os.path.join(work, "w.json"), "tf",
                                       "make-weights"))
     if error:
         raise UserError(f"could not write the benchmark weights: {error}")
+    engines = {variant_settings(v)[0] for v in variants}
     precisions = {variant_settings(v)[1].get("precision", "float32") for v in variants
                   if variant_settings(v)[0] == "onnxruntime"}
-    if precisions:
+    if precisions or "openvino" in engines:
         error = _spawn(args, _worker_args(args, prefix, os.path.join(work, "o.json"), "tf",
                                           "make-onnx"))
         if error:
@@ -176,6 +178,11 @@ def write_models(args, work, prefix, variants):
                                           "make-int8"))
         if error:
             raise UserError(f"could not quantize the benchmark's ONNX model to int8: {error}")
+    if "litert" in engines:
+        error = _spawn(args, _worker_args(args, prefix, os.path.join(work, "t.json"), "tf",
+                                          "make-tflite"))
+        if error:
+            raise UserError(f"could not export the benchmark weights to LiteRT: {error}")
 
 
 def run_sgemm(args, work, prefix):
@@ -319,8 +326,11 @@ def build_parser():
                         help=f"comma-separated cases (default all: {','.join(CASES)})")
     parser.add_argument("--variants", default="tf,onnxruntime",
                         help="comma-separated variants (default tf,onnxruntime): onnxruntime, "
-                             "or tf plus any of " + ", ".join("-" + m for m in MODIFIERS)
-                             + " (e.g. tf-onednn-reference); training cases run tf* only")
+                             "onnxruntime-int8, or tf plus any of "
+                             + ", ".join("-" + m for m in MODIFIERS)
+                             + " (e.g. tf-onednn-reference); other runtimes on the exported "
+                             "files: openvino (the ONNX model, f32), openvino-bf16, litert "
+                             "(the .tflite); training cases run tf* only")
     parser.add_argument("--kernels", choices=KERNELS, default="auto",
                         help="kernel set of every variant (and of the ONNX model): reference, "
                              "cpu, or auto (default: reference when a GPU is seen, else cpu); "

@@ -8,9 +8,14 @@ spell on this shared machine slows all of them alike.
     python bench/side_by_side.py onnxruntime --peer-onnx /tmp/peer_bench_work/fcn8s_vgg19.onnx
     # PyTorch: run with the peers' venv (torch + onnxruntime, no TensorFlow needed)
     /tmp/peerenv/bin/python bench/side_by_side.py torch --onnx /tmp/fcn_side/model.onnx
+    # other runtimes on our exported files: OpenVINO f32 / bf16 and LiteRT against our
+    # onnxruntime (the default engine), onnxruntime-int8 and tf-bf16 engines
+    python bench/side_by_side.py runtimes --work /tmp/fcn_suite_work
 
 `tf` and `onnxruntime` write random full-size weights (and the ONNX model, with
-external data) to --work once; `torch` needs that ONNX file. The peers' ONNX
+external data) to --work once; `torch` needs that ONNX file. `runtimes` reads
+a work folder of bench/suite.py (`--work`): its weights, `weights.onnx`,
+`weights.int8.onnx` and `weights.tflite`, each contender that has its file. The peers' ONNX
 file comes from `peer_onnxrt.py --export DIR` (see bench-peers/README.md).
 Each contender returns the label map (argmax) in host memory. Prints the
 median / minimum ms per call of each contender for each case.
@@ -101,6 +106,37 @@ def contenders_torch(args, batch, size, _prefix, onnx_path):
             "peer torch-compile-freeze": peer}
 
 
+def contenders_runtimes(args, batch, size, _prefix, _onnx):
+    """Our engines (onnxruntime float32 and int8, tf in bfloat16 where the CPU
+    has the units) against OpenVINO f32 and bf16 and LiteRT on the files of
+    the suite's work folder `args.work`, each with THREADS threads."""
+    from bench.worker import onnx_path, tflite_path
+    from fcn_graph.engines.onnx_engine import OnnxSegmenter
+    from fcn_graph.engines.openvino_engine import OpenVinoSegmenter
+    from fcn_graph.host import cpuinfo
+    prefix, images = os.path.join(args.work, "weights"), case_images(batch, size, size)
+    bf16 = cpuinfo.has_bf16_units(cpuinfo.cpu_features(cpuinfo.read_cpuinfo()))
+    made = {"fcn_graph onnxruntime": lambda: OnnxSegmenter(onnx_path(prefix), threads=THREADS),
+            "openvino f32": lambda: OpenVinoSegmenter(onnx_path(prefix), threads=THREADS)}
+    if os.path.exists(onnx_path(prefix, "int8")):
+        made["fcn_graph onnxruntime-int8"] = lambda: OnnxSegmenter(onnx_path(prefix, "int8"),
+                                                                   threads=THREADS)
+    if bf16:
+        from fcn_graph.engines.segmenter import Segmenter
+        made["fcn_graph tf-bf16"] = lambda: Segmenter(prefix, threads=THREADS,
+                                                      precision="bfloat16")
+        made["openvino bf16"] = lambda: OpenVinoSegmenter(onnx_path(prefix), threads=THREADS,
+                                                          precision="bfloat16")
+    if os.path.exists(tflite_path(prefix)):
+        from fcn_graph.engines.litert import LiteRTSegmenter
+        made["litert"] = lambda: LiteRTSegmenter(tflite_path(prefix), threads=THREADS)
+    found = {}
+    for name, make in made.items():
+        segmenter = make()
+        found[name] = (lambda s: lambda: s.run(images)[0])(segmenter)
+    return found
+
+
 def interleave(calls, rounds, warmup=3):
     for call in calls.values():
         for _ in range(warmup):
@@ -133,7 +169,7 @@ def cases_and_rounds(parser, args):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("engine", choices=("tf", "onnxruntime", "torch"))
+    parser.add_argument("engine", choices=("tf", "onnxruntime", "torch", "runtimes"))
     parser.add_argument("--cases", default="224x1,512x1,224x8",
                         help="SIZExBATCH, comma-separated (square images)")
     parser.add_argument("--rounds", type=REPEATS_RANGE, default=7, help="timed calls of each contender")
@@ -142,16 +178,25 @@ def main(argv=None):
     parser.add_argument("--onnx", help="torch: our ONNX model (written by the other modes)")
     args = parser.parse_args(argv)
     cases = cases_and_rounds(parser, args)
-    if not os.path.isfile(os.path.join(PEERS_DIR, "fcn_spec.py")):
+    if args.engine == "runtimes":
+        if not os.path.exists(os.path.join(args.work, "weights.onnx")):
+            parser.error(f"--work {args.work}: no weights.onnx; expected a work folder of "
+                         "bench/suite.py --work")
+    elif not os.path.isfile(os.path.join(PEERS_DIR, "fcn_spec.py")):
         parser.error(f"{os.path.normpath(PEERS_DIR)}: the peers' benchmark (fcn_spec.py) is not there")
     sys.path.insert(0, PEERS_DIR)
     os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
     prefix, onnx_path = None, args.onnx
-    if args.engine == "tf":
+    if args.engine == "runtimes":
+        from fcn_graph.host import choice
+        choice.apply_onednn("inference", threads=THREADS)  # as infer does, before TensorFlow
+    if args.engine in ("tf", "runtimes"):
         import tensorflow as tf
         tf.config.threading.set_intra_op_parallelism_threads(THREADS)
         tf.config.threading.set_inter_op_parallelism_threads(1)
-    if args.engine != "torch":
+    if args.engine == "runtimes":
+        prefix = os.path.join(args.work, "weights")
+    elif args.engine != "torch":
         os.makedirs(args.work, exist_ok=True)
         prefix, onnx_path = ours_weights(args.work)
     elif not onnx_path:
@@ -159,7 +204,7 @@ def main(argv=None):
     from fcn_graph.host.memory import return_freed_memory
     return_freed_memory()
     build = {"tf": contenders_tf, "onnxruntime": contenders_onnxruntime,
-             "torch": contenders_torch}[args.engine]
+             "torch": contenders_torch, "runtimes": contenders_runtimes}[args.engine]
     for size, batch in cases:
         times = interleave(build(args, batch, size, prefix, onnx_path), args.rounds)
         print(f"{size}x{size} batch {batch}: " + "; ".join(

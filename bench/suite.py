@@ -15,6 +15,12 @@ Parts, in this order (any but the header can be left out with --skip):
              with freezing, their ONNX Runtime model, Keras tf.function, tf XLA); each
              (contender, case) in its own process, contender after contender within a
              case, the whole repeated --rounds times, each contender's best median kept
+  runtimes   in the inference cases, beside ours and the peers: the runtimes users would
+             pick instead, each on the file fcn_graph exports, each in its own process
+             as ours are: OpenVINO's CPU plugin on our ONNX model (the onnxruntime
+             engine's; performance hint LATENCY, the threads ours use) at precision
+             hint f32 and, where the CPU has bf16 units, bf16; the LiteRT interpreter
+             on our .tflite (float32); shown as peers, where installed
   training   train_b2 (224x224 batch 2, an Adam step as train.py runs it), in float32
              and, where the CPU has bf16 units, in bfloat16 (tf-bf16: train.precision),
              against the peers' tf XLA train_on_batch and torch eager
@@ -34,8 +40,10 @@ in their own venvs (--peer-python for torch and their ONNX Runtime,
 --peer-tf-python for Keras); their ONNX model is exported once per run into
 the work folder. A peer that cannot run is one line saying why. "x best peer"
 is a contender's median ms per call over the best peer's of the case (below
-1: faster). Peers' GFLOP/s use their own count (conv5_4 included, which the
-legacy graph of ours does not run). The report goes to stdout and, with
+1: faster; the best peer is the fastest float32 one). "labels=ort" is the
+share of pixels whose label equals the onnxruntime engine's on the same
+input, so that a fast but wrong runtime shows. Peers' GFLOP/s use their own
+count (conv5_4 included, which the legacy graph of ours does not run). The report goes to stdout and, with
 every figure, to bench/results/suite-<UTC time>.json (or --out), written
 atomically; progress goes to stderr.
 """
@@ -66,7 +74,7 @@ PEER_PYTHON = "/tmp/peerenv/bin/python"
 REPORT_KEYS = ("suite_started_utc", "goals")  # held by every report the suite writes
 DOC_PATH = os.path.join(CHECKOUT, "docs", "performance.md")  # --write-doc's default
 WORK_MARK = ".fcn_suite_work"  # marks a --work folder as the suite's own
-PARTS = ("sgemm", "inference", "peers", "training", "cold", "folder", "tiles")
+PARTS = ("sgemm", "inference", "peers", "runtimes", "training", "cold", "folder", "tiles")
 INFERENCE_CASES = ("224_b1", "512_b1", "224_b8", "voc_b1")
 TRAINING_CASE = "train_b2"
 TRAINING_VARIANTS = ("tf", "tf-bf16")  # train.precision float32 and bfloat16
@@ -91,6 +99,10 @@ PEERS = {
     "tf-function": ("tf", "peer_tf.py", ["--variant", "tffunc"], ("inference",)),
     "tf-xla": ("tf", "peer_tf.py", ["--variant", "xla"], ("inference", "training")),
 }
+# the other runtimes: contender -> (its Python package, the module it imports)
+RUNTIME_PACKAGES = {"openvino": ("openvino", "openvino"),
+                    "openvino-bf16": ("openvino", "openvino"),
+                    "litert": ("ai-edge-litert", "ai_edge_litert")}
 PEER_TIMEOUT = 900  # seconds for one peer process (torch.compile included)
 
 # The goals' targets.
@@ -115,6 +127,9 @@ def estimate_seconds(rounds=2, *, repeats=5, warmup=2, ours=4, images=FOLDER_IMA
     calls = warmup + repeats
     total = SGEMM_S if "sgemm" in parts else 0
     peers = "peers" in parts
+    if "inference" in parts and "runtimes" in parts:
+        ours += len(RUNTIME_PACKAGES)
+        total += EXPORT_S  # the .tflite
     if "inference" in parts:
         for case in cases:
             n_peers = sum("inference" in p[3] for p in PEERS.values()) \
@@ -228,7 +243,7 @@ def versions(peer_python):
     """Versions of TensorFlow and ONNX Runtime here, and of torch in the peers'
     venv; and why that venv cannot run the torch peers (None when it can)."""
     found = {}
-    for name in ("tensorflow", "onnxruntime"):
+    for name in ("tensorflow", "onnxruntime", "openvino", "ai-edge-litert"):
         try:
             found[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
@@ -282,6 +297,20 @@ def our_variants(machine):
         not_run["tf-bf16"] = ("the CPU has no bf16 units (avx512_bf16, amx_bf16): "
                               "--precision bfloat16 is refused here")
     variants.append("onnxruntime-int8")
+    return variants, not_run
+
+
+def runtime_variants(machine):
+    """The other runtimes that run here, and {runtime: why it does not run}."""
+    import importlib.util
+    variants, not_run = [], {}
+    for name, (package, module) in RUNTIME_PACKAGES.items():
+        if importlib.util.find_spec(module) is None:
+            not_run[name] = f"{package} is not installed (pip install {package})"
+        elif is_low_precision(name) and machine.get("bfloat16") != "native":
+            not_run[name] = "the CPU has no bf16 units (avx512_bf16, amx_bf16)"
+        else:
+            variants.append(name)
     return variants, not_run
 
 
@@ -421,9 +450,11 @@ def best_round(rows):
     return best
 
 
-def run_contenders(args, hargs, work, prefix, peers, cases, variants, sgemm, kind):
+def run_contenders(args, hargs, work, prefix, peers, cases, variants, sgemm, kind,
+                   runtimes=()):
     """Every round over `cases`, contender after contender: {case: {"ours":
-    {variant: row}, "peers": {peer: row}}}."""
+    {variant: row}, "peers": {peer: row}}}. The other `runtimes` run as our
+    variants do (bench.harness) and count as peers."""
     from bench import harness
     peak = sgemm["median_gflops"] if sgemm else None
     rows = {case: {"ours": {}, "peers": {}} for case in cases}
@@ -431,13 +462,13 @@ def run_contenders(args, hargs, work, prefix, peers, cases, variants, sgemm, kin
         for case in cases:
             peer_names = [] if peers is None or not PEER_CASES[case] else \
                 [n for n in peers.wanted(kind) if n not in peers.unavailable]
-            for who, name in interleave(variants, peer_names):
+            for who, name in interleave(variants, list(runtimes) + peer_names):
                 done = rows[case]["ours" if who == "ours" else "peers"].setdefault(name, [])
                 if done and "error" in done[-1]:
                     continue  # failed in an earlier round: not tried again
                 print(f"round {number}/{args.rounds} {case} {'peer ' if who == 'peer' else ''}"
                       f"{name} ...", file=sys.stderr, flush=True)
-                if who == "ours":
+                if who == "ours" or name in runtimes:
                     try:
                         record = harness._run_one(hargs, work, prefix, name, case, peak)
                     except subprocess.TimeoutExpired as err:
@@ -457,20 +488,34 @@ def run_contenders(args, hargs, work, prefix, peers, cases, variants, sgemm, kin
 
 def add_agreement(case_rows):
     """Each of our rows gets its labels' agreement with tf's and the logits'
-    max relative error (bench.harness.max_relative_error), where both were saved."""
+    max relative error (bench.harness.max_relative_error); every row, ours
+    and the other runtimes', its labels' agreement with the onnxruntime
+    engine's; where both logits were saved."""
     import numpy as np
 
     from bench.harness import max_relative_error
-    ours = case_rows["ours"]
-    reference = ours.get("tf", {}).get("logits_file")
-    for name, row in ours.items():
-        path = row.pop("logits_file", None)
-        if name == "tf" or not path or not reference or not os.path.exists(path):
-            continue
-        want, got = np.load(reference), np.load(path)
-        row["label_agreement_vs_tf"] = float((want.argmax(-1) == got.argmax(-1)).mean())
-        row["max_rel_error_vs_tf"] = max_relative_error(got, want)
-    ours.get("tf", {}).pop("logits_file", None)
+
+    def load(path):
+        return np.load(path) if path and os.path.exists(path) else None
+
+    files = {side: {name: row.pop("logits_file", None) for name, row in case_rows[side].items()}
+             for side in ("ours", "peers")}
+    tf_logits, ort_logits = load(files["ours"].get("tf")), load(files["ours"].get("onnxruntime"))
+    for side in ("ours", "peers"):
+        for name, row in case_rows[side].items():
+            got = load(files[side][name])
+            if got is None:
+                continue
+            if side == "ours" and name != "tf" and tf_logits is not None:
+                row["label_agreement_vs_tf"] = labels_agree(tf_logits, got)
+                row["max_rel_error_vs_tf"] = max_relative_error(got, tf_logits)
+            if (side, name) != ("ours", "onnxruntime") and ort_logits is not None:
+                row["label_agreement_vs_onnxruntime"] = labels_agree(ort_logits, got)
+
+
+def labels_agree(want, got):
+    """The share of pixels whose argmax over the last axis is the same in both logits."""
+    return float((want.argmax(-1) == got.argmax(-1)).mean())
 
 
 def add_ratios(case_rows):
@@ -485,8 +530,9 @@ def add_ratios(case_rows):
 
 
 def best_peer(case_rows):
-    """(name, row) of the fastest peer of a case, or None."""
-    found = [(name, row) for name, row in case_rows.get("peers", {}).items() if "error" not in row]
+    """(name, row) of the fastest float32 peer of a case, or None."""
+    found = [(name, row) for name, row in case_rows.get("peers", {}).items()
+             if "error" not in row and not row.get("low_precision")]
     return min(found, key=lambda item: item[1]["median_ms"]) if found else None
 
 
@@ -591,11 +637,15 @@ def run_suite(args):
         "default_engine": choose_engine("auto")[0],
     }
     variants, not_run = our_variants(machine)
+    runtimes = []
+    if not args.skip & {"runtimes", "inference"}:
+        runtimes, runtimes_not_run = runtime_variants(machine)
+        not_run.update(runtimes_not_run)
     results["not_run"] = not_run
     hargs = harness.build_parser().parse_args([
         "--width-multiplier", str(args.width_multiplier), "--fc-width", str(args.fc_width),
         "--warmup", str(args.warmup), "--repeats", str(args.repeats),
-        "--variants", ",".join(variants)])
+        "--variants", ",".join(variants + runtimes)])
     hargs.threads = threads
     keep = args.work is not None
     work = os.path.abspath(args.work) if keep else tempfile.mkdtemp(prefix="fcn_suite_")
@@ -604,8 +654,8 @@ def run_suite(args):
         handle.write("bench/suite.py work folder\n")
     prefix = os.path.join(work, "weights")
     try:
-        harness.write_models(hargs, work, prefix, variants if "inference" not in args.skip
-                             else ["tf"])
+        harness.write_models(hargs, work, prefix, variants + runtimes
+                             if "inference" not in args.skip else ["tf"])
         sgemm = None
         if "sgemm" not in args.skip:
             print("sgemm probe ...", file=sys.stderr, flush=True)
@@ -620,7 +670,7 @@ def run_suite(args):
             results["peers_unavailable"] = dict(peers.unavailable)
         if "inference" not in args.skip:
             inference = run_contenders(args, hargs, work, prefix, peers, args.cases, variants,
-                                       sgemm_ok, "inference")
+                                       sgemm_ok, "inference", runtimes)
             for case_rows in inference.values():
                 add_agreement(case_rows)
                 add_ratios(case_rows)
@@ -745,6 +795,49 @@ def _fastest_beats_peers(run):
     if no_peer:
         figure += f" (no peer figure: {', '.join(no_peer)})"
     return [_goal(goal, figure, target, run.comparable(_met(ratio < 1.0)))]
+
+
+def _against_runtimes(run, goal, low_precision):
+    """Our fastest engine of the kind (the default engine at float32, the
+    fastest of bf16 / int8 at low precision) against the fastest other runtime
+    of that kind (RUNTIME_PACKAGES), in every case: the worst case's ratio."""
+    target = f"<= {WITHIN_FASTEST:.2f}x in every case"
+    worst = None
+    for case, rows in (run.inference or {}).items():
+        if low_precision:
+            ours = {n: r for n, r in rows["ours"].items()
+                    if "error" not in r and r.get("low_precision")}
+        else:
+            ours = {n: r for n, r in run.fp32_rows(rows).items() if n == run.default_engine}
+        others = {n: r for n, r in rows["peers"].items() if n in RUNTIME_PACKAGES
+                  and "error" not in r and bool(r.get("low_precision")) == low_precision}
+        if not ours or not others:
+            continue
+        mine = min(ours, key=lambda n: ours[n]["median_ms"])
+        other = min(others, key=lambda n: others[n]["median_ms"])
+        ratio = ours[mine]["median_ms"] / others[other]["median_ms"]
+        if worst is None or ratio > worst[0]:
+            worst = (ratio, case, mine, other, ours[mine]["median_ms"],
+                     others[other]["median_ms"])
+    if worst is None:
+        kind = "low-precision" if low_precision else "float32"
+        why = [f"peer {n}: {w}" for n, w in run.not_run.items() if n in RUNTIME_PACKAGES]
+        return _not_measured(goal, "inference skipped" if run.inference is None else
+                             "; ".join(why) or f"no {kind} runtime or engine of ours ran",
+                             target)
+    ratio, case, mine, other, mine_ms, other_ms = worst
+    return _goal(goal, f"worst {_case_name(case)}: {mine} {mine_ms:.1f} ms, {ratio:.2f}x of "
+                       f"{other} {other_ms:.1f} ms", target,
+                 run.comparable(_met(ratio <= WITHIN_FASTEST)))
+
+
+def _other_runtimes(run):
+    """The runtimes users would pick instead, on our exported files, against ours."""
+    return [_against_runtimes(run, "other runtimes on our exported files: the default engine "
+                                   f"({run.default_engine}) against OpenVINO f32 and LiteRT",
+                              False),
+            _against_runtimes(run, "other runtimes on our exported files: our fastest "
+                                   "bfloat16 or int8 engine against OpenVINO bf16", True)]
 
 
 LOW_PRECISION_VARIANTS = (("tf-bf16", "bfloat16"), ("onnxruntime-int8", "int8"))
@@ -904,8 +997,8 @@ def _training(run):
 
 
 # The goal checks, in the report's order: each takes a `_Run` and returns its goals.
-GOAL_CHECKS = (_default_engine_near_fastest, _fastest_beats_peers, _low_precision_speed,
-               _low_precision_labels, _cold_start, _folder_rate, _tiles, _training)
+GOAL_CHECKS = (_default_engine_near_fastest, _other_runtimes, _fastest_beats_peers,
+               _low_precision_speed, _low_precision_labels, _cold_start, _folder_rate, _tiles, _training)
 
 
 def goals(results):
@@ -920,7 +1013,7 @@ def goals(results):
 # ---------------------------------------------------------------- the report
 
 ROW_HEADER = (f"  {'contender':<26}{'median ms':>10}{'min ms':>9}{'GFLOP/s':>9}{'% sgemm':>9}"
-              f"{'x best peer':>12}{'labels=tf':>11}{'rel err':>9}")
+              f"{'x best peer':>12}{'labels=tf':>11}{'rel err':>9}{'labels=ort':>12}")
 
 
 def format_row(name, row, best_peer_ms=None):
@@ -935,8 +1028,10 @@ def format_row(name, row, best_peer_ms=None):
     agree = f"{100 * row['label_agreement_vs_tf']:.2f}%" if "label_agreement_vs_tf" in row \
         else "-"
     error = f"{row['max_rel_error_vs_tf']:.1e}" if "max_rel_error_vs_tf" in row else "-"
+    agree_ort = f"{100 * row['label_agreement_vs_onnxruntime']:.2f}%" \
+        if "label_agreement_vs_onnxruntime" in row else "-"
     return (f"  {name:<26}{row['median_ms']:>10.1f}{row['min_ms']:>9.1f}{row['gflops']:>9.1f}"
-            f"{fraction:>9}{ratio:>12}{agree:>11}{error:>9}")
+            f"{fraction:>9}{ratio:>12}{agree:>11}{error:>9}{agree_ort:>12}")
 
 
 def format_case(title, case_rows, not_run, unavailable, peer_case):
@@ -946,11 +1041,12 @@ def format_case(title, case_rows, not_run, unavailable, peer_case):
     for name, row in case_rows["ours"].items():
         lines.append(format_row(name, row, best_ms))
     for name, why in not_run.items():
-        lines.append(f"  {name:<26}not run: {why}")
+        shown = f"peer {name}" if name in RUNTIME_PACKAGES else name
+        lines.append(f"  {shown:<26}not run: {why}")
     for name, row in case_rows["peers"].items():
         lines.append(format_row(f"peer {name}", row, best_ms))
     if not peer_case:
-        lines.append("  (the peers have no figure for this case)")
+        lines.append("  (the peers' scripts have no figure for this case)")
     elif unavailable and not case_rows["peers"]:
         lines.append("  (no peer ran: see above)")
     if peer:
@@ -975,7 +1071,9 @@ def _header_lines(results):
             lines.append(f"CPU model (lscpu): {header.get('cpu_model')}")
         found = header.get("versions", {})
         lines.append(f"threads {header.get('threads')}; TensorFlow {found.get('tensorflow')}, "
-                     f"ONNX Runtime {found.get('onnxruntime')}, torch "
+                     f"ONNX Runtime {found.get('onnxruntime')}, OpenVINO "
+                     f"{found.get('openvino') or 'not installed'}, LiteRT "
+                     f"{found.get('ai-edge-litert') or 'not installed'}, torch "
                      f"{found.get('torch') or 'not available'} (peers' venv)")
     lines.append(f"load average (1/5/15 min): start {_load(results.get('load_start'))}, "
                  f"end {_load(results.get('load_end'))}")

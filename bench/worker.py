@@ -165,7 +165,14 @@ def run_inference_case(args, case):
     if not options.get("heap"):
         from fcn_graph.host.memory import return_freed_memory  # as infer and evaluate do
         return_freed_memory()
-    if engine == "onnxruntime":
+    if engine == "openvino":
+        from fcn_graph.engines.openvino_engine import OpenVinoSegmenter
+        segmenter = OpenVinoSegmenter(onnx_path(args.prefix), threads=args.threads,
+                                      precision=options.get("precision", "float32"))
+    elif engine == "litert":
+        from fcn_graph.engines.litert import LiteRTSegmenter
+        segmenter = LiteRTSegmenter(tflite_path(args.prefix), threads=args.threads)
+    elif engine == "onnxruntime":
         from fcn_graph.engines.onnx_engine import OnnxSegmenter
         # converted once by the parent ("make-onnx"), so this process never
         # imports TensorFlow, as in a deployment that ships the .onnx file
@@ -198,6 +205,17 @@ def onnx_path(prefix, precision="float32"):
     """The ONNX model of checkpoint `prefix` that the parent writes: the float
     one ("make-onnx") or the int8 one ("make-int8")."""
     return prefix + (".int8.onnx" if precision == "int8" else ".onnx")
+
+
+def tflite_path(prefix):
+    """The float32 LiteRT model of checkpoint `prefix` that the parent writes ("make-tflite")."""
+    return prefix + ".tflite"
+
+
+def make_tflite(prefix):
+    """Write `prefix`.tflite as `export --format tflite` writes it (float32)."""
+    from fcn_graph.engines.exporters import export_tflite
+    export_tflite(prefix, tflite_path(prefix), verify=False, force=True)
 
 
 def make_int8(prefix, *, calibration=None):
@@ -298,6 +316,9 @@ def worker_main(args):
         return 0
     if case == "make-int8":
         make_int8(args.prefix)
+        return 0
+    if case == "make-tflite":
+        make_tflite(args.prefix)
         return 0
     if case == "sgemm":
         median, best = sgemm_gflops(args.sgemm_size, repeats=args.sgemm_repeats)

@@ -59,13 +59,14 @@ def build_parser():
                              "write, or one of the dataset's, is never replaced)")
     parser.add_argument("--engine", choices=("auto",) + ENGINES, default="auto",
                         help="auto (default: onnxruntime on a CPU when it is installed and "
-                             "the precision allows, else tf), tf (the reference), or "
-                             "onnxruntime (the same network as export --format onnx writes "
-                             "it; scores agree to 1e-4)")
+                             "the precision allows; bfloat16 on openvino where measured "
+                             "faster; else tf), tf (the reference), onnxruntime (the same "
+                             "network as export --format onnx writes it; scores agree to "
+                             "1e-4) or openvino (that model in OpenVINO, float32 or bfloat16)")
     cli.add_kernels_arg(parser)
     parser.add_argument("--precision", choices=INFERENCE_PRECISIONS, default="float32",
-                        help="float32 (default); bfloat16 (engine tf, oneDNN, a CPU with bf16 "
-                             "units) or int8 (engine onnxruntime, with --calibration): also "
+                        help="float32 (default); bfloat16 (engine tf with oneDNN, or "
+                             "openvino; a CPU with bf16 units) or int8 (engine onnxruntime, with --calibration): also "
                              "runs float32 on the same split and reports the mean IU of both "
                              "and the fraction of pixels whose labels agree")
     cli.add_calibration_arg(parser)

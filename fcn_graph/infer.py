@@ -69,15 +69,17 @@ def build_parser():
                              "4 per core)")
     parser.add_argument("--engine", choices=("auto",) + ENGINES, default="auto",
                         help="auto (default: onnxruntime on a CPU when it is installed and "
-                             "the precision allows, else tf), tf (the reference), or "
-                             "onnxruntime (the checkpoint converted once to the model export "
-                             "--format onnx writes, then kept in the model cache)")
+                             "the precision allows; bfloat16 on openvino where measured "
+                             "faster; else tf), tf (the reference), onnxruntime (the "
+                             "checkpoint converted once to the model export --format onnx "
+                             "writes, then kept in the model cache) or openvino (that model "
+                             "in OpenVINO, float32 or bfloat16)")
     cli.add_kernels_arg(parser)
     parser.add_argument("--xla", action="store_true",
                         help="compile the TensorFlow graph with XLA (engine tf)")
     parser.add_argument("--precision", choices=INFERENCE_PRECISIONS, default="float32",
-                        help="float32 (default); bfloat16 through oneDNN (needs "
-                             "TF_ENABLE_ONEDNN_OPTS=1 and a CPU with bf16 units); float16 on "
+                        help="float32 (default); bfloat16 on a CPU with bf16 units (engine "
+                             "tf through oneDNN, TF_ENABLE_ONEDNN_OPTS=1, or openvino); float16 on "
                              "a GPU; int8 through ONNX Runtime, quantized with --calibration")
     parser.add_argument("--exif-rotate", action="store_true",
                         help="turn each image upright as its EXIF orientation tag says (phone "

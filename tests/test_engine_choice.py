@@ -31,7 +31,10 @@ def test_auto_on_a_cpu_with_onnxruntime_is_onnxruntime(requested):
 
 @pytest.mark.parametrize("kwargs, engine, why", [
     ({"precision": "int8", "gpu": True, "has_onnxruntime": True}, "onnxruntime", "int8"),
-    ({"precision": "bfloat16", "gpu": False, "has_onnxruntime": True}, "tf", "bfloat16"),
+    ({"precision": "bfloat16", "gpu": False, "has_onnxruntime": True, "has_openvino": False},
+     "tf", "bfloat16"),
+    ({"precision": "bfloat16", "gpu": False, "has_openvino": True, "features": {"avx2"}},
+     "tf", "bfloat16"),
     ({"precision": "float16", "gpu": False, "has_onnxruntime": True}, "tf", "float16"),
     ({"xla": True, "gpu": False, "has_onnxruntime": True}, "tf", "--xla"),
     ({"gpu": True, "has_onnxruntime": True}, "tf", "GPU"),
@@ -80,3 +83,31 @@ def test_infer_names_the_engine_auto_chose(tmp_path, tiny_prefix, monkeypatch, c
     err = capsys.readouterr().err
     assert f"engine {engine} (auto: " in err
     assert os.path.exists(out / "a.png")
+
+
+ZEN4 = {"avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni"}
+XEON_AMX = ZEN4 | {"amx_tile", "amx_bf16", "amx_int8"}
+
+
+@pytest.mark.parametrize("features, has_openvino, engine", [
+    (ZEN4, True, "openvino"),          # measured: OpenVINO bf16 faster than TensorFlow's
+    (XEON_AMX, True, "tf"),            # AMX: unmeasured, TensorFlow kept
+    ({"avx2", "fma"}, True, "tf"),     # no bf16 units
+    (ZEN4, False, "tf"),               # OpenVINO not installed
+])
+def test_bfloat16_runs_on_openvino_only_where_it_was_measured_faster(features, has_openvino,
+                                                                      engine):
+    chosen, reason = choose_engine("auto", precision="bfloat16", gpu=False,
+                                   has_onnxruntime=True, has_openvino=has_openvino,
+                                   features=features)
+    assert chosen == engine
+    assert ("OpenVINO" in reason) == (engine == "openvino")
+
+
+def test_openvino_is_not_chosen_for_float32_xla_or_a_gpu():
+    fixed = {"has_onnxruntime": True, "has_openvino": True, "features": ZEN4}
+    assert choose_engine("auto", gpu=False, **fixed)[0] == "onnxruntime"
+    assert choose_engine("auto", precision="bfloat16", xla=True, gpu=False, **fixed)[0] == "tf"
+    assert choose_engine("auto", precision="bfloat16", gpu=True, **fixed)[0] == "tf"
+    assert choose_engine("auto", precision="int8", gpu=False, **fixed)[0] == "onnxruntime"
+    assert choose_engine("openvino", gpu=False, **fixed) == ("openvino", "--engine")

@@ -175,18 +175,24 @@ def test_spec_fields_unchanged():
 
 
 def test_infer_cli_onnxruntime_engine_matches_tf(tmp_path):
+    # and the openvino engine, on the same ONNX model, where OpenVINO is installed
+    import importlib.util
+
     import cv2
     prefix = _tiny_checkpoint(tmp_path)
-    image = np.random.default_rng(5).integers(0, 256, (23, 31, 3), dtype=np.uint8)
+    image = np.random.default_rng(5).integers(0, 256, (37, 53, 3), dtype=np.uint8)
     cv2.imwrite(str(tmp_path / "a.png"), image[..., ::-1])
     outs = {}
-    for engine in ("tf", "onnxruntime"):
+    engines = ["tf", "onnxruntime"] + (["openvino"] if importlib.util.find_spec("openvino")
+                                       else [])
+    for engine in engines:
         out = tmp_path / engine
         assert infer.main([str(tmp_path / "a.png"), "--checkpoint", prefix, "--output-dir",
                            str(out), "--save-scores", "--engine", engine]) == 0
         outs[engine] = np.load(out / "a_scores.npy")
     scale = np.abs(outs["tf"]).max()
-    np.testing.assert_allclose(outs["onnxruntime"], outs["tf"], rtol=1e-4, atol=1e-4 * scale)
+    for engine in engines[1:]:
+        np.testing.assert_allclose(outs[engine], outs["tf"], rtol=1e-4, atol=1e-4 * scale)
     with pytest.raises(UserError, match="--engine onnxruntime"):
         make_segmenter(prefix, engine="onnxruntime", xla=True)
 

@@ -20,15 +20,20 @@ def _row(median, *, low=False, **extra):
 
 
 def _results(*, tf=100.0, onnx=95.0, bf16=50.0, int8=40.0, peer=110.0, train=900.0,
-             train_bf16=450.0, peer_train=1000.0, agree=0.999, full=True):
-    """A results dict as run_suite returns it: every part measured."""
+             train_bf16=450.0, peer_train=1000.0, agree=0.999, full=True, openvino=120.0,
+             openvino_bf16=60.0, litert=150.0):
+    """A results dict as run_suite returns it: every part measured (the other
+    runtimes in the cases the peers ran)."""
     def case(peer_ms):
         rows = {"ours": {"tf": _row(tf), "onnxruntime": _row(onnx, label_agreement_vs_tf=1.0),
                          "tf-bf16": _row(bf16, low=True, label_agreement_vs_tf=agree),
                          "onnxruntime-int8": _row(int8, low=True, label_agreement_vs_tf=agree)},
                 "peers": {}}
         if peer_ms is not None:
-            rows["peers"] = {"onnxruntime": _row(peer_ms), "torch-eager": _row(peer_ms * 2)}
+            rows["peers"] = {"onnxruntime": _row(peer_ms), "torch-eager": _row(peer_ms * 2),
+                             "openvino": _row(openvino),
+                             "openvino-bf16": _row(openvino_bf16, low=True),
+                             "litert": _row(litert)}
         return rows
     return {
         "suite_started_utc": "2026-01-01T00:00:00Z", "seconds": 1.0,
@@ -61,7 +66,7 @@ def _status(goals):
 
 def test_goals_all_met():
     goals = suite.goals(_results())
-    assert len(goals) == 13
+    assert len(goals) == 15
     # labels of random weights are informative only: the goal is on trained models
     assert all(goal["status"] == ("informative" if "random weights" in goal["goal"] else "met")
                for goal in goals), goals
@@ -83,8 +88,9 @@ def test_goals_all_met():
 
 def test_goals_not_met_at_the_edges():
     # tf 1.12x of onnxruntime, bf16 only 1.1x of the peer, agreement just under
+    # OpenVINO f32 1.11x faster than tf, OpenVINO bf16 1.105x faster than int8
     results = _results(tf=112.0, onnx=100.0, bf16=100.0, int8=65.2, peer=110.0, agree=0.994,
-                       train=1001.0, train_bf16=999.0)
+                       train=1001.0, train_bf16=999.0, openvino=101.0, openvino_bf16=59.0)
     results["folder"]["ratio"] = 0.949
     results["cold_start"]["runs"][2]["peak_bytes"] = 1.5e9
     results["tiles"]["large"]["peak_mib"] = 2862  # 3.0011 GB
@@ -92,6 +98,9 @@ def test_goals_not_met_at_the_edges():
     status = _status(suite.goals(results))
     assert status == {
         "default engine within 10 % of the fastest FP32 engine": "NOT met",
+        "other runtimes on our exported files: the default engine": "NOT met",
+        "other runtimes on our exported files: our fastest bfloat16 or int8 engine against "
+        "OpenVINO bf16": "NOT met",
         "fastest FP32 engine faster than the best peer": "met",
         "bfloat16 at 512x512 b1 faster than the best FP32 peer": "NOT met",
         "int8 at 512x512 b1 faster than the best FP32 peer": "NOT met",
@@ -184,12 +193,12 @@ def test_report_of_a_missing_peer_and_a_failed_one():
     assert sum("torch-compile-freeze" in line for line in lines) == 1  # one line, not per case
     assert any(line.split() == ["peer", "tf-xla", "failed:", "exit", "status", "1:", "OOM"]
                for line in lines), text
-    assert "  (the peers have no figure for this case)" in lines  # voc_b1
+    assert "  (the peers' scripts have no figure for this case)" in lines  # voc_b1
     assert "  best peer: onnxruntime, 110.0 ms" in lines
     row = next(line for line in lines if line.startswith("  tf-bf16"))
     assert "50%*" in row and "0.45x" in row and "99.90%" in row, row
     assert "load average (1/5/15 min): start 1.00/1.00/1.00, end 2.00/2.00/2.00" in lines
-    assert lines[-1].endswith(": met") and lines[-14] == "goals:"
+    assert lines[-1].endswith(": met") and lines[-16] == "goals:"
 
 
 # --------------------------------------------------------------------------- arguments
@@ -363,7 +372,7 @@ def test_quick_run_end_to_end(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(suite, "choose_engine", lambda requested: ("tf", "auto: tf here"))
     out = tmp_path / "suite.json"
     argv = ["--quick", "--cases", "224_b1", "--work", str(tmp_path / "work"), "--out", str(out),
-            "--skip", "peers,sgemm,training,cold,folder,tiles"]
+            "--skip", "peers,runtimes,sgemm,training,cold,folder,tiles"]
     assert suite.main(argv) == 0
     text = capsys.readouterr().out
     results = json.loads(out.read_text())
@@ -414,6 +423,99 @@ def test_the_int8_variant_of_the_onnxruntime_engine():
     assert worker.onnx_path("/w/p", "int8") == "/w/p.int8.onnx"
     assert worker.onnx_path("/w/p") == "/w/p.onnx"
     assert suite.is_low_precision("onnxruntime-int8") and not suite.is_low_precision("tf")
+
+
+def test_the_other_runtimes_are_variants_on_the_exported_files():
+    from bench import cases, worker
+    assert cases.variant_settings("openvino") == ("openvino", {}, {})
+    assert cases.variant_settings("openvino-bf16") == ("openvino", {"precision": "bfloat16"}, {})
+    assert cases.variant_settings("litert") == ("litert", {}, {})
+    for name in ("litert-bf16", "openvino-int8", "openvino-xla", "openvino-reference"):
+        with pytest.raises(ValueError):
+            cases.variant_settings(name)
+    assert worker.tflite_path("/w/p") == "/w/p.tflite"
+    assert suite.is_low_precision("openvino-bf16") and not suite.is_low_precision("openvino")
+
+
+@pytest.mark.parametrize("missing, bfloat16, runs, why", [
+    ("openvino", "native", ["litert"],
+     {"openvino": "openvino is not installed (pip install openvino)",
+      "openvino-bf16": "openvino is not installed (pip install openvino)"}),
+    ("ai_edge_litert", "refused", ["openvino"],
+     {"openvino-bf16": "the CPU has no bf16 units (avx512_bf16, amx_bf16)",
+      "litert": "ai-edge-litert is not installed (pip install ai-edge-litert)"}),
+    (None, "native", ["openvino", "openvino-bf16", "litert"], {}),
+])
+def test_a_runtime_that_cannot_run_says_why(monkeypatch, missing, bfloat16, runs, why):
+    import importlib.util
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name: None if name == missing else object())
+    assert suite.runtime_variants({"bfloat16": bfloat16}) == (runs, why)
+
+
+def test_the_best_peer_is_a_float32_one():
+    rows = {"ours": {}, "peers": {"openvino-bf16": _row(10.0, low=True), "litert": {"error": "x"},
+                                  "openvino": _row(30.0), "torch-eager": _row(40.0)}}
+    assert suite.best_peer(rows)[0] == "openvino"
+    rows["peers"]["openvino"] = {"error": "y"}
+    assert suite.best_peer(rows)[0] == "torch-eager"
+
+
+def test_labels_against_the_onnxruntime_engine(tmp_path):
+    import numpy as np
+    want = np.zeros((2, 1, 5, 3), np.float32)
+    want[..., 1] = 1.0
+    np.save(tmp_path / "ort.npy", want)
+    np.save(tmp_path / "tf.npy", want)
+    got = want.copy()
+    got[0, 0, :2] = [3.0, 0.0, 0.0]  # two pixels of ten change their label
+    np.save(tmp_path / "openvino.npy", got)
+    rows = {"ours": {"tf": {"logits_file": str(tmp_path / "tf.npy")},
+                     "onnxruntime": {"logits_file": str(tmp_path / "ort.npy")}},
+            "peers": {"openvino": {"logits_file": str(tmp_path / "openvino.npy")},
+                      "litert": {"error": "failed"}, "torch-eager": {"median_ms": 1.0}}}
+    suite.add_agreement(rows)
+    assert rows["peers"]["openvino"]["label_agreement_vs_onnxruntime"] == pytest.approx(0.8)
+    assert "label_agreement_vs_tf" not in rows["peers"]["openvino"]
+    assert rows["ours"]["tf"]["label_agreement_vs_onnxruntime"] == 1.0
+    assert "label_agreement_vs_onnxruntime" not in rows["ours"]["onnxruntime"]
+    assert rows["ours"]["onnxruntime"]["label_agreement_vs_tf"] == 1.0
+    assert "label_agreement_vs_onnxruntime" not in rows["peers"]["torch-eager"]
+    assert all("logits_file" not in row for side in rows.values() for row in side.values())
+
+
+def test_goals_and_report_of_the_other_runtimes():
+    # OpenVINO f32 faster than the default engine (tf, 100 ms); no bf16 units for its bf16
+    results = _results(openvino=80.0)
+    results["not_run"] = {"openvino-bf16": "the CPU has no bf16 units"}
+    for case in results["inference"].values():
+        case["peers"].pop("openvino-bf16", None)
+        if "litert" in case["peers"]:
+            case["peers"]["litert"]["label_agreement_vs_onnxruntime"] = 0.5
+    results["header"] = {"cpu_model": "CPU", "threads": 2, "versions": {
+        "tensorflow": "2.21.0", "onnxruntime": "1.32.0", "openvino": "2026.4.1"}}
+    results["goals"] = suite.goals(results)
+    by_goal = {goal["goal"]: goal for goal in results["goals"]}
+    default = by_goal["other runtimes on our exported files: the default engine (tf) against "
+                      "OpenVINO f32 and LiteRT"]
+    assert (default["status"], default["figure"]) == (
+        "NOT met", "worst 224x224 b1: tf 100.0 ms, 1.25x of openvino 80.0 ms")
+    low = by_goal["other runtimes on our exported files: our fastest bfloat16 or int8 engine "
+                  "against OpenVINO bf16"]
+    assert (low["status"], low["figure"]) == (
+        "not measured", "not measured (peer openvino-bf16: the CPU has no bf16 units)")
+    lines = suite.format_report(results).splitlines()
+    assert "threads 2; TensorFlow 2.21.0, ONNX Runtime 1.32.0, OpenVINO 2026.4.1, LiteRT not " \
+        "installed, torch not available (peers' venv)" in lines
+    assert "  peer openvino-bf16        not run: the CPU has no bf16 units" in lines
+    row = next(line for line in lines if line.startswith("  peer litert"))
+    assert row.split()[-1] == "50.00%" and row.split()[2] == "150.0", row
+    assert "  best peer: openvino, 80.0 ms" in lines
+    # at a reduced width the runtimes' figures are shown but not judged
+    results["settings"]["full_width"] = False
+    assert {goal["status"] for goal in suite.goals(results)
+            if goal["goal"].startswith("other runtimes")} == {
+        "not comparable (reduced width)", "not measured"}
 
 
 def test_folder_rate_splits_the_folder_into_rounds_beside_the_network(monkeypatch, tmp_path):

@@ -40,8 +40,8 @@ DEFAULT_UPSAMPLE_FORM = "phases"
 
 
 # Engines that run a checkpoint (`segmenter.make_segmenter`): TensorFlow, the
-# reference, and ONNX Runtime.
-ENGINES = ("tf", "onnxruntime")
+# reference, ONNX Runtime, and OpenVINO (on the ONNX model).
+ENGINES = ("tf", "onnxruntime", "openvino")
 # Floating-point types a TensorFlow session can compute in (`session.session_config`).
 PRECISIONS = ("float32", "bfloat16", "float16")
 # What `--precision` of infer and evaluate accepts: those, and int8 (ONNX

@@ -150,16 +150,18 @@ def optimise_for_cpu():
     return not _ort_gpu()
 
 
-def onnx_variant(*, mean_pixel=None, kernels="auto", opset=DEFAULT_OPSET):
+def onnx_variant(*, mean_pixel=None, kernels="auto", opset=DEFAULT_OPSET, optimise=None):
     """The build options of a float32 model of a checkpoint, as the model
     cache's `variant`: opset, kernel set (resolved), the fallback mean pixel,
     the converter's version, and for a CPU-optimised model the ONNX Runtime
-    version and the CPU (`cpu_identity`)."""
+    version and the CPU (`cpu_identity`). optimise: whether the model is kept
+    in ONNX Runtime's optimised form (None: `optimise_for_cpu()`; False: the
+    plain ONNX model, which other runtimes read too)."""
     variant = {"engine": "onnxruntime", "precision": "float32", "opset": int(opset),
                "kernels": choose_onnx_kernels(kernels),
                "mean_pixel": None if mean_pixel is None else [float(v) for v in mean_pixel],
                "converter": converter_version(), "optimised_for": None}
-    if optimise_for_cpu():
+    if optimise_for_cpu() if optimise is None else optimise:
         import onnxruntime as ort
         variant["optimised_for"] = {"onnxruntime": ort.__version__, "cpu": cpu_identity()}
     return variant
@@ -183,11 +185,13 @@ def write_optimised(source, target):
                          providers=["CPUExecutionProvider"])
 
 
-def converted_model(prefix, *, mean_pixel=None, kernels="auto", opset=DEFAULT_OPSET, log=None):
+def converted_model(prefix, *, mean_pixel=None, kernels="auto", opset=DEFAULT_OPSET, log=None,
+                    optimise=None):
     """A `model_cache.ModelFile` of checkpoint `prefix` (resolved) converted by
     `build_onnx_model` and saved with its weights as external data; from the
     cache when there, else built (TensorFlow reads the checkpoint) and cached.
-    Its `info["spec"]` is the checkpoint's `ModelSpec` as a dict."""
+    Its `info["spec"]` is the checkpoint's `ModelSpec` as a dict. optimise: as
+    in `onnx_variant`."""
     def build(folder):
         from fcn_graph.weights import checkpoint
         check_opset(opset)
@@ -216,7 +220,7 @@ def converted_model(prefix, *, mean_pixel=None, kernels="auto", opset=DEFAULT_OP
         shutil.rmtree(plain)
         return {"spec": dataclasses.asdict(spec), "optimised": True}
 
-    variant = onnx_variant(mean_pixel=mean_pixel, kernels=kernels, opset=opset)
+    variant = onnx_variant(mean_pixel=mean_pixel, kernels=kernels, opset=opset, optimise=optimise)
     optimised = variant["optimised_for"] is not None
 
     return model_cache.cached_onnx_model(prefix, variant=variant, build=build, log=log)
@@ -231,11 +235,12 @@ def cached_spec(found):
         return None
 
 
-def find_converted(source, *, mean_pixel=None, kernels="auto", opset=DEFAULT_OPSET, log=None):
+def find_converted(source, *, mean_pixel=None, kernels="auto", opset=DEFAULT_OPSET, log=None,
+                   optimise=None):
     """The cached `model_cache.ModelFile` of the checkpoint `source` names (a
     prefix, one of its files, or a directory: its newest checkpoint by name),
-    with `.spec` set, or None when it is not cached. Never imports
-    TensorFlow. For a directory only the newest checkpoint is looked up:
+    with `.spec` set, or None when it is not cached (optimise: as in
+    `onnx_variant`). Never imports TensorFlow. For a directory only the newest checkpoint is looked up:
     when it is not cached, `checkpoint.resolve_checkpoint` decides, as
     without a cache."""
     source = os.fspath(source)
@@ -250,7 +255,8 @@ def find_converted(source, *, mean_pixel=None, kernels="auto", opset=DEFAULT_OPS
     except UserError:
         return None
     entry = model_cache.lookup(
-        prefix, onnx_variant(mean_pixel=mean_pixel, kernels=kernels, opset=opset), log=log)
+        prefix, onnx_variant(mean_pixel=mean_pixel, kernels=kernels, opset=opset,
+                             optimise=optimise), log=log)
     if entry is None:
         return None
     entry.spec = cached_spec(entry)

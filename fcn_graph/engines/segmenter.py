@@ -103,11 +103,12 @@ def folded_upsampling_kernels(prefix, kernels="auto"):
 
 def make_segmenter(prefix, *, engine="tf", mean_pixel=None, threads=None, xla=False,
                    precision="float32", kernels="auto", calibration=None):
-    """A `Segmenter` (engine "tf", the reference) or an `onnx_engine.OnnxSegmenter`
+    """A `Segmenter` (engine "tf", the reference), an `onnx_engine.OnnxSegmenter`
     (engine "onnxruntime", float32, or int8 with `calibration`, a folder or a
-    list of images to calibrate on: `int8_model.int8_segmenter`) for checkpoint
-    `prefix`, with the kernel set `kernels`; both have `.run(batch_uint8,
-    scores=False) -> (labels, scores)` and `.close()`."""
+    list of images to calibrate on: `int8_model.int8_segmenter`) or an
+    `openvino_engine.OpenVinoSegmenter` (engine "openvino", float32 or
+    bfloat16) for checkpoint `prefix`, with the kernel set `kernels`; each has
+    `.run(batch_uint8, scores=False) -> (labels, scores)` and `.close()`."""
     if precision == "int8":
         if engine != "onnxruntime":
             raise UserError("--precision int8 runs on --engine onnxruntime only (the default "
@@ -123,6 +124,13 @@ def make_segmenter(prefix, *, engine="tf", mean_pixel=None, threads=None, xla=Fa
     if engine == "tf":
         return Segmenter(prefix, mean_pixel=mean_pixel, threads=threads, xla=xla,
                          precision=precision, kernels=kernels)
+    if engine == "openvino":
+        if xla or precision == "float16":
+            raise UserError("--engine openvino runs float32 or bfloat16 without XLA; drop "
+                            "--xla/--precision float16")
+        from fcn_graph.engines.openvino_engine import OpenVinoSegmenter
+        return OpenVinoSegmenter(prefix, threads=threads, mean_pixel=mean_pixel,
+                                 kernels=kernels, precision=precision)
     if engine != "onnxruntime":
         raise UserError(f"--engine: expected one of {', '.join(ENGINES)}, found {engine!r}")
     if xla or precision != "float32":

@@ -454,12 +454,29 @@ def onnxruntime_installed():
     return importlib.util.find_spec("onnxruntime") is not None
 
 
-def choose_engine(requested, *, precision="float32", xla=False, gpu=None, has_onnxruntime=None):
-    """(engine, reason) for `--engine requested` ("auto", None, "tf" or
-    "onnxruntime"). `gpu` and `has_onnxruntime` default to what this machine has.
+def openvino_installed():
+    return importlib.util.find_spec("openvino") is not None
+
+
+def openvino_runs_bfloat16(features):
+    """Whether bfloat16 inference runs on OpenVINO on a CPU with the cpuinfo
+    flags `features`: with avx512_bf16 and no AMX, the kind where OpenVINO's
+    bf16 was measured faster than TensorFlow's (AMD EPYC Zen 4,
+    docs/performance.md). AMX CPUs are unmeasured: TensorFlow stays."""
+    return "avx512_bf16" in features and "amx_bf16" not in features
+
+
+def choose_engine(requested, *, precision="float32", xla=False, gpu=None, has_onnxruntime=None,
+                  has_openvino=None, features=None):
+    """(engine, reason) for `--engine requested` ("auto", None, or one of
+    ENGINES). `gpu`, `has_onnxruntime`, `has_openvino` and `features` (the
+    cpuinfo flags) default to what this machine has.
 
     - an engine named on the command line is kept;
-    - int8 runs on ONNX Runtime; bfloat16, float16 and XLA on TensorFlow;
+    - int8 runs on ONNX Runtime;
+    - bfloat16 without XLA or a GPU runs on OpenVINO where it is installed
+      and the CPU is of the kind `openvino_runs_bfloat16` names;
+    - otherwise bfloat16, float16 and XLA run on TensorFlow;
     - with a GPU, TensorFlow, whose reference kernels run there as
       cuDNN/cuBLAS calls;
     - without ONNX Runtime installed, TensorFlow;
@@ -472,6 +489,12 @@ def choose_engine(requested, *, precision="float32", xla=False, gpu=None, has_on
         return requested, "--engine"
     if precision == "int8":
         return "onnxruntime", "auto: int8 runs on ONNX Runtime"
+    if precision == "bfloat16" and not xla and not (gpu_visible() if gpu is None else gpu):
+        features = cpuinfo.cpu_features() if features is None else features
+        has_openvino = openvino_installed() if has_openvino is None else has_openvino
+        if has_openvino and openvino_runs_bfloat16(features):
+            return "openvino", ("auto: bfloat16 runs on OpenVINO on a CPU with avx512_bf16 and "
+                                "no AMX, where it was measured faster")
     if precision != "float32":
         return "tf", f"auto: {precision} runs on TensorFlow"
     if xla:
