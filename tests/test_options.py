@@ -193,6 +193,29 @@ def test_training_options_change_the_run_as_they_claim(tmp_path, monkeypatch):
     assert tf.train.latest_checkpoint(str(log_dir)).endswith("model.ckpt-3")
 
 
+@pytest.mark.parametrize("schedule, power", [("constant", 1.0), ("poly", 2.0)])
+def test_warmup_raises_the_rate_linearly_then_follows_the_schedule(tmp_path, schedule, power):
+    """train.warmup_steps=3 over 4 steps: the rate of global step g is the
+    schedule's times min(1, (g + 1) / 3), and each SGD step moves the weights
+    by that rate."""
+    rate, steps = 0.01, 4
+    log_dir = tmp_path / schedule
+    train_module.train(load_config(None, _train_args(
+        tmp_path, schedule, f"train.max_steps={steps}", f"train.lr_schedule={schedule}",
+        f"train.lr_power={power}", "train.warmup_steps=3", "train.momentum=0.0",
+        f"train.keep_checkpoints={steps}")))
+    rates = _logged_rates(log_dir)
+    for s in range(1, steps + 1):
+        g = s - 1  # the rate of the update that made step s
+        decay = 1.0 if schedule == "constant" else (1 - g / steps) ** power
+        assert rates[s] == pytest.approx(rate * decay * min(1.0, (g + 1) / 3), rel=1e-5)
+    w = "inference/conv2_1_w"
+    step1, step2 = _read(log_dir, 1, [w, w + "/Momentum"]), _read(log_dir, 2, [w, w + "/Momentum"])
+    # momentum 0: the accumulator is the gradient, and w2 = w1 - rate_2 * grad
+    np.testing.assert_allclose(step2[w], step1[w] - rates[2] * step2[w + "/Momentum"],
+                               rtol=1e-5, atol=1e-7)
+
+
 # --------------------------------------------------------------------------- command options
 
 

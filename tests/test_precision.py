@@ -298,7 +298,7 @@ def test_bfloat16_on_a_cpu_without_units_is_one_line(tmp_path, tiny_prefix, monk
     assert not any("Traceback" in line for line in err)
 
 
-def test_infer_int8_runs_warns_without_vnni_and_matches_float32(tmp_path, tiny_prefix,
+def test_infer_int8_notes_7_bit_weights_without_vnni_and_matches_float32(tmp_path, tiny_prefix,
                                                                 calibration_dir, monkeypatch,
                                                                 capsys):
     fake_cpuinfo(monkeypatch, tmp_path, ZEN3)
@@ -313,7 +313,8 @@ def test_infer_int8_runs_warns_without_vnni_and_matches_float32(tmp_path, tiny_p
         outputs[precision] = [np.array(Image.open(out / f"shape_{i:02d}.png"))
                               for i in range(len(images))]
     err = capsys.readouterr().err
-    assert "warning: --precision int8: this CPU has no int8 dot-product units" in err
+    assert "note: --precision int8: this CPU has no int8 dot-product units" in err
+    assert "7 bits" in err and "docs/performance.md#int8-accuracy" in err
     assert "engine onnxruntime (--engine), int8" in err
     assert _agreement(outputs["int8"], outputs["float32"]) >= 0.95
 

@@ -3,7 +3,7 @@ a precision runs fast on it.
 
 `cpu_features()` parses /proc/cpuinfo (or given text) into the set of flags;
 `check_precision(precision, features)` refuses bfloat16 where the CPU has no
-bfloat16 units and warns for int8 where it has no int8 dot-product units.
+bfloat16 units and notes for int8 where it has no int8 dot-product units.
 """
 
 import sys
@@ -132,7 +132,7 @@ def check_precision(precision, features=None, *, warn=None, setting="--precision
     """Raise a UserError for `--precision bfloat16` on a CPU without bfloat16
     units (`features`: a set of cpuinfo flags, default `cpu_features()`); for
     `--precision int8` without int8 dot-product units, call `warn(message)`
-    (default: print to stderr) and go on: it runs, only slower. Returns the
+    (default: print to stderr), a note that the weights keep to 7 bits, and go on. Returns the
     flags found that serve the precision. `setting` and `instead` name the
     flag or config key in the messages, and what to do instead."""
     if precision not in ("bfloat16", "int8"):
@@ -151,9 +151,9 @@ def check_precision(precision, features=None, *, warn=None, setting="--precision
         return found
     found = tuple(flag for flag in INT8_FLAGS if flag in features)
     if not found:
-        message = (f"warning: --precision int8: this CPU has no int8 dot-product units (no "
-                   f"{', '.join(INT8_FLAGS)} in {CPUINFO_PATH}); int8 runs, but may be no "
-                   "faster than float32")
+        message = (f"note: --precision int8: this CPU has no int8 dot-product units (no "
+                   f"{', '.join(INT8_FLAGS)} in {CPUINFO_PATH}), so the weights keep to 7 "
+                   "bits; measured cost on trained models: docs/performance.md#int8-accuracy")
         if warn is None:
             print(message, file=sys.stderr)
         else:

@@ -84,6 +84,7 @@ RANGES = {
     "train.momentum": Range(0, 1, high_open=True),
     "train.weight_decay": Range(0, 1),
     "train.lr_power": Range(0, 10, low_open=True),
+    "train.warmup_steps": Range(0, 10**12, integer=True),
     "train.scale_range": Range(0, MAX_TRAIN_SCALE, low_open=True),
     "train.checkpoint_every": STEPS,
     "train.keep_checkpoints": Range(1, 10000, integer=True),
@@ -205,6 +206,8 @@ class TrainConfig:
     lr_schedule: str = "constant"
     # Exponent of the poly schedule.
     lr_power: float = 0.9
+    # Steps over which the learning rate rises linearly to the schedule's (0 = none).
+    warmup_steps: int = 0
     # Random scale range of the training augmentation: [min, max], 1.0 = unchanged,
     # with 0 < min <= max <= MAX_TRAIN_SCALE.
     scale_range: List[float] = field(default_factory=lambda: [0.5, 2.0])

@@ -114,12 +114,20 @@ def kernel_l2(variables):
     return tf.add_n([tf.nn.l2_loss(k) for k in kernels])
 
 
-def learning_rate(base, global_step, *, schedule="constant", max_steps=1, power=0.9):
-    """constant: base; poly: base * (1 - step / max_steps) ** power."""
+def learning_rate(base, global_step, *, schedule="constant", max_steps=1, power=0.9,
+                  warmup_steps=0):
+    """constant: base; poly: base * (1 - step / max_steps) ** power; with
+    warmup_steps, times min(1, (step + 1) / warmup_steps): a linear rise over
+    the first warmup_steps steps."""
     if schedule == "constant":
-        return tf.constant(base, tf.float32)
-    return tf1.train.polynomial_decay(base, global_step, max_steps, end_learning_rate=0.0,
-                                      power=power)
+        rate = tf.constant(base, tf.float32)
+    else:
+        rate = tf1.train.polynomial_decay(base, global_step, max_steps, end_learning_rate=0.0,
+                                          power=power)
+    if warmup_steps > 0:
+        done = tf.cast(global_step + 1, tf.float32) / float(warmup_steps)
+        rate = rate * tf.minimum(1.0, done)
+    return rate
 
 
 def make_optimizer(name, rate, *, momentum=0.9):
@@ -417,7 +425,7 @@ def _batches(t, spec, train_files, seed):
 def _rate_and_optimizer(t, global_step):
     """The learning rate tensor of train.lr_schedule and the optimizer of train.optimizer."""
     rate = learning_rate(t.learning_rate, global_step, schedule=t.lr_schedule,
-                         max_steps=t.max_steps, power=t.lr_power)
+                         max_steps=t.max_steps, power=t.lr_power, warmup_steps=t.warmup_steps)
     return rate, make_optimizer(t.optimizer, rate, momentum=t.momentum)
 
 
