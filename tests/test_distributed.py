@@ -21,7 +21,7 @@ import tensorflow as tf
 from fcn_graph import infer
 from fcn_graph import train as train_module
 from fcn_graph.cluster import distributed
-from fcn_graph.cluster.buckets import plan_buckets
+from fcn_graph.cluster.buckets import exchange_buckets, plan_buckets
 from fcn_graph.core.errors import UserError, run_cli
 from fcn_graph.data import datasets, splits
 from fcn_graph.training import loop
@@ -295,6 +295,9 @@ def test_buckets_cover_every_gradient_once_in_order():
             assert len(bucket) == 1 or sum(sizes[i] for i in bucket) <= cap
         for bucket, following in zip(buckets, buckets[1:]):
             assert sum(sizes[i] for i in bucket + following[:1]) > cap
+    # The exchange takes the gradients from the last layer's down.
+    assert exchange_buckets([3, 5, 2, 9, 1], cap=8) == [[4], [3], [2, 1], [0]]
+    assert exchange_buckets([2, 2, 2, 13, 1, 1, 7], cap=11) == [[6, 5, 4], [3], [2, 1, 0]]
     with pytest.raises(ValueError, match="bucket cap: expected a positive"):
         plan_buckets([1], cap=0)
 

@@ -28,3 +28,14 @@ def plan_buckets(sizes, cap):
     if current:
         buckets.append(current)
     return buckets
+
+
+def exchange_buckets(sizes, cap):
+    """The buckets of the exchange of gradients of `sizes` bytes listed in
+    the order of their layers from the input: `plan_buckets` over them from
+    the last layer's down, as indices into `sizes`, first bucket first.
+
+        exchange_buckets([3, 5, 2, 9, 1], cap=8)  ->  [[4], [3], [2, 1], [0]]
+    """
+    last = len(sizes) - 1
+    return [[last - i for i in bucket] for bucket in plan_buckets(sizes[::-1], cap)]
