@@ -46,6 +46,7 @@ from fcn_graph.core.ranges import (  # noqa: E402
     REPEATS_RANGE,
     WIDTH_MULTIPLIER_RANGE,
     Range,
+    threads_range,
 )
 
 WORKERS = (2, 4, 8)
@@ -219,7 +220,7 @@ def build_parser():
                         help="VGG widths times this (default 1: the real VGG19)")
     parser.add_argument("--fc-width", type=FC_WIDTH_RANGE, default=4096)
     parser.add_argument("--repeats", type=REPEATS_RANGE, default=5)
-    parser.add_argument("--threads", type=Range(1, 1024, integer=True), default=None)
+    parser.add_argument("--threads", type=threads_range(), default=None)
     parser.add_argument("--latency-us", type=Range(0, 10**6), default=50.0,
                         help="latency of one ring step, microseconds (default 50)")
     parser.add_argument("--bucket-bytes", type=Range(1, 10**12, integer=True), default=None,

@@ -8,7 +8,15 @@ import os
 
 import pytest
 
-from bench import cold_start, optimizer_update, precision, side_by_side, suite, tiled_memory
+from bench import (
+    allreduce_sim,
+    cold_start,
+    optimizer_update,
+    precision,
+    side_by_side,
+    suite,
+    tiled_memory,
+)
 from fcn_graph import bench as bench_command
 from fcn_graph import calibrate, evaluate, export, infer, launch, port
 from fcn_graph import train as train_command
@@ -60,6 +68,15 @@ FLAGS = [
     ("bench", *HARNESS, "--num-classes", [], False),
     ("bench", *HARNESS, "--sgemm-size", [], False),
     ("bench", *HARNESS, "--sgemm-repeats", [], False),
+    ("bench/allreduce_sim", allreduce_sim.main, [], "--batch", [], False),
+    ("bench/allreduce_sim", allreduce_sim.main, [], "--size", [], False),
+    ("bench/allreduce_sim", allreduce_sim.main, [], "--num-classes", [], False),
+    ("bench/allreduce_sim", allreduce_sim.main, [], "--width-multiplier", [], False),
+    ("bench/allreduce_sim", allreduce_sim.main, [], "--fc-width", [], False),
+    ("bench/allreduce_sim", allreduce_sim.main, [], "--repeats", [], False),
+    ("bench/allreduce_sim", allreduce_sim.main, [], "--threads", [], False),
+    ("bench/allreduce_sim", allreduce_sim.main, [], "--latency-us", [], True),
+    ("bench/allreduce_sim", allreduce_sim.main, [], "--bucket-bytes", [], False),
     ("bench/cold_start", cold_start.main, [], "--images", [], True),
     ("bench/cold_start", cold_start.main, [], "--network-calls", [], False),
     ("bench/cold_start", cold_start.main, [], "--rounds", [], False),
