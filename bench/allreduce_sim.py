@@ -163,13 +163,13 @@ def simulate(profile, *, workers, gbit, dtype, cap, latency_s, compute_s=None):
     return step, (backward + update) / step
 
 
-def tables(profile, *, cap, latency_s):
+def tables(profile, *, cap, latency_s, gbits=GBITS):
     """The rows of the report: every workers x Gbit/s x dtype, flat and
     bucketed, at the measured step and at a 1 s step; and the bucket sweep."""
     rows = []
     for compute_s in (None, 1.0):
         for workers in WORKERS:
-            for gbit in GBITS:
+            for gbit in gbits:
                 for dtype in WIRE_BYTES:
                     row = {"compute_s": compute_s, "workers": workers, "gbit": gbit,
                            "dtype": dtype}
@@ -201,7 +201,7 @@ def print_report(profile, rows, sweep, *, cap, latency_s):
     print("step    workers  Gbit/s  dtype     flat step  flat eff  bucketed step  bucketed eff")
     for row in rows:
         step = "here" if row["compute_s"] is None else f"{row['compute_s']:g} s"
-        print(f"{step:<7} {row['workers']:>7}  {row['gbit']:>6}  {row['dtype']:<8}  "
+        print(f"{step:<7} {row['workers']:>7}  {row['gbit']:>6g}  {row['dtype']:<8}  "
               f"{row['flat_step_s']:8.2f} s  {100 * row['flat_efficiency']:6.0f} %  "
               f"{row['bucketed_step_s']:11.2f} s  {100 * row['bucketed_efficiency']:10.0f} %")
     print()
@@ -223,6 +223,8 @@ def build_parser():
     parser.add_argument("--threads", type=threads_range(), default=None)
     parser.add_argument("--latency-us", type=Range(0, 10**6), default=50.0,
                         help="latency of one ring step, microseconds (default 50)")
+    parser.add_argument("--gbit", type=Range(0, 10**6, low_open=True), action="append",
+                        help="link bandwidth, Gbit/s; repeat for several (default 10 and 25)")
     parser.add_argument("--bucket-bytes", type=Range(1, 10**12, integer=True), default=None,
                         help="bucket cap (default: train.allreduce_bucket_bytes's default)")
     parser.add_argument("--from-report", metavar="RUN.json",
@@ -250,7 +252,7 @@ def main(argv=None):
                                   width_multiplier=args.width_multiplier,
                                   fc_width=args.fc_width, repeats=args.repeats,
                                   threads=args.threads)
-    rows, sweep = tables(profile, cap=cap, latency_s=latency_s)
+    rows, sweep = tables(profile, cap=cap, latency_s=latency_s, gbits=args.gbit or GBITS)
     print_report(profile, rows, sweep, cap=cap, latency_s=latency_s)
     write_report(out, {
         "time": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),

@@ -77,6 +77,7 @@ FLAGS = [
     ("bench/allreduce_sim", allreduce_sim.main, [], "--threads", [], False),
     ("bench/allreduce_sim", allreduce_sim.main, [], "--latency-us", [], True),
     ("bench/allreduce_sim", allreduce_sim.main, [], "--bucket-bytes", [], False),
+    ("bench/allreduce_sim", allreduce_sim.main, [], "--gbit", [], False),
     ("bench/cold_start", cold_start.main, [], "--images", [], True),
     ("bench/cold_start", cold_start.main, [], "--network-calls", [], False),
     ("bench/cold_start", cold_start.main, [], "--rounds", [], False),
