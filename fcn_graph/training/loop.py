@@ -477,9 +477,9 @@ def _build_parallel_graph(config, spec, train_files, val_files, *, start_step, c
     losses and sums their weights (`segmentation_loss_sum`); the sums are
     added over the devices, then over the tasks (collective all-reduces of
     the gradients in buckets as the backward pass produces them,
-    `distributed.all_reduce_gradients`, and one of the totals), and divided by the total weight: the gradient
-    of the weighted mean loss over every valid pixel of the step, whatever
-    share of them each device or task holds. With train.hard_pixels < 1 each
+    `distributed.all_reduce_gradients`, and one of the totals), and divided
+    by the total weight: the gradient of the weighted mean loss over every
+    valid pixel of the step, whatever share of them each device or task holds. With train.hard_pixels < 1 each
     device keeps the hardest fraction of its own valid pixels, so the pixels
     kept depend on how the batch is split. The weight decay is added once,
     as in single-device training. Variables, optimizer and global step are
