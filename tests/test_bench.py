@@ -179,3 +179,24 @@ def test_optimizer_update_ceiling_and_a_tiny_run(capsys):
         with pytest.raises(SystemExit):
             optimizer_update.main(argv)
     assert "--sgemm: expected a number in (0, 1e+09], found '0'" in capsys.readouterr().err
+
+
+def test_allreduce_model_against_a_hand_worked_step():
+    from bench import allreduce_sim
+    assert allreduce_sim.ring_seconds(1000, 4, 1000, 0.01) == pytest.approx(1.5 + 6 * 0.01)
+    # Creation order; the last layer's gradient (c) is ready first. 1000 bytes/s, no latency.
+    profile = {"variables": [["a", 400, 1.0], ["b", 100, 0.5], ["c", 300, 0.2]],
+               "backward_s": 1.0, "update_s": 0.1}
+    run = dict(workers=2, gbit=8e-6, latency_s=0.0)
+    # Flat: 800 bytes from 1.0 s take 0.8 s, then the update.
+    assert allreduce_sim.simulate(profile, dtype="float32", cap=None, **run) == pytest.approx(
+        (1.9, 1.1 / 1.9))
+    # Buckets [c, b] (ready 0.5, done 0.9) and [a] (ready 1.0, done 1.4).
+    assert allreduce_sim.simulate(profile, dtype="float32", cap=400, **run) == pytest.approx(
+        (1.5, 1.1 / 1.5))
+    # bfloat16: half the bytes; [c, b] done 0.7, [a] done 1.2.
+    assert allreduce_sim.simulate(profile, dtype="bfloat16", cap=250, **run) == pytest.approx(
+        (1.3, 1.1 / 1.3))
+    # Scaled to a 2.2 s step: every time doubles, the link does not.
+    assert allreduce_sim.simulate(profile, dtype="float32", cap=400, compute_s=2.2,
+                                  **run) == pytest.approx((2.6, 2.2 / 2.6))

@@ -62,6 +62,8 @@ def test_repo_config_json_is_valid():
     ('{"model": {"kernels": "gpu"}}', "model.kernels: expected one of auto, reference, cpu, found 'gpu'"),
     ('{"train": {"optimizer": "rmsprop"}}', "train.optimizer: expected one of adam, sgd"),
     ('{"train": {"scale_range": [2, 1]}}', "train.scale_range: expected [min, max]"),
+    ('{"train": {"allreduce_dtype": "float16"}}',
+     "train.allreduce_dtype: expected one of float32, bfloat16, found 'float16'"),
     ('[1, 2]', "config.json: expected a JSON object of sections"),
     ('{"train": {', "config.json: not valid JSON"),
 ])

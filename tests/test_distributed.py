@@ -21,6 +21,7 @@ import tensorflow as tf
 from fcn_graph import infer
 from fcn_graph import train as train_module
 from fcn_graph.cluster import distributed
+from fcn_graph.cluster.buckets import exchange_buckets, plan_buckets
 from fcn_graph.core.errors import UserError, run_cli
 from fcn_graph.data import datasets, splits
 from fcn_graph.training import loop
@@ -149,6 +150,26 @@ def test_two_workers_equal_one_worker_on_both_halves(tmp_path, monkeypatch):
     assert checkpoint_values(tmp_path / "task0")["global_step"] == 4
 
 
+def test_a_bfloat16_exchange_is_close_to_float32(tmp_path, monkeypatch):
+    """Two workers exchanging bfloat16 gradients end close to one worker on
+    both halves, but not as close as with float32: the gradients were
+    rounded on the way."""
+    monkeypatch.setattr(datasets, "train_dataset", ordered_dataset)
+    steps = ["train.max_steps=2", "train.checkpoint_every=2", *EXACT]
+    run_tasks(tmp_path, [shapes_args(tmp_path, "one", "train.batch_size=2", *steps)], [{}])
+    envs = [{"TF_CONFIG": text} for text in tf_configs(2)]
+    run_tasks(tmp_path, [shapes_args(tmp_path, f"task{i}", "train.batch_size=1", *steps,
+                                     "train.allreduce_dtype=bfloat16") for i in range(2)], envs)
+    one, two = checkpoint_values(tmp_path / "one"), checkpoint_values(tmp_path / "task0")
+    assert two["global_step"] == 2
+    for name, value in one.items():  # bfloat16 keeps 8 bits of each gradient
+        np.testing.assert_allclose(two[name], value, rtol=0,
+                                   atol=1e-2 * np.abs(value).max(), err_msg=name)
+    # Farther than a float32 exchange comes (test_two_workers_equal_one_worker_on_both_halves).
+    assert not all(np.allclose(two[name], value, rtol=1e-5, atol=1e-7)
+                   for name, value in one.items())
+
+
 def test_two_devices_equal_one_device(tmp_path, monkeypatch):
     monkeypatch.setattr(datasets, "train_dataset", ordered_dataset)
     steps = ["train.max_steps=2", "train.checkpoint_every=2", "train.batch_size=4", *EXACT]
@@ -255,6 +276,85 @@ def test_a_missing_gpu_is_named():
     with pytest.raises(UserError, match="train.devices: /device:GPU:0 not found; this machine "
                                         "has 0 visible GPU"):
         loop.resolve_devices(["/device:GPU:0"])
+
+
+def test_buckets_cover_every_gradient_once_in_order():
+    assert plan_buckets([3, 5, 2, 9, 1], cap=8) == [[0, 1], [2], [3], [4]]
+    # Odd sizes and caps: a bucket closes before the gradient that would overflow it.
+    assert plan_buckets([7, 1, 1, 13, 2, 2, 2, 5], cap=5) == [[0], [1, 2], [3], [4, 5], [6],
+                                                            [7]]
+    assert plan_buckets([7, 1, 1, 13, 2, 2, 2, 5], cap=11) == [[0, 1, 2], [3], [4, 5, 6, 7]]
+    assert plan_buckets([4, 4, 4], cap=10**9) == [[0, 1, 2]]
+    assert plan_buckets([4, 4, 4], cap=1) == [[0], [1], [2]]
+    assert plan_buckets([], cap=3) == []
+    for cap in (1, 2, 3, 5, 7, 11, 17):
+        sizes = [(n * 7) % 9 + 1 for n in range(23)]
+        buckets = plan_buckets(sizes, cap)
+        assert [i for bucket in buckets for i in bucket] == list(range(len(sizes)))
+        for bucket in buckets:
+            assert len(bucket) == 1 or sum(sizes[i] for i in bucket) <= cap
+        for bucket, following in zip(buckets, buckets[1:]):
+            assert sum(sizes[i] for i in bucket + following[:1]) > cap
+    # The exchange takes the gradients from the last layer's down.
+    assert exchange_buckets([3, 5, 2, 9, 1], cap=8) == [[4], [3], [2, 1], [0]]
+    assert exchange_buckets([2, 2, 2, 13, 1, 1, 7], cap=11) == [[6, 5, 4], [3], [2, 1, 0]]
+    with pytest.raises(ValueError, match="bucket cap: expected a positive"):
+        plan_buckets([1], cap=0)
+
+
+def _ancestors(op, stop=lambda op: False):
+    """The ops `op` needs (inputs and control inputs, transitively), not
+    walking past those for which `stop` holds."""
+    seen, stack = {}, [op]
+    while stack:
+        op = stack.pop()
+        if op.name in seen:
+            continue
+        seen[op.name] = op
+        if len(seen) == 1 or not stop(op):
+            stack.extend(tensor.op for tensor in op.inputs)
+            stack.extend(op.control_inputs)
+    return set(seen.values())
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_each_bucket_needs_only_its_own_gradients(tmp_path, dtype):
+    """The training graph of a task of two: one collective all-reduce per
+    bucket of the plan over the gradients from the last layer down, keys in
+    that order, each needing the gradients of its own bucket and none of an
+    earlier layer's (no concat of all of them, no wait for them all)."""
+    make_shapes(tmp_path)
+    config = load_config(None, shapes_args(tmp_path, "run", "train.allreduce_bucket_bytes=701",
+                                           f"train.allreduce_dtype={dtype}"))
+    train_files, val_files, num_classes = datasets.splits_from_config(config)
+    spec, _ = loop._model_spec(config, num_classes)
+    cluster = distributed.parse_tf_config(tf_configs(2)[1])
+    graph = loop.build_training_graph(config, spec, train_files, val_files, cluster=cluster).graph
+
+    def is_backward(op):
+        return op.name.startswith("gradients/")
+
+    reduces = sorted((op for op in graph.get_operations() if op.type == "CollectiveReduce"),
+                     key=lambda op: op.get_attr("instance_key"))
+    # The gradients each all-reduce sums: the backward ops it reaches first.
+    own = {op.name: {a for a in _ancestors(op, is_backward) if is_backward(a)} for op in reduces}
+    buckets = [op for op in reduces if own[op.name]]
+    totals = [op for op in reduces if not own[op.name]]
+    assert len(totals) == 1 and totals[0].inputs[0].dtype == tf.float32
+    assert all(op.inputs[0].dtype == tf.as_dtype(dtype) for op in buckets)
+    # The variables the optimizer updates (conv5_4 of the legacy head is unused), last first.
+    updated = {op.inputs[0].op.name for op in graph.get_operations()
+               if op.type.startswith(("Apply", "ResourceApply"))}
+    sizes = [v.shape.num_elements() for v in graph.get_collection("trainable_variables")
+             if v.op.name in updated][::-1]
+    plan = plan_buckets([size * tf.as_dtype(dtype).size for size in sizes], 701)
+    assert len(plan) > 5
+    assert [op.inputs[0].shape.num_elements() for op in buckets] == [
+        sum(sizes[i] for i in bucket) for bucket in plan]
+    assert [len(own[op.name]) for op in buckets] == [len(bucket) for bucket in plan]
+    for k, op in enumerate(buckets):
+        later = set().union(*(own[b.name] for b in buckets[k + 1:]))
+        assert not _ancestors(op) & later, f"bucket {k} waits for gradients of earlier layers"
 
 
 # --------------------------------------------------------------------------- processes

@@ -9,6 +9,7 @@ import os
 import pytest
 
 from bench import (
+    allreduce_sim,
     cold_start,
     first_run,
     optimizer_update,
@@ -68,6 +69,16 @@ FLAGS = [
     ("bench", *HARNESS, "--num-classes", [], False),
     ("bench", *HARNESS, "--sgemm-size", [], False),
     ("bench", *HARNESS, "--sgemm-repeats", [], False),
+    ("bench/allreduce_sim", allreduce_sim.main, [], "--batch", [], False),
+    ("bench/allreduce_sim", allreduce_sim.main, [], "--size", [], False),
+    ("bench/allreduce_sim", allreduce_sim.main, [], "--num-classes", [], False),
+    ("bench/allreduce_sim", allreduce_sim.main, [], "--width-multiplier", [], False),
+    ("bench/allreduce_sim", allreduce_sim.main, [], "--fc-width", [], False),
+    ("bench/allreduce_sim", allreduce_sim.main, [], "--repeats", [], False),
+    ("bench/allreduce_sim", allreduce_sim.main, [], "--threads", [], False),
+    ("bench/allreduce_sim", allreduce_sim.main, [], "--latency-us", [], True),
+    ("bench/allreduce_sim", allreduce_sim.main, [], "--bucket-bytes", [], False),
+    ("bench/allreduce_sim", allreduce_sim.main, [], "--gbit", [], False),
     ("bench/cold_start", cold_start.main, [], "--images", [], True),
     ("bench/cold_start", cold_start.main, [], "--network-calls", [], False),
     ("bench/cold_start", cold_start.main, [], "--rounds", [], False),

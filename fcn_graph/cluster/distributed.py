@@ -26,6 +26,7 @@ from typing import Optional, Tuple
 
 import tensorflow as tf
 
+from fcn_graph.cluster.buckets import exchange_buckets
 from fcn_graph.core.errors import UserError
 
 tf1 = tf.compat.v1
@@ -280,6 +281,30 @@ class Collectives:
             value = collective_ops.broadcast_recv(variable.shape, variable.dtype.base_dtype,
                                                   self.cluster.size, GROUP_KEY, key)
         return tf1.assign(variable, value).op
+
+
+def all_reduce_gradients(collectives, grads, *, bucket_bytes, dtype=tf.float32):
+    """`grads` (float32 tensors of known shapes, in the order of their layers
+    from the input) summed over the tasks, in the same order.
+
+    They are exchanged from the last layer's down, in buckets of at most
+    `bucket_bytes` bytes as `dtype` (`buckets.exchange_buckets`): one all-reduce
+    of each bucket flattened, which needs only that bucket's gradients, so
+    that the exchange of the late layers' gradients runs while the backward
+    pass of the early layers goes on. With `dtype` bfloat16 the gradients
+    are cast to it for the exchange and back to float32 after. The instance
+    keys follow the buckets' order, the same on every task."""
+    dtype = tf.as_dtype(dtype)
+    sizes = [grad.shape.num_elements() * dtype.size for grad in grads]
+    summed = [None] * len(grads)
+    for bucket in exchange_buckets(sizes, bucket_bytes):
+        parts = [grads[i] for i in bucket]
+        flat = tf.concat([tf.reshape(tf.cast(grad, dtype), [-1]) for grad in parts], axis=0)
+        pieces = tf.split(tf.cast(collectives.all_reduce(flat), tf.float32),
+                          [grad.shape.num_elements() for grad in parts])
+        for i, piece in zip(bucket, pieces):
+            summed[i] = tf.reshape(piece, grads[i].shape)
+    return summed
 
 
 def agree(cluster, server, base_config, *, step, config_print, timeout):

@@ -52,6 +52,8 @@ UNKNOWN_COLOUR_RULES = ("error", "ignore")
 OPTIMIZERS = ("adam", "sgd")
 LR_SCHEDULES = ("constant", "poly")
 LOSSES = ("cross_entropy", "focal")
+# What train.allreduce_dtype accepts: the type of the gradients on the wire.
+ALLREDUCE_DTYPES = ("float32", "bfloat16")
 # train.class_weights computed from the training labels (`imbalance`).
 MEDIAN_FREQUENCY = "median_frequency"
 # A train.devices entry: GPU:0, /gpu:1, /device:CPU:0 ...
@@ -96,6 +98,7 @@ RANGES = {
     "train.focal_gamma": Range(0, 100),
     "train.hard_pixels": Range(0, 1, low_open=True),
     "train.patience_steps": Range(0, 10**12, integer=True),
+    "train.allreduce_bucket_bytes": Range(1, 10**12, integer=True, unit="bytes"),
 }
 
 # The config keys that `datasets.open_config_split` reads, besides the split's name.
@@ -240,6 +243,16 @@ class TrainConfig:
     # With TF_CONFIG (several tasks): seconds a step may wait for the other
     # tasks before the run stops, naming the task that did not answer.
     step_timeout: float = 300.0
+    # With TF_CONFIG: the gradients are summed across the tasks in buckets of at
+    # most this many bytes (on the wire), each exchanged as soon as the backward
+    # pass has produced it, the last layers' first; a gradient larger than this
+    # is a bucket of its own. A cap above the model's size gives one exchange
+    # after the whole backward pass.
+    allreduce_bucket_bytes: int = 32 * 2**20
+    # With TF_CONFIG: the type of the gradients on the wire: float32, or
+    # bfloat16 (half the bytes; cast back to float32 after the sum, the loss
+    # sums stay float32).
+    allreduce_dtype: str = "float32"
 
 
 @dataclass
@@ -577,6 +590,7 @@ def _validate_train(t, m, check):
         except ValueError as err:
             check.fail("train.val_tta", str(err).removeprefix("train.val_tta: "))
     check.one_of("train.precision", t.precision, TRAIN_PRECISIONS)
+    check.one_of("train.allreduce_dtype", t.allreduce_dtype, ALLREDUCE_DTYPES)
     if t.devices is not None:
         _validate_devices(t, check)
     if not t.log_dir:

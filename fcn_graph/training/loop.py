@@ -491,10 +491,11 @@ def _build_parallel_graph(config, spec, train_files, val_files, *, start_step, c
 
     Each device computes the gradients of the SUM of its pixels' weighted
     losses and sums their weights (`segmentation_loss_sum`); the sums are
-    added over the devices, then over the tasks (one collective all-reduce
-    of everything, flattened), and divided by the total weight: the gradient
-    of the weighted mean loss over every valid pixel of the step, whatever
-    share of them each device or task holds. With train.hard_pixels < 1 each
+    added over the devices, then over the tasks (collective all-reduces of
+    the gradients in buckets as the backward pass produces them,
+    `distributed.all_reduce_gradients`, and one of the totals), and divided
+    by the total weight: the gradient of the weighted mean loss over every
+    valid pixel of the step, whatever share of them each device or task holds. With train.hard_pixels < 1 each
     device keeps the hardest fraction of its own valid pixels, so the pixels
     kept depend on how the batch is split. The weight decay is added once,
     as in single-device training. Variables, optimizer and global step are
@@ -529,9 +530,12 @@ def _build_parallel_graph(config, spec, train_files, val_files, *, start_step, c
                            tf.add_n([weight for _, weight, _ in sums]), stop_request,
                            tf.add_n([count for _, _, count in sums])])
         if cluster is not None:
-            grads, totals = _all_reduce_flat(
-                distributed.Collectives(cluster, first_key=distributed.GRAPH_INSTANCE_KEYS),
-                grads, totals)
+            collectives = distributed.Collectives(cluster,
+                                                  first_key=distributed.GRAPH_INSTANCE_KEYS)
+            totals = collectives.all_reduce(totals)
+            grads = distributed.all_reduce_gradients(collectives, grads,
+                                                     bucket_bytes=t.allreduce_bucket_bytes,
+                                                     dtype=t.allreduce_dtype)
         xent_sum, weight_sum, stop_requests, valid = tf.unstack(totals)
         scale = loss_scale(weight_sum, t.class_weights)
         loss = xent_sum * scale
@@ -547,9 +551,7 @@ def _build_parallel_graph(config, spec, train_files, val_files, *, start_step, c
         all_finite, summaries, evaluator = _watch_and_validate(config, spec, val_files,
                                                                variables, loss, rate)
         sync = None
-        if cluster is not None:
-            collectives = distributed.Collectives(
-                cluster, first_key=distributed.GRAPH_INSTANCE_KEYS + 1)
+        if cluster is not None:  # instance keys after the exchange's
             sync = tf.group([collectives.broadcast(v) for v in tf1.global_variables()])
         saver = tf1.train.Saver(max_to_keep=None, save_relative_paths=True)
         init = tf1.global_variables_initializer()
@@ -558,17 +560,6 @@ def _build_parallel_graph(config, spec, train_files, val_files, *, start_step, c
                          valid_pixels=valid, summaries=summaries, all_finite=all_finite,
                          evaluator=evaluator, saver=saver, init=init, variables=variables,
                          stop_request=stop_request, stop_requests=stop_requests, sync=sync)
-
-
-def _all_reduce_flat(collectives, grads, totals):
-    """(grads, totals) summed over the tasks by one all-reduce of them all
-    flattened into one float32 vector."""
-    flat = tf.concat([tf.reshape(grad, [-1]) for grad in grads] + [totals], axis=0)
-    summed = collectives.all_reduce(flat)
-    sizes = [grad.shape.num_elements() for grad in grads] + [totals.shape.num_elements()]
-    pieces = tf.split(summed, sizes)
-    return ([tf.reshape(piece, grad.shape) for piece, grad in zip(pieces, grads)],
-            pieces[-1])
 
 
 def _session_config(t, devices):
