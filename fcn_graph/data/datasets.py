@@ -399,7 +399,11 @@ def eval_dataset(files, *, num_classes, max_images=None):
         return {"image": image, "label": tf.cast(label, tf.int32), "name": name}
 
     data = data.map(load, num_parallel_calls=tf.data.AUTOTUNE)
-    return data.batch(1).prefetch(tf.data.AUTOTUNE)
+    # Without autotuning: re-initialising an iterator (each validation does)
+    # waits for its autotuning thread to wake, which sleeps up to a minute.
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return data.batch(1).prefetch(tf.data.AUTOTUNE).with_options(options)
 
 
 def augment(image, label, seed, *, image_size, scale_range=(1.0, 1.0), flip=True,
