@@ -36,7 +36,6 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.cold_start import cpu_model  # noqa: E402
 from bench.harness import report_path, write_report  # noqa: E402
 from fcn_graph.cluster.buckets import exchange_buckets  # noqa: E402
 from fcn_graph.core.errors import UserError, run_cli  # noqa: E402
@@ -48,6 +47,7 @@ from fcn_graph.core.ranges import (  # noqa: E402
     Range,
     threads_range,
 )
+from fcn_graph.host import cpuinfo  # noqa: E402
 
 WORKERS = (2, 4, 8)
 GBITS = (10, 25)
@@ -256,7 +256,7 @@ def main(argv=None):
     print_report(profile, rows, sweep, cap=cap, latency_s=latency_s)
     write_report(out, {
         "time": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-        "cpu": cpu_model(), "loadavg": list(os.getloadavg()),
+        "cpu": cpuinfo.cpu_label(), "loadavg": list(os.getloadavg()),
         "case": {"batch": args.batch, "size": args.size, "num_classes": args.num_classes,
                  "width_multiplier": args.width_multiplier, "fc_width": args.fc_width},
         "latency_s": latency_s, "bucket_bytes": cap, "profile": profile, "rows": rows,
