@@ -18,7 +18,8 @@ show it more finely and cost their own time, which the report gives too.
 The report names the CPU (lscpu's model name and the flags that decide the
 engines' choices) and the load average before and after each round; it goes to
 stdout and, with every figure, to bench/results/first-run-<UTC time>.json (or
---out), written atomically.
+--out; a file there is replaced only when fcn_graph wrote it and nobody changed it
+since), written atomically.
 """
 
 import argparse
@@ -37,7 +38,6 @@ sys.path.insert(0, CHECKOUT)  # bench and fcn_graph without installing them
 
 from bench import harness  # noqa: E402
 from fcn_graph.core.errors import UserError, run_cli  # noqa: E402
-from fcn_graph.core.fileio import write_json_atomic  # noqa: E402
 from fcn_graph.core.ranges import Range  # noqa: E402
 
 ROUNDS_RANGE = Range(1, 20, integer=True)
@@ -151,8 +151,13 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     if not os.path.isfile(args.config):
         raise UserError(f"--config: {args.config} is not a file")
-    parent = args.work or tempfile.mkdtemp(prefix="fcn-first-run-")
-    os.makedirs(parent, exist_ok=True)
+    out = harness.report_path(args.out, "first-run")  # checked before the runs
+    try:
+        parent = args.work or tempfile.mkdtemp(prefix="fcn-first-run-")
+        os.makedirs(parent, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"--work {args.work}: cannot make a folder there ({err.strerror})") \
+            from None
     started = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
     rounds = [one_round(args.config, args.overrides, args.thresholds, parent)
               for _ in range(args.rounds)]
@@ -162,11 +167,7 @@ def main(argv=None):
               "config": os.path.relpath(args.config, CHECKOUT), "overrides": args.overrides,
               "rounds": rounds, "summary": summarise(rounds, args.thresholds)}
     print(format_report(report))
-    out = args.out or os.path.join(HERE, "results",
-                                   f"first-run-{started.replace(' ', '-')}.json")
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    write_json_atomic(out, report)
-    print(f"report: {out}", file=sys.stderr)
+    harness.write_report(out, report)
     return 0 if all(r["returncode"] == 0 for r in rounds) else 1
 
 

@@ -81,3 +81,16 @@ def test_a_missing_config_is_one_line(tmp_path, capsys):
                    prog="bench/first_run.py")
     err = capsys.readouterr().err.strip()
     assert code == 2 and "--config" in err and "\n" not in err
+
+
+def test_an_out_file_it_did_not_write_is_refused_before_any_run(tmp_path, capsys, monkeypatch):
+    from fcn_graph.core.errors import run_cli
+    config, mine = tmp_path / "config.json", tmp_path / "mine.json"
+    config.write_text("{}")
+    mine.write_text('{"kept": true}')
+    monkeypatch.setattr(first_run, "one_round", lambda *a: pytest.fail("a run started"))
+    code = run_cli(first_run.main, ["--config", str(config), "--out", str(mine)],
+                   prog="bench/first_run.py")
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "--out" in err and "\n" not in err
+    assert mine.read_text() == '{"kept": true}'

@@ -84,8 +84,9 @@ AMD_CORES = (
 
 
 def _number(text):
+    """The decimal number cpuinfo writes (`cpu family`, `model`), or None."""
     try:
-        return int(text, 0)
+        return int(text, 10)
     except ValueError:
         return None
 
@@ -132,8 +133,8 @@ def check_precision(precision, features=None, *, warn=None, setting="--precision
     """Raise a UserError for `--precision bfloat16` on a CPU without bfloat16
     units (`features`: a set of cpuinfo flags, default `cpu_features()`); for
     `--precision int8` without int8 dot-product units, call `warn(message)`
-    (default: print to stderr), a note that the weights keep to 7 bits, and go on. Returns the
-    flags found that serve the precision. `setting` and `instead` name the
+    (default: print to stderr), a note that the weights keep to 7 bits, and go
+    on. Returns the flags found that serve the precision. `setting` and `instead` name the
     flag or config key in the messages, and what to do instead."""
     if precision not in ("bfloat16", "int8"):
         return ()

@@ -64,8 +64,8 @@ class Evaluator:
     def run(self, sess, *, on_image=None, progress=None, predict=None):
         """Run every image, images of one size together in batches
         (`_groups`) through the graph's branch; returns (metrics dict, number
-        of images). The dict
-        also holds "confusion", the confusion matrix (int64 [K, K]).
+        of images). The dict also holds "confusion", the confusion matrix
+        (int64 [K, K]).
 
         predict(image uint8 [1, H, W, 3]) -> labels [1, H, W] replaces the graph's
         model branch (another engine); the dataset still streams through `sess`.
@@ -138,9 +138,9 @@ def evaluate_checkpoint(prefix, spec, files, *, engine="tf", threads=None, max_i
                         calibration=None, tiled=None, augmented=None):
     """The metrics dict of checkpoint `prefix` (its `ModelSpec` `spec`) on the
     dataset split `files`, every image at full size (in small batches of one
-    size, `Evaluator.run`), through one finalised graph. `engine` "onnxruntime" runs the images through an
-    ONNX Runtime segmenter instead; the dataset still streams through the
-    graph. `on_image` and `progress` as in `Evaluator.run`; `kernels` is the
+    size, `Evaluator.run`), through one finalised graph. `engine`
+    "onnxruntime" runs the images through an ONNX Runtime segmenter instead;
+    the dataset still streams through the graph. `on_image` and `progress` as in `Evaluator.run`; `kernels` is the
     kernel set of both engines. `tiled(segmenter) -> segmenter` wraps the
     engine (e.g. in a `tiling.TiledSegmenter`).
 
